@@ -1,0 +1,181 @@
+"""Local BPR training of every user of a bucket as a separate logical client, vectorised.
+
+Each user u trains its private embedding p_u and its own copy of the item rows it touches
+(its positives and sampled negatives) starting from the global table. Rows are keyed by
+(user, item), so one batched autograd pass updates all users' copies independently: with
+SGD or the per-user masked Adam below, the result equals training the users one by one.
+Random streams are keyed by (seed, round, global user id), so results do not depend on how
+users are grouped into buckets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from client.trainers.bucket import Bucket
+from models.mf import bpr_terms
+from recdata.sampling import sample_negatives
+
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+@dataclass
+class LocalConfig:
+    """Knobs of local training (a view of the run config)."""
+
+    local_epochs: int = 1
+    local_batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 0.01
+    reg: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class LocalResult:
+    """Per-user updated item rows, ready to be aggregated on the node.
+
+    ``row_user`` (local user index) and ``row_item`` name each touched row; ``delta`` and
+    ``bias_delta`` are the row's change against the global table.
+    """
+
+    user_emb: np.ndarray
+    row_user: np.ndarray
+    row_item: np.ndarray
+    delta: np.ndarray
+    bias_delta: np.ndarray
+    loss_sum: float
+    num_pairs: int
+    triples: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def build_pairs(bucket: Bucket, cfg: LocalConfig, server_round: int) -> dict[str, np.ndarray]:
+    """Every (user, positive, negative, step) of this round's local epochs, ordered by step."""
+    deg = np.diff(bucket.train.indptr).astype(np.int64)
+    n_per_user = deg * cfg.local_epochs
+    keys, uniforms = [], []
+    for j, user in enumerate(bucket.users.tolist()):
+        rng = np.random.default_rng([cfg.seed, 11, server_round, user])
+        draws = rng.random((2, n_per_user[j]))
+        keys.append(draws[0])
+        uniforms.append(draws[1])
+    u_loc = np.repeat(np.arange(len(deg)), n_per_user)
+    first = np.concatenate([[0], np.cumsum(n_per_user)[:-1]])
+    k = np.arange(len(u_loc)) - first[u_loc]
+    safe_deg = np.maximum(deg[u_loc], 1)
+    epoch, slot = k // safe_deg, k % safe_deg
+    key = np.concatenate(keys) if keys else np.zeros(0)
+    order = np.lexsort((key, epoch, u_loc))
+    u_loc, epoch, slot = u_loc[order], epoch[order], slot[order]
+    pos = bucket.train.indices[bucket.train.indptr[u_loc] + slot].astype(np.int64)
+    neg = sample_negatives(u_loc, bucket.train, np.concatenate(uniforms) if uniforms else key)
+    rank = np.arange(len(u_loc)) - (first[u_loc] + epoch * deg[u_loc])
+    batches = -(-deg // cfg.local_batch_size)
+    step = epoch * batches[u_loc] + rank // cfg.local_batch_size
+    by_step = np.argsort(step, kind="stable")
+    return {"user": u_loc[by_step], "pos": pos[by_step], "neg": neg[by_step],
+            "step": step[by_step]}
+
+
+class _MaskedAdam:
+    """Adam whose step touches only the rows of users active in that step."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float) -> None:
+        self.params, self.lr = params, lr
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def step(self, grads: list[torch.Tensor], active: list[torch.Tensor], t: int) -> None:
+        b1, b2 = ADAM_BETAS
+        for p, g, m, v, rows in zip(self.params, grads, self.m, self.v, active):
+            m[rows] = b1 * m[rows] + (1 - b1) * g[rows]
+            v[rows] = b2 * v[rows] + (1 - b2) * g[rows] ** 2
+            m_hat, v_hat = m[rows] / (1 - b1**t), v[rows] / (1 - b2**t)
+            p[rows] -= self.lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
+
+
+def local_update(
+    bucket: Bucket,
+    item_emb: np.ndarray,
+    item_bias: np.ndarray,
+    user_emb: np.ndarray,
+    cfg: LocalConfig,
+    server_round: int,
+    device: str = "cpu",
+) -> LocalResult:
+    """Train every user of the bucket on its own data for ``cfg.local_epochs`` epochs.
+
+    Parameters
+    ----------
+    bucket : Bucket
+        The node's users and their training rows.
+    item_emb, item_bias : np.ndarray
+        The global item table (n_items, d) and biases (n_items,).
+    user_emb : np.ndarray
+        The users' private embeddings (B, d), in bucket order.
+    cfg : LocalConfig
+        Local training knobs.
+    server_round : int
+        Keys the random streams together with the seed and each user id.
+    device : str
+        Torch device.
+
+    Returns
+    -------
+    LocalResult
+        New private embeddings and each user's changed item rows.
+    """
+    pairs = build_pairs(bucket, cfg, server_round)
+    n_items = bucket.n_items
+    row_key, inverse = np.unique(
+        np.concatenate([pairs["user"] * n_items + pairs["pos"],
+                        pairs["user"] * n_items + pairs["neg"]]), return_inverse=True)
+    n_pairs = len(pairs["user"])
+    row_user, row_item = row_key // n_items, row_key % n_items
+    as_t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
+    users_t = as_t(pairs["user"], torch.long)
+    pos_row, neg_row = as_t(inverse[:n_pairs], torch.long), as_t(inverse[n_pairs:], torch.long)
+    row_user_t = as_t(row_user, torch.long)
+    P = as_t(user_emb).clone()
+    L = as_t(item_emb[row_item]).clone()
+    Lb = as_t(item_bias[row_item]).clone()
+    params = [P, L, Lb]
+    adam = _MaskedAdam(params, cfg.lr) if cfg.optimizer == "adam" else None
+    bounds = np.searchsorted(pairs["step"], np.arange(pairs["step"].max(initial=-1) + 2))
+    loss_sum = 0.0
+    for t in range(len(bounds) - 1):
+        s, e = int(bounds[t]), int(bounds[t + 1])
+        if s == e:
+            continue
+        uu, pr, nr = users_t[s:e], pos_row[s:e], neg_row[s:e]
+        for p in params:
+            p.requires_grad_(True)
+        terms = bpr_terms(P[uu], L[pr], L[nr], Lb[pr], Lb[nr], cfg.reg)
+        per_user = torch.bincount(uu, minlength=len(P)).clamp(min=1).to(terms.dtype)
+        loss = (terms / per_user[uu]).sum()
+        grads = torch.autograd.grad(loss, params)
+        loss_sum += float(terms.detach().sum())
+        with torch.no_grad():
+            for p in params:
+                p.requires_grad_(False)
+            if adam is None:
+                for p, g in zip(params, grads):
+                    p -= cfg.lr * g
+            else:
+                active_user = torch.zeros(len(P), dtype=torch.bool, device=device)
+                active_user[uu] = True
+                active_row = active_user[row_user_t]
+                adam.step(list(grads), [active_user, active_row, active_row], t + 1)
+    return LocalResult(
+        user_emb=P.detach().cpu().numpy(),
+        row_user=row_user,
+        row_item=row_item,
+        delta=(L.detach().cpu().numpy() - item_emb[row_item]),
+        bias_delta=(Lb.detach().cpu().numpy() - item_bias[row_item]),
+        loss_sum=loss_sum,
+        num_pairs=n_pairs,
+        triples=(bucket.users[pairs["user"]], pairs["pos"], pairs["neg"]),
+    )

@@ -1,0 +1,23 @@
+"""Model names -> classes, for the CLI and the run config."""
+
+from __future__ import annotations
+
+from models.base import Recommender
+from models.mf import MF
+from models.pop import Pop
+from recdata.errors import ConfigError
+
+MODELS: dict[str, type[Recommender]] = {"mf": MF, "pop": Pop}
+
+
+def build_model(name: str, n_users: int, n_items: int, **kwargs: object) -> Recommender:
+    """Instantiate a registered model by name.
+
+    Raises
+    ------
+    ConfigError
+        If the name is unknown (the message lists the known names).
+    """
+    if name not in MODELS:
+        raise ConfigError(f"model '{name}' is unknown; choose one of {', '.join(MODELS)}")
+    return MODELS[name](n_users, n_items, **kwargs)

@@ -1,0 +1,287 @@
+"""The dataset registry and loaders: every dataset becomes implicit-feedback :class:`Interactions`.
+
+Data root: the ``data_dir`` argument, else ``$FLOREC_DATA_DIR``; one folder per dataset under
+it (``ml-100k/``, ``ml-1m/``, ``amazon-scientific/``). ML-100K can also come from the cache or
+be fetched (:mod:`recdata.download`); ``synthetic`` is generated (:mod:`recdata.synthetic`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recdata.checksums import AMAZON_SCIENTIFIC_SHA256, ML1M_SHA256, verify_files
+from recdata.download import ml100k_folder
+from recdata.errors import ConfigError, DataError
+from recdata.interactions import Interactions
+from recdata.synthetic import generate_synthetic
+
+Loader = Callable[[Path | None, float, dict[str, Any]], Interactions]
+ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+AMAZON_FILES = ("Scientific.train.inter", "Scientific.valid.inter", "Scientific.test.inter",
+                "Scientific.item2index", "Scientific.text")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: its name, a one-line description and its loader."""
+
+    name: str
+    description: str
+    loader: Loader
+
+
+def dataset_names() -> list[str]:
+    """Return the registered dataset names, in registry order.
+
+    Returns
+    -------
+    list of str
+        Names accepted by :func:`load_dataset`.
+
+    """
+    return list(DATASETS)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    min_rating: float = 1.0,
+    synthetic: dict[str, Any] | None = None,
+) -> Interactions:
+    """Load a dataset as implicit feedback.
+
+    Interactions with ``rating >= min_rating`` are kept (datasets without ratings ignore it)
+    and each (user, item) pair is kept once, at its first occurrence in time order.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`dataset_names`.
+    data_dir : str or Path, optional
+        The data root (one folder per dataset); default ``$FLOREC_DATA_DIR``.
+    min_rating : float, default 1.0
+        Smallest rating that counts as a positive interaction (1.0 keeps all MovieLens ratings).
+    synthetic : dict, optional
+        Generator parameters, only for ``name="synthetic"`` (see
+        :func:`recdata.synthetic.generate_synthetic`).
+
+    Returns
+    -------
+    Interactions
+        The dataset with contiguous user and item ids.
+
+    Raises
+    ------
+    DataError
+        The dataset is unknown, missing, malformed or fails its checksum.
+    ConfigError
+        ``min_rating`` or the synthetic parameters are invalid.
+
+    """
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise DataError(f"dataset {name!r} is unknown; choose one of: "
+                        f"{', '.join(dataset_names())} (florec data list)")
+    if synthetic and name != "synthetic":
+        raise ConfigError(f"synthetic parameters were given for dataset {name!r}; drop them "
+                          "or choose dataset 'synthetic'")
+    if isinstance(min_rating, bool) or not isinstance(min_rating, (int, float)) \
+            or not math.isfinite(min_rating):
+        raise ConfigError(f"min_rating={min_rating!r} is not a finite number; use e.g. 1.0 "
+                          "(all ratings) or 4.0 (ratings 4 and 5)")
+    return spec.loader(resolve_data_root(data_dir), float(min_rating), dict(synthetic or {}))
+
+
+def resolve_data_root(data_dir: str | Path | None = None) -> Path | None:
+    """Return the data root: ``data_dir``, else ``$FLOREC_DATA_DIR``, else ``None``.
+
+    Raises
+    ------
+    DataError
+        The chosen folder does not exist.
+
+    """
+    origin = "data_dir"
+    if data_dir is None and os.environ.get("FLOREC_DATA_DIR"):
+        data_dir, origin = os.environ["FLOREC_DATA_DIR"], "FLOREC_DATA_DIR"
+    if data_dir is None:
+        return None
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder {root} (from {origin}) does not exist; create it or "
+                        "point data_dir / FLOREC_DATA_DIR at the folder holding the datasets")
+    return root
+
+
+def implicit_rows(user: np.ndarray, item: np.ndarray, time: np.ndarray | None,
+                  rating: np.ndarray | None = None, min_rating: float = 1.0) -> np.ndarray:
+    """Return the indices (ascending) of the rows kept as implicit feedback.
+
+    Keeps rows with ``rating >= min_rating`` and, per (user, item) pair, the first row in time
+    order (file order where ``time`` is None or tied). Raw ids must be non-negative integers.
+    """
+    rows = np.arange(len(user)) if rating is None else np.flatnonzero(rating >= min_rating)
+    if time is not None:
+        rows = rows[np.argsort(time[rows], kind="stable")]
+    key = user[rows].astype(np.int64) * (int(item.max(initial=0)) + 1) + item[rows]
+    _, first = np.unique(key, return_index=True)
+    return np.sort(rows[first])
+
+
+def _finish(name: str, user, item, time, rating, min_rating: float, **kwargs) -> Interactions:
+    rows = implicit_rows(user, item, time, rating, min_rating)
+    if len(rows) == 0:
+        raise DataError(f"dataset {name!r} has no interactions with rating >= {min_rating}; "
+                        "choose a smaller min_rating")
+    presplit = kwargs.pop("presplit", None)
+    return Interactions.from_raw(
+        user[rows], item[rows], None if time is None else time[rows], name=name,
+        presplit=None if presplit is None else presplit[rows], **kwargs)
+
+
+def _read_delimited(path: Path, names: list[str], delimiter: str, header: bool,
+                    data: bytes | None = None) -> dict[str, np.ndarray]:
+    """Read an all-integer delimited file with pyarrow into int64 numpy columns."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    source = io.BytesIO(path.read_bytes() if data is None else data)
+    try:
+        table = pacsv.read_csv(
+            source, read_options=pacsv.ReadOptions(column_names=names,
+                                                   skip_rows=1 if header else 0),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.int64() for n in names}))
+    except (pa.ArrowInvalid, ValueError) as exc:
+        raise DataError(f"file {path} is malformed ({' '.join(str(exc).split())[:120]}); "
+                        "replace it with a fresh copy of the dataset") from None
+    return {n: table.column(n).to_numpy() for n in names}
+
+
+def _read_titles(path: Path, sep: str) -> dict[int, str]:
+    """Raw item id -> title from ``u.item`` / ``movies.dat`` (latin-1, title in column 2)."""
+    titles = {}
+    for line in path.read_bytes().decode("latin-1").splitlines():
+        parts = line.split(sep)
+        if len(parts) >= 2 and parts[0].strip():
+            titles[int(parts[0])] = parts[1]
+    return titles
+
+
+def _load_ml100k(root: Path | None, min_rating: float, _params: dict) -> Interactions:
+    folder = ml100k_folder(root)
+    cols = _read_delimited(folder / "u.data", ["user", "item", "rating", "time"], "\t", False)
+    titles = _read_titles(folder / "u.item", "|") if (folder / "u.item").is_file() else None
+    return _finish("ml-100k", cols["user"], cols["item"], cols["time"], cols["rating"],
+                   min_rating, item_titles=titles,
+                   item_catalogue=None if titles is None else np.fromiter(titles, np.int64))
+
+
+def _load_ml1m(root: Path | None, min_rating: float, _params: dict) -> Interactions:
+    folder = None if root is None else root / "ml-1m"
+    fix = (f"download ml-1m.zip from GroupLens ({ML1M_URL}) and unpack it into "
+           f"{'<data_root>/ml-1m' if folder is None else folder} (set FLOREC_DATA_DIR)")
+    if folder is None or not folder.is_dir():
+        where = "no data folder is set" if folder is None else f"{folder} does not exist"
+        raise DataError(f"dataset 'ml-1m' is not on this machine ({where}); {fix}")
+    if (folder / "ratings.dat").is_file():
+        ratings, sep = folder / "ratings.dat", "::"
+    elif (folder / "ratings_no_timestamp.csv").is_file():
+        ratings, sep = folder / "ratings_no_timestamp.csv", ","
+    else:
+        raise DataError(f"{folder} has neither ratings.dat nor ratings_no_timestamp.csv; {fix}")
+    if not (folder / "movies.dat").is_file():
+        raise DataError(f"file {folder / 'movies.dat'} is missing; {fix}")
+    verify_files(folder, ML1M_SHA256, [ratings.name, "movies.dat"], fix=fix)
+    if sep == "::":
+        names = ["user", "item", "rating", "time"]
+        cols = _read_delimited(ratings, names, "\t", False,
+                               data=ratings.read_bytes().replace(b"::", b"\t"))
+    else:
+        cols = _read_delimited(ratings, ["user", "item", "rating"], ",", True)
+    titles = _read_titles(folder / "movies.dat", "::")
+    return _finish("ml-1m", cols["user"], cols["item"], cols.get("time"), cols["rating"],
+                   min_rating, item_titles=titles,
+                   item_catalogue=np.fromiter(titles, np.int64))
+
+
+def _read_inter(path: Path) -> list[tuple[int, list[int], int]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        if not lines or len(lines[0].split("\t")) != 3:
+            raise ValueError("bad header")
+        return [(int(u), [int(x) for x in hist.split()], int(target))
+                for u, hist, target in (line.split("\t") for line in lines[1:] if line)]
+    except ValueError:
+        raise DataError(f"file {path} is not a RecBole sequential .inter file "
+                        "(user_id, item_id_list, item_id); replace it with a fresh copy") from None
+
+
+def _load_amazon(root: Path | None, min_rating: float, _params: dict) -> Interactions:
+    folder = None if root is None else root / "amazon-scientific"
+    fix = ("put the UniSRec 'Scientific' files (" + ", ".join(AMAZON_FILES) + ") into "
+           f"{'<data_root>/amazon-scientific' if folder is None else folder} "
+           "(set FLOREC_DATA_DIR)")
+    missing = [n for n in AMAZON_FILES if folder is None or not (folder / n).is_file()]
+    if missing:
+        where = "no data folder is set" if folder is None else f"{folder} lacks {missing[0]}"
+        raise DataError(f"dataset 'amazon-scientific' is not on this machine ({where}); {fix}")
+    verify_files(folder, AMAZON_SCIENTIFIC_SHA256, AMAZON_FILES, fix=fix)
+    # Lines of one user in time order: train lines are stored latest first, then valid, test.
+    lines: dict[int, list] = defaultdict(list)
+    for label, split in enumerate(("train", "valid", "test")):
+        rows = _read_inter(folder / f"Scientific.{split}.inter")
+        for user, hist, target in (reversed(rows) if label == 0 else rows):
+            lines[user].append((hist, target, label))
+    users, items, labels, positions = [], [], [], []
+    for user, user_lines in lines.items():
+        seq, lab = list(user_lines[0][0]), [0] * len(user_lines[0][0])
+        for hist, target, label in user_lines:
+            if seq[len(seq) - len(hist):] != hist:
+                raise DataError(f"the .inter files in {folder} disagree on user {user}'s "
+                                f"history; {fix}")
+            seq.append(target)
+            lab.append(label)
+        users.extend([user] * len(seq))
+        items.extend(seq)
+        labels.extend(lab)
+        positions.extend(range(len(seq)))
+    index = {}
+    for line in (folder / "Scientific.item2index").read_text(encoding="utf-8").splitlines():
+        asin, _, idx = line.partition("\t")
+        index[asin] = int(idx)
+    texts = {}
+    for line in (folder / "Scientific.text").read_text(encoding="utf-8").splitlines()[1:]:
+        asin, _, text = line.partition("\t")
+        if asin in index:
+            texts[index[asin]] = text.strip()
+    return _finish("amazon-scientific", np.asarray(users, np.int64), np.asarray(items, np.int64),
+                   np.asarray(positions, np.float64), None, min_rating,
+                   presplit=np.asarray(labels, np.int8), item_titles=texts,
+                   item_catalogue=np.fromiter(index.values(), np.int64))
+
+
+def _load_synthetic(_root: Path | None, _min_rating: float, params: dict) -> Interactions:
+    return generate_synthetic(**params)
+
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("ml-100k", "MovieLens 100K: 100,000 ratings, 943 users, 1,682 movies, "
+                "timestamps, titles (local, cached or fetched)", _load_ml100k),
+    DatasetSpec("ml-1m", "MovieLens 1M: 1,000,209 ratings, 6,040 users, 3,883 movies, titles "
+                "(local ratings.dat or ratings_no_timestamp.csv)", _load_ml1m),
+    DatasetSpec("amazon-scientific", "Amazon 2018 Industrial & Scientific (UniSRec): 8,442 "
+                "users, 4,385 items, item text, leave-one-out split (local)", _load_amazon),
+    DatasetSpec("synthetic", "seeded synthetic data: power-law popularity, user/item "
+                "clusters, timestamps", _load_synthetic),
+)}

@@ -1,0 +1,66 @@
+"""Users -> buckets: the user set that each Flower node hosts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from recdata.errors import ConfigError
+
+PARTITION_MODES = ("contiguous", "random")
+
+
+def num_buckets(n_users: int, *, num_nodes: int = 0, users_per_node: int = 0) -> int:
+    """Number of buckets: ``ceil(n_users / users_per_node)`` if that is set, else ``num_nodes``."""
+    if users_per_node > 0:
+        return math.ceil(n_users / users_per_node)
+    if num_nodes <= 0:
+        raise ConfigError("num-nodes must be > 0 (or set users-per-node > 0)")
+    if num_nodes > n_users:
+        raise ConfigError(
+            f"num-nodes={num_nodes} exceeds the {n_users} users of the dataset; "
+            f"set num-nodes <= {n_users}"
+        )
+    return num_nodes
+
+
+def partition_users(
+    n_users: int,
+    *,
+    num_nodes: int = 0,
+    users_per_node: int = 0,
+    mode: str = "contiguous",
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Assign every user to exactly one bucket.
+
+    Parameters
+    ----------
+    n_users : int
+        Users 0..n_users-1.
+    num_nodes, users_per_node : int
+        Bucket count, or bucket size when ``users_per_node > 0`` (it wins).
+    mode : {"contiguous", "random"}
+        Consecutive user ids per bucket, or a seeded permutation first.
+    seed : int
+        Seed of the permutation in ``random`` mode.
+
+    Returns
+    -------
+    list of np.ndarray
+        Sorted int64 user ids of each bucket; sizes differ by at most one in ``num_nodes`` mode.
+    """
+    if mode not in PARTITION_MODES:
+        raise ConfigError(
+            f"partition '{mode}' is unknown; choose one of {', '.join(PARTITION_MODES)}"
+        )
+    n = num_buckets(n_users, num_nodes=num_nodes, users_per_node=users_per_node)
+    users = np.arange(n_users, dtype=np.int64)
+    if mode == "random":
+        users = np.random.default_rng(seed).permutation(users)
+    if users_per_node > 0:
+        chunks = [users[i : i + users_per_node] for i in range(0, n_users, users_per_node)]
+    else:
+        chunks = np.array_split(users, n)
+    return [np.sort(c) for c in chunks]

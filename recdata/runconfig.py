@@ -1,0 +1,106 @@
+"""Every knob of a FloRec run, validated once; shared by the ServerApp, the ClientApp and the CLI.
+
+Keys are written with hyphens, as in ``[tool.flwr.app.config]`` and ``flwr run -c "key=value"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recdata.errors import ConfigError
+
+
+def _hyphen(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class RunConfig(BaseModel):
+    """A resolved run configuration (defaults equal ``[tool.flwr.app.config]`` in pyproject.toml)."""
+
+    model_config = ConfigDict(alias_generator=_hyphen, populate_by_name=True, extra="forbid",
+                              frozen=True)
+
+    algorithm: Literal["fedavg"] = "fedavg"
+    model: Literal["mf", "pop"] = "mf"
+    dataset: str = "ml-100k"
+    data_dir: str = ""
+    min_rating: float = Field(1.0, ge=0)
+    split: Literal["loo", "ratio", "global"] = "loo"
+    split_seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0)
+    num_nodes: int = Field(100, ge=1)
+    users_per_node: int = Field(0, ge=0)
+    partition: Literal["contiguous", "random"] = "contiguous"
+    num_rounds: int = Field(20, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    local_batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(0.01, gt=0)
+    reg: float = Field(0.0, ge=0)
+    dim: int = Field(64, ge=1)
+    init_std: float = Field(0.1, gt=0)
+    aggregation: Literal["dense", "sparse"] = "dense"
+    weighting: Literal["interactions", "uniform"] = "interactions"
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    eval_every: int = Field(1, ge=1)
+    ks: str = "10,20"
+    selection_metric: str = "ndcg@10"
+    patience: int = Field(0, ge=0)
+    out_dir: str = ""
+    node_wait_s: float = Field(300.0, gt=0)
+    round_timeout_s: float = Field(3600.0, gt=0)
+    synthetic_users: int = Field(200, ge=2)
+    synthetic_items: int = Field(300, ge=2)
+    synthetic_interactions: int = Field(20, ge=3)
+    eval_chunk: int = Field(1024, ge=1)
+    device: str = "auto"
+
+    @property
+    def k_list(self) -> list[int]:
+        """The cut-offs of ``ks`` as integers."""
+        return [int(k) for k in self.ks.split(",")]
+
+    def synthetic_params(self) -> dict[str, int]:
+        """Generator parameters for the ``synthetic`` dataset."""
+        return {"n_users": self.synthetic_users, "n_items": self.synthetic_items,
+                "mean_interactions": self.synthetic_interactions, "seed": self.split_seed}
+
+    def to_flower(self) -> dict[str, Any]:
+        """The hyphenated dict, as Flower's run config holds it."""
+        return self.model_dump(by_alias=True)
+
+
+def parse_run_config(values: dict[str, Any]) -> RunConfig:
+    """Validate a Flower run config (or CLI overrides) into a :class:`RunConfig`.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the bad key, the allowed values and the fix.
+    """
+    try:
+        cfg = RunConfig.model_validate(dict(values))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "config"
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(sorted(_hyphen(k) for k in RunConfig.model_fields))
+            raise ConfigError(f"unknown config key '{key}'; known keys: {known}") from None
+        got = first.get("input")
+        raise ConfigError(f"bad value {got!r} for config key '{key}': {first['msg']}") from None
+    try:
+        ks = cfg.k_list
+    except ValueError:
+        raise ConfigError(f"bad value {cfg.ks!r} for 'ks': use comma-separated integers, e.g. '10,20'") from None
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"bad value {cfg.ks!r} for 'ks': cut-offs must be >= 1")
+    name, _, k = cfg.selection_metric.partition("@")
+    if name not in ("precision", "recall", "hr", "f1", "ndcg", "mrr") or not k.isdigit() \
+            or int(k) not in ks:
+        raise ConfigError(
+            f"bad value {cfg.selection_metric!r} for 'selection-metric': use METRIC@K with METRIC in "
+            f"precision|recall|hr|f1|ndcg|mrr and K in ks={cfg.ks}"
+        )
+    return cfg

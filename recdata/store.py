@@ -1,0 +1,64 @@
+"""Where splits live: built once per (dataset, split, seed), cached on disk and in memory."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from recdata.splits import Split, make_split, read_split, write_split
+
+
+def cache_root() -> Path:
+    """FloRec's cache folder: ``$FLOREC_CACHE_DIR`` or ``~/.cache/florec``."""
+    return Path(os.environ.get("FLOREC_CACHE_DIR", Path.home() / ".cache" / "florec"))
+
+
+def split_dir(dataset: str, kind: str, seed: int, min_rating: float = 1.0,
+              synthetic: dict | None = None) -> Path:
+    """The folder of one split; its name carries every input that changes the split."""
+    tag = f"{kind}-seed{seed}" + (f"-min{min_rating:g}" if min_rating != 1.0 else "")
+    if dataset == "synthetic" and synthetic:
+        tag += "-" + "-".join(f"{k}{v}" for k, v in sorted(synthetic.items()))
+    return cache_root() / "splits" / dataset / tag
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(dataset: str, kind: str, seed: int, data_dir: str, min_rating: float,
+            synthetic_items: tuple) -> tuple[Split, Path]:
+    synthetic = dict(synthetic_items) or None
+    path = split_dir(dataset, kind, seed, min_rating, synthetic)
+    if not (path / f"{dataset}.test.inter").exists():
+        from recdata.datasets import load_dataset
+
+        inter = load_dataset(dataset, data_dir or None, min_rating=min_rating, synthetic=synthetic)
+        write_split(make_split(inter, kind, seed), path, dataset, inter)
+    return read_split(path, dataset), path
+
+
+def get_split(dataset: str, kind: str = "loo", seed: int = 0, data_dir: str | None = None,
+              min_rating: float = 1.0, synthetic: dict | None = None) -> tuple[Split, Path]:
+    """Load a split, building and writing it first if this is its first use.
+
+    Parameters
+    ----------
+    dataset : str
+        Registered dataset name.
+    kind : {"loo", "ratio", "global"}
+        Split protocol.
+    seed : int
+        Split seed (ratio splits only; LOO is deterministic).
+    data_dir : str, optional
+        Data root (else ``$FLOREC_DATA_DIR`` or download, see :mod:`recdata.datasets`).
+    min_rating : float
+        Ratings below this are dropped (implicit feedback threshold).
+    synthetic : dict, optional
+        Generator parameters of the ``synthetic`` dataset.
+
+    Returns
+    -------
+    (Split, Path)
+        The split and the folder of its atomic files.
+    """
+    items = tuple(sorted((synthetic or {}).items())) if dataset == "synthetic" else ()
+    return _cached(dataset, kind, int(seed), data_dir or "", float(min_rating), items)

@@ -1,0 +1,63 @@
+"""Talking to nodes: wait for registration, send messages and stream the replies back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from logging import INFO, WARNING
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from recdata.errors import ConfigError
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
+    """Block until ``expected`` nodes are registered; fail clearly on too few or too many.
+
+    Raises
+    ------
+    ConfigError
+        If a different number of nodes is connected after ``timeout_s`` (or more appear).
+    """
+    deadline = time.monotonic() + timeout_s
+    last = -1
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) == expected:
+            return nodes
+        if len(nodes) > expected or time.monotonic() > deadline:
+            raise ConfigError(
+                f"{len(nodes)} nodes are connected but the partition has {expected} buckets; "
+                f"start {expected} nodes (simulation: --federation-config "
+                f"'num-supernodes={expected}') or set -c 'num-nodes={len(nodes)}'"
+            )
+        if len(nodes) != last:
+            log(INFO, "waiting for nodes: %d of %d registered", len(nodes), expected)
+            last = len(nodes)
+        time.sleep(0.2)
+
+
+def stream_replies(grid: Grid, messages: Iterable[Message], timeout_s: float
+                   ) -> Iterator[Message]:
+    """Push messages and yield each reply as soon as it is pulled (no 3 s polling step).
+
+    Replies still missing after ``timeout_s`` are logged and given up on.
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while pending:
+        got = list(grid.pull_messages(pending))
+        for msg in got:
+            pending.discard(msg.metadata.reply_to_message_id)
+            yield msg
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            log(WARNING, "%d replies missing after %.0f s: continuing without them",
+                len(pending), timeout_s)
+            return
+        pause = 0.005 if got else min(pause * 2, 0.2)
+        time.sleep(pause)

@@ -1,0 +1,154 @@
+"""Run the Flower app with `flwr run`: environment, a local SuperLink we own, and clean teardown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from recdata.errors import FloRecError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
+    """Environment for Flower commands: project-local FLWR_HOME, no telemetry, no installs."""
+    env = os.environ.copy()
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["FLWR_HOME"] = str(flwr_home or env.get("FLWR_HOME") or PROJECT_ROOT / ".flwr")
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    return env
+
+
+def toml_value(value: Any) -> str:
+    """A Python value as a TOML literal, as `flwr run -c` expects."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (values in TOML, bare words as strings) -> dict."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        for item in pair.split():
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise FloRecError(f"override '{item}' is not key=value; write e.g. -c 'lr=0.01'")
+            try:
+                out[key] = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                out[key] = raw
+    return out
+
+
+def _superlink_healthy(port: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
+    """Terminate a process we started and all its descendants (by PID), then kill stragglers."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+class LocalSuperLink:
+    """A simulation SuperLink on 127.0.0.1 that this process starts and stops by its PID.
+
+    If one already answers on the port it is reused and left running (it is not ours).
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from flwr.cli.constant import LOCAL_CONTROL_API_ADDRESS, LOCAL_SUPERLINK_HTTP_API_PORT
+
+        self.env, self.port = env, str(LOCAL_SUPERLINK_HTTP_API_PORT)
+        self.control = LOCAL_CONTROL_API_ADDRESS
+        self.proc: subprocess.Popen | None = None
+        self.log_path = Path(env["FLWR_HOME"]) / "local-superlink" / "superlink.log"
+
+    def __enter__(self) -> "LocalSuperLink":
+        if _superlink_healthy(self.port):
+            return self
+        exe = shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) \
+            or shutil.which("flower-superlink")
+        if exe is None:
+            raise FloRecError("flower-superlink is not installed; run `make venv` (pip install -e .)")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [exe, "--insecure", "--simulation", "--isolation", "subprocess",
+               "--control-api-address", self.control, "--host", "127.0.0.1", "--port", self.port,
+               "--log-file", str(self.log_path)]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not _superlink_healthy(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise FloRecError(f"the local SuperLink did not start; see {self.log_path}")
+            time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        """Stop the SuperLink we started and every process it started, by PID."""
+        if self.proc is None:
+            return
+        stop_process_tree(self.proc.pid)
+        self.proc.wait(5)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def flwr_run(overrides: dict[str, Any], num_supernodes: int, cpus_per_client: float = 1.0,
+             gpus_per_client: float = 0.0, app_dir: Path = PROJECT_ROOT,
+             env: dict[str, str] | None = None) -> int:
+    """Submit the app to a local simulation SuperLink with `flwr run --stream` and wait.
+
+    Returns
+    -------
+    int
+        The exit code of ``flwr run``.
+    """
+    env = env or flower_env()
+    run_config = " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
+    fed = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
+           f"client-resources-num-gpus={gpus_per_client:g}")
+    flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
+    cmd = [flwr, "run", str(app_dir), "--stream", "--federation-config", fed]
+    if run_config:
+        cmd += ["--run-config", run_config]
+    with LocalSuperLink(env):
+        return subprocess.run(cmd, env=env, cwd=app_dir).returncode

@@ -1,0 +1,45 @@
+"""Helpers shared by strategies: numpy <-> Flower records, byte counts, reply checks."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Numpy arrays -> ArrayRecord (keys kept)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """ArrayRecord -> numpy arrays (keys kept)."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def record_nbytes(content: RecordDict) -> int:
+    """Bytes of the array payload of a message (arrays only; config and metrics are tiny)."""
+    return sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
+
+
+def check_reply(msg: Message, expected: dict[str, tuple[int, ...] | int]) -> str | None:
+    """Why a reply cannot be aggregated, or ``None`` if it can.
+
+    ``expected`` maps array names to a full shape, or to the number of columns (an int) where
+    the row count varies.
+    """
+    if msg.has_error():
+        return f"client error: {msg.error.reason}"
+    if "arrays" not in msg.content.array_records:
+        return "reply has no 'arrays' record"
+    arrays = from_record(msg.content.array_records["arrays"])
+    for name, shape in expected.items():
+        if name not in arrays:
+            return f"reply lacks array '{name}'"
+        got = arrays[name].shape
+        want_ok = got == shape if isinstance(shape, tuple) else (got[1:] == (shape,) if shape
+                                                                 else len(got) == 1)
+        if not want_ok:
+            return f"array '{name}' has shape {got}, expected {shape}"
+        if np.issubdtype(arrays[name].dtype, np.floating) and not np.all(np.isfinite(arrays[name])):
+            return f"array '{name}' holds NaN or inf"
+    return None
