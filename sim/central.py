@@ -54,7 +54,7 @@ def train_epoch(model: Recommender, split: Split, optimizer: torch.optim.Optimiz
         loss = model.loss(*batch)
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(batch[0])
+        total += loss.item() * len(batch[0])
     return total / max(len(users), 1)
 
 

@@ -174,7 +174,7 @@ def main() -> None:
     try:
         app()
     except FloRecError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}", highlight=False)
         sys.exit(2)
 
 

@@ -1,0 +1,95 @@
+"""The vectorised bucket trainer equals per-user training and, in the limit, central training."""
+
+import numpy as np
+import pytest
+import torch
+
+from client.trainers.bpr_embedding import LocalConfig, local_update
+from client.trainers.bucket import Bucket
+from models.base import seeded_rows
+from models.mf import MF, USER_SALT
+from recdata.partition import partition_users
+from recdata.splits import make_split
+from recdata.synthetic import generate_synthetic
+from strategies.fedavg import node_payload
+
+D = 8
+
+
+@pytest.fixture(scope="module")
+def split():
+    return make_split(generate_synthetic(n_users=30, n_items=40, seed=0), "loo", seed=0)
+
+
+def global_tables(n_items, seed=0):
+    init = MF(0, n_items, dim=D, seed=seed)
+    return init.item_emb.detach().numpy(), init.item_bias.detach().numpy()
+
+
+def bucket_update(split, users, cfg, server_round=1):
+    bucket = Bucket.from_split(split, users)
+    emb, bias = global_tables(split.n_items)
+    user_emb = seeded_rows(bucket.users, D, 0, 0.1, USER_SALT)
+    return bucket, local_update(bucket, emb, bias, user_emb, cfg, server_round)
+
+
+def dense_mean(split, buckets, cfg):
+    """FedAvg dense aggregate over several buckets (interaction weights)."""
+    total, weight = 0.0, 0.0
+    for users in buckets:
+        bucket, res = bucket_update(split, users, cfg)
+        deg = np.diff(bucket.train.indptr).astype(float)
+        arrays, w = node_payload("dense", split.n_items, res.row_user, res.row_item, res.delta,
+                                 res.bias_delta, deg)
+        total, weight = total + arrays["item_emb"].astype(np.float64), weight + w
+    return total / weight
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_bucket_training_equals_training_users_one_by_one(split, optimizer):
+    cfg = LocalConfig(local_epochs=2, local_batch_size=3, optimizer=optimizer, lr=0.05, reg=1e-3)
+    users = np.arange(10)
+    _, together = bucket_update(split, users, cfg)
+    for j, u in enumerate(users):
+        _, alone = bucket_update(split, np.array([u]), cfg)
+        np.testing.assert_allclose(together.user_emb[j], alone.user_emb[0], atol=1e-5)
+        mine = together.row_user == j
+        np.testing.assert_array_equal(together.row_item[mine], alone.row_item)
+        np.testing.assert_allclose(together.delta[mine], alone.delta, atol=1e-5)
+
+
+def test_aggregate_does_not_depend_on_bucket_size(split):
+    cfg = LocalConfig(local_epochs=1, local_batch_size=4, optimizer="adam", lr=0.05)
+    results = [dense_mean(split, partition_users(split.n_users, users_per_node=size), cfg)
+               for size in (1, 7, split.n_users)]
+    for other in results[1:]:
+        np.testing.assert_allclose(results[0], other, atol=1e-5)
+
+
+def test_one_bucket_full_batch_step_equals_central_gradient_step(split):
+    """One local full-batch SGD step per user, interaction-weighted dense average == one central
+    full-batch SGD step on the mean BPR loss over the same triples."""
+    lr = 0.5
+    cfg = LocalConfig(local_epochs=1, local_batch_size=10_000, optimizer="sgd", lr=lr, reg=0.01)
+    users = np.arange(split.n_users)
+    bucket, res = bucket_update(split, users, cfg)
+    fed = dense_mean(split, [users], cfg) + global_tables(split.n_items)[0]
+
+    central = MF(split.n_users, split.n_items, dim=D, seed=0, reg=0.01)
+    u, pos, neg = (torch.as_tensor(a) for a in res.triples)
+    loss = central.loss(u, pos, neg)
+    loss.backward()
+    with torch.no_grad():
+        central_item = central.item_emb - lr * central.item_emb.grad
+    np.testing.assert_allclose(fed, central_item.numpy(), atol=1e-5)
+
+
+def test_private_embeddings_move_and_untouched_items_do_not(split):
+    cfg = LocalConfig(local_epochs=1, local_batch_size=8, optimizer="adam", lr=0.05)
+    bucket, res = bucket_update(split, np.arange(5), cfg)
+    start = seeded_rows(bucket.users, D, 0, 0.1, USER_SALT)
+    assert not np.allclose(res.user_emb, start)
+    touched = set(res.row_item.tolist())
+    seen = set(bucket.train.indices.tolist())
+    assert seen <= touched
+    assert res.num_pairs == bucket.train.nnz

@@ -1,0 +1,76 @@
+"""Shared conformance suite: every registered model must pass these."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.registry import MODELS, build_model
+from recdata.errors import ConfigError
+from recdata.splits import make_split
+from recdata.synthetic import generate_synthetic
+
+N_USERS, N_ITEMS = 12, 20
+
+
+@pytest.fixture(scope="module")
+def train():
+    split = make_split(generate_synthetic(n_users=N_USERS, n_items=N_ITEMS, seed=0), "loo", 0)
+    return split.matrix("train")
+
+
+def make(name, seed=0, train=None):
+    model = build_model(name, N_USERS, N_ITEMS, **({} if name == "pop" else {"dim": 4, "seed": seed}))
+    if hasattr(model, "fit") and train is not None:
+        model.fit(train)
+    return model
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_scores_every_item_for_each_user(name, train):
+    scores = make(name, train=train).score(torch.arange(5))
+    assert scores.shape == (5, N_ITEMS) and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_same_seed_gives_the_same_model(name, train):
+    a, b = make(name, 1, train), make(name, 1, train)
+    torch.testing.assert_close(a.score(torch.arange(N_USERS)), b.score(torch.arange(N_USERS)))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_private_and_shared_state_split_the_state_dict(name, train):
+    model = make(name, train=train)
+    private, shared = model.private_state(), model.shared_state()
+    assert set(private) | set(shared) == set(model.state_dict())
+    assert all(k.startswith("user_") for k in private)
+    assert not any(k.startswith("user_") for k in shared)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shared_state_round_trips(name, train):
+    a, b = make(name, 0, train), make(name, 5, train)
+    b.load_shared_state(a.shared_state())
+    for k, v in a.shared_state().items():
+        np.testing.assert_array_equal(b.shared_state()[k], v)
+    with pytest.raises(KeyError):
+        b.load_shared_state({"user_emb": np.zeros(1)})
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n != "pop"])
+def test_trainable_models_lower_their_loss(name, train):
+    model = make(name)
+    coo = train.tocoo()
+    users, pos = torch.as_tensor(coo.row), torch.as_tensor(coo.col)
+    neg = torch.randint(0, N_ITEMS, (len(users),), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    first = float(model.loss(users, pos, neg))
+    for _ in range(30):
+        opt.zero_grad()
+        model.loss(users, pos, neg).backward()
+        opt.step()
+    assert float(model.loss(users, pos, neg)) < first
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="mf"):
+        build_model("ncf", 2, 2)

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from client.trainers.bucket import Bucket
+from recdata.errors import ConfigError
+from recdata.partition import num_buckets, partition_users
+from recdata.splits import make_split
+from recdata.synthetic import generate_synthetic
+
+
+@pytest.mark.parametrize("kw", [{"num_nodes": 7}, {"users_per_node": 10}, {"users_per_node": 1}])
+@pytest.mark.parametrize("mode", ["contiguous", "random"])
+def test_every_user_lands_in_exactly_one_bucket(kw, mode):
+    buckets = partition_users(95, mode=mode, seed=2, **kw)
+    assert len(buckets) == num_buckets(95, **kw)
+    allusers = np.concatenate(buckets)
+    assert sorted(allusers.tolist()) == list(range(95))
+
+
+def test_random_partition_is_seeded():
+    a = partition_users(50, num_nodes=5, mode="random", seed=1)
+    b = partition_users(50, num_nodes=5, mode="random", seed=1)
+    c = partition_users(50, num_nodes=5, mode="random", seed=2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_contiguous_buckets_hold_consecutive_users():
+    buckets = partition_users(10, users_per_node=4)
+    assert [b.tolist() for b in buckets] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_every_training_interaction_is_in_exactly_one_bucket():
+    split = make_split(generate_synthetic(n_users=60, n_items=40, seed=0), "loo", seed=0)
+    buckets = [Bucket.from_split(split, u) for u in partition_users(60, num_nodes=7)]
+    assert sum(b.train.nnz for b in buckets) == split.matrix("train").nnz
+    rows = np.concatenate([b.users for b in buckets])
+    assert len(np.unique(rows)) == 60
+
+
+def test_more_nodes_than_users_is_a_config_error():
+    with pytest.raises(ConfigError, match="num-nodes=20 exceeds the 10 users"):
+        partition_users(10, num_nodes=20)

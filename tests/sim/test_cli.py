@@ -1,0 +1,79 @@
+"""The `florec` command: data commands, one-line errors, and a real `flwr run` simulation."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def florec(*args, env=None, timeout=300):
+    cmd = [sys.executable, "-m", "sim.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def error_line(proc) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_data_list_names_the_datasets():
+    out = florec("data", "list").stdout
+    for name in ("ml-100k", "ml-1m", "amazon-scientific", "synthetic"):
+        assert name in out
+
+
+def test_unknown_dataset_is_one_line_with_the_choices():
+    line = error_line(florec("data", "stats", "ml-10k"))
+    assert "ml-10k" in line and "ml-100k" in line
+
+
+def test_missing_data_folder_is_one_line_with_the_fix(tmp_path):
+    line = error_line(florec("data", "stats", "ml-1m", "--data-dir", str(tmp_path)))
+    assert "ml-1m" in line and "FLOREC_DATA_DIR" in line
+
+
+def test_unknown_config_key_is_one_line():
+    line = error_line(florec("central", "--dataset", "synthetic", "-c", "learning_rate=0.1"))
+    assert "unknown config key 'learning_rate'" in line
+
+
+def test_data_split_writes_recbole_atomic_files(tmp_path):
+    proc = florec("data", "split", "synthetic", "--split", "ratio", "--seed", "1",
+                  "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    for part in ("train", "valid", "test"):
+        head = (tmp_path / f"synthetic.{part}.inter").read_text().splitlines()[0]
+        assert head == "user_id:token\titem_id:token\ttimestamp:float"
+
+
+def test_ml100k_stats_on_the_shared_data(shared_data):
+    proc = florec("data", "stats", "ml-100k", "--data-dir", str(shared_data))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "943" in proc.stdout and "1682" in proc.stdout and "100000" in proc.stdout
+
+
+@pytest.mark.slow
+def test_flwr_simulation_end_to_end(tmp_path):
+    """`florec sim` -> `flwr run .` on 10 simulated nodes, 2 rounds; then the SuperLink is gone."""
+    out = tmp_path / "run"
+    proc = florec("sim", "--dataset", "synthetic", "--nodes", "10", "--rounds", "2",
+                  "--out", str(out), "-c", "synthetic-users=60 synthetic-items=50 dim=8",
+                  env={"FLWR_HOME": str(tmp_path / "flwr")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "finished"
+    run = saved["runs"][0]
+    assert run["rounds"] == 2 and run["num_nodes"] == 10 and run["setting"] == "federated"
+    assert run["metrics"]["num-users"] == 60
+    assert saved["config"]["num-nodes"] == 10
+    from sim.flower import _superlink_healthy
+
+    assert not _superlink_healthy("39091")

@@ -1,0 +1,111 @@
+"""FedAvgRec aggregation math, streaming, byte counts and rejection of bad replies."""
+
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from sim.local_grid import LocalGrid
+from strategies.fedavg import FedAvgRec, node_payload
+from strategies.payload import from_record, to_record
+
+N, D = 6, 3
+
+
+def replies_for(strategy, payloads, weights):
+    """Run configure_train on a fake grid whose nodes answer with the given payloads."""
+    answers = iter(zip(payloads, weights))
+
+    def handler(msg, ctx):
+        arrays, w = next(answers)
+        return Message(RecordDict({"arrays": to_record(arrays),
+                                   "metrics": MetricRecord({"weight": w, "num-users": 1,
+                                                            "num-pairs": 1, "loss-sum": 0.5})}),
+                       reply_to=msg)
+
+    grid = LocalGrid({}, len(payloads), handlers={MessageType.TRAIN: handler})
+    start = {"item_emb": np.ones((N, D), np.float32), "item_bias": np.zeros(N, np.float32)}
+    msgs = strategy.configure_train(1, to_record(start), ConfigRecord(), grid)
+    return grid.pull_messages(grid.push_messages(msgs))
+
+
+def test_dense_mode_is_the_interaction_weighted_mean_of_user_tables():
+    # two users: user A (3 interactions) moved item 0 by +1, user B (1 interaction) moved item 0 by -1
+    pa, wa = node_payload("dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1),
+                          np.array([3.0]))
+    pb, wb = node_payload("dense", N, np.array([0]), np.array([0]), -np.ones((1, D)), -np.ones(1),
+                          np.array([1.0]))
+    strategy = FedAvgRec("dense")
+    arrays, metrics = strategy.aggregate_train(1, replies_for(strategy, [pa, pb], [wa, wb]))
+    emb = from_record(arrays)["item_emb"]
+    np.testing.assert_allclose(emb[0], 1 + (3 - 1) / 4, rtol=1e-6)
+    np.testing.assert_allclose(emb[1:], 1.0)
+    assert metrics["num-replies"] == 2
+
+
+def test_sparse_mode_averages_each_row_over_the_users_that_touched_it():
+    pa, _ = node_payload("sparse", N, np.array([0, 0]), np.array([0, 2]), np.ones((2, D)),
+                         np.zeros(2), np.ones(1))
+    pb, _ = node_payload("sparse", N, np.array([0]), np.array([0]), 3 * np.ones((1, D)),
+                         np.zeros(1), np.ones(1))
+    strategy = FedAvgRec("sparse")
+    arrays, _ = strategy.aggregate_train(1, replies_for(strategy, [pa, pb], [0.0, 0.0]))
+    emb = from_record(arrays)["item_emb"]
+    np.testing.assert_allclose(emb[0], 1 + (1 + 3) / 2)
+    np.testing.assert_allclose(emb[2], 1 + 1)
+    np.testing.assert_allclose(emb[[1, 3, 4, 5]], 1.0)
+    assert pa["items"].tolist() == [0, 2]  # only touched rows travel
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_bad_replies_are_skipped_with_a_log_line(mode, caplog):
+    good, w = node_payload(mode, N, np.array([0]), np.array([1]), np.ones((1, D)), np.ones(1),
+                           np.ones(1))
+    nan = {k: v.copy() for k, v in good.items()}
+    nan["item_emb"] = nan["item_emb"] * np.nan
+    wrong = {k: (v[:, :2] if k == "item_emb" else v) for k, v in good.items()}
+    strategy = FedAvgRec(mode)
+    with caplog.at_level(logging.WARNING):
+        arrays, metrics = strategy.aggregate_train(
+            1, replies_for(strategy, [good, nan, wrong], [w, w, w]))
+    assert metrics["num-replies"] == 1
+    assert len(strategy.dropped) == 2
+    assert np.isfinite(from_record(arrays)["item_emb"]).all()
+    text = caplog.text
+    assert "NaN" in text and "shape" in text
+
+
+def test_bytes_are_counted_both_ways():
+    pa, wa = node_payload("dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1),
+                          np.ones(1))
+    strategy = FedAvgRec("dense")
+    strategy.aggregate_train(1, replies_for(strategy, [pa, pa], [wa, wa]))
+    table = N * D * 4 + N * 4  # float32 payload; each array adds its .npy header on the wire
+    assert 2 * table <= strategy.bytes_down <= 2 * (table + 2 * 256)
+    assert strategy.bytes_up == strategy.bytes_down
+
+
+def test_aggregation_consumes_replies_as_a_stream():
+    """aggregate_train must fold replies one at a time (a generator is read once, in order)."""
+    pa, wa = node_payload("dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1),
+                          np.ones(1))
+    strategy = FedAvgRec("dense")
+    replies = replies_for(strategy, [pa] * 5, [wa] * 5)
+    consumed = []
+
+    def stream():
+        for msg in replies:
+            consumed.append(msg)
+            yield msg
+
+    arrays, _ = strategy.aggregate_train(1, stream())
+    assert len(consumed) == 5 and arrays is not None
+
+
+def test_node_sampling_is_seeded_by_round():
+    s = FedAvgRec("dense", fraction_train=0.5, seed=3)
+    nodes = list(range(10, 30))
+    assert s.sample(nodes, 1) == s.sample(nodes, 1)
+    assert len(s.sample(nodes, 1)) == 10
+    assert s.sample(nodes, 1) != s.sample(nodes, 2)
