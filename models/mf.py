@@ -43,6 +43,7 @@ class MF(Recommender):
         Standard deviation of the normal initialisation.
     reg : float
         L2 weight on the rows of each triple.
+
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int = 64, seed: int = 0,
@@ -57,7 +58,7 @@ class MF(Recommender):
 
     @classmethod
     def from_arrays(cls, user_emb: np.ndarray, item_emb: np.ndarray, item_bias: np.ndarray,
-                    reg: float = 0.0) -> "MF":
+                    reg: float = 0.0) -> MF:
         """Build from existing tables (e.g. a node's private rows and the global item table)."""
         model = cls(0, 0, dim=item_emb.shape[1], reg=reg)
         model.user_emb = nn.Parameter(torch.as_tensor(user_emb, dtype=torch.float32))

@@ -16,7 +16,7 @@ class Pop(Recommender):
         super().__init__()
         self.register_buffer("item_count", torch.zeros(n_items))
 
-    def fit(self, train: sp.csr_matrix) -> "Pop":
+    def fit(self, train: sp.csr_matrix) -> Pop:
         """Count training interactions per item."""
         counts = np.asarray(train.sum(axis=0)).ravel()
         self.item_count.copy_(torch.as_tensor(counts, dtype=torch.float32))

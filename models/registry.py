@@ -17,6 +17,7 @@ def build_model(name: str, n_users: int, n_items: int, **kwargs: object) -> Reco
     ------
     ConfigError
         If the name is unknown (the message lists the known names).
+
     """
     if name not in MODELS:
         raise ConfigError(f"model '{name}' is unknown; choose one of {', '.join(MODELS)}")

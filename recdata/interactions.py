@@ -27,6 +27,7 @@ class Interactions:
         Item text (titles), indexed by internal item id, where the source has it.
     presplit : np.ndarray, optional
         int8 array (0 train, 1 valid, 2 test) where the source ships its own split.
+
     """
 
     user: np.ndarray
@@ -55,7 +56,7 @@ class Interactions:
         item_catalogue: np.ndarray | None = None,
         item_titles: dict | None = None,
         presplit: np.ndarray | None = None,
-    ) -> "Interactions":
+    ) -> Interactions:
         """Map raw ids to contiguous internal ids (sorted raw order) and build the object.
 
         Parameters
@@ -64,16 +65,21 @@ class Interactions:
             Raw ids, one entry per interaction.
         time : np.ndarray or None
             Timestamps; ``None`` uses the file order as time and sets ``has_time=False``.
+        name : str
+            Dataset name.
         item_catalogue : np.ndarray, optional
             All raw item ids of the catalogue (items without interactions included).
         item_titles : dict, optional
             Raw item id -> title.
         presplit : np.ndarray, optional
             Per-interaction split labels (0 train, 1 valid, 2 test).
+
         """
         user_ids, user = np.unique(np.asarray(raw_user), return_inverse=True)
-        items_all = np.asarray(raw_item) if item_catalogue is None else np.concatenate(
-            [np.asarray(item_catalogue), np.asarray(raw_item)]
+        items_all = (
+            np.asarray(raw_item)
+            if item_catalogue is None
+            else np.concatenate([np.asarray(item_catalogue), np.asarray(raw_item)])
         )
         item_ids = np.unique(items_all)
         item = np.searchsorted(item_ids, np.asarray(raw_item))

@@ -50,6 +50,7 @@ def partition_users(
     -------
     list of np.ndarray
         Sorted int64 user ids of each bucket; sizes differ by at most one in ``num_nodes`` mode.
+
     """
     if mode not in PARTITION_MODES:
         raise ConfigError(

@@ -17,10 +17,11 @@ def _hyphen(name: str) -> str:
 
 
 class RunConfig(BaseModel):
-    """A resolved run configuration (defaults equal ``[tool.flwr.app.config]`` in pyproject.toml)."""
+    """A resolved run configuration (defaults equal ``[tool.flwr.app.config]``)."""
 
-    model_config = ConfigDict(alias_generator=_hyphen, populate_by_name=True, extra="forbid",
-                              frozen=True)
+    model_config = ConfigDict(
+        alias_generator=_hyphen, populate_by_name=True, extra="forbid", frozen=True
+    )
 
     algorithm: Literal["fedavg"] = "fedavg"
     model: Literal["mf", "pop"] = "mf"
@@ -37,7 +38,7 @@ class RunConfig(BaseModel):
     local_epochs: int = Field(1, ge=1)
     local_batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam"] = "adam"
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.05, gt=0)
     reg: float = Field(0.0, ge=0)
     dim: int = Field(64, ge=1)
     init_std: float = Field(0.1, gt=0)
@@ -64,8 +65,12 @@ class RunConfig(BaseModel):
 
     def synthetic_params(self) -> dict[str, int]:
         """Generator parameters for the ``synthetic`` dataset."""
-        return {"n_users": self.synthetic_users, "n_items": self.synthetic_items,
-                "mean_interactions": self.synthetic_interactions, "seed": self.split_seed}
+        return {
+            "n_users": self.synthetic_users,
+            "n_items": self.synthetic_items,
+            "mean_interactions": self.synthetic_interactions,
+            "seed": self.split_seed,
+        }
 
     def to_flower(self) -> dict[str, Any]:
         """The hyphenated dict, as Flower's run config holds it."""
@@ -79,6 +84,7 @@ def parse_run_config(values: dict[str, Any]) -> RunConfig:
     ------
     ConfigError
         One line naming the bad key, the allowed values and the fix.
+
     """
     try:
         cfg = RunConfig.model_validate(dict(values))
@@ -93,14 +99,19 @@ def parse_run_config(values: dict[str, Any]) -> RunConfig:
     try:
         ks = cfg.k_list
     except ValueError:
-        raise ConfigError(f"bad value {cfg.ks!r} for 'ks': use comma-separated integers, e.g. '10,20'") from None
+        raise ConfigError(
+            f"bad value {cfg.ks!r} for 'ks': use comma-separated integers, e.g. '10,20'"
+        ) from None
     if not ks or min(ks) < 1:
         raise ConfigError(f"bad value {cfg.ks!r} for 'ks': cut-offs must be >= 1")
     name, _, k = cfg.selection_metric.partition("@")
-    if name not in ("precision", "recall", "hr", "f1", "ndcg", "mrr") or not k.isdigit() \
-            or int(k) not in ks:
+    if (
+        name not in ("precision", "recall", "hr", "f1", "ndcg", "mrr")
+        or not k.isdigit()
+        or int(k) not in ks
+    ):
         raise ConfigError(
-            f"bad value {cfg.selection_metric!r} for 'selection-metric': use METRIC@K with METRIC in "
+            f"bad value {cfg.selection_metric!r} for 'selection-metric': use METRIC@K, METRIC in "
             f"precision|recall|hr|f1|ndcg|mrr and K in ks={cfg.ks}"
         )
     return cfg

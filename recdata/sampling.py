@@ -25,6 +25,7 @@ def sample_negatives(users: np.ndarray, seen: sp.csr_matrix, uniforms: np.ndarra
     -------
     np.ndarray
         int64 item ids, one per draw.
+
     """
     seen = seen.tocsr()
     if not seen.has_sorted_indices:

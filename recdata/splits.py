@@ -1,4 +1,4 @@
-"""Train/valid/test splits (leave-one-out, per-user ratio, global ratio), written once as atomic files.
+"""Train/valid/test splits (leave-one-out, per-user ratio, global ratio), written once.
 
 A split is built globally from a dataset, saved as RecBole atomic files
 (``<dataset>.train.inter``, ``.valid.inter``, ``.test.inter``; header
@@ -35,6 +35,7 @@ class Split:
         ``{"train"|"valid"|"test": (user, item, time)}`` int64/int64/float64 arrays.
     n_users, n_items : int
         Sizes of the id space (internal ids are contiguous from 0).
+
     """
 
     parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -64,7 +65,9 @@ class Split:
 
 def _rank_within_user(user: np.ndarray, order_keys: tuple[np.ndarray, ...]) -> tuple:
     """Sort interactions by (user, *keys) and return (order, position in user, user counts)."""
-    order = np.lexsort(order_keys[::-1] + (user,)) if order_keys else np.argsort(user, kind="stable")
+    order = (
+        np.lexsort(order_keys[::-1] + (user,)) if order_keys else np.argsort(user, kind="stable")
+    )
     su = user[order]
     counts = np.bincount(su, minlength=int(user.max()) + 1 if len(user) else 0)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -73,9 +76,10 @@ def _rank_within_user(user: np.ndarray, order_keys: tuple[np.ndarray, ...]) -> t
 
 
 def leave_one_out(inter: Interactions) -> np.ndarray:
-    """Label interactions 0/1/2 (train/valid/test): per user, last by time -> test, second-last -> valid.
+    """Label interactions 0/1/2 (train/valid/test) leave-one-out by time.
 
-    Ties in time keep the file order (stable sort). Users with fewer than 3 interactions stay in train.
+    Per user, the last event goes to test and the second-last to valid. Ties in time keep the
+    file order (stable sort). Users with fewer than 3 interactions stay in train.
     """
     if inter.presplit is not None:
         return inter.presplit.copy()
@@ -107,7 +111,7 @@ def ratio_counts(n: np.ndarray, ratios: tuple[float, float, float]) -> tuple[np.
 def per_user_ratio(
     inter: Interactions, seed: int, ratios=(0.8, 0.1, 0.1), order: str = "random"
 ) -> np.ndarray:
-    """Label interactions by a per-user ratio split (RecBole's rule), ordered randomly or by time."""
+    """Label interactions by a per-user ratio split (RecBole's rule), random or time order."""
     if order == "time":
         keys: tuple[np.ndarray, ...] = (inter.time, np.arange(len(inter)))
     else:
@@ -151,7 +155,9 @@ def make_split(inter: Interactions, kind: str, seed: int, ratios=None) -> Split:
     return Split(parts=parts, n_users=inter.n_users, n_items=inter.n_items)
 
 
-def write_split(split: Split, out_dir: Path, dataset: str, inter: Interactions | None = None) -> None:
+def write_split(
+    split: Split, out_dir: Path, dataset: str, inter: Interactions | None = None
+) -> None:
     """Write the split as RecBole atomic files plus id maps into ``out_dir`` (atomically)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -159,10 +165,18 @@ def write_split(split: Split, out_dir: Path, dataset: str, inter: Interactions |
     try:
         for part, (user, item, time) in split.parts.items():
             table = np.column_stack([user, item, time]).astype(object)
-            np.savetxt(tmp / f"{dataset}.{part}.inter", table, fmt=["%d", "%d", "%.6f"],
-                       delimiter="\t", header=HEADER, comments="")
-        for kind, n, raw in (("user", split.n_users, None if inter is None else inter.user_ids),
-                             ("item", split.n_items, None if inter is None else inter.item_ids)):
+            np.savetxt(
+                tmp / f"{dataset}.{part}.inter",
+                table,
+                fmt=["%d", "%d", "%.6f"],
+                delimiter="\t",
+                header=HEADER,
+                comments="",
+            )
+        for kind, n, raw in (
+            ("user", split.n_users, None if inter is None else inter.user_ids),
+            ("item", split.n_items, None if inter is None else inter.item_ids),
+        ):
             raw = np.arange(n) if raw is None else raw
             lines = "\n".join(f"{i}\t{r}" for i, r in enumerate(raw.tolist()))
             (tmp / f"{dataset}.{kind}.map").write_text(f"internal\traw\n{lines}\n")
@@ -182,7 +196,9 @@ def read_split(split_dir: Path, dataset: str) -> Split:
     for part in PARTS:
         path = split_dir / f"{dataset}.{part}.inter"
         if not path.exists():
-            raise DataError(f"split file {path} is missing; delete {split_dir} to rebuild the split")
+            raise DataError(
+                f"split file {path} is missing; delete {split_dir} to rebuild the split"
+            )
         arr = np.loadtxt(path, delimiter="\t", skiprows=1, ndmin=2, dtype=np.float64)
         parts[part] = (arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2])
     sizes = []
@@ -191,5 +207,7 @@ def read_split(split_dir: Path, dataset: str) -> Split:
         if path.exists():
             sizes.append(sum(1 for _ in path.open()) - 1)
         else:
-            sizes.append(1 + max(int(p[0 if kind == "user" else 1].max(initial=-1)) for p in parts.values()))
+            sizes.append(
+                1 + max(int(p[0 if kind == "user" else 1].max(initial=-1)) for p in parts.values())
+            )
     return Split(parts=parts, n_users=sizes[0], n_items=sizes[1])

@@ -59,6 +59,7 @@ def get_split(dataset: str, kind: str = "loo", seed: int = 0, data_dir: str | No
     -------
     (Split, Path)
         The split and the folder of its atomic files.
+
     """
     items = tuple(sorted((synthetic or {}).items())) if dataset == "synthetic" else ()
     return _cached(dataset, kind, int(seed), data_dir or "", float(min_rating), items)

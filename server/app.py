@@ -1,4 +1,4 @@
-"""The ServerApp: builds the strategy from the run config, runs rounds, evaluates, writes results."""
+"""The ServerApp: strategy from the run config, rounds, evaluation, results files."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def method_name(cfg: RunConfig) -> str:
 def split_metrics(pooled: dict[str, float], part: str) -> dict[str, float]:
     """Means of one split (``valid`` or ``test``) from pooled node sums."""
     prefix = f"{part}/"
-    return finalize({k[len(prefix):]: v for k, v in pooled.items() if k.startswith(prefix)})
+    return finalize({k[len(prefix) :]: v for k, v in pooled.items() if k.startswith(prefix)})
 
 
 def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
@@ -43,37 +43,61 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     writer = ResultsWriter(out_dir)
     config = cfg.to_flower() | {"out-dir": str(out_dir)}
     writer.write_config(config)
-    split, split_path = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir,
-                                  cfg.min_rating, cfg.synthetic_params())
-    buckets = partition_users(split.n_users, num_nodes=cfg.num_nodes,
-                              users_per_node=cfg.users_per_node, mode=cfg.partition,
-                              seed=cfg.split_seed)
+    split, split_path = get_split(
+        cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()
+    )
+    buckets = partition_users(
+        split.n_users,
+        num_nodes=cfg.num_nodes,
+        users_per_node=cfg.users_per_node,
+        mode=cfg.partition,
+        seed=cfg.split_seed,
+    )
     wait_for_nodes(grid, len(buckets), cfg.node_wait_s)
     log(INFO, "%d nodes registered; split in %s", len(buckets), split_path)
     strategy = FedAvgRec(cfg.aggregation, cfg.fraction_train, cfg.seed)
     init = MF(0, split.n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
     arrays = to_record(init.shared_state())
     run: dict[str, Any] = {
-        "method": method_name(cfg), "setting": "federated", "dataset": cfg.dataset,
-        "split": cfg.split, "seed": cfg.seed, "metrics": {}, "valid_metrics": {},
-        "best_round": None, "rounds": 0, "wall_s": 0.0, "bytes_up": 0, "bytes_down": 0,
-        "peak_rss_mb": 0.0, "num_nodes": len(buckets),
+        "method": method_name(cfg),
+        "setting": "federated",
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "seed": cfg.seed,
+        "metrics": {},
+        "valid_metrics": {},
+        "best_round": None,
+        "rounds": 0,
+        "wall_s": 0.0,
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "peak_rss_mb": 0.0,
+        "num_nodes": len(buckets),
     }
     best_score, since_best = -np.inf, 0
     for rnd in range(1, cfg.num_rounds + 1):
         t0 = time.perf_counter()
         messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
         new_arrays, train_metrics = strategy.aggregate_train(
-            rnd, stream_replies(grid, messages, cfg.round_timeout_s))
+            rnd, stream_replies(grid, messages, cfg.round_timeout_s)
+        )
         if new_arrays is None:
             log(WARNING, "round %d: no usable reply; the global model is unchanged", rnd)
         else:
             arrays = new_arrays
         row: dict[str, Any] = {"round": rnd, "train": dict(train_metrics or {})}
         if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
-            pooled = strategy.aggregate_evaluate(rnd, stream_replies(
-                grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid),
-                cfg.round_timeout_s)) or {}
+            pooled = (
+                strategy.aggregate_evaluate(
+                    rnd,
+                    stream_replies(
+                        grid,
+                        strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid),
+                        cfg.round_timeout_s,
+                    ),
+                )
+                or {}
+            )
             valid, test = split_metrics(dict(pooled), "valid"), split_metrics(dict(pooled), "test")
             row["valid"] = valid
             score = valid.get(cfg.selection_metric, -np.inf)
@@ -82,17 +106,32 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 run.update(best_round=rnd, metrics=test, valid_metrics=valid)
             else:
                 since_best += 1
-        row.update(bytes_up=strategy.bytes_up, bytes_down=strategy.bytes_down,
-                   seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(),
-                   dropped=list(strategy.dropped))
+        row.update(
+            bytes_up=strategy.bytes_up,
+            bytes_down=strategy.bytes_down,
+            seconds=time.perf_counter() - t0,
+            peak_rss_mb=peak_rss_mb(),
+            dropped=list(strategy.dropped),
+        )
         writer.append_round(row)
-        run.update(rounds=rnd, wall_s=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb(),
-                   bytes_up=run["bytes_up"] + strategy.bytes_up,
-                   bytes_down=run["bytes_down"] + strategy.bytes_down)
+        run.update(
+            rounds=rnd,
+            wall_s=time.perf_counter() - t_start,
+            peak_rss_mb=peak_rss_mb(),
+            bytes_up=run["bytes_up"] + strategy.bytes_up,
+            bytes_down=run["bytes_down"] + strategy.bytes_down,
+        )
         writer.write_results(config, [run], status="running")
-        log(INFO, "round %d: %s=%.4f (best %.4f at round %s) %.2fs", rnd, cfg.selection_metric,
-            row.get("valid", {}).get(cfg.selection_metric, float("nan")), best_score,
-            run["best_round"], row["seconds"])
+        log(
+            INFO,
+            "round %d: %s=%.4f (best %.4f at round %s) %.2fs",
+            rnd,
+            cfg.selection_metric,
+            row.get("valid", {}).get(cfg.selection_metric, float("nan")),
+            best_score,
+            run["best_round"],
+            row["seconds"],
+        )
         if cfg.patience and since_best >= cfg.patience:
             log(INFO, "early stop: no improvement in %d evaluations", cfg.patience)
             break
@@ -106,8 +145,9 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run``: one federated run from the run config."""
     try:
         cfg = parse_run_config(context.run_config)
-        out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(method_name(cfg),
-                                                                         cfg.dataset)
+        out_dir = (
+            Path(cfg.out_dir) if cfg.out_dir else default_out_dir(method_name(cfg), cfg.dataset)
+        )
         run_federated(grid, cfg, out_dir.resolve())
     except FloRecError as err:
         log(ERROR, "florec: %s", err)

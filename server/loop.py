@@ -20,6 +20,7 @@ def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
     ------
     ConfigError
         If a different number of nodes is connected after ``timeout_s`` (or more appear).
+
     """
     deadline = time.monotonic() + timeout_s
     last = -1

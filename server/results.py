@@ -45,7 +45,7 @@ def peak_rss_mb() -> float:
 
 def default_out_dir(kind: str, dataset: str) -> Path:
     """``results/<UTC time>-<kind>-<dataset>`` under the working directory."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     return Path("results") / f"{stamp}-{kind}-{dataset}"
 
 
@@ -56,6 +56,7 @@ class ResultsWriter:
     ----------
     out_dir : Path
         Created if missing.
+
     """
 
     def __init__(self, out_dir: Path) -> None:

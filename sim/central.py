@@ -1,4 +1,4 @@
-"""Centralized training on the pooled training data, with the split and metrics of federated runs."""
+"""Centralized training on pooled data, with the split and metrics of federated runs."""
 
 from __future__ import annotations
 
@@ -20,26 +20,40 @@ from recdata.store import get_split
 from server.results import ResultsWriter, peak_rss_mb
 
 
-def evaluate_model(model: Recommender, split: Split, part: str, ks: list[int],
-                   chunk: int = 1024, device: str = "cpu") -> dict[str, float]:
+def evaluate_model(
+    model: Recommender,
+    split: Split,
+    part: str,
+    ks: list[int],
+    chunk: int = 1024,
+    device: str = "cpu",
+) -> dict[str, float]:
     """Per-user averaged full-ranking metrics of ``model`` on ``valid`` or ``test``."""
     users = np.arange(split.n_users)
     model.eval()
     with torch.no_grad():
-        sums = evaluate_users(model.score, users, split.mask_for(part), split.matrix(part), ks,
-                              chunk, device)
+        sums = evaluate_users(
+            model.score, users, split.mask_for(part), split.matrix(part), ks, chunk, device
+        )
     model.train()
     return finalize(sums)
 
 
-def train_epoch(model: Recommender, split: Split, optimizer: torch.optim.Optimizer,
-                rng: np.random.Generator, batch_size: int, device: str = "cpu") -> float:
+def train_epoch(
+    model: Recommender,
+    split: Split,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    batch_size: int,
+    device: str = "cpu",
+) -> float:
     """One pass over all training interactions in shuffled minibatches of BPR triples.
 
     Returns
     -------
     float
         Mean training loss of the epoch.
+
     """
     train = split.matrix("train")
     coo = train.tocoo()
@@ -58,32 +72,55 @@ def train_epoch(model: Recommender, split: Split, optimizer: torch.optim.Optimiz
     return total / max(len(users), 1)
 
 
-def run_central(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path | None = None,
-                device: str = "cpu") -> dict[str, Any]:
+def run_central(
+    cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path | None = None, device: str = "cpu"
+) -> dict[str, Any]:
     """Train ``cfg.model`` centrally for ``epochs`` epochs; test at the best validation epoch.
 
     Returns the run's entry of ``results.json`` (and writes the folder if ``out_dir`` is given).
     """
     t_start = time.perf_counter()
-    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
-                         cfg.synthetic_params())
+    split, _ = get_split(
+        cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()
+    )
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, split.n_users, split.n_items, **(
-        {} if cfg.model == "pop" else
-        {"dim": cfg.dim, "seed": cfg.seed, "init_std": cfg.init_std, "reg": cfg.reg})).to(device)
+    model = build_model(
+        cfg.model,
+        split.n_users,
+        split.n_items,
+        **(
+            {}
+            if cfg.model == "pop"
+            else {"dim": cfg.dim, "seed": cfg.seed, "init_std": cfg.init_std, "reg": cfg.reg}
+        ),
+    ).to(device)
     writer = ResultsWriter(out_dir) if out_dir else None
     config = cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"}
     if writer:
         writer.write_config(config)
-    run: dict[str, Any] = {"method": cfg.model, "setting": "central", "dataset": cfg.dataset,
-                           "split": cfg.split, "seed": cfg.seed, "metrics": {},
-                           "valid_metrics": {}, "best_round": None, "rounds": 0, "wall_s": 0.0,
-                           "bytes_up": 0, "bytes_down": 0, "peak_rss_mb": 0.0}
+    run: dict[str, Any] = {
+        "method": cfg.model,
+        "setting": "central",
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "seed": cfg.seed,
+        "metrics": {},
+        "valid_metrics": {},
+        "best_round": None,
+        "rounds": 0,
+        "wall_s": 0.0,
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "peak_rss_mb": 0.0,
+    }
     if isinstance(model, Pop):
         model.fit(split.matrix("train"))
         epochs = 0
-        run.update(best_round=0, valid_metrics=evaluate_model(model, split, "valid", cfg.k_list),
-                   metrics=evaluate_model(model, split, "test", cfg.k_list))
+        run.update(
+            best_round=0,
+            valid_metrics=evaluate_model(model, split, "valid", cfg.k_list),
+            metrics=evaluate_model(model, split, "test", cfg.k_list),
+        )
     rng = np.random.default_rng([cfg.seed, 23])
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
     optimizer = opt_cls(model.parameters(), lr=cfg.lr) if epochs else None

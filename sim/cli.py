@@ -13,14 +13,20 @@ from rich.table import Table
 from recdata.errors import FloRecError
 from recdata.runconfig import RunConfig, parse_run_config
 
-app = typer.Typer(help="FloRec: federated recommendation on Flower.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="FloRec: federated recommendation on Flower.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Datasets: list, statistics, splits.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
+#: Central Adam step size; the run config's ``lr`` (0.05) is tuned for federated local training.
+CENTRAL_LR = 0.005
 
-Override = Annotated[list[str] | None, typer.Option("--config", "-c",
-                                                      help="run-config override key=value")]
+Override = Annotated[
+    list[str] | None, typer.Option("--config", "-c", help="run-config override key=value")
+]
 
 
 def _config(base: dict[str, Any], overrides: list[str] | None) -> RunConfig:
@@ -48,25 +54,34 @@ def data_stats(dataset: str, data_dir: Annotated[str, typer.Option()] = "") -> N
     table = Table(title=dataset)
     for col in ("users", "items", "interactions", "density", "timestamps", "titles"):
         table.add_column(col)
-    table.add_row(str(inter.n_users), str(inter.n_items), str(n),
-                  f"{n / (inter.n_users * inter.n_items):.4%}", str(inter.has_time),
-                  str(inter.item_titles is not None))
+    table.add_row(
+        str(inter.n_users),
+        str(inter.n_items),
+        str(n),
+        f"{n / (inter.n_users * inter.n_items):.4%}",
+        str(inter.has_time),
+        str(inter.item_titles is not None),
+    )
     console.print(table)
 
 
 @data_app.command("split")
-def data_split(dataset: str, split: Annotated[str, typer.Option()] = "loo",
-               seed: Annotated[int, typer.Option()] = 0,
-               out: Annotated[Path, typer.Option()] = Path("splits"),
-               data_dir: Annotated[str, typer.Option()] = "") -> None:
+def data_split(
+    dataset: str,
+    split: Annotated[str, typer.Option()] = "loo",
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option()] = Path("splits"),
+    data_dir: Annotated[str, typer.Option()] = "",
+) -> None:
     """Write DIR/<dataset>.{train,valid,test}.inter (RecBole atomic files) and the id maps."""
     import shutil
 
     from recdata.store import get_split
 
     cfg = parse_run_config({"dataset": dataset, "split": split, "split-seed": seed})
-    sp, path = get_split(dataset, cfg.split, seed, data_dir or None, cfg.min_rating,
-                         cfg.synthetic_params())
+    sp, path = get_split(
+        dataset, cfg.split, seed, data_dir or None, cfg.min_rating, cfg.synthetic_params()
+    )
     out.mkdir(parents=True, exist_ok=True)
     for f in path.iterdir():
         shutil.copy2(f, out / f.name)
@@ -75,18 +90,23 @@ def data_split(dataset: str, split: Annotated[str, typer.Option()] = "loo",
 
 
 @app.command()
-def central(dataset: Annotated[str, typer.Option()] = "ml-100k",
-            model: Annotated[str, typer.Option()] = "mf",
-            split: Annotated[str, typer.Option()] = "loo",
-            seed: Annotated[int, typer.Option()] = 0,
-            epochs: Annotated[int, typer.Option()] = 20,
-            batch_size: Annotated[int, typer.Option()] = 1024,
-            out: Annotated[Path, typer.Option()] = Path("results/central"),
-            config: Override = None) -> None:
+def central(
+    dataset: Annotated[str, typer.Option()] = "ml-100k",
+    model: Annotated[str, typer.Option()] = "mf",
+    split: Annotated[str, typer.Option()] = "loo",
+    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int, typer.Option()] = 20,
+    batch_size: Annotated[int, typer.Option()] = 1024,
+    lr: Annotated[float, typer.Option(help="Adam step size (tuned on ML-100K)")] = CENTRAL_LR,
+    out: Annotated[Path, typer.Option()] = Path("results/central"),
+    config: Override = None,
+) -> None:
     """Train a model on the pooled training data; writes OUT/results.json."""
     from sim.central import run_central
 
-    cfg = _config({"dataset": dataset, "model": model, "split": split, "seed": seed}, config)
+    cfg = _config(
+        {"dataset": dataset, "model": model, "split": split, "seed": seed, "lr": lr}, config
+    )
     run = run_central(cfg, epochs, batch_size, out)
     print_runs([run])
     console.print(f"results: {out}/results.json")
@@ -97,28 +117,40 @@ def num_buckets_for(cfg: RunConfig) -> int:
     from recdata.partition import num_buckets
     from recdata.store import get_split
 
-    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
-                         cfg.synthetic_params())
+    split, _ = get_split(
+        cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()
+    )
     return num_buckets(split.n_users, num_nodes=cfg.num_nodes, users_per_node=cfg.users_per_node)
 
 
 @app.command()
-def sim(dataset: Annotated[str, typer.Option()] = "ml-100k",
-        algorithm: Annotated[str, typer.Option()] = "fedavg",
-        model: Annotated[str, typer.Option()] = "mf",
-        nodes: Annotated[int, typer.Option(help="nodes (ignored if users-per-node is set)")] = 100,
-        rounds: Annotated[int, typer.Option()] = 20,
-        out: Annotated[Path, typer.Option()] = Path("results/sim"),
-        cpus_per_client: Annotated[float, typer.Option()] = 1.0,
-        gpus_per_client: Annotated[float, typer.Option()] = 0.0,
-        config: Override = None) -> None:
+def sim(
+    dataset: Annotated[str, typer.Option()] = "ml-100k",
+    algorithm: Annotated[str, typer.Option()] = "fedavg",
+    model: Annotated[str, typer.Option()] = "mf",
+    nodes: Annotated[int, typer.Option(help="nodes (ignored if users-per-node is set)")] = 100,
+    rounds: Annotated[int, typer.Option()] = 20,
+    out: Annotated[Path, typer.Option()] = Path("results/sim"),
+    cpus_per_client: Annotated[float, typer.Option()] = 1.0,
+    gpus_per_client: Annotated[float, typer.Option()] = 0.0,
+    config: Override = None,
+) -> None:
     """Run `flwr run .` as a local simulation sized to the partition; stops the SuperLink after."""
     from server.results import read_results
     from sim.flower import flwr_run
 
     out = out.resolve()
-    cfg = _config({"dataset": dataset, "algorithm": algorithm, "model": model,
-                   "num-nodes": nodes, "num-rounds": rounds, "out-dir": str(out)}, config)
+    cfg = _config(
+        {
+            "dataset": dataset,
+            "algorithm": algorithm,
+            "model": model,
+            "num-nodes": nodes,
+            "num-rounds": rounds,
+            "out-dir": str(out),
+        },
+        config,
+    )
     if cfg.model != "mf":
         raise FloRecError(f"model '{cfg.model}' has no federated trainer yet; use --model mf")
     n = num_buckets_for(cfg)
@@ -126,47 +158,126 @@ def sim(dataset: Annotated[str, typer.Option()] = "ml-100k",
     code = flwr_run(overrides | {"num-nodes": n}, n, cpus_per_client, gpus_per_client)
     results = out / "results.json"
     if code != 0 or not results.exists():
-        raise FloRecError(f"the federated run failed (flwr exit {code}); see the log above and "
-                          f"{out} for finished rounds")
+        raise FloRecError(
+            f"the federated run failed (flwr exit {code}); see the log above and "
+            f"{out} for finished rounds"
+        )
     res = read_results(out)
     if res.get("status") != "finished":
-        raise FloRecError(f"the federated run stopped early after {res['runs'][0]['rounds']} "
-                          f"rounds; finished rounds are in {out}/rounds.jsonl")
+        raise FloRecError(
+            f"the federated run stopped early after {res['runs'][0]['rounds']} "
+            f"rounds; finished rounds are in {out}/rounds.jsonl"
+        )
     print_runs(res["runs"])
     console.print(f"results: {results}")
 
 
-def print_runs(runs: list[dict[str, Any]], ks: tuple[str, ...] = ("recall@10", "ndcg@10")
-               ) -> None:
+def print_runs(runs: list[dict[str, Any]], ks: tuple[str, ...] = ("recall@10", "ndcg@10")) -> None:
     """Print runs as one table: method, setting, test metrics at the best round, time."""
     table = Table()
     for col in ("method", "setting", "dataset", *ks, "best round", "wall s"):
         table.add_column(col)
     for r in runs:
-        table.add_row(r["method"], r["setting"], r["dataset"],
-                      *(f"{r['metrics'].get(k, float('nan')):.4f}" for k in ks),
-                      str(r["best_round"]), f"{r['wall_s']:.1f}")
+        table.add_row(
+            r["method"],
+            r["setting"],
+            r["dataset"],
+            *(f"{r['metrics'].get(k, float('nan')):.4f}" for k in ks),
+            str(r["best_round"]),
+            f"{r['wall_s']:.1f}",
+        )
     console.print(table)
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option()] = Path("results/demo"),
-         nodes: Annotated[int, typer.Option()] = 100,
-         rounds: Annotated[int, typer.Option()] = 20,
-         config: Override = None) -> None:
+def demo(
+    out: Annotated[Path, typer.Option()] = Path("results/demo"),
+    nodes: Annotated[int, typer.Option()] = 100,
+    rounds: Annotated[int, typer.Option()] = 20,
+    config: Override = None,
+) -> None:
     """FedAvg-MF on ML-100K with 100 nodes vs the same MF trained centrally; prints a table."""
     from server.results import read_results
     from sim.central import run_central
 
     out = out.resolve()
-    sim(dataset="ml-100k", algorithm="fedavg", model="mf", nodes=nodes, rounds=rounds,
-        out=out / "federated", cpus_per_client=1.0, gpus_per_client=0.0, config=config)
-    cfg = _config({"dataset": "ml-100k", "model": "mf"}, config)
+    sim(
+        dataset="ml-100k",
+        algorithm="fedavg",
+        model="mf",
+        nodes=nodes,
+        rounds=rounds,
+        out=out / "federated",
+        cpus_per_client=1.0,
+        gpus_per_client=0.0,
+        config=config,
+    )
+    cfg = _config({"dataset": "ml-100k", "model": "mf"}, config).model_copy(
+        update={"lr": CENTRAL_LR}
+    )
     run_central(cfg, epochs=rounds * cfg.local_epochs, batch_size=1024, out_dir=out / "central")
     runs = read_results(out / "federated")["runs"] + read_results(out / "central")["runs"]
     console.rule("FloRec demo: ML-100K, test metrics at the best validation round")
     print_runs(runs)
     console.print(f"results folder: {out}")
+
+
+deploy_app = typer.Typer(
+    help="Real deployments: SuperLink, SuperExecs and SuperNodes.", no_args_is_help=True
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("local")
+def deploy_local(
+    dataset: Annotated[str, typer.Option()] = "ml-100k",
+    algorithm: Annotated[str, typer.Option()] = "fedavg",
+    model: Annotated[str, typer.Option()] = "mf",
+    nodes: Annotated[int, typer.Option(help="SuperNodes to start")] = 2,
+    rounds: Annotated[int, typer.Option()] = 20,
+    out: Annotated[Path, typer.Option()] = Path("results/deploy"),
+    tls: Annotated[bool, typer.Option(help="TLS on every API (self-signed CA)")] = False,
+    certs: Annotated[
+        Path | None,
+        typer.Option(help="certs folder from deploy/certs.sh (default: made for this run)"),
+    ] = None,
+    node_auth: Annotated[bool, typer.Option(help="SuperNode authentication (needs --tls)")] = False,
+    data_dir: Annotated[str, typer.Option(help="data-dir of every node")] = "",
+    config: Override = None,
+) -> None:
+    """Run one job on a real deployment on 127.0.0.1: SuperLink, SuperNodes, SuperExecs."""
+    from server.results import read_results
+    from sim.deploy import run_local
+
+    out = out.resolve()
+    cfg = _config(
+        {
+            "dataset": dataset,
+            "algorithm": algorithm,
+            "model": model,
+            "num-nodes": nodes,
+            "num-rounds": rounds,
+        },
+        config,
+    )
+    if cfg.model != "mf":
+        raise FloRecError(f"model '{cfg.model}' has no federated trainer yet; use --model mf")
+    n = num_buckets_for(cfg)
+    defaults = RunConfig().to_flower()
+    overrides = {k: v for k, v in cfg.to_flower().items() if v != defaults[k]}
+    code = run_local(
+        overrides, n, out, tls=tls, certs=certs, node_auth=node_auth, data_dir=data_dir
+    )
+    if code != 0 or not (out / "results.json").exists():
+        raise FloRecError(f"the deployed run failed (flwr exit {code}); see {out}/logs")
+    res = read_results(out)
+    if res.get("status") != "finished":
+        raise FloRecError(
+            f"the deployed run stopped early; finished rounds are in "
+            f"{out}/rounds.jsonl and logs in {out}/logs"
+        )
+    print_runs(res["runs"])
+    console.print(f"results: {out}/results.json")
 
 
 def main() -> None:

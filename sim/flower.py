@@ -100,19 +100,39 @@ class LocalSuperLink:
         self.proc: subprocess.Popen | None = None
         self.log_path = Path(env["FLWR_HOME"]) / "local-superlink" / "superlink.log"
 
-    def __enter__(self) -> "LocalSuperLink":
+    def __enter__(self) -> LocalSuperLink:
         if _superlink_healthy(self.port):
             return self
-        exe = shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) \
-            or shutil.which("flower-superlink")
+        exe = shutil.which(
+            "flower-superlink", path=str(Path(sys.executable).parent)
+        ) or shutil.which("flower-superlink")
         if exe is None:
-            raise FloRecError("flower-superlink is not installed; run `make venv` (pip install -e .)")
+            raise FloRecError(
+                "flower-superlink is not installed; run `make venv` (pip install -e .)"
+            )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [exe, "--insecure", "--simulation", "--isolation", "subprocess",
-               "--control-api-address", self.control, "--host", "127.0.0.1", "--port", self.port,
-               "--log-file", str(self.log_path)]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        cmd = [
+            exe,
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--control-api-address",
+            self.control,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            self.port,
+            "--log-file",
+            str(self.log_path),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while not _superlink_healthy(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -132,20 +152,28 @@ class LocalSuperLink:
         self.stop()
 
 
-def flwr_run(overrides: dict[str, Any], num_supernodes: int, cpus_per_client: float = 1.0,
-             gpus_per_client: float = 0.0, app_dir: Path = PROJECT_ROOT,
-             env: dict[str, str] | None = None) -> int:
+def flwr_run(
+    overrides: dict[str, Any],
+    num_supernodes: int,
+    cpus_per_client: float = 1.0,
+    gpus_per_client: float = 0.0,
+    app_dir: Path = PROJECT_ROOT,
+    env: dict[str, str] | None = None,
+) -> int:
     """Submit the app to a local simulation SuperLink with `flwr run --stream` and wait.
 
     Returns
     -------
     int
         The exit code of ``flwr run``.
+
     """
     env = env or flower_env()
     run_config = " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
-    fed = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
-           f"client-resources-num-gpus={gpus_per_client:g}")
+    fed = (
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
+        f"client-resources-num-gpus={gpus_per_client:g}"
+    )
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
     cmd = [flwr, "run", str(app_dir), "--stream", "--federation-config", fed]
     if run_config:

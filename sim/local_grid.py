@@ -31,11 +31,16 @@ class LocalGrid(Grid):
         Message type -> handler; defaults to the FloRec ClientApp's train and evaluate.
     fail : callable, optional
         ``fail(partition_id, message_type) -> bool``: raise in that node (failure tests).
+
     """
 
-    def __init__(self, run_config: dict[str, Any], num_nodes: int,
-                 handlers: dict[str, Handler] | None = None,
-                 fail: Callable[[int, str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        run_config: dict[str, Any],
+        num_nodes: int,
+        handlers: dict[str, Handler] | None = None,
+        fail: Callable[[int, str], bool] | None = None,
+    ) -> None:
         if handlers is None:
             from client.app import evaluate, train
 
@@ -45,9 +50,13 @@ class LocalGrid(Grid):
             if getattr(TaskIdentity, attr) is None:
                 setattr(TaskIdentity, attr, 1)
         self.contexts = {
-            pid + 1: Context(run_id=1, node_id=pid + 1,
-                             node_config={"partition-id": pid, "num-partitions": num_nodes},
-                             state=RecordDict(), run_config=dict(run_config))
+            pid + 1: Context(
+                run_id=1,
+                node_id=pid + 1,
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
             for pid in range(num_nodes)
         }
         self._replies: dict[str, Message] = {}
@@ -58,13 +67,21 @@ class LocalGrid(Grid):
         self._run = run
 
     @property
-    def run(self) -> Any:  # noqa: D102
+    def run(self) -> Any:
+        """The run set with :meth:`set_run` (unused here)."""
         return getattr(self, "_run", None)
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str = "", ttl: float | None = None) -> Message:  # noqa: D102
-        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id,
-                       group_id=group_id)
+    def create_message(  # noqa: D102
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str = "",
+        ttl: float | None = None,
+    ) -> Message:  # noqa: D102
+        return Message(
+            content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id
+        )
 
     def get_node_ids(self) -> Iterable[int]:  # noqa: D102
         return list(self.contexts)
@@ -83,8 +100,7 @@ class LocalGrid(Grid):
                     raise RuntimeError(f"injected failure on partition {pid}")
                 reply = self.handlers[msg.metadata.message_type](msg, ctx)
             except Exception as exc:  # a crashing client becomes an error reply, as in Flower
-                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"),
-                                reply_to=msg)
+                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
             self.received.append(reply)
             self._replies[msg_id] = reply
@@ -94,6 +110,7 @@ class LocalGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:  # noqa: D102
         return self.pull_messages(self.push_messages(messages))

@@ -50,6 +50,7 @@ def node_payload(mode: str, n_items: int, row_user: np.ndarray, row_item: np.nda
     -------
     (dict, float)
         The arrays to upload and the node's total weight (dense) or 0 (sparse).
+
     """
     if mode == "dense":
         w = user_weight[row_user].astype(np.float64)
@@ -78,6 +79,7 @@ class FedAvgRec(Strategy):
         Share of nodes sampled per round (seeded by ``seed`` and the round).
     seed : int
         Seed of node sampling.
+
     """
 
     def __init__(self, mode: str = "dense", fraction_train: float = 1.0, seed: int = 0) -> None:

@@ -90,7 +90,7 @@ class _MaskedAdam:
 
     def step(self, grads: list[torch.Tensor], active: list[torch.Tensor], t: int) -> None:
         b1, b2 = ADAM_BETAS
-        for p, g, m, v, rows in zip(self.params, grads, self.m, self.v, active):
+        for p, g, m, v, rows in zip(self.params, grads, self.m, self.v, active, strict=True):
             m[rows] = b1 * m[rows] + (1 - b1) * g[rows]
             v[rows] = b2 * v[rows] + (1 - b2) * g[rows] ** 2
             m_hat, v_hat = m[rows] / (1 - b1**t), v[rows] / (1 - b2**t)
@@ -127,6 +127,7 @@ def local_update(
     -------
     LocalResult
         New private embeddings and each user's changed item rows.
+
     """
     pairs = build_pairs(bucket, cfg, server_round)
     n_items = bucket.n_items
@@ -162,7 +163,7 @@ def local_update(
             for p in params:
                 p.requires_grad_(False)
             if adam is None:
-                for p, g in zip(params, grads):
+                for p, g in zip(params, grads, strict=True):
                     p -= cfg.lr * g
             else:
                 active_user = torch.zeros(len(P), dtype=torch.bool, device=device)

@@ -20,6 +20,7 @@ class Bucket:
         Sorted global user ids.
     train, valid, test : scipy.sparse.csr_matrix
         Binary (B, n_items) matrices with sorted indices.
+
     """
 
     users: np.ndarray
@@ -33,7 +34,7 @@ class Bucket:
         return int(self.train.shape[1])
 
     @classmethod
-    def from_split(cls, split: Split, users: np.ndarray) -> "Bucket":
+    def from_split(cls, split: Split, users: np.ndarray) -> Bucket:
         """Take the rows of ``users`` from every part of the split."""
         rows = {}
         for part in ("train", "valid", "test"):

@@ -19,7 +19,9 @@ def train():
 
 
 def make(name, seed=0, train=None):
-    model = build_model(name, N_USERS, N_ITEMS, **({} if name == "pop" else {"dim": 4, "seed": seed}))
+    model = build_model(
+        name, N_USERS, N_ITEMS, **({} if name == "pop" else {"dim": 4, "seed": seed})
+    )
     if hasattr(model, "fit") and train is not None:
         model.fit(train)
     return model

@@ -21,8 +21,8 @@ def test_random_partition_is_seeded():
     a = partition_users(50, num_nodes=5, mode="random", seed=1)
     b = partition_users(50, num_nodes=5, mode="random", seed=1)
     c = partition_users(50, num_nodes=5, mode="random", seed=2)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_contiguous_buckets_hold_consecutive_users():

@@ -64,7 +64,7 @@ def test_split_files_round_trip_with_recbole_header(tmp_path):
     back = read_split(tmp_path / "s", "synthetic")
     assert (back.n_users, back.n_items) == (split.n_users, split.n_items)
     for part in split.parts:
-        for a, b in zip(split.parts[part], back.parts[part]):
+        for a, b in zip(split.parts[part], back.parts[part], strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 

@@ -77,3 +77,12 @@ def test_flwr_simulation_end_to_end(tmp_path):
     from sim.flower import _superlink_healthy
 
     assert not _superlink_healthy("39091")
+    # the in-process grid (used by benchmarks and tests) reproduces Flower's numbers
+    from recdata.runconfig import parse_run_config
+    from server.app import run_federated
+    from sim.local_grid import LocalGrid
+
+    cfg = parse_run_config({k: v for k, v in saved["config"].items() if k != "out-dir"})
+    local = run_federated(LocalGrid(cfg.to_flower(), 10), cfg, tmp_path / "local")
+    for key, value in run["metrics"].items():
+        assert local["metrics"][key] == pytest.approx(value, abs=1e-6), key

@@ -15,14 +15,21 @@ N, D = 6, 3
 
 def replies_for(strategy, payloads, weights):
     """Run configure_train on a fake grid whose nodes answer with the given payloads."""
-    answers = iter(zip(payloads, weights))
+    answers = iter(zip(payloads, weights, strict=True))
 
     def handler(msg, ctx):
         arrays, w = next(answers)
-        return Message(RecordDict({"arrays": to_record(arrays),
-                                   "metrics": MetricRecord({"weight": w, "num-users": 1,
-                                                            "num-pairs": 1, "loss-sum": 0.5})}),
-                       reply_to=msg)
+        return Message(
+            RecordDict(
+                {
+                    "arrays": to_record(arrays),
+                    "metrics": MetricRecord(
+                        {"weight": w, "num-users": 1, "num-pairs": 1, "loss-sum": 0.5}
+                    ),
+                }
+            ),
+            reply_to=msg,
+        )
 
     grid = LocalGrid({}, len(payloads), handlers={MessageType.TRAIN: handler})
     start = {"item_emb": np.ones((N, D), np.float32), "item_bias": np.zeros(N, np.float32)}
@@ -31,11 +38,13 @@ def replies_for(strategy, payloads, weights):
 
 
 def test_dense_mode_is_the_interaction_weighted_mean_of_user_tables():
-    # two users: user A (3 interactions) moved item 0 by +1, user B (1 interaction) moved item 0 by -1
-    pa, wa = node_payload("dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1),
-                          np.array([3.0]))
-    pb, wb = node_payload("dense", N, np.array([0]), np.array([0]), -np.ones((1, D)), -np.ones(1),
-                          np.array([1.0]))
+    # user A (3 interactions) moved item 0 by +1, user B (1 interaction) by -1
+    pa, wa = node_payload(
+        "dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1), np.array([3.0])
+    )
+    pb, wb = node_payload(
+        "dense", N, np.array([0]), np.array([0]), -np.ones((1, D)), -np.ones(1), np.array([1.0])
+    )
     strategy = FedAvgRec("dense")
     arrays, metrics = strategy.aggregate_train(1, replies_for(strategy, [pa, pb], [wa, wb]))
     emb = from_record(arrays)["item_emb"]
@@ -45,10 +54,12 @@ def test_dense_mode_is_the_interaction_weighted_mean_of_user_tables():
 
 
 def test_sparse_mode_averages_each_row_over_the_users_that_touched_it():
-    pa, _ = node_payload("sparse", N, np.array([0, 0]), np.array([0, 2]), np.ones((2, D)),
-                         np.zeros(2), np.ones(1))
-    pb, _ = node_payload("sparse", N, np.array([0]), np.array([0]), 3 * np.ones((1, D)),
-                         np.zeros(1), np.ones(1))
+    pa, _ = node_payload(
+        "sparse", N, np.array([0, 0]), np.array([0, 2]), np.ones((2, D)), np.zeros(2), np.ones(1)
+    )
+    pb, _ = node_payload(
+        "sparse", N, np.array([0]), np.array([0]), 3 * np.ones((1, D)), np.zeros(1), np.ones(1)
+    )
     strategy = FedAvgRec("sparse")
     arrays, _ = strategy.aggregate_train(1, replies_for(strategy, [pa, pb], [0.0, 0.0]))
     emb = from_record(arrays)["item_emb"]
@@ -60,15 +71,17 @@ def test_sparse_mode_averages_each_row_over_the_users_that_touched_it():
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_bad_replies_are_skipped_with_a_log_line(mode, caplog):
-    good, w = node_payload(mode, N, np.array([0]), np.array([1]), np.ones((1, D)), np.ones(1),
-                           np.ones(1))
+    good, w = node_payload(
+        mode, N, np.array([0]), np.array([1]), np.ones((1, D)), np.ones(1), np.ones(1)
+    )
     nan = {k: v.copy() for k, v in good.items()}
     nan["item_emb"] = nan["item_emb"] * np.nan
     wrong = {k: (v[:, :2] if k == "item_emb" else v) for k, v in good.items()}
     strategy = FedAvgRec(mode)
     with caplog.at_level(logging.WARNING):
         arrays, metrics = strategy.aggregate_train(
-            1, replies_for(strategy, [good, nan, wrong], [w, w, w]))
+            1, replies_for(strategy, [good, nan, wrong], [w, w, w])
+        )
     assert metrics["num-replies"] == 1
     assert len(strategy.dropped) == 2
     assert np.isfinite(from_record(arrays)["item_emb"]).all()
@@ -77,8 +90,9 @@ def test_bad_replies_are_skipped_with_a_log_line(mode, caplog):
 
 
 def test_bytes_are_counted_both_ways():
-    pa, wa = node_payload("dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1),
-                          np.ones(1))
+    pa, wa = node_payload(
+        "dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1), np.ones(1)
+    )
     strategy = FedAvgRec("dense")
     strategy.aggregate_train(1, replies_for(strategy, [pa, pa], [wa, wa]))
     table = N * D * 4 + N * 4  # float32 payload; each array adds its .npy header on the wire
@@ -88,8 +102,9 @@ def test_bytes_are_counted_both_ways():
 
 def test_aggregation_consumes_replies_as_a_stream():
     """aggregate_train must fold replies one at a time (a generator is read once, in order)."""
-    pa, wa = node_payload("dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1),
-                          np.ones(1))
+    pa, wa = node_payload(
+        "dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1), np.ones(1)
+    )
     strategy = FedAvgRec("dense")
     replies = replies_for(strategy, [pa] * 5, [wa] * 5)
     consumed = []

@@ -1,0 +1,367 @@
+"""``florec deploy local``: the deployment topology as real processes on 127.0.0.1.
+
+One ``flower-superlink`` (``--isolation process``; one HTTP port serves the Fleet, Control and
+Runtime APIs), one ``flower-superexec`` that runs the ServerApp, and per node a
+``flower-supernode`` (``--node-config "partition-id=i num-partitions=N"``) with its own
+``flower-superexec`` for the ClientApp: the topology of ``deploy/compose.yml`` without Docker.
+The run is submitted with ``flwr run . <connection>`` through a connection written into a private
+``FLWR_HOME``. Every process is ours and is stopped by PID, also on Ctrl-C and errors; each one's
+output goes, line by line with a wall-clock stamp, to ``<log_dir>/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from recdata.errors import FloRecError
+from sim.flower import PROJECT_ROOT, flower_env, toml_value
+
+CONNECTION = "florec-deploy"
+CERTS_SCRIPT = PROJECT_ROOT / "deploy" / "certs.sh"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NODE_ID = re.compile(r"SuperNode ID: (\d+)")
+
+
+def free_ports(k: int) -> list[int]:
+    """``k`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(k)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def make_certs(out_dir: Path, names: tuple[str, ...] = (), supernode_keys: int = 0) -> Path:
+    """Run ``deploy/certs.sh``: a self-signed CA, the SuperLink certificate and SuperNode keys."""
+    if shutil.which("openssl") is None:
+        raise FloRecError("openssl is not installed; install it (apt-get install openssl) or "
+                          "run without --tls")
+    cmd = ["bash", str(CERTS_SCRIPT), "-o", str(out_dir), "-k", str(supernode_keys)]
+    for name in names:
+        cmd += ["-n", name]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise FloRecError(f"deploy/certs.sh failed: {res.stderr.strip() or res.stdout.strip()}")
+    return out_dir
+
+
+def _exe(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise FloRecError(f"{name} is not installed; run `make venv` (pip install -e .)")
+    return found
+
+
+class Service:
+    """A process we started; a thread copies its output into a time-stamped log file."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path,
+                 echo: bool = False) -> None:
+        self.name, self.echo, self.node_id = name, echo, None
+        self.log_path = log_dir / f"{name}.log"
+        self.proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     text=True, errors="replace", start_new_session=True)
+        self.thread = threading.Thread(target=self._pump, name=f"log-{name}", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        with self.log_path.open("a") as fh:
+            for line in self.proc.stdout:
+                stamp = dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+                fh.write(f"{stamp} {_ANSI.sub('', line)}")
+                fh.flush()
+                if self.echo:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                if self.node_id is None and (m := _NODE_ID.search(line)):
+                    self.node_id = int(m.group(1))
+
+
+def _signal_tree(pid: int, sig: signal.Signals) -> list[Any]:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+class LoopbackDeployment:
+    """SuperLink, server SuperExec and ``num_nodes`` SuperNodes (+ SuperExecs) on 127.0.0.1.
+
+    Parameters
+    ----------
+    num_nodes : int
+        SuperNodes to start; node ``i`` gets ``partition-id=i num-partitions=num_nodes``.
+    log_dir : Path
+        Where each process's log goes.
+    certs : Path, optional
+        A folder made by ``deploy/certs.sh``: run every API with TLS (``ca.crt``,
+        ``server.pem``, ``server.key``).
+    node_auth : bool
+        SuperNode authentication (needs ``certs`` with ``supernode-<i>.key/.pub``): the
+        SuperLink accepts only the nodes registered with ``flwr supernode register``.
+    data_dir : str
+        ``data-dir`` of every node's config (empty: not set).
+
+    """
+
+    def __init__(self, num_nodes: int, log_dir: Path, certs: Path | None = None,
+                 node_auth: bool = False, data_dir: str = "") -> None:
+        if node_auth and certs is None:
+            raise FloRecError("SuperNode authentication needs TLS; add --tls")
+        self.num_nodes, self.certs, self.node_auth, self.data_dir = (num_nodes, certs,
+                                                                     node_auth, data_dir)
+        self.log_dir = Path(log_dir)
+        self.work = Path(tempfile.mkdtemp(prefix="florec-deploy-"))
+        self.port, *self.node_ports = free_ports(num_nodes + 1)
+        self.services: dict[str, Service] = {}
+        self.exited: dict[str, int] = {}
+
+    def _start(self, name: str, cmd: list[str], home: str, echo: bool = False) -> Service:
+        svc = Service(name, cmd, flower_env(self.work / home), self.log_dir, echo)
+        self.services[name] = svc
+        return svc
+
+    def _client_tls(self) -> list[str]:
+        return ["--root-certificates", str(self.certs / "ca.crt")] if self.certs else \
+            ["--insecure"]
+
+    def _wait(self, what: str, ready: Any, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            dead = [n for n, s in self.services.items() if s.proc.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                why = f"{dead[0]} exited" if dead else f"not ready after {timeout_s:.0f} s"
+                raise FloRecError(f"{what}: {why}; see {self.log_dir}")
+            time.sleep(0.2)
+
+    def _superlink_up(self) -> bool:
+        import httpx
+
+        scheme, verify = ("https", str(self.certs / "ca.crt")) if self.certs else ("http", False)
+        try:
+            return httpx.get(f"{scheme}://127.0.0.1:{self.port}/health", verify=verify,
+                             timeout=1.0).is_success
+        except httpx.HTTPError:
+            return False
+
+    def start(self) -> None:
+        """Start everything and wait until every SuperNode is connected."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        link = f"127.0.0.1:{self.port}"
+        tls = ["--insecure"] if self.certs is None else [
+            "--ssl-ca-certfile", str(self.certs / "ca.crt"),
+            "--ssl-certfile", str(self.certs / "server.pem"),
+            "--ssl-keyfile", str(self.certs / "server.key")]
+        self._start("superlink", [_exe("flower-superlink"), *tls, "--isolation", "process",
+                                  "--host", "127.0.0.1", "--port", str(self.port),
+                                  *(["--enable-supernode-auth"] if self.node_auth else [])],
+                    "superlink")
+        self._wait("the SuperLink", self._superlink_up)
+        cli_home = self.work / "flwr"
+        cli_home.mkdir(parents=True, exist_ok=True)
+        auth = (f'root-certificates = "{self.certs / "ca.crt"}"' if self.certs
+                else "insecure = true")
+        (cli_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{link}"\n{auth}\n')
+        if self.node_auth:
+            for i in range(self.num_nodes):
+                self.register(self.certs / f"supernode-{i}.pub")
+        self._start("superexec-server", [_exe("flower-superexec"), *self._client_tls(),
+                                         "--runtime-api-address", link], "server")
+        for i, port in enumerate(self.node_ports):
+            node_config = f"partition-id={i} num-partitions={self.num_nodes}"
+            if self.data_dir:
+                node_config += f" data-dir={toml_value(self.data_dir)}"
+            key = (["--auth-supernode-private-key", str(self.certs / f"supernode-{i}.key")]
+                   if self.node_auth else [])
+            self._start(f"supernode-{i}", [
+                _exe("flower-supernode"), *self._client_tls(), *key, "--superlink", link,
+                "--isolation", "process", "--host", "127.0.0.1", "--port", str(port),
+                "--node-config", node_config], f"node-{i}")
+            self._start(f"superexec-{i}", [_exe("flower-superexec"), "--insecure",
+                                           "--runtime-api-address", f"127.0.0.1:{port}"],
+                        f"node-{i}")
+        self._wait("the SuperNodes", lambda: all(n is not None for n in self.node_ids().values()))
+
+    def flwr(self, *args: str) -> subprocess.CompletedProcess:
+        """Run a ``flwr`` CLI command against this deployment's connection."""
+        return subprocess.run([_exe("flwr"), *args], env=flower_env(self.work / "flwr"),
+                              cwd=PROJECT_ROOT, capture_output=True, text=True)
+
+    def register(self, public_key: Path) -> None:
+        """Register a SuperNode's public key (``flwr supernode register``)."""
+        res = self.flwr("supernode", "register", str(public_key), CONNECTION)
+        if res.returncode != 0:
+            raise FloRecError(f"flwr supernode register {public_key} failed: "
+                              f"{(res.stderr or res.stdout).strip()[-300:]}")
+
+    def node_ids(self) -> dict[int, int | None]:
+        """SuperNode ID of each partition (``None`` until the node has connected)."""
+        return {i: self.services[f"supernode-{i}"].node_id for i in range(self.num_nodes)}
+
+    def submit(self, run_config: dict[str, Any], echo: bool = True) -> int:
+        """``flwr run . <connection> --stream``; waits for the run and reports nodes that die.
+
+        Returns
+        -------
+        int
+            The exit code of ``flwr run``.
+
+        """
+        cfg = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
+        run = self._start("flwr-run", [_exe("flwr"), "run", str(PROJECT_ROOT), CONNECTION,
+                                       "--stream", "--run-config", cfg], "flwr", echo)
+        while run.proc.poll() is None:
+            self._check_nodes()
+            time.sleep(0.5)
+        run.thread.join(timeout=5)
+        self._check_nodes()
+        return run.proc.returncode
+
+    def _check_nodes(self) -> None:
+        for name, svc in self.services.items():
+            if name.startswith("super") and name not in self.exited and svc.proc.poll() is not None:
+                self.exited[name] = svc.proc.returncode
+                print(f"[florec deploy] {name} (SuperNode ID {svc.node_id}) exited with code "
+                      f"{svc.proc.returncode}; see {svc.log_path}", flush=True)
+
+    def kill_node(self, i: int, hard: bool = True) -> None:
+        """Kill node ``i`` (its SuperNode and ClientApp SuperExec trees): a crash if ``hard``."""
+        sig = signal.SIGKILL if hard else signal.SIGTERM
+        for name in (f"supernode-{i}", f"superexec-{i}"):
+            _signal_tree(self.services[name].proc.pid, sig)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop every process we started (SIGTERM, then SIGKILL after ``grace_s``), by PID."""
+        import psutil
+
+        procs = [p for svc in reversed(list(self.services.values()))
+                 for p in _signal_tree(svc.proc.pid, signal.SIGTERM)]
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        for svc in self.services.values():
+            svc.proc.poll()
+            svc.thread.join(timeout=2)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self) -> LoopbackDeployment:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _stamp(line: str) -> float:
+    h, m, s = line[:12].split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def message_seconds(log_dir: Path) -> list[float]:
+    """Seconds each SuperNode took from receiving a message to sending its reply.
+
+    This covers the ClientApp's whole life in process isolation: the SuperExec polling for the
+    task, starting a ``flwr-clientapp`` process (Python, torch and the app imported anew), the
+    work itself, and handing the reply back.
+    """
+    out: list[float] = []
+    for path in sorted(Path(log_dir).glob("supernode-*.log")):
+        got: float | None = None
+        for line in path.read_text(errors="replace").splitlines():
+            if "Receiving:" in line:
+                got = _stamp(line)
+            elif "Sending:" in line and got is not None:
+                out.append((_stamp(line) - got) % 86400)
+                got = None
+    return out
+
+
+def report_nodes(dep: LoopbackDeployment, out_dir: Path) -> list[str]:
+    """Lines saying, per round, which nodes did not reply (by partition and SuperNode ID)."""
+    import json
+
+    rounds = out_dir / "rounds.jsonl"
+    part_of = {nid: i for i, nid in dep.node_ids().items()}
+    lines = []
+    for row in map(json.loads, rounds.read_text().splitlines() if rounds.exists() else []):
+        replies = int(row.get("train", {}).get("num-replies", 0))
+        dropped = [f"{d} (partition {part_of.get(int(d.split()[-1]), '?')})"
+                   for d in row.get("dropped", [])]
+        if replies < dep.num_nodes or dropped:
+            lines.append(f"round {row['round']}: {replies} of {dep.num_nodes} nodes replied"
+                         + (f"; failed replies: {', '.join(dropped)}" if dropped else ""))
+    for name, code in dep.exited.items():
+        lines.append(f"{name} (SuperNode ID {dep.services[name].node_id}) exited with code "
+                     f"{code} during the run")
+    return lines
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_local(run_config: dict[str, Any], num_nodes: int, out_dir: Path, tls: bool = False,
+              certs: Path | None = None, node_auth: bool = False, data_dir: str = "") -> int:
+    """Start the loopback deployment, run one job on it, tear it down; ``flwr run``'s exit code.
+
+    ``certs``: a folder made by ``deploy/certs.sh`` (made in a temporary folder if not given).
+    Logs go to ``out_dir/logs``; SIGTERM and Ctrl-C tear everything down as well.
+    """
+    out_dir = Path(out_dir).resolve()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    with tempfile.TemporaryDirectory(prefix="florec-certs-") as tmp:
+        try:
+            if tls and certs is None:
+                certs = make_certs(Path(tmp), supernode_keys=num_nodes if node_auth else 0)
+            with LoopbackDeployment(num_nodes, out_dir / "logs", certs if tls else None,
+                                    node_auth, data_dir) as dep:
+                print(f"[florec deploy] SuperLink on 127.0.0.1:{dep.port} "
+                      f"({'TLS' if tls else 'insecure'}), {num_nodes} SuperNodes: "
+                      f"{dep.node_ids()}; logs in {out_dir / 'logs'}", flush=True)
+                code = dep.submit(run_config | {"out-dir": str(out_dir), "num-nodes": num_nodes})
+                for line in report_nodes(dep, out_dir):
+                    print(f"[florec deploy] {line}", flush=True)
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+    secs = message_seconds(out_dir / "logs")
+    if secs:
+        print(f"[florec deploy] {len(secs)} ClientApp messages, {sum(secs) / len(secs):.2f} s "
+              f"each on the node (receive -> reply, one ClientApp process per message)")
+    return code
