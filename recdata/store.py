@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
+from recdata.download import cache_root
 from recdata.splits import Split, make_split, read_split, write_split
-
-
-def cache_root() -> Path:
-    """FloRec's cache folder: ``$FLOREC_CACHE_DIR`` or ``~/.cache/florec``."""
-    return Path(os.environ.get("FLOREC_CACHE_DIR", Path.home() / ".cache" / "florec"))
 
 
 def split_dir(dataset: str, kind: str, seed: int, min_rating: float = 1.0,
