@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make the TLS material of a FloRec deployment with openssl (and SuperNode keys with ssh-keygen).
 #
-#   deploy/certs.sh [-o DIR] [-n NAME]... [-k N] [-d DAYS]
+#   deploy/certs.sh [-o DIR] [-n NAME]... [-k N] [-s] [-d DAYS]
 #
 #   -o DIR   output folder (default: deploy/certs next to this script)
 #   -n NAME  extra name of the SuperLink: a DNS name or an IPv4 address the SuperNodes and the
@@ -9,6 +9,8 @@
 #   -k N     also make N SuperNode authentication key pairs (ECDSA P-384, OpenSSH format):
 #            supernode-<i>.key (private, stays on node i) and supernode-<i>.pub (register it
 #            with `flwr supernode register supernode-<i>.pub <connection>`)
+#   -s       also make superexec.secret, the shared secret of SuperExec authentication
+#            (give it to the SuperLink, the SuperNodes and every SuperExec)
 #   -d DAYS  validity of the certificates (default 365)
 #
 # Writes DIR/ca.crt (give it to every SuperNode and flwr CLI), DIR/ca.key (keep it offline),
@@ -19,15 +21,17 @@ set -euo pipefail
 out="$(cd "$(dirname "$0")" && pwd)/certs"
 names=()
 keys=0
+secret=0
 days=365
-while getopts "o:n:k:d:h" opt; do
+while getopts "o:n:k:sd:h" opt; do
   case "$opt" in
     o) out="$OPTARG" ;;
     n) names+=("$OPTARG") ;;
     k) keys="$OPTARG" ;;
+    s) secret=1 ;;
     d) days="$OPTARG" ;;
-    h) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [-o DIR] [-n NAME]... [-k N] [-d DAYS]" >&2; exit 2 ;;
+    h) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [-o DIR] [-n NAME]... [-k N] [-s] [-d DAYS]" >&2; exit 2 ;;
   esac
 done
 command -v openssl >/dev/null || { echo "certs.sh: openssl is not installed" >&2; exit 1; }
@@ -70,5 +74,10 @@ if [ "$keys" -gt 0 ]; then
     ssh-keygen -q -t ecdsa -b 384 -N "" -C "florec-supernode-$i" -f "supernode-$i.key"
     mv "supernode-$i.key.pub" "supernode-$i.pub"
   done
+fi
+# SuperExec shared secret (optional): raw bytes, no trailing newline.
+if [ "$secret" -eq 1 ]; then
+  openssl rand -hex 32 | tr -d '\n' > superexec.secret
+  chmod 600 superexec.secret
 fi
 echo "certs.sh: wrote $out (SuperLink names: $san; SuperNode key pairs: $keys)"

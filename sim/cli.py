@@ -241,7 +241,9 @@ def deploy_local(
         Path | None,
         typer.Option(help="certs folder from deploy/certs.sh (default: made for this run)"),
     ] = None,
-    node_auth: Annotated[bool, typer.Option(help="SuperNode authentication (needs --tls)")] = False,
+    auth: Annotated[
+        bool, typer.Option(help="SuperNode and SuperExec authentication (needs --tls)")
+    ] = False,
     data_dir: Annotated[str, typer.Option(help="data-dir of every node")] = "",
     config: Override = None,
 ) -> None:
@@ -265,9 +267,7 @@ def deploy_local(
     n = num_buckets_for(cfg)
     defaults = RunConfig().to_flower()
     overrides = {k: v for k, v in cfg.to_flower().items() if v != defaults[k]}
-    code = run_local(
-        overrides, n, out, tls=tls, certs=certs, node_auth=node_auth, data_dir=data_dir
-    )
+    code = run_local(overrides, n, out, tls=tls, certs=certs, auth=auth, data_dir=data_dir)
     if code != 0 or not (out / "results.json").exists():
         raise FloRecError(f"the deployed run failed (flwr exit {code}); see {out}/logs")
     res = read_results(out)

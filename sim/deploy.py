@@ -12,6 +12,7 @@ output goes, line by line with a wall-clock stamp, to ``<log_dir>/<name>.log``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import shutil
 import signal
@@ -45,18 +46,18 @@ def free_ports(k: int) -> list[int]:
             s.close()
 
 
-def make_certs(out_dir: Path, names: tuple[str, ...] = (), supernode_keys: int = 0) -> Path:
-    """Run ``deploy/certs.sh``: a self-signed CA, the SuperLink certificate and SuperNode keys."""
+def make_certs(out_dir: Path, supernode_keys: int = 0, names: tuple[str, ...] = ()) -> Path:
+    """Run ``deploy/certs.sh``: CA, SuperLink certificate, SuperNode keys, SuperExec secret."""
     if shutil.which("openssl") is None:
         raise FloRecError("openssl is not installed; install it (apt-get install openssl) or "
                           "run without --tls")
-    cmd = ["bash", str(CERTS_SCRIPT), "-o", str(out_dir), "-k", str(supernode_keys)]
+    cmd = ["bash", str(CERTS_SCRIPT), "-o", str(out_dir), "-k", str(supernode_keys), "-s"]
     for name in names:
         cmd += ["-n", name]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
-        raise FloRecError(f"deploy/certs.sh failed: {res.stderr.strip() or res.stdout.strip()}")
-    return out_dir
+        raise FloRecError(f"deploy/certs.sh failed: {(res.stderr or res.stdout).strip()}")
+    return Path(out_dir)
 
 
 def _exe(name: str) -> str:
@@ -83,8 +84,7 @@ class Service:
         assert self.proc.stdout is not None
         with self.log_path.open("a") as fh:
             for line in self.proc.stdout:
-                stamp = dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
-                fh.write(f"{stamp} {_ANSI.sub('', line)}")
+                fh.write(f"{dt.datetime.now():%H:%M:%S.%f} {_ANSI.sub('', line)}")
                 fh.flush()
                 if self.echo:
                     sys.stdout.write(line)
@@ -92,21 +92,21 @@ class Service:
                 if self.node_id is None and (m := _NODE_ID.search(line)):
                     self.node_id = int(m.group(1))
 
+    def tree(self, sig: signal.Signals) -> list[Any]:
+        """Send ``sig`` to this process and its descendants; returns them (psutil)."""
+        import psutil
 
-def _signal_tree(pid: int, sig: signal.Signals) -> list[Any]:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-    for p in procs:
         try:
-            p.send_signal(sig)
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            pass
-    return procs
+            return []
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        return procs
 
 
 class LoopbackDeployment:
@@ -119,114 +119,119 @@ class LoopbackDeployment:
     log_dir : Path
         Where each process's log goes.
     certs : Path, optional
-        A folder made by ``deploy/certs.sh``: run every API with TLS (``ca.crt``,
-        ``server.pem``, ``server.key``).
-    node_auth : bool
-        SuperNode authentication (needs ``certs`` with ``supernode-<i>.key/.pub``): the
-        SuperLink accepts only the nodes registered with ``flwr supernode register``.
+        A folder made by ``deploy/certs.sh``: TLS on every API (``ca.crt``, ``server.pem``,
+        ``server.key``). Without it everything runs ``--insecure``.
+    auth : bool
+        SuperNode authentication (``supernode-<i>.key/.pub`` registered with ``flwr supernode
+        register``) and SuperExec authentication (``superexec.secret``); needs ``certs``.
     data_dir : str
         ``data-dir`` of every node's config (empty: not set).
 
     """
 
     def __init__(self, num_nodes: int, log_dir: Path, certs: Path | None = None,
-                 node_auth: bool = False, data_dir: str = "") -> None:
-        if node_auth and certs is None:
-            raise FloRecError("SuperNode authentication needs TLS; add --tls")
-        self.num_nodes, self.certs, self.node_auth, self.data_dir = (num_nodes, certs,
-                                                                     node_auth, data_dir)
+                 auth: bool = False, data_dir: str = "") -> None:
+        if auth and certs is None:
+            raise FloRecError("authentication needs TLS: add --tls")
+        self.num_nodes, self.certs, self.auth, self.data_dir = num_nodes, certs, auth, data_dir
         self.log_dir = Path(log_dir)
         self.work = Path(tempfile.mkdtemp(prefix="florec-deploy-"))
         self.port, *self.node_ports = free_ports(num_nodes + 1)
         self.services: dict[str, Service] = {}
+        self.registered: dict[int, int] = {}
         self.exited: dict[str, int] = {}
 
     def _start(self, name: str, cmd: list[str], home: str, echo: bool = False) -> Service:
+        if self.auth and name != "flwr-run":  # every SuperLink, SuperNode and SuperExec
+            cmd = [*cmd, "--superexec-auth-secret-file", str(self.certs / "superexec.secret")]
         svc = Service(name, cmd, flower_env(self.work / home), self.log_dir, echo)
         self.services[name] = svc
         return svc
 
-    def _client_tls(self) -> list[str]:
+    def _ca(self) -> list[str]:
         return ["--root-certificates", str(self.certs / "ca.crt")] if self.certs else \
             ["--insecure"]
 
-    def _wait(self, what: str, ready: Any, timeout_s: float = 60.0) -> None:
+    def _wait(self, what: str, ready: Any, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not ready():
             dead = [n for n, s in self.services.items() if s.proc.poll() is not None]
             if dead or time.monotonic() > deadline:
                 why = f"{dead[0]} exited" if dead else f"not ready after {timeout_s:.0f} s"
-                raise FloRecError(f"{what}: {why}; see {self.log_dir}")
+                raise FloRecError(f"{what}: {why}; see the logs in {self.log_dir}")
             time.sleep(0.2)
 
-    def _superlink_up(self) -> bool:
+    def superlink_up(self, scheme: str = "") -> bool:
+        """Whether the SuperLink answers ``/health`` (https with our CA under TLS)."""
         import httpx
 
-        scheme, verify = ("https", str(self.certs / "ca.crt")) if self.certs else ("http", False)
+        scheme = scheme or ("https" if self.certs else "http")
+        verify = str(self.certs / "ca.crt") if self.certs else False
         try:
             return httpx.get(f"{scheme}://127.0.0.1:{self.port}/health", verify=verify,
-                             timeout=1.0).is_success
+                             timeout=2.0).is_success
         except httpx.HTTPError:
             return False
 
     def start(self) -> None:
         """Start everything and wait until every SuperNode is connected."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        link = f"127.0.0.1:{self.port}"
-        tls = ["--insecure"] if self.certs is None else [
-            "--ssl-ca-certfile", str(self.certs / "ca.crt"),
-            "--ssl-certfile", str(self.certs / "server.pem"),
-            "--ssl-keyfile", str(self.certs / "server.key")]
+        link, certs = f"127.0.0.1:{self.port}", self.certs
+        tls = ["--insecure"] if certs is None else [
+            "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile",
+            str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key")]
         self._start("superlink", [_exe("flower-superlink"), *tls, "--isolation", "process",
                                   "--host", "127.0.0.1", "--port", str(self.port),
-                                  *(["--enable-supernode-auth"] if self.node_auth else [])],
+                                  *(["--enable-supernode-auth"] if self.auth else [])],
                     "superlink")
-        self._wait("the SuperLink", self._superlink_up)
-        cli_home = self.work / "flwr"
-        cli_home.mkdir(parents=True, exist_ok=True)
-        auth = (f'root-certificates = "{self.certs / "ca.crt"}"' if self.certs
-                else "insecure = true")
-        (cli_home / "config.toml").write_text(
+        (self.work / "flwr").mkdir(parents=True, exist_ok=True)
+        trust = f'root-certificates = "{certs / "ca.crt"}"' if certs else "insecure = true"
+        (self.work / "flwr" / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{link}"\n{auth}\n')
-        if self.node_auth:
-            for i in range(self.num_nodes):
-                self.register(self.certs / f"supernode-{i}.pub")
-        self._start("superexec-server", [_exe("flower-superexec"), *self._client_tls(),
+            f'address = "{link}"\n{trust}\n')
+        if self.auth:  # keys are registered before their SuperNodes may connect
+            self._wait("the SuperLink", self.superlink_up)
+            self.registered = {i: self.register(certs / f"supernode-{i}.pub")
+                               for i in range(self.num_nodes)}
+        # the others start while the SuperLink is still starting up; they retry until it is up
+        self._start("superexec-server", [_exe("flower-superexec"), *self._ca(),
                                          "--runtime-api-address", link], "server")
         for i, port in enumerate(self.node_ports):
             node_config = f"partition-id={i} num-partitions={self.num_nodes}"
             if self.data_dir:
                 node_config += f" data-dir={toml_value(self.data_dir)}"
-            key = (["--auth-supernode-private-key", str(self.certs / f"supernode-{i}.key")]
-                   if self.node_auth else [])
+            key = ["--auth-supernode-private-key", str(certs / f"supernode-{i}.key")] \
+                if self.auth else []
             self._start(f"supernode-{i}", [
-                _exe("flower-supernode"), *self._client_tls(), *key, "--superlink", link,
+                _exe("flower-supernode"), *self._ca(), *key, "--superlink", link,
                 "--isolation", "process", "--host", "127.0.0.1", "--port", str(port),
                 "--node-config", node_config], f"node-{i}")
             self._start(f"superexec-{i}", [_exe("flower-superexec"), "--insecure",
                                            "--runtime-api-address", f"127.0.0.1:{port}"],
                         f"node-{i}")
-        self._wait("the SuperNodes", lambda: all(n is not None for n in self.node_ids().values()))
+        self._wait("the SuperLink", self.superlink_up)
+        self._wait("the SuperNodes", lambda: None not in self.node_ids().values())
 
     def flwr(self, *args: str) -> subprocess.CompletedProcess:
-        """Run a ``flwr`` CLI command against this deployment's connection."""
+        """Run a ``flwr`` CLI command with this deployment's connection as the default."""
         return subprocess.run([_exe("flwr"), *args], env=flower_env(self.work / "flwr"),
                               cwd=PROJECT_ROOT, capture_output=True, text=True)
 
-    def register(self, public_key: Path) -> None:
-        """Register a SuperNode's public key (``flwr supernode register``)."""
-        res = self.flwr("supernode", "register", str(public_key), CONNECTION)
-        if res.returncode != 0:
+    def register(self, public_key: Path) -> int:
+        """Register a SuperNode's public key (``flwr supernode register``); its node ID."""
+        res = self.flwr("supernode", "register", str(public_key), CONNECTION, "--format", "json")
+        try:
+            return int(json.loads(res.stdout[res.stdout.index("{"):])["node-id"])
+        except (ValueError, KeyError) as err:
             raise FloRecError(f"flwr supernode register {public_key} failed: "
-                              f"{(res.stderr or res.stdout).strip()[-300:]}")
+                              f"{(res.stderr or res.stdout).strip()[-300:]}") from err
 
     def node_ids(self) -> dict[int, int | None]:
         """SuperNode ID of each partition (``None`` until the node has connected)."""
         return {i: self.services[f"supernode-{i}"].node_id for i in range(self.num_nodes)}
 
     def submit(self, run_config: dict[str, Any], echo: bool = True) -> int:
-        """``flwr run . <connection> --stream``; waits for the run and reports nodes that die.
+        """``flwr run . <connection> --stream``: wait for the run, report nodes that die.
 
         Returns
         -------
@@ -238,13 +243,13 @@ class LoopbackDeployment:
         run = self._start("flwr-run", [_exe("flwr"), "run", str(PROJECT_ROOT), CONNECTION,
                                        "--stream", "--run-config", cfg], "flwr", echo)
         while run.proc.poll() is None:
-            self._check_nodes()
+            self._check_exits()
             time.sleep(0.5)
         run.thread.join(timeout=5)
-        self._check_nodes()
+        self._check_exits()
         return run.proc.returncode
 
-    def _check_nodes(self) -> None:
+    def _check_exits(self) -> None:
         for name, svc in self.services.items():
             if name.startswith("super") and name not in self.exited and svc.proc.poll() is not None:
                 self.exited[name] = svc.proc.returncode
@@ -253,16 +258,14 @@ class LoopbackDeployment:
 
     def kill_node(self, i: int, hard: bool = True) -> None:
         """Kill node ``i`` (its SuperNode and ClientApp SuperExec trees): a crash if ``hard``."""
-        sig = signal.SIGKILL if hard else signal.SIGTERM
         for name in (f"supernode-{i}", f"superexec-{i}"):
-            _signal_tree(self.services[name].proc.pid, sig)
+            self.services[name].tree(signal.SIGKILL if hard else signal.SIGTERM)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop every process we started (SIGTERM, then SIGKILL after ``grace_s``), by PID."""
         import psutil
 
-        procs = [p for svc in reversed(list(self.services.values()))
-                 for p in _signal_tree(svc.proc.pid, signal.SIGTERM)]
+        procs = [p for svc in reversed(self.services.values()) for p in svc.tree(signal.SIGTERM)]
         _, alive = psutil.wait_procs(procs, timeout=grace_s)
         for p in alive:
             try:
@@ -287,48 +290,43 @@ class LoopbackDeployment:
         self.stop()
 
 
-def _stamp(line: str) -> float:
-    h, m, s = line[:12].split(":")
-    return int(h) * 3600 + int(m) * 60 + float(s)
-
-
 def message_seconds(log_dir: Path) -> list[float]:
     """Seconds each SuperNode took from receiving a message to sending its reply.
 
-    This covers the ClientApp's whole life in process isolation: the SuperExec polling for the
-    task, starting a ``flwr-clientapp`` process (Python, torch and the app imported anew), the
-    work itself, and handing the reply back.
+    In process isolation this is a ClientApp's whole life: the SuperExec polling for the task,
+    a new ``flwr-clientapp`` process (Python, torch and the app imported anew), the work, and
+    handing the reply back to the SuperNode.
     """
+    def stamp(line: str) -> float:
+        h, m, s = line.split(" ", 1)[0].split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+
     out: list[float] = []
     for path in sorted(Path(log_dir).glob("supernode-*.log")):
         got: float | None = None
         for line in path.read_text(errors="replace").splitlines():
             if "Receiving:" in line:
-                got = _stamp(line)
+                got = stamp(line)
             elif "Sending:" in line and got is not None:
-                out.append((_stamp(line) - got) % 86400)
+                out.append((stamp(line) - got) % 86400)
                 got = None
     return out
 
 
 def report_nodes(dep: LoopbackDeployment, out_dir: Path) -> list[str]:
     """Lines saying, per round, which nodes did not reply (by partition and SuperNode ID)."""
-    import json
-
-    rounds = out_dir / "rounds.jsonl"
+    rounds = Path(out_dir) / "rounds.jsonl"
     part_of = {nid: i for i, nid in dep.node_ids().items()}
     lines = []
     for row in map(json.loads, rounds.read_text().splitlines() if rounds.exists() else []):
         replies = int(row.get("train", {}).get("num-replies", 0))
-        dropped = [f"{d} (partition {part_of.get(int(d.split()[-1]), '?')})"
-                   for d in row.get("dropped", [])]
-        if replies < dep.num_nodes or dropped:
+        failed = [f"{d} (partition {part_of.get(int(d.split()[-1]), '?')})"
+                  for d in row.get("dropped", [])]
+        if replies < dep.num_nodes or failed:
             lines.append(f"round {row['round']}: {replies} of {dep.num_nodes} nodes replied"
-                         + (f"; failed replies: {', '.join(dropped)}" if dropped else ""))
-    for name, code in dep.exited.items():
-        lines.append(f"{name} (SuperNode ID {dep.services[name].node_id}) exited with code "
-                     f"{code} during the run")
-    return lines
+                         + (f"; failed replies: {', '.join(failed)}" if failed else ""))
+    return lines + [f"{name} (SuperNode ID {dep.services[name].node_id}) exited with code {code} "
+                    "during the run" for name, code in dep.exited.items()]
 
 
 def _interrupt(*_: object) -> None:
@@ -336,32 +334,31 @@ def _interrupt(*_: object) -> None:
 
 
 def run_local(run_config: dict[str, Any], num_nodes: int, out_dir: Path, tls: bool = False,
-              certs: Path | None = None, node_auth: bool = False, data_dir: str = "") -> int:
-    """Start the loopback deployment, run one job on it, tear it down; ``flwr run``'s exit code.
+              certs: Path | None = None, auth: bool = False, data_dir: str = "") -> int:
+    """Start the loopback deployment, run one job, tear it down; returns ``flwr run``'s code.
 
-    ``certs``: a folder made by ``deploy/certs.sh`` (made in a temporary folder if not given).
-    Logs go to ``out_dir/logs``; SIGTERM and Ctrl-C tear everything down as well.
+    ``certs`` is a folder made by ``deploy/certs.sh`` (made in a temporary folder if not
+    given). Logs go to ``out_dir/logs``; SIGTERM and Ctrl-C tear everything down as well.
     """
     out_dir = Path(out_dir).resolve()
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
-    with tempfile.TemporaryDirectory(prefix="florec-certs-") as tmp:
-        try:
+    try:
+        with tempfile.TemporaryDirectory(prefix="florec-certs-") as tmp:
             if tls and certs is None:
-                certs = make_certs(Path(tmp), supernode_keys=num_nodes if node_auth else 0)
-            with LoopbackDeployment(num_nodes, out_dir / "logs", certs if tls else None,
-                                    node_auth, data_dir) as dep:
+                certs = make_certs(Path(tmp), supernode_keys=num_nodes if auth else 0)
+            with LoopbackDeployment(num_nodes, out_dir / "logs", certs if tls else None, auth,
+                                    data_dir) as dep:
                 print(f"[florec deploy] SuperLink on 127.0.0.1:{dep.port} "
-                      f"({'TLS' if tls else 'insecure'}), {num_nodes} SuperNodes: "
-                      f"{dep.node_ids()}; logs in {out_dir / 'logs'}", flush=True)
+                      f"({'TLS' if tls else 'insecure'}{', auth' if auth else ''}), SuperNode "
+                      f"IDs by partition {dep.node_ids()}; logs in {out_dir / 'logs'}", flush=True)
                 code = dep.submit(run_config | {"out-dir": str(out_dir), "num-nodes": num_nodes})
                 for line in report_nodes(dep, out_dir):
                     print(f"[florec deploy] {line}", flush=True)
-        finally:
-            if main:
-                signal.signal(signal.SIGTERM, previous)
-    secs = message_seconds(out_dir / "logs")
-    if secs:
-        print(f"[florec deploy] {len(secs)} ClientApp messages, {sum(secs) / len(secs):.2f} s "
-              f"each on the node (receive -> reply, one ClientApp process per message)")
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    if secs := message_seconds(out_dir / "logs"):
+        print(f"[florec deploy] {len(secs)} ClientApp messages took {sum(secs) / len(secs):.2f} s "
+              "each on their node (receive -> reply; one ClientApp process per message)")
     return code
