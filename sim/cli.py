@@ -269,7 +269,7 @@ def deploy_local(
     overrides = {k: v for k, v in cfg.to_flower().items() if v != defaults[k]}
     code = run_local(overrides, n, out, tls=tls, certs=certs, auth=auth, data_dir=data_dir)
     if code != 0 or not (out / "results.json").exists():
-        raise FloRecError(f"the deployed run failed (flwr exit {code}); see {out}/logs")
+        raise FloRecError(f"the deployed run failed; see the log above and {out}/logs")
     res = read_results(out)
     if res.get("status") != "finished":
         raise FloRecError(

@@ -31,7 +31,7 @@ from sim.flower import PROJECT_ROOT, flower_env, toml_value
 CONNECTION = "florec-deploy"
 CERTS_SCRIPT = PROJECT_ROOT / "deploy" / "certs.sh"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_NODE_ID = re.compile(r"SuperNode ID: (\d+)")
+_ID = re.compile(r"(?:SuperNode ID:|Successfully started run) (\d+)")
 
 
 def free_ports(k: int) -> list[int]:
@@ -72,7 +72,8 @@ class Service:
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path,
                  echo: bool = False) -> None:
-        self.name, self.echo, self.node_id = name, echo, None
+        self.name, self.echo = name, echo
+        self.node_id: int | None = None  # SuperNode ID (SuperNodes), run ID (``flwr run``)
         self.log_path = log_dir / f"{name}.log"
         self.proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -89,7 +90,7 @@ class Service:
                 if self.echo:
                     sys.stdout.write(line)
                     sys.stdout.flush()
-                if self.node_id is None and (m := _NODE_ID.search(line)):
+                if self.node_id is None and (m := _ID.search(line)):
                     self.node_id = int(m.group(1))
 
     def tree(self, sig: signal.Signals) -> list[Any]:
@@ -236,7 +237,7 @@ class LoopbackDeployment:
         Returns
         -------
         int
-            The exit code of ``flwr run``.
+            0 if the run finished as completed, else non-zero.
 
         """
         cfg = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
@@ -247,7 +248,21 @@ class LoopbackDeployment:
             time.sleep(0.5)
         run.thread.join(timeout=5)
         self._check_exits()
-        return run.proc.returncode
+        if run.proc.returncode != 0 or run.node_id is None:
+            return run.proc.returncode or 1
+        # `flwr run --stream` exits 0 whatever became of the run: ask the SuperLink
+        res = self.flwr("list", "--run-id", str(run.node_id), "--format", "json")
+        try:
+            info = json.loads(res.stdout[res.stdout.index("{"):])["runs"][0]
+        except (ValueError, KeyError, IndexError):
+            print(f"[florec deploy] cannot read the status of run {run.node_id}: "
+                  f"{(res.stderr or res.stdout).strip()[-300:]}", flush=True)
+            return 1
+        if info["status"] != "finished:completed":
+            print(f"[florec deploy] run {run.node_id} is {info['status']}: "
+                  f"{info.get('status-details', '')}", flush=True)
+            return 1
+        return 0
 
     def _check_exits(self) -> None:
         for name, svc in self.services.items():
@@ -335,7 +350,7 @@ def _interrupt(*_: object) -> None:
 
 def run_local(run_config: dict[str, Any], num_nodes: int, out_dir: Path, tls: bool = False,
               certs: Path | None = None, auth: bool = False, data_dir: str = "") -> int:
-    """Start the loopback deployment, run one job, tear it down; returns ``flwr run``'s code.
+    """Start the loopback deployment, run one job, tear it down; 0 if the run completed.
 
     ``certs`` is a folder made by ``deploy/certs.sh`` (made in a temporary folder if not
     given). Logs go to ``out_dir/logs``; SIGTERM and Ctrl-C tear everything down as well.
