@@ -83,7 +83,7 @@ class Service:
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        with self.log_path.open("a") as fh:
+        with self.log_path.open("w") as fh:
             for line in self.proc.stdout:
                 fh.write(f"{dt.datetime.now():%H:%M:%S.%f} {_ANSI.sub('', line)}")
                 fh.flush()
@@ -134,6 +134,12 @@ class LoopbackDeployment:
                  auth: bool = False, data_dir: str = "") -> None:
         if auth and certs is None:
             raise FloRecError("authentication needs TLS: add --tls")
+        need = ["ca.crt", "server.pem", "server.key"] if certs else []
+        need += ["superexec.secret", *(f"supernode-{i}.{e}" for i in range(num_nodes)
+                                       for e in ("key", "pub"))] if auth else []
+        if missing := [f for f in need if not (Path(certs) / f).exists()]:
+            raise FloRecError(f"{certs} lacks {', '.join(missing[:3])}; make it with "
+                              f"deploy/certs.sh -o {certs} -k {num_nodes} -s")
         self.num_nodes, self.certs, self.auth, self.data_dir = num_nodes, certs, auth, data_dir
         self.log_dir = Path(log_dir)
         self.work = Path(tempfile.mkdtemp(prefix="florec-deploy-"))
@@ -264,11 +270,16 @@ class LoopbackDeployment:
             return 1
         return 0
 
+    def describe(self, name: str) -> str:
+        """``supernode-1 (SuperNode ID ...)``, or just the name of other processes."""
+        node_id = self.services[name].node_id if name.startswith("supernode-") else None
+        return f"{name} (SuperNode ID {node_id})" if node_id else name
+
     def _check_exits(self) -> None:
         for name, svc in self.services.items():
             if name.startswith("super") and name not in self.exited and svc.proc.poll() is not None:
                 self.exited[name] = svc.proc.returncode
-                print(f"[florec deploy] {name} (SuperNode ID {svc.node_id}) exited with code "
+                print(f"[florec deploy] {self.describe(name)} exited with code "
                       f"{svc.proc.returncode}; see {svc.log_path}", flush=True)
 
     def kill_node(self, i: int, hard: bool = True) -> None:
@@ -330,18 +341,21 @@ def message_seconds(log_dir: Path) -> list[float]:
 
 def report_nodes(dep: LoopbackDeployment, out_dir: Path) -> list[str]:
     """Lines saying, per round, which nodes did not reply (by partition and SuperNode ID)."""
-    rounds = Path(out_dir) / "rounds.jsonl"
-    part_of = {nid: i for i, nid in dep.node_ids().items()}
+    rounds, config = Path(out_dir) / "rounds.jsonl", Path(out_dir) / "config.json"
+    fraction = json.loads(config.read_text())["config"]["fraction-train"] if config.exists() \
+        else 1.0
+    sampled = max(1, round(fraction * dep.num_nodes))
+    part_of = {str(nid): i for i, nid in dep.node_ids().items()}
     lines = []
     for row in map(json.loads, rounds.read_text().splitlines() if rounds.exists() else []):
         replies = int(row.get("train", {}).get("num-replies", 0))
-        failed = [f"{d} (partition {part_of.get(int(d.split()[-1]), '?')})"
+        failed = [f"{d} (partition {part_of.get(d.split()[-1], '?')})"
                   for d in row.get("dropped", [])]
-        if replies < dep.num_nodes or failed:
-            lines.append(f"round {row['round']}: {replies} of {dep.num_nodes} nodes replied"
+        if replies < sampled or failed:
+            lines.append(f"round {row['round']}: {replies} of {sampled} sampled nodes replied"
                          + (f"; failed replies: {', '.join(failed)}" if failed else ""))
-    return lines + [f"{name} (SuperNode ID {dep.services[name].node_id}) exited with code {code} "
-                    "during the run" for name, code in dep.exited.items()]
+    return lines + [f"{dep.describe(name)} exited with code {code} during the run"
+                    for name, code in dep.exited.items()]
 
 
 def _interrupt(*_: object) -> None:
@@ -370,6 +384,9 @@ def run_local(run_config: dict[str, Any], num_nodes: int, out_dir: Path, tls: bo
                 code = dep.submit(run_config | {"out-dir": str(out_dir), "num-nodes": num_nodes})
                 for line in report_nodes(dep, out_dir):
                     print(f"[florec deploy] {line}", flush=True)
+    except KeyboardInterrupt:
+        raise FloRecError(f"interrupted: every process of the deployment was stopped; finished "
+                          f"rounds are in {out_dir}, logs in {out_dir / 'logs'}") from None
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
