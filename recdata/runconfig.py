@@ -23,17 +23,17 @@ class RunConfig(BaseModel):
         alias_generator=_hyphen, populate_by_name=True, extra="forbid", frozen=True
     )
 
-    algorithm: Literal["fedavg"] = "fedavg"
-    model: Literal["mf", "pop"] = "mf"
+    algorithm: Literal["fedavg", "fedcia", "local"] = "fedavg"
+    model: Literal["mf", "lightgcn", "mlp", "gfcf", "pop"] = "mf"
     dataset: str = "ml-100k"
     data_dir: str = ""
     min_rating: float = Field(1.0, ge=0)
-    split: Literal["loo", "ratio", "global"] = "loo"
+    split: Literal["loo", "ratio", "global", "given"] = "loo"
     split_seed: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
     num_nodes: int = Field(100, ge=1)
     users_per_node: int = Field(0, ge=0)
-    partition: Literal["contiguous", "random"] = "contiguous"
+    partition: Literal["contiguous", "random", "floor"] = "contiguous"
     num_rounds: int = Field(20, ge=1)
     local_epochs: int = Field(1, ge=1)
     local_batch_size: int = Field(64, ge=1)
@@ -56,6 +56,20 @@ class RunConfig(BaseModel):
     synthetic_items: int = Field(300, ge=2)
     synthetic_interactions: int = Field(20, ge=3)
     eval_chunk: int = Field(1024, ge=1)
+    layers: int = Field(3, ge=1)
+    hidden: int = Field(32, ge=1)
+    fedcia_comm: Literal["dense", "factored"] = "dense"
+    fedcia_rank: int = Field(0, ge=0)
+    fedcia_weighting: Literal["uniform", "interactions"] = "uniform"
+    align_steps: int = Field(100, ge=0)
+    align_lr: float = Field(0.1, gt=0)
+    align_norm: Literal["frobenius", "squared"] = "frobenius"
+    noise_scale: float = Field(0.0, ge=0)
+    model_mix: str = ""
+    gfcf_s: int = Field(32, ge=0)
+    gfcf_wp: float = Field(0.3, ge=0)
+    gfcf_aggp: float = Field(60.0, ge=0)
+    gfcf_mode: Literal["exact", "gsp"] = "exact"
     device: str = "auto"
 
     @property
