@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from models.base import Recommender
+from models.gfcf import GFCF
+from models.lightgcn import LightGCN
 from models.mf import MF
+from models.mlp import MLPScorer
 from models.pop import Pop
 from recdata.errors import ConfigError
 
-MODELS: dict[str, type[Recommender]] = {"mf": MF, "pop": Pop}
+# Models with ``fit(train_csr)``: Pop and GF-CF fit on it (no training); LightGCN only takes its
+# graph from it and then trains by ``loss``. Call ``fit`` before ``score`` whenever it exists.
+MODELS: dict[str, type[Recommender]] = {
+    "mf": MF,
+    "pop": Pop,
+    "lightgcn": LightGCN,
+    "mlp": MLPScorer,
+    "gfcf": GFCF,
+}
 
 
 def build_model(name: str, n_users: int, n_items: int, **kwargs: object) -> Recommender:

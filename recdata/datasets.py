@@ -1,8 +1,9 @@
 """The dataset registry and loaders: every dataset becomes implicit-feedback :class:`Interactions`.
 
 Data root: the ``data_dir`` argument, else ``$FLOREC_DATA_DIR``; one folder per dataset under
-it (``ml-100k/``, ``ml-1m/``, ``amazon-scientific/``). ML-100K can also come from the cache or
-be fetched (:mod:`recdata.download`); ``synthetic`` is generated (:mod:`recdata.synthetic`).
+it (``ml-100k/``, ``ml-1m/``, ``amazon-scientific/``, ``fedcia/``). ML-100K can also come
+from the cache or be fetched (:mod:`recdata.download`); ``synthetic`` is generated
+(:mod:`recdata.synthetic`); the FedCIA authors' splits are read by :mod:`recdata.fedcia_data`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from recdata.checksums import AMAZON_SCIENTIFIC_SHA256, ML1M_SHA256, verify_files
 from recdata.download import ml100k_folder
 from recdata.errors import ConfigError, DataError
+from recdata.fedcia_data import load_fedcia
 from recdata.interactions import Interactions
 from recdata.synthetic import generate_synthetic
 
@@ -271,6 +273,14 @@ def _load_amazon(root: Path | None, min_rating: float, _params: dict) -> Interac
                    item_catalogue=np.fromiter(index.values(), np.int64))
 
 
+def _load_fedcia_ml100k(root: Path | None, _min_rating: float, _params: dict) -> Interactions:
+    return load_fedcia("fedcia-ml100k", root)
+
+
+def _load_fedcia_ml1m(root: Path | None, _min_rating: float, _params: dict) -> Interactions:
+    return load_fedcia("fedcia-ml1m", root)
+
+
 def _load_synthetic(_root: Path | None, _min_rating: float, params: dict) -> Interactions:
     return generate_synthetic(**params)
 
@@ -282,6 +292,12 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
                 "(local ratings.dat or ratings_no_timestamp.csv)", _load_ml1m),
     DatasetSpec("amazon-scientific", "Amazon 2018 Industrial & Scientific (UniSRec): 8,442 "
                 "users, 4,385 items, item text, leave-one-out split (local)", _load_amazon),
+    DatasetSpec("fedcia-ml100k", "FedCIA authors' ML-100K split: 100 clients of consecutive "
+                "users, 943 users, 1,682 items, given global 72/8/20 split (local fedcia/ml100k)",
+                _load_fedcia_ml100k),
+    DatasetSpec("fedcia-ml1m", "FedCIA authors' ML-1M split: 100 clients of consecutive users, "
+                "6,040 users, 3,952 items, given global 72/8/20 split (local fedcia/ml1m.tar.gz)",
+                _load_fedcia_ml1m),
     DatasetSpec("synthetic", "seeded synthetic data: power-law popularity, user/item "
                 "clusters, timestamps", _load_synthetic),
 )}

@@ -8,7 +8,7 @@ import numpy as np
 
 from recdata.errors import ConfigError
 
-PARTITION_MODES = ("contiguous", "random")
+PARTITION_MODES = ("contiguous", "random", "floor")
 
 
 def num_buckets(n_users: int, *, num_nodes: int = 0, users_per_node: int = 0) -> int:
@@ -41,23 +41,33 @@ def partition_users(
         Users 0..n_users-1.
     num_nodes, users_per_node : int
         Bucket count, or bucket size when ``users_per_node > 0`` (it wins).
-    mode : {"contiguous", "random"}
-        Consecutive user ids per bucket, or a seeded permutation first.
+    mode : {"contiguous", "random", "floor"}
+        Consecutive user ids per bucket, or a seeded permutation first. ``floor`` is FedCIA's
+        rule: each of the K = ``num_nodes`` buckets gets ``floor(n_users / K)`` consecutive
+        users and the last one also takes the remainder (943 users, K=100: 99 x 9 and 1 x 52);
+        it needs ``num_nodes`` (``users_per_node`` must be 0).
     seed : int
         Seed of the permutation in ``random`` mode.
 
     Returns
     -------
     list of np.ndarray
-        Sorted int64 user ids of each bucket; sizes differ by at most one in ``num_nodes`` mode.
+        Sorted int64 user ids of each bucket; sizes differ by at most one in ``num_nodes`` mode
+        (except ``floor``).
 
     """
     if mode not in PARTITION_MODES:
         raise ConfigError(
             f"partition '{mode}' is unknown; choose one of {', '.join(PARTITION_MODES)}"
         )
+    if mode == "floor" and users_per_node > 0:
+        raise ConfigError(f"partition 'floor' splits the users into num-nodes buckets; set "
+                          f"users-per-node=0 (got {users_per_node}) or use partition contiguous")
     n = num_buckets(n_users, num_nodes=num_nodes, users_per_node=users_per_node)
     users = np.arange(n_users, dtype=np.int64)
+    if mode == "floor":
+        size = n_users // n
+        return [users[i * size : (i + 1) * size] for i in range(n - 1)] + [users[(n - 1) * size :]]
     if mode == "random":
         users = np.random.default_rng(seed).permutation(users)
     if users_per_node > 0:

@@ -1,4 +1,4 @@
-"""Train/valid/test splits (leave-one-out, per-user ratio, global ratio), written once.
+"""Train/valid/test splits (leave-one-out, per-user ratio, global ratio, given), written once.
 
 A split is built globally from a dataset, saved as RecBole atomic files
 (``<dataset>.train.inter``, ``.valid.inter``, ``.test.inter``; header
@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from recdata.errors import ConfigError, DataError
 from recdata.interactions import Interactions
 
-SPLIT_KINDS = ("loo", "ratio", "global")
+SPLIT_KINDS = ("loo", "ratio", "global", "given")
 PARTS = ("train", "valid", "test")
 HEADER = "user_id:token\titem_id:token\ttimestamp:float"
 
@@ -138,9 +138,30 @@ def global_ratio(inter: Interactions, seed: int, ratios=(0.72, 0.08, 0.2)) -> np
     return labels
 
 
+def given_split(inter: Interactions) -> np.ndarray:
+    """Return the split that ships with the dataset (``inter.presplit``, labels 0/1/2).
+
+    Raises
+    ------
+    ConfigError
+        The dataset ships no split.
+
+    """
+    if inter.presplit is None:
+        raise ConfigError(f"dataset {inter.name or '(unnamed)'!r} ships no split; "
+                          "use loo, ratio or global")
+    return inter.presplit.copy()
+
+
 def make_split(inter: Interactions, kind: str, seed: int, ratios=None) -> Split:
-    """Split a dataset. ``kind`` is ``loo``, ``ratio`` (per user, 0.8/0.1/0.1) or ``global``."""
-    if kind == "loo":
+    """Split a dataset.
+
+    ``kind`` is ``loo``, ``ratio`` (per user, 0.8/0.1/0.1), ``global`` or ``given`` (the
+    dataset's own split, e.g. the FedCIA authors'; ``loo`` also uses a shipped split).
+    """
+    if kind == "given":
+        labels = given_split(inter)
+    elif kind == "loo":
         labels = leave_one_out(inter)
     elif kind == "ratio":
         labels = per_user_ratio(inter, seed, ratios or (0.8, 0.1, 0.1))

@@ -8,33 +8,59 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from models.metrics import finalize
-from models.mf import MF
 from recdata.errors import FloRecError
 from recdata.partition import partition_users
 from recdata.runconfig import RunConfig, parse_run_config
 from recdata.store import get_split
 from server.loop import stream_replies, wait_for_nodes
 from server.results import ResultsWriter, default_out_dir, peak_rss_mb
-from strategies.fedavg import FedAvgRec
-from strategies.payload import to_record
+from strategies.base import RecStrategy
+from strategies.registry import build_strategy
 
 app = ServerApp()
 
 
 def method_name(cfg: RunConfig) -> str:
-    """The algorithm's display name, e.g. ``fedavg-mf`` or ``fedavg-mf-sparse``."""
-    return f"{cfg.algorithm}-{cfg.model}" + ("-sparse" if cfg.aggregation == "sparse" else "")
+    """The algorithm's display name, e.g. ``fedavg-mf-sparse`` or ``fedcia-mf-factored-r128``."""
+    name = f"{cfg.algorithm}-{'mix' if cfg.model_mix else cfg.model}"
+    if cfg.algorithm == "fedavg" and cfg.aggregation == "sparse":
+        name += "-sparse"
+    elif cfg.algorithm == "fedcia" and cfg.model == "gfcf":
+        name += f"-{cfg.gfcf_mode}"
+    elif cfg.algorithm == "fedcia" and cfg.fedcia_comm == "factored":
+        name += f"-factored-r{cfg.fedcia_rank or 2 * cfg.dim}"
+    return name
 
 
 def split_metrics(pooled: dict[str, float], part: str) -> dict[str, float]:
     """Means of one split (``valid`` or ``test``) from pooled node sums."""
     prefix = f"{part}/"
+    if f"{prefix}num-users" not in pooled:  # every node failed to evaluate
+        return {}
     return finalize({k[len(prefix) :]: v for k, v in pooled.items() if k.startswith(prefix)})
+
+
+def train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord,
+                timeout_s: float) -> tuple[ArrayRecord, dict[str, Any]]:
+    """One training round (and the strategy's second phase, if any); returns the new state."""
+    strategy.start_round()
+    messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
+    new_arrays, train_metrics = strategy.aggregate_train(
+        rnd, stream_replies(grid, messages, timeout_s, strategy.unresponsive))
+    if new_arrays is None:
+        log(WARNING, "round %d: no usable reply; the global state is unchanged", rnd)
+        new_arrays = arrays
+    row: dict[str, Any] = {"round": rnd, "train": dict(train_metrics or {})}
+    align = list(strategy.configure_align(rnd, grid))
+    if align:
+        row["align"] = dict(strategy.aggregate_align(
+            rnd, stream_replies(grid, align, timeout_s, strategy.unresponsive)))
+    return new_arrays, row
 
 
 def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
@@ -55,9 +81,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     )
     wait_for_nodes(grid, len(buckets), cfg.node_wait_s)
     log(INFO, "%d nodes registered; split in %s", len(buckets), split_path)
-    strategy = FedAvgRec(cfg.aggregation, cfg.fraction_train, cfg.seed)
-    init = MF(0, split.n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
-    arrays = to_record(init.shared_state())
+    strategy, arrays = build_strategy(cfg, split.n_items)
     run: dict[str, Any] = {
         "method": method_name(cfg),
         "setting": "federated",
@@ -77,27 +101,11 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     best_score, since_best = -np.inf, 0
     for rnd in range(1, cfg.num_rounds + 1):
         t0 = time.perf_counter()
-        messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
-        new_arrays, train_metrics = strategy.aggregate_train(
-            rnd, stream_replies(grid, messages, cfg.round_timeout_s)
-        )
-        if new_arrays is None:
-            log(WARNING, "round %d: no usable reply; the global model is unchanged", rnd)
-        else:
-            arrays = new_arrays
-        row: dict[str, Any] = {"round": rnd, "train": dict(train_metrics or {})}
+        arrays, row = train_round(grid, strategy, rnd, arrays, cfg.round_timeout_s)
         if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
-            pooled = (
-                strategy.aggregate_evaluate(
-                    rnd,
-                    stream_replies(
-                        grid,
-                        strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid),
-                        cfg.round_timeout_s,
-                    ),
-                )
-                or {}
-            )
+            pooled = strategy.aggregate_evaluate(rnd, stream_replies(
+                grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid),
+                cfg.round_timeout_s, strategy.unresponsive)) or {}
             valid, test = split_metrics(dict(pooled), "valid"), split_metrics(dict(pooled), "test")
             row["valid"] = valid
             score = valid.get(cfg.selection_metric, -np.inf)
@@ -111,7 +119,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             bytes_down=strategy.bytes_down,
             seconds=time.perf_counter() - t0,
             peak_rss_mb=peak_rss_mb(),
-            dropped=list(strategy.dropped),
+            dropped=list(strategy.dropped) + [f"node {n}" for n in sorted(strategy.unresponsive)],
         )
         writer.append_round(row)
         run.update(
@@ -151,4 +159,5 @@ def main(grid: Grid, context: Context) -> None:
         run_federated(grid, cfg, out_dir.resolve())
     except FloRecError as err:
         log(ERROR, "florec: %s", err)
-        raise SystemExit(1) from None
+        # an ordinary exception: Flower then marks the run failed at once and streams the log
+        raise RuntimeError(str(err)) from None

@@ -40,25 +40,36 @@ def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
         time.sleep(0.2)
 
 
-def stream_replies(grid: Grid, messages: Iterable[Message], timeout_s: float
-                   ) -> Iterator[Message]:
+def stream_replies(grid: Grid, messages: Iterable[Message], timeout_s: float,
+                   missing: set[int] | None = None) -> Iterator[Message]:
     """Push messages and yield each reply as soon as it is pulled (no 3 s polling step).
 
-    Replies still missing after ``timeout_s`` are logged and given up on.
+    Each reply is attributed to the node its message went to (an error that the SuperLink
+    writes for an unreachable node would otherwise name the SuperLink). Nodes whose replies are
+    still missing after ``timeout_s`` are logged, added to ``missing`` and given up on.
     """
-    pending = set(grid.push_messages(messages))
+    messages = list(messages)
+    pushed = list(grid.push_messages(messages))
+    dst = {mid: m.metadata.dst_node_id for mid, m in zip(pushed, messages, strict=True)}
+    pending = set(pushed)
     deadline = time.monotonic() + timeout_s
     pause = 0.005
     while pending:
         got = list(grid.pull_messages(pending))
         for msg in got:
-            pending.discard(msg.metadata.reply_to_message_id)
+            mid = msg.metadata.reply_to_message_id
+            pending.discard(mid)
+            if mid in dst:
+                msg.metadata.__dict__["_src_node_id"] = dst[mid]
             yield msg
         if not pending:
             return
         if time.monotonic() > deadline:
-            log(WARNING, "%d replies missing after %.0f s: continuing without them",
-                len(pending), timeout_s)
+            lost = sorted(dst[m] for m in pending)
+            log(WARNING, "no reply from node(s) %s after %.0f s: continuing without them",
+                ", ".join(map(str, lost)), timeout_s)
+            if missing is not None:
+                missing.update(lost)
             return
         pause = 0.005 if got else min(pause * 2, 0.2)
         time.sleep(pause)

@@ -42,9 +42,10 @@ class LocalGrid(Grid):
         fail: Callable[[int, str], bool] | None = None,
     ) -> None:
         if handlers is None:
-            from client.app import evaluate, train
+            from client.app import align, evaluate, train
 
-            handlers = {MessageType.TRAIN: train, MessageType.EVALUATE: evaluate}
+            handlers = {MessageType.TRAIN: train, f"{MessageType.TRAIN}.align": align,
+                        MessageType.EVALUATE: evaluate}
         self.handlers, self.fail = handlers, fail
         for attr in ("_run_id", "_task_id", "_node_id"):  # what a Flower process would set
             if getattr(TaskIdentity, attr) is None:

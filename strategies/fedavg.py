@@ -14,15 +14,14 @@ the number of clients. Each node pre-sums its own users' updates (see :func:`nod
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import INFO
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from models.metrics import add_sums
+from strategies.base import RecStrategy
 from strategies.payload import check_reply, from_record, record_nbytes, to_record
 
 MODES = ("dense", "sparse")
@@ -68,7 +67,7 @@ def node_payload(mode: str, n_items: int, row_user: np.ndarray, row_item: np.nda
              "item_bias": bias.astype(np.float32), "counts": counts.astype(np.int64)}, 0.0)
 
 
-class FedAvgRec(Strategy):
+class FedAvgRec(RecStrategy):
     """FedAvg over the shared item table of an embedding recommender.
 
     Parameters
@@ -85,38 +84,22 @@ class FedAvgRec(Strategy):
     def __init__(self, mode: str = "dense", fraction_train: float = 1.0, seed: int = 0) -> None:
         if mode not in MODES:
             raise ValueError(f"aggregation '{mode}' is unknown; choose one of {MODES}")
-        self.mode, self.fraction_train, self.seed = mode, fraction_train, seed
+        super().__init__(fraction_train, seed)
+        self.mode = mode
         self.current: dict[str, np.ndarray] = {}
-        self.bytes_down = self.bytes_up = 0
-        self.dropped: list[str] = []
 
     def summary(self) -> None:
         """Log the configuration."""
         log(INFO, "\t├──> FedAvgRec: mode=%s fraction-train=%.2f", self.mode, self.fraction_train)
 
-    def _messages(self, record: RecordDict, node_ids: list[int], kind: str) -> list[Message]:
-        self.bytes_down += record_nbytes(record) * len(node_ids)
-        return [Message(content=record, message_type=kind, dst_node_id=n) for n in node_ids]
-
-    def sample(self, node_ids: list[int], server_round: int) -> list[int]:
-        """Seeded sample of ``fraction_train`` of the nodes (all of them at 1.0)."""
-        node_ids = sorted(node_ids)
-        k = max(1, int(round(self.fraction_train * len(node_ids))))
-        if k >= len(node_ids):
-            return node_ids
-        rng = np.random.default_rng([self.seed, 17, server_round])
-        return sorted(rng.choice(node_ids, size=k, replace=False).tolist())
-
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Send the global item table to the sampled nodes."""
         self.current = from_record(arrays)
-        self.bytes_down = self.bytes_up = 0
-        self.dropped = []
         config["server-round"] = server_round
         record = RecordDict({"arrays": arrays, "config": config})
         nodes = self.sample(list(grid.get_node_ids()), server_round)
-        return self._messages(record, nodes, MessageType.TRAIN)
+        return self.messages(record, nodes, MessageType.TRAIN)
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...] | int]:
         n, d = self.current["item_emb"].shape
@@ -140,9 +123,7 @@ class FedAvgRec(Strategy):
                 if len(items) and (items.min() < 0 or items.max() >= n):
                     problem = "item index out of range"
             if problem is not None:
-                who = f"node {msg.metadata.src_node_id}"
-                log(WARNING, "round %d: skipping reply of %s: %s", server_round, who, problem)
-                self.dropped.append(who)
+                self.drop(server_round, msg, problem)
                 continue
             self.bytes_up += record_nbytes(msg.content)
             up = from_record(msg.content.array_records["arrays"])
@@ -167,25 +148,3 @@ class FedAvgRec(Strategy):
         out = MetricRecord({"train-loss": train_loss, "num-replies": accepted,
                             "num-users": totals["num-users"]})
         return to_record(new), out
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Send the global table to every node for federated evaluation (all users count)."""
-        config["server-round"] = server_round
-        record = RecordDict({"arrays": arrays, "config": config})
-        return self._messages(record, sorted(grid.get_node_ids()), MessageType.EVALUATE)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
-        """Pool per-user metric sums over nodes (never an average of node means)."""
-        sums: dict[str, float] = {}
-        for msg in replies:
-            if msg.has_error():
-                log(WARNING, "round %d: evaluation failed on node %d: %s", server_round,
-                    msg.metadata.src_node_id, msg.error.reason)
-                self.dropped.append(f"node {msg.metadata.src_node_id}")
-                continue
-            node_sums = dict(msg.content.metric_records["metrics"])
-            node_sums.pop("partition-id", None)
-            sums = add_sums(sums, node_sums)
-        return MetricRecord(sums) if sums else None

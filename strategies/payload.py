@@ -21,11 +21,11 @@ def record_nbytes(content: RecordDict) -> int:
     return sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
 
 
-def check_reply(msg: Message, expected: dict[str, tuple[int, ...] | int]) -> str | None:
+def check_reply(msg: Message, expected: dict[str, tuple[int, ...] | int | None]) -> str | None:
     """Why a reply cannot be aggregated, or ``None`` if it can.
 
-    ``expected`` maps array names to a full shape, or to the number of columns (an int) where
-    the row count varies.
+    ``expected`` maps array names to a full shape, to the number of columns (an int; 0 for a
+    1-D array) where the row count varies, or to ``None`` where any shape will do.
     """
     if msg.has_error():
         return f"client error: {msg.error.reason}"
@@ -36,8 +36,13 @@ def check_reply(msg: Message, expected: dict[str, tuple[int, ...] | int]) -> str
         if name not in arrays:
             return f"reply lacks array '{name}'"
         got = arrays[name].shape
-        want_ok = got == shape if isinstance(shape, tuple) else (got[1:] == (shape,) if shape
-                                                                 else len(got) == 1)
+        want_ok = (
+            True
+            if shape is None
+            else got == shape
+            if isinstance(shape, tuple)
+            else (got[1:] == (shape,) if shape else len(got) == 1)
+        )
         if not want_ok:
             return f"array '{name}' has shape {got}, expected {shape}"
         if np.issubdtype(arrays[name].dtype, np.floating) and not np.all(np.isfinite(arrays[name])):

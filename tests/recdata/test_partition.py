@@ -41,3 +41,26 @@ def test_every_training_interaction_is_in_exactly_one_bucket():
 def test_more_nodes_than_users_is_a_config_error():
     with pytest.raises(ConfigError, match="num-nodes=20 exceeds the 10 users"):
         partition_users(10, num_nodes=20)
+
+
+def test_floor_partition_gives_the_remainder_to_the_last_bucket():
+    buckets = partition_users(943, num_nodes=100, mode="floor")
+    assert [len(b) for b in buckets] == [9] * 99 + [52]
+    assert np.concatenate(buckets).tolist() == list(range(943))
+    assert buckets[1].tolist() == list(range(9, 18)) and buckets[-1][0] == 891
+
+
+@pytest.mark.parametrize("n_users, k", [(10, 1), (10, 3), (10, 10), (6040, 100), (99, 7)])
+def test_floor_partition_sizes_follow_fedcia_rule(n_users, k):
+    sizes = [len(b) for b in partition_users(n_users, num_nodes=k, mode="floor")]
+    assert sizes == [n_users // k] * (k - 1) + [n_users - (k - 1) * (n_users // k)]
+
+
+def test_floor_partition_with_users_per_node_is_a_config_error():
+    with pytest.raises(ConfigError, match="partition 'floor'.*users-per-node=0"):
+        partition_users(100, num_nodes=10, users_per_node=5, mode="floor")
+
+
+def test_unknown_partition_names_floor_among_the_choices():
+    with pytest.raises(ConfigError, match="contiguous, random, floor"):
+        partition_users(10, num_nodes=2, mode="round-robin")

@@ -72,3 +72,32 @@ def test_mask_for_test_holds_train_and_valid():
     split = make_split(generate_synthetic(n_users=30, n_items=20, seed=0), "loo", seed=0)
     mask = split.mask_for("test")
     assert mask.nnz == split.matrix("train").nnz + split.matrix("valid").nnz
+
+
+def presplit_toy() -> Interactions:
+    labels = np.array([0, 0, 1, 2, 0, 2])
+    return Interactions.from_raw(
+        np.array([0, 0, 0, 0, 1, 1]), np.array([10, 11, 12, 13, 10, 12]), None,
+        name="toy", presplit=labels)
+
+
+def test_given_split_uses_the_shipped_labels():
+    split = make_split(presplit_toy(), "given", seed=0)
+    assert split.parts["train"][1].tolist() == [0, 1, 0]
+    assert split.parts["valid"][1].tolist() == [2]
+    assert split.parts["test"][0].tolist() == [0, 1] and split.parts["test"][1].tolist() == [3, 2]
+
+
+def test_loo_on_a_presplit_dataset_keeps_the_given_split():
+    a, b = make_split(presplit_toy(), "loo", seed=0), make_split(presplit_toy(), "given", seed=0)
+    for part in a.parts:
+        np.testing.assert_array_equal(a.parts[part][1], b.parts[part][1])
+
+
+def test_given_split_without_shipped_split_is_a_one_line_config_error():
+    inter = generate_synthetic(n_users=30, n_items=20, seed=0)
+    with pytest.raises(ConfigError) as err:
+        make_split(inter, "given", seed=0)
+    msg = str(err.value)
+    assert f"dataset {inter.name!r} ships no split; use loo, ratio or global" in msg
+    assert "\n" not in msg

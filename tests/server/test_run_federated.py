@@ -113,3 +113,67 @@ def test_fedavg_on_ml100k_learns_in_three_rounds(tmp_path, shared_data):
     rows = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
     assert result["metrics"]["num-users"] == 943
     assert rows[-1]["valid"]["ndcg@10"] > rows[0]["valid"]["ndcg@10"]
+
+
+@pytest.mark.parametrize("extra", [
+    {"algorithm": "fedcia"},
+    {"algorithm": "fedcia", "fedcia-comm": "factored", "fedcia-rank": 16},
+    {"algorithm": "fedcia", "noise-scale": 0.001, "align-norm": "squared", "align-lr": 0.001},
+    {"algorithm": "local"},
+])
+def test_fedcia_and_local_runs_finish_and_report_alignment(tmp_path, small_config, extra):
+    small_config.update(extra | {"align-steps": 10, "lr": 0.05})
+    _, result = run(tmp_path, small_config)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
+    assert result["metrics"]["num-users"] == 40 and result["rounds"] == 2
+    if extra["algorithm"] == "fedcia":
+        align = rows[-1]["align"]
+        assert align["clients"] == 4
+        assert align["align-after-sum"] < align["align-before-sum"]
+        assert rows[-1]["bytes_up"] > 0
+    else:
+        assert "align" not in rows[-1] and rows[-1]["bytes_up"] == 0
+
+
+def test_fedcia_factored_uploads_n_by_d_not_n_by_n(tmp_path, small_config):
+    small_config.update({"algorithm": "fedcia", "align-steps": 2})
+    _, dense = run(tmp_path / "d", small_config)
+    small_config.update({"fedcia-comm": "factored", "fedcia-rank": 8})
+    _, factored = run(tmp_path / "f", small_config)
+    n, d, nodes = 60, 8, 4
+    assert dense["bytes_up"] >= 2 * nodes * n * n * 4
+    assert factored["bytes_up"] < 2 * nodes * (n * d * 4 + 512)
+
+
+def test_heterogeneous_federation_of_three_model_kinds(tmp_path, small_config):
+    small_config.update({"algorithm": "fedcia", "num-nodes": 6, "align-steps": 5,
+                         "model-mix": "mf:8,mf:16,mf:4"})
+    grid, result = run(tmp_path, small_config)
+    dims = sorted({ctx.state.array_records["private-model"]["item_emb"].shape[1]
+                   for ctx in grid.contexts.values()})
+    assert dims == [4, 8, 16]
+    assert result["metrics"]["num-users"] == 40
+
+
+def test_fedcia_rejects_a_reply_with_nans(tmp_path, small_config):
+    from client import app as client_app
+
+    small_config.update({"algorithm": "fedcia", "align-steps": 2})
+
+    def poisoned(msg, ctx):
+        reply = client_app.train(msg, ctx)
+        if int(ctx.node_config["partition-id"]) == 0:
+            arr = reply.content.array_records["arrays"]["gram"].numpy() * np.nan
+            from strategies.payload import to_record
+            reply.content.array_records["arrays"] = to_record({"gram": arr})
+        return reply
+
+    cfg = parse_run_config(small_config)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes,
+                     handlers={MessageType.TRAIN: poisoned,
+                               "train.align": client_app.align,
+                               MessageType.EVALUATE: client_app.evaluate})
+    result = run_federated(grid, cfg, tmp_path / "out")
+    rows = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
+    assert rows[0]["train"]["num-replies"] == 3 and rows[0]["dropped"]
+    assert result["rounds"] == 2

@@ -1,0 +1,107 @@
+"""A client that keeps a whole private model (FedCIA, local-only): build, train, save, restore.
+
+The model of a node is chosen by ``model`` or, in heterogeneous runs, by ``model-mix``
+(``"mf:64,lightgcn:64,mlp:32"`` gives the first third of the partitions MF with d=64, and so
+on). Item rows start from the same seeded rows on every client with the same d; user rows are
+seeded by global user id. The model and its Adam state persist in the node's state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from client.trainers.bucket import Bucket
+from models.base import Recommender, seeded_rows
+from models.mf import USER_SALT
+from models.registry import build_model
+from recdata.errors import ConfigError
+from recdata.runconfig import RunConfig
+from recdata.sampling import sample_negatives
+
+MODEL_KEY, OPT_KEY = "model", "optimizer"
+
+
+def node_model_spec(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple[str, int]:
+    """(model name, embedding size) of one node; ``model-mix`` splits partitions evenly."""
+    if not cfg.model_mix:
+        return cfg.model, cfg.dim
+    parts = []
+    for part in cfg.model_mix.split(","):
+        name, _, dim = part.strip().partition(":")
+        if not dim.isdigit():
+            raise ConfigError(f"bad model-mix part '{part}': write MODEL:DIM, e.g. 'mf:64,mlp:32'")
+        parts.append((name, int(dim)))
+    return parts[min(len(parts) - 1, partition_id * len(parts) // max(num_partitions, 1))]
+
+
+def build_node_model(cfg: RunConfig, bucket: Bucket, name: str, dim: int) -> Recommender:
+    """A fresh private model for the bucket's users (graph models get the bucket's graph)."""
+    torch.manual_seed(cfg.seed)  # identical backbone weights on every client of a kind
+    model = build_model(name, len(bucket.users), bucket.n_items, dim=dim, seed=cfg.seed,
+                        init_std=cfg.init_std, reg=cfg.reg, layers=cfg.layers, hidden=cfg.hidden,
+                        s=cfg.gfcf_s, wp=cfg.gfcf_wp)
+    if hasattr(model, "user_emb"):
+        with torch.no_grad():
+            model.user_emb.copy_(torch.from_numpy(
+                seeded_rows(bucket.users, dim, cfg.seed, cfg.init_std, USER_SALT)))
+    if hasattr(model, "fit"):
+        model.fit(bucket.train)
+    return model
+
+
+def fixed_triples(bucket: Bucket, seed: int, partition_id: int) -> tuple[np.ndarray, ...]:
+    """Every training interaction once with one uniform negative, drawn once per client.
+
+    FedCIA draws a client's triple set once, when the data is built, and reuses it every round.
+    """
+    coo = bucket.train.tocoo()
+    rng = np.random.default_rng([seed, 29, partition_id])
+    users = coo.row.astype(np.int64)
+    return users, coo.col.astype(np.int64), sample_negatives(users, bucket.train,
+                                                              rng.random(len(users)))
+
+
+def local_epoch(model: Recommender, optimizer: torch.optim.Optimizer,
+                triples: tuple[np.ndarray, ...], batch_size: int,
+                rng: np.random.Generator) -> float:
+    """One shuffled pass over the triples; returns the mean loss."""
+    order = rng.permutation(len(triples[0]))
+    total = 0.0
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = [torch.as_tensor(t[idx]) for t in triples]
+        optimizer.zero_grad()
+        loss = model.loss(*batch)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+    return total / max(len(order), 1)
+
+
+def state_arrays(model: Recommender, optimizer: torch.optim.Optimizer | None
+                 ) -> dict[str, dict[str, np.ndarray]]:
+    """Model and optimizer state as flat numpy dicts (for the node's state)."""
+    out = {MODEL_KEY: {k: v.detach().cpu().numpy().copy()
+                       for k, v in model.state_dict().items()}}
+    if optimizer is not None:
+        flat = {}
+        for idx, st in optimizer.state_dict()["state"].items():
+            for key, val in st.items():
+                flat[f"{idx}.{key}"] = torch.as_tensor(val).cpu().numpy().copy()
+        out[OPT_KEY] = flat
+    return out
+
+
+def restore(model: Recommender, optimizer: torch.optim.Optimizer | None,
+            saved: dict[str, dict[str, np.ndarray]]) -> None:
+    """Load what :func:`state_arrays` saved."""
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in saved[MODEL_KEY].items()})
+    if optimizer is not None and saved.get(OPT_KEY):
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, val in saved[OPT_KEY].items():
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = torch.from_numpy(val.copy())
+        sd = optimizer.state_dict()
+        sd["state"] = state
+        optimizer.load_state_dict(sd)

@@ -1,0 +1,103 @@
+"""What every FloRec strategy shares: node sampling, byte counts, dropped nodes, evaluation pooling.
+
+Subclasses implement ``configure_train`` / ``aggregate_train`` (Flower's hooks); a strategy that
+needs a second message per round (FedCIA's alignment) also implements ``configure_align``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from models.metrics import add_sums
+from strategies.payload import record_nbytes
+
+
+class RecStrategy(Strategy):
+    """Base of FloRec's strategies.
+
+    Parameters
+    ----------
+    fraction_train : float
+        Share of nodes sampled per training round (seeded by ``seed`` and the round).
+    seed : int
+        Seed of node sampling.
+
+    """
+
+    def __init__(self, fraction_train: float = 1.0, seed: int = 0) -> None:
+        self.fraction_train, self.seed = fraction_train, seed
+        self.bytes_down = self.bytes_up = 0
+        self.dropped: list[str] = []
+        self.unresponsive: set[int] = set()
+
+    def start_round(self) -> None:
+        """Reset the per-round counters (the server calls this before each round)."""
+        self.bytes_down = self.bytes_up = 0
+        self.dropped = []
+        self.unresponsive = set()
+
+    def drop(self, server_round: int, msg: Message, problem: str) -> None:
+        """Log and remember a reply that cannot be used."""
+        who = f"node {msg.metadata.src_node_id}"
+        log(WARNING, "round %d: skipping reply of %s: %s", server_round, who, problem)
+        self.dropped.append(who)
+
+    def messages(self, record: RecordDict, node_ids: list[int], kind: str) -> list[Message]:
+        """One message per node carrying ``record``; counts the bytes sent."""
+        self.bytes_down += record_nbytes(record) * len(node_ids)
+        return [Message(content=record, message_type=kind, dst_node_id=n) for n in node_ids]
+
+    def sample(self, node_ids: list[int], server_round: int) -> list[int]:
+        """Seeded sample of ``fraction_train`` of the nodes (all of them at 1.0)."""
+        node_ids = sorted(node_ids)
+        k = max(1, int(round(self.fraction_train * len(node_ids))))
+        if k >= len(node_ids):
+            return node_ids
+        rng = np.random.default_rng([self.seed, 17, server_round])
+        return sorted(rng.choice(node_ids, size=k, replace=False).tolist())
+
+    def responsive_nodes(self, grid: Grid) -> list[int]:
+        """Connected nodes, minus those that missed a reply this round."""
+        return sorted(set(grid.get_node_ids()) - self.unresponsive)
+
+    def configure_align(self, server_round: int, grid: Grid) -> Iterable[Message]:
+        """Messages of an optional second training phase (none by default)."""
+        return []
+
+    def aggregate_align(self, server_round: int, replies: Iterable[Message]) -> MetricRecord:
+        """Sum the metrics of the second phase; log failed nodes."""
+        sums: dict[str, float] = {}
+        for msg in replies:
+            if msg.has_error():
+                self.drop(server_round, msg, f"client error: {msg.error.reason}")
+                continue
+            for k, v in msg.content.metric_records.get("metrics", {}).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return MetricRecord(sums)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Ask every responsive node to evaluate all its users (reported numbers cover all)."""
+        config["server-round"] = server_round
+        record = RecordDict({"arrays": arrays, "config": config})
+        return self.messages(record, self.responsive_nodes(grid), MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        """Pool per-user metric sums over nodes (never an average of node means)."""
+        sums: dict[str, float] = {}
+        for msg in replies:
+            if msg.has_error():
+                self.drop(server_round, msg, f"evaluation failed: {msg.error.reason}")
+                continue
+            node_sums = dict(msg.content.metric_records["metrics"])
+            node_sums.pop("partition-id", None)
+            sums = add_sums(sums, node_sums)
+        return MetricRecord(sums) if sums else None

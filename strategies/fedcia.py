@@ -1,0 +1,163 @@
+"""FedCIA: clients share item-item similarity, never embeddings (Han et al., SIGIR 2025).
+
+Each round the sampled clients train locally and upload their similarity ``S_k = E_k E_k^T``;
+the server keeps one running sum (memory does not grow with the number of clients), forms
+``S_bar = sum_k w_k S_k / sum_k w_k`` and sends it back in a second message (``train.align``)
+so every client pulls its own item table towards it. Two communication modes:
+
+- ``dense``: the paper's protocol, ``n x n`` up and down.
+- ``factored``: a client uploads ``E_k Q_k`` (``n x d``, a fresh random rotation ``Q_k``), which
+  determines ``S_k`` exactly; the server sends a rank-``r`` factor ``A`` of ``S_bar``
+  (top-``r`` eigenpairs, ``A = U_r Lambda_r^{1/2}``) and clients align without forming ``n x n``.
+  ``r = n`` reproduces ``dense``.
+
+:class:`LocalOnly` is the no-communication lower baseline that runs the same client trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+import scipy.linalg
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from strategies.base import RecStrategy
+from strategies.payload import check_reply, from_record, record_nbytes, to_record
+
+ALIGN = f"{MessageType.TRAIN}.align"
+COMM_MODES = ("dense", "factored")
+
+
+def top_factor(s_bar: np.ndarray, rank: int) -> tuple[np.ndarray, float]:
+    r"""Rank-``r`` factor of a symmetric matrix and the share of its energy it keeps.
+
+    .. math:: A = U_r \Lambda_r^{1/2},\quad
+              \text{energy} = \sum_{i \le r} \lambda_i^2 / \lVert \bar S \rVert_F^2
+
+    Negative eigenvalues (from noise) are clipped to 0.
+    """
+    n = s_bar.shape[0]
+    rank = min(rank, n)
+    vals, vecs = scipy.linalg.eigh(s_bar, subset_by_index=[n - rank, n - 1])
+    vals = np.clip(vals, 0.0, None)
+    energy = float((vals**2).sum() / max((s_bar**2).sum(), 1e-300))
+    return vecs * np.sqrt(vals), energy
+
+
+class FedCIA(RecStrategy):
+    """Similarity aggregation with a streaming sum.
+
+    Parameters
+    ----------
+    n_items : int
+        Catalogue size ``n``.
+    comm : {"dense", "factored"}
+        Communication mode.
+    rank : int
+        Rank ``r`` of the factored downlink.
+    weighting : {"uniform", "interactions"}
+        Uniform mean (the paper) or weights by training interactions.
+    fraction_train, seed
+        See :class:`strategies.base.RecStrategy`.
+
+    """
+
+    def __init__(self, n_items: int, comm: str = "dense", rank: int = 128,
+                 weighting: str = "uniform", fraction_train: float = 1.0, seed: int = 0) -> None:
+        if comm not in COMM_MODES:
+            raise ValueError(f"fedcia-comm '{comm}' is unknown; choose one of {COMM_MODES}")
+        super().__init__(fraction_train, seed)
+        self.n, self.comm, self.rank, self.weighting = n_items, comm, rank, weighting
+        self.downlink: dict[str, np.ndarray] | None = None
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        log(INFO, "\t├──> FedCIA: comm=%s rank=%d weighting=%s", self.comm, self.rank,
+            self.weighting)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Ask the sampled clients to train locally and upload their similarity."""
+        config["server-round"] = server_round
+        config["upload"] = self.comm
+        record = RecordDict({"arrays": ArrayRecord(), "config": config})
+        return self.messages(record, self.sample(list(grid.get_node_ids()), server_round),
+                             MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Fold each upload into one ``n x n`` running sum, then build the downlink."""
+        total, weight, accepted, loss = np.zeros((self.n, self.n)), 0.0, 0, 0.0
+        key, expected = ("gram", (self.n, self.n)) if self.comm == "dense" else ("factor", None)
+        for msg in replies:
+            problem = check_reply(msg, {key: expected})
+            if problem is None and self.comm == "factored":
+                got = from_record(msg.content.array_records["arrays"])[key]
+                if got.ndim != 2 or got.shape[0] != self.n:
+                    problem = f"factor has shape {got.shape}, expected ({self.n}, d)"
+            if problem is not None:
+                self.drop(server_round, msg, problem)
+                continue
+            self.bytes_up += record_nbytes(msg.content)
+            up = from_record(msg.content.array_records["arrays"])[key].astype(np.float64)
+            metrics = msg.content.metric_records.get("metrics", {})
+            w = float(metrics.get("num-examples", 1.0)) if self.weighting == "interactions" else 1.0
+            total += w * (up if self.comm == "dense" else up @ up.T)
+            weight += w
+            loss += float(metrics.get("train-loss", 0.0))
+            accepted += 1
+        if accepted == 0 or weight == 0:
+            self.downlink = None
+            return None, None
+        s_bar = total / weight
+        out = {"num-replies": accepted, "train-loss": loss / accepted}
+        if self.comm == "dense":
+            self.downlink = {"gram": s_bar.astype(np.float32)}
+        else:
+            factor, energy = top_factor(s_bar, self.rank)
+            self.downlink = {"factor": factor.astype(np.float32)}
+            out["captured-energy"] = energy
+        return ArrayRecord(), MetricRecord(out)
+
+    def configure_align(self, server_round: int, grid: Grid) -> Iterable[Message]:
+        """Send ``S_bar`` (or its factor) to every responsive client for alignment."""
+        if self.downlink is None:
+            return []
+        record = RecordDict({"arrays": to_record(self.downlink),
+                             "config": ConfigRecord({"server-round": server_round})})
+        return self.messages(record, self.responsive_nodes(grid), ALIGN)
+
+
+class LocalOnly(RecStrategy):
+    """Every client trains its own model on its own data; nothing is shared."""
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        log(INFO, "\t├──> LocalOnly: no communication")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Ask every sampled client for one local epoch, uploading nothing."""
+        config["server-round"] = server_round
+        config["upload"] = "none"
+        record = RecordDict({"arrays": ArrayRecord(), "config": config})
+        return self.messages(record, self.sample(list(grid.get_node_ids()), server_round),
+                             MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the clients' training losses."""
+        losses = []
+        for msg in replies:
+            if msg.has_error():
+                self.drop(server_round, msg, f"client error: {msg.error.reason}")
+                continue
+            losses.append(float(msg.content.metric_records["metrics"].get("train-loss", 0.0)))
+        if not losses:
+            return None, None
+        return ArrayRecord(), MetricRecord({"num-replies": len(losses),
+                                            "train-loss": float(np.mean(losses))})

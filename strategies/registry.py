@@ -1,0 +1,52 @@
+"""Algorithm names -> (strategy, initial global state) for the ServerApp."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord
+
+from models.mf import MF
+from recdata.errors import ConfigError
+from recdata.runconfig import RunConfig
+from strategies.base import RecStrategy
+from strategies.fedavg import FedAvgRec
+from strategies.fedcia import FedCIA, LocalOnly
+from strategies.payload import to_record
+
+#: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
+SUPPORTED = {"fedavg": ("mf",), "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),
+             "local": ("mf", "lightgcn", "mlp", "gfcf")}
+
+
+def check_algorithm(cfg: RunConfig) -> None:
+    """Fail with one line if the (algorithm, model) pair has no federated implementation."""
+    models = [part.split(":")[0] for part in cfg.model_mix.split(",")] if cfg.model_mix \
+        else [cfg.model]
+    for model in models:
+        if model not in SUPPORTED[cfg.algorithm]:
+            raise ConfigError(
+                f"model '{model}' has no '{cfg.algorithm}' trainer; use one of "
+                f"{', '.join(SUPPORTED[cfg.algorithm])}")
+    if cfg.model_mix and cfg.algorithm == "fedavg":
+        raise ConfigError("model-mix needs algorithm 'fedcia' or 'local' (FedAvg shares one table)")
+    if cfg.algorithm == "fedcia" and cfg.fedcia_comm == "factored" and cfg.noise_scale > 0:
+        raise ConfigError("noise-scale > 0 has no factored equivalent; set fedcia-comm='dense' "
+                          "or noise-scale=0")
+
+
+def build_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayRecord]:
+    """The strategy of ``cfg.algorithm`` and the global state it starts from."""
+    check_algorithm(cfg)
+    if cfg.algorithm == "fedavg":
+        init = MF(0, n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
+        return FedAvgRec(cfg.aggregation, cfg.fraction_train, cfg.seed), \
+            to_record(init.shared_state())
+    if cfg.algorithm == "local":
+        return LocalOnly(cfg.fraction_train, cfg.seed), ArrayRecord()
+    if cfg.model == "gfcf":
+        from strategies.gfcf import FederatedGFCF
+
+        return FederatedGFCF(n_items, cfg.gfcf_mode, cfg.gfcf_s, cfg.gfcf_wp, cfg.seed), \
+            ArrayRecord()
+    rank = cfg.fedcia_rank or 2 * cfg.dim
+    return FedCIA(n_items, cfg.fedcia_comm, rank, cfg.fedcia_weighting, cfg.fraction_train,
+                  cfg.seed), ArrayRecord()

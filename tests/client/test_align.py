@@ -1,0 +1,66 @@
+"""FedCIA alignment: dense and factored modes agree, the loss falls, rotations do not matter."""
+
+import numpy as np
+import pytest
+import torch
+
+from client.trainers.align import align_dense, align_factored, haar_rotation, similarity_upload
+from strategies.fedcia import top_factor
+
+N, D = 40, 6
+
+
+def tables(k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [0.3 * torch.randn(N, D, generator=g, dtype=torch.float64) for _ in range(k)]
+
+
+def mean_gram(embs):
+    return sum(e @ e.T for e in embs) / len(embs)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_factored_alignment_with_full_rank_equals_dense(squared):
+    embs = tables()
+    s_bar = mean_gram(embs)
+    factor, energy = top_factor(s_bar.numpy(), N)
+    assert energy == pytest.approx(1.0)
+    a, b = embs[0].clone(), embs[0].clone()
+    lr = 0.001 if squared else 0.05
+    align_dense(a, s_bar, 100, lr, 1e-4, squared)
+    align_factored(b, torch.from_numpy(factor), 100, lr, 1e-4, squared)
+    torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_alignment_lowers_the_distance_to_the_aggregate():
+    embs = tables()
+    s_bar = mean_gram(embs)
+    emb = embs[1].clone()
+    before, after = align_dense(emb, s_bar, 100, 0.02)
+    assert after < before
+    assert float(torch.linalg.matrix_norm(emb @ emb.T - s_bar)) == pytest.approx(after)
+
+
+def test_alignment_is_rotation_equivariant():
+    embs = tables()
+    s_bar = mean_gram(embs)
+    q = torch.from_numpy(haar_rotation(D, np.random.default_rng(1)))
+    a, b = embs[0].clone(), embs[0] @ q
+    align_dense(a, s_bar, 50, 0.05)
+    align_dense(b, s_bar, 50, 0.05)
+    torch.testing.assert_close(a @ a.T, b @ b.T, atol=1e-10, rtol=0)
+
+
+def test_a_step_is_skipped_where_the_norm_vanishes():
+    emb = tables(1)[0]
+    target = emb @ emb.T
+    before, after = align_dense(emb.clone(), target, 5, 0.1)
+    assert before < 1e-12 and after < 1e-12
+
+
+def test_factored_upload_carries_the_same_similarity():
+    emb = tables(1)[0].numpy()
+    up = similarity_upload(emb, "factored", 0.0, np.random.default_rng(0))["factor"]
+    dense = similarity_upload(emb, "dense", 0.0, np.random.default_rng(0))["gram"]
+    np.testing.assert_allclose(up @ up.T, dense, atol=1e-5)
+    assert not np.allclose(up, emb, atol=1e-3)  # rotated: the table itself is not revealed
