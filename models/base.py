@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -9,15 +10,30 @@ import torch
 from torch import nn
 
 
+def _rows(ids: list[int], dim: int, seed: int, std: float, salt: int) -> np.ndarray:
+    out = np.empty((len(ids), dim), dtype=np.float32)
+    for j, i in enumerate(ids):
+        out[j] = np.random.default_rng([seed, salt, i]).normal(0.0, std, dim)
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _first_rows(n: int, dim: int, seed: int, std: float, salt: int) -> np.ndarray:
+    rows = _rows(list(range(n)), dim, seed, std, salt)
+    rows.flags.writeable = False
+    return rows
+
+
 def seeded_rows(ids: np.ndarray, dim: int, seed: int, std: float, salt: int) -> np.ndarray:
     """Initial embedding rows that depend only on (seed, salt, row id).
 
-    Every node, bucket size and the central trainer therefore start from identical rows.
+    Every node, bucket size and the central trainer therefore start from identical rows. The
+    full table ``0..n-1`` (an item table) is computed once per process and copied.
     """
-    out = np.empty((len(ids), dim), dtype=np.float32)
-    for j, i in enumerate(np.asarray(ids).tolist()):
-        out[j] = np.random.default_rng([seed, salt, i]).normal(0.0, std, dim)
-    return out
+    ids = np.asarray(ids)
+    if len(ids) > 64 and ids[0] == 0 and np.array_equal(ids, np.arange(len(ids))):
+        return _first_rows(len(ids), dim, seed, std, salt).copy()
+    return _rows(ids.tolist(), dim, seed, std, salt)
 
 
 class Recommender(nn.Module, ABC):

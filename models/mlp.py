@@ -101,7 +101,8 @@ class MLPScorer(Recommender):
 
         .. math:: \mathcal L = \tfrac12\big[\mathrm{BCE}(s_{ui}, 1) + \mathrm{BCE}(s_{uj}, 0)\big]
                   + \lambda\Big(\frac{\lVert p_u\rVert^2 + \lVert e_i\rVert^2
-                  + \lVert e_j\rVert^2}{2|B|} + \sum_{\theta\in\mathrm{MLP}}\lVert\theta\rVert^2\Big)
+                  + \lVert e_j\rVert^2}{2|B|}
+                  + \sum_{\theta\in\mathrm{MLP}}\lVert\theta\rVert^2\Big)
 
         Each BCE is a batch mean (on logits, numerically stable); the MLP sum covers weights and
         biases.

@@ -103,11 +103,13 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         arrays, row = train_round(grid, strategy, rnd, arrays, cfg.round_timeout_s)
         if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
+            t_eval = time.perf_counter()
             pooled = strategy.aggregate_evaluate(rnd, stream_replies(
                 grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid),
                 cfg.round_timeout_s, strategy.unresponsive)) or {}
             valid, test = split_metrics(dict(pooled), "valid"), split_metrics(dict(pooled), "test")
             row["valid"] = valid
+            row["eval_seconds"] = time.perf_counter() - t_eval
             score = valid.get(cfg.selection_metric, -np.inf)
             if score > best_score:
                 best_score, since_best = score, 0

@@ -11,7 +11,6 @@ import torch
 
 from models.base import Recommender
 from models.metrics import evaluate_users, finalize
-from models.pop import Pop
 from models.registry import build_model
 from recdata.runconfig import RunConfig
 from recdata.sampling import sample_negatives
@@ -84,16 +83,9 @@ def run_central(
         cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()
     )
     torch.manual_seed(cfg.seed)
-    model = build_model(
-        cfg.model,
-        split.n_users,
-        split.n_items,
-        **(
-            {}
-            if cfg.model == "pop"
-            else {"dim": cfg.dim, "seed": cfg.seed, "init_std": cfg.init_std, "reg": cfg.reg}
-        ),
-    ).to(device)
+    model = build_model(cfg.model, split.n_users, split.n_items, dim=cfg.dim, seed=cfg.seed,
+                        init_std=cfg.init_std, reg=cfg.reg, layers=cfg.layers,
+                        hidden=cfg.hidden, s=cfg.gfcf_s, wp=cfg.gfcf_wp).to(device)
     writer = ResultsWriter(out_dir) if out_dir else None
     config = cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"}
     if writer:
@@ -113,14 +105,12 @@ def run_central(
         "bytes_down": 0,
         "peak_rss_mb": 0.0,
     }
-    if isinstance(model, Pop):
+    if hasattr(model, "fit"):  # counts (Pop), a filter (GF-CF) or a graph (LightGCN)
         model.fit(split.matrix("train"))
+    if not model.trainable:
         epochs = 0
-        run.update(
-            best_round=0,
-            valid_metrics=evaluate_model(model, split, "valid", cfg.k_list),
-            metrics=evaluate_model(model, split, "test", cfg.k_list),
-        )
+        run.update(best_round=0, valid_metrics=evaluate_model(model, split, "valid", cfg.k_list),
+                   metrics=evaluate_model(model, split, "test", cfg.k_list))
     rng = np.random.default_rng([cfg.seed, 23])
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
     optimizer = opt_cls(model.parameters(), lr=cfg.lr) if epochs else None

@@ -123,6 +123,34 @@ def num_buckets_for(cfg: RunConfig) -> int:
     return num_buckets(split.n_users, num_nodes=cfg.num_nodes, users_per_node=cfg.users_per_node)
 
 
+def federated_config(dataset: str, algorithm: str, model: str, nodes: int, rounds: int,
+                     config: list[str] | None, **extra: Any) -> tuple[RunConfig, int, dict]:
+    """Validated config of a federated run, its node count and its non-default keys."""
+    from strategies.registry import check_algorithm
+
+    cfg = _config({"dataset": dataset, "algorithm": algorithm, "model": model,
+                   "num-nodes": nodes, "num-rounds": rounds} | extra, config)
+    check_algorithm(cfg)
+    n = num_buckets_for(cfg)
+    defaults = RunConfig().to_flower()
+    overrides = {k: v for k, v in cfg.to_flower().items() if v != defaults[k]}
+    return cfg, n, overrides | {"num-nodes": n}
+
+
+def report_finished(out: Path, failed: bool, what: str) -> None:
+    """Print the results table of a finished run, or one line saying where its rounds are."""
+    from server.results import read_results
+
+    if failed or not (out / "results.json").exists():
+        raise FloRecError(f"the {what} run failed; see the log above and {out} for finished rounds")
+    res = read_results(out)
+    if res.get("status") != "finished":
+        raise FloRecError(f"the {what} run stopped early after {res['runs'][0]['rounds']} rounds; "
+                          f"finished rounds are in {out}/rounds.jsonl")
+    print_runs(res["runs"])
+    console.print(f"results: {out}/results.json")
+
+
 @app.command()
 def sim(
     dataset: Annotated[str, typer.Option()] = "ml-100k",
@@ -136,40 +164,13 @@ def sim(
     config: Override = None,
 ) -> None:
     """Run `flwr run .` as a local simulation sized to the partition; stops the SuperLink after."""
-    from server.results import read_results
     from sim.flower import flwr_run
 
     out = out.resolve()
-    cfg = _config(
-        {
-            "dataset": dataset,
-            "algorithm": algorithm,
-            "model": model,
-            "num-nodes": nodes,
-            "num-rounds": rounds,
-            "out-dir": str(out),
-        },
-        config,
-    )
-    if cfg.model != "mf":
-        raise FloRecError(f"model '{cfg.model}' has no federated trainer yet; use --model mf")
-    n = num_buckets_for(cfg)
-    overrides = {k: v for k, v in cfg.to_flower().items() if v != RunConfig().to_flower()[k]}
-    code = flwr_run(overrides | {"num-nodes": n}, n, cpus_per_client, gpus_per_client)
-    results = out / "results.json"
-    if code != 0 or not results.exists():
-        raise FloRecError(
-            f"the federated run failed (flwr exit {code}); see the log above and "
-            f"{out} for finished rounds"
-        )
-    res = read_results(out)
-    if res.get("status") != "finished":
-        raise FloRecError(
-            f"the federated run stopped early after {res['runs'][0]['rounds']} "
-            f"rounds; finished rounds are in {out}/rounds.jsonl"
-        )
-    print_runs(res["runs"])
-    console.print(f"results: {results}")
+    _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config,
+                                       **{"out-dir": str(out)})
+    code = flwr_run(overrides, n, cpus_per_client, gpus_per_client)
+    report_finished(out, code != 0, "federated")
 
 
 def print_runs(runs: list[dict[str, Any]], ks: tuple[str, ...] = ("recall@10", "ndcg@10")) -> None:
@@ -248,36 +249,12 @@ def deploy_local(
     config: Override = None,
 ) -> None:
     """Run one job on a real deployment on 127.0.0.1: SuperLink, SuperNodes, SuperExecs."""
-    from server.results import read_results
     from sim.deploy import run_local
 
     out = out.resolve()
-    cfg = _config(
-        {
-            "dataset": dataset,
-            "algorithm": algorithm,
-            "model": model,
-            "num-nodes": nodes,
-            "num-rounds": rounds,
-        },
-        config,
-    )
-    if cfg.model != "mf":
-        raise FloRecError(f"model '{cfg.model}' has no federated trainer yet; use --model mf")
-    n = num_buckets_for(cfg)
-    defaults = RunConfig().to_flower()
-    overrides = {k: v for k, v in cfg.to_flower().items() if v != defaults[k]}
+    _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config)
     code = run_local(overrides, n, out, tls=tls, certs=certs, auth=auth, data_dir=data_dir)
-    if code != 0 or not (out / "results.json").exists():
-        raise FloRecError(f"the deployed run failed; see the log above and {out}/logs")
-    res = read_results(out)
-    if res.get("status") != "finished":
-        raise FloRecError(
-            f"the deployed run stopped early; finished rounds are in "
-            f"{out}/rounds.jsonl and logs in {out}/logs"
-        )
-    print_runs(res["runs"])
-    console.print(f"results: {out}/results.json")
+    report_finished(out, code != 0, "deployed")
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def top_factor(s_bar: np.ndarray, rank: int) -> tuple[np.ndarray, float]:
     vals, vecs = scipy.linalg.eigh(s_bar, subset_by_index=[n - rank, n - 1])
     vals = np.clip(vals, 0.0, None)
     energy = float((vals**2).sum() / max((s_bar**2).sum(), 1e-300))
-    return vecs * np.sqrt(vals), energy
+    return np.ascontiguousarray(vecs * np.sqrt(vals)), energy
 
 
 class FedCIA(RecStrategy):

@@ -86,7 +86,8 @@ class FederatedGFCF(RecStrategy):
         if count == 0:
             return None, None
         if self.mode == "exact":
-            self.filter = gfcf.filter_from_sums(total, degree, self.s, self.wp).astype(np.float32)
+            # float64: federated scores then equal central GF-CF to round-off, not to 1e-7
+            self.filter = gfcf.filter_from_sums(total, degree, self.s, self.wp)
         else:
             self.filter = (total / count).astype(np.float32)
         return to_record({"filter": self.filter}), MetricRecord({"num-replies": count})

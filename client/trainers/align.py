@@ -12,10 +12,35 @@ step in dense mode, instead of autograd's three). In factored mode ``S_bar`` is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 TINY = 1e-12
+#: the norm's expansion cancels in float64 to about 1e-8 relative: below this, M counts as 0
+RELATIVE_ZERO = 1e-7
+
+
+def _align(emb: torch.Tensor, apply_s: Callable[[torch.Tensor], torch.Tensor], s_norm_sq: float,
+           steps: int, lr: float, weight_decay: float, squared: bool) -> tuple[float, float]:
+    """Gradient steps given ``E -> S E`` (``S`` symmetric) and ``||S_bar||_F^2``, in place."""
+    first = last = float("nan")
+    zero = TINY + RELATIVE_ZERO * s_norm_sq**0.5
+    for step in range(steps + 1):
+        se = apply_s(emb)
+        e64, se64 = emb.double(), se.double()
+        gram = e64.T @ e64
+        sq = float((gram**2).sum()) - 2 * float((e64 * se64).sum()) + s_norm_sq
+        norm = max(sq, 0.0) ** 0.5
+        first = norm if step == 0 else first
+        last = norm
+        if step == steps or norm < zero:
+            break
+        me = (e64 @ gram - se64).to(emb.dtype)  # (M + M^T) E / 2
+        grad = 4 * me if squared else 2 * me / norm
+        emb -= lr * (grad + weight_decay * emb)
+    return first, last
 
 
 def align_dense(emb: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
@@ -23,26 +48,21 @@ def align_dense(emb: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
     r"""Gradient steps on :math:`\lVert EE^\top - \bar S\rVert_F` (or its square), in place.
 
     The gradient of the norm is :math:`(M + M^\top)E / \lVert M\rVert_F` with
-    :math:`M = EE^\top - \bar S`; of the square, :math:`2(M + M^\top)E`. A step is skipped where
-    :math:`\lVert M\rVert_F < 10^{-12}` (the norm's gradient is undefined there).
+    :math:`M = EE^\top - \bar S`; of the square, :math:`2(M + M^\top)E`. Since
+    :math:`(M + M^\top)E = 2(E E^\top E - S_{sym} E)` with :math:`S_{sym}` the symmetric part
+    of :math:`\bar S`, a step costs one ``n x n`` product. A step is skipped
+    where :math:`\lVert M\rVert_F` vanishes (below :math:`10^{-7}\lVert \bar S\rVert_F`,
+    the precision of the expansion): the norm's gradient is undefined there.
 
     Returns
     -------
     (float, float)
         The norm before the first and after the last step.
     """
-    first = last = float("nan")
-    for step in range(steps + 1):
-        m = emb @ emb.T - target
-        norm = float(torch.linalg.matrix_norm(m))
-        first = norm if step == 0 else first
-        last = norm
-        if step == steps or norm < TINY:
-            break
-        grad = (m + m.T) @ emb
-        grad = 2 * grad if squared else grad / norm
-        emb -= lr * (grad + weight_decay * emb)
-    return first, last
+    target = target.to(emb.dtype)
+    sym = (target + target.T) / 2
+    s_norm_sq = float((target.double() ** 2).sum())
+    return _align(emb, lambda e: sym @ e, s_norm_sq, steps, lr, weight_decay, squared)
 
 
 def align_factored(emb: torch.Tensor, factor: torch.Tensor, steps: int, lr: float,
@@ -52,23 +72,11 @@ def align_factored(emb: torch.Tensor, factor: torch.Tensor, steps: int, lr: floa
     Scalars are computed in float64 and clamped at 0, since the expansion of the norm cancels
     when ``M`` is small.
     """
+    factor = factor.to(emb.dtype)
     a64 = factor.double()
-    ata = float(torch.linalg.matrix_norm(a64.T @ a64) ** 2)
-    first = last = float("nan")
-    for step in range(steps + 1):
-        e64 = emb.double()
-        gram, cross = e64.T @ e64, factor.T.double() @ e64
-        sq = float(torch.linalg.matrix_norm(gram) ** 2) - 2 * float(
-            torch.linalg.matrix_norm(cross) ** 2) + ata
-        norm = max(sq, 0.0) ** 0.5
-        first = norm if step == 0 else first
-        last = norm
-        if step == steps or norm < TINY:
-            break
-        me = (e64 @ gram - a64 @ cross).to(emb.dtype)
-        grad = 4 * me if squared else 2 * me / norm
-        emb -= lr * (grad + weight_decay * emb)
-    return first, last
+    s_norm_sq = float(((a64.T @ a64) ** 2).sum())
+    return _align(emb, lambda e: factor @ (factor.T @ e), s_norm_sq, steps, lr, weight_decay,
+                  squared)
 
 
 def haar_rotation(d: int, rng: np.random.Generator) -> np.ndarray:

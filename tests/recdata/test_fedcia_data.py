@@ -86,7 +86,8 @@ def test_every_user_of_fedcia_client_c_lands_in_floor_bucket_c(shared_data, name
 def test_given_split_labels_equal_the_file_contents(shared_data):
     split = make_split(load_dataset("fedcia-ml100k", shared_data), "given", seed=0)
     for part in ("train", "valid", "test"):
-        np.testing.assert_array_equal(split.matrix(part).toarray(), client_arrays(shared_data, part))
+        expected = client_arrays(shared_data, part)
+        np.testing.assert_array_equal(split.matrix(part).toarray(), expected)
 
 
 def test_given_split_survives_the_split_store(shared_data):
