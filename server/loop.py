@@ -71,5 +71,8 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout_s: float,
             if missing is not None:
                 missing.update(lost)
             return
-        pause = 0.005 if got else min(pause * 2, 0.2)
+        if got:
+            pause = 0.005
+            continue
+        pause = min(pause * 2, 0.2)
         time.sleep(pause)

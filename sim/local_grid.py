@@ -31,6 +31,8 @@ class LocalGrid(Grid):
         Message type -> handler; defaults to the FloRec ClientApp's train and evaluate.
     fail : callable, optional
         ``fail(partition_id, message_type) -> bool``: raise in that node (failure tests).
+    keep_replies : bool
+        Keep every reply in ``received`` (for tests; benchmarks turn it off to save memory).
 
     """
 
@@ -40,6 +42,7 @@ class LocalGrid(Grid):
         num_nodes: int,
         handlers: dict[str, Handler] | None = None,
         fail: Callable[[int, str], bool] | None = None,
+        keep_replies: bool = True,
     ) -> None:
         if handlers is None:
             from client.app import align, evaluate, train
@@ -60,9 +63,9 @@ class LocalGrid(Grid):
             )
             for pid in range(num_nodes)
         }
-        self._replies: dict[str, Message] = {}
-        self.sent: list[Message] = []
+        self._queued: dict[str, Message] = {}
         self.received: list[Message] = []
+        self.keep_replies = keep_replies
 
     def set_run(self, run: Any) -> None:  # noqa: D102
         self._run = run
@@ -88,30 +91,42 @@ class LocalGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Handle each message at once; replies wait to be pulled."""
+        """Queue messages; each is handled when its reply is pulled (one at a time)."""
         ids = []
         for msg in messages:
             msg_id = str(uuid4())
             msg.metadata.__dict__["_message_id"] = msg_id
-            self.sent.append(msg)
-            ctx = self.contexts[msg.metadata.dst_node_id]
-            pid = int(ctx.node_config["partition-id"])
-            try:
-                if self.fail is not None and self.fail(pid, msg.metadata.message_type):
-                    raise RuntimeError(f"injected failure on partition {pid}")
-                reply = self.handlers[msg.metadata.message_type](msg, ctx)
-            except Exception as exc:  # a crashing client becomes an error reply, as in Flower
-                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
-            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
-            self.received.append(reply)
-            self._replies[msg_id] = reply
+            self._queued[msg_id] = msg
             ids.append(msg_id)
         return ids
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
-        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+    def _handle(self, msg: Message) -> Message:
+        ctx = self.contexts[msg.metadata.dst_node_id]
+        pid = int(ctx.node_config["partition-id"])
+        try:
+            if self.fail is not None and self.fail(pid, msg.metadata.message_type):
+                raise RuntimeError(f"injected failure on partition {pid}")
+            reply = self.handlers[msg.metadata.message_type](msg, ctx)
+        except Exception as exc:  # a crashing client becomes an error reply, as in Flower
+            reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+        reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+        if self.keep_replies:
+            self.received.append(reply)
+        return reply
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Handle the first queued message among ``message_ids`` and return its reply.
+
+        One reply per call, so a streaming consumer holds one reply at a time, as with a real
+        SuperLink.
+        """
+        for msg_id in message_ids:
+            if msg_id in self._queued:
+                return [self._handle(self._queued.pop(msg_id))]
+        return []
 
     def send_and_receive(  # noqa: D102
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:  # noqa: D102
-        return self.pull_messages(self.push_messages(messages))
+        ids = list(self.push_messages(messages))
+        return [reply for i in ids for reply in self.pull_messages([i])]

@@ -34,7 +34,7 @@ def replies_for(strategy, payloads, weights):
     grid = LocalGrid({}, len(payloads), handlers={MessageType.TRAIN: handler})
     start = {"item_emb": np.ones((N, D), np.float32), "item_bias": np.zeros(N, np.float32)}
     msgs = strategy.configure_train(1, to_record(start), ConfigRecord(), grid)
-    return grid.pull_messages(grid.push_messages(msgs))
+    return grid.send_and_receive(msgs)
 
 
 def test_dense_mode_is_the_interaction_weighted_mean_of_user_tables():

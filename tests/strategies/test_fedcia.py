@@ -1,0 +1,93 @@
+"""FedCIA's server side: exact means, factored downlink, streaming memory, bad replies."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from sim.local_grid import LocalGrid
+from strategies.fedcia import FedCIA, top_factor
+from strategies.payload import from_record, to_record
+
+N, D = 30, 4
+
+
+def upload_handler(uploads):
+    answers = iter(uploads)
+
+    def handler(msg, ctx):
+        arrays, examples = next(answers)
+        return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(
+            {"num-examples": examples, "train-loss": 0.5})}), reply_to=msg)
+
+    return handler
+
+
+def aggregate(strategy, uploads):
+    grid = LocalGrid({}, len(uploads), handlers={MessageType.TRAIN: upload_handler(uploads)},
+                     keep_replies=False)
+    msgs = strategy.configure_train(1, None, ConfigRecord(), grid)
+    return strategy.aggregate_train(1, (r for m in msgs for r in grid.send_and_receive([m])))
+
+
+def tables(k, seed=0):
+    rng = np.random.default_rng(seed)
+    return [0.3 * rng.standard_normal((N, D)) for _ in range(k)]
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "interactions"])
+def test_dense_mean_is_the_weighted_mean_of_client_grams(weighting):
+    embs = tables(3)
+    strategy = FedCIA(N, "dense", weighting=weighting)
+    _, metrics = aggregate(strategy, [({"gram": e @ e.T}, 10 * (i + 1))
+                                      for i, e in enumerate(embs)])
+    w = np.array([1, 1, 1.0]) if weighting == "uniform" else np.array([10, 20, 30.0])
+    expected = sum(wi * e @ e.T for wi, e in zip(w, embs, strict=True)) / w.sum()
+    np.testing.assert_allclose(strategy.downlink["gram"], expected, atol=1e-5)
+    assert metrics["num-replies"] == 3
+
+
+def test_factored_uploads_give_the_dense_mean_and_a_full_rank_factor_reproduces_it():
+    embs = tables(3)
+    strategy = FedCIA(N, "factored", rank=N)
+    _, metrics = aggregate(strategy, [({"factor": e}, 1) for e in embs])
+    a = strategy.downlink["factor"].astype(np.float64)
+    np.testing.assert_allclose(a @ a.T, sum(e @ e.T for e in embs) / 3, atol=1e-5)
+    assert metrics["captured-energy"] == pytest.approx(1.0)
+
+
+def test_top_factor_keeps_the_largest_eigenpairs():
+    e = tables(1)[0]
+    factor, energy = top_factor(e @ e.T, D)  # rank D exactly
+    np.testing.assert_allclose(factor @ factor.T, e @ e.T, atol=1e-10)
+    assert energy == pytest.approx(1.0)
+    small, part = top_factor(e @ e.T, 1)
+    assert small.shape == (N, 1) and 0 < part < 1
+
+
+def test_bad_uploads_are_skipped():
+    good = tables(1)[0]
+    strategy = FedCIA(N, "dense")
+    _, metrics = aggregate(strategy, [({"gram": good @ good.T}, 1),
+                                      ({"gram": np.full((N, N), np.nan)}, 1),
+                                      ({"gram": np.zeros((N, N + 1))}, 1)])
+    assert metrics["num-replies"] == 1 and len(strategy.dropped) == 2
+    np.testing.assert_allclose(strategy.downlink["gram"], good @ good.T, atol=1e-5)
+
+
+def test_server_memory_does_not_grow_with_the_number_of_clients():
+    """One n x n accumulator: peak memory with 200 clients is about that with 20."""
+    n = 200
+    gram = {"gram": np.ones((n, n), np.float32)}
+
+    def peak(clients):
+        strategy = FedCIA(n, "dense")
+        tracemalloc.start()
+        aggregate(strategy, [(gram, 1)] * clients)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(20), peak(200)
+    assert large < 1.5 * small, (small, large)
