@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from client import fedavg_node, private_node
 from client.trainers.bucket import Bucket
 from recdata.errors import ConfigError
-from recdata.partition import partition_users
+from recdata.partition import node_clients
 from recdata.runconfig import RunConfig, parse_run_config
 from recdata.store import get_split
 
@@ -39,9 +39,10 @@ def _load_bucket(config_json: str, partition_id: int, num_partitions: int, data_
     cfg = RunConfig.model_validate(json.loads(config_json))
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, data_dir or cfg.data_dir,
                          cfg.min_rating, cfg.synthetic_params())
-    buckets = partition_users(split.n_users, num_nodes=cfg.num_nodes,
-                              users_per_node=cfg.users_per_node, mode=cfg.partition,
-                              seed=cfg.split_seed)
+    buckets = node_clients(split.n_users, num_nodes=cfg.num_nodes,
+                           users_per_node=cfg.users_per_node,
+                           clients_per_node=cfg.clients_per_node, mode=cfg.partition,
+                           seed=cfg.split_seed)
     if num_partitions >= 0 and num_partitions != len(buckets):
         raise ConfigError(
             f"{num_partitions} nodes were started but the partition has {len(buckets)} buckets; "
@@ -51,7 +52,7 @@ def _load_bucket(config_json: str, partition_id: int, num_partitions: int, data_
     if not 0 <= partition_id < len(buckets):
         raise ConfigError(f"partition-id {partition_id} is outside 0..{len(buckets) - 1}; "
                           "check the node config of this SuperNode")
-    return Bucket.from_split(split, buckets[partition_id])
+    return Bucket.from_split(split, buckets[partition_id])  # a list of clients' users
 
 
 def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:

@@ -1,9 +1,11 @@
-"""FedCIA and local-only on a node: the bucket is one client with a whole private model.
+"""FedCIA and local-only on a node: each client of the node keeps a whole private model.
 
-Per round: ``train`` runs one local epoch and uploads the client's item similarity (``E E^T``
-or its factor ``E Q``, see :mod:`client.trainers.align`); ``align`` pulls the item table towards
-the server's aggregate. The parameter-free GF-CF backbone uploads its Gram matrix (exact mode)
-or its local filter (the paper's FedCIA-GSP) once and scores with what comes back.
+A node hosts ``clients-per-node`` clients (one by default). Per round: ``train`` runs one local
+epoch per client and uploads the node's sum of its clients' item similarities (``sum_k w_k
+E_k E_k^T``, or the stacked factors ``[sqrt(w_k) E_k Q_k]`` whose product is that sum, see
+:mod:`client.trainers.align`) with the total weight; ``align`` pulls every client's item table
+towards the server's aggregate, batched over the node's clients. The parameter-free GF-CF
+backbone uploads its Gram matrix (exact mode) or local filters (the paper's FedCIA-GSP) once.
 """
 
 from __future__ import annotations
@@ -26,109 +28,145 @@ from client.trainers.private_model import (
     restore,
     state_arrays,
 )
+from models.metrics import add_sums
 from recdata.runconfig import RunConfig
 from strategies.payload import from_record, to_record
 
 STATE_PREFIX = "private-"
 
 
-def _load(context: Context, cfg: RunConfig, bucket: Bucket, pid: int
+def _client_index(cfg: RunConfig, pid: int, local: int) -> int:
+    return pid * cfg.clients_per_node + local
+
+
+def _load(context: Context, cfg: RunConfig, client: Bucket, index: int
           ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
-    nparts = int(context.node_config.get("num-partitions", cfg.num_nodes))
-    name, dim = node_model_spec(cfg, pid, nparts)
-    model = build_node_model(cfg, bucket, name, dim)
+    total = int(context.node_config.get("num-partitions", cfg.num_nodes)) * cfg.clients_per_node
+    name, dim = node_model_spec(cfg, index, total)
+    model = build_node_model(cfg, client, name, dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr) if model.trainable else None
-    saved = {key[len(STATE_PREFIX):]: from_record(rec)
-             for key, rec in context.state.array_records.items() if key.startswith(STATE_PREFIX)}
+    prefix = f"{STATE_PREFIX}{index}-"
+    saved = {key[len(prefix):]: from_record(rec)
+             for key, rec in context.state.array_records.items() if key.startswith(prefix)}
     if saved:
         restore(model, optimizer, saved)
     return model, optimizer
 
 
-def _save(context: Context, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
-          ) -> None:
+def _save(context: Context, index: int, model: torch.nn.Module,
+          optimizer: torch.optim.Optimizer | None) -> None:
     for key, arrays in state_arrays(model, optimizer).items():
-        context.state[STATE_PREFIX + key] = to_record(arrays)
+        context.state[f"{STATE_PREFIX}{index}-{key}"] = to_record(arrays)
 
 
-def _gfcf_upload(cfg: RunConfig, train: sp.csr_matrix, rng: np.random.Generator
-                 ) -> dict[str, np.ndarray]:
+def _weight(cfg: RunConfig, client: Bucket) -> float:
+    return float(client.train.nnz) if cfg.fedcia_weighting == "interactions" else 1.0
+
+
+def _gfcf_upload(cfg: RunConfig, clients: list[Bucket], whole: sp.csr_matrix,
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
     from models import gfcf
 
-    if cfg.gfcf_mode == "exact":
-        gram, degree = gfcf.client_gram(train)
+    if cfg.gfcf_mode == "exact":  # user degrees are per user: the node's Gram is the clients' sum
+        gram, degree = gfcf.client_gram(whole)
         return {"gram": gram.astype(np.float64), "degree": degree.astype(np.float64)}
-    filt = gfcf.local_filter(train, cfg.gfcf_s, cfg.gfcf_wp)
+    total = sum(gfcf.local_filter(c.train, cfg.gfcf_s, cfg.gfcf_wp) for c in clients)
     if cfg.noise_scale > 0:
-        filt = filt + rng.laplace(0.0, cfg.noise_scale, filt.shape)
-    return {"filter": filt.astype(np.float32)}
+        total = total + rng.laplace(0.0, cfg.noise_scale, total.shape)
+    return {"filter": np.asarray(total, dtype=np.float32)}
 
 
 def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
           device: str) -> RecordDict:
-    """One local epoch, then the upload the server asked for (``dense``, ``factored``, none)."""
+    """One local epoch per client, then the upload the server asked for."""
     t0 = time.perf_counter()
     config = msg.content.config_records["config"]
     rnd, upload = int(config["server-round"]), str(config.get("upload", "none"))
-    rng = np.random.default_rng([cfg.seed, 31, rnd, pid])
-    loss, optimizer = 0.0, None
-    if upload != "gfcf":
-        model, optimizer = _load(context, cfg, bucket, pid)
-    if optimizer is not None:
-        triples = fixed_triples(bucket, cfg.seed, pid)
-        for _ in range(cfg.local_epochs):
-            loss = local_epoch(model, optimizer, triples, cfg.local_batch_size, rng)
-        _save(context, model, optimizer)
+    clients = bucket.clients()
+    losses, uploads, weights = [], [], []
+    for local, client in enumerate(clients):
+        index = _client_index(cfg, pid, local)
+        rng = np.random.default_rng([cfg.seed, 31, rnd, index])
+        if upload == "gfcf":
+            break
+        model, optimizer = _load(context, cfg, client, index)
+        if optimizer is not None:
+            triples = fixed_triples(client, cfg.seed, index)
+            for _ in range(cfg.local_epochs):
+                losses.append(local_epoch(model, optimizer, triples, cfg.local_batch_size, rng))
+            _save(context, index, model, optimizer)
+        if upload in ("dense", "factored"):
+            w = _weight(cfg, client)
+            emb = model.item_emb.detach().cpu().numpy() * np.sqrt(w)
+            uploads.append(similarity_upload(emb, upload, cfg.noise_scale, rng))
+            weights.append(w)
     arrays: dict[str, np.ndarray] = {}
     if upload == "gfcf":
-        arrays = _gfcf_upload(cfg, bucket.train, rng)
-    elif upload in ("dense", "factored"):
-        emb = model.item_emb.detach().cpu().numpy()
-        arrays = similarity_upload(emb, upload, cfg.noise_scale, rng)
-    metrics = MetricRecord({"partition-id": pid, "train-loss": loss,
-                            "num-examples": int(bucket.train.nnz),
-                            "num-users": len(bucket.users), "seconds": time.perf_counter() - t0})
+        arrays = _gfcf_upload(cfg, clients, bucket.train,
+                              np.random.default_rng([cfg.seed, 31, rnd, pid]))
+        weights = [float(len(clients))]
+    elif upload == "dense":
+        arrays = {"gram": np.sum([u["gram"] for u in uploads], axis=0, dtype=np.float64
+                                 ).astype(np.float32)}
+    elif upload == "factored":
+        arrays = {"factor": np.concatenate([u["factor"] for u in uploads], axis=1)}
+    metrics = MetricRecord({
+        "partition-id": pid, "train-loss": float(np.mean(losses)) if losses else 0.0,
+        "num-examples": int(bucket.train.nnz), "num-users": len(bucket.users),
+        "clients": len(clients), "weight": float(sum(weights)),
+        "seconds": time.perf_counter() - t0})
     return RecordDict({"arrays": to_record(arrays), "metrics": metrics})
 
 
 def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
           device: str) -> RecordDict:
-    """Align the item table to ``S_bar`` (dense) or ``A A^T`` (factored) and keep it."""
+    """Align every client's item table to ``S_bar`` (dense) or ``A A^T`` (factored), batched."""
     t0 = time.perf_counter()
     down = from_record(msg.content.array_records["arrays"])
-    model, optimizer = _load(context, cfg, bucket, pid)
-    squared = cfg.align_norm == "squared"
+    loaded = [_load(context, cfg, c, _client_index(cfg, pid, i))
+              for i, c in enumerate(bucket.clients())]
+    embs = [model.item_emb.data.to(device) for model, _ in loaded]
+    fn, target = (align_dense, down["gram"]) if "gram" in down else \
+        (align_factored, down["factor"])
     with torch.no_grad():
-        emb = model.item_emb.data.to(device)
-        fn, target = (align_dense, down["gram"]) if "gram" in down else \
-            (align_factored, down["factor"])
-        before, after = fn(emb, torch.as_tensor(target, device=device), cfg.align_steps,
-                           cfg.align_lr, cfg.reg, squared)
+        before, after = fn(embs, torch.as_tensor(target, device=device), cfg.align_steps,
+                           cfg.align_lr, cfg.reg, cfg.align_norm == "squared")
+    for i, ((model, optimizer), emb) in enumerate(zip(loaded, embs, strict=True)):
         model.item_emb.data.copy_(emb.cpu())
-    _save(context, model, optimizer)
+        _save(context, _client_index(cfg, pid, i), model, optimizer)
     return RecordDict({"metrics": MetricRecord({
-        "clients": 1, "align-before-sum": before, "align-after-sum": after,
+        "clients": len(loaded), "align-before-sum": float(np.sum(before)),
+        "align-after-sum": float(np.sum(after)),
         "align-seconds-sum": time.perf_counter() - t0})})
 
 
 def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
              device: str) -> RecordDict:
-    """Metric sums with the private model, or with the federated GF-CF filter sent down."""
+    """Metric sums with each client's private model, or with the federated GF-CF filter."""
     down = from_record(msg.content.array_records["arrays"]) \
         if "arrays" in msg.content.array_records else {}
-    if "filter" in down:
-        from models import gfcf
-
-        rows = torch.as_tensor(bucket.train.toarray(), dtype=torch.float64)
-        glob = torch.as_tensor(down["filter"], dtype=torch.float64)
-        if cfg.gfcf_mode == "gsp":
-            local = torch.as_tensor(gfcf.local_filter(bucket.train, cfg.gfcf_s, cfg.gfcf_wp))
-            scores = cfg.gfcf_aggp * rows @ glob + rows @ local
+    sums: dict[str, float] = {}
+    for local, client in enumerate(bucket.clients()):
+        if "filter" in down:
+            score_fn = _gfcf_scores(cfg, client, down["filter"])
+            part = bucket_metric_sums(score_fn, client, cfg, pid, "cpu")
         else:
-            scores = rows @ glob
-        sums = bucket_metric_sums(lambda users: scores[users], bucket, cfg, pid, "cpu")
+            model, _ = _load(context, cfg, client, _client_index(cfg, pid, local))
+            model.eval()
+            part = bucket_metric_sums(model.to(device).score, client, cfg, pid, device)
+        part.pop("partition-id")
+        sums = add_sums(sums, part)
+    return RecordDict({"metrics": MetricRecord(sums | {"partition-id": pid})})
+
+
+def _gfcf_scores(cfg: RunConfig, client: Bucket, glob: np.ndarray):  # noqa: ANN202
+    from models import gfcf
+
+    rows = torch.as_tensor(client.train.toarray(), dtype=torch.float64)
+    glob_t = torch.as_tensor(glob, dtype=torch.float64)
+    if cfg.gfcf_mode == "gsp":
+        local = torch.as_tensor(gfcf.local_filter(client.train, cfg.gfcf_s, cfg.gfcf_wp))
+        scores = cfg.gfcf_aggp * rows @ glob_t + rows @ local
     else:
-        model, _ = _load(context, cfg, bucket, pid)
-        model.eval()
-        sums = bucket_metric_sums(model.to(device).score, bucket, cfg, pid, device)
-    return RecordDict({"metrics": MetricRecord(sums)})
+        scores = rows @ glob_t
+    return lambda users: scores[users]

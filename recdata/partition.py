@@ -75,3 +75,30 @@ def partition_users(
     else:
         chunks = np.array_split(users, n)
     return [np.sort(c) for c in chunks]
+
+
+def node_clients(
+    n_users: int,
+    *,
+    num_nodes: int = 0,
+    users_per_node: int = 0,
+    clients_per_node: int = 1,
+    mode: str = "contiguous",
+    seed: int = 0,
+) -> list[list[np.ndarray]]:
+    """Users -> clients -> nodes: ``num_nodes * clients_per_node`` clients, consecutive per node.
+
+    A client is what a method federates over (FedCIA's client keeps one private model); a node
+    is a Flower node hosting ``clients_per_node`` of them, so that a node can batch its clients'
+    work. With ``clients_per_node=1`` a node is one client.
+
+    Returns
+    -------
+    list of list of np.ndarray
+        Per node, the sorted user ids of each of its clients.
+    """
+    if clients_per_node > 1 and users_per_node > 0:
+        raise ConfigError("clients-per-node > 1 needs num-nodes (set users-per-node=0)")
+    clients = partition_users(n_users, num_nodes=num_nodes * clients_per_node,
+                              users_per_node=users_per_node, mode=mode, seed=seed)
+    return [clients[i : i + clients_per_node] for i in range(0, len(clients), clients_per_node)]

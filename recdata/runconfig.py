@@ -33,6 +33,7 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0)
     num_nodes: int = Field(100, ge=1)
     users_per_node: int = Field(0, ge=0)
+    clients_per_node: int = Field(1, ge=1)
     partition: Literal["contiguous", "random", "floor"] = "contiguous"
     num_rounds: int = Field(20, ge=1)
     local_epochs: int = Field(1, ge=1)

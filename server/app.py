@@ -14,7 +14,7 @@ from flwr.supercore import log
 
 from models.metrics import finalize
 from recdata.errors import FloRecError
-from recdata.partition import partition_users
+from recdata.partition import node_clients
 from recdata.runconfig import RunConfig, parse_run_config
 from recdata.store import get_split
 from server.loop import stream_replies, wait_for_nodes
@@ -72,13 +72,10 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     split, split_path = get_split(
         cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()
     )
-    buckets = partition_users(
-        split.n_users,
-        num_nodes=cfg.num_nodes,
-        users_per_node=cfg.users_per_node,
-        mode=cfg.partition,
-        seed=cfg.split_seed,
-    )
+    buckets = node_clients(split.n_users, num_nodes=cfg.num_nodes,
+                           users_per_node=cfg.users_per_node,
+                           clients_per_node=cfg.clients_per_node, mode=cfg.partition,
+                           seed=cfg.split_seed)
     wait_for_nodes(grid, len(buckets), cfg.node_wait_s)
     log(INFO, "%d nodes registered; split in %s", len(buckets), split_path)
     strategy, arrays = build_strategy(cfg, split.n_items)

@@ -60,7 +60,8 @@ class FedCIA(RecStrategy):
     rank : int
         Rank ``r`` of the factored downlink.
     weighting : {"uniform", "interactions"}
-        Uniform mean (the paper) or weights by training interactions.
+        Uniform mean (the paper) or weights by training interactions; nodes apply the weights
+        and report their total as ``weight``.
     fraction_train, seed
         See :class:`strategies.base.RecStrategy`.
 
@@ -91,7 +92,7 @@ class FedCIA(RecStrategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Fold each upload into one ``n x n`` running sum, then build the downlink."""
-        total, weight, accepted, loss = np.zeros((self.n, self.n)), 0.0, 0, 0.0
+        total, weight, accepted, loss, clients = np.zeros((self.n, self.n)), 0.0, 0, 0.0, 0
         key, expected = ("gram", (self.n, self.n)) if self.comm == "dense" else ("factor", None)
         for msg in replies:
             problem = check_reply(msg, {key: expected})
@@ -105,16 +106,16 @@ class FedCIA(RecStrategy):
             self.bytes_up += record_nbytes(msg.content)
             up = from_record(msg.content.array_records["arrays"])[key].astype(np.float64)
             metrics = msg.content.metric_records.get("metrics", {})
-            w = float(metrics.get("num-examples", 1.0)) if self.weighting == "interactions" else 1.0
-            total += w * (up if self.comm == "dense" else up @ up.T)
-            weight += w
+            total += up if self.comm == "dense" else up @ up.T  # already weighted on the node
+            weight += float(metrics.get("weight", 1.0))
             loss += float(metrics.get("train-loss", 0.0))
+            clients += int(metrics.get("clients", 1))
             accepted += 1
         if accepted == 0 or weight == 0:
             self.downlink = None
             return None, None
         s_bar = total / weight
-        out = {"num-replies": accepted, "train-loss": loss / accepted}
+        out = {"num-replies": accepted, "clients": clients, "train-loss": loss / accepted}
         if self.comm == "dense":
             self.downlink = {"gram": s_bar.astype(np.float32)}
         else:

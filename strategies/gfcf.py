@@ -71,7 +71,7 @@ class FederatedGFCF(RecStrategy):
         n = self.n
         expected = {"gram": (n, n), "degree": (n,)} if self.mode == "exact" \
             else {"filter": (n, n)}
-        total, degree, count = np.zeros((n, n)), np.zeros(n), 0
+        total, degree, count, clients = np.zeros((n, n)), np.zeros(n), 0, 0.0
         for msg in replies:
             problem = check_reply(msg, expected)
             if problem is not None:
@@ -82,6 +82,7 @@ class FederatedGFCF(RecStrategy):
             total += up["gram" if self.mode == "exact" else "filter"]
             if self.mode == "exact":
                 degree += up["degree"]
+            clients += float(msg.content.metric_records["metrics"].get("weight", 1.0))
             count += 1
         if count == 0:
             return None, None
@@ -89,5 +90,5 @@ class FederatedGFCF(RecStrategy):
             # float64: federated scores then equal central GF-CF to round-off, not to 1e-7
             self.filter = gfcf.filter_from_sums(total, degree, self.s, self.wp)
         else:
-            self.filter = (total / count).astype(np.float32)
+            self.filter = (total / clients).astype(np.float32)  # mean over clients
         return to_record({"filter": self.filter}), MetricRecord({"num-replies": count})

@@ -22,29 +22,45 @@ TINY = 1e-12
 RELATIVE_ZERO = 1e-7
 
 
-def _align(emb: torch.Tensor, apply_s: Callable[[torch.Tensor], torch.Tensor], s_norm_sq: float,
-           steps: int, lr: float, weight_decay: float, squared: bool) -> tuple[float, float]:
-    """Gradient steps given ``E -> S E`` (``S`` symmetric) and ``||S_bar||_F^2``, in place."""
-    first = last = float("nan")
+def _align(embs: list[torch.Tensor], apply_s: Callable[[torch.Tensor], torch.Tensor],
+           s_norm_sq: float, steps: int, lr: float, weight_decay: float, squared: bool
+           ) -> tuple[list[float], list[float]]:
+    """Gradient steps for several clients at once, given ``E -> S E`` and ``||S_bar||_F^2``.
+
+    The clients' tables are concatenated so that ``S E`` is one large product per step (the
+    costly part); the rest is per client. Tables are updated in place.
+    """
+    k = len(embs)
+    first, last = [float("nan")] * k, [float("nan")] * k
+    active = list(range(k))
     zero = TINY + RELATIVE_ZERO * s_norm_sq**0.5
     for step in range(steps + 1):
-        se = apply_s(emb)
-        e64, se64 = emb.double(), se.double()
-        gram = e64.T @ e64
-        sq = float((gram**2).sum()) - 2 * float((e64 * se64).sum()) + s_norm_sq
-        norm = max(sq, 0.0) ** 0.5
-        first = norm if step == 0 else first
-        last = norm
-        if step == steps or norm < zero:
+        if not active:
             break
-        me = (e64 @ gram - se64).to(emb.dtype)  # (M + M^T) E / 2
-        grad = 4 * me if squared else 2 * me / norm
-        emb -= lr * (grad + weight_decay * emb)
+        se_all = apply_s(torch.cat([embs[i] for i in active], dim=1))
+        parts = torch.split(se_all, [embs[i].shape[1] for i in active], dim=1)
+        still = []
+        for i, se in zip(active, parts, strict=True):
+            emb = embs[i]
+            e64, se64 = emb.double(), se.double()
+            gram = e64.T @ e64
+            sq = float((gram**2).sum()) - 2 * float((e64 * se64).sum()) + s_norm_sq
+            norm = max(sq, 0.0) ** 0.5
+            first[i] = norm if step == 0 else first[i]
+            last[i] = norm
+            if step == steps or norm < zero:
+                continue
+            me = (e64 @ gram - se64).to(emb.dtype)  # (M + M^T) E / 2
+            grad = 4 * me if squared else 2 * me / norm
+            emb -= lr * (grad + weight_decay * emb)
+            still.append(i)
+        active = still
     return first, last
 
 
-def align_dense(emb: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
-                weight_decay: float = 0.0, squared: bool = False) -> tuple[float, float]:
+def align_dense(embs: list[torch.Tensor], target: torch.Tensor, steps: int, lr: float,
+                weight_decay: float = 0.0, squared: bool = False
+                ) -> tuple[list[float], list[float]]:
     r"""Gradient steps on :math:`\lVert EE^\top - \bar S\rVert_F` (or its square), in place.
 
     The gradient of the norm is :math:`(M + M^\top)E / \lVert M\rVert_F` with
@@ -56,26 +72,27 @@ def align_dense(emb: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
 
     Returns
     -------
-    (float, float)
-        The norm before the first and after the last step.
+    (list of float, list of float)
+        Per client, the norm before the first and after the last step.
     """
-    target = target.to(emb.dtype)
+    target = target.to(embs[0].dtype)
     sym = (target + target.T) / 2
     s_norm_sq = float((target.double() ** 2).sum())
-    return _align(emb, lambda e: sym @ e, s_norm_sq, steps, lr, weight_decay, squared)
+    return _align(embs, lambda e: sym @ e, s_norm_sq, steps, lr, weight_decay, squared)
 
 
-def align_factored(emb: torch.Tensor, factor: torch.Tensor, steps: int, lr: float,
-                   weight_decay: float = 0.0, squared: bool = False) -> tuple[float, float]:
+def align_factored(embs: list[torch.Tensor], factor: torch.Tensor, steps: int, lr: float,
+                   weight_decay: float = 0.0, squared: bool = False
+                   ) -> tuple[list[float], list[float]]:
     """The same steps as :func:`align_dense` with ``S_bar = A A^T``, never forming ``n x n``.
 
     Scalars are computed in float64 and clamped at 0, since the expansion of the norm cancels
     when ``M`` is small.
     """
-    factor = factor.to(emb.dtype)
+    factor = factor.to(embs[0].dtype)
     a64 = factor.double()
     s_norm_sq = float(((a64.T @ a64) ** 2).sum())
-    return _align(emb, lambda e: factor @ (factor.T @ e), s_norm_sq, steps, lr, weight_decay,
+    return _align(embs, lambda e: factor @ (factor.T @ e), s_norm_sq, steps, lr, weight_decay,
                   squared)
 
 

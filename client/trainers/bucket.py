@@ -27,6 +27,14 @@ class Bucket:
     train: sp.csr_matrix
     valid: sp.csr_matrix
     test: sp.csr_matrix
+    groups: list[np.ndarray] | None = None
+
+    def clients(self) -> list[Bucket]:
+        """The node's clients as buckets of their own (one, the whole bucket, by default)."""
+        if self.groups is None or len(self.groups) == 1:
+            return [self]
+        return [Bucket(self.users[g], self.train[g], self.valid[g], self.test[g])
+                for g in self.groups]
 
     @property
     def n_items(self) -> int:
@@ -34,14 +42,19 @@ class Bucket:
         return int(self.train.shape[1])
 
     @classmethod
-    def from_split(cls, split: Split, users: np.ndarray) -> Bucket:
-        """Take the rows of ``users`` from every part of the split."""
+    def from_split(cls, split: Split, users: np.ndarray | list[np.ndarray]) -> Bucket:
+        """Take the rows of ``users`` (or of several clients' users) from every part."""
+        groups = None
+        if isinstance(users, list):
+            sizes = np.cumsum([0] + [len(u) for u in users])
+            groups = [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+            users = np.concatenate(users)
         rows = {}
         for part in ("train", "valid", "test"):
             m = split.matrix(part)[users].tocsr()
             m.sort_indices()
             rows[part] = m
-        return cls(users=np.asarray(users, dtype=np.int64), **rows)
+        return cls(users=np.asarray(users, dtype=np.int64), groups=groups, **rows)
 
     def mask_for(self, part: str) -> sp.csr_matrix:
         """Items excluded from ranking: train for ``valid``, train + valid for ``test``."""

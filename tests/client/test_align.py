@@ -27,8 +27,8 @@ def test_factored_alignment_with_full_rank_equals_dense(squared):
     assert energy == pytest.approx(1.0)
     a, b = embs[0].clone(), embs[0].clone()
     lr = 0.001 if squared else 0.05
-    align_dense(a, s_bar, 100, lr, 1e-4, squared)
-    align_factored(b, torch.from_numpy(factor), 100, lr, 1e-4, squared)
+    align_dense([a], s_bar, 100, lr, 1e-4, squared)
+    align_factored([b], torch.from_numpy(factor), 100, lr, 1e-4, squared)
     torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
@@ -36,7 +36,7 @@ def test_alignment_lowers_the_distance_to_the_aggregate():
     embs = tables()
     s_bar = mean_gram(embs)
     emb = embs[1].clone()
-    before, after = align_dense(emb, s_bar, 100, 0.02)
+    (before,), (after,) = align_dense([emb], s_bar, 100, 0.02)
     assert after < before
     assert float(torch.linalg.matrix_norm(emb @ emb.T - s_bar)) == pytest.approx(after)
 
@@ -46,8 +46,8 @@ def test_alignment_is_rotation_equivariant():
     s_bar = mean_gram(embs)
     q = torch.from_numpy(haar_rotation(D, np.random.default_rng(1)))
     a, b = embs[0].clone(), embs[0] @ q
-    align_dense(a, s_bar, 50, 0.05)
-    align_dense(b, s_bar, 50, 0.05)
+    align_dense([a], s_bar, 50, 0.05)
+    align_dense([b], s_bar, 50, 0.05)
     torch.testing.assert_close(a @ a.T, b @ b.T, atol=1e-10, rtol=0)
 
 
@@ -55,7 +55,7 @@ def test_a_step_is_skipped_where_the_norm_vanishes():
     emb = tables(1)[0]
     target = emb @ emb.T
     moved = emb.clone()
-    before, after = align_dense(moved, target, 5, 0.1)
+    (before,), (after,) = align_dense([moved], target, 5, 0.1)
     assert before < 1e-6 and before == after
     torch.testing.assert_close(moved, emb, atol=0, rtol=0)
 
@@ -66,3 +66,14 @@ def test_factored_upload_carries_the_same_similarity():
     dense = similarity_upload(emb, "dense", 0.0, np.random.default_rng(0))["gram"]
     np.testing.assert_allclose(up @ up.T, dense, atol=1e-5)
     assert not np.allclose(up, emb, atol=1e-3)  # rotated: the table itself is not revealed
+
+
+def test_clients_aligned_together_equal_clients_aligned_alone():
+    embs = tables(3)
+    s_bar = mean_gram(embs)
+    together = [e.clone() for e in embs]
+    align_dense(together, s_bar, 30, 0.05)
+    for e, t in zip(embs, together, strict=True):
+        alone = e.clone()
+        align_dense([alone], s_bar, 30, 0.05)
+        torch.testing.assert_close(alone, t, atol=1e-12, rtol=0)

@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 
 from sim.local_grid import LocalGrid
 from strategies.fedcia import FedCIA, top_factor
-from strategies.payload import from_record, to_record
+from strategies.payload import to_record
 
 N, D = 30, 4
 
@@ -17,9 +17,9 @@ def upload_handler(uploads):
     answers = iter(uploads)
 
     def handler(msg, ctx):
-        arrays, examples = next(answers)
+        arrays, weight = next(answers)
         return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(
-            {"num-examples": examples, "train-loss": 0.5})}), reply_to=msg)
+            {"weight": weight, "train-loss": 0.5})}), reply_to=msg)
 
     return handler
 
@@ -36,13 +36,13 @@ def tables(k, seed=0):
     return [0.3 * rng.standard_normal((N, D)) for _ in range(k)]
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "interactions"])
-def test_dense_mean_is_the_weighted_mean_of_client_grams(weighting):
+@pytest.mark.parametrize("w", [np.array([1.0, 1.0, 1.0]), np.array([10.0, 20.0, 30.0])])
+def test_dense_mean_is_the_weighted_mean_of_client_grams(w):
+    """Nodes send weighted sums and their weight; the server divides by the total weight."""
     embs = tables(3)
-    strategy = FedCIA(N, "dense", weighting=weighting)
-    _, metrics = aggregate(strategy, [({"gram": e @ e.T}, 10 * (i + 1))
-                                      for i, e in enumerate(embs)])
-    w = np.array([1, 1, 1.0]) if weighting == "uniform" else np.array([10, 20, 30.0])
+    strategy = FedCIA(N, "dense")
+    _, metrics = aggregate(strategy, [({"gram": wi * e @ e.T}, wi)
+                                      for wi, e in zip(w, embs, strict=True)])
     expected = sum(wi * e @ e.T for wi, e in zip(w, embs, strict=True)) / w.sum()
     np.testing.assert_allclose(strategy.downlink["gram"], expected, atol=1e-5)
     assert metrics["num-replies"] == 3
