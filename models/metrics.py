@@ -20,19 +20,23 @@ scores are equal, both finite).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from models.metric_formulas import (
+    f1_at_k,
+    mrr_at_k,
+    ndcg_at_k,
+    recall_at_k,
+)
+
 __all__ = [
     "METRIC_NAMES",
     "add_sums",
     "evaluate_users",
-    "f1_of_means",
-    "fedcia_compat_mrr",
-    "fedcia_compat_ndcg",
     "finalize",
     "ranking_metric_sums",
     "topk_items",
@@ -51,173 +55,6 @@ _COUNT_METRICS = ("precision", "hr")
 # (math.fsum) over all users, so they do not depend on how users were chunked.
 _REAL_METRICS = ("recall", "f1", "ndcg", "mrr")
 
-
-# --------------------------------------------------------------------------------------------------
-# Per-user metric formulas
-# --------------------------------------------------------------------------------------------------
-
-
-def precision_at_k(hits: torch.Tensor, k: int) -> torch.Tensor:
-    r"""Per-user Precision@K.
-
-    .. math:: P_u@K = \frac{h_u}{K}, \qquad h_u = \sum_{r=1}^{K} rel_u(r)
-
-    The denominator is always K, even when fewer than K candidates remain.
-
-    Parameters
-    ----------
-    hits : torch.Tensor
-        ``(B, >=K)`` bool, ``hits[u, r-1] = rel_u(r)`` along the ranked list.
-    k : int
-        Cut-off K.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B,)`` float64.
-
-    """
-    return hits[:, :k].sum(1, dtype=torch.float64) / k
-
-
-def recall_at_k(hits: torch.Tensor, n_truth: torch.Tensor, k: int) -> torch.Tensor:
-    r"""Per-user Recall@K.
-
-    .. math:: R_u@K = \frac{h_u}{|T_u|}
-
-    Parameters
-    ----------
-    hits : torch.Tensor
-        ``(B, >=K)`` bool relevance along the ranked list.
-    n_truth : torch.Tensor
-        ``(B,)`` ``|T_u|``, at least 1.
-    k : int
-        Cut-off K.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B,)`` float64.
-
-    """
-    return hits[:, :k].sum(1, dtype=torch.float64) / n_truth.to(torch.float64)
-
-
-def hr_at_k(hits: torch.Tensor, k: int) -> torch.Tensor:
-    r"""Per-user hit rate HR@K.
-
-    .. math:: HR_u@K = \mathbb{1}[h_u \geq 1]
-
-    Under leave-one-out (one held-out item) this equals Recall@K. It is **not** the micro-averaged
-    "total hits / total test items" some papers call HR.
-
-    Parameters
-    ----------
-    hits : torch.Tensor
-        ``(B, >=K)`` bool relevance along the ranked list.
-    k : int
-        Cut-off K.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B,)`` float64 of 0 and 1.
-
-    """
-    return hits[:, :k].any(1).to(torch.float64)
-
-
-def f1_at_k(hits: torch.Tensor, n_truth: torch.Tensor, k: int) -> torch.Tensor:
-    r"""Per-user F1@K (the mean of these is FloRec's F1; ``f1_of_means`` is a different metric).
-
-    .. math::
-
-        F1_u@K = \frac{2 P_u R_u}{P_u + R_u} = \frac{2 h_u}{K + |T_u|}, \qquad
-        F1_u@K = 0 \text{ when } h_u = 0
-
-    The right-hand form is algebraically equal (substitute ``P = h/K``, ``R = h/|T|``) and is
-    computed with one rounding only.
-
-    Parameters
-    ----------
-    hits : torch.Tensor
-        ``(B, >=K)`` bool relevance along the ranked list.
-    n_truth : torch.Tensor
-        ``(B,)`` ``|T_u|``, at least 1.
-    k : int
-        Cut-off K.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B,)`` float64.
-
-    """
-    h = hits[:, :k].sum(1, dtype=torch.float64)
-    return 2.0 * h / (k + n_truth.to(torch.float64))
-
-
-def _discounts(k: int, device: torch.device) -> torch.Tensor:
-    """``1 / log2(r + 1)`` for r = 1..k, float64."""
-    r = torch.arange(1, k + 1, dtype=torch.float64, device=device)
-    return 1.0 / torch.log2(r + 1.0)
-
-
-def ndcg_at_k(hits: torch.Tensor, n_truth: torch.Tensor, k: int) -> torch.Tensor:
-    r"""Per-user NDCG@K with binary gains.
-
-    .. math::
-
-        DCG_u@K = \sum_{r=1}^{K} \frac{rel_u(r)}{\log_2(r+1)}, \qquad
-        IDCG_u@K = \sum_{r=1}^{\min(|T_u|, K)} \frac{1}{\log_2(r+1)}, \qquad
-        NDCG_u@K = \frac{DCG_u@K}{IDCG_u@K}
-
-    Parameters
-    ----------
-    hits : torch.Tensor
-        ``(B, >=K)`` bool relevance along the ranked list.
-    n_truth : torch.Tensor
-        ``(B,)`` ``|T_u|``, at least 1.
-    k : int
-        Cut-off K.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B,)`` float64 in [0, 1].
-
-    """
-    disc = _discounts(k, hits.device)
-    dcg = (hits[:, :k].to(torch.float64) * disc).sum(1)
-    ideal = torch.cumsum(disc, 0)
-    idx = n_truth.to(device=hits.device, dtype=torch.int64).clamp(min=1, max=k) - 1
-    return dcg / ideal[idx]
-
-
-def mrr_at_k(hits: torch.Tensor, k: int) -> torch.Tensor:
-    r"""Per-user reciprocal rank, cut at K.
-
-    .. math::
-
-        RR_u@K = \frac{1}{r^*_u}, \quad r^*_u = \min\{r \leq K : rel_u(r) = 1\}, \qquad
-        RR_u@K = 0 \text{ if no such } r
-
-    Parameters
-    ----------
-    hits : torch.Tensor
-        ``(B, >=K)`` bool relevance along the ranked list.
-    k : int
-        Cut-off K.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B,)`` float64 in [0, 1].
-
-    """
-    ranks = torch.arange(1, k + 1, dtype=torch.float64, device=hits.device)
-    # 1/r decreases with r, so the maximum of rel(r)/r sits at the first hit.
-    return (hits[:, :k].to(torch.float64) / ranks).max(1).values
 
 
 # --------------------------------------------------------------------------------------------------
@@ -669,130 +506,3 @@ def finalize(sums: dict[str, float]) -> dict[str, float]:
             out[f"{_TIE_RATE}@{k}"] = float(value) / n if n > 0 else math.nan
     out[NUM_USERS] = n
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Compat metrics (evaluation.md section 4): FedCIA's definitions, never reported as F1/NDCG/MRR
-# --------------------------------------------------------------------------------------------------
-
-
-def f1_of_means(means: dict[str, float], k: int) -> float:
-    r"""FedCIA's F1: the harmonic mean of the **mean** precision and the **mean** recall.
-
-    .. math:: F1_{of\,means}@K = \frac{2\,\bar P@K\,\bar R@K}{\bar P@K + \bar R@K},
-        \qquad 0 \text{ when } \bar P@K + \bar R@K = 0
-
-    [compat] It differs from FloRec's F1@K, the mean of per-user F1 (evaluation.md section 4
-    example: 0.5405 against 0.5357). Report it as ``f1_of_means@K``, never as F1.
-
-    Parameters
-    ----------
-    means : dict of str to float
-        Pooled per-user means holding ``"precision@<k>"`` and ``"recall@<k>"`` (the output of
-        :func:`finalize`).
-    k : int
-        Cut-off K.
-
-    Returns
-    -------
-    float
-        The value; NaN when the means are NaN (no evaluated user).
-
-    Raises
-    ------
-    ValueError
-        If ``means`` lacks precision or recall at ``k``.
-
-    """
-    k = _check_k(k)
-    missing = [key for key in (f"precision@{k}", f"recall@{k}") if key not in means]
-    if missing:
-        raise ValueError(f"means lack {missing[0]!r}; evaluate with k={k} in ks")
-    p, r = float(means[f"precision@{k}"]), float(means[f"recall@{k}"])
-    return 0.0 if p + r == 0 else 2.0 * p * r / (p + r)
-
-
-def _fedcia_set_hits(topk: Iterable[int], truth: Iterable[int], k: int | None) -> list[int]:
-    """1-based positions of the hits when the top-``k`` list is iterated **as a Python set**."""
-    ids = topk.tolist() if hasattr(topk, "tolist") else list(topk)
-    if ids and isinstance(ids[0], list):
-        raise ValueError("topk must be one user's 1-D list of item ids")
-    k = len(ids) if k is None else _check_k(k)
-    truth_set = {int(t) for t in (truth.tolist() if hasattr(truth, "tolist") else truth)}
-    if not truth_set:
-        raise ValueError("truth is empty; users without held-out items are not evaluated")
-    listed = set(int(i) for i in ids[:k] if int(i) >= 0)  # -1 pads are not items
-    return [pos for pos, item in enumerate(listed, start=1) if item in truth_set]
-
-
-def fedcia_compat_ndcg(topk: Iterable[int], truth: Iterable[int], k: int | None = None) -> float:
-    r"""Per-user "NDCG@K" as the FedCIA repository computes it (fedcia.md section 8.1).
-
-    [compat] Only for reproducing FedCIA's numbers: it is **not** NDCG and is never reported as
-    NDCG (report :func:`ndcg_at_k`). The top-K list is turned into a Python ``set``, so rank
-    order is lost: position ``p`` is the place of an item in the set's iteration order (for
-    item ids in CPython that is by id modulo the hash-table size, 32 slots for K=10, so roughly
-    by id, not by score). And the ideal DCG sums over the ``h_u`` hits, not min(|T_u|, K):
-
-    .. math::
-
-        DCG^{set}_u = \sum_{p \in H_u} \frac{1}{\log_2(p + 1)}, \qquad
-        IDCG^{set}_u = \sum_{j=1}^{h_u} \frac{1}{\log_2(j + 1)}, \qquad
-        NDCG^{set}_u = \frac{DCG^{set}_u}{IDCG^{set}_u} \; (0 \text{ when } h_u = 0)
-
-    with ``H_u`` the set positions of the hits and ``h_u = |H_u|``. So any user whose hits
-    occupy the first set positions scores 1, however many held-out items were missed.
-
-    Parameters
-    ----------
-    topk : iterable of int
-        One user's ranked top-K item ids (e.g. a row of :func:`topk_items`; ``-1`` pads ignored).
-    truth : iterable of int
-        The user's held-out item ids (at least one).
-    k : int, optional
-        Cut-off; default the length of ``topk``.
-
-    Returns
-    -------
-    float
-        The per-user value in [0, 1]; average it over users with held-out items.
-
-    """
-    hits = _fedcia_set_hits(topk, truth, k)
-    if not hits:
-        return 0.0
-    dcg = idcg = 0.0
-    for j, pos in enumerate(hits, start=1):  # summed in the repository's order
-        dcg += 1.0 / float(np.log2(pos + 1))
-        idcg += 1.0 / float(np.log2(j + 1))
-    return dcg / idcg
-
-
-def fedcia_compat_mrr(topk: Iterable[int], truth: Iterable[int], k: int | None = None) -> float:
-    r"""Per-user "MRR@K" as the FedCIA repository computes it (fedcia.md section 8.1).
-
-    [compat] Only for reproducing FedCIA's numbers: it is **not** MRR and is never reported as
-    MRR (report :func:`mrr_at_k`). The top-K list is iterated as a Python ``set`` (see
-    :func:`fedcia_compat_ndcg`), so the "rank" is the set position of the first hit:
-
-    .. math:: RR^{set}_u = \frac{1}{\min H_u}, \qquad 0 \text{ when } H_u = \emptyset
-
-    (The repository returns 1/1e20 rather than 0 without a hit; the difference is below 1e-20.)
-
-    Parameters
-    ----------
-    topk : iterable of int
-        One user's ranked top-K item ids (``-1`` pads ignored).
-    truth : iterable of int
-        The user's held-out item ids (at least one).
-    k : int, optional
-        Cut-off; default the length of ``topk``.
-
-    Returns
-    -------
-    float
-        The per-user value in [0, 1]; average it over users with held-out items.
-
-    """
-    hits = _fedcia_set_hits(topk, truth, k)
-    return 1.0 / hits[0] if hits else 0.0

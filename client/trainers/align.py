@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 TINY = 1e-12
-#: the norm's expansion cancels in float64 to about 1e-8 relative: below this, M counts as 0
+#: below this share of ||S_bar||_F (float64 tables), M counts as 0
 RELATIVE_ZERO = 1e-7
 
 
@@ -31,9 +31,11 @@ def _align(embs: list[torch.Tensor], apply_s: Callable[[torch.Tensor], torch.Ten
     costly part); the rest is per client. Tables are updated in place.
     """
     k = len(embs)
+    # the norm's expansion cancels: it is good to ~1e-8 relative in float64, ~3e-4 in float32
+    relative_zero = RELATIVE_ZERO if embs[0].dtype == torch.float64 else 1e-3
     first, last = [float("nan")] * k, [float("nan")] * k
     active = list(range(k))
-    zero = TINY + RELATIVE_ZERO * s_norm_sq**0.5
+    zero = TINY + relative_zero * s_norm_sq**0.5
     for step in range(steps + 1):
         if not active:
             break
@@ -42,15 +44,15 @@ def _align(embs: list[torch.Tensor], apply_s: Callable[[torch.Tensor], torch.Ten
         still = []
         for i, se in zip(active, parts, strict=True):
             emb = embs[i]
-            e64, se64 = emb.double(), se.double()
-            gram = e64.T @ e64
-            sq = float((gram**2).sum()) - 2 * float((e64 * se64).sum()) + s_norm_sq
+            gram = emb.T @ emb  # d x d, in the table's precision; the scalars sum in float64
+            sq = float(gram.double().pow(2).sum()) \
+                - 2 * float((emb * se).sum(dtype=torch.float64)) + s_norm_sq
             norm = max(sq, 0.0) ** 0.5
             first[i] = norm if step == 0 else first[i]
             last[i] = norm
             if step == steps or norm < zero:
                 continue
-            me = (e64 @ gram - se64).to(emb.dtype)  # (M + M^T) E / 2
+            me = emb @ gram - se  # (M + M^T) E / 2
             grad = 4 * me if squared else 2 * me / norm
             emb -= lr * (grad + weight_decay * emb)
             still.append(i)
