@@ -88,3 +88,19 @@ def test_flwr_simulation_end_to_end(tmp_path):
     local = run_federated(LocalGrid(cfg.to_flower(), 10), cfg, tmp_path / "local")
     for key, value in run["metrics"].items():
         assert local["metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_flwr_simulation_of_fedcia_with_its_align_messages(tmp_path):
+    """FedCIA's second message type (train.align) goes through a real Flower simulation."""
+    out = tmp_path / "run"
+    proc = florec("sim", "--dataset", "synthetic", "--algorithm", "fedcia", "--nodes", "3",
+                  "--rounds", "2", "--out", str(out), "-c",
+                  "synthetic-users=30 synthetic-items=40 dim=8 align-steps=5 "
+                  "fedcia-comm='factored' clients-per-node=2",
+                  env={"FLWR_HOME": str(tmp_path / "flwr")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["align"]["clients"] for r in rows] == [6, 6]
+    assert json.loads((out / "results.json").read_text())["runs"][0]["method"] == \
+        "fedcia-mf-factored-r16"
