@@ -147,11 +147,17 @@ def test_fedcia_factored_uploads_n_by_d_not_n_by_n(tmp_path, small_config):
 
 def test_heterogeneous_federation_of_three_model_kinds(tmp_path, small_config):
     small_config.update({"algorithm": "fedcia", "num-nodes": 6, "align-steps": 5,
-                         "model-mix": "mf:8,mf:16,mf:4"})
+                         "model-mix": "mf:8,lightgcn:16,mlp:4"})
     grid, result = run(tmp_path, small_config)
-    dims = sorted({rec["item_emb"].shape[1] for ctx in grid.contexts.values()
-                   for key, rec in ctx.state.array_records.items() if key.endswith("-model")})
-    assert dims == [4, 8, 16]
+    kinds = {}
+    for ctx in grid.contexts.values():
+        for key, rec in ctx.state.array_records.items():
+            if key.endswith("-model"):
+                kind = "mlp" if any(k.startswith("mlp") for k in rec) else "emb"
+                kinds.setdefault(rec["item_emb"].shape[1], set()).add(kind)
+    assert kinds == {8: {"emb"}, 16: {"emb"}, 4: {"mlp"}}
+    rows = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
+    assert all(r["align"]["clients"] == 6 and not r["dropped"] for r in rows)
     assert result["metrics"]["num-users"] == 40
 
 
@@ -208,3 +214,12 @@ def test_clients_per_node_gives_the_same_run_as_one_client_per_node(tmp_path, sm
     _, together = run(tmp_path / "b", small_config)
     for key, value in alone["metrics"].items():
         assert together["metrics"][key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_fedcia_with_one_client_equals_local_training(tmp_path, small_config):
+    """With one client the aggregate is its own similarity, so alignment leaves it unchanged."""
+    small_config.update({"num-nodes": 1, "num-rounds": 3, "align-steps": 20})
+    _, fedcia = run(tmp_path / "f", small_config | {"algorithm": "fedcia"})
+    _, local = run(tmp_path / "l", small_config | {"algorithm": "local"})
+    for key, value in local["metrics"].items():
+        assert fedcia["metrics"][key] == pytest.approx(value, abs=1e-6), key
