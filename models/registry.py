@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from models.base import Recommender
 from models.gfcf import GFCF
+from models.itemknn import ItemKNN
 from models.lightgcn import LightGCN
 from models.mf import MF
 from models.mlp import MLPScorer
 from models.pop import Pop
 from recdata.errors import ConfigError
 
-# Models with ``fit(train_csr)``: Pop and GF-CF fit on it (no training); LightGCN only takes its
-# graph from it and then trains by ``loss``. Call ``fit`` before ``score`` whenever it exists.
+# Models with ``fit(train_csr)``: Pop, GF-CF and ItemKNN fit on it (no training); LightGCN only
+# takes its graph from it and then trains by ``loss``. Call ``fit`` before ``score`` if it exists.
 MODELS: dict[str, type[Recommender]] = {
     "mf": MF,
     "pop": Pop,
     "lightgcn": LightGCN,
     "mlp": MLPScorer,
     "gfcf": GFCF,
+    "itemknn": ItemKNN,
 }
 
 

@@ -24,7 +24,7 @@ class RunConfig(BaseModel):
     )
 
     algorithm: Literal["fedavg", "fedcia", "local"] = "fedavg"
-    model: Literal["mf", "lightgcn", "mlp", "gfcf", "pop"] = "mf"
+    model: Literal["mf", "lightgcn", "mlp", "gfcf", "itemknn", "pop"] = "mf"
     dataset: str = "ml-100k"
     data_dir: str = ""
     min_rating: float = Field(1.0, ge=0)

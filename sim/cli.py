@@ -223,6 +223,34 @@ def demo(
     console.print(f"results folder: {out}")
 
 
+@app.command()
+def bench(
+    config: Annotated[Path, typer.Option("--config", help="bench TOML file")],
+    out: Annotated[Path | None, typer.Option(help="results folder (default results/bench-NAME)")]
+    = None,
+) -> None:
+    """Run (or resume) a bench matrix; writes OUT/results.json, report.md and plots/."""
+    import tomllib
+
+    from sim.bench import run_bench
+
+    if out is None:
+        name = tomllib.loads(config.read_text()).get("bench", {}).get("name", config.stem)
+        out = Path("results") / f"bench-{name}"
+    done = run_bench(config, out, echo=console.print)
+    console.print(f"{len(done.ran)} cells ran, {len(done.skipped)} skipped (finished), "
+                  f"{len(done.failed)} failed; report: {out}/report.md, plots: {out}/plots/")
+
+
+@app.command()
+def plot(results_dir: Path) -> None:
+    """Redraw the PNG plots of a bench results folder into RESULTS_DIR/plots/."""
+    from sim.plots import write_plots
+
+    for path in write_plots(results_dir):
+        console.print(str(path))
+
+
 deploy_app = typer.Typer(
     help="Real deployments: SuperLink, SuperExecs and SuperNodes.", no_args_is_help=True
 )

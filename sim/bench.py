@@ -1,0 +1,212 @@
+"""The benchmark suite: a TOML matrix of datasets x methods x seeds, run in-process, resumably.
+
+A bench file has three parts::
+
+    [bench]
+    name = "ml100k"
+    datasets = ["ml-100k"]
+    seeds = [0, 1, 2]
+    reference = "MF-BPR"
+
+    [defaults]            # run-config keys shared by every cell
+    split = "loo"
+
+    [[method]]
+    label = "MF-BPR"
+    setting = "central"   # or "federated"
+    epochs = 20           # central only; batch-size is optional (1024)
+    model = "mf"          # any other run-config key
+
+Each cell runs into ``OUT/cells/<dataset>/<label>/seed<s>/`` and is skipped when that folder's
+``results.json`` says ``"status": "finished"``. A cell that raises is reported in one line and
+the others go on. ``OUT/results.json`` collects every finished cell's run dict plus its label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recdata.errors import ConfigError
+from server.results import ResultsWriter, environment, read_results
+
+#: Central Adam step size when a central method sets no ``lr`` (as ``florec central``).
+CENTRAL_LR = 0.005
+#: Keys of a ``[[method]]`` table that are not run-config keys.
+METHOD_KEYS = ("label", "setting", "epochs", "batch-size")
+
+
+@dataclass
+class Cell:
+    """One run of the matrix: a dataset, a method table and a seed."""
+
+    dataset: str
+    method: dict[str, Any]
+    seed: int
+    out_dir: Path
+
+    @property
+    def label(self) -> str:
+        """The method's label."""
+        return str(self.method["label"])
+
+    def finished(self) -> bool:
+        """Whether this cell's ``results.json`` exists with status ``finished``."""
+        path = self.out_dir / "results.json"
+        if not path.exists():
+            return False
+        try:
+            return read_results(path).get("status") == "finished"
+        except (OSError, json.JSONDecodeError):
+            return False
+
+
+@dataclass
+class BenchOutcome:
+    """What a bench run did: cells run, skipped and failed (label/dataset/seed -> error)."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def load_bench(path: Path) -> dict[str, Any]:
+    """Read and check a bench TOML file.
+
+    Raises
+    ------
+    ConfigError
+        If ``[bench]`` lacks datasets or seeds, a method lacks a label or has an unknown
+        setting, or two methods share a label.
+
+    """
+    conf = tomllib.loads(Path(path).read_text())
+    bench = conf.get("bench", {})
+    if not bench.get("datasets") or not bench.get("seeds"):
+        raise ConfigError(f"{path}: [bench] needs non-empty 'datasets' and 'seeds'")
+    methods = conf.get("method", [])
+    if not methods:
+        raise ConfigError(f"{path}: no [[method]] tables")
+    labels = [m.get("label") for m in methods]
+    if None in labels or len(set(labels)) != len(labels):
+        raise ConfigError(f"{path}: every [[method]] needs a unique 'label'")
+    for m in methods:
+        if m.get("setting") not in ("central", "federated"):
+            raise ConfigError(f"{path}: method '{m['label']}': setting must be central|federated")
+    conf.setdefault("defaults", {})
+    return conf
+
+
+def cells_of(conf: dict[str, Any], out: Path) -> list[Cell]:
+    """The cells of a bench config, datasets x methods x seeds, in that order."""
+    return [Cell(ds, m, int(s), out / "cells" / ds / m["label"] / f"seed{s}")
+            for ds in conf["bench"]["datasets"] for m in conf["method"]
+            for s in conf["bench"]["seeds"]]
+
+
+def cell_config(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    """The run-config dict of a cell: defaults, then the method's keys, dataset and seed."""
+    keys = {k: v for k, v in cell.method.items() if k not in METHOD_KEYS}
+    base = dict(conf["defaults"])
+    if cell.method["setting"] == "central" and "lr" not in keys:
+        base["lr"] = base.get("central-lr", CENTRAL_LR)
+    base.pop("central-lr", None)
+    return base | keys | {"dataset": cell.dataset, "seed": cell.seed}
+
+
+def run_cell(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    """Run one cell in this process; returns its run dict (with ``label``)."""
+    from recdata.runconfig import parse_run_config
+
+    cfg = parse_run_config(cell_config(conf, cell))
+    if cell.method["setting"] == "central":
+        from sim.central import run_central
+
+        run = run_central(cfg, int(cell.method.get("epochs", 20)),
+                          int(cell.method.get("batch-size", 1024)), cell.out_dir)
+    else:
+        from server.app import run_federated
+        from sim.local_grid import LocalGrid
+        from strategies.registry import check_algorithm
+
+        check_algorithm(cfg)
+        grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False)
+        run = run_federated(grid, cfg, cell.out_dir)
+    return run | {"label": cell.label}
+
+
+def collect(conf: dict[str, Any], cells: list[Cell]) -> dict[str, Any]:
+    """The bench ``results.json`` dict: config, environment and every finished cell's run."""
+    runs = []
+    for cell in cells:
+        if cell.finished():
+            for run in read_results(cell.out_dir)["runs"]:
+                runs.append(run | {"label": cell.label})
+    return {"config": conf, "env": environment(), "runs": runs}
+
+
+def run_bench(config_path: Path, out: Path, progress: bool = True,
+              runner: Callable[[dict[str, Any], Cell], dict[str, Any]] = run_cell,
+              echo: Callable[[str], None] = print) -> BenchOutcome:
+    """Run (or resume) a bench file into ``out``; writes results.json, report.md and plots.
+
+    Parameters
+    ----------
+    config_path : Path
+        The bench TOML file.
+    out : Path
+        The bench results folder.
+    progress : bool
+        Show a rich progress bar.
+    runner : callable
+        ``runner(conf, cell) -> run dict``; :func:`run_cell` unless testing.
+    echo : callable
+        Where one-line cell messages go.
+
+    Returns
+    -------
+    BenchOutcome
+        Labels of ran, skipped and failed cells and the collected results.
+
+    """
+    from rich.progress import Progress
+
+    from sim.plots import write_plots
+    from sim.report import write_report
+
+    conf = load_bench(config_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = cells_of(conf, out)
+    outcome = BenchOutcome()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    with Progress(disable=not progress, transient=False) as bar:
+        task = bar.add_task(conf["bench"].get("name", "bench"), total=len(cells))
+        for cell in cells:
+            name = f"{cell.dataset}/{cell.label}/seed{cell.seed}"
+            bar.update(task, description=name)
+            if cell.finished():
+                outcome.skipped.append(name)
+            else:
+                try:
+                    runner(conf, cell)
+                    outcome.ran.append(name)
+                except Exception as err:  # noqa: BLE001 - one failed cell must not stop the rest
+                    msg = f"{type(err).__name__}: {err}".splitlines()[0]
+                    outcome.failed[name] = msg
+                    echo(f"cell {name} failed: {msg}")
+                    (cell.out_dir).mkdir(parents=True, exist_ok=True)
+                    (cell.out_dir / "error.txt").write_text(traceback.format_exc())
+            bar.advance(task)
+    outcome.results = collect(conf, cells)
+    ResultsWriter(out)._write_json("results.json", outcome.results)
+    write_report(outcome.results, out)
+    write_plots(out)
+    return outcome
