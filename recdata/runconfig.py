@@ -46,6 +46,7 @@ class RunConfig(BaseModel):
     aggregation: Literal["dense", "sparse"] = "dense"
     weighting: Literal["interactions", "uniform"] = "interactions"
     fraction_train: float = Field(1.0, gt=0, le=1)
+    min_fit_fraction: float = Field(0.5, ge=0, le=1)
     eval_every: int = Field(1, ge=1)
     ks: str = "10,20"
     selection_metric: str = "ndcg@10"

@@ -46,14 +46,25 @@ def split_metrics(pooled: dict[str, float], part: str) -> dict[str, float]:
 
 
 def train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord,
-                timeout_s: float) -> tuple[ArrayRecord, dict[str, Any]]:
-    """One training round (and the strategy's second phase, if any); returns the new state."""
+                timeout_s: float, min_fit_fraction: float = 0.0
+                ) -> tuple[ArrayRecord, dict[str, Any]]:
+    """One training round (and the strategy's second phase, if any); returns the new state.
+
+    If fewer than ``min_fit_fraction`` of the sampled nodes reply usably, the round's update is
+    discarded (the global state stays as it was) and the run goes on.
+    """
     strategy.start_round()
-    messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
+    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
     new_arrays, train_metrics = strategy.aggregate_train(
         rnd, stream_replies(grid, messages, timeout_s, strategy.unresponsive))
+    replied = int((train_metrics or {}).get("num-replies", 0))
+    if messages and replied < min_fit_fraction * len(messages):
+        log(WARNING, "round %d: %d of %d nodes replied, below min-fit-fraction=%.2f: the "
+            "round's update is discarded", rnd, replied, len(messages), min_fit_fraction)
+        strategy.discard_round()
+        new_arrays = None
     if new_arrays is None:
-        log(WARNING, "round %d: no usable reply; the global state is unchanged", rnd)
+        log(WARNING, "round %d: no usable update; the global state is unchanged", rnd)
         new_arrays = arrays
     row: dict[str, Any] = {"round": rnd, "train": dict(train_metrics or {})}
     align = list(strategy.configure_align(rnd, grid))
@@ -98,7 +109,8 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     best_score, since_best = -np.inf, 0
     for rnd in range(1, cfg.num_rounds + 1):
         t0 = time.perf_counter()
-        arrays, row = train_round(grid, strategy, rnd, arrays, cfg.round_timeout_s)
+        arrays, row = train_round(grid, strategy, rnd, arrays, cfg.round_timeout_s,
+                                  cfg.min_fit_fraction)
         if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
             t_eval = time.perf_counter()
             pooled = strategy.aggregate_evaluate(rnd, stream_replies(

@@ -67,6 +67,9 @@ class RecStrategy(Strategy):
         """Connected nodes, minus those that missed a reply this round."""
         return sorted(set(grid.get_node_ids()) - self.unresponsive)
 
+    def discard_round(self) -> None:
+        """Forget what this round's training produced (too few clients replied)."""
+
     def configure_align(self, server_round: int, grid: Grid) -> Iterable[Message]:
         """Messages of an optional second training phase (none by default)."""
         return []

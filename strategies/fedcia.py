@@ -124,6 +124,10 @@ class FedCIA(RecStrategy):
             out["captured-energy"] = energy
         return ArrayRecord(), MetricRecord(out)
 
+    def discard_round(self) -> None:
+        """No alignment after a discarded round."""
+        self.downlink = None
+
     def configure_align(self, server_round: int, grid: Grid) -> Iterable[Message]:
         """Send ``S_bar`` (or its factor) to every responsive client for alignment."""
         if self.downlink is None:

@@ -53,6 +53,10 @@ class FederatedGFCF(RecStrategy):
         """Log the configuration."""
         log(INFO, "\t├──> FederatedGFCF: mode=%s s=%d wp=%.2f", self.mode, self.s, self.wp)
 
+    def discard_round(self) -> None:
+        """Ask every client again next round."""
+        self.filter = None
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Ask every client for its upload once; nothing to do afterwards."""

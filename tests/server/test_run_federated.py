@@ -223,3 +223,15 @@ def test_fedcia_with_one_client_equals_local_training(tmp_path, small_config):
     _, local = run(tmp_path / "l", small_config | {"algorithm": "local"})
     for key, value in local["metrics"].items():
         assert fedcia["metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_a_round_with_too_few_replies_is_discarded(tmp_path, small_config, caplog):
+    def fail(pid, kind):
+        return pid != 0 and kind == MessageType.TRAIN  # 1 of 4 nodes replies
+
+    small_config["min-fit-fraction"] = 0.5
+    with caplog.at_level("WARNING"):
+        _, result = run(tmp_path, small_config, fail=fail)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
+    assert result["rounds"] == 2 and all(r["train"]["num-replies"] == 1 for r in rows)
+    assert caplog.text.count("below min-fit-fraction=0.50") == 2
