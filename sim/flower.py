@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -86,53 +87,39 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-class LocalSuperLink:
-    """A simulation SuperLink on 127.0.0.1 that this process starts and stops by its PID.
+CONNECTION = "florec-sim"
 
-    If one already answers on the port it is reused and left running (it is not ours).
+
+class LocalSuperLink:
+    """A simulation SuperLink of our own on a free 127.0.0.1 port, started and stopped by PID.
+
+    It never reuses a SuperLink that happens to run on Flower's default port: that one would
+    run our nodes with another process's environment (data folder, cache) and may stop at any
+    time. The connection is written to ``FLWR_HOME/config.toml`` of ``env`` (give each run its
+    own FLWR_HOME, see :func:`flwr_run`).
     """
 
     def __init__(self, env: dict[str, str]) -> None:
-        from flwr.cli.constant import LOCAL_CONTROL_API_ADDRESS, LOCAL_SUPERLINK_HTTP_API_PORT
+        from sim.deploy import free_ports
 
-        self.env, self.port = env, str(LOCAL_SUPERLINK_HTTP_API_PORT)
-        self.control = LOCAL_CONTROL_API_ADDRESS
+        self.env, self.port = env, str(free_ports(1)[0])
         self.proc: subprocess.Popen | None = None
-        self.log_path = Path(env["FLWR_HOME"]) / "local-superlink" / "superlink.log"
+        self.home = Path(env["FLWR_HOME"])
+        self.log_path = self.home / "superlink.log"
 
     def __enter__(self) -> LocalSuperLink:
-        if _superlink_healthy(self.port):
-            return self
-        exe = shutil.which(
-            "flower-superlink", path=str(Path(sys.executable).parent)
-        ) or shutil.which("flower-superlink")
+        exe = shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) \
+            or shutil.which("flower-superlink")
         if exe is None:
-            raise FloRecError(
-                "flower-superlink is not installed; run `make venv` (pip install -e .)"
-            )
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            exe,
-            "--insecure",
-            "--simulation",
-            "--isolation",
-            "subprocess",
-            "--control-api-address",
-            self.control,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            self.port,
-            "--log-file",
-            str(self.log_path),
-        ]
-        self.proc = subprocess.Popen(
-            cmd,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+            raise FloRecError("flower-superlink is not installed; run `make venv`")
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
+        cmd = [exe, "--insecure", "--simulation", "--isolation", "subprocess",
+               "--host", "127.0.0.1", "--port", self.port, "--log-file", str(self.log_path)]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while not _superlink_healthy(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -160,23 +147,30 @@ def flwr_run(
     app_dir: Path = PROJECT_ROOT,
     env: dict[str, str] | None = None,
 ) -> int:
-    """Submit the app to a local simulation SuperLink with `flwr run --stream` and wait.
+    """Submit the app to a SuperLink of its own with `flwr run --stream` and wait.
+
+    Each call gets a fresh FLWR_HOME under the project's ``.flwr/runs/`` (the SuperLink's log
+    and the installed app live there); it is removed after a clean run and kept otherwise.
 
     Returns
     -------
     int
         The exit code of ``flwr run``.
-
     """
-    env = env or flower_env()
+    env = dict(env or flower_env())
+    base = Path(env["FLWR_HOME"]) / "runs"
+    base.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="sim-", dir=base))
+    env["FLWR_HOME"] = str(home)
     run_config = " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
-    fed = (
-        f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
-        f"client-resources-num-gpus={gpus_per_client:g}"
-    )
+    fed = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
+           f"client-resources-num-gpus={gpus_per_client:g}")
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
-    cmd = [flwr, "run", str(app_dir), "--stream", "--federation-config", fed]
+    cmd = [flwr, "run", str(app_dir), CONNECTION, "--stream", "--federation-config", fed]
     if run_config:
         cmd += ["--run-config", run_config]
     with LocalSuperLink(env):
-        return subprocess.run(cmd, env=env, cwd=app_dir).returncode
+        code = subprocess.run(cmd, env=env, cwd=app_dir).returncode
+    if code == 0:
+        shutil.rmtree(home, ignore_errors=True)
+    return code
