@@ -126,6 +126,8 @@ def run_cell(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:
     from recdata.runconfig import parse_run_config
 
     cfg = parse_run_config(cell_config(conf, cell))
+    for stale in ("rounds.jsonl", "results.json", "error.txt"):  # of an unfinished attempt
+        (cell.out_dir / stale).unlink(missing_ok=True)
     if cell.method["setting"] == "central":
         from sim.central import run_central
 
@@ -186,25 +188,32 @@ def run_bench(config_path: Path, out: Path, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     cells = cells_of(conf, out)
     outcome = BenchOutcome()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    with Progress(disable=not progress, transient=False) as bar:
-        task = bar.add_task(conf["bench"].get("name", "bench"), total=len(cells))
-        for cell in cells:
-            name = f"{cell.dataset}/{cell.label}/seed{cell.seed}"
-            bar.update(task, description=name)
-            if cell.finished():
-                outcome.skipped.append(name)
-            else:
-                try:
-                    runner(conf, cell)
-                    outcome.ran.append(name)
-                except Exception as err:  # noqa: BLE001 - one failed cell must not stop the rest
-                    msg = f"{type(err).__name__}: {err}".splitlines()[0]
-                    outcome.failed[name] = msg
-                    echo(f"cell {name} failed: {msg}")
-                    (cell.out_dir).mkdir(parents=True, exist_ok=True)
-                    (cell.out_dir / "error.txt").write_text(traceback.format_exc())
-            bar.advance(task)
+    import server.app  # noqa: F401 - flwr sets its logger's level on import; quiet it after
+
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.WARNING)  # per-round INFO lines would break the progress bar
+    try:
+        with Progress(disable=not progress, transient=False) as bar:
+            task = bar.add_task(conf["bench"].get("name", "bench"), total=len(cells))
+            for cell in cells:
+                name = f"{cell.dataset}/{cell.label}/seed{cell.seed}"
+                bar.update(task, description=name)
+                if cell.finished():
+                    outcome.skipped.append(name)
+                else:
+                    try:
+                        runner(conf, cell)
+                        outcome.ran.append(name)
+                    except Exception as err:  # noqa: BLE001 - one failed cell must not stop others
+                        msg = f"{type(err).__name__}: {err}".splitlines()[0]
+                        outcome.failed[name] = msg
+                        echo(f"cell {name} failed: {msg}")
+                        (cell.out_dir).mkdir(parents=True, exist_ok=True)
+                        (cell.out_dir / "error.txt").write_text(traceback.format_exc())
+                bar.advance(task)
+    finally:
+        flwr_log.setLevel(level)
     outcome.results = collect(conf, cells)
     ResultsWriter(out)._write_json("results.json", outcome.results)
     write_report(outcome.results, out)

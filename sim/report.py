@@ -18,9 +18,10 @@ TEST_METRIC = "ndcg@10"
 FORMULAS = (
     "recall@k = |top-k ∩ held-out| / |held-out|",
     "precision@k = |top-k ∩ held-out| / k",
-    "f1@k = 2·P@k·R@k / (P@k + R@k), per user",
-    "ndcg@k = Σ_{i≤k} rel_i / log2(i+1) ÷ ideal DCG@k",
-    "all averaged over users with ≥1 held-out item; training items masked from the ranking",
+    "f1@k = 2·P@k·R@k / (P@k + R@k) = 2·hits / (k + |held-out|), per user",
+    "ndcg@k = Σ_{r≤k} rel(r) / log2(r+1) ÷ Σ_{r≤min(|held-out|,k)} 1 / log2(r+1)",
+    "per-user values averaged over users with ≥1 held-out item; train items (and validation "
+    "items at test time) masked; ties broken by item id",
 )
 
 

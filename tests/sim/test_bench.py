@@ -1,0 +1,156 @@
+"""The bench suite: a smoke matrix, resumption, failed cells, the report and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.bench import BenchOutcome, Cell, load_bench, run_bench, run_cell
+from sim.report import write_report
+
+SMOKE = Path(__file__).resolve().parents[2] / "bench" / "smoke.toml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BenchOutcome]:
+    """bench/smoke.toml run once into a temporary folder."""
+    out = tmp_path_factory.mktemp("smoke")
+    return out, run_bench(SMOKE, out, progress=False)
+
+
+def test_smoke_bench_writes_results_report_and_plots(smoke: tuple[Path, BenchOutcome]) -> None:
+    out, outcome = smoke
+    conf = load_bench(SMOKE)
+    n_cells = len(conf["method"]) * len(conf["bench"]["seeds"])
+    assert not outcome.failed and len(outcome.ran) == n_cells
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) == {"config", "env", "runs"} and len(res["runs"]) == n_cells
+    assert {r["label"] for r in res["runs"]} == {m["label"] for m in conf["method"]}
+    assert all(r["metrics"]["ndcg@10"] >= 0 for r in res["runs"])
+    report = (out / "report.md").read_text()
+    assert "## synthetic" in report and "Protocol card" in report and "±" in report
+    for m in conf["method"]:
+        assert (out / "cells" / "synthetic" / m["label"] / "seed1" / "results.json").exists()
+
+
+def test_second_run_skips_every_finished_cell(smoke: tuple[Path, BenchOutcome]) -> None:
+    out, first = smoke
+    calls: list[Cell] = []
+
+    def counting(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:
+        calls.append(cell)
+        return run_cell(conf, cell)
+
+    again = run_bench(SMOKE, out, progress=False, runner=counting)
+    assert calls == [] and again.ran == []
+    assert sorted(again.skipped) == sorted(first.ran)
+    assert len(again.results["runs"]) == len(first.results["runs"])
+
+
+def test_failing_cell_is_reported_and_the_others_finish(tmp_path: Path) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text(SMOKE.read_text().split("[[method]]")[0] + """
+[[method]]
+label = "Pop"
+setting = "central"
+model = "pop"
+
+[[method]]
+label = "Broken"
+setting = "central"
+model = "no-such-model"
+""")
+    messages: list[str] = []
+    out = run_bench(toml, tmp_path / "out", progress=False, echo=messages.append)
+    assert len(out.failed) == 2 and all("Broken" in k for k in out.failed)
+    assert len(out.ran) == 2 and all("Pop" in k for k in out.ran)
+    assert len(messages) == 2 and "no-such-model" in messages[0]
+    assert (tmp_path / "out" / "cells" / "synthetic" / "Broken" / "seed0" / "error.txt").exists()
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["label"] for r in res["runs"]] == ["Pop", "Pop"]
+    # the failed cells run again on resume, the finished ones do not
+    again = run_bench(toml, tmp_path / "out", progress=False, echo=messages.append)
+    assert len(again.skipped) == 2 and len(again.failed) == 2
+
+
+def _run(label: str, seed: int, ndcg: float, recall: float, setting: str = "central") -> dict:
+    return {"label": label, "method": label.lower(), "setting": setting, "dataset": "toy",
+            "split": "loo", "seed": seed, "best_round": seed + 1, "valid_metrics": {},
+            "metrics": {"ndcg@10": ndcg, "recall@10": recall, "precision@10": recall / 10,
+                        "f1@10": recall / 5}}
+
+
+def test_report_from_hand_made_results_has_mean_sd_bold_best_and_p_value(tmp_path: Path) -> None:
+    results = {
+        "config": {"bench": {"name": "toy", "datasets": ["toy"], "seeds": [0, 1, 2],
+                             "reference": "A"},
+                   "defaults": {"split": "loo"},
+                   "method": [{"label": "A", "setting": "central"},
+                              {"label": "B", "setting": "federated"}]},
+        "env": {"python": "3.11", "packages": {"numpy": "2.0"}, "commit": "abc"},
+        "runs": [_run("A", 0, 0.10, 0.2), _run("A", 1, 0.12, 0.2), _run("A", 2, 0.14, 0.2),
+                 _run("B", 0, 0.20, 0.1, "federated"), _run("B", 1, 0.21, 0.1, "federated"),
+                 _run("B", 2, 0.25, 0.1, "federated")],
+    }
+    text = write_report(results, tmp_path).read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| A ") or line.startswith("| B ")}
+    assert "0.1200 ± 0.0200" in rows["A"]  # mean and sample sd (ddof=1) of 0.10, 0.12, 0.14
+    assert "**0.2200 ± 0.0265**" in rows["B"]  # best ndcg@10 in bold
+    assert "**0.2000 ± 0.0000**" in rows["A"]  # best recall@10 in bold
+    assert "reference" in rows["A"]
+    # paired t-test of B vs A on ndcg@10: differences 0.10, 0.09, 0.11 -> p ≈ 0.00332
+    assert "0.00332 (n=3)" in rows["B"]
+    assert "| 3 | 2.0 |" in rows["B"]  # n and mean best round
+    assert "full ranking" in text and "numpy 2.0" in text and "ndcg@k" in text
+
+
+def test_plots_are_non_empty_pngs_and_redraw_from_the_folder(
+        smoke: tuple[Path, BenchOutcome]) -> None:
+    from typer.testing import CliRunner
+
+    from sim.cli import app
+
+    out, _ = smoke
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert {p.name for p in pngs} == {"valid_synthetic.png", "bytes_synthetic.png"}
+    for p in pngs:
+        p.unlink()
+    result = CliRunner().invoke(app, ["plot", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("valid_synthetic.png", "bytes_synthetic.png"):
+        data = (out / "plots" / name).read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+
+
+def test_bench_command_runs_a_matrix_and_prints_a_summary(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sim.cli import app
+
+    toml = tmp_path / "pop.toml"
+    toml.write_text(SMOKE.read_text().split("[[method]]")[0]
+                    + '[[method]]\nlabel = "Pop"\nsetting = "central"\nmodel = "pop"\n')
+    result = CliRunner().invoke(app, ["bench", "--config", str(toml), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "2 cells ran, 0 skipped" in result.output
+    assert (tmp_path / "o" / "report.md").exists()
+
+
+def test_unfinished_cell_reruns_from_scratch_without_stale_rounds(tmp_path: Path) -> None:
+    toml = tmp_path / "fed.toml"
+    toml.write_text(SMOKE.read_text().split("[[method]]")[0].replace("[0, 1]", "[0]")
+                    + '[[method]]\nlabel = "F"\nsetting = "federated"\nalgorithm = "fedavg"\n'
+                    'num-nodes = 2\nnum-rounds = 2\n')
+    cell = tmp_path / "o" / "cells" / "synthetic" / "F" / "seed0"
+    cell.mkdir(parents=True)
+    (cell / "rounds.jsonl").write_text('{"round": 1}\n{"round": 2}\n{"round": 3}\n')
+    (cell / "results.json").write_text('{"status": "running", "runs": []}')
+    out = run_bench(toml, tmp_path / "o", progress=False)
+    assert out.ran == ["synthetic/F/seed0"]
+    rounds = [json.loads(x)["round"] for x in (cell / "rounds.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2]
