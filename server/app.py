@@ -18,7 +18,7 @@ from recdata.partition import node_clients
 from recdata.runconfig import RunConfig, parse_run_config
 from recdata.store import get_split
 from server.loop import stream_replies, wait_for_nodes
-from server.results import ResultsWriter, default_out_dir, peak_rss_mb
+from server.results import ResultsWriter, default_out_dir, peak_rss_mb, run_entry
 from strategies.base import RecStrategy
 from strategies.registry import build_strategy
 
@@ -90,22 +90,8 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     wait_for_nodes(grid, len(buckets), cfg.node_wait_s)
     log(INFO, "%d nodes registered; split in %s", len(buckets), split_path)
     strategy, arrays = build_strategy(cfg, split.n_items)
-    run: dict[str, Any] = {
-        "method": method_name(cfg),
-        "setting": "federated",
-        "dataset": cfg.dataset,
-        "split": cfg.split,
-        "seed": cfg.seed,
-        "metrics": {},
-        "valid_metrics": {},
-        "best_round": None,
-        "rounds": 0,
-        "wall_s": 0.0,
-        "bytes_up": 0,
-        "bytes_down": 0,
-        "peak_rss_mb": 0.0,
-        "num_nodes": len(buckets),
-    }
+    run = run_entry(method_name(cfg), "federated", cfg.dataset, cfg.split, cfg.seed,
+                    num_nodes=len(buckets))
     best_score, since_best = -np.inf, 0
     for rnd in range(1, cfg.num_rounds + 1):
         t0 = time.perf_counter()

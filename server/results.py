@@ -49,6 +49,14 @@ def default_out_dir(kind: str, dataset: str) -> Path:
     return Path("results") / f"{stamp}-{kind}-{dataset}"
 
 
+def run_entry(method: str, setting: str, dataset: str, split: str, seed: int,
+              **extra: Any) -> dict[str, Any]:
+    """A fresh ``runs`` entry of ``results.json`` (ARCHITECTURE.md's schema), before training."""
+    return {"method": method, "setting": setting, "dataset": dataset, "split": split,
+            "seed": seed, "metrics": {}, "valid_metrics": {}, "best_round": None, "rounds": 0,
+            "wall_s": 0.0, "bytes_up": 0, "bytes_down": 0, "peak_rss_mb": 0.0, **extra}
+
+
 class ResultsWriter:
     """Writes one run's results folder.
 

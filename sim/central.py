@@ -16,7 +16,7 @@ from recdata.runconfig import RunConfig
 from recdata.sampling import sample_negatives
 from recdata.splits import Split
 from recdata.store import get_split
-from server.results import ResultsWriter, peak_rss_mb
+from server.results import ResultsWriter, peak_rss_mb, run_entry
 
 
 def evaluate_model(
@@ -90,21 +90,7 @@ def run_central(
     config = cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"}
     if writer:
         writer.write_config(config)
-    run: dict[str, Any] = {
-        "method": cfg.model,
-        "setting": "central",
-        "dataset": cfg.dataset,
-        "split": cfg.split,
-        "seed": cfg.seed,
-        "metrics": {},
-        "valid_metrics": {},
-        "best_round": None,
-        "rounds": 0,
-        "wall_s": 0.0,
-        "bytes_up": 0,
-        "bytes_down": 0,
-        "peak_rss_mb": 0.0,
-    }
+    run = run_entry(cfg.model, "central", cfg.dataset, cfg.split, cfg.seed)
     if hasattr(model, "fit"):  # counts (Pop), a filter (GF-CF) or a graph (LightGCN)
         model.fit(split.matrix("train"))
     if not model.trainable:
