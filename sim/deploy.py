@@ -16,7 +16,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,24 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from recdata.errors import FloRecError
-from sim.flower import PROJECT_ROOT, flower_env, toml_value
+from sim.flower import PROJECT_ROOT, flower_env, free_ports, terminate, toml_value
 
 CONNECTION = "florec-deploy"
 CERTS_SCRIPT = PROJECT_ROOT / "deploy" / "certs.sh"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ID = re.compile(r"(?:SuperNode ID:|Successfully started run) (\d+)")
-
-
-def free_ports(k: int) -> list[int]:
-    """``k`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(k)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def make_certs(out_dir: Path, supernode_keys: int = 0, names: tuple[str, ...] = ()) -> Path:
@@ -289,16 +276,8 @@ class LoopbackDeployment:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop every process we started (SIGTERM, then SIGKILL after ``grace_s``), by PID."""
-        import psutil
-
         procs = [p for svc in reversed(self.services.values()) for p in svc.tree(signal.SIGTERM)]
-        _, alive = psutil.wait_procs(procs, timeout=grace_s)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        terminate(procs, grace_s)
         for svc in self.services.values():
             svc.proc.poll()
             svc.thread.join(timeout=2)

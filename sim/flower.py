@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -64,15 +65,22 @@ def _superlink_healthy(port: str) -> bool:
         return False
 
 
-def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
-    """Terminate a process we started and all its descendants (by PID), then kill stragglers."""
+def free_ports(k: int) -> list[int]:
+    """``k`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(k)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def terminate(procs: list, grace_s: float = 10.0) -> None:
+    """SIGTERM ``procs`` (psutil processes we started), then SIGKILL those left after grace."""
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [root, *root.children(recursive=True)]
     for p in procs:
         try:
             p.send_signal(signal.SIGTERM)
@@ -85,6 +93,17 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
+
+
+def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
+    """Terminate a process we started and all its descendants (by PID)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    terminate([root, *root.children(recursive=True)], grace_s)
 
 
 CONNECTION = "florec-sim"
@@ -100,8 +119,6 @@ class LocalSuperLink:
     """
 
     def __init__(self, env: dict[str, str]) -> None:
-        from sim.deploy import free_ports
-
         self.env, self.port = env, str(free_ports(1)[0])
         self.proc: subprocess.Popen | None = None
         self.home = Path(env["FLWR_HOME"])
