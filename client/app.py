@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from client import fedavg_node, private_node
 from client.trainers.bucket import Bucket
+from models.registry import SEQUENTIAL_MODELS
 from recdata.errors import ConfigError
 from recdata.partition import node_clients
 from recdata.runconfig import RunConfig, parse_run_config
@@ -66,6 +67,10 @@ def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
 
 
 def _node(cfg: RunConfig) -> ModuleType:
+    if cfg.model in SEQUENTIAL_MODELS:
+        from client import seq_node
+
+        return seq_node
     return fedavg_node if cfg.algorithm == "fedavg" else private_node
 
 
@@ -80,6 +85,16 @@ def _call(name: str, msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Local training of the bucket's users; the reply carries what the strategy aggregates."""
     return _call("train", msg, context)
+
+
+@app.train("setup")
+def setup(msg: Message, context: Context) -> Message:
+    """A strategy's setup stage before round 1 (e.g. secure sums of item popularity)."""
+    from client import setup_node
+
+    cfg, bucket, pid = node_setup(context)
+    content = setup_node.setup(msg, context, cfg, bucket, pid, resolve_device(cfg.device))
+    return Message(content, reply_to=msg)
 
 
 @app.train("align")

@@ -22,6 +22,9 @@ MODELS: dict[str, type[Recommender]] = {
     "itemknn": ItemKNN,
 }
 
+#: next-item models over time-ordered sequences (:mod:`sim.central_seq`, :mod:`client.seq_node`)
+SEQUENTIAL_MODELS = ("sasrec", "gru4rec")
+
 
 def build_model(name: str, n_users: int, n_items: int, **kwargs: object) -> Recommender:
     """Instantiate a registered model by name.

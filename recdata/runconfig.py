@@ -24,11 +24,11 @@ class RunConfig(BaseModel):
     )
 
     algorithm: Literal["fedavg", "fedcia", "local"] = "fedavg"
-    model: Literal["mf", "lightgcn", "mlp", "gfcf", "itemknn", "pop"] = "mf"
+    model: Literal["mf", "lightgcn", "mlp", "gfcf", "itemknn", "pop", "sasrec", "gru4rec"] = "mf"
     dataset: str = "ml-100k"
     data_dir: str = ""
     min_rating: float = Field(1.0, ge=0)
-    split: Literal["loo", "ratio", "global", "given"] = "loo"
+    split: Literal["loo", "ratio", "global", "given", "ratio-fs"] = "loo"
     split_seed: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
     num_nodes: int = Field(100, ge=1)
@@ -73,6 +73,28 @@ class RunConfig(BaseModel):
     gfcf_aggp: float = Field(60.0, ge=0)
     gfcf_mode: Literal["exact", "gsp"] = "exact"
     device: str = "auto"
+    # scale: user cohorts, node-local store, checkpoints (issue 4)
+    cohort_fraction: float = Field(1.0, gt=0, le=1)
+    cohort_size: int = Field(0, ge=0)
+    checkpoint_every: int = Field(0, ge=0)
+    resume: bool = False
+    store_spill_mb: float = Field(64.0, ge=0)
+    # sequential recommenders and Oracle4Rec (issue 6)
+    max_seq_len: int = Field(50, ge=2)
+    seq_loss: Literal["ce", "bpr"] = "ce"
+    heads: int = Field(2, ge=1)
+    seq_layers: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    oracle: bool = False
+    oracle_alpha: float = Field(0.01, ge=0)
+    oracle_gamma: float = Field(0.2, ge=0)
+    oracle_ratio: float = Field(0.75, gt=0, le=1)
+    oracle_future: int = Field(10, ge=1)
+    filter_layers: int = Field(1, ge=0)
+    # popularity debiasing: Fair Sampling and its baselines over MF (issue 6)
+    mf_loss: Literal["bpr", "ubpr", "cpr", "fs-pair", "wmf", "relmf", "du", "fs-point"] = "bpr"
+    ips_beta: float = Field(0.5, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
 
     @property
     def k_list(self) -> list[int]:

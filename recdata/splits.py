@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from recdata.errors import ConfigError, DataError
 from recdata.interactions import Interactions
 
-SPLIT_KINDS = ("loo", "ratio", "global", "given")
+SPLIT_KINDS = ("loo", "ratio", "global", "given", "ratio-fs")
 PARTS = ("train", "valid", "test")
 HEADER = "user_id:token\titem_id:token\ttimestamp:float"
 
@@ -127,6 +127,26 @@ def per_user_ratio(
     return labels
 
 
+def fair_sampling_ratio(inter: Interactions, seed: int, test: float = 0.2,
+                        valid_of_train: float = 0.1) -> np.ndarray:
+    """Label Fair Sampling's split: per user a random 20% to test, then 10% of the rest to valid.
+
+    Part sizes follow RecBole's rule (:func:`ratio_counts`) applied twice: first (1-test, 0,
+    test) over the user's items, then (1-valid_of_train, valid_of_train, 0) over what is left.
+    """
+    keys = (np.random.default_rng(seed).random(len(inter)),)
+    idx, pos, counts = _rank_within_user(inter.user, keys)
+    rest, _, n_test = ratio_counts(counts, (1 - test, 0.0, test))
+    n_train, n_valid, _ = ratio_counts(rest, (1 - valid_of_train, valid_of_train, 0.0))
+    su = inter.user[idx]
+    labels_sorted = np.where(
+        pos < n_train[su], 0, np.where(pos < n_train[su] + n_valid[su], 1, 2)
+    ).astype(np.int8)
+    labels = np.empty_like(labels_sorted)
+    labels[idx] = labels_sorted
+    return labels
+
+
 def global_ratio(inter: Interactions, seed: int, ratios=(0.72, 0.08, 0.2)) -> np.ndarray:
     """Label a random split of all interactions, not grouped by user (FedCIA's protocol)."""
     perm = np.random.default_rng(seed).permutation(len(inter))
@@ -156,8 +176,9 @@ def given_split(inter: Interactions) -> np.ndarray:
 def make_split(inter: Interactions, kind: str, seed: int, ratios=None) -> Split:
     """Split a dataset.
 
-    ``kind`` is ``loo``, ``ratio`` (per user, 0.8/0.1/0.1), ``global`` or ``given`` (the
-    dataset's own split, e.g. the FedCIA authors'; ``loo`` also uses a shipped split).
+    ``kind`` is ``loo``, ``ratio`` (per user, 0.8/0.1/0.1), ``ratio-fs`` (per user 80/20, then
+    10% of train to valid: Fair Sampling's protocol), ``global`` or ``given`` (the dataset's own
+    split, e.g. the FedCIA authors'; ``loo`` also uses a shipped split).
     """
     if kind == "given":
         labels = given_split(inter)
@@ -165,6 +186,8 @@ def make_split(inter: Interactions, kind: str, seed: int, ratios=None) -> Split:
         labels = leave_one_out(inter)
     elif kind == "ratio":
         labels = per_user_ratio(inter, seed, ratios or (0.8, 0.1, 0.1))
+    elif kind == "ratio-fs":
+        labels = fair_sampling_ratio(inter, seed)
     elif kind == "global":
         labels = global_ratio(inter, seed, ratios or (0.72, 0.08, 0.2))
     else:

@@ -74,6 +74,18 @@ def train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord
     return new_arrays, row
 
 
+def setup_phase(grid: Grid, strategy: RecStrategy, arrays: ArrayRecord, timeout_s: float
+                ) -> ArrayRecord:
+    """Run the strategy's setup stages (if any) before round 1; returns the initial state."""
+    for stage in range(100):
+        messages = list(strategy.configure_setup(stage, arrays, grid))
+        if not messages:
+            return arrays
+        arrays = strategy.aggregate_setup(
+            stage, arrays, stream_replies(grid, messages, timeout_s, strategy.unresponsive))
+    raise RuntimeError("strategy setup did not finish in 100 stages")
+
+
 def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     """Train and evaluate one federated run; returns its entry of ``results.json``."""
     t_start = time.perf_counter()
@@ -90,6 +102,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     wait_for_nodes(grid, len(buckets), cfg.node_wait_s)
     log(INFO, "%d nodes registered; split in %s", len(buckets), split_path)
     strategy, arrays = build_strategy(cfg, split.n_items)
+    arrays = setup_phase(grid, strategy, arrays, cfg.round_timeout_s)
     run = run_entry(method_name(cfg), "federated", cfg.dataset, cfg.split, cfg.seed,
                     num_nodes=len(buckets))
     best_score, since_best = -np.inf, 0

@@ -11,7 +11,7 @@ import torch
 
 from models.base import Recommender
 from models.metrics import evaluate_users, finalize
-from models.registry import build_model
+from models.registry import SEQUENTIAL_MODELS, build_model
 from recdata.runconfig import RunConfig
 from recdata.sampling import sample_negatives
 from recdata.splits import Split
@@ -77,7 +77,17 @@ def run_central(
     """Train ``cfg.model`` centrally for ``epochs`` epochs; test at the best validation epoch.
 
     Returns the run's entry of ``results.json`` (and writes the folder if ``out_dir`` is given).
+    Sequential models train in :mod:`sim.central_seq`, MF with a debiasing loss (``mf-loss``
+    other than ``bpr``) in :mod:`sim.central_fair`.
     """
+    if cfg.model in SEQUENTIAL_MODELS:
+        from sim.central_seq import run_central_seq
+
+        return run_central_seq(cfg, epochs, batch_size, out_dir, device)
+    if cfg.mf_loss != "bpr":
+        from sim.central_fair import run_central_fair
+
+        return run_central_fair(cfg, epochs, batch_size, out_dir, device)
     t_start = time.perf_counter()
     split, _ = get_split(
         cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()

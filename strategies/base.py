@@ -70,6 +70,19 @@ class RecStrategy(Strategy):
     def discard_round(self) -> None:
         """Forget what this round's training produced (too few clients replied)."""
 
+    def configure_setup(self, stage: int, arrays: ArrayRecord, grid: Grid) -> Iterable[Message]:
+        """Messages of setup stage ``stage`` (0, 1, ...) before round 1; none ends the setup.
+
+        A strategy that needs something from the clients before training (e.g. item popularity
+        by secure sum) sends ``train.setup`` messages here; the default needs nothing.
+        """
+        return []
+
+    def aggregate_setup(self, stage: int, arrays: ArrayRecord, replies: Iterable[Message]
+                        ) -> ArrayRecord:
+        """Fold the replies of setup stage ``stage`` into the initial global state."""
+        return arrays
+
     def configure_align(self, server_round: int, grid: Grid) -> Iterable[Message]:
         """Messages of an optional second training phase (none by default)."""
         return []

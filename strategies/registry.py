@@ -5,6 +5,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 
 from models.mf import MF
+from models.registry import SEQUENTIAL_MODELS
 from recdata.errors import ConfigError
 from recdata.runconfig import RunConfig
 from strategies.base import RecStrategy
@@ -13,7 +14,7 @@ from strategies.fedcia import FedCIA, LocalOnly
 from strategies.payload import to_record
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
-SUPPORTED = {"fedavg": ("mf",), "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),
+SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec"), "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),
              "local": ("mf", "lightgcn", "mlp", "gfcf")}
 
 
@@ -36,6 +37,14 @@ def check_algorithm(cfg: RunConfig) -> None:
 def build_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayRecord]:
     """The strategy of ``cfg.algorithm`` and the global state it starts from."""
     check_algorithm(cfg)
+    if cfg.model in SEQUENTIAL_MODELS:
+        from strategies.fedavg_params import build_sequential_strategy
+
+        return build_sequential_strategy(cfg, n_items)
+    if cfg.algorithm == "fedavg" and cfg.mf_loss != "bpr":
+        from strategies.fair import build_fair_strategy
+
+        return build_fair_strategy(cfg, n_items)
     if cfg.algorithm == "fedavg":
         init = MF(0, n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
         return FedAvgRec(cfg.aggregation, cfg.fraction_train, cfg.seed), \

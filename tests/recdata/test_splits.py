@@ -35,7 +35,7 @@ def test_ratio_counts_follow_recbole_rule(n, expected):
     assert got == expected
 
 
-@pytest.mark.parametrize("kind", ["loo", "ratio", "global"])
+@pytest.mark.parametrize("kind", ["loo", "ratio", "global", "ratio-fs"])
 def test_split_covers_every_interaction_once_and_is_seeded(kind):
     inter = generate_synthetic(n_users=80, n_items=50, seed=1)
     a, b = make_split(inter, kind, seed=3), make_split(inter, kind, seed=3)
@@ -48,6 +48,13 @@ def test_split_covers_every_interaction_once_and_is_seeded(kind):
     if kind != "loo":
         c = make_split(inter, kind, seed=4)
         assert not np.array_equal(a.parts["test"][1], c.parts["test"][1])
+
+
+def test_fair_sampling_split_puts_a_fifth_in_test_and_a_tenth_of_the_rest_in_valid():
+    inter = Interactions.from_raw(np.zeros(50, np.int64), np.arange(50), np.arange(50.0))
+    split = make_split(inter, "ratio-fs", seed=0)
+    sizes = [len(split.parts[p][0]) for p in ("train", "valid", "test")]
+    assert sizes == [36, 4, 10]  # 50 -> test 10; 40 -> valid 4, train 36
 
 
 def test_unknown_split_kind_names_the_choices():
