@@ -32,10 +32,9 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     t0 = time.perf_counter()
     glob = from_record(msg.content.array_records["arrays"])
     server_round = int(msg.content.config_records["config"]["server-round"])
-    local = LocalConfig(cfg.local_epochs, cfg.local_batch_size, cfg.optimizer, cfg.lr, cfg.reg,
-                        cfg.seed)
     res = local_update(bucket, glob["item_emb"], glob["item_bias"],
-                       private_user_emb(context, cfg, bucket), local, server_round, device)
+                       private_user_emb(context, cfg, bucket), LocalConfig.from_run_config(cfg),
+                       server_round, device, item_pop=glob.get("item_pop"))
     context.state[PRIVATE_KEY] = to_record({"user_emb": res.user_emb})
     deg = np.diff(bucket.train.indptr)
     weight = deg.astype(np.float64) if cfg.weighting == "interactions" else (deg > 0) * 1.0

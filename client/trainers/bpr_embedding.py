@@ -17,6 +17,7 @@ import torch
 
 from client.trainers.bucket import Bucket
 from models.mf import bpr_terms
+from recdata.runconfig import RunConfig
 from recdata.sampling import sample_negatives
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
@@ -32,6 +33,12 @@ class LocalConfig:
     lr: float = 0.01
     reg: float = 0.0
     seed: int = 0
+
+    @classmethod
+    def from_run_config(cls, cfg: RunConfig) -> LocalConfig:
+        """The local-training view of a run config."""
+        return cls(cfg.local_epochs, cfg.local_batch_size, cfg.optimizer, cfg.lr, cfg.reg,
+                   cfg.seed)
 
 
 @dataclass
@@ -105,6 +112,7 @@ def local_update(
     cfg: LocalConfig,
     server_round: int,
     device: str = "cpu",
+    item_pop: np.ndarray | None = None,
 ) -> LocalResult:
     """Train every user of the bucket on its own data for ``cfg.local_epochs`` epochs.
 
@@ -122,6 +130,9 @@ def local_update(
         Keys the random streams together with the seed and each user id.
     device : str
         Torch device.
+    item_pop : np.ndarray, optional
+        Global item popularity (train counts from the strategy's secure sum), for the
+        popularity-aware losses of ``mf-loss``.
 
     Returns
     -------
