@@ -23,6 +23,7 @@ from recdata.checksums import AMAZON_SCIENTIFIC_SHA256, ML1M_SHA256, verify_file
 from recdata.download import ml100k_folder
 from recdata.errors import ConfigError, DataError
 from recdata.fedcia_data import load_fedcia
+from recdata.fedcia_graphs import load_fedcia_graph
 from recdata.interactions import Interactions
 from recdata.synthetic import generate_synthetic
 
@@ -281,6 +282,10 @@ def _load_fedcia_ml1m(root: Path | None, _min_rating: float, _params: dict) -> I
     return load_fedcia("fedcia-ml1m", root)
 
 
+def _graph_loader(name: str) -> Loader:
+    return lambda root, _min_rating, _params: load_fedcia_graph(name, root)
+
+
 def _load_synthetic(_root: Path | None, _min_rating: float, params: dict) -> Interactions:
     return generate_synthetic(**params)
 
@@ -298,6 +303,15 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("fedcia-ml1m", "FedCIA authors' ML-1M split: 100 clients of consecutive users, "
                 "6,040 users, 3,952 items, given global 72/8/20 split (local fedcia/ml1m.tar.gz)",
                 _load_fedcia_ml1m),
+    DatasetSpec("fedcia-bx", "FedCIA authors' Book-Crossing training graph: 100 clients, "
+                "18,513 users, 19,997 items, 347,150 edges, no split (use split=ratio; local "
+                "fedcia/bx)", _graph_loader("fedcia-bx")),
+    DatasetSpec("fedcia-beauty", "FedCIA authors' Amazon Beauty training graph: 100 clients, "
+                "22,352 users, 12,100 items, no split (local fedcia/beauty)",
+                _graph_loader("fedcia-beauty")),
+    DatasetSpec("fedcia-netflix", "FedCIA authors' Netflix-subset training graph: 100 clients, "
+                "19,999 users, 17,719 items, ~4.1M edges, no split (local fedcia/netflix)",
+                _graph_loader("fedcia-netflix")),
     DatasetSpec("synthetic", "seeded synthetic data: power-law popularity, user/item "
                 "clusters, timestamps", _load_synthetic),
 )}
