@@ -161,16 +161,39 @@ def sim(
     out: Annotated[Path, typer.Option()] = Path("results/sim"),
     cpus_per_client: Annotated[float, typer.Option()] = 1.0,
     gpus_per_client: Annotated[float, typer.Option()] = 0.0,
+    resume: Annotated[Path | None, typer.Option(
+        help="continue the killed run in this results folder from its last checkpoint "
+             "(its config.json; -c may change num-rounds)")] = None,
     config: Override = None,
 ) -> None:
     """Run `flwr run .` as a local simulation sized to the partition; stops the SuperLink after."""
     from sim.flower import flwr_run
 
-    out = out.resolve()
-    _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config,
-                                       **{"out-dir": str(out)})
+    if resume is not None:
+        out = resume.resolve()
+        overrides, n = resume_overrides(out, config)
+    else:
+        out = out.resolve()
+        _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config,
+                                           **{"out-dir": str(out)})
     code = flwr_run(overrides, n, cpus_per_client, gpus_per_client)
     report_finished(out, code != 0, "federated")
+
+
+def resume_overrides(out: Path, config: list[str] | None) -> tuple[dict[str, Any], int]:
+    """Run-config overrides and node count that continue the run whose results are in ``out``."""
+    import json
+
+    path = out / "config.json"
+    if not path.is_file():
+        raise FloRecError(f"{path} is missing: --resume needs the results folder of a federated "
+                          "run started with -c checkpoint-every=N")
+    saved = {k: v for k, v in json.loads(path.read_text()).items() if k in RunConfig.model_fields
+             or k.replace("-", "_") in RunConfig.model_fields}
+    cfg = _config(saved | {"resume": True, "out-dir": str(out)}, config)
+    n = num_buckets_for(cfg)
+    defaults = RunConfig().to_flower()
+    return {k: v for k, v in cfg.to_flower().items() if v != defaults[k]} | {"num-nodes": n}, n
 
 
 def print_runs(runs: list[dict[str, Any]], ks: tuple[str, ...] = ("recall@10", "ndcg@10")) -> None:
@@ -240,6 +263,48 @@ def bench(
     done = run_bench(config, out, echo=console.print)
     console.print(f"{len(done.ran)} cells ran, {len(done.skipped)} skipped (finished), "
                   f"{len(done.failed)} failed; report: {out}/report.md, plots: {out}/plots/")
+
+
+@app.command()
+def perf(
+    datasets: Annotated[str, typer.Option(
+        help="comma-separated; 'synthetic' (ML-1M-shaped) takes --populations, any other "
+             "dataset runs at its own size")] = "synthetic,ml-1m",
+    populations: Annotated[str, typer.Option()] = "100,1000,6040",
+    cohorts: Annotated[str, typer.Option(help="shares of users trained per round")] = "1.0,0.1",
+    buckets: Annotated[str, typer.Option(help="users per node")] = "10,100",
+    rounds: Annotated[int, typer.Option(help="rounds per cell (round 1 is a warm-up)")] = 3,
+    json_lines: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    out: Annotated[Path | None, typer.Option(help="also append the JSON lines to this file")]
+    = None,
+) -> None:
+    """Benchmark FedAvg-MF rounds under `flwr run` + Ray: time, framework cost, memory, bytes."""
+    import json
+
+    from sim.perf import measure, perf_cells
+
+    def floats(text: str) -> list[float]:
+        return [float(x) for x in text.split(",") if x]
+
+    cells = perf_cells(datasets.split(","), [int(x) for x in floats(populations)],
+                       floats(cohorts), [int(x) for x in floats(buckets)])
+    table = Table("dataset", "population", "cohort", "bucket", "nodes", "s/round",
+                  "framework ms/update", "peak MB", "MB/round", "eval s")
+    for cell in cells:
+        row = measure(cell, rounds)
+        line = json.dumps(row)
+        if out is not None:
+            with out.open("a") as fh:
+                fh.write(line + "\n")
+        if json_lines:
+            print(line, flush=True)
+        else:
+            table.add_row(row["dataset"], str(row["population"]), f"{row['cohort']:g}",
+                          str(row["bucket"]), str(row["nodes"]), f"{row['s_per_round']:.2f}",
+                          f"{row['framework_ms_per_update']:.2f}", f"{row['peak_mem_mb']:.0f}",
+                          f"{row['bytes_per_round'] / 2**20:.1f}", f"{row['eval_s']:.2f}")
+    if not json_lines:
+        console.print(table)
 
 
 @app.command()

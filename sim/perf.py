@@ -1,0 +1,175 @@
+"""`florec perf`: what a federated round costs under `flwr run` + Ray, cell by cell.
+
+For each cell of population x cohort x bucket size, one short FedAvg-MF run goes through a
+local Flower simulation (:func:`sim.flower.flwr_run`) and the same run goes through the
+in-process grid (:class:`sim.local_grid.LocalGrid`: the same ServerApp, ClientApp and messages,
+no SuperLink, Ray or serialisation). Both write ``rounds.jsonl``; round 1 (warm-up) is skipped.
+
+- ``s_per_round``: median training seconds of rounds 2..R under Flower (evaluation excluded);
+- ``framework_ms_per_update``: (Flower seconds - in-process seconds) per round, divided by the
+  users that trained in it (logical client updates): the cost of Flower and Ray alone;
+- ``peak_mem_mb``: the peak, over the run, of the summed RSS of this process and every process
+  it started (SuperLink, simulation, Ray head and workers), sampled every 0.2 s;
+- ``bytes_per_round``: bytes down + up of one round;
+- ``eval_s``: the full-ranking evaluation of every user (final round, in-process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from recdata.errors import ConfigError
+
+#: ML-1M's catalogue and mean interactions per user, for synthetic populations of any size
+ML1M_SHAPE = {"synthetic-items": 3706, "synthetic-interactions": 165}
+PERF_DEFAULTS = {"algorithm": "fedavg", "model": "mf", "dim": 64, "local-epochs": 1,
+                 "local-batch-size": 64, "eval-every": 1000, "split": "ratio"}
+
+
+@dataclass(frozen=True)
+class PerfCell:
+    """One measured configuration.
+
+    ``dataset`` is a registered dataset (all its users) or ``synthetic`` (``population`` users
+    shaped like ML-1M); ``cohort`` is the share of users trained per round; ``bucket`` the users
+    per node.
+    """
+
+    dataset: str
+    population: int
+    cohort: float
+    bucket: int
+
+    def run_config(self, rounds: int) -> dict[str, Any]:
+        """The run-config overrides of this cell."""
+        cfg = PERF_DEFAULTS | {"dataset": self.dataset, "num-rounds": rounds,
+                               "users-per-node": self.bucket, "cohort-fraction": self.cohort}
+        if self.dataset == "synthetic":
+            cfg |= ML1M_SHAPE | {"synthetic-users": self.population}
+        return cfg
+
+
+class TreeMemory:
+    """Samples the summed RSS of this process and all its descendants in a thread."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.every_s, self.peak_mb = every_s, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process(os.getpid())
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def read_rounds(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``out/rounds.jsonl``; a one-line error if the run wrote none."""
+    path = out / "rounds.jsonl"
+    if not path.exists():
+        raise ConfigError(f"the run wrote no {path}; see its log above")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_seconds(row: dict[str, Any]) -> float:
+    """Seconds of a round's training (its evaluation, if any, excluded)."""
+    return float(row["seconds"]) - float(row.get("eval_seconds", 0.0))
+
+
+def run_in_process(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """Run ``cfg`` on the in-process grid; returns its rounds."""
+    from server.app import run_federated
+    from sim.cli import num_buckets_for
+    from sim.local_grid import LocalGrid
+
+    run_cfg = _validated(cfg | {"out-dir": str(out)})
+    n = num_buckets_for(run_cfg)
+    run_cfg = _validated(cfg | {"out-dir": str(out), "num-nodes": n})
+    run_federated(LocalGrid(run_cfg.to_flower(), n, keep_replies=False), run_cfg, out)
+    return read_rounds(out)
+
+
+def run_flower(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], float]:
+    """Run ``cfg`` under `flwr run` (one CPU per client); returns its rounds and peak memory."""
+    from sim.cli import num_buckets_for
+    from sim.flower import flwr_run
+
+    n = num_buckets_for(_validated(cfg))
+    with TreeMemory() as mem:
+        code = flwr_run(cfg | {"out-dir": str(out), "num-nodes": n}, n, 1.0, 0.0)
+    if code != 0:
+        raise ConfigError(f"flwr run exited with {code}; see its log above")
+    return read_rounds(out), mem.peak_mb
+
+
+def _validated(cfg: dict[str, Any]):
+    from recdata.runconfig import parse_run_config
+
+    return parse_run_config(cfg)
+
+
+def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None) -> dict[str, Any]:
+    """Measure one cell (see the module docstring); returns one row of the perf table."""
+    if rounds < 2:
+        raise ConfigError(f"rounds={rounds}: perf needs at least 2 (round 1 is a warm-up)")
+    cfg = cell.run_config(rounds)
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        local = run_in_process(cfg, Path(tmp) / "local")
+        flower, peak_mb = run_flower(cfg, Path(tmp) / "flower")
+    steady = range(1, min(len(local), len(flower)))
+    overhead = [train_seconds(flower[r]) - train_seconds(local[r]) for r in steady]
+    users = [max(float(flower[r]["train"].get("num-users", 0.0)), 1.0) for r in steady]
+    return asdict(cell) | {
+        "algorithm": "fedavg-mf",
+        "nodes": -(-cell.population // cell.bucket),
+        "s_per_round": statistics.median(train_seconds(flower[r]) for r in steady),
+        "s_per_round_in_process": statistics.median(train_seconds(local[r]) for r in steady),
+        "framework_ms_per_update": 1000 * statistics.median(
+            o / u for o, u in zip(overhead, users, strict=True)),
+        "peak_mem_mb": round(peak_mb, 1),
+        "bytes_per_round": int(flower[1]["bytes_up"] + flower[1]["bytes_down"]),
+        "eval_s": float(local[-1].get("eval_seconds", float("nan"))),
+        "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def perf_cells(datasets: list[str], populations: list[int], cohorts: list[float],
+               buckets: list[int]) -> list[PerfCell]:
+    """The matrix: ``synthetic`` at each population, any other dataset at its own size."""
+    from recdata.datasets import load_dataset
+
+    cells = []
+    for dataset in datasets:
+        sizes = populations if dataset == "synthetic" else [load_dataset(dataset).n_users]
+        for population in sizes:
+            for cohort in cohorts:
+                for bucket in buckets:
+                    if bucket <= population:
+                        cells.append(PerfCell(dataset, population, cohort, bucket))
+    return cells

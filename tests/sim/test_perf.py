@@ -1,0 +1,62 @@
+"""`florec perf`: the matrix, the memory sampler, and one real cell with the JSON keys."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recdata.errors import ConfigError
+from sim.perf import PerfCell, TreeMemory, perf_cells, read_rounds, train_seconds
+
+ROOT = Path(__file__).resolve().parents[2]
+JSON_KEYS = {"dataset", "algorithm", "population", "cohort", "bucket", "s_per_round",
+             "framework_ms_per_update", "peak_mem_mb", "bytes_per_round"}
+
+
+def test_synthetic_cells_take_the_populations_and_skip_buckets_larger_than_them():
+    cells = perf_cells(["synthetic"], [5, 50], [1.0, 0.5], [10])
+    assert [(c.population, c.cohort, c.bucket) for c in cells] == [(50, 1.0, 10), (50, 0.5, 10)]
+
+
+def test_a_synthetic_cell_is_shaped_like_ml1m_and_sets_bucket_and_cohort():
+    cfg = PerfCell("synthetic", 300, 0.1, 30).run_config(rounds=3)
+    assert cfg["synthetic-users"] == 300 and cfg["synthetic-items"] == 3706
+    assert cfg["users-per-node"] == 30 and cfg["cohort-fraction"] == 0.1
+    assert cfg["num-rounds"] == 3
+    assert "synthetic-users" not in PerfCell("ml-1m", 6040, 1.0, 100).run_config(3)
+
+
+def test_train_seconds_exclude_the_evaluation():
+    assert train_seconds({"seconds": 3.0, "eval_seconds": 1.25}) == pytest.approx(1.75)
+    assert train_seconds({"seconds": 2.0}) == pytest.approx(2.0)
+
+
+def test_tree_memory_sees_a_child_process():
+    with TreeMemory(every_s=0.05) as mem:
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import time; b = bytearray(200 * 2**20); time.sleep(1.0)"])
+        child.wait()
+    assert mem.peak_mb > 200
+
+
+def test_a_run_without_rounds_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="wrote no .*rounds.jsonl"):
+        read_rounds(tmp_path)
+
+
+@pytest.mark.slow
+def test_perf_json_prints_one_object_per_cell_with_the_documented_keys():
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim.cli", "perf", "--datasets", "synthetic", "--populations",
+         "40", "--cohorts", "1.0", "--buckets", "20", "--rounds", "2", "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert len(rows) == 1 and JSON_KEYS <= rows[0].keys()
+    row = rows[0]
+    assert row["nodes"] == 2 and row["s_per_round"] > 0 and row["peak_mem_mb"] > 100
+    assert row["bytes_per_round"] > 0
