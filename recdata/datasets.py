@@ -25,6 +25,7 @@ from recdata.errors import ConfigError, DataError
 from recdata.fedcia_data import load_fedcia
 from recdata.fedcia_graphs import load_fedcia_graph
 from recdata.interactions import Interactions
+from recdata.recbole_io import is_recbole, load_recbole
 from recdata.synthetic import generate_synthetic
 
 Loader = Callable[[Path | None, float, dict[str, Any]], Interactions]
@@ -91,10 +92,13 @@ def load_dataset(
         ``min_rating`` or the synthetic parameters are invalid.
 
     """
+    if is_recbole(name):
+        return load_recbole(name, float(min_rating))
     spec = DATASETS.get(name)
     if spec is None:
         raise DataError(f"dataset {name!r} is unknown; choose one of: "
-                        f"{', '.join(dataset_names())} (florec data list)")
+                        f"{', '.join(dataset_names())} (florec data list), or "
+                        "recbole:<folder> for RecBole atomic files")
     if synthetic and name != "synthetic":
         raise ConfigError(f"synthetic parameters were given for dataset {name!r}; drop them "
                           "or choose dataset 'synthetic'")

@@ -6,12 +6,14 @@ import functools
 from pathlib import Path
 
 from recdata.download import cache_root
+from recdata.recbole_io import storage_name
 from recdata.splits import Split, make_split, read_split, write_split
 
 
 def split_dir(dataset: str, kind: str, seed: int, min_rating: float = 1.0,
               synthetic: dict | None = None) -> Path:
     """The folder of one split; its name carries every input that changes the split."""
+    dataset = storage_name(dataset)
     tag = f"{kind}-seed{seed}" + (f"-min{min_rating:g}" if min_rating != 1.0 else "")
     if dataset == "synthetic" and synthetic:
         tag += "-" + "-".join(f"{k}{v}" for k, v in sorted(synthetic.items()))
@@ -23,12 +25,13 @@ def _cached(dataset: str, kind: str, seed: int, data_dir: str, min_rating: float
             synthetic_items: tuple) -> tuple[Split, Path]:
     synthetic = dict(synthetic_items) or None
     path = split_dir(dataset, kind, seed, min_rating, synthetic)
-    if not (path / f"{dataset}.test.inter").exists():
+    name = storage_name(dataset)
+    if not (path / f"{name}.test.inter").exists():
         from recdata.datasets import load_dataset
 
         inter = load_dataset(dataset, data_dir or None, min_rating=min_rating, synthetic=synthetic)
-        write_split(make_split(inter, kind, seed), path, dataset, inter)
-    return read_split(path, dataset), path
+        write_split(make_split(inter, kind, seed), path, name, inter)
+    return read_split(path, name), path
 
 
 def get_split(dataset: str, kind: str = "loo", seed: int = 0, data_dir: str | None = None,
@@ -38,7 +41,7 @@ def get_split(dataset: str, kind: str = "loo", seed: int = 0, data_dir: str | No
     Parameters
     ----------
     dataset : str
-        Registered dataset name.
+        Registered dataset name, or ``recbole:<folder>`` (RecBole atomic files).
     kind : {"loo", "ratio", "global"}
         Split protocol.
     seed : int

@@ -1,0 +1,117 @@
+"""Read RecBole atomic files, so data and splits move between RecBole and FloRec both ways.
+
+A dataset named ``recbole:<folder>`` is read from RecBole's own layout: ``<folder>/<name>.inter``
+(one whole dataset, split by FloRec) or ``<folder>/<name>.{train,valid,test}.inter`` (a split
+RecBole made, used as given with ``split=given``), where ``<name>`` is the folder's name. The
+header names each column ``field:type`` (``user_id:token``, ``item_id:token``, optional
+``timestamp:float`` and ``rating:float``); columns are tab-separated. FloRec's own splits are
+written in the same form (:func:`recdata.splits.write_split`, ``florec data split``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from recdata.errors import DataError
+from recdata.interactions import Interactions
+
+PREFIX = "recbole:"
+PARTS = ("train", "valid", "test")
+
+
+def is_recbole(dataset: str) -> bool:
+    """Whether a dataset name points at RecBole atomic files."""
+    return dataset.startswith(PREFIX)
+
+
+def storage_name(dataset: str) -> str:
+    """A file-system-safe name for cached splits (``recbole-<name>-<hash of the path>``)."""
+    if not is_recbole(dataset):
+        return dataset
+    folder = Path(dataset[len(PREFIX):]).expanduser().resolve()
+    digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
+    return f"recbole-{folder.name}-{digest}"
+
+
+def read_inter(path: Path) -> dict[str, np.ndarray]:
+    """Columns of one atomic ``.inter`` file, by field name (tokens as str, floats as float64).
+
+    Raises
+    ------
+    DataError
+        The header lacks ``user_id``/``item_id``, a column has an unknown type, or a row is
+        malformed.
+
+    """
+    fix = f"write {path.name} as RecBole atomic file (tab-separated, header field:type)"
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise DataError(f"{path} is empty; {fix}")
+    fields = [h.split(":", 1) for h in rows[0]]
+    if any(len(f) != 2 for f in fields):
+        raise DataError(f"{path}: header {rows[0]!r} is not field:type; {fix}")
+    names = [f[0] for f in fields]
+    if "user_id" not in names or "item_id" not in names:
+        raise DataError(f"{path} has no user_id and item_id columns (found {names}); {fix}")
+    if any(t.endswith("_seq") for name, t in fields if name in ("user_id", "item_id")):
+        raise DataError(f"{path} is a sequential (token_seq) file; give the plain .inter file")
+    body = [r for r in rows[1:] if r]
+    if any(len(r) != len(names) for r in body):
+        bad = next(i for i, r in enumerate(body, 2) if len(r) != len(names))
+        raise DataError(f"{path}: line {bad} has a wrong number of columns; {fix}")
+    out = {}
+    for j, (name, kind) in enumerate(fields):
+        col = [r[j] for r in body]
+        try:
+            arr = np.asarray(col, dtype=np.float64 if kind == "float" else str)
+        except ValueError:
+            raise DataError(f"{path}: column {name} holds a non-number; {fix}") from None
+        if kind == "token" and len(arr) and np.char.isdigit(arr).all():
+            arr = arr.astype(np.int64)  # numeric tokens keep numeric order (FloRec's own ids)
+        out[name] = arr
+    return out
+
+
+def load_recbole(dataset: str, min_rating: float = 1.0) -> Interactions:
+    """Load ``recbole:<folder>`` as implicit interactions (with ``presplit`` if split files).
+
+    Rows with ``rating < min_rating`` are dropped when a rating column exists; each (user,
+    item) pair is kept at its first occurrence (in time order where timestamps exist).
+
+    Raises
+    ------
+    DataError
+        The folder or its files are missing or malformed.
+
+    """
+    from recdata.datasets import implicit_rows
+
+    folder = Path(dataset[len(PREFIX):]).expanduser()
+    name = folder.name
+    split_files = [folder / f"{name}.{p}.inter" for p in PARTS]
+    if all(f.is_file() for f in split_files):
+        columns = [read_inter(f) for f in split_files]
+        labels = np.concatenate([np.full(len(c["user_id"]), k, np.int8)
+                                 for k, c in enumerate(columns)])
+        cols = {k: np.concatenate([c[k] for c in columns]) for k in columns[0]
+                if all(k in c for c in columns)}
+    elif (folder / f"{name}.inter").is_file():
+        cols, labels = read_inter(folder / f"{name}.inter"), None
+    else:
+        raise DataError(f"dataset {dataset!r}: {folder} holds neither {name}.inter nor "
+                        f"{name}.{{train,valid,test}}.inter; point recbole: at a RecBole "
+                        "dataset folder")
+    _, user = np.unique(cols["user_id"], return_inverse=True)
+    _, item = np.unique(cols["item_id"], return_inverse=True)
+    time = cols.get("timestamp")
+    rows = implicit_rows(user, item, time, cols.get("rating"), min_rating)
+    if len(rows) == 0:
+        raise DataError(f"dataset {dataset!r} has no interactions with rating >= {min_rating}")
+    return Interactions.from_raw(
+        cols["user_id"][rows], cols["item_id"][rows], None if time is None else time[rows],
+        name=storage_name(dataset), presplit=None if labels is None else labels[rows])

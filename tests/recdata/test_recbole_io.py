@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from recdata.datasets import load_dataset
+from recdata.errors import DataError
+from recdata.splits import make_split, write_split
+from recdata.store import get_split
+from recdata.synthetic import generate_synthetic
+
+
+def test_a_florec_split_read_back_from_recbole_files_is_the_same_split(tmp_path):
+    inter = generate_synthetic(n_users=30, n_items=40, seed=2)
+    split = make_split(inter, "ratio", seed=1)
+    write_split(split, tmp_path / "mine", "mine", inter)
+    back, _ = get_split(f"recbole:{tmp_path / 'mine'}", "given")
+    assert (back.n_users, back.n_items) == (split.n_users, split.n_items)
+    for part in ("train", "valid", "test"):
+        np.testing.assert_array_equal(back.matrix(part).toarray(), split.matrix(part).toarray())
+
+
+def test_a_whole_inter_file_with_string_tokens_and_ratings_keeps_ratings_above_the_threshold(
+        tmp_path):
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "shop.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "ann\tpen\t5\t1\nann\tink\t2\t2\nbob\tpen\t4\t3\nbob\tpad\t5\t4\nbob\tpen\t5\t5\n")
+    inter = load_dataset(f"recbole:{folder}", min_rating=4.0)
+    assert (inter.n_users, len(inter)) == (2, 3)  # ann-ink (2) dropped, bob-pen kept once
+    assert inter.presplit is None and inter.has_time
+    split, path = get_split(f"recbole:{folder}", "loo", min_rating=4.0)
+    assert path.name.startswith("loo") and "recbole-shop-" in str(path)
+
+
+def test_a_folder_without_atomic_files_is_a_one_line_error(tmp_path):
+    with pytest.raises(DataError, match=r"holds neither empty.inter nor") as err:
+        (tmp_path / "empty").mkdir()
+        load_dataset(f"recbole:{tmp_path / 'empty'}")
+    assert "\n" not in str(err.value)
+
+
+def test_a_file_without_user_and_item_columns_is_named(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "bad.inter").write_text("uid:token\tiid:token\n1\t2\n")
+    with pytest.raises(DataError, match=r"bad.inter has no user_id and item_id columns"):
+        load_dataset(f"recbole:{folder}")
