@@ -18,7 +18,9 @@ A bench file has three parts::
     model = "mf"          # any other run-config key
 
 Each cell runs into ``OUT/cells/<dataset>/<label>/seed<s>/`` and is skipped when that folder's
-``results.json`` says ``"status": "finished"``. A cell that raises is reported in one line and
+``results.json`` says ``"status": "finished"`` and its ``cell.json`` (the cell's resolved
+settings, written when it starts) equals the current ones: a cell whose method table or
+defaults were edited since it ran is run again. A cell that raises is reported in one line and
 the others go on. ``OUT/results.json`` collects every finished cell's run dict plus its label.
 """
 
@@ -56,15 +58,34 @@ class Cell:
         """The method's label."""
         return str(self.method["label"])
 
-    def finished(self) -> bool:
-        """Whether this cell's ``results.json`` exists with status ``finished``."""
+    def settings(self, conf: dict[str, Any]) -> dict[str, Any]:
+        """Everything that defines this cell's run: its run config and central epochs/batch."""
+        extra = {k: self.method[k] for k in ("setting", "epochs", "batch-size")
+                 if k in self.method}
+        return cell_config(conf, self) | extra
+
+    def finished(self, conf: dict[str, Any] | None = None) -> bool:
+        """Whether this cell finished (``results.json`` status) with the settings of ``conf``.
+
+        Without ``conf`` only the status is checked.
+        """
         path = self.out_dir / "results.json"
         if not path.exists():
             return False
         try:
-            return read_results(path).get("status") == "finished"
+            if read_results(path).get("status") != "finished":
+                return False
+            if conf is None:
+                return True
+            saved = json.loads((self.out_dir / "cell.json").read_text())
+            return saved == json.loads(json.dumps(self.settings(conf)))
         except (OSError, json.JSONDecodeError):
             return False
+
+    def mark_started(self, conf: dict[str, Any]) -> None:
+        """Record the settings this cell runs with (``cell.json``)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "cell.json").write_text(json.dumps(self.settings(conf), indent=1))
 
 
 @dataclass
@@ -148,7 +169,7 @@ def collect(conf: dict[str, Any], cells: list[Cell]) -> dict[str, Any]:
     """The bench ``results.json`` dict: config, environment and every finished cell's run."""
     runs = []
     for cell in cells:
-        if cell.finished():
+        if cell.finished(conf):
             for run in read_results(cell.out_dir)["runs"]:
                 runs.append(run | {"label": cell.label})
     return {"config": conf, "env": environment(), "runs": runs}
@@ -199,10 +220,13 @@ def run_bench(config_path: Path, out: Path, progress: bool = True,
             for cell in cells:
                 name = f"{cell.dataset}/{cell.label}/seed{cell.seed}"
                 bar.update(task, description=name)
-                if cell.finished():
+                if cell.finished(conf):
                     outcome.skipped.append(name)
                 else:
                     try:
+                        if cell.finished():
+                            echo(f"cell {name}: its settings changed since it ran; running again")
+                        cell.mark_started(conf)
                         runner(conf, cell)
                         outcome.ran.append(name)
                     except Exception as err:  # noqa: BLE001 - one failed cell must not stop others

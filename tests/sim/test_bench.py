@@ -154,3 +154,31 @@ def test_unfinished_cell_reruns_from_scratch_without_stale_rounds(tmp_path: Path
     assert out.ran == ["synthetic/F/seed0"]
     rounds = [json.loads(x)["round"] for x in (cell / "rounds.jsonl").read_text().splitlines()]
     assert rounds == [1, 2]
+
+
+def test_an_edited_method_table_reruns_only_that_methods_cells(tmp_path: Path) -> None:
+    head = SMOKE.read_text().split("[[method]]")[0]
+    methods = """
+[[method]]
+label = "Pop"
+setting = "central"
+model = "pop"
+
+[[method]]
+label = "MF"
+setting = "central"
+model = "mf"
+epochs = 1
+"""
+    toml = tmp_path / "b.toml"
+    toml.write_text(head + methods)
+    first = run_bench(toml, tmp_path / "out", progress=False)
+    assert len(first.ran) == 4 and not first.failed
+    toml.write_text(head + methods.replace("epochs = 1", "epochs = 2"))
+    messages: list[str] = []
+    again = run_bench(toml, tmp_path / "out", progress=False, echo=messages.append)
+    assert sorted(again.ran) == sorted(k for k in first.ran if "/MF/" in k)
+    assert all("Pop" in k for k in again.skipped) and len(again.skipped) == 2
+    assert len(messages) == 2 and "settings changed" in messages[0]
+    cell = json.loads((tmp_path / "out/cells/synthetic/MF/seed0/cell.json").read_text())
+    assert cell["epochs"] == 2
