@@ -188,8 +188,8 @@ def resume_overrides(out: Path, config: list[str] | None) -> tuple[dict[str, Any
     if not path.is_file():
         raise FloRecError(f"{path} is missing: --resume needs the results folder of a federated "
                           "run started with -c checkpoint-every=N")
-    saved = {k: v for k, v in json.loads(path.read_text()).items() if k in RunConfig.model_fields
-             or k.replace("-", "_") in RunConfig.model_fields}
+    saved = {k: v for k, v in json.loads(path.read_text())["config"].items()
+             if k.replace("-", "_") in RunConfig.model_fields}
     cfg = _config(saved | {"resume": True, "out-dir": str(out)}, config)
     n = num_buckets_for(cfg)
     defaults = RunConfig().to_flower()

@@ -3,7 +3,10 @@
 - ``valid_<dataset>.png``: validation NDCG@10 per round of each federated method (mean over
   seeds) with each central method's best validation NDCG@10 as a horizontal line;
 - ``bytes_<dataset>.png``: validation NDCG@10 against cumulative bytes (up + down) per round
-  of each federated method.
+  of each federated method;
+- ``clients_<dataset>.png``: test NDCG@10 (mean over seeds) against the number of clients
+  (nodes x clients per node) of each federated algorithm, one line per algorithm over the bench
+  methods that differ only in how many clients share the data; central methods as lines.
 """
 
 from __future__ import annotations
@@ -43,6 +46,29 @@ def federated_curves(out: Path, dataset: str, label: str,
     vals = np.array([[c[r][0] for c in per_seed] for r in rounds]).reshape(len(rounds), -1)
     byts = np.array([[c[r][1] for c in per_seed] for r in rounds]).reshape(len(rounds), -1)
     return np.array(rounds), vals.mean(axis=1), byts.mean(axis=1)
+
+
+def clients_of(cell_dir: Path) -> int | None:
+    """Clients of a federated cell: its nodes x ``clients-per-node`` (None if unknown)."""
+    try:
+        run = read_results(cell_dir)["runs"][0]
+        config = json.loads((Path(cell_dir) / "config.json").read_text())["config"]
+    except (OSError, KeyError, IndexError, json.JSONDecodeError):
+        return None
+    nodes = run.get("num_nodes")
+    return None if nodes is None else int(nodes) * int(config.get("clients-per-node", 1))
+
+
+def accuracy_by_clients(out: Path, runs: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """Algorithm -> {number of clients: mean test NDCG@10 over seeds} of federated runs."""
+    points: dict[str, dict[int, list[float]]] = {}
+    for r in runs:
+        if r["setting"] != "federated" or METRIC not in r.get("metrics", {}):
+            continue
+        n = clients_of(out / "cells" / r["dataset"] / r["label"] / f"seed{r['seed']}")
+        if n is not None:
+            points.setdefault(r["method"], {}).setdefault(n, []).append(r["metrics"][METRIC])
+    return {m: {n: float(np.mean(v)) for n, v in sorted(d.items())} for m, d in points.items()}
 
 
 def write_plots(out: Path) -> list[Path]:
@@ -96,6 +122,21 @@ def write_plots(out: Path) -> list[Path]:
             ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(plots / f"bytes_{ds}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method, by_n in accuracy_by_clients(out, ds_runs).items():
+            ax.plot(list(by_n), list(by_n.values()), marker="o", label=method)
+        for i, lab in enumerate(cen):
+            v = np.mean([r["metrics"].get(METRIC, np.nan) for r in ds_runs if r["label"] == lab])
+            ax.axhline(v, ls="--", lw=1, color=f"C{(len(fed) + i) % 10}", label=f"{lab} (central)")
+        ax.set_xscale("log")
+        ax.set(xlabel="clients (nodes x clients per node)", ylabel=f"test {METRIC}",
+               title=f"{ds}: accuracy vs number of clients")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(plots / f"clients_{ds}.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     return written

@@ -117,14 +117,26 @@ def test_plots_are_non_empty_pngs_and_redraw_from_the_folder(
 
     out, _ = smoke
     pngs = sorted((out / "plots").glob("*.png"))
-    assert {p.name for p in pngs} == {"valid_synthetic.png", "bytes_synthetic.png"}
+    names = {"valid_synthetic.png", "bytes_synthetic.png", "clients_synthetic.png"}
+    assert {p.name for p in pngs} == names
     for p in pngs:
         p.unlink()
     result = CliRunner().invoke(app, ["plot", str(out)])
     assert result.exit_code == 0, result.output
-    for name in ("valid_synthetic.png", "bytes_synthetic.png"):
+    for name in names:
         data = (out / "plots" / name).read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+
+
+def test_accuracy_by_clients_has_one_point_per_client_count(
+        smoke: tuple[Path, BenchOutcome]) -> None:
+    from sim.plots import accuracy_by_clients
+
+    out, outcome = smoke
+    points = accuracy_by_clients(out, outcome.results["runs"])
+    assert sorted(points["fedcia-mf"]) == [4, 8]  # 2 nodes x 2 clients, 4 nodes x 2 clients
+    assert list(points["fedavg-mf"]) == [4]
+    assert all(0 <= v <= 1 for by_n in points.values() for v in by_n.values())
 
 
 def test_bench_command_runs_a_matrix_and_prints_a_summary(tmp_path: Path) -> None:
