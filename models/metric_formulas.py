@@ -169,3 +169,58 @@ def mrr_at_k(hits: torch.Tensor, k: int) -> torch.Tensor:
     ranks = torch.arange(1, k + 1, dtype=torch.float64, device=hits.device)
     # 1/r decreases with r, so the maximum of rel(r)/r sits at the first hit.
     return (hits[:, :k].to(torch.float64) / ranks).max(1).values
+
+
+def arp_at_k(ids: torch.Tensor, item_pop: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Per-user average recommendation popularity ARP@K (Fair Sampling, evaluation.md section 4).
+
+    .. math:: ARP_u@K = \frac{1}{K}\sum_{i \in L_u} pop_i
+
+    ``pop_i`` is the item's train count and ``L_u`` the user's top-K list; places without a
+    candidate (``-1`` pads) add 0 and the divisor stays K. The Fair Sampling repository reports
+    the sum, ``K * ARP@K``.
+
+    Parameters
+    ----------
+    ids : torch.Tensor
+        ``(B, >=K)`` int64 ranked item ids, ``-1`` for empty places.
+    item_pop : torch.Tensor
+        ``(n_items,)`` popularity, on the device of ``ids``.
+    k : int
+        Cut-off K.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B,)`` float64.
+
+    """
+    top = ids[:, :k]
+    pop = item_pop.to(torch.float64)[top.clamp(min=0)]
+    return torch.where(top >= 0, pop, torch.zeros_like(pop)).sum(1) / k
+
+
+def covered_items(ids: torch.Tensor, n_items: int, k: int) -> torch.Tensor:
+    r"""Which items appear in at least one user's top-K list (for item coverage).
+
+    .. math:: Coverage@K = \frac{|\bigcup_u L_u|}{n_{items}}
+
+    Parameters
+    ----------
+    ids : torch.Tensor
+        ``(B, >=K)`` int64 ranked item ids, ``-1`` for empty places.
+    n_items : int
+        Catalogue size.
+    k : int
+        Cut-off K.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_items,)`` bool indicator of the union of the lists.
+
+    """
+    top = ids[:, :k].reshape(-1)
+    out = torch.zeros(n_items, dtype=torch.bool, device=ids.device)
+    out[top[top >= 0]] = True
+    return out

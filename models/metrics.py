@@ -27,6 +27,8 @@ import scipy.sparse as sp
 import torch
 
 from models.metric_formulas import (
+    arp_at_k,
+    covered_items,
     f1_at_k,
     mrr_at_k,
     ndcg_at_k,
@@ -34,7 +36,9 @@ from models.metric_formulas import (
 )
 
 __all__ = [
+    "CATALOGUE_METRICS",
     "METRIC_NAMES",
+    "POPULARITY_METRICS",
     "add_sums",
     "evaluate_users",
     "finalize",
@@ -43,6 +47,11 @@ __all__ = [
 ]
 
 METRIC_NAMES = ("precision", "recall", "hr", "f1", "ndcg", "mrr")
+#: Per-user popularity metrics, computed when the item popularity is given (pooled like the
+#: accuracy metrics: per-user sums, divided by ``num-users``).
+POPULARITY_METRICS = ("arp",)
+#: Catalogue-level metrics: not per-user, so not poolable by summing (central evaluation only).
+CATALOGUE_METRICS = ("coverage",)
 
 NUM_USERS = "num-users"
 _TIES = "boundary-ties"
@@ -240,8 +249,12 @@ def _hits(ids: torch.Tensor, truth: sp.csr_matrix) -> torch.Tensor:
 class _Accumulator:
     """Order-independent sums: exact integer counts, and math.fsum over per-user values."""
 
-    def __init__(self, ks: list[int]):
+    def __init__(self, ks: list[int], item_pop: torch.Tensor | None = None,
+                 coverage: bool = False):
         self.ks = ks
+        self.item_pop = item_pop
+        self.covered: dict[int, torch.Tensor] = {}
+        self.coverage = coverage
         self.num_users = 0
         self.counts = {f"{m}@{k}": 0 for m in _COUNT_METRICS for k in ks}
         self.ties = {k: 0 for k in ks}
@@ -266,6 +279,14 @@ class _Accumulator:
         n_truth = torch.from_numpy(n_truth_np.astype(np.int64)).to(scores.device)
         self.num_users += int(scores.shape[0])
         n_items = scores.shape[1]
+        if self.item_pop is not None:
+            pop = self.item_pop.to(ids.device)
+            for k in self.ks:
+                self.values.setdefault(f"arp@{k}", []).append(arp_at_k(ids, pop, k).cpu().numpy())
+        if self.coverage:
+            for k in self.ks:
+                cov = covered_items(ids, n_items, k)
+                self.covered[k] = cov if k not in self.covered else self.covered[k] | cov
         for k in self.ks:
             h = hits[:, :k].sum(1)
             self.counts[f"precision@{k}"] += int(h.sum())
@@ -293,6 +314,14 @@ class _Accumulator:
                 else:
                     vs = self.values[key]
                     out[key] = math.fsum(np.concatenate(vs).tolist()) if vs else 0.0
+        if self.item_pop is not None:
+            for k in self.ks:
+                vs = self.values.get(f"arp@{k}", [])
+                out[f"arp@{k}"] = math.fsum(np.concatenate(vs).tolist()) if vs else 0.0
+        if self.coverage:
+            for k in self.ks:
+                cov = self.covered.get(k)
+                out[f"coverage@{k}"] = float(cov.sum()) / cov.numel() if cov is not None else 0.0
         out[NUM_USERS] = float(self.num_users)
         for k in self.ks:
             out[f"{_TIES}@{k}"] = float(self.ties[k])
@@ -368,6 +397,8 @@ def evaluate_users(
     ks: Sequence[int] = (10, 20),
     chunk_size: int = 1024,
     device: str | torch.device = "cpu",
+    item_pop: np.ndarray | torch.Tensor | None = None,
+    coverage: bool = False,
 ) -> dict[str, float]:
     """Full-ranking evaluation of ``users``, chunked, returning per-metric sums.
 
@@ -395,11 +426,19 @@ def evaluate_users(
         Users scored per call of ``score_fn``.
     device : str or torch.device
         Device of the user-id tensor passed to ``score_fn``; ranking runs where the scores are.
+    item_pop : array-like, optional
+        ``(n_items,)`` item popularity (train counts). When given, ``arp@<k>`` per-user sums
+        are added (see :func:`models.metric_formulas.arp_at_k`); they pool like the others.
+    coverage : bool
+        Add ``coverage@<k>``: the share of the catalogue in at least one evaluated user's list.
+        It is a catalogue-level value of **this call**, not a per-user sum: it cannot be pooled
+        over clients and :func:`finalize` passes it through unchanged (central evaluation only).
 
     Returns
     -------
     dict of str to float
-        Same keys as :func:`ranking_metric_sums`. Identical for any ``chunk_size`` and any order of
+        Same keys as :func:`ranking_metric_sums` (plus ``arp@<k>`` / ``coverage@<k>`` when
+        asked for). Identical for any ``chunk_size`` and any order of
         ``users``. ``num-users`` is 0 (and all sums 0) when no user has a held-out item.
 
     Raises
@@ -419,8 +458,14 @@ def evaluate_users(
     users = _check_users(users, n_users)
     users = users[np.diff(truth.indptr)[users] > 0]
     device = torch.device(device)
+    pop_t = None
+    if item_pop is not None:
+        pop_t = torch.as_tensor(np.asarray(item_pop, dtype=np.float64)
+                                if not isinstance(item_pop, torch.Tensor) else item_pop)
+        if pop_t.shape != (n_items,):
+            raise ValueError(f"item_pop has shape {tuple(pop_t.shape)}, expected ({n_items},)")
 
-    acc = _Accumulator(ks)
+    acc = _Accumulator(ks, pop_t, coverage)
     with torch.no_grad():
         for start in range(0, users.size, chunk_size):
             u = users[start : start + chunk_size]
@@ -487,7 +532,8 @@ def finalize(sums: dict[str, float]) -> dict[str, float]:
     Returns
     -------
     dict of str to float
-        ``"<metric>@<k>"`` means for the names in :data:`METRIC_NAMES`, ``"num-users"`` and
+        ``"<metric>@<k>"`` means for the names in :data:`METRIC_NAMES` and
+        :data:`POPULARITY_METRICS`, ``coverage@<k>`` unchanged, ``"num-users"`` and
         ``"boundary-tie-rate@<k>"`` (share of users whose K-th and (K+1)-th scores are equal).
         Other keys are dropped. Means are NaN when ``num-users`` is 0.
 
@@ -500,8 +546,10 @@ def finalize(sums: dict[str, float]) -> dict[str, float]:
         name, sep, k = key.partition("@")
         if not sep:
             continue
-        if name in METRIC_NAMES:
+        if name in METRIC_NAMES or name in POPULARITY_METRICS:
             out[key] = float(value) / n if n > 0 else math.nan
+        elif name in CATALOGUE_METRICS:
+            out[key] = float(value)
         elif name == _TIES:
             out[f"{_TIE_RATE}@{k}"] = float(value) / n if n > 0 else math.nan
     out[NUM_USERS] = n

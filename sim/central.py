@@ -19,6 +19,12 @@ from recdata.store import get_split
 from server.results import ResultsWriter, peak_rss_mb, run_entry
 
 
+def item_popularity(split: Split) -> np.ndarray:
+    """Train interaction count of every item (the ``pop_i`` of ARP)."""
+    train = split.matrix("train").tocsc()
+    return np.diff(train.indptr).astype(np.float64)
+
+
 def evaluate_model(
     model: Recommender,
     split: Split,
@@ -27,12 +33,18 @@ def evaluate_model(
     chunk: int = 1024,
     device: str = "cpu",
 ) -> dict[str, float]:
-    """Per-user averaged full-ranking metrics of ``model`` on ``valid`` or ``test``."""
+    """Per-user averaged full-ranking metrics of ``model`` on ``valid`` or ``test``.
+
+    Besides accuracy, ``arp@K`` (mean train popularity of the listed items) and ``coverage@K``
+    (share of the catalogue listed for at least one user) are reported.
+    """
     users = np.arange(split.n_users)
+    pop = item_popularity(split)
     model.eval()
     with torch.no_grad():
         sums = evaluate_users(
-            model.score, users, split.mask_for(part), split.matrix(part), ks, chunk, device
+            model.score, users, split.mask_for(part), split.matrix(part), ks, chunk, device,
+            item_pop=pop, coverage=True,
         )
     model.train()
     return finalize(sums)
@@ -109,7 +121,8 @@ def run_central(
                    metrics=evaluate_model(model, split, "test", cfg.k_list))
     rng = np.random.default_rng([cfg.seed, 23])
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
-    optimizer = opt_cls(model.parameters(), lr=cfg.lr) if epochs else None
+    optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) \
+        if epochs else None
     best, since_best = -np.inf, 0
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()

@@ -93,3 +93,85 @@ def test_private_embeddings_move_and_untouched_items_do_not(split):
     seen = set(bucket.train.indices.tolist())
     assert seen <= touched
     assert res.num_pairs == bucket.train.nnz
+
+
+# --------------------------------------------------------------------------------------------------
+# Popularity-aware losses (mf-loss != bpr)
+# --------------------------------------------------------------------------------------------------
+
+
+def fair_update(split, users, cfg, server_round=1):
+    bucket = Bucket.from_split(split, users)
+    emb, bias = global_tables(split.n_items)
+    user_emb = seeded_rows(bucket.users, D, 0, 0.1, USER_SALT)
+    pop = np.asarray(split.matrix("train").sum(0)).ravel().astype(np.float32)
+    return bucket, local_update(bucket, emb, bias, user_emb, cfg, server_round,
+                                item_pop=pop, n_users=split.n_users)
+
+
+def test_local_config_carries_the_loss_knobs():
+    from recdata.runconfig import parse_run_config
+
+    cfg = LocalConfig.from_run_config(parse_run_config(
+        {"mf-loss": "fs-point", "ips-beta": 0.3, "weight-decay": 1e-3, "lr": 0.2}))
+    assert (cfg.mf_loss, cfg.ips_beta, cfg.weight_decay, cfg.lr) == ("fs-point", 0.3, 1e-3, 0.2)
+    assert LocalConfig().mf_loss == "bpr"
+
+
+@pytest.mark.parametrize("loss", ["fs-point", "fs-pair", "ubpr", "du"])
+def test_fair_bucket_training_equals_training_users_one_by_one(split, loss):
+    cfg = LocalConfig(local_epochs=2, local_batch_size=7, optimizer="adam", lr=0.05,
+                      mf_loss=loss, weight_decay=1e-3)
+    users = np.arange(6)
+    _, together = fair_update(split, users, cfg)
+    assert np.all(together.bias_delta == 0)
+    for j, u in enumerate(users):
+        _, alone = fair_update(split, np.array([u]), cfg)
+        np.testing.assert_allclose(together.user_emb[j], alone.user_emb[0], atol=1e-5)
+        mine = together.row_user == j
+        np.testing.assert_array_equal(together.row_item[mine], alone.row_item)
+        np.testing.assert_allclose(together.delta[mine], alone.delta, atol=1e-5)
+
+
+def test_fs_point_step_is_the_gradient_of_the_closed_form_weighted_loss(split):
+    from models import fair_losses as fl
+
+    lr, wd = 0.1, 1e-2
+    cfg = LocalConfig(local_epochs=1, local_batch_size=10_000, optimizer="sgd", lr=lr,
+                      mf_loss="fs-point", weight_decay=wd)
+    bucket, res = fair_update(split, np.arange(3), cfg)
+    emb, _ = global_tables(split.n_items)
+    P = torch.as_tensor(seeded_rows(bucket.users, D, 0, 0.1, USER_SALT)).requires_grad_(True)
+    Q = torch.as_tensor(emb).expand(3, -1, -1).clone().requires_grad_(True)
+    pop = torch.as_tensor(np.asarray(split.matrix("train").sum(0)).ravel(), dtype=torch.float32)
+    y = torch.as_tensor(bucket.train.toarray(), dtype=torch.float32)
+    w = fl.fs_point_weights(y, pop.expand(3, -1), split.n_users)
+    loss = fl.weighted_point_loss(torch.einsum("bd,bnd->bn", P, Q), y, w)
+    gP, gQ = torch.autograd.grad(loss, (P, Q))
+    with torch.no_grad():
+        np.testing.assert_allclose(res.user_emb, (P - lr * (gP + wd * P)).numpy(), atol=1e-5)
+        delta = (-lr * (gQ + wd * Q)).reshape(-1, D).numpy()
+    np.testing.assert_allclose(res.delta, delta, atol=1e-5)
+    assert res.num_pairs == 3 * split.n_items
+
+
+def test_fs_pair_approx_negatives_are_unseen_and_follow_popularity(split):
+    from client.trainers.bpr_embedding import pop_negatives
+
+    bucket = Bucket.from_split(split, np.arange(split.n_users))
+    pop = np.asarray(split.matrix("train").sum(0)).ravel().astype(float)
+    users = np.repeat(np.arange(3), 4000)
+    neg = pop_negatives(bucket, users, pop, seed=0, server_round=1)
+    dense = bucket.train.toarray() > 0
+    assert not dense[users, neg].any()
+    w = pop * ~dense[0]
+    freq = np.bincount(neg[users == 0], minlength=len(pop)) / 4000
+    np.testing.assert_allclose(freq, w / w.sum(), atol=0.03)
+
+
+def test_a_fair_loss_without_popularity_is_an_error(split):
+    bucket = Bucket.from_split(split, np.arange(2))
+    emb, bias = global_tables(split.n_items)
+    with pytest.raises(ValueError, match="item popularity"):
+        local_update(bucket, emb, bias, seeded_rows(bucket.users, D, 0, 0.1, USER_SALT),
+                     LocalConfig(mf_loss="fs-point"), 1)

@@ -454,3 +454,54 @@ def test_module_does_not_import_flwr():
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert "flwr" not in names
+
+
+# --------------------------------------------------------------------------------------------------
+# Popularity metrics: ARP@K and item coverage@K (evaluation.md section 4, Fair Sampling)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_arp_and_coverage_on_a_hand_made_case():
+    pop = np.array([10.0, 1.0, 4.0, 0.0, 7.0])
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0],    # top-2 after masking item 0: 1, 2
+                           [1.0, 2.0, 3.0, 4.0, 5.0]])   # top-2: 4, 3
+    mask = sp.csr_matrix(np.array([[1, 0, 0, 0, 0], [0, 0, 0, 0, 0]]))
+    truth = sp.csr_matrix(np.array([[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]))
+    sums = evaluate_users(lambda u: scores[u], np.arange(2), mask, truth, ks=[2],
+                          item_pop=pop, coverage=True)
+    assert sums["arp@2"] == pytest.approx((1 + 4) / 2 + (7 + 0) / 2)
+    means = finalize(sums)
+    assert means["arp@2"] == pytest.approx(3.0)
+    assert means["coverage@2"] == pytest.approx(4 / 5)  # items 1, 2, 3, 4
+    assert "arp@2" not in finalize(evaluate_users(lambda u: scores[u], np.arange(2), mask,
+                                                  truth, ks=[2]))
+
+
+def test_arp_pads_count_zero_and_divide_by_k():
+    scores = torch.tensor([[1.0, -INF, -INF]])
+    sums = ranking_metric_sums(scores, [np.array([0])], ks=[2])
+    assert "arp@2" not in sums
+    out = evaluate_users(lambda u: scores[u], np.arange(1), None,
+                         sp.csr_matrix(np.array([[1, 0, 0]])), ks=[2],
+                         item_pop=np.array([6.0, 3.0, 3.0]))
+    # -inf items are never listed: the list is [item 0, pad], so ARP = (6 + 0) / 2
+    assert out["arp@2"] == pytest.approx(3.0)
+
+
+def test_arp_sums_pool_over_clients_like_accuracy():
+    rng = np.random.default_rng(0)
+    scores = torch.as_tensor(rng.random((12, 9)))
+    truth = sp.csr_matrix((rng.random((12, 9)) > 0.7).astype(float))
+    pop = rng.integers(0, 50, 9).astype(float)
+    whole = finalize(evaluate_users(lambda u: scores[u], np.arange(12), None, truth, ks=[3],
+                                    item_pop=pop))
+    parts = [evaluate_users(lambda u: scores[u], users, None, truth, ks=[3], item_pop=pop)
+             for users in (np.arange(5), np.arange(5, 12))]
+    pooled = finalize(functools.reduce(add_sums, parts, {}))
+    assert pooled["arp@3"] == pytest.approx(whole["arp@3"], rel=1e-12)
+
+
+def test_item_pop_of_the_wrong_length_is_an_error():
+    with pytest.raises(ValueError, match="item_pop"):
+        evaluate_users(lambda u: torch.zeros(len(u), 3), np.arange(1), None,
+                       sp.csr_matrix(np.eye(1, 3)), item_pop=np.ones(4))

@@ -1,0 +1,196 @@
+"""Centralized MF with a popularity-debiasing loss (``mf-loss``): Fair Sampling and its baselines.
+
+Exactly the protocol of fair_sampling.md section 2: score ``p_u . q_i`` (no bias), one Adam over
+the whole user and item tables with coupled ``weight-decay`` (dense: every row decays at every
+step), **summed** losses, batches of ``batch_size``.
+
+- Pair-wise (``ubpr``, ``cpr``, ``fs-pair``; ``bpr`` if called directly): one pass over the
+  shuffled train pairs. UBPR draws its second item uniformly from all items; CPR and FS-Pair use
+  the in-batch partner of :func:`recdata.fair_sampling.pair_partners` (dropped pairs counted).
+- Point-wise (``wmf``, ``relmf``, ``du``, ``fs-point``): one pass over **every** U x I cell,
+  generated lazily per batch; FS-Point adds one supplement per cell.
+
+Early stopping on ``selection-metric`` (patience ``patience`` evaluations), test at the best
+validation epoch; the same ``results.json`` / ``rounds.jsonl`` as :func:`sim.central.run_central`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import fair_losses as fl
+from models.mf import MF
+from recdata.errors import ConfigError
+from recdata.fair_sampling import TrainIndex, cell_batches, fs_point_supplements, pair_partners
+from recdata.runconfig import RunConfig
+from recdata.store import get_split
+from server.results import ResultsWriter, peak_rss_mb, run_entry
+from sim.central import evaluate_model
+
+
+class FairTrainer:
+    """One epoch of ``loss`` over an MF model's user and item tables.
+
+    Parameters
+    ----------
+    model : MF
+        The model (its item bias is not trained and stays 0).
+    index : TrainIndex
+        The train matrix, on the model's device.
+    loss : str
+        One of :data:`models.fair_losses.PAIR_LOSSES` + :data:`models.fair_losses.POINT_LOSSES`.
+    optimizer : torch.optim.Optimizer
+        Over ``model.user_emb`` and ``model.item_emb``.
+    gen : torch.Generator
+        CPU generator of every random draw (shuffles, negatives, supplements).
+    beta : float
+        IPS exponent of UBPR / Rel-MF / DU.
+
+    """
+
+    def __init__(self, model: MF, index: TrainIndex, loss: str, optimizer: torch.optim.Optimizer,
+                 gen: torch.Generator, beta: float = 0.5) -> None:
+        self.model, self.index, self.loss, self.opt, self.gen = model, index, loss, optimizer, gen
+        self.theta = fl.propensity(index.pop, beta)
+        self.theta_neg = fl.negative_propensity(self.theta)
+        rows = torch.repeat_interleave(torch.arange(index.n_users, device=index.device), index.deg)
+        self.train_users, self.train_items = rows, index.keys % index.n_items
+
+    def _s(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        return (self.model.user_emb[u] * self.model.item_emb[i]).sum(-1)
+
+    def _step(self, loss: torch.Tensor) -> float:
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def pair_epoch(self, batch_size: int) -> dict[str, float]:
+        """One pass over the shuffled train pairs; returns loss sum and dropped pairs."""
+        dev = self.index.device
+        order = torch.randperm(len(self.train_users), generator=self.gen).to(dev)
+        total, dropped, terms = 0.0, 0, 0
+        for s in range(0, len(order), batch_size):
+            b = order[s : s + batch_size]
+            u, i = self.train_users[b], self.train_items[b]
+            if self.loss in ("cpr", "fs-pair"):
+                partner, ok = pair_partners(self.index, u, i)
+                dropped += int((~ok).sum())
+                u, i, u2, i2 = u[ok], i[ok], u[partner[ok]], i[partner[ok]]
+                if len(u) == 0:
+                    continue
+                args = (self._s(u, i), self._s(u, i2), self._s(u2, i2), self._s(u2, i))
+                loss = fl.fs_pair_loss(*args) if self.loss == "fs-pair" else fl.cpr_loss(*args)
+            elif self.loss == "ubpr":
+                j = torch.randint(self.index.n_items, (len(u),), generator=self.gen).to(dev)
+                y_j = self.index.contains(u, j).to(torch.float32)
+                loss = fl.ubpr_loss(self._s(u, i), self._s(u, j), self.theta[i], self.theta[j],
+                                    y_j)
+            else:  # bpr: uniform negatives among the user's non-interacted items
+                j = self.index.draw_negatives(u, self.gen)
+                loss = fl.pair_loss(self._s(u, i), self._s(u, j))
+            terms += len(u)
+            total += self._step(loss)
+        return {"train-loss": total / max(terms, 1), "dropped-pairs": float(dropped)}
+
+    def point_epoch(self, batch_size: int) -> dict[str, float]:
+        """One pass over every U x I cell (FS-Point adds supplements); returns loss sums."""
+        idx = self.index
+        total, skipped, cells = 0.0, 0, 0
+        for u, i in cell_batches(idx.n_users, idx.n_items, batch_size, self.gen, idx.device):
+            y = idx.contains(u, i).to(torch.float32)
+            logits = self._s(u, i)
+            if self.loss == "wmf":
+                loss = fl.wmf_loss(logits, y)
+            elif self.loss == "relmf":
+                loss = fl.relmf_loss(logits, y, self.theta[i])
+            elif self.loss == "du":
+                loss = fl.du_loss(logits, y, self.theta[i], self.theta_neg[i])
+            else:  # fs-point
+                u2, i2, y2 = fs_point_supplements(idx, i, y, self.gen)
+                skipped += len(u) - len(u2)
+                loss = fl.wmf_loss(logits, y) + fl.wmf_loss(self._s(u2, i2), y2)
+            cells += len(u)
+            total += self._step(loss)
+        return {"train-loss": total / max(cells, 1), "skipped-supplements": float(skipped)}
+
+    def epoch(self, batch_size: int) -> dict[str, float]:
+        """One epoch of the configured loss."""
+        if self.loss in fl.POINT_LOSSES:
+            return self.point_epoch(batch_size)
+        return self.pair_epoch(batch_size)
+
+
+def run_central_fair(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path | None = None,
+                     device: str = "cpu") -> dict[str, Any]:
+    """Train MF centrally with ``cfg.mf_loss``; test at the best validation epoch.
+
+    Returns
+    -------
+    dict
+        The run's entry of ``results.json`` (method ``mf-<loss>``); the folder is written if
+        ``out_dir`` is given.
+
+    Raises
+    ------
+    ConfigError
+        If the model is not ``mf`` or the loss is unknown.
+
+    """
+    if cfg.model != "mf":
+        raise ConfigError(f"mf-loss={cfg.mf_loss} needs model 'mf', got '{cfg.model}'; "
+                          "set -c model=mf or mf-loss=bpr")
+    if cfg.mf_loss not in fl.PAIR_LOSSES + fl.POINT_LOSSES:
+        raise ConfigError(f"mf-loss '{cfg.mf_loss}' is unknown; use one of "
+                          f"{', '.join(fl.PAIR_LOSSES + fl.POINT_LOSSES)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    t_start = time.perf_counter()
+    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
+                         cfg.synthetic_params())
+    torch.manual_seed(cfg.seed)
+    model = MF(split.n_users, split.n_items, dim=cfg.dim, seed=cfg.seed,
+               init_std=cfg.init_std).to(device)
+    model.item_bias.requires_grad_(False)
+    index = TrainIndex.from_csr(split.matrix("train"), device)
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
+    optimizer = opt_cls([model.user_emb, model.item_emb], lr=cfg.lr,
+                        weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 29)
+    trainer = FairTrainer(model, index, cfg.mf_loss, optimizer, gen, cfg.ips_beta)
+    writer = ResultsWriter(out_dir) if out_dir else None
+    config = cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"}
+    if writer:
+        writer.write_config(config)
+    run = run_entry(f"mf-{cfg.mf_loss}", "central", cfg.dataset, cfg.split, cfg.seed)
+    best, since_best = -np.inf, 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"round": epoch, "train": trainer.epoch(batch_size)}
+        if not np.isfinite(row["train"]["train-loss"]):
+            raise FloatingPointError(f"epoch {epoch}: the {cfg.mf_loss} loss is not finite; "
+                                     "lower lr or init-std")
+        if epoch % cfg.eval_every == 0 or epoch == epochs:
+            valid = evaluate_model(model, split, "valid", cfg.k_list, cfg.eval_chunk, device)
+            row["valid"] = valid
+            if valid[cfg.selection_metric] > best:
+                best, since_best = valid[cfg.selection_metric], 0
+                test = evaluate_model(model, split, "test", cfg.k_list, cfg.eval_chunk, device)
+                run.update(best_round=epoch, metrics=test, valid_metrics=valid)
+            else:
+                since_best += 1
+        row.update(seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
+        run.update(rounds=epoch)
+        if writer:
+            writer.append_round(row)
+        if cfg.patience and since_best >= cfg.patience:
+            break
+    run.update(wall_s=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb())
+    if writer:
+        writer.write_results(config, [run])
+    return run
