@@ -194,3 +194,16 @@ epochs = 1
     assert len(messages) == 2 and "settings changed" in messages[0]
     cell = json.loads((tmp_path / "out/cells/synthetic/MF/seed0/cell.json").read_text())
     assert cell["epochs"] == 2
+
+
+@pytest.mark.parametrize("toml", sorted((SMOKE.parent).glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_bench_config_has_valid_cells(toml: Path) -> None:
+    from recdata.runconfig import parse_run_config
+    from sim.bench import cell_config, cells_of
+    from strategies.registry import check_algorithm
+
+    conf = load_bench(toml)
+    for cell in cells_of(conf, Path("unused")):
+        cfg = parse_run_config(cell_config(conf, cell))
+        if cell.method["setting"] == "federated":
+            check_algorithm(cfg)
