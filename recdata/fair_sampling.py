@@ -151,7 +151,7 @@ def cell_batches(n_users: int, n_items: int, batch_size: int, gen: torch.Generat
 
 
 def fs_point_supplements(index: TrainIndex, items: torch.Tensor, labels: torch.Tensor,
-                         gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         gen: torch.Generator, drop: bool = True) -> tuple[torch.Tensor, ...]:
     """FS-Point's supplementary instance of each cell (u, i, y): same item, opposite label.
 
     For ``y = 1`` a user is drawn uniformly among those who did not interact with i (label 0);
@@ -159,8 +159,10 @@ def fs_point_supplements(index: TrainIndex, items: torch.Tensor, labels: torch.T
 
     Returns
     -------
-    (torch.Tensor, torch.Tensor, torch.Tensor)
-        Users, items and float labels of the kept supplements.
+    tuple of torch.Tensor
+        Users, items and float labels of the kept supplements; with ``drop=False`` all cells'
+        draws plus a float ``keep`` mask (0 where there is no candidate), which avoids a
+        device synchronisation.
 
     """
     pos = labels > 0.5
@@ -168,6 +170,8 @@ def fs_point_supplements(index: TrainIndex, items: torch.Tensor, labels: torch.T
     users, has_users = index.draw_users(items, gen)
     sup_user = torch.where(pos, non_users, users)
     keep = torch.where(pos, has_non, has_users)
+    if not drop:
+        return sup_user, items, (~pos).to(torch.float32), keep.to(torch.float32)
     return sup_user[keep], items[keep], (~pos[keep]).to(torch.float32)
 
 

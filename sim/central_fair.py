@@ -64,17 +64,17 @@ class FairTrainer:
     def _s(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         return (self.model.user_emb[u] * self.model.item_emb[i]).sum(-1)
 
-    def _step(self, loss: torch.Tensor) -> float:
+    def _step(self, loss: torch.Tensor) -> torch.Tensor:
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
-        return float(loss.detach())
+        return loss.detach()  # summed on the device: no synchronisation per step
 
     def pair_epoch(self, batch_size: int) -> dict[str, float]:
         """One pass over the shuffled train pairs; returns loss sum and dropped pairs."""
         dev = self.index.device
         order = torch.randperm(len(self.train_users), generator=self.gen).to(dev)
-        total, dropped, terms = 0.0, 0, 0
+        total, dropped, terms = torch.zeros((), device=dev), 0, 0
         for s in range(0, len(order), batch_size):
             b = order[s : s + batch_size]
             u, i = self.train_users[b], self.train_items[b]
@@ -96,12 +96,12 @@ class FairTrainer:
                 loss = fl.pair_loss(self._s(u, i), self._s(u, j))
             terms += len(u)
             total += self._step(loss)
-        return {"train-loss": total / max(terms, 1), "dropped-pairs": float(dropped)}
+        return {"train-loss": float(total) / max(terms, 1), "dropped-pairs": float(dropped)}
 
     def point_epoch(self, batch_size: int) -> dict[str, float]:
         """One pass over every U x I cell (FS-Point adds supplements); returns loss sums."""
         idx = self.index
-        total, skipped, cells = 0.0, 0, 0
+        total, skipped, cells = torch.zeros((), device=idx.device), 0.0, 0
         for u, i in cell_batches(idx.n_users, idx.n_items, batch_size, self.gen, idx.device):
             y = idx.contains(u, i).to(torch.float32)
             logits = self._s(u, i)
@@ -112,12 +112,12 @@ class FairTrainer:
             elif self.loss == "du":
                 loss = fl.du_loss(logits, y, self.theta[i], self.theta_neg[i])
             else:  # fs-point
-                u2, i2, y2 = fs_point_supplements(idx, i, y, self.gen)
-                skipped += len(u) - len(u2)
-                loss = fl.wmf_loss(logits, y) + fl.wmf_loss(self._s(u2, i2), y2)
+                u2, i2, y2, keep = fs_point_supplements(idx, i, y, self.gen, drop=False)
+                skipped = skipped + (1 - keep).sum()
+                loss = fl.wmf_loss(logits, y) + fl.weighted_point_loss(self._s(u2, i2), y2, keep)
             cells += len(u)
             total += self._step(loss)
-        return {"train-loss": total / max(cells, 1), "skipped-supplements": float(skipped)}
+        return {"train-loss": float(total) / max(cells, 1), "skipped-supplements": float(skipped)}
 
     def epoch(self, batch_size: int) -> dict[str, float]:
         """One epoch of the configured loss."""
@@ -127,8 +127,12 @@ class FairTrainer:
 
 
 def run_central_fair(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path | None = None,
-                     device: str = "cpu") -> dict[str, Any]:
+                     device: str = "cpu", time_budget_s: float | None = None) -> dict[str, Any]:
     """Train MF centrally with ``cfg.mf_loss``; test at the best validation epoch.
+
+    ``time_budget_s`` (optional, for benchmarks on shared machines) ends training after the
+    first epoch that finishes past the budget; the run then records ``"stopped": "time-budget"``
+    and ``rounds`` says how many epochs ran.
 
     Returns
     -------
@@ -189,6 +193,9 @@ def run_central_fair(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path
         if writer:
             writer.append_round(row)
         if cfg.patience and since_best >= cfg.patience:
+            break
+        if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
+            run["stopped"] = "time-budget"
             break
     run.update(wall_s=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb())
     if writer:
