@@ -2,7 +2,10 @@
 
 Handlers dispatch on the run's algorithm: ``fedavg`` (:mod:`client.fedavg_node`, every user a
 logical client) or ``fedcia`` / ``local`` (:mod:`client.private_node`, the bucket is one client
-with a whole private model). Private parameters stay in the node's state and never enter a reply.
+with a whole private model). Private parameters stay in the node's store
+(:mod:`client.node_store`) and never enter a reply. Two ``query`` messages serve the server:
+``query.partition`` (which partition this node hosts) and ``query.store`` (snapshot or restore
+the node's store at a checkpoint round, see :mod:`server.checkpoint`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import json
 from types import ModuleType
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client import fedavg_node, private_node
+from client.node_store import open_store, snapshot_path
 from client.trainers.bucket import Bucket
 from models.registry import SEQUENTIAL_MODELS
 from recdata.errors import ConfigError
@@ -107,3 +111,33 @@ def align(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Full-ranking metric sums of the bucket's users on validation and test."""
     return _call("evaluate", msg, context)
+
+
+@app.query("partition")
+def partition(msg: Message, context: Context) -> Message:
+    """Reply with the partition id and bucket size (the server maps node ids to buckets)."""
+    _, bucket, pid = node_setup(context)
+    return Message(RecordDict({"metrics": MetricRecord(
+        {"partition-id": pid, "num-users": len(bucket.users)})}), reply_to=msg)
+
+
+@app.query("store")
+def store(msg: Message, context: Context) -> Message:
+    """Snapshot (``action=snapshot``) or restore (``action=restore``) the node's store."""
+    cfg, _, pid = node_setup(context)
+    config = msg.content.config_records["config"]
+    action, rnd = str(config["action"]), int(config["round"])
+    path = snapshot_path(context, str(config["checkpoint-dir"]), rnd)
+    node_store = open_store(context, cfg.store_spill_mb)
+    if action == "snapshot":
+        nbytes = node_store.snapshot(path)
+        for old in sorted(path.parent.parent.glob(f"round-*/{path.name}"))[:-2]:
+            old.unlink(missing_ok=True)  # a node keeps its two newest snapshots
+    elif action == "restore":
+        node_store.restore(path)
+        nbytes = node_store.nbytes()
+    else:
+        raise ConfigError(f"store action '{action}' is unknown; use snapshot or restore")
+    return Message(RecordDict({"metrics": MetricRecord(
+        {"partition-id": pid, "bytes": nbytes, "groups": len(node_store.names()),
+         "spilled": int(node_store.spilled)})}), reply_to=msg)

@@ -1,4 +1,9 @@
-"""FedAvg on a node: every user of the bucket is a logical client with a private embedding."""
+"""FedAvg on a node: every user of the bucket is a logical client with a private embedding.
+
+Each round only the users of the round's cohort train (:func:`recdata.cohort.sample_cohort`,
+recomputed here from the seed, the round and the population); the other users' embeddings stay
+as they are. Private embeddings live in the node's :class:`client.node_store.NodeStore`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from client.evaluation import bucket_metric_sums
+from client.node_store import NodeStore, open_store
 from client.trainers.bpr_embedding import LocalConfig, local_update
 from client.trainers.bucket import Bucket
 from models.base import seeded_rows
 from models.mf import MF, USER_SALT
+from recdata.cohort import sample_cohort
 from recdata.runconfig import RunConfig
 from strategies.fedavg import node_payload
 from strategies.payload import from_record, to_record
@@ -19,26 +26,60 @@ from strategies.payload import from_record, to_record
 PRIVATE_KEY = "private"
 
 
-def private_user_emb(context: Context, cfg: RunConfig, bucket: Bucket) -> np.ndarray:
+def private_user_emb(context: Context, cfg: RunConfig, bucket: Bucket,
+                     store: NodeStore | None = None) -> np.ndarray:
     """The bucket users' private embeddings, initialised on first use from (seed, user id)."""
-    if PRIVATE_KEY not in context.state.array_records:
+    store = store if store is not None else open_store(context, cfg.store_spill_mb)
+    saved = store.get(PRIVATE_KEY)
+    if saved is None:
         return seeded_rows(bucket.users, cfg.dim, cfg.seed, cfg.init_std, USER_SALT)
-    return from_record(context.state.array_records[PRIVATE_KEY])["user_emb"]
+    return saved["user_emb"]
+
+
+def cohort_rows(cfg: RunConfig, bucket: Bucket, server_round: int) -> np.ndarray:
+    """Local rows of the bucket users that belong to this round's cohort."""
+    population = bucket.population or int(bucket.users.max(initial=-1)) + 1
+    cohort = sample_cohort(cfg.seed, server_round, population, cfg.cohort_fraction,
+                           cfg.cohort_size)
+    return np.flatnonzero(np.isin(bucket.users, cohort))
+
+
+def _empty_reply(cfg: RunConfig, bucket: Bucket, pid: int, t0: float) -> RecordDict:
+    arrays, weight = node_payload(cfg.aggregation, bucket.n_items, np.zeros(0, np.int64),
+                                  np.zeros(0, np.int64), np.zeros((0, cfg.dim), np.float32),
+                                  np.zeros(0, np.float32), np.zeros(0))
+    metrics = MetricRecord({"partition-id": pid, "num-users": 0, "num-pairs": 0,
+                            "loss-sum": 0.0, "weight": weight, "num-examples": 0,
+                            "seconds": time.perf_counter() - t0})
+    return RecordDict({"arrays": to_record(arrays), "metrics": metrics})
 
 
 def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
           device: str) -> RecordDict:
-    """Local training of every user in the bucket; returns the node's summed item update."""
+    """Local training of the bucket's cohort users; returns the node's summed item update."""
     t0 = time.perf_counter()
     glob = from_record(msg.content.array_records["arrays"])
     server_round = int(msg.content.config_records["config"]["server-round"])
-    res = local_update(bucket, glob["item_emb"], glob["item_bias"],
-                       private_user_emb(context, cfg, bucket), LocalConfig.from_run_config(cfg),
+    rows = cohort_rows(cfg, bucket, server_round)
+    if len(rows) == 0:
+        return _empty_reply(cfg, bucket, pid, t0)
+    store = open_store(context, cfg.store_spill_mb)
+    user_emb = private_user_emb(context, cfg, bucket, store)
+    whole = len(rows) == len(bucket.users)
+    sub = bucket if whole else bucket.subset(rows)
+    res = local_update(sub, glob["item_emb"], glob["item_bias"],
+                       user_emb if whole else user_emb[rows], LocalConfig.from_run_config(cfg),
                        server_round, device, item_pop=glob.get("item_pop"))
-    context.state[PRIVATE_KEY] = to_record({"user_emb": res.user_emb})
-    deg = np.diff(bucket.train.indptr)
+    if whole:
+        new_emb = res.user_emb
+    else:
+        new_emb = user_emb.copy()
+        new_emb[rows] = res.user_emb
+    store.put(PRIVATE_KEY, {"user_emb": new_emb})
+    store.commit()
+    deg = np.diff(sub.train.indptr)
     weight = deg.astype(np.float64) if cfg.weighting == "interactions" else (deg > 0) * 1.0
-    arrays, total_weight = node_payload(cfg.aggregation, bucket.n_items, res.row_user,
+    arrays, total_weight = node_payload(cfg.aggregation, sub.n_items, res.row_user,
                                         res.row_item, res.delta, res.bias_delta, weight)
     metrics = MetricRecord({
         "partition-id": pid, "num-users": int((deg > 0).sum()), "num-pairs": res.num_pairs,

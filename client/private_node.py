@@ -6,6 +6,8 @@ E_k E_k^T``, or the stacked factors ``[sqrt(w_k) E_k Q_k]`` whose product is tha
 :mod:`client.trainers.align`) with the total weight; ``align`` pulls every client's item table
 towards the server's aggregate, batched over the node's clients. The parameter-free GF-CF
 backbone uploads its Gram matrix (exact mode) or local filters (the paper's FedCIA-GSP) once.
+Each client's model and optimiser state live in the node's
+:class:`client.node_store.NodeStore` (groups ``private-<client>-model`` / ``-optimizer``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from client.evaluation import bucket_metric_sums
+from client.node_store import NodeStore, open_store
 from client.trainers.align import align_dense, align_factored, similarity_upload
 from client.trainers.bucket import Bucket
 from client.trainers.private_model import (
@@ -39,24 +42,24 @@ def _client_index(cfg: RunConfig, pid: int, local: int) -> int:
     return pid * cfg.clients_per_node + local
 
 
-def _load(context: Context, cfg: RunConfig, client: Bucket, index: int
+def _load(store: NodeStore, context: Context, cfg: RunConfig, client: Bucket, index: int
           ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
     total = int(context.node_config.get("num-partitions", cfg.num_nodes)) * cfg.clients_per_node
     name, dim = node_model_spec(cfg, index, total)
     model = build_node_model(cfg, client, name, dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr) if model.trainable else None
     prefix = f"{STATE_PREFIX}{index}-"
-    saved = {key[len(prefix):]: from_record(rec)
-             for key, rec in context.state.array_records.items() if key.startswith(prefix)}
+    saved = {name[len(prefix):]: store.get(name) for name in store.names()
+             if name.startswith(prefix)}
     if saved:
         restore(model, optimizer, saved)
     return model, optimizer
 
 
-def _save(context: Context, index: int, model: torch.nn.Module,
+def _save(store: NodeStore, index: int, model: torch.nn.Module,
           optimizer: torch.optim.Optimizer | None) -> None:
     for key, arrays in state_arrays(model, optimizer).items():
-        context.state[f"{STATE_PREFIX}{index}-{key}"] = to_record(arrays)
+        store.put(f"{STATE_PREFIX}{index}-{key}", arrays)
 
 
 def _weight(cfg: RunConfig, client: Bucket) -> float:
@@ -83,23 +86,25 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     config = msg.content.config_records["config"]
     rnd, upload = int(config["server-round"]), str(config.get("upload", "none"))
     clients = bucket.clients()
+    store = open_store(context, cfg.store_spill_mb)
     losses, uploads, weights = [], [], []
     for local, client in enumerate(clients):
         index = _client_index(cfg, pid, local)
         rng = np.random.default_rng([cfg.seed, 31, rnd, index])
         if upload == "gfcf":
             break
-        model, optimizer = _load(context, cfg, client, index)
+        model, optimizer = _load(store, context, cfg, client, index)
         if optimizer is not None:
             triples = fixed_triples(client, cfg.seed, index)
             for _ in range(cfg.local_epochs):
                 losses.append(local_epoch(model, optimizer, triples, cfg.local_batch_size, rng))
-            _save(context, index, model, optimizer)
+            _save(store, index, model, optimizer)
         if upload in ("dense", "factored"):
             w = _weight(cfg, client)
             emb = model.item_emb.detach().cpu().numpy() * np.sqrt(w)
             uploads.append(similarity_upload(emb, upload, cfg.noise_scale, rng))
             weights.append(w)
+    store.commit()
     arrays: dict[str, np.ndarray] = {}
     if upload == "gfcf":
         arrays = _gfcf_upload(cfg, clients, bucket.train,
@@ -123,7 +128,8 @@ def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     """Align every client's item table to ``S_bar`` (dense) or ``A A^T`` (factored), batched."""
     t0 = time.perf_counter()
     down = from_record(msg.content.array_records["arrays"])
-    loaded = [_load(context, cfg, c, _client_index(cfg, pid, i))
+    store = open_store(context, cfg.store_spill_mb)
+    loaded = [_load(store, context, cfg, c, _client_index(cfg, pid, i))
               for i, c in enumerate(bucket.clients())]
     embs = [model.item_emb.data.to(device) for model, _ in loaded]
     fn, target = (align_dense, down["gram"]) if "gram" in down else \
@@ -133,7 +139,8 @@ def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
                            cfg.align_lr, cfg.reg, cfg.align_norm == "squared")
     for i, ((model, optimizer), emb) in enumerate(zip(loaded, embs, strict=True)):
         model.item_emb.data.copy_(emb.cpu())
-        _save(context, _client_index(cfg, pid, i), model, optimizer)
+        _save(store, _client_index(cfg, pid, i), model, optimizer)
+    store.commit()
     return RecordDict({"metrics": MetricRecord({
         "clients": len(loaded), "align-before-sum": float(np.sum(before)),
         "align-after-sum": float(np.sum(after)),
@@ -146,12 +153,13 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
     down = from_record(msg.content.array_records["arrays"]) \
         if "arrays" in msg.content.array_records else {}
     sums: dict[str, float] = {}
+    store = None if "filter" in down else open_store(context, cfg.store_spill_mb)
     for local, client in enumerate(bucket.clients()):
         if "filter" in down:
             score_fn = _gfcf_scores(cfg, client, down["filter"])
             part = bucket_metric_sums(score_fn, client, cfg, pid, "cpu")
         else:
-            model, _ = _load(context, cfg, client, _client_index(cfg, pid, local))
+            model, _ = _load(store, context, cfg, client, _client_index(cfg, pid, local))
             model.eval()
             part = bucket_metric_sums(model.to(device).score, client, cfg, pid, device)
         part.pop("partition-id")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,31 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from models.metrics import finalize
+from recdata.cohort import cohort_log
 from recdata.errors import FloRecError
 from recdata.partition import node_clients
 from recdata.runconfig import RunConfig, parse_run_config
 from recdata.store import get_split
-from server.loop import stream_replies, wait_for_nodes
+from server.checkpoint import (
+    ServerState,
+    checkpoint_dir,
+    clear_checkpoints,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
+from server.loop import (
+    learn_partitions,
+    restore_nodes,
+    snapshot_nodes,
+    stream_replies,
+    wait_for_nodes,
+)
 from server.results import ResultsWriter, default_out_dir, peak_rss_mb, run_entry
 from strategies.base import RecStrategy
-from strategies.registry import build_strategy
+from strategies.payload import from_record, to_record
+from strategies.registry import attach_cohorts, build_strategy
 
 app = ServerApp()
 
@@ -86,11 +105,65 @@ def setup_phase(grid: Grid, strategy: RecStrategy, arrays: ArrayRecord, timeout_
     raise RuntimeError("strategy setup did not finish in 100 stages")
 
 
+@dataclass
+class Progress:
+    """What the round loop carries from round to round (and a checkpoint saves)."""
+
+    arrays: ArrayRecord
+    run: dict[str, Any]
+    best_score: float = -np.inf
+    since_best: int = 0
+    first_round: int = 1
+    wall_before: float = 0.0
+
+
+def start_or_resume(grid: Grid, cfg: RunConfig, out_dir: Path, config: dict[str, Any],
+                    strategy: RecStrategy, arrays: ArrayRecord, writer: ResultsWriter,
+                    num_nodes: int) -> Progress:
+    """A fresh start (old rounds and checkpoints removed) or the state of the last checkpoint."""
+    if not cfg.resume:
+        writer.reset_rounds()
+        clear_checkpoints(out_dir)
+        return Progress(arrays, run_entry(method_name(cfg), "federated", cfg.dataset, cfg.split,
+                                          cfg.seed, num_nodes=num_nodes))
+    saved = load_checkpoint(out_dir, config)
+    restore_nodes(grid, str(checkpoint_dir(out_dir)), saved.round, cfg.round_timeout_s)
+    strategy.load_state_arrays(saved.strategy)
+    set_rng_states(saved.rng)
+    kept = writer.truncate_rounds(saved.round)
+    log(INFO, "resuming %s after round %d (%d lines of rounds.jsonl kept)", out_dir,
+        saved.round, kept)
+    return Progress(to_record(saved.arrays), saved.run, saved.best_score, saved.since_best,
+                    saved.round + 1, float(saved.run.get("wall_s", 0.0)))
+
+
+def checkpoint(grid: Grid, cfg: RunConfig, out_dir: Path, config: dict[str, Any],
+               strategy: RecStrategy, rnd: int, state: Progress) -> None:
+    """Snapshot every node's store, then save the server's state; skipped if a node fails."""
+    failed = snapshot_nodes(grid, str(checkpoint_dir(out_dir)), rnd, cfg.round_timeout_s)
+    if failed:
+        log(WARNING, "round %d: node(s) %s did not snapshot their store: no checkpoint this "
+            "round (the previous one stays)", rnd, ", ".join(map(str, failed)))
+        return
+    save_checkpoint(out_dir, ServerState(
+        round=rnd, arrays=from_record(state.arrays), strategy=strategy.state_arrays(),
+        run=dict(state.run), best_score=state.best_score, since_best=state.since_best,
+        config=config, rng=rng_states()))
+    log(INFO, "round %d: checkpoint saved in %s", rnd, checkpoint_dir(out_dir))
+
+
 def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    """Train and evaluate one federated run; returns its entry of ``results.json``."""
+    """Train and evaluate one federated run; returns its entry of ``results.json``.
+
+    With ``checkpoint-every=N`` the run is checkpointed every N rounds; ``resume=true``
+    continues the last checkpoint of ``out_dir`` (see :mod:`server.checkpoint`).
+    """
     t_start = time.perf_counter()
+    out_dir = Path(out_dir)
     writer = ResultsWriter(out_dir)
     config = cfg.to_flower() | {"out-dir": str(out_dir)}
+    if cfg.resume:
+        load_checkpoint(out_dir, config)  # fail early: no checkpoint or another config
     writer.write_config(config)
     split, split_path = get_split(
         cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()
@@ -102,40 +175,44 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     wait_for_nodes(grid, len(buckets), cfg.node_wait_s)
     log(INFO, "%d nodes registered; split in %s", len(buckets), split_path)
     strategy, arrays = build_strategy(cfg, split.n_items)
+    if attach_cohorts(strategy, cfg, split.n_users, [np.concatenate(b) for b in buckets]):
+        strategy.set_partitions(learn_partitions(grid, cfg.round_timeout_s))
     arrays = setup_phase(grid, strategy, arrays, cfg.round_timeout_s)
-    run = run_entry(method_name(cfg), "federated", cfg.dataset, cfg.split, cfg.seed,
-                    num_nodes=len(buckets))
-    best_score, since_best = -np.inf, 0
-    for rnd in range(1, cfg.num_rounds + 1):
+    state = start_or_resume(grid, cfg, out_dir, config, strategy, arrays, writer, len(buckets))
+    run = state.run
+    for rnd in range(state.first_round, cfg.num_rounds + 1):
         t0 = time.perf_counter()
-        arrays, row = train_round(grid, strategy, rnd, arrays, cfg.round_timeout_s,
-                                  cfg.min_fit_fraction)
+        state.arrays, row = train_round(grid, strategy, rnd, state.arrays, cfg.round_timeout_s,
+                                        cfg.min_fit_fraction)
+        if strategy.round_cohort is not None:
+            row["cohort"] = cohort_log(strategy.round_cohort)
         if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
             t_eval = time.perf_counter()
             pooled = strategy.aggregate_evaluate(rnd, stream_replies(
-                grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid),
+                grid, strategy.configure_evaluate(rnd, state.arrays, ConfigRecord(), grid),
                 cfg.round_timeout_s, strategy.unresponsive)) or {}
             valid, test = split_metrics(dict(pooled), "valid"), split_metrics(dict(pooled), "test")
             row["valid"] = valid
             row["eval_seconds"] = time.perf_counter() - t_eval
             score = valid.get(cfg.selection_metric, -np.inf)
-            if score > best_score:
-                best_score, since_best = score, 0
+            if score > state.best_score:
+                state.best_score, state.since_best = score, 0
                 run.update(best_round=rnd, metrics=test, valid_metrics=valid)
             else:
-                since_best += 1
+                state.since_best += 1
         row.update(
             bytes_up=strategy.bytes_up,
             bytes_down=strategy.bytes_down,
             seconds=time.perf_counter() - t0,
             peak_rss_mb=peak_rss_mb(),
-            dropped=list(strategy.dropped) + [f"node {n}" for n in sorted(strategy.unresponsive)],
+            dropped=list(strategy.dropped)
+            + [strategy.node_name(n) for n in sorted(strategy.unresponsive)],
         )
         writer.append_round(row)
         run.update(
             rounds=rnd,
-            wall_s=time.perf_counter() - t_start,
-            peak_rss_mb=peak_rss_mb(),
+            wall_s=state.wall_before + time.perf_counter() - t_start,
+            peak_rss_mb=max(peak_rss_mb(), run["peak_rss_mb"]),
             bytes_up=run["bytes_up"] + strategy.bytes_up,
             bytes_down=run["bytes_down"] + strategy.bytes_down,
         )
@@ -146,14 +223,19 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             rnd,
             cfg.selection_metric,
             row.get("valid", {}).get(cfg.selection_metric, float("nan")),
-            best_score,
+            state.best_score,
             run["best_round"],
             row["seconds"],
         )
-        if cfg.patience and since_best >= cfg.patience:
+        stop = bool(cfg.patience and state.since_best >= cfg.patience)
+        if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or stop):
+            checkpoint(grid, cfg, out_dir, config, strategy, rnd, state)
+        if stop:
             log(INFO, "early stop: no improvement in %d evaluations", cfg.patience)
             break
     writer.write_results(config, [run])
+    # spilled node stores of a finished run (simulation: shared disk); checkpoints stay
+    shutil.rmtree(out_dir / "node-state" / "live", ignore_errors=True)
     log(INFO, "results written to %s", out_dir)
     return run
 

@@ -1,4 +1,9 @@
-"""Talking to nodes: wait for registration, send messages and stream the replies back."""
+"""Talking to nodes: wait for registration, send messages and stream the replies back.
+
+Besides the strategy's messages, the server sends two kinds of ``query`` messages itself:
+``query.partition`` (which bucket a node hosts, so that nodes without cohort users can be left
+out) and ``query.store`` (snapshot or restore every node's store at a checkpoint round).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ import time
 from collections.abc import Iterable, Iterator
 from logging import INFO, WARNING
 
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from recdata.errors import ConfigError
+from recdata.errors import ConfigError, DataError
+
+PARTITION = f"{MessageType.QUERY}.partition"
+STORE = f"{MessageType.QUERY}.store"
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
@@ -76,3 +84,54 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout_s: float,
             continue
         pause = min(pause * 2, 0.2)
         time.sleep(pause)
+
+
+def _query(grid: Grid, kind: str, config: dict, timeout_s: float
+           ) -> tuple[dict[int, Message], list[int]]:
+    """Send one ``kind`` message to every node; (node id -> good reply, failed node ids)."""
+    nodes = sorted(grid.get_node_ids())
+    messages = [Message(content=RecordDict({"config": ConfigRecord(dict(config))}),
+                        message_type=kind, dst_node_id=n) for n in nodes]
+    good, missing = {}, set()
+    for reply in stream_replies(grid, messages, timeout_s, missing):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log(WARNING, "%s failed on node %s: %s", kind, node, reply.error.reason)
+            continue
+        good[node] = reply
+    return good, sorted(set(nodes) - set(good))
+
+
+def learn_partitions(grid: Grid, timeout_s: float) -> dict[int, int]:
+    """Node id -> partition id of every node that answers ``query.partition``."""
+    good, failed = _query(grid, PARTITION, {}, timeout_s)
+    if failed:
+        log(WARNING, "no partition id from node(s) %s: they get every training message",
+            ", ".join(map(str, failed)))
+    return {n: int(r.content.metric_records["metrics"]["partition-id"]) for n, r in good.items()}
+
+
+def snapshot_nodes(grid: Grid, checkpoint_dir: str, server_round: int, timeout_s: float
+                   ) -> list[int]:
+    """Ask every node to snapshot its store for ``server_round``; returns the nodes that failed."""
+    _, failed = _query(grid, STORE, {"action": "snapshot", "round": server_round,
+                                     "checkpoint-dir": checkpoint_dir}, timeout_s)
+    return failed
+
+
+def restore_nodes(grid: Grid, checkpoint_dir: str, server_round: int, timeout_s: float) -> None:
+    """Ask every node to restore its store from the snapshot of ``server_round``.
+
+    Raises
+    ------
+    DataError
+        If a node cannot restore (its snapshot is missing or unreadable).
+
+    """
+    _, failed = _query(grid, STORE, {"action": "restore", "round": server_round,
+                                     "checkpoint-dir": checkpoint_dir}, timeout_s)
+    if failed:
+        raise DataError(f"node(s) {', '.join(map(str, failed))} could not restore their store "
+                        f"of round {server_round} from {checkpoint_dir} (see the log); restart "
+                        "the run without resume")
+    log(INFO, "every node restored its store of round %d", server_round)

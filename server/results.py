@@ -87,6 +87,30 @@ class ResultsWriter:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def reset_rounds(self) -> None:
+        """Start ``rounds.jsonl`` empty (a fresh run in an existing folder)."""
+        (self.out_dir / "rounds.jsonl").unlink(missing_ok=True)
+
+    def truncate_rounds(self, last_round: int) -> int:
+        """Keep only the lines of rounds ``<= last_round`` (a resume); returns how many stay."""
+        path = self.out_dir / "rounds.jsonl"
+        if not path.exists():
+            return 0
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if int(json.loads(line)["round"]) <= last_round:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the kill
+        self._write_text("rounds.jsonl", "".join(x + "\n" for x in kept))
+        return len(kept)
+
+    def _write_text(self, name: str, text: str) -> None:
+        tmp = self.out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.out_dir / name)
+
     def write_results(self, config: dict[str, Any], runs: list[dict[str, Any]],
                       status: str = "finished") -> None:
         """Write ``results.json`` in the schema of ARCHITECTURE.md."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import uuid4
 
+import numpy as np
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -19,7 +20,10 @@ Handler = Callable[[Message, Context], Message]
 
 
 class LocalGrid(Grid):
-    """Nodes ``1..num_nodes`` with ``partition-id`` ``0..num_nodes-1``, handled in this process.
+    """Nodes with ``partition-id`` ``0..num_nodes-1``, handled in this process.
+
+    Node ids are ``1..num_nodes`` in partition order, or random 63-bit ids (as Flower assigns
+    them) with ``random_ids``.
 
     Parameters
     ----------
@@ -33,6 +37,10 @@ class LocalGrid(Grid):
         ``fail(partition_id, message_type) -> bool``: raise in that node (failure tests).
     keep_replies : bool
         Keep every reply in ``received`` (for tests; benchmarks turn it off to save memory).
+    random_ids : int, optional
+        Seed of random node ids (None: ids ``1..num_nodes``).
+    node_config : dict, optional
+        Extra node config every node sees (e.g. ``state-dir``).
 
     """
 
@@ -43,29 +51,37 @@ class LocalGrid(Grid):
         handlers: dict[str, Handler] | None = None,
         fail: Callable[[int, str], bool] | None = None,
         keep_replies: bool = True,
+        random_ids: int | None = None,
+        node_config: dict[str, Any] | None = None,
     ) -> None:
         if handlers is None:
-            from client.app import align, evaluate, train
+            from client.app import align, evaluate, partition, store, train
 
             handlers = {MessageType.TRAIN: train, f"{MessageType.TRAIN}.align": align,
-                        MessageType.EVALUATE: evaluate}
+                        MessageType.EVALUATE: evaluate,
+                        f"{MessageType.QUERY}.partition": partition,
+                        f"{MessageType.QUERY}.store": store}
         self.handlers, self.fail = handlers, fail
         for attr in ("_run_id", "_task_id", "_node_id"):  # what a Flower process would set
             if getattr(TaskIdentity, attr) is None:
                 setattr(TaskIdentity, attr, 1)
+        ids = list(range(1, num_nodes + 1)) if random_ids is None else \
+            np.random.default_rng(random_ids).choice(2**62, num_nodes, replace=False).tolist()
         self.contexts = {
-            pid + 1: Context(
+            int(node): Context(
                 run_id=1,
-                node_id=pid + 1,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_id=int(node),
+                node_config={"partition-id": pid, "num-partitions": num_nodes,
+                             **(node_config or {})},
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
-            for pid in range(num_nodes)
+            for pid, node in enumerate(ids)
         }
         self._queued: dict[str, Message] = {}
         self.received: list[Message] = []
         self.keep_replies = keep_replies
+        self.pushed: dict[str, int] = {}  # message type -> messages pushed
 
     def set_run(self, run: Any) -> None:  # noqa: D102
         self._run = run
@@ -97,6 +113,8 @@ class LocalGrid(Grid):
             msg_id = str(uuid4())
             msg.metadata.__dict__["_message_id"] = msg_id
             self._queued[msg_id] = msg
+            kind = msg.metadata.message_type
+            self.pushed[kind] = self.pushed.get(kind, 0) + 1
             ids.append(msg_id)
         return ids
 
@@ -106,7 +124,10 @@ class LocalGrid(Grid):
         try:
             if self.fail is not None and self.fail(pid, msg.metadata.message_type):
                 raise RuntimeError(f"injected failure on partition {pid}")
-            reply = self.handlers[msg.metadata.message_type](msg, ctx)
+            handler = self.handlers.get(msg.metadata.message_type)
+            if handler is None:
+                raise ValueError(f"no handler for message type {msg.metadata.message_type}")
+            reply = handler(msg, ctx)
         except Exception as exc:  # a crashing client becomes an error reply, as in Flower
             reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
         reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id

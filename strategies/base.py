@@ -2,6 +2,10 @@
 
 Subclasses implement ``configure_train`` / ``aggregate_train`` (Flower's hooks); a strategy that
 needs a second message per round (FedCIA's alignment) also implements ``configure_align``.
+With user cohorts (:meth:`RecStrategy.set_cohorts`), :meth:`RecStrategy.sample` also leaves out
+the nodes that hold no user of the round's cohort. A strategy with state that outlives a round
+overrides :meth:`RecStrategy.state_arrays` / :meth:`RecStrategy.load_state_arrays` so that a
+checkpoint can restore it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from models.metrics import add_sums
+from recdata.cohort import buckets_with_cohort, sample_cohort
 from strategies.payload import record_nbytes
 
 
@@ -36,18 +41,61 @@ class RecStrategy(Strategy):
         self.bytes_down = self.bytes_up = 0
         self.dropped: list[str] = []
         self.unresponsive: set[int] = set()
+        self.partition_of: dict[int, int] = {}
+        self.cohort_spec: tuple[int, int, float, int] | None = None
+        self.node_users: list[np.ndarray] = []
+        self.round_cohort: np.ndarray | None = None
 
     def start_round(self) -> None:
         """Reset the per-round counters (the server calls this before each round)."""
         self.bytes_down = self.bytes_up = 0
         self.dropped = []
         self.unresponsive = set()
+        self.round_cohort = None
+
+    def node_name(self, node_id: int) -> str:
+        """``node <id>``, with its partition where the server learned it."""
+        pid = getattr(self, "partition_of", {}).get(int(node_id))
+        return f"node {node_id}" + ("" if pid is None else f" (partition {pid})")
 
     def drop(self, server_round: int, msg: Message, problem: str) -> None:
         """Log and remember a reply that cannot be used."""
-        who = f"node {msg.metadata.src_node_id}"
+        who = self.node_name(msg.metadata.src_node_id)
         log(WARNING, "round %d: skipping reply of %s: %s", server_round, who, problem)
         self.dropped.append(who)
+
+    def set_partitions(self, partition_of: dict[int, int]) -> None:
+        """Tell the strategy which partition (bucket) each node id hosts."""
+        self.partition_of = {int(k): int(v) for k, v in partition_of.items()}
+
+    def set_cohorts(self, seed: int, n_users: int, fraction: float, size: int,
+                    node_users: list[np.ndarray]) -> None:
+        """Train only a seeded cohort of users per round (see :mod:`recdata.cohort`).
+
+        Parameters
+        ----------
+        seed, n_users, fraction, size
+            The cohort is ``sample_cohort(seed, round, n_users, fraction, size)``.
+        node_users : list of np.ndarray
+            Users of each partition; nodes whose partition holds no cohort user get no
+            training message (nodes of unknown partition always get one).
+
+        """
+        self.cohort_spec = (seed, n_users, fraction, size)
+        self.node_users = list(node_users)
+
+    def cohort_nodes(self, node_ids: list[int], server_round: int) -> list[int]:
+        """``node_ids`` minus the nodes that hold no user of this round's cohort."""
+        spec = getattr(self, "cohort_spec", None)
+        if spec is None:
+            return node_ids
+        seed, n_users, fraction, size = spec
+        self.round_cohort = sample_cohort(seed, server_round, n_users, fraction, size)
+        if len(self.round_cohort) == n_users:
+            return node_ids
+        hit = buckets_with_cohort(self.round_cohort, self.node_users)
+        return [n for n in node_ids
+                if n not in self.partition_of or self.partition_of[n] in hit]
 
     def messages(self, record: RecordDict, node_ids: list[int], kind: str) -> list[Message]:
         """One message per node carrying ``record``; counts the bytes sent."""
@@ -55,13 +103,23 @@ class RecStrategy(Strategy):
         return [Message(content=record, message_type=kind, dst_node_id=n) for n in node_ids]
 
     def sample(self, node_ids: list[int], server_round: int) -> list[int]:
-        """Seeded sample of ``fraction_train`` of the nodes (all of them at 1.0)."""
+        """Seeded sample of ``fraction_train`` of the nodes (all of them at 1.0).
+
+        With user cohorts, nodes holding no cohort user are then left out.
+        """
         node_ids = sorted(node_ids)
         k = max(1, int(round(self.fraction_train * len(node_ids))))
-        if k >= len(node_ids):
-            return node_ids
-        rng = np.random.default_rng([self.seed, 17, server_round])
-        return sorted(rng.choice(node_ids, size=k, replace=False).tolist())
+        if k < len(node_ids):
+            rng = np.random.default_rng([self.seed, 17, server_round])
+            node_ids = sorted(rng.choice(node_ids, size=k, replace=False).tolist())
+        return self.cohort_nodes(node_ids, server_round)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """State that outlives a round, for checkpoints (none by default)."""
+        return {}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_arrays` returned."""
 
     def responsive_nodes(self, grid: Grid) -> list[int]:
         """Connected nodes, minus those that missed a reply this round."""

@@ -57,6 +57,14 @@ class FederatedGFCF(RecStrategy):
         """Ask every client again next round."""
         self.filter = None
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The global filter once built (checkpoints restore it)."""
+        return {} if self.filter is None else {"filter": self.filter}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore the global filter of a checkpoint."""
+        self.filter = arrays.get("filter")
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Ask every client for its upload once; nothing to do afterwards."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import ArrayRecord
 
 from models.mf import MF
 from models.registry import SEQUENTIAL_MODELS
+from recdata.cohort import is_partial
 from recdata.errors import ConfigError
 from recdata.runconfig import RunConfig
 from strategies.base import RecStrategy
@@ -29,6 +31,15 @@ def check_algorithm(cfg: RunConfig) -> None:
                 f"{', '.join(SUPPORTED[cfg.algorithm])}")
     if cfg.model_mix and cfg.algorithm == "fedavg":
         raise ConfigError("model-mix needs algorithm 'fedcia' or 'local' (FedAvg shares one table)")
+    cohort = cfg.cohort_fraction < 1.0 or cfg.cohort_size > 0
+    if cohort and cfg.algorithm != "fedavg":
+        raise ConfigError(f"user cohorts (cohort-fraction/cohort-size) need algorithm 'fedavg'; "
+                          f"'{cfg.algorithm}' clients are whole buckets: sample them with "
+                          "fraction-train and keep cohort-fraction=1, cohort-size=0")
+    if cohort and cfg.model in SEQUENTIAL_MODELS:
+        raise ConfigError(f"user cohorts are implemented for model 'mf' only; for "
+                          f"'{cfg.model}' sample nodes with fraction-train and keep "
+                          "cohort-fraction=1, cohort-size=0")
     if cfg.algorithm == "fedcia" and cfg.fedcia_comm == "factored" and cfg.noise_scale > 0:
         raise ConfigError("noise-scale > 0 has no factored equivalent; set fedcia-comm='dense' "
                           "or noise-scale=0")
@@ -59,3 +70,16 @@ def build_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayReco
     rank = cfg.fedcia_rank or 2 * cfg.dim
     return FedCIA(n_items, cfg.fedcia_comm, rank, cfg.fedcia_weighting, cfg.fraction_train,
                   cfg.seed), ArrayRecord()
+
+
+def attach_cohorts(strategy: RecStrategy, cfg: RunConfig, n_users: int,
+                   node_users: list[np.ndarray]) -> bool:
+    """Give a FedAvg strategy its seeded user cohorts; returns whether some users sit out.
+
+    Nodes recompute the same cohort from (seed, round, population) in
+    :mod:`client.fedavg_node`, so only the round number travels.
+    """
+    if cfg.algorithm != "fedavg" or cfg.model in SEQUENTIAL_MODELS:
+        return False
+    strategy.set_cohorts(cfg.seed, n_users, cfg.cohort_fraction, cfg.cohort_size, node_users)
+    return is_partial(n_users, cfg.cohort_fraction, cfg.cohort_size)

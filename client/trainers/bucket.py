@@ -20,6 +20,10 @@ class Bucket:
         Sorted global user ids.
     train, valid, test : scipy.sparse.csr_matrix
         Binary (B, n_items) matrices with sorted indices.
+    groups : list of np.ndarray, optional
+        Local row indices of each client when the node hosts several.
+    population : int
+        Users of the whole dataset (user cohorts are drawn from ``0..population-1``).
 
     """
 
@@ -28,13 +32,20 @@ class Bucket:
     valid: sp.csr_matrix
     test: sp.csr_matrix
     groups: list[np.ndarray] | None = None
+    population: int = 0
+
+    def subset(self, rows: np.ndarray) -> Bucket:
+        """The bucket restricted to local rows ``rows`` (sorted), e.g. a round's cohort users."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Bucket(self.users[rows], self.train[rows], self.valid[rows], self.test[rows],
+                      population=self.population)
 
     def clients(self) -> list[Bucket]:
         """The node's clients as buckets of their own (one, the whole bucket, by default)."""
         if self.groups is None or len(self.groups) == 1:
             return [self]
-        return [Bucket(self.users[g], self.train[g], self.valid[g], self.test[g])
-                for g in self.groups]
+        return [Bucket(self.users[g], self.train[g], self.valid[g], self.test[g],
+                       population=self.population) for g in self.groups]
 
     @property
     def n_items(self) -> int:
@@ -54,7 +65,8 @@ class Bucket:
             m = split.matrix(part)[users].tocsr()
             m.sort_indices()
             rows[part] = m
-        return cls(users=np.asarray(users, dtype=np.int64), groups=groups, **rows)
+        return cls(users=np.asarray(users, dtype=np.int64), groups=groups,
+                   population=int(split.n_users), **rows)
 
     def mask_for(self, part: str) -> sp.csr_matrix:
         """Items excluded from ranking: train for ``valid``, train + valid for ``test``."""

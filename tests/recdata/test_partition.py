@@ -64,3 +64,13 @@ def test_floor_partition_with_users_per_node_is_a_config_error():
 def test_unknown_partition_names_floor_among_the_choices():
     with pytest.raises(ConfigError, match="contiguous, random, floor"):
         partition_users(10, num_nodes=2, mode="round-robin")
+
+
+def test_a_bucket_subset_keeps_the_rows_of_the_chosen_users():
+    split = make_split(generate_synthetic(n_users=30, n_items=40, seed=0), "loo", seed=0)
+    bucket = Bucket.from_split(split, np.arange(10, 20))
+    sub = bucket.subset(np.array([1, 4]))
+    assert sub.users.tolist() == [11, 14] and sub.population == bucket.population == 30
+    for part in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(sub, part).toarray(),
+                                      split.matrix(part)[[11, 14]].toarray())

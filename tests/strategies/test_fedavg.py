@@ -124,3 +124,26 @@ def test_node_sampling_is_seeded_by_round():
     assert s.sample(nodes, 1) == s.sample(nodes, 1)
     assert len(s.sample(nodes, 1)) == 10
     assert s.sample(nodes, 1) != s.sample(nodes, 2)
+
+
+def test_nodes_without_cohort_users_get_no_message_but_unknown_nodes_do():
+    from recdata.cohort import sample_cohort
+
+    strategy = FedAvgRec("dense", seed=0)
+    strategy.set_cohorts(0, 100, 1.0, 3, [np.arange(p * 10, p * 10 + 10) for p in range(10)])
+    strategy.set_partitions({500 + p: p for p in range(9)})  # node 509's partition is unknown
+    chosen = strategy.sample([500 + p for p in range(10)], 4)
+    cohort = sample_cohort(0, 4, 100, size=3)
+    assert chosen == sorted({500 + int(u) // 10 for u in cohort} | {509})
+    np.testing.assert_array_equal(strategy.round_cohort, cohort)
+    assert strategy.node_name(503) == "node 503 (partition 3)"
+    assert strategy.node_name(509) == "node 509"
+
+
+def test_a_full_cohort_keeps_every_sampled_node():
+    strategy = FedAvgRec("dense", fraction_train=0.5, seed=1)
+    strategy.set_cohorts(1, 20, 1.0, 0, [np.arange(p * 2, p * 2 + 2) for p in range(10)])
+    strategy.set_partitions({p + 1: p for p in range(10)})
+    plain = FedAvgRec("dense", fraction_train=0.5, seed=1)
+    assert strategy.sample(list(range(1, 11)), 2) == plain.sample(list(range(1, 11)), 2)
+    assert len(strategy.round_cohort) == 20

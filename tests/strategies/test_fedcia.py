@@ -91,3 +91,14 @@ def test_server_memory_does_not_grow_with_the_number_of_clients():
 
     small, large = peak(20), peak(200)
     assert large < 1.5 * small, (small, large)
+
+
+def test_federated_gfcf_hands_its_filter_to_a_checkpoint_and_back():
+    from strategies.gfcf import FederatedGFCF
+
+    built = FederatedGFCF(5)
+    assert built.state_arrays() == {}
+    built.filter = np.arange(25.0).reshape(5, 5)
+    restored = FederatedGFCF(5)
+    restored.load_state_arrays(built.state_arrays())
+    np.testing.assert_array_equal(restored.filter, built.filter)
