@@ -14,6 +14,7 @@ import functools
 import json
 from types import ModuleType
 
+import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -25,6 +26,7 @@ from models.registry import SEQUENTIAL_MODELS
 from recdata.errors import ConfigError
 from recdata.partition import node_clients
 from recdata.runconfig import RunConfig, parse_run_config
+from recdata.splits import Split
 from recdata.store import get_split
 
 app = ClientApp()
@@ -38,9 +40,9 @@ def resolve_device(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=4)
-def _load_bucket(config_json: str, partition_id: int, num_partitions: int, data_dir: str
-                 ) -> Bucket:
+@functools.lru_cache(maxsize=2)
+def _partition(config_json: str, data_dir: str) -> tuple[Split, list[list[np.ndarray]]]:
+    """The split and every node's clients' users (once per process and run config)."""
     cfg = RunConfig.model_validate(json.loads(config_json))
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, data_dir or cfg.data_dir,
                          cfg.min_rating, cfg.synthetic_params())
@@ -48,6 +50,13 @@ def _load_bucket(config_json: str, partition_id: int, num_partitions: int, data_
                            users_per_node=cfg.users_per_node,
                            clients_per_node=cfg.clients_per_node, mode=cfg.partition,
                            seed=cfg.split_seed)
+    return split, buckets
+
+
+@functools.lru_cache(maxsize=16384)  # a simulation process serves many partitions
+def _load_bucket(config_json: str, partition_id: int, num_partitions: int, data_dir: str
+                 ) -> Bucket:
+    split, buckets = _partition(config_json, data_dir)
     if num_partitions >= 0 and num_partitions != len(buckets):
         raise ConfigError(
             f"{num_partitions} nodes were started but the partition has {len(buckets)} buckets; "

@@ -78,8 +78,13 @@ def cohort_digest(users: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def cohort_log(users: np.ndarray) -> dict[str, object]:
-    """The ``cohort`` entry of a rounds.jsonl line: size, hash, and the ids when short."""
+def cohort_log(users: np.ndarray, n_users: int = 0) -> dict[str, object]:
+    """The ``cohort`` entry of a rounds.jsonl line: size, hash, and the ids when short.
+
+    A cohort of all ``n_users`` users is logged as ``{"size": n_users, "all": true}``.
+    """
+    if n_users and len(users) == n_users:
+        return {"size": int(n_users), "all": True}
     entry: dict[str, object] = {"size": int(len(users)), "sha256": cohort_digest(users)}
     if len(users) <= LOG_MAX_USERS:
         entry["users"] = [int(u) for u in users]

@@ -185,7 +185,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         state.arrays, row = train_round(grid, strategy, rnd, state.arrays, cfg.round_timeout_s,
                                         cfg.min_fit_fraction)
         if strategy.round_cohort is not None:
-            row["cohort"] = cohort_log(strategy.round_cohort)
+            row["cohort"] = cohort_log(strategy.round_cohort, split.n_users)
         if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
             t_eval = time.perf_counter()
             pooled = strategy.aggregate_evaluate(rnd, stream_replies(

@@ -69,3 +69,5 @@ def test_the_logged_cohort_lists_ids_when_short_and_always_a_hash():
     long = cohort_log(np.arange(LOG_MAX_USERS + 1))
     assert "users" not in long and long["size"] == LOG_MAX_USERS + 1
     assert cohort_digest(np.arange(4)) != cohort_digest(np.arange(1, 5))
+    assert cohort_log(np.arange(9), n_users=9) == {"size": 9, "all": True}
+    assert cohort_log(np.arange(8), n_users=9)["users"] == list(range(8))

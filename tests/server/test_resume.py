@@ -55,7 +55,9 @@ def test_a_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tmp_path, e
     whole = run(tmp_path / "whole", config)
     run(tmp_path / "cut", config, **{"num-rounds": 2})
     resumed = run(tmp_path / "cut", config, resume=True)
-    assert resumed["rounds"] == 4 and resumed["best_round"] == whole["best_round"]
+    assert resumed["rounds"] == 4
+    if extra.get("model") != "gfcf":  # GF-CF's rounds tie up to 1e-16: any can be "best"
+        assert resumed["best_round"] == whole["best_round"]
     for key, value in whole["metrics"].items():
         assert resumed["metrics"][key] == pytest.approx(value, abs=1e-6), key
     rows = [json.loads(x) for x in (tmp_path / "cut" / "rounds.jsonl").read_text().splitlines()]
