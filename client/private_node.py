@@ -42,11 +42,11 @@ def _client_index(cfg: RunConfig, pid: int, local: int) -> int:
     return pid * cfg.clients_per_node + local
 
 
-def _load(store: NodeStore, context: Context, cfg: RunConfig, client: Bucket, index: int
-          ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
+def _load(store: NodeStore, context: Context, cfg: RunConfig, client: Bucket, index: int,
+          device: str = "cpu") -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
     total = int(context.node_config.get("num-partitions", cfg.num_nodes)) * cfg.clients_per_node
     name, dim = node_model_spec(cfg, index, total)
-    model = build_node_model(cfg, client, name, dim)
+    model = build_node_model(cfg, client, name, dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr) if model.trainable else None
     prefix = f"{STATE_PREFIX}{index}-"
     saved = {name[len(prefix):]: store.get(name) for name in store.names()
@@ -93,7 +93,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         rng = np.random.default_rng([cfg.seed, 31, rnd, index])
         if upload == "gfcf":
             break
-        model, optimizer = _load(store, context, cfg, client, index)
+        model, optimizer = _load(store, context, cfg, client, index, device)
         if optimizer is not None:
             triples = fixed_triples(client, cfg.seed, index)
             for _ in range(cfg.local_epochs):

@@ -67,10 +67,11 @@ def local_epoch(model: Recommender, optimizer: torch.optim.Optimizer,
                 rng: np.random.Generator) -> float:
     """One shuffled pass over the triples; returns the mean loss."""
     order = rng.permutation(len(triples[0]))
+    device = next(model.parameters()).device
     total = 0.0
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        batch = [torch.as_tensor(t[idx]) for t in triples]
+        batch = [torch.as_tensor(t[idx], device=device) for t in triples]
         optimizer.zero_grad()
         loss = model.loss(*batch)
         loss.backward()
