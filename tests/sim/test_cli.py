@@ -111,3 +111,20 @@ def test_flwr_simulation_of_fedcia_with_its_align_messages(tmp_path):
     assert [r["align"]["clients"] for r in rows] == [6, 6]
     assert json.loads((out / "results.json").read_text())["runs"][0]["method"] == \
         "fedcia-mf-factored-r16"
+
+
+def test_resume_overrides_replay_the_saved_config_with_resume_on(tmp_path, small_config):
+    from server.results import ResultsWriter
+    from sim.cli import resume_overrides
+
+    saved = small_config | {"checkpoint-every": 1, "lr": 0.02, "out-dir": "elsewhere"}
+    ResultsWriter(tmp_path).write_config(saved)
+    overrides, n = resume_overrides(tmp_path, ["num-rounds=5"])
+    assert overrides["resume"] is True and overrides["checkpoint-every"] == 1
+    assert overrides["lr"] == 0.02 and overrides["num-rounds"] == 5
+    assert overrides["out-dir"] == str(tmp_path) and n == overrides["num-nodes"] == 4
+
+
+def test_resume_without_a_results_folder_is_a_one_line_error(tmp_path):
+    proc = florec("sim", "--resume", str(tmp_path / "nothing"))
+    assert "config.json is missing" in error_line(proc)
