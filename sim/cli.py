@@ -277,21 +277,24 @@ def perf(
     json_lines: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     out: Annotated[Path | None, typer.Option(help="also append the JSON lines to this file")]
     = None,
+    config: Override = None,
 ) -> None:
     """Benchmark FedAvg-MF rounds under `flwr run` + Ray: time, framework cost, memory, bytes."""
     import json
 
+    from sim.flower import parse_overrides
     from sim.perf import measure, perf_cells
 
+    extra = parse_overrides(config or [])
     def floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x]
 
     cells = perf_cells(datasets.split(","), [int(x) for x in floats(populations)],
                        floats(cohorts), [int(x) for x in floats(buckets)])
-    table = Table("dataset", "population", "cohort", "bucket", "nodes", "s/round",
+    table = Table("dataset", "algorithm", "population", "cohort", "bucket", "nodes", "s/round",
                   "framework ms/update", "peak MB", "MB/round", "eval s")
     for cell in cells:
-        row = measure(cell, rounds)
+        row = measure(cell, rounds, extra=extra)
         line = json.dumps(row)
         if out is not None:
             with out.open("a") as fh:
@@ -299,7 +302,8 @@ def perf(
         if json_lines:
             print(line, flush=True)
         else:
-            table.add_row(row["dataset"], str(row["population"]), f"{row['cohort']:g}",
+            table.add_row(row["dataset"], row["algorithm"], str(row["population"]),
+                          f"{row['cohort']:g}",
                           str(row["bucket"]), str(row["nodes"]), f"{row['s_per_round']:.2f}",
                           f"{row['framework_ms_per_update']:.2f}", f"{row['peak_mem_mb']:.0f}",
                           f"{row['bytes_per_round'] / 2**20:.1f}", f"{row['eval_s']:.2f}")

@@ -48,9 +48,9 @@ class PerfCell:
     cohort: float
     bucket: int
 
-    def run_config(self, rounds: int) -> dict[str, Any]:
-        """The run-config overrides of this cell."""
-        cfg = PERF_DEFAULTS | {"dataset": self.dataset, "num-rounds": rounds,
+    def run_config(self, rounds: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run-config overrides of this cell (``extra`` overrides the perf defaults)."""
+        cfg = PERF_DEFAULTS | (extra or {}) | {"dataset": self.dataset, "num-rounds": rounds,
                                "users-per-node": self.bucket, "cohort-fraction": self.cohort}
         if self.dataset == "synthetic":
             cfg |= ML1M_SHAPE | {"synthetic-users": self.population}
@@ -133,11 +133,15 @@ def _validated(cfg: dict[str, Any]):
     return parse_run_config(cfg)
 
 
-def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None) -> dict[str, Any]:
-    """Measure one cell (see the module docstring); returns one row of the perf table."""
+def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None,
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure one cell (see the module docstring); returns one row of the perf table.
+
+    ``extra`` holds run-config keys applied to every cell (e.g. ``aggregation``).
+    """
     if rounds < 2:
         raise ConfigError(f"rounds={rounds}: perf needs at least 2 (round 1 is a warm-up)")
-    cfg = cell.run_config(rounds)
+    cfg = cell.run_config(rounds, extra)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         local = run_in_process(cfg, Path(tmp) / "local")
         flower, peak_mb = run_flower(cfg, Path(tmp) / "flower")
@@ -145,7 +149,7 @@ def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None) -> di
     overhead = [train_seconds(flower[r]) - train_seconds(local[r]) for r in steady]
     users = [max(float(flower[r]["train"].get("num-users", 0.0)), 1.0) for r in steady]
     return asdict(cell) | {
-        "algorithm": "fedavg-mf",
+        "algorithm": f"fedavg-mf-{cfg.get('aggregation', 'dense')}",
         "nodes": -(-cell.population // cell.bucket),
         "s_per_round": statistics.median(train_seconds(flower[r]) for r in steady),
         "s_per_round_in_process": statistics.median(train_seconds(local[r]) for r in steady),
