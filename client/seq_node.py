@@ -1,0 +1,107 @@
+"""FedAvg of sequential models on a node: the bucket's users' sequences train one local model.
+
+The node receives every shared array of the global model (SASRec/GRU4Rec, or both Oracle4Rec
+encoders and their shared embedding), trains ``local-epochs`` passes over the training
+positions of its users' windows (:func:`client.trainers.sequential.train_epoch`; Oracle4Rec runs
+its two-phase step, so the future encoder is only ever used in training), and uploads the new
+arrays with its number of training positions as the FedAvg weight. There are no private
+parameters; the node keeps its Adam state(s) in ``context.state`` between rounds.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+
+from client.trainers.bucket import Bucket
+from client.trainers.sequential import (
+    load_optimizer_arrays,
+    make_optimizers,
+    optimizer_arrays,
+    sequence_metric_sums,
+    train_epoch,
+)
+from models.registry import sequential_from_config
+from models.seq_layers import SequentialRecommender
+from recdata.runconfig import RunConfig
+from recdata.sequences import UserSequences
+from recdata.store import get_split
+from strategies.payload import from_record, to_record
+
+OPT_KEY = "seq-optimizer"
+
+
+@functools.lru_cache(maxsize=4)
+def _sequences(dataset: str, split: str, split_seed: int, data_dir: str, min_rating: float,
+               synthetic: tuple) -> UserSequences:
+    data, _ = get_split(dataset, split, split_seed, data_dir, min_rating, dict(synthetic))
+    return UserSequences.from_split(data)
+
+
+def node_sequences(context: Context, cfg: RunConfig) -> UserSequences:
+    """Every user's time-ordered sequences (built once per process from the cached split)."""
+    data_dir = str(context.node_config.get("data-dir", "")) or cfg.data_dir
+    return _sequences(cfg.dataset, cfg.split, cfg.split_seed, data_dir, cfg.min_rating,
+                      tuple(sorted(cfg.synthetic_params().items())))
+
+
+def global_model(msg: Message, cfg: RunConfig, n_items: int, device: str
+                 ) -> SequentialRecommender:
+    """The model of ``cfg`` with the message's shared arrays loaded."""
+    model = sequential_from_config(cfg, n_items)
+    model.load_shared_state(from_record(msg.content.array_records["arrays"]))
+    return model.to(device)
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
+          device: str) -> RecordDict:
+    """Local epochs on the bucket's sequences; returns the new shared arrays and the weight."""
+    t0 = time.perf_counter()
+    rnd = int(msg.content.config_records["config"]["server-round"])
+    seqs = node_sequences(context, cfg)
+    windows = seqs.inputs(bucket.users, "train", cfg.max_seq_len)
+    model = global_model(msg, cfg, bucket.n_items, device)
+    optimizers = make_optimizers(model, cfg.lr)
+    if OPT_KEY in context.state.array_records:
+        load_optimizer_arrays(optimizers, from_record(context.state.array_records[OPT_KEY]))
+    rng = np.random.default_rng([cfg.seed, 41, rnd, pid])
+    torch.manual_seed(_seed(cfg.seed, 43, rnd, pid))  # dropout
+    positions, loss_sum = 0, 0.0
+    for _ in range(cfg.local_epochs):
+        stats = train_epoch(model, optimizers, windows, bucket.n_items, rng,
+                            cfg.local_batch_size, cfg.seq_loss, device)
+        positions, loss_sum = stats.positions, loss_sum + stats.loss_sum
+    if positions:
+        context.state[OPT_KEY] = to_record(optimizer_arrays(optimizers))
+    metrics = MetricRecord({
+        "partition-id": pid, "num-users": int((seqs.train_lengths(bucket.users) > 0).sum()),
+        "num-positions": positions, "num-examples": positions,
+        "loss-sum": loss_sum / max(cfg.local_epochs, 1), "seconds": time.perf_counter() - t0,
+    })
+    return RecordDict({"arrays": to_record(model.shared_state()), "metrics": metrics})
+
+
+def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
+          device: str) -> RecordDict:
+    """Sequential FedAvg has no second phase."""
+    raise RuntimeError("sequential fedavg nodes receive no align messages")
+
+
+def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
+             device: str) -> RecordDict:
+    """Full-ranking metric sums of the bucket's users (past encoder only for Oracle4Rec)."""
+    seqs = node_sequences(context, cfg)
+    model = global_model(msg, cfg, bucket.n_items, device)
+    inputs = {part: seqs.inputs(bucket.users, part, cfg.max_seq_len) for part in ("valid", "test")}
+    masks = {part: bucket.mask_for(part) for part in ("valid", "test")}
+    truths = {"valid": bucket.valid, "test": bucket.test}
+    sums = sequence_metric_sums(model, inputs, masks, truths, cfg.k_list, cfg.eval_chunk, device)
+    return RecordDict({"metrics": MetricRecord(sums | {"partition-id": pid})})

@@ -1,0 +1,100 @@
+r"""Generic FedAvg over every shared array of a model (sequential recommenders, Oracle4Rec).
+
+Each sampled node returns its locally trained arrays and a weight (its declared number of
+training positions). The new global state is the weighted mean
+
+.. math:: \theta \leftarrow \frac{\sum_k n_k \theta_k}{\sum_k n_k}
+
+folded into one float64 accumulator as replies arrive, so server memory does not grow with the
+number of clients. Replies with a wrong array set or shape, non-finite values, or a negative
+weight are dropped; replies with weight 0 (nodes without training positions) count as replies
+but do not move the mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from models.registry import sequential_from_config
+from recdata.runconfig import RunConfig
+from strategies.base import RecStrategy
+from strategies.payload import check_reply, from_record, record_nbytes, to_record
+
+WEIGHT_KEY = "num-positions"
+
+
+class FedAvgParams(RecStrategy):
+    """FedAvg of all arrays of the global state, weighted by declared training positions.
+
+    Parameters
+    ----------
+    fraction_train : float
+        Share of nodes sampled per round (seeded by ``seed`` and the round).
+    seed : int
+        Seed of node sampling.
+
+    """
+
+    def __init__(self, fraction_train: float = 1.0, seed: int = 0) -> None:
+        super().__init__(fraction_train, seed)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, np.dtype] = {}
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        log(INFO, "\t├──> FedAvgParams: fraction-train=%.2f", self.fraction_train)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Send the global arrays to the sampled nodes."""
+        current = from_record(arrays)
+        self.shapes = {k: v.shape for k, v in current.items()}
+        self.dtypes = {k: v.dtype for k, v in current.items()}
+        config["server-round"] = server_round
+        record = RecordDict({"arrays": arrays, "config": config})
+        nodes = self.sample(list(grid.get_node_ids()), server_round)
+        return self.messages(record, nodes, MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Fold each reply into the weighted sum as it arrives, then divide once."""
+        acc = {k: np.zeros(s, dtype=np.float64) for k, s in self.shapes.items()}
+        total_w, loss_sum, users, accepted = 0.0, 0.0, 0.0, 0
+        for msg in replies:
+            problem = check_reply(msg, self.shapes)
+            metrics = {} if problem else dict(msg.content.metric_records.get("metrics", {}))
+            weight = float(metrics.get(WEIGHT_KEY, -1.0))
+            if problem is None and not weight >= 0:
+                problem = f"reply lacks a non-negative '{WEIGHT_KEY}'"
+            if problem is None:
+                extra = set(from_record(msg.content.array_records["arrays"])) - set(self.shapes)
+                problem = f"reply has unknown arrays {sorted(extra)}" if extra else None
+            if problem is not None:
+                self.drop(server_round, msg, problem)
+                continue
+            self.bytes_up += record_nbytes(msg.content)
+            if weight > 0:
+                for k, v in from_record(msg.content.array_records["arrays"]).items():
+                    acc[k] += weight * v
+            total_w += weight
+            loss_sum += float(metrics.get("loss-sum", 0.0))
+            users += float(metrics.get("num-users", 0.0))
+            accepted += 1
+        if accepted == 0 or total_w <= 0:
+            return None, None
+        new = {k: (v / total_w).astype(self.dtypes[k]) for k, v in acc.items()}
+        out = MetricRecord({"train-loss": loss_sum / total_w, "num-replies": accepted,
+                            "num-users": users, "num-positions": total_w})
+        return to_record(new), out
+
+
+def build_sequential_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayRecord]:
+    """The FedAvg strategy and the seeded model's shared arrays as the initial global state."""
+    init = sequential_from_config(cfg, n_items)
+    return FedAvgParams(cfg.fraction_train, cfg.seed), to_record(init.shared_state())

@@ -1,0 +1,92 @@
+"""SASRec: conformance (shape, seed, shared state, no private params) and the causal mask."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.registry import build_sequential_model
+from recdata.errors import ConfigError
+
+N_ITEMS, L = 30, 8
+
+
+def make(seed=0, **kw):
+    return build_sequential_model("sasrec", N_ITEMS, seed=seed, max_len=L, dim=8, heads=2,
+                                  layers=2, dropout=0.0, **kw).eval()
+
+
+def seqs(n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(1, N_ITEMS + 1, (n, L), generator=g)
+    s[0, :3] = 0  # a left-padded row
+    return s
+
+
+def test_scores_every_item_for_each_sequence():
+    scores = make().score(seqs())
+    assert scores.shape == (5, N_ITEMS) and torch.isfinite(scores).all()
+
+
+def test_same_seed_gives_the_same_model_and_another_seed_does_not():
+    s = seqs()
+    torch.testing.assert_close(make(1).score(s), make(1).score(s))
+    assert not torch.allclose(make(1).score(s), make(2).score(s))
+
+
+def test_building_leaves_the_global_torch_rng_alone():
+    torch.manual_seed(7)
+    a = torch.rand(3)
+    torch.manual_seed(7)
+    make(3)
+    torch.testing.assert_close(torch.rand(3), a)
+
+
+def test_every_parameter_is_shared_and_the_state_round_trips():
+    a, b = make(0), make(5)
+    assert a.private_state() == {} and set(a.shared_state()) == set(a.state_dict())
+    b.load_shared_state(a.shared_state())
+    torch.testing.assert_close(a.score(seqs()), b.score(seqs()))
+    with pytest.raises(KeyError):
+        b.load_shared_state({"user_emb": np.zeros(1)})
+
+
+def test_a_position_never_sees_later_items():
+    model, s = make(), seqs(4)
+    changed = s.clone()
+    changed[:, 5:] = torch.randint(1, N_ITEMS + 1, (4, L - 5))
+    with torch.no_grad():
+        h, h2 = model.encode(s), model.encode(changed)
+    torch.testing.assert_close(h[:, :5], h2[:, :5])
+    assert not torch.allclose(h[:, 5:], h2[:, 5:])
+
+
+def test_padding_before_a_sequence_does_not_change_its_representation():
+    model = make()
+    a = torch.tensor([[0, 0, 0, 0, 3, 4, 5, 6]])
+    b = torch.tensor([[0, 0, 0, 0, 3, 4, 5, 6]])
+    b[0, 1] = 0
+    torch.testing.assert_close(model.represent(a), model.represent(b))
+
+
+@pytest.mark.parametrize("kind", ["ce", "bpr", "bce"])
+def test_training_lowers_the_next_item_loss(kind):
+    model = make().train()
+    s, pos = seqs(16), torch.randint(1, N_ITEMS + 1, (16,))
+    neg = torch.randint(1, N_ITEMS + 1, (16,))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    first = model.loss(s, pos, neg, kind=kind).item()
+    for _ in range(30):
+        opt.zero_grad()
+        model.loss(s, pos, neg, kind=kind).backward()
+        opt.step()
+    assert float(model.loss(s, pos, neg, kind=kind)) < first
+
+
+def test_dim_not_divisible_by_heads_is_a_config_error():
+    with pytest.raises(ConfigError, match="heads"):
+        build_sequential_model("sasrec", N_ITEMS, dim=9, heads=2)
+
+
+def test_unknown_sequential_model_is_a_config_error():
+    with pytest.raises(ConfigError, match="sasrec"):
+        build_sequential_model("bert4rec", N_ITEMS)
