@@ -5,7 +5,7 @@ encoders and their shared embedding), trains ``local-epochs`` passes over the tr
 positions of its users' windows (:func:`client.trainers.sequential.train_epoch`; Oracle4Rec runs
 its two-phase step, so the future encoder is only ever used in training), and uploads the new
 arrays with its number of training positions as the FedAvg weight. There are no private
-parameters; the node keeps its Adam state(s) in ``context.state`` between rounds.
+parameters; the node keeps its Adam state(s) in its :mod:`client.node_store` between rounds.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
+from client.node_store import open_store
 from client.trainers.bucket import Bucket
 from client.trainers.sequential import (
     load_optimizer_arrays,
@@ -70,8 +71,10 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     windows = seqs.inputs(bucket.users, "train", cfg.max_seq_len)
     model = global_model(msg, cfg, bucket.n_items, device)
     optimizers = make_optimizers(model, cfg.lr)
-    if OPT_KEY in context.state.array_records:
-        load_optimizer_arrays(optimizers, from_record(context.state.array_records[OPT_KEY]))
+    store = open_store(context, cfg.store_spill_mb)
+    saved = store.get(OPT_KEY)
+    if saved is not None:
+        load_optimizer_arrays(optimizers, saved)
     rng = np.random.default_rng([cfg.seed, 41, rnd, pid])
     torch.manual_seed(_seed(cfg.seed, 43, rnd, pid))  # dropout
     positions, loss_sum = 0, 0.0
@@ -80,7 +83,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
                             cfg.local_batch_size, cfg.seq_loss, device)
         positions, loss_sum = stats.positions, loss_sum + stats.loss_sum
     if positions:
-        context.state[OPT_KEY] = to_record(optimizer_arrays(optimizers))
+        store.put(OPT_KEY, optimizer_arrays(optimizers))
+        store.commit()
     metrics = MetricRecord({
         "partition-id": pid, "num-users": int((seqs.train_lengths(bucket.users) > 0).sum()),
         "num-positions": positions, "num-examples": positions,

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from models.metrics import finalize
+from models.registry import SEQUENTIAL_MODELS
 from recdata.cohort import cohort_log
 from recdata.errors import FloRecError
 from recdata.partition import node_clients
@@ -47,6 +48,10 @@ app = ServerApp()
 def method_name(cfg: RunConfig) -> str:
     """The algorithm's display name, e.g. ``fedavg-mf-sparse`` or ``fedcia-mf-factored-r128``."""
     name = f"{cfg.algorithm}-{'mix' if cfg.model_mix else cfg.model}"
+    if cfg.model in SEQUENTIAL_MODELS:
+        return f"{cfg.algorithm}-{'oracle4rec-' if cfg.oracle else ''}{cfg.model}"
+    if cfg.algorithm == "fedavg" and cfg.mf_loss != "bpr":
+        name += f"-{cfg.mf_loss}" + ("-approx" if cfg.mf_loss == "fs-pair" else "")
     if cfg.algorithm == "fedavg" and cfg.aggregation == "sparse":
         name += "-sparse"
     elif cfg.algorithm == "fedcia" and cfg.model == "gfcf":
