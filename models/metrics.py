@@ -554,3 +554,14 @@ def finalize(sums: dict[str, float]) -> dict[str, float]:
             out[f"{_TIE_RATE}@{k}"] = float(value) / n if n > 0 else math.nan
     out[NUM_USERS] = n
     return out
+
+
+def split_metrics(pooled: dict[str, float], part: str) -> dict[str, float]:
+    """Means of one split from sums keyed ``<part>/<metric>`` (e.g. ``valid/ndcg@10``).
+
+    Returns an empty dict when the sums hold no ``<part>/num-users`` (nothing was evaluated).
+    """
+    prefix = f"{part}/"
+    if f"{prefix}num-users" not in pooled:
+        return {}
+    return finalize({k[len(prefix):]: v for k, v in pooled.items() if k.startswith(prefix)})

@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from models.metrics import finalize
+from models.metrics import split_metrics
 from models.registry import SEQUENTIAL_MODELS
 from recdata.cohort import cohort_log
 from recdata.errors import FloRecError
@@ -59,14 +59,6 @@ def method_name(cfg: RunConfig) -> str:
     elif cfg.algorithm == "fedcia" and cfg.fedcia_comm == "factored":
         name += f"-factored-r{cfg.fedcia_rank or 2 * cfg.dim}"
     return name
-
-
-def split_metrics(pooled: dict[str, float], part: str) -> dict[str, float]:
-    """Means of one split (``valid`` or ``test``) from pooled node sums."""
-    prefix = f"{part}/"
-    if f"{prefix}num-users" not in pooled:  # every node failed to evaluate
-        return {}
-    return finalize({k[len(prefix) :]: v for k, v in pooled.items() if k.startswith(prefix)})
 
 
 def train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord,

@@ -16,7 +16,7 @@ from recdata.runconfig import RunConfig
 from recdata.sampling import sample_negatives
 from recdata.splits import Split
 from recdata.store import get_split
-from server.results import ResultsWriter, peak_rss_mb, run_entry
+from sim.central_loop import fit_and_select
 
 
 def item_popularity(split: Split) -> np.ndarray:
@@ -108,42 +108,19 @@ def run_central(
     model = build_model(cfg.model, split.n_users, split.n_items, dim=cfg.dim, seed=cfg.seed,
                         init_std=cfg.init_std, reg=cfg.reg, layers=cfg.layers,
                         hidden=cfg.hidden, s=cfg.gfcf_s, wp=cfg.gfcf_wp).to(device)
-    writer = ResultsWriter(out_dir) if out_dir else None
-    config = cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"}
-    if writer:
-        writer.write_config(config)
-    run = run_entry(cfg.model, "central", cfg.dataset, cfg.split, cfg.seed)
     if hasattr(model, "fit"):  # counts (Pop), a filter (GF-CF) or a graph (LightGCN)
         model.fit(split.matrix("train"))
-    if not model.trainable:
-        epochs = 0
-        run.update(best_round=0, valid_metrics=evaluate_model(model, split, "valid", cfg.k_list),
-                   metrics=evaluate_model(model, split, "test", cfg.k_list))
+    epochs = epochs if model.trainable else 0
     rng = np.random.default_rng([cfg.seed, 23])
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) \
         if epochs else None
-    best, since_best = -np.inf, 0
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        loss = train_epoch(model, split, optimizer, rng, batch_size, device)
-        row: dict[str, Any] = {"round": epoch, "train": {"train-loss": loss}}
-        if epoch % cfg.eval_every == 0 or epoch == epochs:
-            valid = evaluate_model(model, split, "valid", cfg.k_list, cfg.eval_chunk, device)
-            row["valid"] = valid
-            if valid[cfg.selection_metric] > best:
-                best, since_best = valid[cfg.selection_metric], 0
-                test = evaluate_model(model, split, "test", cfg.k_list, cfg.eval_chunk, device)
-                run.update(best_round=epoch, metrics=test, valid_metrics=valid)
-            else:
-                since_best += 1
-        row.update(seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
-        run.update(rounds=epoch)
-        if writer:
-            writer.append_round(row)
-        if cfg.patience and since_best >= cfg.patience:
-            break
-    run.update(wall_s=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb())
-    if writer:
-        writer.write_results(config, [run])
-    return run
+    return fit_and_select(
+        cfg, cfg.model, epochs,
+        train_epoch=lambda: {"train-loss": train_epoch(model, split, optimizer, rng, batch_size,
+                                                       device)},
+        validate=lambda: evaluate_model(model, split, "valid", cfg.k_list, cfg.eval_chunk, device),
+        test=lambda: evaluate_model(model, split, "test", cfg.k_list, cfg.eval_chunk, device),
+        out_dir=out_dir,
+        config=cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"},
+        t_start=t_start)

@@ -1,0 +1,106 @@
+"""The epoch loop every central runner shares: validate, keep the best epoch, stop, write files.
+
+A runner (:mod:`sim.central`, :mod:`sim.central_seq`, :mod:`sim.central_fair`) builds its
+model and hands :func:`fit_and_select` three callables: one epoch of training, a validation
+pass and a test pass. The loop validates every ``eval-every`` epochs (and at the last), tests
+at each strict improvement of ``selection-metric`` (so the reported test metrics are those of
+the best validation epoch), stops after ``patience`` evaluations without improvement, and
+writes ``config.json``, one ``rounds.jsonl`` line per epoch and ``results.json`` (rewritten
+every epoch with status ``running``, so a killed run keeps its finished epochs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recdata.runconfig import RunConfig
+from server.results import ResultsWriter, peak_rss_mb, run_entry
+
+Metrics = dict[str, float]
+
+
+def fit_and_select(
+    cfg: RunConfig,
+    method: str,
+    epochs: int,
+    train_epoch: Callable[[], Metrics],
+    validate: Callable[[], Metrics],
+    test: Callable[[], Metrics],
+    out_dir: Path | None = None,
+    config: dict[str, Any] | None = None,
+    time_budget_s: float | None = None,
+    t_start: float | None = None,
+) -> dict[str, Any]:
+    """Train for at most ``epochs`` epochs and return the run's entry of ``results.json``.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Supplies ``eval-every``, ``selection-metric``, ``patience`` and the run's identity.
+    method : str
+        The method name recorded in the run entry.
+    epochs : int
+        Epoch cap; 0 evaluates the model as it is (a model without training).
+    train_epoch : callable
+        One epoch; returns its training metrics (``train-loss`` must be finite).
+    validate, test : callable
+        Full-ranking metrics of the validation and test split.
+    out_dir : Path, optional
+        Results folder; nothing is written without it.
+    config : dict, optional
+        What ``config.json`` records (default: the run config).
+    time_budget_s : float, optional
+        Stop after the first epoch that ends past this many seconds (``"stopped":
+        "time-budget"`` in the run entry).
+    t_start : float, optional
+        ``time.perf_counter()`` when the run began (data loading included); default: now.
+
+    Raises
+    ------
+    FloatingPointError
+        An epoch's training loss is NaN or infinite.
+
+    """
+    t_start = time.perf_counter() if t_start is None else t_start
+    config = config if config is not None else cfg.to_flower()
+    writer = ResultsWriter(out_dir) if out_dir else None
+    if writer:
+        writer.write_config(config)
+    run = run_entry(method, "central", cfg.dataset, cfg.split, cfg.seed)
+    if epochs == 0:
+        run.update(best_round=0, valid_metrics=validate(), metrics=test())
+    best, since_best = -math.inf, 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        train = train_epoch()
+        if not math.isfinite(train.get("train-loss", 0.0)):
+            raise FloatingPointError(f"epoch {epoch}: the training loss of {method} is not "
+                                     "finite; lower lr or init-std")
+        row: dict[str, Any] = {"round": epoch, "train": train,
+                               "train_seconds": time.perf_counter() - t0}
+        if epoch % cfg.eval_every == 0 or epoch == epochs:
+            valid = validate()
+            row["valid"] = valid
+            if valid[cfg.selection_metric] > best:
+                best, since_best = valid[cfg.selection_metric], 0
+                run.update(best_round=epoch, metrics=test(), valid_metrics=valid)
+            else:
+                since_best += 1
+        row.update(seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
+        run.update(rounds=epoch, wall_s=time.perf_counter() - t_start)
+        if writer:
+            writer.append_round(row)
+            writer.write_results(config, [run], status="running")
+        if cfg.patience and since_best >= cfg.patience:
+            break
+        if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
+            run["stopped"] = "time-budget"
+            break
+    run.update(wall_s=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb())
+    if writer:
+        writer.write_results(config, [run])
+    return run
