@@ -102,6 +102,19 @@ class RecStrategy(Strategy):
         self.bytes_down += record_nbytes(record) * len(node_ids)
         return [Message(content=record, message_type=kind, dst_node_id=n) for n in node_ids]
 
+    def train_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                       grid: Grid, **extra: str) -> list[Message]:
+        """Training messages carrying ``arrays`` and ``config`` to the sampled nodes.
+
+        The round number and the ``extra`` keys are added to ``config``.
+        """
+        config["server-round"] = server_round
+        for key, value in extra.items():
+            config[key] = value
+        record = RecordDict({"arrays": arrays, "config": config})
+        return self.messages(record, self.sample(list(grid.get_node_ids()), server_round),
+                             MessageType.TRAIN)
+
     def sample(self, node_ids: list[int], server_round: int) -> list[int]:
         """Seeded sample of ``fraction_train`` of the nodes (all of them at 1.0).
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
@@ -96,10 +96,7 @@ class FedAvgRec(RecStrategy):
                         grid: Grid) -> Iterable[Message]:
         """Send the global item table to the sampled nodes."""
         self.current = from_record(arrays)
-        config["server-round"] = server_round
-        record = RecordDict({"arrays": arrays, "config": config})
-        nodes = self.sample(list(grid.get_node_ids()), server_round)
-        return self.messages(record, nodes, MessageType.TRAIN)
+        return self.train_messages(server_round, arrays, config, grid)
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...] | int]:
         n, d = self.current["item_emb"].shape

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
@@ -56,10 +56,7 @@ class FedAvgParams(RecStrategy):
         current = from_record(arrays)
         self.shapes = {k: v.shape for k, v in current.items()}
         self.dtypes = {k: v.dtype for k, v in current.items()}
-        config["server-round"] = server_round
-        record = RecordDict({"arrays": arrays, "config": config})
-        nodes = self.sample(list(grid.get_node_ids()), server_round)
-        return self.messages(record, nodes, MessageType.TRAIN)
+        return self.train_messages(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

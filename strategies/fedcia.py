@@ -83,11 +83,7 @@ class FedCIA(RecStrategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Ask the sampled clients to train locally and upload their similarity."""
-        config["server-round"] = server_round
-        config["upload"] = self.comm
-        record = RecordDict({"arrays": ArrayRecord(), "config": config})
-        return self.messages(record, self.sample(list(grid.get_node_ids()), server_round),
-                             MessageType.TRAIN)
+        return self.train_messages(server_round, ArrayRecord(), config, grid, upload=self.comm)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -147,11 +143,7 @@ class LocalOnly(RecStrategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Ask every sampled client for one local epoch, uploading nothing."""
-        config["server-round"] = server_round
-        config["upload"] = "none"
-        record = RecordDict({"arrays": ArrayRecord(), "config": config})
-        return self.messages(record, self.sample(list(grid.get_node_ids()), server_round),
-                             MessageType.TRAIN)
+        return self.train_messages(server_round, ArrayRecord(), config, grid, upload="none")
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
