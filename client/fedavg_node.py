@@ -101,5 +101,5 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
     glob = from_record(msg.content.array_records["arrays"])
     model = MF.from_arrays(private_user_emb(context, cfg, bucket), glob["item_emb"],
                            glob["item_bias"]).to(device)
-    sums = bucket_metric_sums(model.score, bucket, cfg, pid, device)
+    sums = bucket_metric_sums(model.score, bucket, cfg, pid, device, item_pop=glob.get("item_pop"))
     return RecordDict({"metrics": MetricRecord(sums)})
