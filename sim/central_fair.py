@@ -10,8 +10,9 @@ step), **summed** losses, batches of ``batch_size``.
 - Point-wise (``wmf``, ``relmf``, ``du``, ``fs-point``): one pass over **every** U x I cell,
   generated lazily per batch; FS-Point adds one supplement per cell.
 
-Early stopping on ``selection-metric`` (patience ``patience`` evaluations), test at the best
-validation epoch; the same ``results.json`` / ``rounds.jsonl`` as :func:`sim.central.run_central`.
+The epoch loop (early stopping on ``selection-metric`` with ``patience``, test at the best
+validation epoch, ``results.json`` / ``rounds.jsonl``) is :func:`sim.central_loop.fit_and_select`,
+shared with :func:`sim.central.run_central`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from models import fair_losses as fl
@@ -29,8 +29,8 @@ from recdata.errors import ConfigError
 from recdata.fair_sampling import TrainIndex, cell_batches, fs_point_supplements, pair_partners
 from recdata.runconfig import RunConfig
 from recdata.store import get_split
-from server.results import ResultsWriter, peak_rss_mb, run_entry
 from sim.central import evaluate_model
+from sim.central_loop import fit_and_select
 
 
 class FairTrainer:
@@ -167,37 +167,11 @@ def run_central_fair(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path
                         weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 29)
     trainer = FairTrainer(model, index, cfg.mf_loss, optimizer, gen, cfg.ips_beta)
-    writer = ResultsWriter(out_dir) if out_dir else None
-    config = cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"}
-    if writer:
-        writer.write_config(config)
-    run = run_entry(f"mf-{cfg.mf_loss}", "central", cfg.dataset, cfg.split, cfg.seed)
-    best, since_best = -np.inf, 0
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        row: dict[str, Any] = {"round": epoch, "train": trainer.epoch(batch_size)}
-        if not np.isfinite(row["train"]["train-loss"]):
-            raise FloatingPointError(f"epoch {epoch}: the {cfg.mf_loss} loss is not finite; "
-                                     "lower lr or init-std")
-        if epoch % cfg.eval_every == 0 or epoch == epochs:
-            valid = evaluate_model(model, split, "valid", cfg.k_list, cfg.eval_chunk, device)
-            row["valid"] = valid
-            if valid[cfg.selection_metric] > best:
-                best, since_best = valid[cfg.selection_metric], 0
-                test = evaluate_model(model, split, "test", cfg.k_list, cfg.eval_chunk, device)
-                run.update(best_round=epoch, metrics=test, valid_metrics=valid)
-            else:
-                since_best += 1
-        row.update(seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
-        run.update(rounds=epoch)
-        if writer:
-            writer.append_round(row)
-        if cfg.patience and since_best >= cfg.patience:
-            break
-        if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
-            run["stopped"] = "time-budget"
-            break
-    run.update(wall_s=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb())
-    if writer:
-        writer.write_results(config, [run])
-    return run
+    return fit_and_select(
+        cfg, f"mf-{cfg.mf_loss}", epochs,
+        train_epoch=lambda: trainer.epoch(batch_size),
+        validate=lambda: evaluate_model(model, split, "valid", cfg.k_list, cfg.eval_chunk, device),
+        test=lambda: evaluate_model(model, split, "test", cfg.k_list, cfg.eval_chunk, device),
+        out_dir=out_dir,
+        config=cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"},
+        time_budget_s=time_budget_s, t_start=t_start)

@@ -1,13 +1,10 @@
 """Federated FedAvg-MF with popularity-aware losses on an in-process grid (real handlers)."""
 
-import inspect
-
 import numpy as np
 import pytest
 import torch
 from flwr.app import MessageType
 
-from client import fedavg_node
 from client.app import evaluate, setup, train
 from recdata.errors import ConfigError
 from recdata.runconfig import parse_run_config
@@ -22,8 +19,6 @@ CFG = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
        "local-batch-size": 16}
 HANDLERS = {MessageType.TRAIN: train, f"{MessageType.TRAIN}.setup": setup,
             MessageType.EVALUATE: evaluate}
-#: fedavg_node.evaluate (not owned here) must hand the received popularity to the evaluation
-EVAL_GETS_POP = "item_pop" in inspect.getsource(fedavg_node.evaluate)
 
 
 def run(tmp_path, **extra):
@@ -44,8 +39,6 @@ def test_a_short_federated_run_with_each_loss_gives_finite_metrics(tmp_path, los
                                                                            "item_bias"}
 
 
-@pytest.mark.xfail(not EVAL_GETS_POP, reason="client/fedavg_node.evaluate does not yet pass "
-                   "item_pop=glob.get('item_pop') to bucket_metric_sums", strict=True)
 @pytest.mark.parametrize("loss", ["fs-point", "fs-pair"])
 def test_federated_evaluation_reports_arp(tmp_path, loss):
     _, result = run(tmp_path, **{"mf-loss": loss})
