@@ -39,7 +39,7 @@ def _mask(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket) -> Rec
     own = context.state.config_records[SECRET_KEY]
     own_id = int(msg.metadata.dst_node_id)
     peers_in = from_record(msg.content.array_records["arrays"])
-    ids = peers_in["peer_ids"].astype(np.int64).tolist()
+    ids = [int(i) for i in peers_in["peer_ids"].astype(np.uint64)]
     keys = [k.astype(np.uint8).tobytes() for k in peers_in["peer_keys"]]
     peers = dict(zip(ids, keys, strict=True))
     if peers.get(own_id) != own["pk"]:

@@ -76,7 +76,7 @@ class FairFedAvg(FedAvgRec):
             return self._setup_messages(RecordDict({"config": cfg}), sorted(grid.get_node_ids()))
         if stage > MAX_ATTEMPTS:
             raise RuntimeError(f"secure sum failed after {MAX_ATTEMPTS} attempts")
-        ids = np.array(self.participants, dtype=np.int64)
+        ids = np.array(self.participants, dtype=np.uint64)  # Flower node ids are 64-bit unsigned
         keys = np.stack([np.frombuffer(self.public_keys[n], dtype=np.uint8) for n in ids])
         cfg = ConfigRecord({"setup": "secure-sum", "stage": "mask", "attempt": stage})
         record = RecordDict({"config": cfg,

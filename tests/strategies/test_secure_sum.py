@@ -108,3 +108,22 @@ def _buckets(cfg_dict, split):
     parts = node_clients(split.n_users, num_nodes=cfg.num_nodes, users_per_node=0,
                          clients_per_node=1, mode=cfg.partition, seed=cfg.split_seed)
     return [Bucket.from_split(split, p) for p in parts]
+
+
+def test_flower_sized_node_ids_travel_in_the_mask_stage():
+    """Flower node ids are 64-bit unsigned: ids above 2^63 must reach the nodes unchanged."""
+    from strategies.fair import FairFedAvg
+
+    strategy = FairFedAvg(n_items=3)
+    ids = [2**63 + 5, 7, 2**64 - 1]
+    strategy.public_keys = {i: new_keypair()[1] for i in ids}
+    strategy.participants = sorted(ids)
+
+    class Grid:
+        def get_node_ids(self):
+            return ids
+
+    msgs = list(strategy.configure_setup(1, None, Grid()))
+    sent = from_record(msgs[0].content.array_records["arrays"])
+    assert [int(i) for i in sent["peer_ids"]] == sorted(ids)
+    assert sorted(m.metadata.dst_node_id for m in msgs) == sorted(ids)
