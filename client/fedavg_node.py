@@ -69,7 +69,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     sub = bucket if whole else bucket.subset(rows)
     res = local_update(sub, glob["item_emb"], glob["item_bias"],
                        user_emb if whole else user_emb[rows], LocalConfig.from_run_config(cfg),
-                       server_round, device, item_pop=glob.get("item_pop"))
+                       server_round, device, item_pop=glob.get("item_pop"),
+                       n_users=int(glob["n_users"][0]) if "n_users" in glob else None)
     if whole:
         new_emb = res.user_emb
     else:

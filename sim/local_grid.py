@@ -55,9 +55,10 @@ class LocalGrid(Grid):
         node_config: dict[str, Any] | None = None,
     ) -> None:
         if handlers is None:
-            from client.app import align, evaluate, partition, store, train
+            from client.app import align, evaluate, partition, setup, store, train
 
             handlers = {MessageType.TRAIN: train, f"{MessageType.TRAIN}.align": align,
+                        f"{MessageType.TRAIN}.setup": setup,
                         MessageType.EVALUATE: evaluate,
                         f"{MessageType.QUERY}.partition": partition,
                         f"{MessageType.QUERY}.store": store}

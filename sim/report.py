@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("recall", "ndcg", "precision", "f1")
+METRICS = ("recall", "ndcg", "precision", "f1", "arp")
+#: metrics where lower is better (ARP: mean popularity of the recommended items)
+LOWER_IS_BETTER = ("arp",)
 #: The metric the paired t-test compares.
 TEST_METRIC = "ndcg@10"
 FORMULAS = (
@@ -20,15 +22,18 @@ FORMULAS = (
     "precision@k = |top-k ∩ held-out| / k",
     "f1@k = 2·P@k·R@k / (P@k + R@k) = 2·hits / (k + |held-out|), per user",
     "ndcg@k = Σ_{r≤k} rel(r) / log2(r+1) ÷ Σ_{r≤min(|held-out|,k)} 1 / log2(r+1)",
+    "arp@k = (1/k) · Σ_{i∈top-k} pop_i, pop_i = train count of item i (lower: less popular "
+    "items recommended; bold = lowest)",
     "per-user values averaged over users with ≥1 held-out item; train items (and validation "
     "items at test time) masked; ties broken by item id",
 )
 
 
 def metric_columns(runs: list[dict[str, Any]]) -> list[str]:
-    """Metric columns present in the runs: @10 always listed, @20 when any run has it."""
+    """Metric columns: accuracy @10 always, anything else (@20, ARP) when some run has it."""
     present = {k for r in runs for k in r.get("metrics", {})}
-    return [f"{m}@{k}" for k in (10, 20) for m in METRICS if k == 10 or f"{m}@{k}" in present]
+    return [f"{m}@{k}" for k in (10, 20) for m in METRICS
+            if f"{m}@{k}" in present or (k == 10 and m not in LOWER_IS_BETTER)]
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -61,7 +66,8 @@ def dataset_table(runs: list[dict[str, Any]], labels: list[str], reference: str)
     by_label = {lab: rs for lab, rs in by_label.items() if rs}
     stats = {lab: {c: mean_sd([r["metrics"].get(c, math.nan) for r in rs]) for c in cols}
              for lab, rs in by_label.items()}
-    best = {c: np.nanmax([stats[lab][c][0] for lab in stats]) if stats else math.nan
+    best = {c: (np.nanmin if c.split("@")[0] in LOWER_IS_BETTER else np.nanmax)(
+                [stats[lab][c][0] for lab in stats]) if stats else math.nan
             for c in cols}
     ref = {r["seed"]: r["metrics"].get(TEST_METRIC, math.nan) for r in by_label.get(reference, [])}
     head = ["method", "setting", *cols, "n", "best round", f"p vs {reference} ({TEST_METRIC})"]

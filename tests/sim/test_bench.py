@@ -109,6 +109,20 @@ def test_report_from_hand_made_results_has_mean_sd_bold_best_and_p_value(tmp_pat
     assert "full ranking" in text and "numpy 2.0" in text and "ndcg@k" in text
 
 
+def test_report_bolds_the_lowest_arp(tmp_path: Path) -> None:
+    runs = [_run("A", s, 0.1, 0.2) for s in (0, 1)] + [_run("B", s, 0.1, 0.2) for s in (0, 1)]
+    for r, arp in zip(runs, (900.0, 950.0, 400.0, 420.0), strict=True):
+        r["metrics"]["arp@20"] = arp
+    results = {"config": {"bench": {"datasets": ["toy"], "seeds": [0, 1], "reference": "A"},
+                          "defaults": {}, "method": [{"label": "A", "setting": "central"},
+                                                     {"label": "B", "setting": "central"}]},
+               "env": {}, "runs": runs}
+    text = write_report(results, tmp_path).read_text()
+    row_b = next(line for line in text.splitlines() if line.startswith("| B "))
+    assert "arp@20" in text and "**410.0000 ± 14.1421**" in row_b
+    assert "arp@10" not in text  # listed only where some run has it
+
+
 def test_plots_are_non_empty_pngs_and_redraw_from_the_folder(
         smoke: tuple[Path, BenchOutcome]) -> None:
     from typer.testing import CliRunner

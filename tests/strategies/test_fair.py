@@ -3,9 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import MessageType
 
-from client.app import evaluate, setup, train
 from recdata.errors import ConfigError
 from recdata.runconfig import parse_run_config
 from server.app import run_federated
@@ -17,13 +15,11 @@ CFG = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
        "synthetic-interactions": 12, "dim": 8, "num-nodes": 4, "num-rounds": 2,
        "split": "ratio-fs", "ks": "10,20", "selection-metric": "recall@20", "lr": 0.05,
        "local-batch-size": 16}
-HANDLERS = {MessageType.TRAIN: train, f"{MessageType.TRAIN}.setup": setup,
-            MessageType.EVALUATE: evaluate}
 
 
 def run(tmp_path, **extra):
     cfg = parse_run_config(CFG | extra)
-    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, handlers=HANDLERS)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)  # default handlers include train.setup
     return grid, run_federated(grid, cfg, tmp_path / "out")
 
 
