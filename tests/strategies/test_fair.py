@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from flwr.app import MessageType
 
 from recdata.errors import ConfigError
 from recdata.runconfig import parse_run_config
