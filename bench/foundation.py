@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 from recdata.runconfig import parse_run_config
@@ -30,36 +28,9 @@ from sim.central import run_central
 from sim.cli import CENTRAL_LR
 from sim.flower import flwr_run
 from sim.local_grid import LocalGrid
+from sim.perf import TreeMemory
 
 SELECTION = {"loo": "ndcg@10", "ratio": "recall@20"}
-
-
-class TreeMemory:
-    """Samples the summed RSS of this process and all its descendants; keeps the peak."""
-
-    def __init__(self, every_s: float = 0.25) -> None:
-        self.peak_mb, self.every_s, self._stop = 0.0, every_s, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak_mb = max(self.peak_mb, total / 2**20)
-            time.sleep(self.every_s)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def accuracy(out: Path, rounds: int, data_dir: str, fed: dict) -> list[dict]:

@@ -108,6 +108,18 @@ def ratio_counts(n: np.ndarray, ratios: tuple[float, float, float]) -> tuple[np.
     return n_train, n_valid, n_test
 
 
+def _labels_by_rank(user: np.ndarray, idx: np.ndarray, pos: np.ndarray, n_train: np.ndarray,
+                    n_valid: np.ndarray) -> np.ndarray:
+    """Labels 0/1/2 from each interaction's rank within its user and the users' part sizes."""
+    su = user[idx]
+    labels_sorted = np.where(
+        pos < n_train[su], 0, np.where(pos < n_train[su] + n_valid[su], 1, 2)
+    ).astype(np.int8)
+    labels = np.empty_like(labels_sorted)
+    labels[idx] = labels_sorted
+    return labels
+
+
 def per_user_ratio(
     inter: Interactions, seed: int, ratios=(0.8, 0.1, 0.1), order: str = "random"
 ) -> np.ndarray:
@@ -118,13 +130,7 @@ def per_user_ratio(
         keys = (np.random.default_rng(seed).random(len(inter)),)
     idx, pos, counts = _rank_within_user(inter.user, keys)
     n_train, n_valid, _ = ratio_counts(counts, ratios)
-    su = inter.user[idx]
-    labels_sorted = np.where(
-        pos < n_train[su], 0, np.where(pos < n_train[su] + n_valid[su], 1, 2)
-    ).astype(np.int8)
-    labels = np.empty_like(labels_sorted)
-    labels[idx] = labels_sorted
-    return labels
+    return _labels_by_rank(inter.user, idx, pos, n_train, n_valid)
 
 
 def fair_sampling_ratio(inter: Interactions, seed: int, test: float = 0.2,
@@ -138,13 +144,7 @@ def fair_sampling_ratio(inter: Interactions, seed: int, test: float = 0.2,
     idx, pos, counts = _rank_within_user(inter.user, keys)
     rest, _, n_test = ratio_counts(counts, (1 - test, 0.0, test))
     n_train, n_valid, _ = ratio_counts(rest, (1 - valid_of_train, valid_of_train, 0.0))
-    su = inter.user[idx]
-    labels_sorted = np.where(
-        pos < n_train[su], 0, np.where(pos < n_train[su] + n_valid[su], 1, 2)
-    ).astype(np.int8)
-    labels = np.empty_like(labels_sorted)
-    labels[idx] = labels_sorted
-    return labels
+    return _labels_by_rank(inter.user, idx, pos, n_train, n_valid)
 
 
 def global_ratio(inter: Interactions, seed: int, ratios=(0.72, 0.08, 0.2)) -> np.ndarray:
