@@ -156,7 +156,7 @@ def test_fs_point_step_is_the_gradient_of_the_closed_form_weighted_loss(split):
 
 
 def test_fs_pair_approx_negatives_are_unseen_and_follow_popularity(split):
-    from client.trainers.bpr_embedding import pop_negatives
+    from client.trainers.fair_embedding import pop_negatives
 
     bucket = Bucket.from_split(split, np.arange(split.n_users))
     pop = np.asarray(split.matrix("train").sum(0)).ravel().astype(float)

@@ -1,0 +1,206 @@
+"""Local training of a bucket's users with a popularity-aware ``mf-loss`` (Fair Sampling etc.).
+
+Score ``p_u . q_i`` (no bias), losses summed per user, coupled weight decay on the rows a step
+touches. Every user is a separate logical client with its own copy of the item rows it touches,
+as in :mod:`client.trainers.bpr_embedding`; the global item popularity comes from the fair
+strategy's secure sum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from client.trainers.bpr_embedding import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    LocalConfig,
+    LocalResult,
+    build_pairs,
+    pair_rows,
+)
+from client.trainers.bucket import Bucket
+from models import fair_losses as fair
+
+
+def pop_negatives(bucket: Bucket, users: np.ndarray, item_pop: np.ndarray, seed: int,
+                  server_round: int) -> np.ndarray:
+    """One negative per draw, chosen with probability ``pop_j`` among the user's unseen items.
+
+    This is FS-Pair's federated approximation: in-batch partners make negatives roughly
+    proportional to popularity, but partners from other users are unavailable on a node.
+    A user whose unseen items all have popularity 0 draws uniformly among them.
+    """
+    out = np.empty(len(users), dtype=np.int64)
+    pop = np.asarray(item_pop, dtype=np.float64)
+    for j in np.unique(users):
+        at = np.flatnonzero(users == j)
+        seen = bucket.train.indices[bucket.train.indptr[j]:bucket.train.indptr[j + 1]]
+        w = pop.copy()
+        w[seen] = 0.0
+        if w.sum() <= 0:
+            w = np.ones_like(pop)
+            w[seen] = 0.0
+        cum = np.cumsum(w)
+        rng = np.random.default_rng([seed, 31, server_round, int(bucket.users[j])])
+        out[at] = np.minimum(np.searchsorted(cum, rng.random(len(at)) * cum[-1], side="right"),
+                             len(pop) - 1)
+    return out
+
+
+class _RowAdam:
+    """Adam (with coupled L2 ``wd * p`` added to the gradient) on chosen rows of one tensor.
+
+    Each row keeps its own step count, so rows updated rarely get the right bias correction.
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float, wd: float, adam: bool) -> None:
+        self.p, self.lr, self.wd, self.adam = param, lr, wd, adam
+        self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
+        self.t = torch.zeros(param.shape[:-1], dtype=torch.float32, device=param.device)
+
+    def step(self, index: tuple, grad: torch.Tensor) -> None:
+        p = self.p[index]
+        g = grad + self.wd * p
+        if not self.adam:
+            self.p[index] = p - self.lr * g
+            return
+        b1, b2 = ADAM_BETAS
+        self.t[index] += 1
+        t = self.t[index].unsqueeze(-1)
+        m = b1 * self.m[index] + (1 - b1) * g
+        v = b2 * self.v[index] + (1 - b2) * g * g
+        self.m[index], self.v[index] = m, v
+        self.p[index] = p - self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + ADAM_EPS)
+
+
+def _point_terms(loss: str, logits: torch.Tensor, y: torch.Tensor, pop: torch.Tensor,
+                 theta: torch.Tensor, n_users: int) -> torch.Tensor:
+    if loss == "fs-point":
+        return fair.weighted_point_loss(logits, y, fair.fs_point_weights(y, pop, n_users))
+    if loss == "wmf":
+        return fair.wmf_loss(logits, y)
+    if loss == "relmf":
+        return fair.relmf_loss(logits, y, theta)
+    return fair.du_loss(logits, y, theta, fair.negative_propensity(theta))
+
+
+def _fair_point(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: LocalConfig,
+                server_round: int, device: str, pop: torch.Tensor, n_users: int
+                ) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Point-wise losses over **all** items of each user: the closed form of FS-Point.
+
+    Each local epoch visits the items in a seeded order (the same for every user, keyed by the
+    seed, round and epoch) in chunks of ``local_batch_size``; a step updates p_u and the user's
+    copy of the chunk's item rows.
+    """
+    n_items, b = bucket.n_items, len(bucket.users)
+    P = torch.as_tensor(user_emb, dtype=torch.float32, device=device).clone()
+    L = torch.as_tensor(item_emb, dtype=torch.float32, device=device).expand(b, -1, -1).clone()
+    y_all = torch.as_tensor(bucket.train.toarray() > 0, device=device).to(torch.float32)
+    theta = fair.propensity(pop, cfg.ips_beta)
+    opt_p = _RowAdam(P, cfg.lr, cfg.weight_decay, cfg.optimizer == "adam")
+    opt_l = _RowAdam(L, cfg.lr, cfg.weight_decay, cfg.optimizer == "adam")
+    everyone = torch.arange(b, device=device)
+    loss_sum = 0.0
+    for epoch in range(cfg.local_epochs):
+        order = np.random.default_rng([cfg.seed, 37, server_round, epoch]).permutation(n_items)
+        for s in range(0, n_items, cfg.local_batch_size):
+            c = torch.as_tensor(order[s : s + cfg.local_batch_size], device=device)
+            pu = P.clone().requires_grad_(True)
+            lc = L[:, c].clone().requires_grad_(True)
+            logits = torch.einsum("bd,bmd->bm", pu, lc)
+            loss = _point_terms(cfg.mf_loss, logits, y_all[:, c], pop[c].expand(b, -1),
+                                theta[c].expand(b, -1), n_users)
+            g_p, g_l = torch.autograd.grad(loss, (pu, lc))
+            loss_sum += float(loss.detach())
+            with torch.no_grad():
+                opt_p.step((everyone,), g_p)
+                opt_l.step((everyone[:, None], c[None, :]), g_l)
+    delta = (L.cpu().numpy() - item_emb[None]).reshape(b * n_items, -1)
+    return P.cpu().numpy(), delta, loss_sum, b * n_items * cfg.local_epochs
+
+
+def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarray,
+                      user_emb: np.ndarray, cfg: LocalConfig, server_round: int,
+                      device: str = "cpu", item_pop: np.ndarray | None = None,
+                      n_users: int | None = None) -> LocalResult:
+    """Local training with a popularity-aware ``cfg.mf_loss`` (score ``p_u . q_i``, no bias).
+
+    - ``fs-point``: the expectation-exact closed form of FS-Point over all items, weights
+      ``U / pop_i`` on positives and ``U / (U - pop_i)`` on negatives
+      (:func:`models.fair_losses.fs_point_weights`); ``wmf``, ``relmf``, ``du`` likewise over
+      all items with their own weights.
+    - ``fs-pair`` (an approximation): BPR with negatives drawn in proportion to ``pop`` among
+      the user's unseen items (:func:`pop_negatives`); ``ubpr``: the second item uniform over
+      all items, IPS-weighted.
+
+    Losses are summed per user; coupled weight decay ``weight_decay * p`` acts on the rows a
+    step touches (all of a user's item rows under the point-wise losses).
+
+    Raises
+    ------
+    ValueError
+        If ``item_pop`` is missing or has the wrong length, or U is unknown.
+
+    """
+    if item_pop is None or len(item_pop) != bucket.n_items:
+        raise ValueError(f"mf-loss={cfg.mf_loss} needs the global item popularity (item_pop of "
+                         f"length {bucket.n_items}) from the fair strategy's secure sum")
+    n_users = n_users or int(getattr(bucket, "population", 0) or 0)
+    if n_users <= 0:
+        raise ValueError(f"mf-loss={cfg.mf_loss} needs the number of users U; pass n_users")
+    pop = torch.as_tensor(np.asarray(item_pop, dtype=np.float32), device=device)
+    b, n_items = len(bucket.users), bucket.n_items
+    zero_bias = lambda rows: np.zeros(rows, dtype=np.float32)  # noqa: E731
+    if cfg.mf_loss in fair.POINT_LOSSES:
+        new_p, delta, loss_sum, n_terms = _fair_point(bucket, item_emb, user_emb, cfg,
+                                                      server_round, device, pop, n_users)
+        empty = np.zeros(0, dtype=np.int64)
+        return LocalResult(new_p, np.repeat(np.arange(b), n_items), np.tile(np.arange(n_items), b),
+                           delta, zero_bias(b * n_items), loss_sum, n_terms, (empty,) * 3)
+    pairs = build_pairs(bucket, cfg, server_round)
+    if cfg.mf_loss == "fs-pair":
+        pairs["neg"] = pop_negatives(bucket, pairs["user"], item_pop, cfg.seed, server_round)
+    else:  # ubpr: the second item is uniform over all items, positives included
+        draws = [np.random.default_rng([cfg.seed, 41, server_round, int(bucket.users[j])])
+                 .integers(n_items, size=int((pairs["user"] == j).sum())) for j in range(b)]
+        pairs["neg"] = np.empty(len(pairs["user"]), dtype=np.int64)
+        for j in range(b):
+            pairs["neg"][pairs["user"] == j] = draws[j]
+    n_pairs = len(pairs["user"])
+    row_user, row_item, pos_idx, neg_idx = pair_rows(pairs, n_items)
+    as_t = lambda a, dt=torch.long: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
+    users_t, pos_row, neg_row = as_t(pairs["user"]), as_t(pos_idx), as_t(neg_idx)
+    P = as_t(user_emb, torch.float32).clone()
+    L = as_t(item_emb[row_item], torch.float32).clone()
+    y_neg = as_t(bucket.train[pairs["user"], pairs["neg"]].A1 > 0, torch.float32)
+    theta = fair.propensity(pop, cfg.ips_beta)
+    items_pos, items_neg = as_t(pairs["pos"]), as_t(pairs["neg"])
+    adam = cfg.optimizer == "adam"
+    opt_p, opt_l = (_RowAdam(P, cfg.lr, cfg.weight_decay, adam),
+                    _RowAdam(L, cfg.lr, cfg.weight_decay, adam))
+    bounds = np.searchsorted(pairs["step"], np.arange(pairs["step"].max(initial=-1) + 2))
+    loss_sum = 0.0
+    for t in range(len(bounds) - 1):
+        s, e = int(bounds[t]), int(bounds[t + 1])
+        if s == e:
+            continue
+        uu, pr, nr = users_t[s:e], pos_row[s:e], neg_row[s:e]
+        pu = P.clone().requires_grad_(True)
+        lr_ = L.clone().requires_grad_(True)
+        sp_, sn_ = (pu[uu] * lr_[pr]).sum(-1), (pu[uu] * lr_[nr]).sum(-1)
+        if cfg.mf_loss == "fs-pair":
+            loss = fair.pair_loss(sp_, sn_)
+        else:
+            loss = fair.ubpr_loss(sp_, sn_, theta[items_pos[s:e]], theta[items_neg[s:e]],
+                                  y_neg[s:e])
+        g_p, g_l = torch.autograd.grad(loss, (pu, lr_))
+        loss_sum += float(loss.detach())
+        with torch.no_grad():
+            opt_p.step((torch.unique(uu),), g_p[torch.unique(uu)])
+            rows = torch.unique(torch.cat([pr, nr]))
+            opt_l.step((rows,), g_l[rows])
+    return LocalResult(P.cpu().numpy(), row_user, row_item,
+                       L.cpu().numpy() - item_emb[row_item], zero_bias(len(row_item)), loss_sum,
+                       n_pairs, (bucket.users[pairs["user"]], pairs["pos"], pairs["neg"]))
