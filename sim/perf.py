@@ -6,8 +6,11 @@ in-process grid (:class:`sim.local_grid.LocalGrid`: the same ServerApp, ClientAp
 no SuperLink, Ray or serialisation). Both write ``rounds.jsonl``; round 1 (warm-up) is skipped.
 
 - ``s_per_round``: median training seconds of rounds 2..R under Flower (evaluation excluded);
-- ``framework_ms_per_update``: (Flower seconds - in-process seconds) per round, divided by the
-  users that trained in it (logical client updates): the cost of Flower and Ray alone;
+- ``framework_ms_per_update``: the cost of Flower and Ray alone per logical client update:
+  (Flower seconds - in-process seconds / workers) per round, divided by the users that trained
+  in it. ``workers`` = min(nodes, CPUs) Ray actors (one CPU per simulated client) run the nodes'
+  compute in parallel while the in-process grid runs it serially, so the in-process time is
+  divided by them (an estimate that assumes linear speed-up of the nodes' compute);
 - ``peak_mem_mb``: the peak, over the run, of the summed RSS of this process and every process
   it started (SuperLink, simulation, Ray head and workers), sampled every 0.2 s;
 - ``bytes_per_round``: bytes down + up of one round;
@@ -133,6 +136,16 @@ def _validated(cfg: dict[str, Any]):
     return parse_run_config(cfg)
 
 
+def parallel_workers(cell: PerfCell, cpus: int | None = None) -> int:
+    """Ray actors that run nodes at once: one per CPU (one CPU per client), at most the nodes."""
+    return max(1, min(-(-cell.population // cell.bucket), cpus or os.cpu_count() or 1))
+
+
+def framework_seconds(flower_s: float, in_process_s: float, workers: int) -> float:
+    """Seconds of a round spent in Flower and Ray: the Flower round minus the parallel compute."""
+    return flower_s - in_process_s / workers
+
+
 def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None,
             extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure one cell (see the module docstring); returns one row of the perf table.
@@ -146,11 +159,14 @@ def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None,
         local = run_in_process(cfg, Path(tmp) / "local")
         flower, peak_mb = run_flower(cfg, Path(tmp) / "flower")
     steady = range(1, min(len(local), len(flower)))
-    overhead = [train_seconds(flower[r]) - train_seconds(local[r]) for r in steady]
+    workers = parallel_workers(cell)
+    overhead = [framework_seconds(train_seconds(flower[r]), train_seconds(local[r]), workers)
+                for r in steady]
     users = [max(float(flower[r]["train"].get("num-users", 0.0)), 1.0) for r in steady]
     return asdict(cell) | {
         "algorithm": f"fedavg-mf-{cfg.get('aggregation', 'dense')}",
         "nodes": -(-cell.population // cell.bucket),
+        "workers": workers,
         "s_per_round": statistics.median(train_seconds(flower[r]) for r in steady),
         "s_per_round_in_process": statistics.median(train_seconds(local[r]) for r in steady),
         "framework_ms_per_update": 1000 * statistics.median(

@@ -60,3 +60,11 @@ def test_perf_json_prints_one_object_per_cell_with_the_documented_keys():
     row = rows[0]
     assert row["nodes"] == 2 and row["s_per_round"] > 0 and row["peak_mem_mb"] > 100
     assert row["bytes_per_round"] > 0
+
+
+def test_framework_time_discounts_the_compute_that_ray_runs_in_parallel():
+    from sim.perf import framework_seconds, parallel_workers
+
+    assert parallel_workers(PerfCell("synthetic", 6040, 1.0, 100), cpus=2) == 2
+    assert parallel_workers(PerfCell("synthetic", 100, 1.0, 100), cpus=16) == 1
+    assert framework_seconds(12.5, 18.0, 2) == pytest.approx(3.5)
