@@ -243,9 +243,10 @@ def read_split(split_dir: Path, dataset: str) -> Split:
             raise DataError(
                 f"split file {path} is missing; delete {split_dir} to rebuild the split"
             )
-        arr = np.loadtxt(path, delimiter="\t", skiprows=1, ndmin=2, dtype=np.float64)
-        if arr.size == 0:  # an empty part (e.g. no user has enough events for LOO)
-            arr = np.zeros((0, 3))
+        with path.open() as fh:  # an empty part (e.g. no user has enough events for LOO)
+            empty = next(fh, None) is None or next(fh, "").strip() == ""
+        arr = np.zeros((0, 3)) if empty else np.loadtxt(path, delimiter="\t", skiprows=1,
+                                                         ndmin=2, dtype=np.float64)
         parts[part] = (arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2])
     sizes = []
     for kind in ("user", "item"):
