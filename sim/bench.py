@@ -156,10 +156,12 @@ def run_cell(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:
                           int(cell.method.get("batch-size", 1024)), cell.out_dir)
     else:
         from server.app import run_federated
+        from sim.cli import num_buckets_for
         from sim.local_grid import LocalGrid
         from strategies.registry import check_algorithm
 
         check_algorithm(cfg)
+        cfg = cfg.model_copy(update={"num_nodes": num_buckets_for(cfg)})  # users-per-node
         grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False)
         run = run_federated(grid, cfg, cell.out_dir)
     return run | {"label": cell.label}

@@ -221,3 +221,19 @@ def test_every_shipped_bench_config_has_valid_cells(toml: Path) -> None:
         cfg = parse_run_config(cell_config(conf, cell))
         if cell.method["setting"] == "federated":
             check_algorithm(cfg)
+
+
+def test_a_federated_cell_with_users_per_node_gets_one_node_per_bucket(tmp_path: Path) -> None:
+    toml = tmp_path / "upn.toml"
+    toml.write_text(SMOKE.read_text().split("[[method]]")[0] + """
+[[method]]
+label = "FedAvg buckets of 15"
+setting = "federated"
+algorithm = "fedavg"
+model = "mf"
+users-per-node = 15
+num-rounds = 1
+""")
+    out = run_bench(toml, tmp_path / "out", progress=False)
+    assert not out.failed and len(out.ran) == 2
+    assert all(r["num_nodes"] == 3 for r in out.results["runs"])  # 40 users / 15 per node
