@@ -81,7 +81,7 @@ class RunConfig(BaseModel):
     store_spill_mb: float = Field(64.0, ge=0)
     # sequential recommenders and Oracle4Rec (issue 6)
     max_seq_len: int = Field(50, ge=2)
-    seq_loss: Literal["ce", "bpr"] = "ce"
+    seq_loss: Literal["ce", "bpr", "bce"] = "ce"
     heads: int = Field(2, ge=1)
     seq_layers: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)

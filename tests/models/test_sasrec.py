@@ -90,3 +90,17 @@ def test_dim_not_divisible_by_heads_is_a_config_error():
 def test_unknown_sequential_model_is_a_config_error():
     with pytest.raises(ConfigError, match="sasrec"):
         build_sequential_model("bert4rec", N_ITEMS)
+
+
+def test_bce_loss_is_the_oracle4rec_codes_binary_cross_entropy_with_one_negative():
+    import torch.nn.functional as F
+
+    from models.seq_layers import rec_loss
+
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    z = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    pos, neg = torch.tensor([1, 3]), torch.tensor([2, 2])
+    s_pos = torch.tensor([0.5, 2.0])
+    s_neg = torch.tensor([-1.0, 0.0])
+    expected = (-F.logsigmoid(s_pos) - torch.log(1 - torch.sigmoid(s_neg))).mean()
+    assert float(rec_loss(z, table, pos, neg, "bce")) == pytest.approx(float(expected), rel=1e-6)
