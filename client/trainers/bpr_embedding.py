@@ -14,6 +14,7 @@ a separate logical client with its own copy of the item rows it touches.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,14 @@ def build_pairs(bucket: Bucket, cfg: LocalConfig, server_round: int) -> dict[str
     by_step = np.argsort(step, kind="stable")
     return {"user": u_loc[by_step], "pos": pos[by_step], "neg": neg[by_step],
             "step": step[by_step]}
+
+
+def step_bounds(step: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """``(t, start, end)`` of every non-empty local step ``t`` in ``step`` (sorted)."""
+    bounds = np.searchsorted(step, np.arange(step.max(initial=-1) + 2))
+    for t in range(len(bounds) - 1):
+        if bounds[t] < bounds[t + 1]:
+            yield t, int(bounds[t]), int(bounds[t + 1])
 
 
 def pair_rows(pairs: dict[str, np.ndarray], n_items: int
@@ -186,12 +195,8 @@ def local_update(
     Lb = as_t(item_bias[row_item]).clone()
     params = [P, L, Lb]
     adam = _MaskedAdam(params, cfg.lr) if cfg.optimizer == "adam" else None
-    bounds = np.searchsorted(pairs["step"], np.arange(pairs["step"].max(initial=-1) + 2))
     loss_sum = 0.0
-    for t in range(len(bounds) - 1):
-        s, e = int(bounds[t]), int(bounds[t + 1])
-        if s == e:
-            continue
+    for t, s, e in step_bounds(pairs["step"]):
         uu, pr, nr = users_t[s:e], pos_row[s:e], neg_row[s:e]
         for p in params:
             p.requires_grad_(True)

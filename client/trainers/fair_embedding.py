@@ -18,6 +18,7 @@ from client.trainers.bpr_embedding import (
     LocalResult,
     build_pairs,
     pair_rows,
+    step_bounds,
 )
 from client.trainers.bucket import Bucket
 from models import fair_losses as fair
@@ -180,12 +181,8 @@ def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarra
     adam = cfg.optimizer == "adam"
     opt_p, opt_l = (_RowAdam(P, cfg.lr, cfg.weight_decay, adam),
                     _RowAdam(L, cfg.lr, cfg.weight_decay, adam))
-    bounds = np.searchsorted(pairs["step"], np.arange(pairs["step"].max(initial=-1) + 2))
     loss_sum = 0.0
-    for t in range(len(bounds) - 1):
-        s, e = int(bounds[t]), int(bounds[t + 1])
-        if s == e:
-            continue
+    for _, s, e in step_bounds(pairs["step"]):
         uu, pr, nr = users_t[s:e], pos_row[s:e], neg_row[s:e]
         pu = P.clone().requires_grad_(True)
         lr_ = L.clone().requires_grad_(True)
