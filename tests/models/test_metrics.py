@@ -505,3 +505,21 @@ def test_item_pop_of_the_wrong_length_is_an_error():
     with pytest.raises(ValueError, match="item_pop"):
         evaluate_users(lambda u: torch.zeros(len(u), 3), np.arange(1), None,
                        sp.csr_matrix(np.eye(1, 3)), item_pop=np.ones(4))
+
+
+def test_precision_and_hr_formulas_agree_with_the_pooled_integer_counts():
+    from models.metric_formulas import hr_at_k, precision_at_k
+    from models.metrics import evaluate_users, finalize
+
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.rand(30, 25, generator=gen)
+    truth = sp.random(30, 25, density=0.15, format="csr", random_state=4)
+    truth.data[:] = 1.0
+    mask = sp.csr_matrix((30, 25))
+    got = finalize(evaluate_users(lambda u: scores[u], np.arange(30), mask, truth, [5]))
+    ranked = torch.argsort(-scores, dim=1, stable=True)[:, :5]
+    dense = torch.as_tensor(truth.toarray() > 0)
+    hits = torch.gather(dense, 1, ranked)
+    evaluated = torch.as_tensor(np.diff(truth.indptr) > 0)
+    assert got["precision@5"] == pytest.approx(float(precision_at_k(hits, 5)[evaluated].mean()))
+    assert got["hr@5"] == pytest.approx(float(hr_at_k(hits, 5)[evaluated].mean()))
