@@ -56,6 +56,8 @@ def paired_p(a: dict[int, float], b: dict[int, float]) -> tuple[float, int]:
 
 
 def _fmt(mean: float, sd: float) -> str:
+    if math.isnan(mean):  # the metric is not reported for this method (e.g. ARP without pop)
+        return "n/a"
     return f"{mean:.4f} ± {sd:.4f}" if not math.isnan(sd) else f"{mean:.4f}"
 
 
