@@ -7,6 +7,7 @@ from pathlib import Path
 
 from recdata.download import cache_root
 from recdata.recbole_io import storage_name
+from recdata.runconfig import RunConfig
 from recdata.splits import Split, make_split, read_split, write_split
 
 
@@ -61,3 +62,13 @@ def get_split(dataset: str, kind: str = "loo", seed: int = 0, data_dir: str | No
     """
     items = tuple(sorted((synthetic or {}).items())) if dataset == "synthetic" else ()
     return _cached(dataset, kind, int(seed), data_dir or "", float(min_rating), items)
+
+
+def num_buckets_for(cfg: RunConfig) -> int:
+    """How many nodes the partition of this config needs (builds the split once if new)."""
+    from recdata.partition import num_buckets
+
+    split, _ = get_split(
+        cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()
+    )
+    return num_buckets(split.n_users, num_nodes=cfg.num_nodes, users_per_node=cfg.users_per_node)

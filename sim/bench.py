@@ -155,8 +155,8 @@ def run_cell(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:
         run = run_central(cfg, int(cell.method.get("epochs", 20)),
                           int(cell.method.get("batch-size", 1024)), cell.out_dir)
     else:
+        from recdata.store import num_buckets_for
         from server.app import run_federated
-        from sim.cli import num_buckets_for
         from sim.local_grid import LocalGrid
         from strategies.registry import check_algorithm
 

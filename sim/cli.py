@@ -1,4 +1,7 @@
-"""The ``florec`` command: data, central and federated runs, and the demo."""
+"""The ``florec`` command: data, central and federated runs, the demo and deployments.
+
+The benchmark commands (``bench``, ``perf``, ``plot``) live in :mod:`sim.cli_bench`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ from rich.table import Table
 
 from recdata.errors import FloRecError
 from recdata.runconfig import RunConfig, parse_run_config
+from recdata.store import num_buckets_for
+from sim import cli_bench
+from sim.cli_bench import Override
 
 app = typer.Typer(
     help="FloRec: federated recommendation on Flower.",
@@ -24,9 +30,6 @@ console = Console()
 #: Central Adam step size; the run config's ``lr`` (0.05) is tuned for federated local training.
 CENTRAL_LR = 0.005
 
-Override = Annotated[
-    list[str] | None, typer.Option("--config", "-c", help="run-config override key=value")
-]
 
 
 def _config(base: dict[str, Any], overrides: list[str] | None) -> RunConfig:
@@ -110,17 +113,6 @@ def central(
     run = run_central(cfg, epochs, batch_size, out)
     print_runs([run])
     console.print(f"results: {out}/results.json")
-
-
-def num_buckets_for(cfg: RunConfig) -> int:
-    """How many nodes the partition of this config needs (builds the split once if new)."""
-    from recdata.partition import num_buckets
-    from recdata.store import get_split
-
-    split, _ = get_split(
-        cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()
-    )
-    return num_buckets(split.n_users, num_nodes=cfg.num_nodes, users_per_node=cfg.users_per_node)
 
 
 def federated_config(dataset: str, algorithm: str, model: str, nodes: int, rounds: int,
@@ -246,80 +238,6 @@ def demo(
     console.print(f"results folder: {out}")
 
 
-@app.command()
-def bench(
-    config: Annotated[Path, typer.Option("--config", help="bench TOML file")],
-    out: Annotated[Path | None, typer.Option(help="results folder (default results/bench-NAME)")]
-    = None,
-) -> None:
-    """Run (or resume) a bench matrix; writes OUT/results.json, report.md and plots/."""
-    import tomllib
-
-    from sim.bench import run_bench
-
-    if out is None:
-        name = tomllib.loads(config.read_text()).get("bench", {}).get("name", config.stem)
-        out = Path("results") / f"bench-{name}"
-    done = run_bench(config, out, echo=console.print)
-    console.print(f"{len(done.ran)} cells ran, {len(done.skipped)} skipped (finished), "
-                  f"{len(done.failed)} failed; report: {out}/report.md, plots: {out}/plots/")
-
-
-@app.command()
-def perf(
-    datasets: Annotated[str, typer.Option(
-        help="comma-separated; 'synthetic' (ML-1M-shaped) takes --populations, any other "
-             "dataset runs at its own size")] = "synthetic,ml-1m",
-    populations: Annotated[str, typer.Option()] = "100,1000,6040",
-    cohorts: Annotated[str, typer.Option(help="shares of users trained per round")] = "1.0,0.1",
-    buckets: Annotated[str, typer.Option(help="users per node")] = "10,100",
-    rounds: Annotated[int, typer.Option(help="rounds per cell (round 1 is a warm-up)")] = 3,
-    json_lines: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
-    out: Annotated[Path | None, typer.Option(help="also append the JSON lines to this file")]
-    = None,
-    config: Override = None,
-) -> None:
-    """Benchmark FedAvg-MF rounds under `flwr run` + Ray: time, framework cost, memory, bytes."""
-    import json
-
-    from sim.flower import parse_overrides
-    from sim.perf import measure, perf_cells
-
-    extra = parse_overrides(config or [])
-    def floats(text: str) -> list[float]:
-        return [float(x) for x in text.split(",") if x]
-
-    cells = perf_cells(datasets.split(","), [int(x) for x in floats(populations)],
-                       floats(cohorts), [int(x) for x in floats(buckets)])
-    table = Table("dataset", "algorithm", "population", "cohort", "bucket", "nodes", "s/round",
-                  "framework ms/update", "peak MB", "MB/round", "eval s")
-    for cell in cells:
-        row = measure(cell, rounds, extra=extra)
-        line = json.dumps(row)
-        if out is not None:
-            with out.open("a") as fh:
-                fh.write(line + "\n")
-        if json_lines:
-            print(line, flush=True)
-        else:
-            table.add_row(row["dataset"], row["algorithm"], str(row["population"]),
-                          f"{row['cohort']:g}",
-                          str(row["bucket"]), str(row["nodes"]), f"{row['s_per_round']:.2f}",
-                          f"{row['framework_ms_per_update']:.2f}", f"{row['peak_mem_mb']:.0f}",
-                          f"{row['bytes_per_round'] / 2**20:.1f}", f"{row['eval_s']:.2f}")
-    if not json_lines:
-        console.print(table)
-
-
-@app.command()
-def plot(results_dir: Path) -> None:
-    """Redraw the PNG plots of a bench results folder into RESULTS_DIR/plots/."""
-    from sim.plots import write_plots
-
-    for path in write_plots(results_dir):
-        console.print(str(path))
-
-
 deploy_app = typer.Typer(
     help="Real deployments: SuperLink, SuperExecs and SuperNodes.", no_args_is_help=True
 )
@@ -352,6 +270,10 @@ def deploy_local(
     _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config)
     code = run_local(overrides, n, out, tls=tls, certs=certs, auth=auth, data_dir=data_dir)
     report_finished(out, code != 0, "deployed")
+
+
+for command in (cli_bench.bench, cli_bench.perf, cli_bench.plot):
+    app.command()(command)
 
 
 def main() -> None:

@@ -106,8 +106,8 @@ def train_seconds(row: dict[str, Any]) -> float:
 
 def run_in_process(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     """Run ``cfg`` on the in-process grid; returns its rounds."""
+    from recdata.store import num_buckets_for
     from server.app import run_federated
-    from sim.cli import num_buckets_for
     from sim.local_grid import LocalGrid
 
     run_cfg = _validated(cfg | {"out-dir": str(out)})
@@ -119,7 +119,7 @@ def run_in_process(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
 
 def run_flower(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], float]:
     """Run ``cfg`` under `flwr run` (one CPU per client); returns its rounds and peak memory."""
-    from sim.cli import num_buckets_for
+    from recdata.store import num_buckets_for
     from sim.flower import flwr_run
 
     n = num_buckets_for(_validated(cfg))

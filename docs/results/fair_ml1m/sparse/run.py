@@ -10,7 +10,7 @@ cfg = parse_run_config({"dataset": "ml-1m", "split": "ratio-fs", "mf-loss": loss
     "lr": lr, "users-per-node": 100, "num-rounds": 10, "ks": "20", "selection-metric": "recall@20",
     "weight-decay": 0.001, "init-std": 0.1, "dim": 64, "eval-every": 2,
     "out-dir": f"/tmp/fsfed/{loss}-{agg}-{lr}"})
-from sim.cli import num_buckets_for
+from recdata.store import num_buckets_for
 n = num_buckets_for(cfg)
 cfg = parse_run_config(cfg.to_flower() | {"num-nodes": n})
 t = time.time()
