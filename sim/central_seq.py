@@ -1,7 +1,7 @@
 """Centralized training of sequential recommenders (SASRec, GRU4Rec, each +Oracle4Rec).
 
 Same results folder and protocol as :func:`sim.central.run_central` (the shared loop of
-:mod:`sim.central_loop`); validation and test metric sums come from one pass over both splits.
+:mod:`sim.central_loop`): the test split is evaluated only at a validation improvement.
 """
 
 from __future__ import annotations
@@ -69,19 +69,15 @@ def run_central_seq(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path 
     optimizers = make_optimizers(model, cfg.lr)
     rng = np.random.default_rng([cfg.seed, 37])
 
-    sums: dict[str, float] = {}
-
-    def validate() -> dict[str, float]:  # valid and test in one pass; test reads the cache
-        sums.clear()
-        sums.update(sequence_metric_sums(model, inputs, masks, truths, cfg.k_list,
-                                         cfg.eval_chunk, device))
-        return split_metrics(sums, "valid")
+    def evaluate(part: str) -> dict[str, float]:
+        return split_metrics(sequence_metric_sums(model, inputs, masks, truths, cfg.k_list,
+                                                  cfg.eval_chunk, device, parts=(part,)), part)
 
     return fit_and_select(
         cfg, seq_method_name(cfg), epochs,
         train_epoch=lambda: train_epoch(model, optimizers, windows, split.n_items, rng,
                                         batch_size, cfg.seq_loss, device).means(),
-        validate=validate, test=lambda: split_metrics(sums, "test"), out_dir=out_dir,
+        validate=lambda: evaluate("valid"), test=lambda: evaluate("test"), out_dir=out_dir,
         config=cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size,
                                   "setting": "central", "device-used": device},
         t_start=t_start)

@@ -71,6 +71,24 @@ def accuracy_by_clients(out: Path, runs: list[dict[str, Any]]) -> dict[str, dict
     return {m: {n: float(np.mean(v)) for n, v in sorted(d.items())} for m, d in points.items()}
 
 
+def central_lines(ax: Any, runs: list[dict[str, Any]], labels: list[str], key: str,
+                  first_color: int) -> None:
+    """One dashed horizontal line per central method: its mean ``runs[...][key][METRIC]``."""
+    for i, lab in enumerate(labels):
+        v = np.mean([r[key].get(METRIC, np.nan) for r in runs if r["label"] == lab])
+        ax.axhline(v, ls="--", lw=1, color=f"C{(first_color + i) % 10}", label=f"{lab} (central)")
+
+
+def save(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(out: Path) -> list[Path]:
     """Draw every plot of the bench folder ``out`` into ``out/plots/``; returns the PNG paths."""
     import matplotlib
@@ -100,16 +118,10 @@ def write_plots(out: Path) -> list[Path]:
         for lab, (rounds, vals, _) in curves.items():
             if len(rounds):
                 ax.plot(rounds, vals, marker="o", ms=3, label=lab)
-        for i, lab in enumerate(cen):
-            v = np.mean([r["valid_metrics"].get(METRIC, np.nan)
-                         for r in ds_runs if r["label"] == lab])
-            ax.axhline(v, ls="--", lw=1, color=f"C{(len(fed) + i) % 10}", label=f"{lab} (central)")
+        central_lines(ax, ds_runs, cen, "valid_metrics", first_color=len(fed))
         ax.set(xlabel="round", ylabel=f"validation {METRIC}", title=f"{ds}: {METRIC} per round")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(plots / f"valid_{ds}.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save(fig, plots / f"valid_{ds}.png"))
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for lab, (rounds, vals, byts) in curves.items():
@@ -120,23 +132,15 @@ def write_plots(out: Path) -> list[Path]:
                title=f"{ds}: accuracy vs bytes")
         if curves:
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(plots / f"bytes_{ds}.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save(fig, plots / f"bytes_{ds}.png"))
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for method, by_n in accuracy_by_clients(out, ds_runs).items():
             ax.plot(list(by_n), list(by_n.values()), marker="o", label=method)
-        for i, lab in enumerate(cen):
-            v = np.mean([r["metrics"].get(METRIC, np.nan) for r in ds_runs if r["label"] == lab])
-            ax.axhline(v, ls="--", lw=1, color=f"C{(len(fed) + i) % 10}", label=f"{lab} (central)")
+        central_lines(ax, ds_runs, cen, "metrics", first_color=len(fed))
         ax.set_xscale("log")
         ax.set(xlabel="clients (nodes x clients per node)", ylabel=f"test {METRIC}",
                title=f"{ds}: accuracy vs number of clients")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(plots / f"clients_{ds}.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save(fig, plots / f"clients_{ds}.png"))
     return written

@@ -125,9 +125,9 @@ def train_epoch(model: SequentialRecommender, optimizers: Sequence[torch.optim.O
 
 def sequence_metric_sums(model: SequentialRecommender, inputs: dict[str, np.ndarray],
                          masks: dict[str, sp.csr_matrix], truths: dict[str, sp.csr_matrix],
-                         ks: list[int], chunk: int = 1024, device: str = "cpu"
-                         ) -> dict[str, float]:
-    """``valid/<metric>`` and ``test/<metric>`` full-ranking sums of rows ``0..U-1``.
+                         ks: list[int], chunk: int = 1024, device: str = "cpu",
+                         parts: tuple[str, ...] = ("valid", "test")) -> dict[str, float]:
+    """``<part>/<metric>`` full-ranking sums of rows ``0..U-1`` for each of ``parts``.
 
     ``inputs[part]`` holds each row's left-padded input for that part (validation: train items;
     test: train + validation items); ``masks``/``truths`` are the matching ``(U, n_items)``
@@ -136,7 +136,7 @@ def sequence_metric_sums(model: SequentialRecommender, inputs: dict[str, np.ndar
     model.eval()
     sums: dict[str, float] = {}
     with torch.no_grad():
-        for part in ("valid", "test"):
+        for part in parts:
             seq = torch.as_tensor(inputs[part], dtype=torch.int64, device=device)
             part_sums = evaluate_users(lambda u, seq=seq: model.score(seq[u]),
                                        np.arange(len(seq)), masks[part], truths[part], ks, chunk,
