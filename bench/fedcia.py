@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from models.metrics_compat import f1_of_means
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from sim.central import run_central
-from sim.cli import CENTRAL_LR
-from sim.local_grid import LocalGrid
+from florec.models.metrics_compat import f1_of_means
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.central import run_central
+from florec.sim.cli import CENTRAL_LR
+from florec.sim.local_grid import LocalGrid
 
 PAPER = {"split": "given", "partition": "floor", "selection-metric": "f1@10"}
 OURS = {"split": "ratio", "selection-metric": "f1@10"}

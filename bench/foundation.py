@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from sim.central import run_central
-from sim.cli import CENTRAL_LR
-from sim.flower import flwr_run
-from sim.local_grid import LocalGrid
-from sim.perf import TreeMemory
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.central import run_central
+from florec.sim.cli import CENTRAL_LR
+from florec.sim.flower import flwr_run
+from florec.sim.local_grid import LocalGrid
+from florec.sim.perf import TreeMemory
 
 SELECTION = {"loo": "ndcg@10", "ratio": "recall@20"}
 
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--skip-cost", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from sim.flower import parse_overrides
+    from florec.sim.flower import parse_overrides
 
     fed = parse_overrides([args.fed])
     args.out.mkdir(parents=True, exist_ok=True)

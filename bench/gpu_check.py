@@ -40,8 +40,8 @@ def emit(out: Path, row: dict[str, Any]) -> None:
 def central_check(name: str, overrides: dict[str, Any], epochs: int, batch: int,
                   device: str, out: Path) -> dict[str, Any]:
     """One central run; seconds per epoch and its test metrics."""
-    from recdata.runconfig import parse_run_config
-    from sim.central import run_central
+    from florec.recdata.runconfig import parse_run_config
+    from florec.sim.central import run_central
 
     cfg = parse_run_config(overrides | {"eval-every": epochs})
     t0 = time.perf_counter()
@@ -54,9 +54,9 @@ def central_check(name: str, overrides: dict[str, Any], epochs: int, batch: int,
 
 def inprocess_check(device: str, out: Path) -> dict[str, Any]:
     """FedAvg-MF on ML-100K, 10 nodes, 3 rounds, in process on ``device``."""
-    from recdata.runconfig import parse_run_config
-    from server.app import run_federated
-    from sim.local_grid import LocalGrid
+    from florec.recdata.runconfig import parse_run_config
+    from florec.server.app import run_federated
+    from florec.sim.local_grid import LocalGrid
 
     cfg = parse_run_config({"dataset": "ml-100k", "num-nodes": 10, "num-rounds": 3,
                             "device": device, "out-dir": str(out / f"fed-{device}")})
@@ -103,8 +103,8 @@ class CudaProcesses:
 def ray_check(out: Path, gpus_per_client: float, nodes: int) -> dict[str, Any]:
     """`florec sim` with fractional GPUs per Ray actor; which processes used the GPU."""
     target = out / f"ray-gpu{gpus_per_client:g}"
-    cmd = [sys.executable, "-m", "sim.cli", "sim", "--dataset", "ml-100k", "--nodes", str(nodes),
-           "--rounds", "3", "--out", str(target), "--gpus-per-client", str(gpus_per_client),
+    cmd = [sys.executable, "-m", "florec.sim.cli", "sim", "--dataset", "ml-100k", "--nodes",
+    str(nodes), "--rounds", "3", "--out", str(target), "--gpus-per-client", str(gpus_per_client),
            "--cpus-per-client", "1", "-c", "device=cuda"]
     t0 = time.perf_counter()
     with CudaProcesses() as cuda:

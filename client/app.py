@@ -1,11 +1,11 @@
 """The ClientApp: one node hosts one bucket of users, found from its ``partition-id``.
 
-Handlers dispatch on the run's algorithm: ``fedavg`` (:mod:`client.fedavg_node`, every user a
-logical client) or ``fedcia`` / ``local`` (:mod:`client.private_node`, the bucket is one client
-with a whole private model). Private parameters stay in the node's store
-(:mod:`client.node_store`) and never enter a reply. Two ``query`` messages serve the server:
+Handlers dispatch on the run's algorithm: ``fedavg`` (:mod:`florec.client.fedavg_node`, every user a
+logical client) or ``fedcia`` / ``local`` (:mod:`florec.client.private_node`, the bucket is one
+client with a whole private model). Private parameters stay in the node's store
+(:mod:`florec.client.node_store`) and never enter a reply. Two ``query`` messages serve the server:
 ``query.partition`` (which partition this node hosts) and ``query.store`` (snapshot or restore
-the node's store at a checkpoint round, see :mod:`server.checkpoint`).
+the node's store at a checkpoint round, see :mod:`florec.server.checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client import fedavg_node, private_node
-from client.node_store import open_store, snapshot_path
-from client.trainers.bucket import Bucket
-from models.registry import SEQUENTIAL_MODELS
-from recdata.errors import ConfigError
-from recdata.partition import node_clients
-from recdata.runconfig import RunConfig, parse_run_config
-from recdata.splits import Split
-from recdata.store import get_split
+from florec.client import fedavg_node, private_node
+from florec.client.node_store import open_store, snapshot_path
+from florec.client.trainers.bucket import Bucket
+from florec.models.registry import SEQUENTIAL_MODELS
+from florec.recdata.errors import ConfigError
+from florec.recdata.partition import node_clients
+from florec.recdata.runconfig import RunConfig, parse_run_config
+from florec.recdata.splits import Split
+from florec.recdata.store import get_split
 
 app = ClientApp()
 PRIVATE_KEY = fedavg_node.PRIVATE_KEY
@@ -81,7 +81,7 @@ def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
 
 def _node(cfg: RunConfig) -> ModuleType:
     if cfg.model in SEQUENTIAL_MODELS:
-        from client import seq_node
+        from florec.client import seq_node
 
         return seq_node
     return fedavg_node if cfg.algorithm == "fedavg" else private_node
@@ -103,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.train("setup")
 def setup(msg: Message, context: Context) -> Message:
     """A strategy's setup stage before round 1 (e.g. secure sums of item popularity)."""
-    from client import setup_node
+    from florec.client import setup_node
 
     cfg, bucket, pid = node_setup(context)
     content = setup_node.setup(msg, context, cfg, bucket, pid, resolve_device(cfg.device))

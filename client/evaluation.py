@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from client.trainers.bucket import Bucket
-from models.metrics import evaluate_users
-from recdata.runconfig import RunConfig
+from florec.client.trainers.bucket import Bucket
+from florec.models.metrics import evaluate_users
+from florec.recdata.runconfig import RunConfig
 
 
 def bucket_metric_sums(score_fn: Callable[[torch.Tensor], torch.Tensor], bucket: Bucket,

@@ -1,8 +1,8 @@
 """FedAvg on a node: every user of the bucket is a logical client with a private embedding.
 
-Each round only the users of the round's cohort train (:func:`recdata.cohort.sample_cohort`,
+Each round only the users of the round's cohort train (:func:`florec.recdata.cohort.sample_cohort`,
 recomputed here from the seed, the round and the population); the other users' embeddings stay
-as they are. Private embeddings live in the node's :class:`client.node_store.NodeStore`.
+as they are. Private embeddings live in the node's :class:`florec.client.node_store.NodeStore`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import time
 import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from client.evaluation import bucket_metric_sums
-from client.node_store import NodeStore, open_store
-from client.trainers.bpr_embedding import LocalConfig, local_update
-from client.trainers.bucket import Bucket
-from models.base import seeded_rows
-from models.mf import MF, USER_SALT
-from recdata.cohort import sample_cohort
-from recdata.runconfig import RunConfig
-from strategies.fedavg import node_payload
-from strategies.payload import from_record, to_record
+from florec.client.evaluation import bucket_metric_sums
+from florec.client.node_store import NodeStore, open_store
+from florec.client.trainers.bpr_embedding import LocalConfig, local_update
+from florec.client.trainers.bucket import Bucket
+from florec.models.base import seeded_rows
+from florec.models.mf import MF, USER_SALT
+from florec.recdata.cohort import sample_cohort
+from florec.recdata.runconfig import RunConfig
+from florec.strategies.fedavg import node_payload
+from florec.strategies.payload import from_record, to_record
 
 PRIVATE_KEY = "private"
 

@@ -17,7 +17,7 @@ is the node config's ``state-dir`` if set (deployment: each SuperNode its own di
 ``<out-dir>/node-state`` of the run config, else ``$FLOREC_CACHE_DIR/node-state``.
 
 :meth:`NodeStore.snapshot` and :meth:`NodeStore.restore` write and read a whole store at a
-checkpoint round (see :mod:`server.checkpoint`).
+checkpoint round (see :mod:`florec.server.checkpoint`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from recdata.download import cache_root
-from recdata.errors import DataError
-from strategies.payload import from_record, to_record
+from florec.recdata.download import cache_root
+from florec.recdata.errors import DataError
+from florec.strategies.payload import from_record, to_record
 
 META_KEY = "node-store"
 SEP = "|"

@@ -3,11 +3,11 @@
 A node hosts ``clients-per-node`` clients (one by default). Per round: ``train`` runs one local
 epoch per client and uploads the node's sum of its clients' item similarities (``sum_k w_k
 E_k E_k^T``, or the stacked factors ``[sqrt(w_k) E_k Q_k]`` whose product is that sum, see
-:mod:`client.trainers.align`) with the total weight; ``align`` pulls every client's item table
-towards the server's aggregate, batched over the node's clients. The parameter-free GF-CF
+:mod:`florec.client.trainers.align`) with the total weight; ``align`` pulls every client's item
+table towards the server's aggregate, batched over the node's clients. The parameter-free GF-CF
 backbone uploads its Gram matrix (exact mode) or local filters (the paper's FedCIA-GSP) once.
 Each client's model and optimiser state live in the node's
-:class:`client.node_store.NodeStore` (groups ``private-<client>-model`` / ``-optimizer``).
+:class:`florec.client.node_store.NodeStore` (groups ``private-<client>-model`` / ``-optimizer``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import scipy.sparse as sp
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from client.evaluation import bucket_metric_sums
-from client.node_store import NodeStore, open_store
-from client.trainers.align import align_dense, align_factored, similarity_upload
-from client.trainers.bucket import Bucket
-from client.trainers.private_model import (
+from florec.client.evaluation import bucket_metric_sums
+from florec.client.node_store import NodeStore, open_store
+from florec.client.trainers.align import align_dense, align_factored, similarity_upload
+from florec.client.trainers.bucket import Bucket
+from florec.client.trainers.private_model import (
     build_node_model,
     fixed_triples,
     local_epoch,
@@ -31,9 +31,9 @@ from client.trainers.private_model import (
     restore,
     state_arrays,
 )
-from models.metrics import add_sums
-from recdata.runconfig import RunConfig
-from strategies.payload import from_record, to_record
+from florec.models.metrics import add_sums
+from florec.recdata.runconfig import RunConfig
+from florec.strategies.payload import from_record, to_record
 
 STATE_PREFIX = "private-"
 
@@ -68,7 +68,7 @@ def _weight(cfg: RunConfig, client: Bucket) -> float:
 
 def _gfcf_upload(cfg: RunConfig, clients: list[Bucket], whole: sp.csr_matrix,
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-    from models import gfcf
+    from florec.models import gfcf
 
     if cfg.gfcf_mode == "exact":  # user degrees are per user: the node's Gram is the clients' sum
         gram, degree = gfcf.client_gram(whole)
@@ -168,7 +168,7 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
 
 
 def _gfcf_scores(cfg: RunConfig, client: Bucket, glob: np.ndarray):  # noqa: ANN202
-    from models import gfcf
+    from florec.models import gfcf
 
     rows = torch.as_tensor(client.train.toarray(), dtype=torch.float64)
     glob_t = torch.as_tensor(glob, dtype=torch.float64)

@@ -2,10 +2,10 @@
 
 The node receives every shared array of the global model (SASRec/GRU4Rec, or both Oracle4Rec
 encoders and their shared embedding), trains ``local-epochs`` passes over the training
-positions of its users' windows (:func:`client.trainers.sequential.train_epoch`; Oracle4Rec runs
-its two-phase step, so the future encoder is only ever used in training), and uploads the new
+positions of its users' windows (:func:`florec.client.trainers.sequential.train_epoch`; Oracle4Rec
+runs its two-phase step, so the future encoder is only ever used in training), and uploads the new
 arrays with its number of training positions as the FedAvg weight. There are no private
-parameters; the node keeps its Adam state(s) in its :mod:`client.node_store` between rounds.
+parameters; the node keeps its Adam state(s) in its :mod:`florec.client.node_store` between rounds.
 """
 
 from __future__ import annotations
@@ -17,21 +17,21 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from client.node_store import open_store
-from client.trainers.bucket import Bucket
-from client.trainers.sequential import (
+from florec.client.node_store import open_store
+from florec.client.trainers.bucket import Bucket
+from florec.client.trainers.sequential import (
     load_optimizer_arrays,
     make_optimizers,
     optimizer_arrays,
     sequence_metric_sums,
     train_epoch,
 )
-from models.registry import sequential_from_config
-from models.seq_layers import SequentialRecommender
-from recdata.runconfig import RunConfig
-from recdata.sequences import UserSequences
-from recdata.store import get_split
-from strategies.payload import from_record, to_record
+from florec.models.registry import sequential_from_config
+from florec.models.seq_layers import SequentialRecommender
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.sequences import UserSequences
+from florec.recdata.store import get_split
+from florec.strategies.payload import from_record, to_record
 
 OPT_KEY = "seq-optimizer"
 

@@ -30,7 +30,7 @@ import scipy.linalg as sl
 import scipy.sparse as sp
 import torch
 
-from models.base import Recommender
+from florec.models.base import Recommender
 
 #: Singular directions with ``sigma^2 <= RANK_RTOL * sigma_max^2`` count as null space and are
 #: dropped, so ``V_s`` never carries arbitrary null-space rows (fedcia.md pitfall 7).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.seq_layers import FilterLayer, SeqEmbedding, SequentialRecommender, init_weights
+from florec.models.seq_layers import FilterLayer, SeqEmbedding, SequentialRecommender, init_weights
 
 
 class GRU4RecBody(nn.Module):
@@ -27,7 +27,7 @@ class GRU4RecBody(nn.Module):
     filter_layers : int
         Low-pass filter layers before the GRU (0 for plain GRU4Rec).
     ratio : float
-        Filter quantile (see :func:`models.seq_layers.low_pass_mask`).
+        Filter quantile (see :func:`florec.models.seq_layers.low_pass_mask`).
 
     """
 

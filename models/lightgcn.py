@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender, seeded_rows
-from models.mf import ITEM_SALT, USER_SALT
+from florec.models.base import Recommender, seeded_rows
+from florec.models.mf import ITEM_SALT, USER_SALT
 
 
 def normalized_adjacency(train: sp.spmatrix) -> sp.csr_matrix:
@@ -54,7 +54,8 @@ class LightGCN(Recommender):
     n_users, n_items, dim : int
         Table sizes (``n_users`` = the rows of the graph given to :meth:`fit`).
     seed : int
-        Ego rows come from (seed, row id) alone, with the same salts as :class:`models.mf.MF`.
+        Ego rows come from (seed, row id) alone, with the same salts as
+        :class:`florec.models.mf.MF`.
     init_std : float
         Standard deviation of the normal initialisation.
     reg : float

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.metric_formulas import (
+from florec.models.metric_formulas import (
     arp_at_k,
     covered_items,
     f1_at_k,
@@ -428,7 +428,7 @@ def evaluate_users(
         Device of the user-id tensor passed to ``score_fn``; ranking runs where the scores are.
     item_pop : array-like, optional
         ``(n_items,)`` item popularity (train counts). When given, ``arp@<k>`` per-user sums
-        are added (see :func:`models.metric_formulas.arp_at_k`); they pool like the others.
+        are added (see :func:`florec.models.metric_formulas.arp_at_k`); they pool like the others.
     coverage : bool
         Add ``coverage@<k>``: the share of the catalogue in at least one evaluated user's list.
         It is a catalogue-level value of **this call**, not a per-user sum: it cannot be pooled

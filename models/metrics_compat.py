@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from models.metrics import _check_k
+from florec.models.metrics import _check_k
 
 
 def f1_of_means(means: dict[str, float], k: int) -> float:

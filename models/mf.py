@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender, seeded_rows
+from florec.models.base import Recommender, seeded_rows
 
 USER_SALT, ITEM_SALT = 1, 2
 
@@ -38,7 +38,7 @@ class MF(Recommender):
     n_users, n_items, dim : int
         Table sizes.
     seed : int
-        Rows are initialised from (seed, row id) alone, see :func:`models.base.seeded_rows`.
+        Rows are initialised from (seed, row id) alone, see :func:`florec.models.base.seeded_rows`.
     init_std : float
         Standard deviation of the normal initialisation.
     reg : float

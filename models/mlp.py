@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender, seeded_rows
-from models.mf import ITEM_SALT, USER_SALT
+from florec.models.base import Recommender, seeded_rows
+from florec.models.mf import ITEM_SALT, USER_SALT
 
 MLP_SALT = 3
 #: Largest number of hidden activations (users x items x width) built at once in :meth:`score`.
@@ -42,7 +42,7 @@ class MLPScorer(Recommender):
     n_users, n_items, dim : int
         Table sizes.
     seed : int
-        Embedding rows come from (seed, row id) (salts of :class:`models.mf.MF`); MLP weights
+        Embedding rows come from (seed, row id) (salts of :class:`florec.models.mf.MF`); MLP weights
         from (seed, layer), so every client starts from the same shared weights.
     init_std : float
         Standard deviation of the normal embedding initialisation.

@@ -7,7 +7,7 @@ trained on the next-item loss plus the oracle-guiding loss that pulls its repres
 the (detached) future representations. Only the past encoder scores items (inference).
 
 Two-phase training per minibatch with two Adam optimisers is in
-:func:`client.trainers.sequential.oracle_step`; :func:`oracle_optimizers` builds them, both
+:func:`florec.client.trainers.sequential.oracle_step`; :func:`oracle_optimizers` builds them, both
 holding the shared embedding parameters (one table, two Adam updates per minibatch).
 """
 
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.gru4rec import GRU4RecBody
-from models.sasrec import SASRecBody
-from models.seq_layers import SeqEmbedding, SequentialRecommender, init_weights, rec_loss
+from florec.models.gru4rec import GRU4RecBody
+from florec.models.sasrec import SASRecBody
+from florec.models.seq_layers import SeqEmbedding, SequentialRecommender, init_weights, rec_loss
 
 BACKBONES = ("sasrec", "gru4rec")
 

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.base import Recommender
+from florec.models.base import Recommender
 
 
 class Pop(Recommender):

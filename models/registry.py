@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from models.base import Recommender
-from models.gfcf import GFCF
-from models.itemknn import ItemKNN
-from models.lightgcn import LightGCN
-from models.mf import MF
-from models.mlp import MLPScorer
-from models.pop import Pop
-from recdata.errors import ConfigError
-from recdata.runconfig import RunConfig
+from florec.models.base import Recommender
+from florec.models.gfcf import GFCF
+from florec.models.itemknn import ItemKNN
+from florec.models.lightgcn import LightGCN
+from florec.models.mf import MF
+from florec.models.mlp import MLPScorer
+from florec.models.pop import Pop
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
 
 # Models with ``fit(train_csr)``: Pop, GF-CF and ItemKNN fit on it (no training); LightGCN only
 # takes its graph from it and then trains by ``loss``. Call ``fit`` before ``score`` if it exists.
@@ -25,7 +25,8 @@ MODELS: dict[str, type[Recommender]] = {
     "itemknn": ItemKNN,
 }
 
-#: next-item models over time-ordered sequences (:mod:`sim.central_seq`, :mod:`client.seq_node`)
+#: next-item models over time-ordered sequences (:mod:`florec.sim.central_seq`,
+#: :mod:`florec.client.seq_node`)
 SEQUENTIAL_MODELS = ("sasrec", "gru4rec")
 
 
@@ -60,9 +61,9 @@ def build_sequential_model(name: str, n_items: int, *, seed: int = 0, oracle: bo
         If the name is not a sequential model, or ``dim`` is not a multiple of ``heads``.
 
     """
-    from models.gru4rec import GRU4Rec
-    from models.oracle4rec import Oracle4Rec
-    from models.sasrec import SASRec
+    from florec.models.gru4rec import GRU4Rec
+    from florec.models.oracle4rec import Oracle4Rec
+    from florec.models.sasrec import SASRec
 
     if name not in SEQUENTIAL_MODELS:
         raise ConfigError(f"model '{name}' is not sequential; choose one of "

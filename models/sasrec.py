@@ -1,7 +1,7 @@
 """SASRec (Kang & McAuley, ICDM 2018) in the FMLP-Rec/Oracle4Rec layer style.
 
 Embedding (item + learned position) -> LayerNorm -> dropout -> optional low-pass filter layers
-(Oracle4Rec's, :class:`models.seq_layers.FilterLayer`) -> causal transformer blocks. The last
+(Oracle4Rec's, :class:`florec.models.seq_layers.FilterLayer`) -> causal transformer blocks. The last
 hidden state represents the user; ``score`` ranks all items by dot product with it.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.seq_layers import (
+from florec.models.seq_layers import (
     LN_EPS,
     FilterLayer,
     SeqEmbedding,
@@ -35,7 +35,7 @@ class SASRecBody(nn.Module):
     filter_layers : int
         Low-pass filter layers before the blocks (0 for plain SASRec).
     ratio : float
-        Filter quantile (see :func:`models.seq_layers.low_pass_mask`).
+        Filter quantile (see :func:`florec.models.seq_layers.low_pass_mask`).
 
     """
 

@@ -2,7 +2,7 @@
 
 The layers follow the FMLP-Rec / Oracle4Rec code (oracle4rec.md §2): post-LayerNorm residual
 blocks with eps 1e-12, erf-GELU, no attention-probability dropout, additive -10000 masks, and
-weights initialised N(0, 0.02). Token 0 is padding (see :mod:`recdata.sequences`).
+weights initialised N(0, 0.02). Token 0 is padding (see :mod:`florec.recdata.sequences`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender
+from florec.models.base import Recommender
 
 INIT_STD = 0.02
 LN_EPS = 1e-12

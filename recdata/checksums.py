@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from recdata.errors import DataError
+from florec.recdata.errors import DataError
 
 #: Files of the GroupLens ``ml-100k`` folder (also inside ``ml-100k.zip`` under ``ml-100k/``).
 ML100K_SHA256: dict[str, str] = {

@@ -12,7 +12,7 @@ import hashlib
 
 import numpy as np
 
-from recdata.errors import ConfigError
+from florec.recdata.errors import ConfigError
 
 #: salt of the cohort stream (node sampling uses 17, local training 11)
 COHORT_SALT = 23

@@ -2,8 +2,9 @@
 
 Data root: the ``data_dir`` argument, else ``$FLOREC_DATA_DIR``; one folder per dataset under
 it (``ml-100k/``, ``ml-1m/``, ``amazon-scientific/``, ``fedcia/``). ML-100K can also come
-from the cache or be fetched (:mod:`recdata.download`); ``synthetic`` is generated
-(:mod:`recdata.synthetic`); the FedCIA authors' splits are read by :mod:`recdata.fedcia_data`.
+from the cache or be fetched (:mod:`florec.recdata.download`); ``synthetic`` is generated
+(:mod:`florec.recdata.synthetic`); the FedCIA authors' splits are read by
+:mod:`florec.recdata.fedcia_data`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from recdata.checksums import AMAZON_SCIENTIFIC_SHA256, ML1M_SHA256, verify_files
-from recdata.download import ml100k_folder
-from recdata.errors import ConfigError, DataError
-from recdata.fedcia_data import load_fedcia
-from recdata.fedcia_graphs import load_fedcia_graph
-from recdata.interactions import Interactions
-from recdata.recbole_io import is_recbole, load_recbole
-from recdata.synthetic import generate_synthetic
+from florec.recdata.checksums import AMAZON_SCIENTIFIC_SHA256, ML1M_SHA256, verify_files
+from florec.recdata.download import ml100k_folder
+from florec.recdata.errors import ConfigError, DataError
+from florec.recdata.fedcia_data import load_fedcia
+from florec.recdata.fedcia_graphs import load_fedcia_graph
+from florec.recdata.interactions import Interactions
+from florec.recdata.recbole_io import is_recbole, load_recbole
+from florec.recdata.synthetic import generate_synthetic
 
 Loader = Callable[[Path | None, float, dict[str, Any]], Interactions]
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
@@ -77,7 +78,7 @@ def load_dataset(
         Smallest rating that counts as a positive interaction (1.0 keeps all MovieLens ratings).
     synthetic : dict, optional
         Generator parameters, only for ``name="synthetic"`` (see
-        :func:`recdata.synthetic.generate_synthetic`).
+        :func:`florec.recdata.synthetic.generate_synthetic`).
 
     Returns
     -------

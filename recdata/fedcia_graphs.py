@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recdata.checksums import sha256_bytes
-from recdata.errors import DataError
-from recdata.interactions import Interactions
+from florec.recdata.checksums import sha256_bytes
+from florec.recdata.errors import DataError
+from florec.recdata.interactions import Interactions
 
 N_CLIENTS = 100
 

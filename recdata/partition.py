@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from recdata.errors import ConfigError
+from florec.recdata.errors import ConfigError
 
 PARTITION_MODES = ("contiguous", "random", "floor")
 

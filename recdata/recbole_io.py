@@ -5,7 +5,7 @@ A dataset named ``recbole:<folder>`` is read from RecBole's own layout: ``<folde
 RecBole made, used as given with ``split=given``), where ``<name>`` is the folder's name. The
 header names each column ``field:type`` (``user_id:token``, ``item_id:token``, optional
 ``timestamp:float`` and ``rating:float``); columns are tab-separated. FloRec's own splits are
-written in the same form (:func:`recdata.splits.write_split`, ``florec data split``).
+written in the same form (:func:`florec.recdata.splits.write_split`, ``florec data split``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recdata.errors import DataError
-from recdata.interactions import Interactions
+from florec.recdata.errors import DataError
+from florec.recdata.interactions import Interactions
 
 PREFIX = "recbole:"
 PARTS = ("train", "valid", "test")
@@ -89,7 +89,7 @@ def load_recbole(dataset: str, min_rating: float = 1.0) -> Interactions:
         The folder or its files are missing or malformed.
 
     """
-    from recdata.datasets import implicit_rows
+    from florec.recdata.datasets import implicit_rows
 
     folder = Path(dataset[len(PREFIX):]).expanduser()
     name = folder.name

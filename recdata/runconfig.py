@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from recdata.errors import ConfigError
+from florec.recdata.errors import ConfigError
 
 
 def _hyphen(name: str) -> str:

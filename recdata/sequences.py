@@ -1,8 +1,8 @@
 """Time-ordered per-user item sequences and Oracle4Rec-style training samples (numpy only).
 
-Sequences are built from a :class:`recdata.splits.Split`: each user's train items sorted by time
-(ties keep the split file's order, as the leave-one-out split does). Item ids are shifted by one
-(``token = item + 1``) so that token 0 is padding. Windows are **left-padded** to length ``L``.
+Sequences are built from a :class:`florec.recdata.splits.Split`: each user's train items sorted by
+time (ties keep the split file's order, as the leave-one-out split does). Item ids are shifted by
+one (``token = item + 1``) so that token 0 is padding. Windows are **left-padded** to length ``L``.
 
 Inputs at evaluation (evaluation.md §1): validation reads the last ``L`` train items, test reads
 the last ``L`` items of train + validation (for leave-one-out: train + the validation item).
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recdata.errors import ConfigError
-from recdata.splits import Split
+from florec.recdata.errors import ConfigError
+from florec.recdata.splits import Split
 
 PAD = 0
 

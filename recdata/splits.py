@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recdata.errors import ConfigError, DataError
-from recdata.interactions import Interactions
+from florec.recdata.errors import ConfigError, DataError
+from florec.recdata.interactions import Interactions
 
 SPLIT_KINDS = ("loo", "ratio", "global", "given", "ratio-fs")
 PARTS = ("train", "valid", "test")

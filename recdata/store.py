@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from recdata.download import cache_root
-from recdata.recbole_io import storage_name
-from recdata.runconfig import RunConfig
-from recdata.splits import Split, make_split, read_split, write_split
+from florec.recdata.download import cache_root
+from florec.recdata.recbole_io import storage_name
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.splits import Split, make_split, read_split, write_split
 
 
 def split_dir(dataset: str, kind: str, seed: int, min_rating: float = 1.0,
@@ -28,7 +28,7 @@ def _cached(dataset: str, kind: str, seed: int, data_dir: str, min_rating: float
     path = split_dir(dataset, kind, seed, min_rating, synthetic)
     name = storage_name(dataset)
     if not (path / f"{name}.test.inter").exists():
-        from recdata.datasets import load_dataset
+        from florec.recdata.datasets import load_dataset
 
         inter = load_dataset(dataset, data_dir or None, min_rating=min_rating, synthetic=synthetic)
         write_split(make_split(inter, kind, seed), path, name, inter)
@@ -48,7 +48,7 @@ def get_split(dataset: str, kind: str = "loo", seed: int = 0, data_dir: str | No
     seed : int
         Split seed (ratio splits only; LOO is deterministic).
     data_dir : str, optional
-        Data root (else ``$FLOREC_DATA_DIR`` or download, see :mod:`recdata.datasets`).
+        Data root (else ``$FLOREC_DATA_DIR`` or download, see :mod:`florec.recdata.datasets`).
     min_rating : float
         Ratings below this are dropped (implicit feedback threshold).
     synthetic : dict, optional
@@ -66,7 +66,7 @@ def get_split(dataset: str, kind: str = "loo", seed: int = 0, data_dir: str | No
 
 def num_buckets_for(cfg: RunConfig) -> int:
     """How many nodes the partition of this config needs (builds the split once if new)."""
-    from recdata.partition import num_buckets
+    from florec.recdata.partition import num_buckets
 
     split, _ = get_split(
         cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()

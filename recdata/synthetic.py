@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from recdata.errors import ConfigError
-from recdata.interactions import Interactions
+from florec.recdata.errors import ConfigError
+from florec.recdata.interactions import Interactions
 
 #: Parameter -> default. ``mean_interactions`` is the mean number of interactions per user.
 SYNTHETIC_DEFAULTS: dict[str, float | int] = {

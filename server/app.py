@@ -14,14 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from models.metrics import split_metrics
-from models.registry import SEQUENTIAL_MODELS
-from recdata.cohort import cohort_log
-from recdata.errors import FloRecError
-from recdata.partition import node_clients
-from recdata.runconfig import RunConfig, parse_run_config
-from recdata.store import get_split
-from server.checkpoint import (
+from florec.models.metrics import split_metrics
+from florec.models.registry import SEQUENTIAL_MODELS
+from florec.recdata.cohort import cohort_log
+from florec.recdata.errors import FloRecError
+from florec.recdata.partition import node_clients
+from florec.recdata.runconfig import RunConfig, parse_run_config
+from florec.recdata.store import get_split
+from florec.server.checkpoint import (
     ServerState,
     checkpoint_dir,
     clear_checkpoints,
@@ -30,17 +30,17 @@ from server.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from server.loop import (
+from florec.server.loop import (
     learn_partitions,
     restore_nodes,
     snapshot_nodes,
     stream_replies,
     wait_for_nodes,
 )
-from server.results import ResultsWriter, default_out_dir, peak_rss_mb, run_entry
-from strategies.base import RecStrategy
-from strategies.payload import from_record, to_record
-from strategies.registry import attach_cohorts, build_strategy
+from florec.server.results import ResultsWriter, default_out_dir, peak_rss_mb, run_entry
+from florec.strategies.base import RecStrategy
+from florec.strategies.payload import from_record, to_record
+from florec.strategies.registry import attach_cohorts, build_strategy
 
 app = ServerApp()
 
@@ -153,7 +153,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     """Train and evaluate one federated run; returns its entry of ``results.json``.
 
     With ``checkpoint-every=N`` the run is checkpointed every N rounds; ``resume=true``
-    continues the last checkpoint of ``out_dir`` (see :mod:`server.checkpoint`).
+    continues the last checkpoint of ``out_dir`` (see :mod:`florec.server.checkpoint`).
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)

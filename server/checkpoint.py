@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recdata.errors import ConfigError, DataError
+from florec.recdata.errors import ConfigError, DataError
 
 #: keys a resume may change; any other difference is refused
 RESUMABLE_KEYS = ("resume", "out-dir", "num-rounds")

@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from recdata.errors import ConfigError, DataError
+from florec.recdata.errors import ConfigError, DataError
 
 PARTITION = f"{MessageType.QUERY}.partition"
 STORE = f"{MessageType.QUERY}.store"

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recdata.errors import ConfigError
-from server.results import ResultsWriter, environment, read_results
+from florec.recdata.errors import ConfigError
+from florec.server.results import ResultsWriter, environment, read_results
 
 #: Central Adam step size when a central method sets no ``lr`` (as ``florec central``).
 CENTRAL_LR = 0.005
@@ -144,21 +144,21 @@ def cell_config(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:
 
 def run_cell(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:
     """Run one cell in this process; returns its run dict (with ``label``)."""
-    from recdata.runconfig import parse_run_config
+    from florec.recdata.runconfig import parse_run_config
 
     cfg = parse_run_config(cell_config(conf, cell))
     for stale in ("rounds.jsonl", "results.json", "error.txt"):  # of an unfinished attempt
         (cell.out_dir / stale).unlink(missing_ok=True)
     if cell.method["setting"] == "central":
-        from sim.central import run_central
+        from florec.sim.central import run_central
 
         run = run_central(cfg, int(cell.method.get("epochs", 20)),
                           int(cell.method.get("batch-size", 1024)), cell.out_dir)
     else:
-        from recdata.store import num_buckets_for
-        from server.app import run_federated
-        from sim.local_grid import LocalGrid
-        from strategies.registry import check_algorithm
+        from florec.recdata.store import num_buckets_for
+        from florec.server.app import run_federated
+        from florec.sim.local_grid import LocalGrid
+        from florec.strategies.registry import check_algorithm
 
         check_algorithm(cfg)
         cfg = cfg.model_copy(update={"num_nodes": num_buckets_for(cfg)})  # users-per-node
@@ -203,15 +203,15 @@ def run_bench(config_path: Path, out: Path, progress: bool = True,
     """
     from rich.progress import Progress
 
-    from sim.plots import write_plots
-    from sim.report import write_report
+    from florec.sim.plots import write_plots
+    from florec.sim.report import write_report
 
     conf = load_bench(config_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = cells_of(conf, out)
     outcome = BenchOutcome()
-    import server.app  # noqa: F401 - flwr sets its logger's level on import; quiet it after
+    import florec.server.app  # noqa: F401 - flwr sets its logger's level on import; quiet it after
 
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level

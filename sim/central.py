@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import Recommender
-from models.metrics import evaluate_users, finalize
-from models.registry import SEQUENTIAL_MODELS, build_model
-from recdata.runconfig import RunConfig
-from recdata.sampling import sample_negatives
-from recdata.splits import Split
-from recdata.store import get_split
-from sim.central_loop import fit_and_select
+from florec.models.base import Recommender
+from florec.models.metrics import evaluate_users, finalize
+from florec.models.registry import SEQUENTIAL_MODELS, build_model
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.sampling import sample_negatives
+from florec.recdata.splits import Split
+from florec.recdata.store import get_split
+from florec.sim.central_loop import fit_and_select
 
 
 def item_popularity(split: Split) -> np.ndarray:
@@ -89,15 +89,15 @@ def run_central(
     """Train ``cfg.model`` centrally for ``epochs`` epochs; test at the best validation epoch.
 
     Returns the run's entry of ``results.json`` (and writes the folder if ``out_dir`` is given).
-    Sequential models train in :mod:`sim.central_seq`, MF with a debiasing loss (``mf-loss``
-    other than ``bpr``) in :mod:`sim.central_fair`.
+    Sequential models train in :mod:`florec.sim.central_seq`, MF with a debiasing loss (``mf-loss``
+    other than ``bpr``) in :mod:`florec.sim.central_fair`.
     """
     if cfg.model in SEQUENTIAL_MODELS:
-        from sim.central_seq import run_central_seq
+        from florec.sim.central_seq import run_central_seq
 
         return run_central_seq(cfg, epochs, batch_size, out_dir, device)
     if cfg.mf_loss != "bpr":
-        from sim.central_fair import run_central_fair
+        from florec.sim.central_fair import run_central_fair
 
         return run_central_fair(cfg, epochs, batch_size, out_dir, device)
     t_start = time.perf_counter()

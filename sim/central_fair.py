@@ -6,13 +6,14 @@ step), **summed** losses, batches of ``batch_size``.
 
 - Pair-wise (``ubpr``, ``cpr``, ``fs-pair``; ``bpr`` if called directly): one pass over the
   shuffled train pairs. UBPR draws its second item uniformly from all items; CPR and FS-Pair use
-  the in-batch partner of :func:`recdata.fair_sampling.pair_partners` (dropped pairs counted).
+  the in-batch partner of :func:`florec.recdata.fair_sampling.pair_partners` (dropped pairs
+  counted).
 - Point-wise (``wmf``, ``relmf``, ``du``, ``fs-point``): one pass over **every** U x I cell,
   generated lazily per batch; FS-Point adds one supplement per cell.
 
 The epoch loop (early stopping on ``selection-metric`` with ``patience``, test at the best
-validation epoch, ``results.json`` / ``rounds.jsonl``) is :func:`sim.central_loop.fit_and_select`,
-shared with :func:`sim.central.run_central`.
+validation epoch, ``results.json`` / ``rounds.jsonl``) is
+:func:`florec.sim.central_loop.fit_and_select`, shared with :func:`florec.sim.central.run_central`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,19 @@ from typing import Any
 
 import torch
 
-from models import fair_losses as fl
-from models.mf import MF
-from recdata.errors import ConfigError
-from recdata.fair_sampling import TrainIndex, cell_batches, fs_point_supplements, pair_partners
-from recdata.runconfig import RunConfig
-from recdata.store import get_split
-from sim.central import evaluate_model
-from sim.central_loop import fit_and_select
+from florec.models import fair_losses as fl
+from florec.models.mf import MF
+from florec.recdata.errors import ConfigError
+from florec.recdata.fair_sampling import (
+    TrainIndex,
+    cell_batches,
+    fs_point_supplements,
+    pair_partners,
+)
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.store import get_split
+from florec.sim.central import evaluate_model
+from florec.sim.central_loop import fit_and_select
 
 
 class FairTrainer:
@@ -43,7 +49,8 @@ class FairTrainer:
     index : TrainIndex
         The train matrix, on the model's device.
     loss : str
-        One of :data:`models.fair_losses.PAIR_LOSSES` + :data:`models.fair_losses.POINT_LOSSES`.
+        One of :data:`florec.models.fair_losses.PAIR_LOSSES` +
+        :data:`florec.models.fair_losses.POINT_LOSSES`.
     optimizer : torch.optim.Optimizer
         Over ``model.user_emb`` and ``model.item_emb``.
     gen : torch.Generator

@@ -1,9 +1,9 @@
 """The epoch loop every central runner shares: validate, keep the best epoch, stop, write files.
 
-A runner (:mod:`sim.central`, :mod:`sim.central_seq`, :mod:`sim.central_fair`) builds its
-model and hands :func:`fit_and_select` three callables: one epoch of training, a validation
-pass and a test pass. The loop validates every ``eval-every`` epochs (and at the last), tests
-at each strict improvement of ``selection-metric`` (so the reported test metrics are those of
+A runner (:mod:`florec.sim.central`, :mod:`florec.sim.central_seq`, :mod:`florec.sim.central_fair`)
+builds its model and hands :func:`fit_and_select` three callables: one epoch of training, a
+validation pass and a test pass. The loop validates every ``eval-every`` epochs (and at the last),
+tests at each strict improvement of ``selection-metric`` (so the reported test metrics are those of
 the best validation epoch), stops after ``patience`` evaluations without improvement, and
 writes ``config.json``, one ``rounds.jsonl`` line per epoch and ``results.json`` (rewritten
 every epoch with status ``running``, so a killed run keeps its finished epochs).
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recdata.runconfig import RunConfig
-from server.results import ResultsWriter, peak_rss_mb, run_entry
+from florec.recdata.runconfig import RunConfig
+from florec.server.results import ResultsWriter, peak_rss_mb, run_entry
 
 Metrics = dict[str, float]
 

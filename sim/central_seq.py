@@ -1,7 +1,7 @@
 """Centralized training of sequential recommenders (SASRec, GRU4Rec, each +Oracle4Rec).
 
-Same results folder and protocol as :func:`sim.central.run_central` (the shared loop of
-:mod:`sim.central_loop`): the test split is evaluated only at a validation improvement.
+Same results folder and protocol as :func:`florec.sim.central.run_central` (the shared loop of
+:mod:`florec.sim.central_loop`): the test split is evaluated only at a validation improvement.
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.trainers.sequential import (
+from florec.client.trainers.sequential import (
     make_optimizers,
     resolve_device,
     sequence_metric_sums,
     train_epoch,
 )
-from models.metrics import split_metrics
-from models.registry import sequential_from_config
-from recdata.runconfig import RunConfig
-from recdata.sequences import UserSequences
-from recdata.store import get_split
-from sim.central_loop import fit_and_select
+from florec.models.metrics import split_metrics
+from florec.models.registry import sequential_from_config
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.sequences import UserSequences
+from florec.recdata.store import get_split
+from florec.sim.central_loop import fit_and_select
 
 
 def seq_method_name(cfg: RunConfig) -> str:

@@ -1,6 +1,6 @@
 """The ``florec`` command: data, central and federated runs, the demo and deployments.
 
-The benchmark commands (``bench``, ``perf``, ``plot``) live in :mod:`sim.cli_bench`.
+The benchmark commands (``bench``, ``perf``, ``plot``) live in :mod:`florec.sim.cli_bench`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from recdata.errors import FloRecError
-from recdata.runconfig import RunConfig, parse_run_config
-from recdata.store import num_buckets_for
-from sim import cli_bench
-from sim.cli_bench import Override
+from florec.recdata.errors import FloRecError
+from florec.recdata.runconfig import RunConfig, parse_run_config
+from florec.recdata.store import num_buckets_for
+from florec.sim import cli_bench
+from florec.sim.cli_bench import Override
 
 app = typer.Typer(
     help="FloRec: federated recommendation on Flower.",
@@ -33,7 +33,7 @@ CENTRAL_LR = 0.005
 
 
 def _config(base: dict[str, Any], overrides: list[str] | None) -> RunConfig:
-    from sim.flower import parse_overrides
+    from florec.sim.flower import parse_overrides
 
     return parse_run_config(base | parse_overrides(overrides or []))
 
@@ -41,7 +41,7 @@ def _config(base: dict[str, Any], overrides: list[str] | None) -> RunConfig:
 @data_app.command("list")
 def data_list() -> None:
     """List the registered datasets."""
-    from recdata.datasets import DATASETS
+    from florec.recdata.datasets import DATASETS
 
     for name, spec in DATASETS.items():
         console.print(f"[bold]{name}[/bold]  {getattr(spec, 'description', '')}")
@@ -50,7 +50,7 @@ def data_list() -> None:
 @data_app.command("stats")
 def data_stats(dataset: str, data_dir: Annotated[str, typer.Option()] = "") -> None:
     """Users, items, interactions and density of a dataset."""
-    from recdata.datasets import load_dataset
+    from florec.recdata.datasets import load_dataset
 
     inter = load_dataset(dataset, data_dir or None)
     n = len(inter)
@@ -79,7 +79,7 @@ def data_split(
     """Write DIR/<dataset>.{train,valid,test}.inter (RecBole atomic files) and the id maps."""
     import shutil
 
-    from recdata.store import get_split
+    from florec.recdata.store import get_split
 
     cfg = parse_run_config({"dataset": dataset, "split": split, "split-seed": seed})
     sp, path = get_split(
@@ -105,7 +105,7 @@ def central(
     config: Override = None,
 ) -> None:
     """Train a model on the pooled training data; writes OUT/results.json."""
-    from sim.central import run_central
+    from florec.sim.central import run_central
 
     cfg = _config(
         {"dataset": dataset, "model": model, "split": split, "seed": seed, "lr": lr}, config
@@ -118,7 +118,7 @@ def central(
 def federated_config(dataset: str, algorithm: str, model: str, nodes: int, rounds: int,
                      config: list[str] | None, **extra: Any) -> tuple[RunConfig, int, dict]:
     """Validated config of a federated run, its node count and its non-default keys."""
-    from strategies.registry import check_algorithm
+    from florec.strategies.registry import check_algorithm
 
     cfg = _config({"dataset": dataset, "algorithm": algorithm, "model": model,
                    "num-nodes": nodes, "num-rounds": rounds} | extra, config)
@@ -131,7 +131,7 @@ def federated_config(dataset: str, algorithm: str, model: str, nodes: int, round
 
 def report_finished(out: Path, failed: bool, what: str) -> None:
     """Print the results table of a finished run, or one line saying where its rounds are."""
-    from server.results import read_results
+    from florec.server.results import read_results
 
     if failed or not (out / "results.json").exists():
         raise FloRecError(f"the {what} run failed; see the log above and {out} for finished rounds")
@@ -159,7 +159,7 @@ def sim(
     config: Override = None,
 ) -> None:
     """Run `flwr run .` as a local simulation sized to the partition; stops the SuperLink after."""
-    from sim.flower import flwr_run
+    from florec.sim.flower import flwr_run
 
     if resume is not None:
         out = resume.resolve()
@@ -213,8 +213,8 @@ def demo(
     config: Override = None,
 ) -> None:
     """FedAvg-MF on ML-100K with 100 nodes vs the same MF trained centrally; prints a table."""
-    from server.results import read_results
-    from sim.central import run_central
+    from florec.server.results import read_results
+    from florec.sim.central import run_central
 
     out = out.resolve()
     sim(
@@ -264,7 +264,7 @@ def deploy_local(
     config: Override = None,
 ) -> None:
     """Run one job on a real deployment on 127.0.0.1: SuperLink, SuperNodes, SuperExecs."""
-    from sim.deploy import run_local
+    from florec.sim.deploy import run_local
 
     out = out.resolve()
     _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config)

@@ -1,4 +1,4 @@
-"""The benchmark commands of ``florec``, registered by :mod:`sim.cli`.
+"""The benchmark commands of ``florec``, registered by :mod:`florec.sim.cli`.
 
 ``bench`` runs a TOML matrix, ``perf`` measures rounds under Flower and Ray, ``plot`` redraws a
 bench folder's plots.
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-#: ``-c key=value`` run-config overrides (shared with :mod:`sim.cli`)
+#: ``-c key=value`` run-config overrides (shared with :mod:`florec.sim.cli`)
 Override = Annotated[
     list[str] | None, typer.Option("--config", "-c", help="run-config override key=value")
 ]
@@ -28,7 +28,7 @@ def bench(
     """Run (or resume) a bench matrix; writes OUT/results.json, report.md and plots/."""
     import tomllib
 
-    from sim.bench import run_bench
+    from florec.sim.bench import run_bench
 
     if out is None:
         name = tomllib.loads(config.read_text()).get("bench", {}).get("name", config.stem)
@@ -54,8 +54,8 @@ def perf(
     """Benchmark FedAvg-MF rounds under `flwr run` + Ray: time, framework cost, memory, bytes."""
     import json
 
-    from sim.flower import parse_overrides
-    from sim.perf import measure, perf_cells
+    from florec.sim.flower import parse_overrides
+    from florec.sim.perf import measure, perf_cells
 
     extra = parse_overrides(config or [])
     def floats(text: str) -> list[float]:
@@ -85,7 +85,7 @@ def perf(
 
 def plot(results_dir: Path) -> None:
     """Redraw the PNG plots of a bench results folder into RESULTS_DIR/plots/."""
-    from sim.plots import write_plots
+    from florec.sim.plots import write_plots
 
     for path in write_plots(results_dir):
         console.print(str(path))

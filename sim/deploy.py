@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recdata.errors import FloRecError
-from sim.flower import PROJECT_ROOT, flower_env, free_ports, terminate, toml_value
+from florec.recdata.errors import FloRecError
+from florec.sim.flower import PROJECT_ROOT, flower_env, free_ports, terminate, toml_value
 
 CONNECTION = "florec-deploy"
 CERTS_SCRIPT = PROJECT_ROOT / "deploy" / "certs.sh"

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from recdata.errors import FloRecError
+from florec.recdata.errors import FloRecError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

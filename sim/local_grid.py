@@ -55,7 +55,7 @@ class LocalGrid(Grid):
         node_config: dict[str, Any] | None = None,
     ) -> None:
         if handlers is None:
-            from client.app import align, evaluate, partition, setup, store, train
+            from florec.client.app import align, evaluate, partition, setup, store, train
 
             handlers = {MessageType.TRAIN: train, f"{MessageType.TRAIN}.align": align,
                         f"{MessageType.TRAIN}.setup": setup,

@@ -1,9 +1,10 @@
 """`florec perf`: what a federated round costs under `flwr run` + Ray, cell by cell.
 
 For each cell of population x cohort x bucket size, one short FedAvg-MF run goes through a
-local Flower simulation (:func:`sim.flower.flwr_run`) and the same run goes through the
-in-process grid (:class:`sim.local_grid.LocalGrid`: the same ServerApp, ClientApp and messages,
-no SuperLink, Ray or serialisation). Both write ``rounds.jsonl``; round 1 (warm-up) is skipped.
+local Flower simulation (:func:`florec.sim.flower.flwr_run`) and the same run goes through the
+in-process grid (:class:`florec.sim.local_grid.LocalGrid`: the same ServerApp, ClientApp and
+messages, no SuperLink, Ray or serialisation). Both write ``rounds.jsonl``; round 1 (warm-up) is
+skipped.
 
 - ``s_per_round``: median training seconds of rounds 2..R under Flower (evaluation excluded);
 - ``framework_ms_per_update``: the cost of Flower and Ray alone per logical client update:
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from recdata.errors import ConfigError
+from florec.recdata.errors import ConfigError
 
 #: ML-1M's catalogue and mean interactions per user, for synthetic populations of any size
 ML1M_SHAPE = {"synthetic-items": 3706, "synthetic-interactions": 165}
@@ -106,9 +107,9 @@ def train_seconds(row: dict[str, Any]) -> float:
 
 def run_in_process(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     """Run ``cfg`` on the in-process grid; returns its rounds."""
-    from recdata.store import num_buckets_for
-    from server.app import run_federated
-    from sim.local_grid import LocalGrid
+    from florec.recdata.store import num_buckets_for
+    from florec.server.app import run_federated
+    from florec.sim.local_grid import LocalGrid
 
     run_cfg = _validated(cfg | {"out-dir": str(out)})
     n = num_buckets_for(run_cfg)
@@ -119,8 +120,8 @@ def run_in_process(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
 
 def run_flower(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], float]:
     """Run ``cfg`` under `flwr run` (one CPU per client); returns its rounds and peak memory."""
-    from recdata.store import num_buckets_for
-    from sim.flower import flwr_run
+    from florec.recdata.store import num_buckets_for
+    from florec.sim.flower import flwr_run
 
     n = num_buckets_for(_validated(cfg))
     with TreeMemory() as mem:
@@ -131,7 +132,7 @@ def run_flower(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], fl
 
 
 def _validated(cfg: dict[str, Any]):
-    from recdata.runconfig import parse_run_config
+    from florec.recdata.runconfig import parse_run_config
 
     return parse_run_config(cfg)
 
@@ -182,7 +183,7 @@ def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None,
 def perf_cells(datasets: list[str], populations: list[int], cohorts: list[float],
                buckets: list[int]) -> list[PerfCell]:
     """The matrix: ``synthetic`` at each population, any other dataset at its own size."""
-    from recdata.datasets import load_dataset
+    from florec.recdata.datasets import load_dataset
 
     cells = []
     for dataset in datasets:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from server.results import read_results
+from florec.server.results import read_results
 
 METRIC = "ndcg@10"
 

@@ -19,9 +19,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from models.metrics import add_sums
-from recdata.cohort import buckets_with_cohort, sample_cohort
-from strategies.payload import record_nbytes
+from florec.models.metrics import add_sums
+from florec.recdata.cohort import buckets_with_cohort, sample_cohort
+from florec.strategies.payload import record_nbytes
 
 
 class RecStrategy(Strategy):
@@ -70,7 +70,7 @@ class RecStrategy(Strategy):
 
     def set_cohorts(self, seed: int, n_users: int, fraction: float, size: int,
                     node_users: list[np.ndarray]) -> None:
-        """Train only a seeded cohort of users per round (see :mod:`recdata.cohort`).
+        """Train only a seeded cohort of users per round (see :mod:`florec.recdata.cohort`).
 
         Parameters
         ----------

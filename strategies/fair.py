@@ -1,9 +1,9 @@
 """FedAvg-MF with a popularity-aware local loss: item popularity by secure sum, then FedAvg.
 
-Before round 1 the strategy runs the secure sum of :mod:`strategies.secure_sum` in setup stages
-(``train.setup`` messages, handled by :mod:`client.setup_node`): every node contributes its
-users' item counts and its number of users, and the server learns only the totals ``pop`` (n
-counts) and ``U``. They are then sent inside every training and evaluation message as
+Before round 1 the strategy runs the secure sum of :mod:`florec.strategies.secure_sum` in setup
+stages (``train.setup`` messages, handled by :mod:`florec.client.setup_node`): every node
+contributes its users' item counts and its number of users, and the server learns only the totals
+``pop`` (n counts) and ``U``. They are then sent inside every training and evaluation message as
 ``item_pop`` and ``n_users`` and are never averaged: nodes do not upload them, and
 :meth:`FairFedAvg.aggregate_train` puts them back into the new global state.
 
@@ -22,12 +22,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from models.mf import MF
-from recdata.errors import ConfigError
-from recdata.runconfig import RunConfig
-from strategies.fedavg import FedAvgRec
-from strategies.payload import from_record, to_record
-from strategies.secure_sum import KEY_BYTES, unmask_sum
+from florec.models.mf import MF
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
+from florec.strategies.fedavg import FedAvgRec
+from florec.strategies.payload import from_record, to_record
+from florec.strategies.secure_sum import KEY_BYTES, unmask_sum
 
 #: ``mf-loss`` values with a federated implementation.
 FEDERATED_LOSSES = ("fs-point", "fs-pair", "ubpr", "wmf", "relmf", "du")
@@ -44,7 +44,7 @@ class FairFedAvg(FedAvgRec):
     n_items : int
         Catalogue size (the secure-sum vector has ``n_items + 1`` entries: counts and users).
     mode, fraction_train, seed
-        As in :class:`strategies.fedavg.FedAvgRec`.
+        As in :class:`florec.strategies.fedavg.FedAvgRec`.
 
     """
 

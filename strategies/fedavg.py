@@ -21,8 +21,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from strategies.base import RecStrategy
-from strategies.payload import check_reply, from_record, record_nbytes, to_record
+from florec.strategies.base import RecStrategy
+from florec.strategies.payload import check_reply, from_record, record_nbytes, to_record
 
 MODES = ("dense", "sparse")
 

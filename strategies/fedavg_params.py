@@ -21,10 +21,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from models.registry import sequential_from_config
-from recdata.runconfig import RunConfig
-from strategies.base import RecStrategy
-from strategies.payload import check_reply, from_record, record_nbytes, to_record
+from florec.models.registry import sequential_from_config
+from florec.recdata.runconfig import RunConfig
+from florec.strategies.base import RecStrategy
+from florec.strategies.payload import check_reply, from_record, record_nbytes, to_record
 
 WEIGHT_KEY = "num-positions"
 

@@ -25,8 +25,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from strategies.base import RecStrategy
-from strategies.payload import check_reply, from_record, record_nbytes, to_record
+from florec.strategies.base import RecStrategy
+from florec.strategies.payload import check_reply, from_record, record_nbytes, to_record
 
 ALIGN = f"{MessageType.TRAIN}.align"
 COMM_MODES = ("dense", "factored")
@@ -63,7 +63,7 @@ class FedCIA(RecStrategy):
         Uniform mean (the paper) or weights by training interactions; nodes apply the weights
         and report their total as ``weight``.
     fraction_train, seed
-        See :class:`strategies.base.RecStrategy`.
+        See :class:`florec.strategies.base.RecStrategy`.
 
     """
 

@@ -19,9 +19,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from models import gfcf
-from strategies.base import RecStrategy
-from strategies.payload import check_reply, from_record, record_nbytes, to_record
+from florec.models import gfcf
+from florec.strategies.base import RecStrategy
+from florec.strategies.payload import check_reply, from_record, record_nbytes, to_record
 
 MODES = ("exact", "gsp")
 

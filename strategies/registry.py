@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
-from models.mf import MF
-from models.registry import SEQUENTIAL_MODELS
-from recdata.cohort import is_partial
-from recdata.errors import ConfigError
-from recdata.runconfig import RunConfig
-from strategies.base import RecStrategy
-from strategies.fedavg import FedAvgRec
-from strategies.fedcia import FedCIA, LocalOnly
-from strategies.payload import to_record
+from florec.models.mf import MF
+from florec.models.registry import SEQUENTIAL_MODELS
+from florec.recdata.cohort import is_partial
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
+from florec.strategies.base import RecStrategy
+from florec.strategies.fedavg import FedAvgRec
+from florec.strategies.fedcia import FedCIA, LocalOnly
+from florec.strategies.payload import to_record
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
 SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec"), "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),
@@ -49,11 +49,11 @@ def build_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayReco
     """The strategy of ``cfg.algorithm`` and the global state it starts from."""
     check_algorithm(cfg)
     if cfg.model in SEQUENTIAL_MODELS:
-        from strategies.fedavg_params import build_sequential_strategy
+        from florec.strategies.fedavg_params import build_sequential_strategy
 
         return build_sequential_strategy(cfg, n_items)
     if cfg.algorithm == "fedavg" and cfg.mf_loss != "bpr":
-        from strategies.fair import build_fair_strategy
+        from florec.strategies.fair import build_fair_strategy
 
         return build_fair_strategy(cfg, n_items)
     if cfg.algorithm == "fedavg":
@@ -63,7 +63,7 @@ def build_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayReco
     if cfg.algorithm == "local":
         return LocalOnly(cfg.fraction_train, cfg.seed), ArrayRecord()
     if cfg.model == "gfcf":
-        from strategies.gfcf import FederatedGFCF
+        from florec.strategies.gfcf import FederatedGFCF
 
         return FederatedGFCF(n_items, cfg.gfcf_mode, cfg.gfcf_s, cfg.gfcf_wp, cfg.seed), \
             ArrayRecord()
@@ -77,7 +77,7 @@ def attach_cohorts(strategy: RecStrategy, cfg: RunConfig, n_users: int,
     """Give a FedAvg strategy its seeded user cohorts; returns whether some users sit out.
 
     Nodes recompute the same cohort from (seed, round, population) in
-    :mod:`client.fedavg_node`, so only the round number travels.
+    :mod:`florec.client.fedavg_node`, so only the round number travels.
     """
     if cfg.algorithm != "fedavg" or cfg.model in SEQUENTIAL_MODELS:
         return False

@@ -8,8 +8,8 @@ Random streams are keyed by (seed, round, global user id), so results do not dep
 users are grouped into buckets.
 
 ``mf-loss`` other than ``bpr`` (popularity-aware losses, given the global item popularity from
-the strategy's secure sum) trains in :mod:`client.trainers.fair_embedding`: every user is still
-a separate logical client with its own copy of the item rows it touches.
+the strategy's secure sum) trains in :mod:`florec.client.trainers.fair_embedding`: every user is
+still a separate logical client with its own copy of the item rows it touches.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from client.trainers.bucket import Bucket
-from models.mf import bpr_terms
-from recdata.runconfig import RunConfig
-from recdata.sampling import sample_negatives
+from florec.client.trainers.bucket import Bucket
+from florec.models.mf import bpr_terms
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.sampling import sample_negatives
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
@@ -179,7 +179,7 @@ def local_update(
 
     """
     if cfg.mf_loss != "bpr":
-        from client.trainers.fair_embedding import fair_local_update
+        from florec.client.trainers.fair_embedding import fair_local_update
 
         return fair_local_update(bucket, item_emb, item_bias, user_emb, cfg, server_round,
                                  device, item_pop, n_users)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recdata.splits import Split
+from florec.recdata.splits import Split
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Score ``p_u . q_i`` (no bias), losses summed per user, coupled weight decay on the rows a step
 touches. Every user is a separate logical client with its own copy of the item rows it touches,
-as in :mod:`client.trainers.bpr_embedding`; the global item popularity comes from the fair
+as in :mod:`florec.client.trainers.bpr_embedding`; the global item popularity comes from the fair
 strategy's secure sum.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from client.trainers.bpr_embedding import (
+from florec.client.trainers.bpr_embedding import (
     ADAM_BETAS,
     ADAM_EPS,
     LocalConfig,
@@ -20,8 +20,8 @@ from client.trainers.bpr_embedding import (
     pair_rows,
     step_bounds,
 )
-from client.trainers.bucket import Bucket
-from models import fair_losses as fair
+from florec.client.trainers.bucket import Bucket
+from florec.models import fair_losses as fair
 
 
 def pop_negatives(bucket: Bucket, users: np.ndarray, item_pop: np.ndarray, seed: int,
@@ -130,7 +130,7 @@ def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarra
 
     - ``fs-point``: the expectation-exact closed form of FS-Point over all items, weights
       ``U / pop_i`` on positives and ``U / (U - pop_i)`` on negatives
-      (:func:`models.fair_losses.fs_point_weights`); ``wmf``, ``relmf``, ``du`` likewise over
+      (:func:`florec.models.fair_losses.fs_point_weights`); ``wmf``, ``relmf``, ``du`` likewise over
       all items with their own weights.
     - ``fs-pair`` (an approximation): BPR with negatives drawn in proportion to ``pop`` among
       the user's unseen items (:func:`pop_negatives`); ``ubpr``: the second item uniform over

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from client.trainers.bucket import Bucket
-from models.base import Recommender, seeded_rows
-from models.mf import USER_SALT
-from models.registry import build_model
-from recdata.errors import ConfigError
-from recdata.runconfig import RunConfig
-from recdata.sampling import sample_negatives
+from florec.client.trainers.bucket import Bucket
+from florec.models.base import Recommender, seeded_rows
+from florec.models.mf import USER_SALT
+from florec.models.registry import build_model
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.sampling import sample_negatives
 
 MODEL_KEY, OPT_KEY = "model", "optimizer"
 

@@ -1,7 +1,7 @@
 """Local training and evaluation of sequential models, shared by central and federated runs.
 
 One epoch is a shuffled pass over every training position of the given windows
-(:mod:`recdata.sequences`). A plain backbone takes one Adam step per minibatch on its past
+(:mod:`florec.recdata.sequences`). A plain backbone takes one Adam step per minibatch on its past
 samples. Oracle4Rec takes the two-phase step of oracle4rec.md §2 (:func:`oracle_step`).
 """
 
@@ -14,10 +14,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.metrics import evaluate_users
-from models.oracle4rec import Oracle4Rec, oracle_optimizers
-from models.seq_layers import SequentialRecommender
-from recdata.sequences import future_samples, past_samples, sample_negatives, sample_positions
+from florec.models.metrics import evaluate_users
+from florec.models.oracle4rec import Oracle4Rec, oracle_optimizers
+from florec.models.seq_layers import SequentialRecommender
+from florec.recdata.sequences import (
+    future_samples,
+    past_samples,
+    sample_negatives,
+    sample_positions,
+)
 
 OPT_PREFIX = "opt"
 

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from client.trainers.align import align_dense, align_factored, haar_rotation, similarity_upload
-from strategies.fedcia import top_factor
+from florec.client.trainers.align import (
+    align_dense,
+    align_factored,
+    haar_rotation,
+    similarity_upload,
+)
+from florec.strategies.fedcia import top_factor
 
 N, D = 40, 6
 

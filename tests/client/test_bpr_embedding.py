@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from client.trainers.bpr_embedding import LocalConfig, local_update
-from client.trainers.bucket import Bucket
-from models.base import seeded_rows
-from models.mf import MF, USER_SALT
-from recdata.partition import partition_users
-from recdata.splits import make_split
-from recdata.synthetic import generate_synthetic
-from strategies.fedavg import node_payload
+from florec.client.trainers.bpr_embedding import LocalConfig, local_update
+from florec.client.trainers.bucket import Bucket
+from florec.models.base import seeded_rows
+from florec.models.mf import MF, USER_SALT
+from florec.recdata.partition import partition_users
+from florec.recdata.splits import make_split
+from florec.recdata.synthetic import generate_synthetic
+from florec.strategies.fedavg import node_payload
 
 D = 8
 
@@ -110,7 +110,7 @@ def fair_update(split, users, cfg, server_round=1):
 
 
 def test_local_config_carries_the_loss_knobs():
-    from recdata.runconfig import parse_run_config
+    from florec.recdata.runconfig import parse_run_config
 
     cfg = LocalConfig.from_run_config(parse_run_config(
         {"mf-loss": "fs-point", "ips-beta": 0.3, "weight-decay": 1e-3, "lr": 0.2}))
@@ -134,7 +134,7 @@ def test_fair_bucket_training_equals_training_users_one_by_one(split, loss):
 
 
 def test_fs_point_step_is_the_gradient_of_the_closed_form_weighted_loss(split):
-    from models import fair_losses as fl
+    from florec.models import fair_losses as fl
 
     lr, wd = 0.1, 1e-2
     cfg = LocalConfig(local_epochs=1, local_batch_size=10_000, optimizer="sgd", lr=lr,
@@ -156,7 +156,7 @@ def test_fs_point_step_is_the_gradient_of_the_closed_form_weighted_loss(split):
 
 
 def test_fs_pair_approx_negatives_are_unseen_and_follow_popularity(split):
-    from client.trainers.fair_embedding import pop_negatives
+    from florec.client.trainers.fair_embedding import pop_negatives
 
     bucket = Bucket.from_split(split, np.arange(split.n_users))
     pop = np.asarray(split.matrix("train").sum(0)).ravel().astype(float)

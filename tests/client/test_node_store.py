@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
-from client import node_store
-from client.node_store import META_KEY, open_store, snapshot_path
-from recdata.errors import DataError
+from florec.client import node_store
+from florec.client.node_store import META_KEY, open_store, snapshot_path
+from florec.recdata.errors import DataError
 
 
 def context(tmp_path, pid=0, state_dir=True):
@@ -134,7 +134,7 @@ def test_the_default_state_folder_is_under_the_runs_out_dir(tmp_path):
 
 
 def test_state_kept_in_the_context_outside_the_store_is_snapshotted_too(tmp_path):
-    from strategies.payload import from_record, to_record
+    from florec.strategies.payload import from_record, to_record
 
     ctx = context(tmp_path)
     ctx.state["adam"] = to_record({"m": np.ones(3)})  # node code that bypasses the store

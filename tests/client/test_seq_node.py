@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from client.seq_node import OPT_KEY
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from sim.local_grid import LocalGrid
-from strategies.payload import from_record
+from florec.client.seq_node import OPT_KEY
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.payload import from_record
 
 SMALL = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 50,
          "synthetic-interactions": 12, "dim": 8, "num-nodes": 4, "num-rounds": 2,
@@ -48,7 +48,7 @@ def test_nodes_keep_their_adam_state_and_upload_no_optimizer_state(tmp_path):
 
 def test_a_node_weight_is_its_number_of_training_positions(tmp_path):
     grid, _ = run(tmp_path, {})
-    from client.seq_node import node_sequences
+    from florec.client.seq_node import node_sequences
 
     cfg = parse_run_config(SMALL)
     seqs = node_sequences(next(iter(grid.contexts.values())), cfg)
@@ -65,11 +65,11 @@ def test_one_user_per_node_is_cross_device_fedavg(tmp_path):
 
 def test_federated_evaluation_equals_central_evaluation_of_the_global_model(tmp_path):
     """Pooled node sums equal one central evaluation of the same global arrays."""
-    from client.trainers.sequential import sequence_metric_sums
-    from models.metrics import finalize
-    from models.registry import sequential_from_config
-    from recdata.sequences import UserSequences
-    from recdata.store import get_split
+    from florec.client.trainers.sequential import sequence_metric_sums
+    from florec.models.metrics import finalize
+    from florec.models.registry import sequential_from_config
+    from florec.recdata.sequences import UserSequences
+    from florec.recdata.store import get_split
 
     cfg = parse_run_config(SMALL | {"oracle": True, "num-rounds": 1})
     grid, result = run(tmp_path, {"oracle": True, "num-rounds": 1})

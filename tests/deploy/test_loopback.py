@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from sim.deploy import LoopbackDeployment, make_certs, message_seconds, report_nodes
-from sim.local_grid import LocalGrid
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.deploy import LoopbackDeployment, make_certs, message_seconds, report_nodes
+from florec.sim.local_grid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
@@ -67,7 +67,7 @@ def test_florec_deploy_local_runs_fedavg_on_two_supernodes_like_simulation(tmp_p
     overrides = " ".join(f"{k}={v}" for k, v in SMALL.items()
                          if k not in ("dataset", "num-rounds"))
     proc = subprocess.run(
-        [sys.executable, "-m", "sim.cli", "deploy", "local", "--dataset", "synthetic",
+        [sys.executable, "-m", "florec.sim.cli", "deploy", "local", "--dataset", "synthetic",
          "--nodes", "2", "--rounds", "2", "--out", str(out), "-c", overrides],
         capture_output=True, text=True, cwd=ROOT, timeout=240,
         env={**os.environ, "COLUMNS": "200"})

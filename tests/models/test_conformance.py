@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import MODELS, build_model
-from recdata.errors import ConfigError
-from recdata.splits import make_split
-from recdata.synthetic import generate_synthetic
+from florec.models.registry import MODELS, build_model
+from florec.recdata.errors import ConfigError
+from florec.recdata.splits import make_split
+from florec.recdata.synthetic import generate_synthetic
 
 N_USERS, N_ITEMS = 12, 20
 

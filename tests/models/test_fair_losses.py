@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import fair_losses as fl
+from florec.models import fair_losses as fl
 
 
 def sp(x: float) -> float:

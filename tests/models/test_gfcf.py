@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models.gfcf import (
+from florec.models.gfcf import (
     GFCF,
     client_gram,
     filter_from_sums,

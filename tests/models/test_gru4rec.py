@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import build_sequential_model
+from florec.models.registry import build_sequential_model
 
 N_ITEMS, L = 30, 8
 

@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models.itemknn import ItemKNN, cosine_item_similarity
+from florec.models.itemknn import ItemKNN, cosine_item_similarity
 
 
 def test_cosine_similarity_matches_a_hand_computed_case():

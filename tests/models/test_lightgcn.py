@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models.lightgcn import LightGCN, normalized_adjacency
+from florec.models.lightgcn import LightGCN, normalized_adjacency
 
 R = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0]], dtype=np.float32))
 

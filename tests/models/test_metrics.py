@@ -12,8 +12,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models import metrics
-from models.metrics import (
+from florec.models import metrics
+from florec.models.metrics import (
     METRIC_NAMES,
     add_sums,
     evaluate_users,
@@ -508,8 +508,8 @@ def test_item_pop_of_the_wrong_length_is_an_error():
 
 
 def test_precision_and_hr_formulas_agree_with_the_pooled_integer_counts():
-    from models.metric_formulas import hr_at_k, precision_at_k
-    from models.metrics import evaluate_users, finalize
+    from florec.models.metric_formulas import hr_at_k, precision_at_k
+    from florec.models.metrics import evaluate_users, finalize
 
     gen = torch.Generator().manual_seed(3)
     scores = torch.rand(30, 25, generator=gen)

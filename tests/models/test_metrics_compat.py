@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.metrics import finalize, ranking_metric_sums, topk_items
-from models.metrics_compat import f1_of_means, fedcia_compat_mrr, fedcia_compat_ndcg
+from florec.models.metrics import finalize, ranking_metric_sums, topk_items
+from florec.models.metrics_compat import f1_of_means, fedcia_compat_mrr, fedcia_compat_ndcg
 
 
 def d(r: int) -> float:

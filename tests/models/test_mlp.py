@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from models import mlp as mlp_mod
-from models.mlp import MLPScorer
+from florec.models import mlp as mlp_mod
+from florec.models.mlp import MLPScorer
 
 
 def test_vectorised_scores_equal_a_per_item_loop():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from client.trainers.sequential import make_optimizers, oracle_step
-from models.oracle4rec import Oracle4Rec, decay_weights, guiding_loss, oracle_optimizers
-from models.registry import build_sequential_model
-from models.seq_layers import low_pass_mask
-from recdata.sequences import future_samples, past_samples, sample_positions
+from florec.client.trainers.sequential import make_optimizers, oracle_step
+from florec.models.oracle4rec import Oracle4Rec, decay_weights, guiding_loss, oracle_optimizers
+from florec.models.registry import build_sequential_model
+from florec.models.seq_layers import low_pass_mask
+from florec.recdata.sequences import future_samples, past_samples, sample_positions
 
 N_ITEMS, L, F = 25, 12, 3
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import build_sequential_model
-from recdata.errors import ConfigError
+from florec.models.registry import build_sequential_model
+from florec.recdata.errors import ConfigError
 
 N_ITEMS, L = 30, 8
 
@@ -95,7 +95,7 @@ def test_unknown_sequential_model_is_a_config_error():
 def test_bce_loss_is_the_oracle4rec_codes_binary_cross_entropy_with_one_negative():
     import torch.nn.functional as F
 
-    from models.seq_layers import rec_loss
+    from florec.models.seq_layers import rec_loss
 
     table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     z = torch.tensor([[0.5, -1.0], [2.0, 0.0]])

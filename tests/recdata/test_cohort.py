@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from recdata.cohort import (
+from florec.recdata.cohort import (
     LOG_MAX_USERS,
     buckets_with_cohort,
     cohort_digest,
@@ -12,8 +12,8 @@ from recdata.cohort import (
     is_partial,
     sample_cohort,
 )
-from recdata.errors import ConfigError
-from recdata.partition import partition_users
+from florec.recdata.errors import ConfigError
+from florec.recdata.partition import partition_users
 
 
 def test_same_seed_and_round_give_the_same_cohort():

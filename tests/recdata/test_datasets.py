@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recdata import download
-from recdata.checksums import ML100K_SHA256, sha256_file, verify_files
-from recdata.datasets import dataset_names, implicit_rows, load_dataset
-from recdata.errors import ConfigError, DataError
-from recdata.synthetic import generate_synthetic
+from florec.recdata import download
+from florec.recdata.checksums import ML100K_SHA256, sha256_file, verify_files
+from florec.recdata.datasets import dataset_names, implicit_rows, load_dataset
+from florec.recdata.errors import ConfigError, DataError
+from florec.recdata.synthetic import generate_synthetic
 
 network = pytest.mark.network
 needs_network = pytest.mark.skipif(

@@ -5,9 +5,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models import fair_losses as fl
-from recdata.fair_sampling import TrainIndex, cell_batches, fs_point_supplements, pair_partners
-from recdata.synthetic import generate_synthetic
+from florec.models import fair_losses as fl
+from florec.recdata.fair_sampling import (
+    TrainIndex,
+    cell_batches,
+    fs_point_supplements,
+    pair_partners,
+)
+from florec.recdata.synthetic import generate_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recdata.datasets import dataset_names, load_dataset
-from recdata.errors import DataError
-from recdata.fedcia_data import fedcia_client_sizes, load_fedcia
-from recdata.partition import partition_users
-from recdata.runconfig import parse_run_config
-from recdata.splits import make_split
-from recdata.store import get_split
+from florec.recdata.datasets import dataset_names, load_dataset
+from florec.recdata.errors import DataError
+from florec.recdata.fedcia_data import fedcia_client_sizes, load_fedcia
+from florec.recdata.partition import partition_users
+from florec.recdata.runconfig import parse_run_config
+from florec.recdata.splits import make_split
+from florec.recdata.store import get_split
 
 ML100K_COUNTS = (943, 1682, [72000, 8000, 20000])
 ML1M_COUNTS = (6040, 3952, [720150, 80017, 200042])

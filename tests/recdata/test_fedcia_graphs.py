@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recdata.datasets import dataset_names, load_dataset
-from recdata.errors import DataError
-from recdata.splits import make_split
+from florec.recdata.datasets import dataset_names, load_dataset
+from florec.recdata.errors import DataError
+from florec.recdata.splits import make_split
 
 
 def test_fedcia_graph_datasets_are_registered():

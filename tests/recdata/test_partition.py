@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from client.trainers.bucket import Bucket
-from recdata.errors import ConfigError
-from recdata.partition import num_buckets, partition_users
-from recdata.splits import make_split
-from recdata.synthetic import generate_synthetic
+from florec.client.trainers.bucket import Bucket
+from florec.recdata.errors import ConfigError
+from florec.recdata.partition import num_buckets, partition_users
+from florec.recdata.splits import make_split
+from florec.recdata.synthetic import generate_synthetic
 
 
 @pytest.mark.parametrize("kw", [{"num_nodes": 7}, {"users_per_node": 10}, {"users_per_node": 1}])

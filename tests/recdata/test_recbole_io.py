@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from recdata.datasets import load_dataset
-from recdata.errors import DataError
-from recdata.splits import make_split, write_split
-from recdata.store import get_split
-from recdata.synthetic import generate_synthetic
+from florec.recdata.datasets import load_dataset
+from florec.recdata.errors import DataError
+from florec.recdata.splits import make_split, write_split
+from florec.recdata.store import get_split
+from florec.recdata.synthetic import generate_synthetic
 
 
 def test_a_florec_split_read_back_from_recbole_files_is_the_same_split(tmp_path):

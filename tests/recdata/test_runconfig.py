@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from recdata.errors import ConfigError
-from recdata.runconfig import RunConfig, parse_run_config
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig, parse_run_config
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recdata.sampling import sample_negatives
+from florec.recdata.sampling import sample_negatives
 
 
 def test_negatives_are_never_seen_items_and_uniform():

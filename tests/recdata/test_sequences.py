@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 
-from recdata.errors import ConfigError
-from recdata.sequences import (
+from florec.recdata.errors import ConfigError
+from florec.recdata.sequences import (
     UserSequences,
     future_samples,
     past_samples,
     sample_negatives,
     sample_positions,
 )
-from recdata.splits import Split, make_split
-from recdata.synthetic import generate_synthetic
+from florec.recdata.splits import Split, make_split
+from florec.recdata.synthetic import generate_synthetic
 
 
 def tiny_split():
@@ -102,8 +102,8 @@ def test_amazon_test_inputs_are_the_shipped_histories(shared_data):
 
     The loader keeps one interaction per (user, item) (the first), so repeats are dropped.
     """
-    from recdata.datasets import load_dataset
-    from recdata.store import get_split
+    from florec.recdata.datasets import load_dataset
+    from florec.recdata.store import get_split
 
     inter = load_dataset("amazon-scientific", str(shared_data))
     split, _ = get_split("amazon-scientific", "given", 0, str(shared_data))
@@ -123,7 +123,7 @@ def test_amazon_test_inputs_are_the_shipped_histories(shared_data):
 
 
 def test_ml100k_loo_test_input_ends_with_the_valid_item(shared_data):
-    from recdata.store import get_split
+    from florec.recdata.store import get_split
 
     split, _ = get_split("ml-100k", "loo", 0, str(shared_data))
     seqs = UserSequences.from_split(split)

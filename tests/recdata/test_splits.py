@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from recdata.errors import ConfigError
-from recdata.interactions import Interactions
-from recdata.splits import make_split, ratio_counts, read_split, write_split
-from recdata.synthetic import generate_synthetic
+from florec.recdata.errors import ConfigError
+from florec.recdata.interactions import Interactions
+from florec.recdata.splits import make_split, ratio_counts, read_split, write_split
+from florec.recdata.synthetic import generate_synthetic
 
 
 def toy() -> Interactions:

@@ -6,11 +6,11 @@ import pytest
 from flwr.app import Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
-from client import app as florec_app
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from server.loop import stream_replies
-from sim.local_grid import LocalGrid
+from florec.client import app as florec_app
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.server.loop import stream_replies
+from florec.sim.local_grid import LocalGrid
 
 
 def flaky_app(bad_partition: int, kinds: tuple[str, ...]) -> ClientApp:

@@ -1,7 +1,7 @@
 import pytest
 
-from recdata.runconfig import parse_run_config
-from server.app import method_name
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import method_name
 
 
 @pytest.mark.parametrize("overrides, name", [

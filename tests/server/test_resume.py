@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from recdata.errors import ConfigError, DataError
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from sim.local_grid import LocalGrid
+from florec.recdata.errors import ConfigError, DataError
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
@@ -23,9 +23,9 @@ CHILD = """
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from sim.local_grid import LocalGrid
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
 cfg = parse_run_config(json.loads(sys.argv[1]))
 slow = lambda pid, kind: time.sleep(0.1) or False  # a slow federation, to be killed mid-run
 run_federated(LocalGrid(cfg.to_flower(), cfg.num_nodes, fail=slow), cfg, cfg.out_dir)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from flwr.app import MessageType
 
-from client.app import PRIVATE_KEY
-from recdata.errors import ConfigError
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from sim.local_grid import LocalGrid
-from strategies.payload import from_record
+from florec.client.app import PRIVATE_KEY
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.payload import from_record
 
 RUN_KEYS = {"method", "setting", "dataset", "split", "seed", "metrics", "best_round", "rounds",
             "wall_s", "bytes_up", "bytes_down", "peak_rss_mb"}
@@ -162,7 +162,7 @@ def test_heterogeneous_federation_of_three_model_kinds(tmp_path, small_config):
 
 
 def test_fedcia_rejects_a_reply_with_nans(tmp_path, small_config):
-    from client import app as client_app
+    from florec.client import app as client_app
 
     small_config.update({"algorithm": "fedcia", "align-steps": 2})
 
@@ -170,7 +170,7 @@ def test_fedcia_rejects_a_reply_with_nans(tmp_path, small_config):
         reply = client_app.train(msg, ctx)
         if int(ctx.node_config["partition-id"]) == 0:
             arr = reply.content.array_records["arrays"]["gram"].numpy() * np.nan
-            from strategies.payload import to_record
+            from florec.strategies.payload import to_record
             reply.content.array_records["arrays"] = to_record({"gram": arr})
         return reply
 
@@ -186,7 +186,7 @@ def test_fedcia_rejects_a_reply_with_nans(tmp_path, small_config):
 
 
 def test_federated_gfcf_with_summed_grams_equals_central_gfcf(tmp_path, small_config):
-    from sim.central import run_central
+    from florec.sim.central import run_central
 
     small_config.update({"algorithm": "fedcia", "model": "gfcf", "num-rounds": 1, "gfcf-s": 8})
     _, fed = run(tmp_path, small_config)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from flwr.app import MessageType
 
-from client.app import PRIVATE_KEY
-from recdata.cohort import sample_cohort
-from recdata.errors import ConfigError
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from sim.local_grid import LocalGrid
-from strategies.payload import from_record
+from florec.client.app import PRIVATE_KEY
+from florec.recdata.cohort import sample_cohort
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.payload import from_record
 
 POP = {"dataset": "synthetic", "synthetic-users": 100, "synthetic-items": 80,
        "synthetic-interactions": 10, "dim": 8, "num-rounds": 2, "lr": 0.05}
@@ -61,8 +61,8 @@ def test_only_cohort_users_train_and_nodes_without_them_get_no_message(tmp_path)
     assert grid.pushed[MessageType.TRAIN] == len(touched) < 10
     assert rows[0]["train"]["num-replies"] == len(touched)
     cfg = parse_run_config(config)
-    from models.base import seeded_rows
-    from models.mf import USER_SALT
+    from florec.models.base import seeded_rows
+    from florec.models.mf import USER_SALT
 
     for ctx in grid.contexts.values():
         pid = int(ctx.node_config["partition-id"])

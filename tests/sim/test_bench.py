@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from sim.bench import BenchOutcome, Cell, load_bench, run_bench, run_cell
-from sim.report import write_report
+from florec.sim.bench import BenchOutcome, Cell, load_bench, run_bench, run_cell
+from florec.sim.report import write_report
 
 SMOKE = Path(__file__).resolve().parents[2] / "bench" / "smoke.toml"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -127,7 +127,7 @@ def test_plots_are_non_empty_pngs_and_redraw_from_the_folder(
         smoke: tuple[Path, BenchOutcome]) -> None:
     from typer.testing import CliRunner
 
-    from sim.cli import app
+    from florec.sim.cli import app
 
     out, _ = smoke
     pngs = sorted((out / "plots").glob("*.png"))
@@ -144,7 +144,7 @@ def test_plots_are_non_empty_pngs_and_redraw_from_the_folder(
 
 def test_accuracy_by_clients_has_one_point_per_client_count(
         smoke: tuple[Path, BenchOutcome]) -> None:
-    from sim.plots import accuracy_by_clients
+    from florec.sim.plots import accuracy_by_clients
 
     out, outcome = smoke
     points = accuracy_by_clients(out, outcome.results["runs"])
@@ -156,7 +156,7 @@ def test_accuracy_by_clients_has_one_point_per_client_count(
 def test_bench_command_runs_a_matrix_and_prints_a_summary(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from sim.cli import app
+    from florec.sim.cli import app
 
     toml = tmp_path / "pop.toml"
     toml.write_text(SMOKE.read_text().split("[[method]]")[0]
@@ -212,9 +212,9 @@ epochs = 1
 
 @pytest.mark.parametrize("toml", sorted((SMOKE.parent).glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_bench_config_has_valid_cells(toml: Path) -> None:
-    from recdata.runconfig import parse_run_config
-    from sim.bench import cell_config, cells_of
-    from strategies.registry import check_algorithm
+    from florec.recdata.runconfig import parse_run_config
+    from florec.sim.bench import cell_config, cells_of
+    from florec.strategies.registry import check_algorithm
 
     conf = load_bench(toml)
     for cell in cells_of(conf, Path("unused")):

@@ -1,7 +1,7 @@
 import json
 
-from recdata.runconfig import parse_run_config
-from sim.central import run_central
+from florec.recdata.runconfig import parse_run_config
+from florec.sim.central import run_central
 
 
 def test_central_mf_beats_popularity_on_clustered_data(tmp_path):

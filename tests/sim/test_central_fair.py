@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.mf import MF
-from recdata.errors import ConfigError
-from recdata.fair_sampling import TrainIndex
-from recdata.runconfig import parse_run_config
-from recdata.store import get_split
-from sim.central import run_central
-from sim.central_fair import FairTrainer
+from florec.models.mf import MF
+from florec.recdata.errors import ConfigError
+from florec.recdata.fair_sampling import TrainIndex
+from florec.recdata.runconfig import parse_run_config
+from florec.recdata.store import get_split
+from florec.sim.central import run_central
+from florec.sim.central_fair import FairTrainer
 
 SMALL = {"dataset": "synthetic", "synthetic-users": 30, "synthetic-items": 40,
          "synthetic-interactions": 8, "dim": 8, "split": "ratio-fs", "lr": 0.05,
@@ -24,7 +24,7 @@ LOSSES = ["ubpr", "cpr", "fs-pair", "wmf", "relmf", "du", "fs-point"]
 def test_florec_central_runs_each_loss_on_synthetic_data(tmp_path, loss):
     from typer.testing import CliRunner
 
-    from sim.cli import app
+    from florec.sim.cli import app
 
     args = ["central", "--dataset", "synthetic", "--split", "ratio-fs", "--epochs", "2",
             "--lr", "0.05", "--out", str(tmp_path)]

@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from recdata.runconfig import parse_run_config
-from sim.central import run_central
-from sim.cli import app
+from florec.recdata.runconfig import parse_run_config
+from florec.sim.central import run_central
+from florec.sim.cli import app
 
 SMALL = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 50,
          "synthetic-interactions": 12, "dim": 8, "max-seq-len": 12, "oracle-future": 3,
@@ -46,10 +46,10 @@ def test_same_seed_gives_the_same_central_run(tmp_path):
 def test_training_beats_the_untrained_model_on_clustered_data(oracle):
     import numpy as np
 
-    from client.trainers.sequential import sequence_metric_sums
-    from models.registry import sequential_from_config
-    from recdata.sequences import UserSequences
-    from recdata.store import get_split
+    from florec.client.trainers.sequential import sequence_metric_sums
+    from florec.models.registry import sequential_from_config
+    from florec.recdata.sequences import UserSequences
+    from florec.recdata.store import get_split
 
     cfg = parse_run_config(SMALL | {"model": "sasrec", "synthetic-users": 120, "dim": 16,
                                     "oracle": oracle})

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def florec(*args, env=None, timeout=300):
-    cmd = [sys.executable, "-m", "sim.cli", *args]
+    cmd = [sys.executable, "-m", "florec.sim.cli", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
                           env={**os.environ, "COLUMNS": "200", **(env or {})})
 
@@ -87,9 +87,9 @@ def test_flwr_simulation_end_to_end(tmp_path):
     assert saved["config"]["num-nodes"] == 10
     assert superlink_pids() <= before  # the SuperLink that `florec sim` started is gone
     # the in-process grid (used by benchmarks and tests) reproduces Flower's numbers
-    from recdata.runconfig import parse_run_config
-    from server.app import run_federated
-    from sim.local_grid import LocalGrid
+    from florec.recdata.runconfig import parse_run_config
+    from florec.server.app import run_federated
+    from florec.sim.local_grid import LocalGrid
 
     cfg = parse_run_config({k: v for k, v in saved["config"].items() if k != "out-dir"})
     local = run_federated(LocalGrid(cfg.to_flower(), 10), cfg, tmp_path / "local")
@@ -114,8 +114,8 @@ def test_flwr_simulation_of_fedcia_with_its_align_messages(tmp_path):
 
 
 def test_resume_overrides_replay_the_saved_config_with_resume_on(tmp_path, small_config):
-    from server.results import ResultsWriter
-    from sim.cli import resume_overrides
+    from florec.server.results import ResultsWriter
+    from florec.sim.cli import resume_overrides
 
     saved = small_config | {"checkpoint-every": 1, "lr": 0.02, "out-dir": "elsewhere"}
     ResultsWriter(tmp_path).write_config(saved)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from recdata.errors import ConfigError
-from sim.perf import PerfCell, TreeMemory, perf_cells, read_rounds, train_seconds
+from florec.recdata.errors import ConfigError
+from florec.sim.perf import PerfCell, TreeMemory, perf_cells, read_rounds, train_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON_KEYS = {"dataset", "algorithm", "population", "cohort", "bucket", "s_per_round",
@@ -50,7 +50,7 @@ def test_a_run_without_rounds_is_a_one_line_error(tmp_path):
 @pytest.mark.slow
 def test_perf_json_prints_one_object_per_cell_with_the_documented_keys():
     proc = subprocess.run(
-        [sys.executable, "-m", "sim.cli", "perf", "--datasets", "synthetic", "--populations",
+        [sys.executable, "-m", "florec.sim.cli", "perf", "--datasets", "synthetic", "--populations",
          "40", "--cohorts", "1.0", "--buckets", "20", "--rounds", "2", "--json"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -63,7 +63,7 @@ def test_perf_json_prints_one_object_per_cell_with_the_documented_keys():
 
 
 def test_framework_time_discounts_the_compute_that_ray_runs_in_parallel():
-    from sim.perf import framework_seconds, parallel_workers
+    from florec.sim.perf import framework_seconds, parallel_workers
 
     assert parallel_workers(PerfCell("synthetic", 6040, 1.0, 100), cpus=2) == 2
     assert parallel_workers(PerfCell("synthetic", 100, 1.0, 100), cpus=16) == 1

@@ -5,12 +5,12 @@ import pytest
 import torch
 from flwr.app import MessageType
 
-from recdata.errors import ConfigError
-from recdata.runconfig import parse_run_config
-from server.app import run_federated
-from sim.local_grid import LocalGrid
-from strategies.fair import build_fair_strategy
-from strategies.payload import from_record
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.fair import build_fair_strategy
+from florec.strategies.payload import from_record
 
 CFG = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
        "synthetic-interactions": 12, "dim": 8, "num-nodes": 4, "num-rounds": 2,
@@ -43,10 +43,10 @@ def test_federated_evaluation_reports_arp(tmp_path, loss):
 
 
 def test_node_arp_sums_pool_to_the_central_value():
-    from client.evaluation import bucket_metric_sums
-    from client.trainers.bucket import Bucket
-    from models.metrics import add_sums, evaluate_users, finalize
-    from recdata.store import get_split
+    from florec.client.evaluation import bucket_metric_sums
+    from florec.client.trainers.bucket import Bucket
+    from florec.models.metrics import add_sums, evaluate_users, finalize
+    from florec.recdata.store import get_split
 
     cfg = parse_run_config(CFG)
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
@@ -66,7 +66,7 @@ def test_node_arp_sums_pool_to_the_central_value():
 
 
 def test_item_bias_stays_zero_and_the_table_moves(tmp_path):
-    from strategies import fair
+    from florec.strategies import fair
 
     seen = {}
     orig = fair.FairFedAvg.aggregate_train

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from sim.local_grid import LocalGrid
-from strategies.fedavg import FedAvgRec, node_payload
-from strategies.payload import from_record, to_record
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.fedavg import FedAvgRec, node_payload
+from florec.strategies.payload import from_record, to_record
 
 N, D = 6, 3
 
@@ -127,7 +127,7 @@ def test_node_sampling_is_seeded_by_round():
 
 
 def test_nodes_without_cohort_users_get_no_message_but_unknown_nodes_do():
-    from recdata.cohort import sample_cohort
+    from florec.recdata.cohort import sample_cohort
 
     strategy = FedAvgRec("dense", seed=0)
     strategy.set_cohorts(0, 100, 1.0, 3, [np.arange(p * 10, p * 10 + 10) for p in range(10)])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from sim.local_grid import LocalGrid
-from strategies.fedcia import FedCIA, top_factor
-from strategies.payload import to_record
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.fedcia import FedCIA, top_factor
+from florec.strategies.payload import to_record
 
 N, D = 30, 4
 
@@ -94,7 +94,7 @@ def test_server_memory_does_not_grow_with_the_number_of_clients():
 
 
 def test_federated_gfcf_hands_its_filter_to_a_checkpoint_and_back():
-    from strategies.gfcf import FederatedGFCF
+    from florec.strategies.gfcf import FederatedGFCF
 
     built = FederatedGFCF(5)
     assert built.state_arrays() == {}

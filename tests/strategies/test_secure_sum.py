@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from flwr.app import MessageType
 
-from client.app import evaluate, setup, train
-from client.setup_node import local_counts
-from recdata.runconfig import parse_run_config
-from recdata.store import get_split
-from sim.local_grid import LocalGrid
-from strategies.fair import build_fair_strategy
-from strategies.payload import from_record
-from strategies.secure_sum import (
+from florec.client.app import evaluate, setup, train
+from florec.client.setup_node import local_counts
+from florec.recdata.runconfig import parse_run_config
+from florec.recdata.store import get_split
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.fair import build_fair_strategy
+from florec.strategies.payload import from_record
+from florec.strategies.secure_sum import (
     attempt_info,
     mask_vector,
     masked_upload,
@@ -60,7 +60,7 @@ def _setup_run(cfg_dict, fail=None):
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
                          cfg.synthetic_params())
     strategy, arrays = build_fair_strategy(cfg, split.n_items)
-    from server.app import setup_phase
+    from florec.server.app import setup_phase
 
     return grid, split, strategy, setup_phase(grid, strategy, arrays, 30.0)
 
@@ -101,8 +101,8 @@ def test_a_node_that_drops_in_the_mask_stage_is_left_out_of_a_retried_sum():
 
 
 def _buckets(cfg_dict, split):
-    from client.trainers.bucket import Bucket
-    from recdata.partition import node_clients
+    from florec.client.trainers.bucket import Bucket
+    from florec.recdata.partition import node_clients
 
     cfg = parse_run_config(cfg_dict)
     parts = node_clients(split.n_users, num_nodes=cfg.num_nodes, users_per_node=0,
@@ -112,7 +112,7 @@ def _buckets(cfg_dict, split):
 
 def test_flower_sized_node_ids_travel_in_the_mask_stage():
     """Flower node ids are 64-bit unsigned: ids above 2^63 must reach the nodes unchanged."""
-    from strategies.fair import FairFedAvg
+    from florec.strategies.fair import FairFedAvg
 
     strategy = FairFedAvg(n_items=3)
     ids = [2**63 + 5, 7, 2**64 - 1]
