@@ -60,12 +60,16 @@ def test_a_position_never_sees_later_items():
     assert not torch.allclose(h[:, 5:], h2[:, 5:])
 
 
-def test_padding_before_a_sequence_does_not_change_its_representation():
+def test_what_sits_at_padded_positions_does_not_change_the_representation():
+    """Padded keys are masked: a different padding embedding changes only the padded states."""
     model = make()
     a = torch.tensor([[0, 0, 0, 0, 3, 4, 5, 6]])
-    b = torch.tensor([[0, 0, 0, 0, 3, 4, 5, 6]])
-    b[0, 1] = 0
-    torch.testing.assert_close(model.represent(a), model.represent(b))
+    with torch.no_grad():
+        before = model.encode(a)
+        model.embedding.item.weight[0] = torch.randn(8, generator=torch.Generator().manual_seed(1))
+        after = model.encode(a)
+    assert not torch.allclose(before[:, :4], after[:, :4])  # the change reaches the padded states
+    torch.testing.assert_close(after[:, 4:], before[:, 4:])  # and never the real positions
 
 
 @pytest.mark.parametrize("kind", ["ce", "bpr", "bce"])
