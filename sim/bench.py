@@ -17,7 +17,9 @@ A bench file has three parts::
     epochs = 20           # central only; batch-size is optional (1024)
     model = "mf"          # any other run-config key
 
-Each cell runs into ``OUT/cells/<dataset>/<label>/seed<s>/`` and is skipped when that folder's
+Each cell runs into ``OUT/cells/<dataset>/<folder>/seed<s>/`` (``folder``: the label with
+every run of characters other than letters, digits and ``._+=-`` replaced by one ``-``, so
+results folders have no spaces) and is skipped when that folder's
 ``results.json`` says ``"status": "finished"`` and its ``cell.json`` (the cell's resolved
 settings, written when it starts) equals the current ones: a cell whose method table or
 defaults were edited since it ran is run again. A cell that raises is reported in one line and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tomllib
 import traceback
 from collections.abc import Callable
@@ -118,6 +121,10 @@ def load_bench(path: Path) -> dict[str, Any]:
     labels = [m.get("label") for m in methods]
     if None in labels or len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: every [[method]] needs a unique 'label'")
+    folders = [label_folder(str(label)) for label in labels]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"{path}: two labels share a results folder name ({folders}); "
+                          "make them differ in letters or digits, not only in spaces or symbols")
     for m in methods:
         if m.get("setting") not in ("central", "federated"):
             raise ConfigError(f"{path}: method '{m['label']}': setting must be central|federated")
@@ -125,9 +132,18 @@ def load_bench(path: Path) -> dict[str, Any]:
     return conf
 
 
+def label_folder(label: str) -> str:
+    """A method label as a folder name: runs of other than ``[A-Za-z0-9._+=-]`` become ``-``.
+
+    ``"FedAvg BPR sparse"`` -> ``"FedAvg-BPR-sparse"``, ``"SASRec (no filter)"`` ->
+    ``"SASRec-no-filter"``.
+    """
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "-", label).strip("-") or "method"
+
+
 def cells_of(conf: dict[str, Any], out: Path) -> list[Cell]:
     """The cells of a bench config, datasets x methods x seeds, in that order."""
-    return [Cell(ds, m, int(s), out / "cells" / ds / m["label"] / f"seed{s}")
+    return [Cell(ds, m, int(s), out / "cells" / ds / label_folder(m["label"]) / f"seed{s}")
             for ds in conf["bench"]["datasets"] for m in conf["method"]
             for s in conf["bench"]["seeds"]]
 

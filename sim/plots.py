@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from florec.server.results import read_results
+from florec.sim.bench import label_folder
 
 METRIC = "ndcg@10"
 
@@ -35,7 +36,8 @@ def federated_curves(out: Path, dataset: str, label: str,
     """Rounds, mean validation NDCG@10 and mean cumulative bytes over seeds of one method."""
     per_seed: list[dict[int, tuple[float, float]]] = []
     for s in seeds:
-        rows, total, curve = read_rounds(out / "cells" / dataset / label / f"seed{s}"), 0.0, {}
+        cell = out / "cells" / dataset / label_folder(label) / f"seed{s}"
+        rows, total, curve = read_rounds(cell), 0.0, {}
         for row in rows:
             total += row.get("bytes_up", 0) + row.get("bytes_down", 0)
             if METRIC in row.get("valid", {}):
@@ -65,7 +67,8 @@ def accuracy_by_clients(out: Path, runs: list[dict[str, Any]]) -> dict[str, dict
     for r in runs:
         if r["setting"] != "federated" or METRIC not in r.get("metrics", {}):
             continue
-        n = clients_of(out / "cells" / r["dataset"] / r["label"] / f"seed{r['seed']}")
+        n = clients_of(out / "cells" / r["dataset"] / label_folder(r["label"])
+                       / f"seed{r['seed']}")
         if n is not None:
             points.setdefault(r["method"], {}).setdefault(n, []).append(r["metrics"][METRIC])
     return {m: {n: float(np.mean(v)) for n, v in sorted(d.items())} for m, d in points.items()}

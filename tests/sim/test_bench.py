@@ -237,3 +237,28 @@ num-rounds = 1
     out = run_bench(toml, tmp_path / "out", progress=False)
     assert not out.failed and len(out.ran) == 2
     assert all(r["num_nodes"] == 3 for r in out.results["runs"])  # 40 users / 15 per node
+
+
+def test_cell_folders_have_no_spaces_and_distinct_labels_keep_distinct_folders(
+        tmp_path: Path) -> None:
+    from florec.recdata.errors import ConfigError
+    from florec.sim.bench import cells_of, label_folder
+
+    assert label_folder("FedAvg BPR sparse") == "FedAvg-BPR-sparse"
+    assert label_folder("SASRec+Oracle4Rec (no filter)") == "SASRec+Oracle4Rec-no-filter"
+    assert label_folder("FedCIA-MF factored r=2d") == "FedCIA-MF-factored-r=2d"
+    for toml in sorted(SMOKE.parent.glob("*.toml")):
+        for cell in cells_of(load_bench(toml), tmp_path):
+            assert " " not in str(cell.out_dir.relative_to(tmp_path)), cell.out_dir
+    clash = tmp_path / "clash.toml"
+    clash.write_text(SMOKE.read_text().split("[[method]]")[0] + """
+[[method]]
+label = "MF a"
+setting = "central"
+
+[[method]]
+label = "MF-a"
+setting = "central"
+""")
+    with pytest.raises(ConfigError, match="share a results folder"):
+        load_bench(clash)
