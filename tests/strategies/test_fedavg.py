@@ -1,6 +1,8 @@
 """FedAvgRec aggregation math, streaming, byte counts and rejection of bad replies."""
 
+import gc
 import logging
+import weakref
 
 import numpy as np
 import pytest
@@ -100,22 +102,62 @@ def test_bytes_are_counted_both_ways():
     assert strategy.bytes_up == strategy.bytes_down
 
 
-def test_aggregation_consumes_replies_as_a_stream():
-    """aggregate_train must fold replies one at a time (a generator is read once, in order)."""
+def stream_replies(strategy, payload, weight, count, alive):
+    """Yield ``count`` replies made one at a time; ``alive`` records the live count at each.
+
+    Each reply is built only when the consumer asks for the next one (the grid runs the node
+    then), and a finalizer drops it from ``alive["now"]`` once nothing references it.
+    """
+    handler_calls = iter([(payload, weight)] * count)
+
+    def handler(msg, ctx):
+        arrays, w = next(handler_calls)
+        return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(
+            {"weight": w, "num-users": 1, "num-pairs": 1, "loss-sum": 0.5})}), reply_to=msg)
+
+    grid = LocalGrid({}, count, handlers={MessageType.TRAIN: handler}, keep_replies=False)
+    start = {"item_emb": np.ones((N, D), np.float32), "item_bias": np.zeros(N, np.float32)}
+    ids = list(grid.push_messages(strategy.configure_train(1, to_record(start), ConfigRecord(),
+                                                           grid)))
+
+    def gone():
+        alive["now"] -= 1
+
+    def replies():
+        for msg_id in ids:
+            gc.collect()  # count replies that are still reachable, not uncollected garbage
+            (reply,) = grid.pull_messages([msg_id])
+            alive["now"] += 1
+            alive["peak"] = max(alive["peak"], alive["now"])
+            weakref.finalize(reply, gone)
+            yield reply
+            del reply
+
+    return replies()
+
+
+def test_aggregation_holds_at_most_two_replies_at_a_time():
+    """A streaming fold keeps the reply it is reading and maybe the previous one, never all."""
     pa, wa = node_payload(
         "dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1), np.ones(1)
     )
     strategy = FedAvgRec("dense")
-    replies = replies_for(strategy, [pa] * 5, [wa] * 5)
-    consumed = []
+    alive = {"now": 0, "peak": 0}
+    arrays, metrics = strategy.aggregate_train(1, stream_replies(strategy, pa, wa, 8, alive))
+    assert metrics["num-replies"] == 8 and arrays is not None
+    assert alive["peak"] <= 2, f"{alive['peak']} replies alive at once: replies were buffered"
 
-    def stream():
-        for msg in replies:
-            consumed.append(msg)
-            yield msg
 
-    arrays, _ = strategy.aggregate_train(1, stream())
-    assert len(consumed) == 5 and arrays is not None
+def test_the_reply_counter_sees_a_buffering_aggregator():
+    """The counter itself: list(replies) keeps all 8 alive (so the bound above can fail)."""
+    pa, wa = node_payload(
+        "dense", N, np.array([0]), np.array([0]), np.ones((1, D)), np.ones(1), np.ones(1)
+    )
+    strategy = FedAvgRec("dense")
+    alive = {"now": 0, "peak": 0}
+    buffered = list(stream_replies(strategy, pa, wa, 8, alive))
+    strategy.aggregate_train(1, buffered)
+    assert alive["peak"] == 8
 
 
 def test_node_sampling_is_seeded_by_round():
