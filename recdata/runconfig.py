@@ -73,6 +73,18 @@ class RunConfig(BaseModel):
     gfcf_aggp: float = Field(60.0, ge=0)
     gfcf_mode: Literal["exact", "gsp"] = "exact"
     device: str = "auto"
+    # the LLM layer (issue 12, docs/llm.md)
+    llm_backend: Literal["hf", "openai", "tiny", "scripted"] = "hf"
+    llm_model: str = "smollm2"
+    llm_base_url: str = ""
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    llm_device: str = "auto"
+    llm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    llm_max_concurrency: int = Field(4, ge=1)
+    llm_timeout_s: float = Field(120.0, gt=0)
+    llm_cache: bool = True
+    encoder: str = "minilm"
+    scripted_p: float = Field(0.5, ge=0, le=1)
     # scale: user cohorts, node-local store, checkpoints (issue 4)
     cohort_fraction: float = Field(1.0, gt=0, le=1)
     cohort_size: int = Field(0, ge=0)
