@@ -7,6 +7,7 @@ hidden state represents the user; ``score`` ranks all items by dot product with 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,19 +75,50 @@ class SASRec(SequentialRecommender):
         Low-pass filter layers (Oracle4Rec's encoders use them; 0 for plain SASRec).
     ratio : float
         Filter quantile.
+    n_user_tokens : int
+        If > 0 (CoT-Rec), a private table ``user_token`` of that many rows: every input then
+        carries the user id in column 0 (``(B, 1 + L)``) and that user's row is prepended to the
+        item embeddings as an always-visible token without a position embedding.
+    item_init, user_init : np.ndarray, optional
+        ``(n_items, dim)`` initial item rows / ``(n_user_tokens, dim)`` initial user-token rows,
+        copied in after the random initialisation. With every option off the model (weights
+        included, for the same seed) is plain SASRec.
 
     """
 
     def __init__(self, n_items: int, max_len: int = 50, dim: int = 64, heads: int = 2,
                  layers: int = 2, dropout: float = 0.2, filter_layers: int = 0,
-                 ratio: float = 0.75, **_: object) -> None:
+                 ratio: float = 0.75, n_user_tokens: int = 0,
+                 item_init: np.ndarray | None = None, user_init: np.ndarray | None = None,
+                 **_: object) -> None:
         super().__init__()
         self.embedding = SeqEmbedding(n_items, max_len, dim, positions=True)
         self.body = SASRecBody(dim, heads, layers, dropout, max_len, filter_layers, ratio)
         self.apply(init_weights)
         with torch.no_grad():
             self.embedding.item.weight[0].zero_()
+        self.user_token: nn.Embedding | None = None
+        if n_user_tokens:
+            if filter_layers:
+                raise ValueError("a user token needs filter_layers=0 (the filter's FFT size is L)")
+            self.user_token = nn.Embedding(n_user_tokens, dim)  # 'user_' prefix: private
+            init_weights(self.user_token)
+        with torch.no_grad():
+            if item_init is not None:
+                self.embedding.item.weight[1:] = torch.as_tensor(item_init, dtype=torch.float32)
+            if user_init is not None:
+                if self.user_token is None:
+                    raise ValueError("user_init needs n_user_tokens > 0")
+                self.user_token.weight[:] = torch.as_tensor(user_init, dtype=torch.float32)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``(B, L, d)`` of a left-padded token batch."""
-        return self.body(self.embedding(seq), seq)
+        """Hidden states ``(B, L, d)`` of a left-padded token batch.
+
+        With a user token, ``seq`` is ``(B, 1 + L)`` (user id, then the tokens) and the states are
+        ``(B, 1 + L, d)``; the last one still belongs to the newest item.
+        """
+        if self.user_token is None:
+            return self.body(self.embedding(seq), seq)
+        users, tokens = seq[:, :1], seq[:, 1:]
+        emb = torch.cat([self.user_token(users), self.embedding(tokens)], dim=1)
+        return self.body(emb, torch.cat([torch.ones_like(users), tokens], dim=1))
