@@ -53,6 +53,9 @@ class LLMConfig:
         ``openai``: alternatives requested per position for letter scoring (OpenAI allows 20).
     progress : bool
         Show progress bars with an ETA.
+    openai_endpoint : {"chat", "completions"}
+        ``openai``: ``/chat/completions`` (the server applies the chat template) or the legacy
+        ``/completions`` (FloRec applies a ChatML template, SmolLM2's and Qwen's).
 
     """
 
@@ -72,6 +75,7 @@ class LLMConfig:
     batch_size: int = 16
     top_logprobs: int = 20
     progress: bool = True
+    openai_endpoint: str = "chat"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +88,9 @@ class LLMConfig:
         if self.backend == "openai" and not self.base_url:
             raise ConfigError("llm-backend 'openai' needs a server; set llm-base-url, e.g. "
                               "'http://127.0.0.1:8080/v1'")
+        if self.openai_endpoint not in ("chat", "completions"):
+            raise ConfigError(f"openai endpoint {self.openai_endpoint!r} is unknown; use "
+                              "'chat' or 'completions'")
         if not 0.0 <= self.scripted_p <= 1.0:
             raise ConfigError(f"scripted-p={self.scripted_p} is not a probability; choose a "
                               "value in [0, 1]")
