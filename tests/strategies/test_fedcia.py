@@ -102,3 +102,31 @@ def test_federated_gfcf_hands_its_filter_to_a_checkpoint_and_back():
     restored = FederatedGFCF(5)
     restored.load_state_arrays(built.state_arrays())
     np.testing.assert_array_equal(restored.filter, built.filter)
+
+
+def federated_run(tmp_path, **extra):
+    from florec.recdata.runconfig import parse_run_config
+    from florec.server.app import run_federated
+
+    config = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
+              "synthetic-interactions": 12, "dim": 8, "num-nodes": 4, "num-rounds": 3,
+              "algorithm": "fedcia", "align-steps": 10, "lr": 0.05} | extra
+    cfg = parse_run_config(config)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False)
+    return run_federated(grid, cfg, tmp_path)
+
+
+def test_a_whole_factored_run_with_rank_n_equals_the_dense_run(tmp_path):
+    """Three rounds of train + align: factored r = n and dense give the same model and metrics."""
+    dense = federated_run(tmp_path / "dense", **{"fedcia-comm": "dense"})
+    factored = federated_run(tmp_path / "factored", **{"fedcia-comm": "factored",
+                                                       "fedcia-rank": 60})
+    assert factored["bytes_up"] < dense["bytes_up"]  # it really ran the factored protocol
+    assert dense["rounds"] == factored["rounds"] == 3
+    keys = {k for k in dense["metrics"] if "@" in k}
+    assert {"recall@10", "ndcg@10"} <= keys
+    for key in sorted(keys):
+        assert factored["metrics"][key] == pytest.approx(dense["metrics"][key], abs=1e-4), key
+    for key in dense["valid_metrics"]:
+        assert factored["valid_metrics"][key] == pytest.approx(dense["valid_metrics"][key],
+                                                               abs=1e-4), key
