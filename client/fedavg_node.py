@@ -18,10 +18,10 @@ from florec.client.trainers.bpr_embedding import LocalConfig, local_update
 from florec.client.trainers.bucket import Bucket
 from florec.models.base import seeded_rows
 from florec.models.mf import MF, USER_SALT
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.fedavg_upload import node_payload
 from florec.recdata.cohort import sample_cohort
 from florec.recdata.runconfig import RunConfig
-from florec.strategies.fedavg import node_payload
-from florec.strategies.payload import from_record, to_record
 
 PRIVATE_KEY = "private"
 

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
+from florec.protocol.codec import from_record, to_record
 from florec.recdata.download import cache_root
 from florec.recdata.errors import DataError
-from florec.strategies.payload import from_record, to_record
 
 META_KEY = "node-store"
 SEP = "|"

@@ -32,8 +32,8 @@ from florec.client.trainers.private_model import (
     state_arrays,
 )
 from florec.models.metrics import add_sums
+from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
-from florec.strategies.payload import from_record, to_record
 
 STATE_PREFIX = "private-"
 

@@ -28,10 +28,10 @@ from florec.client.trainers.sequential import (
 )
 from florec.models.registry import sequential_from_config
 from florec.models.seq_layers import SequentialRecommender
+from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.sequences import UserSequences
 from florec.recdata.store import get_split
-from florec.strategies.payload import from_record, to_record
 
 OPT_KEY = "seq-optimizer"
 

@@ -1,6 +1,6 @@
 """A node's part in a strategy's setup stages (``train.setup`` messages) before round 1.
 
-The one setup so far is the secure sum of item popularity (:mod:`florec.strategies.secure_sum`):
+The one setup so far is the secure sum of item popularity (:mod:`florec.protocol.secure_sum`):
 
 - ``stage=keys``: draw an X25519 key pair, keep the private key in the node state, reply with
   the public key;
@@ -14,9 +14,9 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from florec.client.trainers.bucket import Bucket
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.secure_sum import attempt_info, masked_upload, new_keypair
 from florec.recdata.runconfig import RunConfig
-from florec.strategies.payload import from_record, to_record
-from florec.strategies.secure_sum import attempt_info, masked_upload, new_keypair
 
 SECRET_KEY = "secure-sum-secret"
 

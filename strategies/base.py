@@ -45,6 +45,7 @@ class RecStrategy(Strategy):
         self.cohort_spec: tuple[int, int, float, int] | None = None
         self.node_users: list[np.ndarray] = []
         self.round_cohort: np.ndarray | None = None
+        self.evaluated_partitions: list[int] = []
 
     def start_round(self) -> None:
         """Reset the per-round counters (the server calls this before each round)."""
@@ -178,13 +179,20 @@ class RecStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        """Pool per-user metric sums over nodes (never an average of node means)."""
+        """Pool per-user metric sums over nodes (never an average of node means).
+
+        The partitions whose sums were pooled are left in :attr:`evaluated_partitions` (the
+        server compares rounds only on the same evaluated users).
+        """
         sums: dict[str, float] = {}
+        self.evaluated_partitions = []
         for msg in replies:
             if msg.has_error():
                 self.drop(server_round, msg, f"evaluation failed: {msg.error.reason}")
                 continue
             node_sums = dict(msg.content.metric_records["metrics"])
-            node_sums.pop("partition-id", None)
+            pid = node_sums.pop("partition-id", None)
+            if pid is not None:
+                self.evaluated_partitions.append(int(pid))
             sums = add_sums(sums, node_sums)
         return MetricRecord(sums) if sums else None

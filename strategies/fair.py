@@ -1,6 +1,6 @@
 """FedAvg-MF with a popularity-aware local loss: item popularity by secure sum, then FedAvg.
 
-Before round 1 the strategy runs the secure sum of :mod:`florec.strategies.secure_sum` in setup
+Before round 1 the strategy runs the secure sum of :mod:`florec.protocol.secure_sum` in setup
 stages (``train.setup`` messages, handled by :mod:`florec.client.setup_node`): every node
 contributes its users' item counts and its number of users, and the server learns only the totals
 ``pop`` (n counts) and ``U``. They are then sent inside every training and evaluation message as
@@ -23,11 +23,11 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.models.mf import MF
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.secure_sum import KEY_BYTES, unmask_sum
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg import FedAvgRec
-from florec.strategies.payload import from_record, to_record
-from florec.strategies.secure_sum import KEY_BYTES, unmask_sum
 
 #: ``mf-loss`` values with a federated implementation.
 FEDERATED_LOSSES = ("fs-point", "fs-pair", "ubpr", "wmf", "relmf", "du")

@@ -8,7 +8,8 @@ Two aggregation modes:
   (``V_i <- V_i + sum_{u in U_i} dV_{u,i} / |U_i|``); only touched rows travel up.
 
 Replies are folded into one accumulator as they arrive, so server memory does not grow with
-the number of clients. Each node pre-sums its own users' updates (see :func:`node_payload`).
+the number of clients. Each node pre-sums its own users' updates
+(:func:`florec.protocol.fedavg_upload.node_payload`, re-exported here).
 """
 
 from __future__ import annotations
@@ -21,50 +22,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.fedavg_upload import MODES, node_payload
 from florec.strategies.base import RecStrategy
-from florec.strategies.payload import check_reply, from_record, record_nbytes, to_record
+from florec.strategies.payload import check_reply, record_nbytes
 
-MODES = ("dense", "sparse")
-
-
-def node_payload(mode: str, n_items: int, row_user: np.ndarray, row_item: np.ndarray,
-                 delta: np.ndarray, bias_delta: np.ndarray, user_weight: np.ndarray
-                 ) -> tuple[dict[str, np.ndarray], float]:
-    """Sum a node's per-user row changes into the upload of one node.
-
-    Parameters
-    ----------
-    mode : {"dense", "sparse"}
-        Aggregation mode.
-    n_items : int
-        Catalogue size.
-    row_user, row_item : np.ndarray
-        Owner (bucket-local user index) and item of each changed row.
-    delta, bias_delta : np.ndarray
-        Row changes (rows, d) and (rows,).
-    user_weight : np.ndarray
-        Weight of each bucket user (dense mode); users with weight 0 are not counted.
-
-    Returns
-    -------
-    (dict, float)
-        The arrays to upload and the node's total weight (dense) or 0 (sparse).
-
-    """
-    if mode == "dense":
-        w = user_weight[row_user].astype(np.float64)
-        emb = np.zeros((n_items, delta.shape[1]), dtype=np.float64)
-        np.add.at(emb, row_item, delta * w[:, None])
-        bias = np.bincount(row_item, weights=bias_delta * w, minlength=n_items)
-        return ({"item_emb": emb.astype(np.float32), "item_bias": bias.astype(np.float32)},
-                float(user_weight.sum()))
-    items, inv = np.unique(row_item, return_inverse=True)
-    emb = np.zeros((len(items), delta.shape[1]), dtype=np.float64)
-    np.add.at(emb, inv, delta)
-    bias = np.bincount(inv, weights=bias_delta, minlength=len(items))
-    counts = np.bincount(inv, minlength=len(items))
-    return ({"items": items.astype(np.int64), "item_emb": emb.astype(np.float32),
-             "item_bias": bias.astype(np.float32), "counts": counts.astype(np.int64)}, 0.0)
+__all__ = ["MODES", "FedAvgRec", "node_payload"]
 
 
 class FedAvgRec(RecStrategy):

@@ -22,9 +22,10 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.models.registry import sequential_from_config
+from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.base import RecStrategy
-from florec.strategies.payload import check_reply, from_record, record_nbytes, to_record
+from florec.strategies.payload import check_reply, record_nbytes
 
 WEIGHT_KEY = "num-positions"
 

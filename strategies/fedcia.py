@@ -25,8 +25,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from florec.protocol.codec import from_record, to_record
 from florec.strategies.base import RecStrategy
-from florec.strategies.payload import check_reply, from_record, record_nbytes, to_record
+from florec.strategies.payload import check_reply, record_nbytes
 
 ALIGN = f"{MessageType.TRAIN}.align"
 COMM_MODES = ("dense", "factored")

@@ -20,8 +20,9 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.models import gfcf
+from florec.protocol.codec import from_record, to_record
 from florec.strategies.base import RecStrategy
-from florec.strategies.payload import check_reply, from_record, record_nbytes, to_record
+from florec.strategies.payload import check_reply, record_nbytes
 
 MODES = ("exact", "gsp")
 

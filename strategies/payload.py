@@ -1,19 +1,18 @@
-"""Helpers shared by strategies: numpy <-> Flower records, byte counts, reply checks."""
+"""What strategies do with replies: byte counts and shape checks (server side only).
+
+The array encoding itself (:func:`to_record`, :func:`from_record`) is
+:mod:`florec.protocol.codec`, shared with the nodes; it is imported here because the
+strategies use it next to these checks.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 
+from florec.protocol.codec import from_record, to_record
 
-def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """Numpy arrays -> ArrayRecord (keys kept)."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """ArrayRecord -> numpy arrays (keys kept)."""
-    return {k: v.numpy() for k, v in record.items()}
+__all__ = ["check_reply", "from_record", "record_nbytes", "to_record"]
 
 
 def record_nbytes(content: RecordDict) -> int:

@@ -7,13 +7,13 @@ from flwr.app import ArrayRecord
 
 from florec.models.mf import MF
 from florec.models.registry import SEQUENTIAL_MODELS
+from florec.protocol.codec import to_record
 from florec.recdata.cohort import is_partial
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.base import RecStrategy
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA, LocalOnly
-from florec.strategies.payload import to_record
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
 SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec"), "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),

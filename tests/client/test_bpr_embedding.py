@@ -8,10 +8,10 @@ from florec.client.trainers.bpr_embedding import LocalConfig, local_update
 from florec.client.trainers.bucket import Bucket
 from florec.models.base import seeded_rows
 from florec.models.mf import MF, USER_SALT
+from florec.protocol.fedavg_upload import node_payload
 from florec.recdata.partition import partition_users
 from florec.recdata.splits import make_split
 from florec.recdata.synthetic import generate_synthetic
-from florec.strategies.fedavg import node_payload
 
 D = 8
 

@@ -134,7 +134,7 @@ def test_the_default_state_folder_is_under_the_runs_out_dir(tmp_path):
 
 
 def test_state_kept_in_the_context_outside_the_store_is_snapshotted_too(tmp_path):
-    from florec.strategies.payload import from_record, to_record
+    from florec.protocol.codec import from_record, to_record
 
     ctx = context(tmp_path)
     ctx.state["adam"] = to_record({"m": np.ones(3)})  # node code that bypasses the store

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from florec.client.seq_node import OPT_KEY
+from florec.protocol.codec import from_record
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
 from florec.sim.local_grid import LocalGrid
-from florec.strategies.payload import from_record
 
 SMALL = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 50,
          "synthetic-interactions": 12, "dim": 8, "num-nodes": 4, "num-rounds": 2,

@@ -10,6 +10,9 @@ from florec.client import app as florec_app
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
 from florec.server.loop import stream_replies
+from florec.server.progress import Progress
+from florec.server.results import run_entry
+from florec.server.selection import Coverage, improves, select_round
 from florec.sim.local_grid import LocalGrid
 
 
@@ -89,3 +92,56 @@ def test_stream_replies_gives_up_on_missing_nodes_after_the_timeout(small_config
         replies = list(stream_replies(grid, messages, 0.3, missing))
     assert sorted(r.metadata.src_node_id for r in replies) == [1, 3]
     assert missing == {2} and "no reply from node(s) 2" in caplog.text
+
+
+def test_a_round_evaluated_on_fewer_users_is_not_selected_over_a_full_one(tmp_path, small_config):
+    """Round 2 loses the node whose users score lowest, so its mean is the highest of all."""
+    cfg = parse_run_config(small_config | {"num-rounds": 3, "lr": 1e-12})  # the model stays
+    seen: dict[int, float] = {}
+
+    def evaluate(msg: Message, context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        rnd = int(msg.content.config_records["config"]["server-round"])
+        if rnd == 2 and pid == min(seen, key=seen.get):
+            raise RuntimeError("node lost")
+        reply = florec_app.evaluate(msg, context)
+        sums = reply.content.metric_records["metrics"]
+        seen.setdefault(pid, sums["valid/ndcg@10"] / sums["valid/num-users"])
+        return reply
+
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes,
+                     handlers={MessageType.TRAIN: florec_app.train,
+                               MessageType.EVALUATE: evaluate})
+    result = run_federated(grid, cfg, tmp_path)
+    rows = rows_of(tmp_path)
+    full, partial = rows[0]["valid"], rows[1]["valid"]
+    assert partial["num-users"] < full["num-users"] == 40
+    assert partial["ndcg@10"] > full["ndcg@10"]  # the old rule would have picked round 2
+    assert [r["comparable"] for r in rows] == [True, False, True]
+    assert rows[1]["coverage"]["nodes_evaluated"] == 3 and not rows[1]["coverage"]["complete"]
+    saved = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+    assert saved["best_round"] == 1 == result["best_round"]
+    assert saved["coverage"] == {"valid_users": 40, "test_users": 40, "nodes_evaluated": 4,
+                                 "nodes": 4, "complete": True, "missing_partitions": []}
+    assert saved["metrics"]["num-users"] == saved["coverage"]["test_users"]
+
+
+def cov(parts, n=4, users=10):
+    return Coverage(frozenset(parts), n, users * len(parts), users * len(parts))
+
+
+def test_best_round_compares_only_rounds_on_the_same_users():
+    state = Progress(arrays=None, run=run_entry("m", "federated", "d", "loo", 0))
+    assert select_round(state, 1, "ndcg@10", {"ndcg@10": 0.3}, {}, cov({0, 1, 2}))
+    assert state.run["best_round"] == 1
+    # a superset of users replaces the best whatever its score (the old score is on fewer users)
+    assert select_round(state, 2, "ndcg@10", {"ndcg@10": 0.1}, {}, cov({0, 1, 2, 3}))
+    assert state.run["best_round"] == 2 and state.best_score == 0.1
+    # fewer users: not comparable, never selected, counts as an evaluation without improvement
+    assert not select_round(state, 3, "ndcg@10", {"ndcg@10": 0.9}, {}, cov({0, 1}))
+    assert state.run["best_round"] == 2 and state.since_best == 1
+    # the same users: the higher score wins
+    assert select_round(state, 4, "ndcg@10", {"ndcg@10": 0.2}, {}, cov({0, 1, 2, 3}))
+    assert state.run["best_round"] == 4 and state.since_best == 0
+    assert Coverage.from_json(state.run["coverage"]) == cov({0, 1, 2, 3})
+    assert not improves(0.5, cov({1, 2, 3}), 0.2, cov({0, 1, 2}))  # other users, same count

@@ -7,14 +7,14 @@ import pytest
 from flwr.app import MessageType
 
 from florec.client.app import PRIVATE_KEY
+from florec.protocol.codec import from_record
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
 from florec.sim.local_grid import LocalGrid
-from florec.strategies.payload import from_record
 
 RUN_KEYS = {"method", "setting", "dataset", "split", "seed", "metrics", "best_round", "rounds",
-            "wall_s", "bytes_up", "bytes_down", "peak_rss_mb"}
+            "wall_s", "bytes_up", "bytes_down", "rss_peak_mb", "rss_growth_mb"}
 
 
 def run(tmp_path, config, num_nodes=None, fail=None):
@@ -170,7 +170,7 @@ def test_fedcia_rejects_a_reply_with_nans(tmp_path, small_config):
         reply = client_app.train(msg, ctx)
         if int(ctx.node_config["partition-id"]) == 0:
             arr = reply.content.array_records["arrays"]["gram"].numpy() * np.nan
-            from florec.strategies.payload import to_record
+            from florec.protocol.codec import to_record
             reply.content.array_records["arrays"] = to_record({"gram": arr})
         return reply
 

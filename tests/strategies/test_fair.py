@@ -5,12 +5,12 @@ import pytest
 import torch
 from flwr.app import MessageType
 
+from florec.protocol.codec import from_record
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
 from florec.sim.local_grid import LocalGrid
 from florec.strategies.fair import build_fair_strategy
-from florec.strategies.payload import from_record
 
 CFG = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
        "synthetic-interactions": 12, "dim": 8, "num-nodes": 4, "num-rounds": 2,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import parse_run_config
 from florec.sim.local_grid import LocalGrid
 from florec.strategies.fedavg_params import FedAvgParams, build_sequential_strategy
-from florec.strategies.payload import from_record, to_record
 
 
 def Grid(n):  # noqa: N802 - an in-process grid of n nodes (it also sets Flower's task identity)

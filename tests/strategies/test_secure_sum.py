@@ -6,12 +6,8 @@ from flwr.app import MessageType
 
 from florec.client.app import evaluate, setup, train
 from florec.client.setup_node import local_counts
-from florec.recdata.runconfig import parse_run_config
-from florec.recdata.store import get_split
-from florec.sim.local_grid import LocalGrid
-from florec.strategies.fair import build_fair_strategy
-from florec.strategies.payload import from_record
-from florec.strategies.secure_sum import (
+from florec.protocol.codec import from_record
+from florec.protocol.secure_sum import (
     attempt_info,
     mask_vector,
     masked_upload,
@@ -19,6 +15,10 @@ from florec.strategies.secure_sum import (
     pair_seed,
     unmask_sum,
 )
+from florec.recdata.runconfig import parse_run_config
+from florec.recdata.store import get_split
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.fair import build_fair_strategy
 
 SETUP = f"{MessageType.TRAIN}.setup"
 
@@ -60,7 +60,7 @@ def _setup_run(cfg_dict, fail=None):
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
                          cfg.synthetic_params())
     strategy, arrays = build_fair_strategy(cfg, split.n_items)
-    from florec.server.app import setup_phase
+    from florec.server.federation import setup_phase
 
     return grid, split, strategy, setup_phase(grid, strategy, arrays, 30.0)
 

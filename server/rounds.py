@@ -1,0 +1,100 @@
+"""One round of a federated run: training (and a second phase), evaluation, the round's row.
+
+Each function returns what ``rounds.jsonl`` records of its part of the round; the loop in
+:func:`florec.server.app.run_federated` strings them together.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from logging import WARNING
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from florec.models.metrics import split_metrics
+from florec.server.loop import stream_replies
+from florec.server.selection import Coverage
+from florec.strategies.base import RecStrategy
+
+
+def train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord,
+                timeout_s: float, min_fit_fraction: float = 0.0
+                ) -> tuple[ArrayRecord, dict[str, Any]]:
+    """One training round (and the strategy's second phase, if any); returns the new state.
+
+    If fewer than ``min_fit_fraction`` of the sampled nodes reply usably, the round's update is
+    discarded (the global state stays as it was) and the run goes on.
+
+    Returns
+    -------
+    (ArrayRecord, dict)
+        The new global state and the round's row so far (``round``, ``train``, ``align``).
+
+    """
+    strategy.start_round()
+    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
+    new_arrays, train_metrics = strategy.aggregate_train(
+        rnd, stream_replies(grid, messages, timeout_s, strategy.unresponsive))
+    replied = int((train_metrics or {}).get("num-replies", 0))
+    if messages and replied < min_fit_fraction * len(messages):
+        log(WARNING, "round %d: %d of %d nodes replied, below min-fit-fraction=%.2f: the "
+            "round's update is discarded", rnd, replied, len(messages), min_fit_fraction)
+        strategy.discard_round()
+        new_arrays = None
+    if new_arrays is None:
+        log(WARNING, "round %d: no usable update; the global state is unchanged", rnd)
+        new_arrays = arrays
+    row: dict[str, Any] = {"round": rnd, "train": dict(train_metrics or {})}
+    align = list(strategy.configure_align(rnd, grid))
+    if align:
+        row["align"] = dict(strategy.aggregate_align(
+            rnd, stream_replies(grid, align, timeout_s, strategy.unresponsive)))
+    return new_arrays, row
+
+
+@dataclass
+class Evaluation:
+    """One round's pooled evaluation.
+
+    Attributes
+    ----------
+    valid, test : dict of str to float
+        Per-user means of each split (with ``num-users``).
+    coverage : Coverage
+        The partitions (and so the users) the means cover.
+    seconds : float
+        Wall-clock time of the evaluation.
+
+    """
+
+    valid: dict[str, float]
+    test: dict[str, float]
+    coverage: Coverage
+    seconds: float
+
+
+def evaluate_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord,
+                   timeout_s: float, num_partitions: int) -> Evaluation:
+    """Ask every responsive node to evaluate all its users; pool their metric sums."""
+    t0 = time.perf_counter()
+    messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)
+    pooled = dict(strategy.aggregate_evaluate(rnd, stream_replies(
+        grid, messages, timeout_s, strategy.unresponsive)) or {})
+    valid, test = split_metrics(pooled, "valid"), split_metrics(pooled, "test")
+    coverage = Coverage.of(strategy.evaluated_partitions, num_partitions, valid, test)
+    return Evaluation(valid, test, coverage, time.perf_counter() - t0)
+
+
+def round_costs(strategy: RecStrategy, seconds: float) -> dict[str, Any]:
+    """The round's bytes, time and the nodes whose replies were dropped or missing.
+
+    (The writer adds the run's memory to every row, see :mod:`florec.server.results`.)
+    """
+    return {"bytes_up": strategy.bytes_up, "bytes_down": strategy.bytes_down,
+            "seconds": seconds,
+            "dropped": list(strategy.dropped)
+            + [strategy.node_name(n) for n in sorted(strategy.unresponsive)]}
