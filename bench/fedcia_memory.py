@@ -1,0 +1,97 @@
+"""FedCIA server memory against the number of clients: peak traced memory of one dense round.
+
+Each of ``k`` clients uploads an ``n x n`` float32 similarity (``n`` = 1,682, ML-100K's
+catalogue); the uploads are made when the server pulls the reply (as a Flower grid streams
+them), and ``FedCIA.aggregate_train`` folds each into one float64 ``n x n`` running sum. The peak
+of Python's traced memory (``tracemalloc``: numpy arrays included) over the whole round is
+reported per client count; a server whose memory grew with the clients would show ``k`` uploads.
+
+Usage: python bench/fedcia_memory.py [--items 1682] [--clients 20,200] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.fedcia import FedCIA
+
+MB = 2**20
+
+
+def upload_handler(n: int, seed: int) -> Callable[[Message, Any], Message]:
+    """A train handler whose reply is a fresh seeded symmetric ``n x n`` float32 upload."""
+    rng = np.random.default_rng(seed)
+
+    def handler(msg: Message, ctx: Any) -> Message:
+        e = rng.standard_normal((n, 64), dtype=np.float32) * 0.1
+        arrays = ArrayRecord({"gram": Array(np.ascontiguousarray(e @ e.T))})
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(
+            {"weight": 1.0, "train-loss": 0.0})}), reply_to=msg)
+
+    return handler
+
+
+def peak_mb(n: int, clients: int, seed: int = 0) -> dict[str, float]:
+    """Peak traced MiB of one dense FedCIA aggregation over ``clients`` streamed uploads.
+
+    Returns
+    -------
+    dict
+        ``peak_mb`` (tracemalloc peak during the round), ``upload_mb`` (one upload's size) and
+        ``accumulator_mb`` (the float64 running sum's size).
+
+    """
+    strategy = FedCIA(n, "dense")
+    grid = LocalGrid({}, clients, handlers={MessageType.TRAIN: upload_handler(n, seed)},
+                     keep_replies=False)
+    tracemalloc.start()
+    try:
+        messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+        replies = (r for m in messages for r in grid.send_and_receive([m]))
+        _, metrics = strategy.aggregate_train(1, replies)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    if metrics is None or metrics["num-replies"] != clients:
+        raise RuntimeError(f"expected {clients} accepted uploads, got {metrics}")
+    return {"peak_mb": peak / MB, "upload_mb": n * n * 4 / MB, "accumulator_mb": n * n * 8 / MB}
+
+
+def main() -> None:
+    """Command line: measure each client count and write the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=1682)
+    ap.add_argument("--clients", default="20,200")
+    ap.add_argument("--out", type=Path, default=Path("results/fedcia_memory.json"))
+    args = ap.parse_args()
+    rows = [{"items": args.items, "clients": int(k)} | peak_mb(args.items, int(k))
+            for k in args.clients.split(",")]
+    result = {"script": "bench/fedcia_memory.py", "rows": rows,
+              "env": {"python": platform.python_version(), "numpy": np.__version__}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for r in rows:
+        print(f"{r['clients']:>5} clients: peak {r['peak_mb']:.0f} MiB traced "
+              f"(one upload {r['upload_mb']:.1f} MiB, accumulator {r['accumulator_mb']:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
