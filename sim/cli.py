@@ -68,6 +68,22 @@ def data_stats(dataset: str, data_dir: Annotated[str, typer.Option()] = "") -> N
     console.print(table)
 
 
+@data_app.command("text")
+def data_text(
+    dataset: str,
+    n: Annotated[int, typer.Option("-n", help="items to print")] = 5,
+    data_dir: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Print the item text LLM prompts use (internal id, raw id, text) for the first N items."""
+    from florec.recdata.datasets import load_dataset
+    from florec.recdata.item_text import item_text_string, load_item_text
+
+    inter = load_dataset(dataset, data_dir or None)
+    texts = load_item_text(dataset, data_dir or None, inter.item_ids)
+    for i, (raw, text) in enumerate(zip(inter.item_ids[:n].tolist(), texts[:n], strict=True)):
+        typer.echo(f"{i}\t{raw}\t{item_text_string(text)}")
+
+
 @data_app.command("split")
 def data_split(
     dataset: str,
