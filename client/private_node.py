@@ -34,6 +34,7 @@ from florec.client.trainers.private_model import (
 from florec.models.metrics import add_sums
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream
 
 STATE_PREFIX = "private-"
 
@@ -90,7 +91,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     losses, uploads, weights = [], [], []
     for local, client in enumerate(clients):
         index = _client_index(cfg, pid, local)
-        rng = np.random.default_rng([cfg.seed, 31, rnd, index])
+        rng = stream(cfg.seed, Salt.PRIVATE_ROUND, rnd, index)
         if upload == "gfcf":
             break
         model, optimizer = _load(store, context, cfg, client, index, device)
@@ -108,7 +109,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     arrays: dict[str, np.ndarray] = {}
     if upload == "gfcf":
         arrays = _gfcf_upload(cfg, clients, bucket.train,
-                              np.random.default_rng([cfg.seed, 31, rnd, pid]))
+                              stream(cfg.seed, Salt.PRIVATE_ROUND, rnd, pid))
         weights = [float(len(clients))]
     elif upload == "dense":
         arrays = {"gram": np.sum([u["gram"] for u in uploads], axis=0, dtype=np.float64

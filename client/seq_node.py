@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import time
 
-import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
@@ -30,6 +29,7 @@ from florec.models.registry import sequential_from_config
 from florec.models.seq_layers import SequentialRecommender
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream, torch_seed
 from florec.recdata.sequences import UserSequences
 from florec.recdata.store import get_split
 
@@ -58,10 +58,6 @@ def global_model(msg: Message, cfg: RunConfig, n_items: int, device: str
     return model.to(device)
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
 def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
           device: str) -> RecordDict:
     """Local epochs on the bucket's sequences; returns the new shared arrays and the weight."""
@@ -75,8 +71,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     saved = store.get(OPT_KEY)
     if saved is not None:
         load_optimizer_arrays(optimizers, saved)
-    rng = np.random.default_rng([cfg.seed, 41, rnd, pid])
-    torch.manual_seed(_seed(cfg.seed, 43, rnd, pid))  # dropout
+    rng = stream(cfg.seed, Salt.SEQ_ROUND, rnd, pid)
+    torch.manual_seed(torch_seed(cfg.seed, Salt.SEQ_DROPOUT, rnd, pid))  # dropout
     positions, loss_sum = 0, 0.0
     for _ in range(cfg.local_epochs):
         stats = train_epoch(model, optimizers, windows, bucket.n_items, rng,

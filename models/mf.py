@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from florec.models.base import Recommender, seeded_rows
+from florec.recdata.seeds import Salt
 
-USER_SALT, ITEM_SALT = 1, 2
+USER_SALT, ITEM_SALT = Salt.USER_INIT, Salt.ITEM_INIT
 
 
 def bpr_terms(

@@ -17,8 +17,8 @@ from torch import nn
 
 from florec.models.base import Recommender, seeded_rows
 from florec.models.mf import ITEM_SALT, USER_SALT
+from florec.recdata.seeds import Salt, stream
 
-MLP_SALT = 3
 #: Largest number of hidden activations (users x items x width) built at once in :meth:`score`.
 SCORE_CHUNK_ELEMS = 1 << 24
 
@@ -27,7 +27,7 @@ def _seeded_linear(n_in: int, n_out: int, seed: int, layer: int) -> nn.Linear:
     """A linear layer with torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) scheme, seeded."""
     lin = nn.Linear(n_in, n_out)
     bound = 1.0 / np.sqrt(n_in)
-    rng = np.random.default_rng([seed, MLP_SALT, layer])
+    rng = stream(seed, Salt.MLP_INIT, layer)
     with torch.no_grad():
         lin.weight.copy_(torch.from_numpy(rng.uniform(-bound, bound, (n_out, n_in))))
         lin.bias.copy_(torch.from_numpy(rng.uniform(-bound, bound, n_out)))

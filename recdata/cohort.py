@@ -13,9 +13,8 @@ import hashlib
 import numpy as np
 
 from florec.recdata.errors import ConfigError
+from florec.recdata.seeds import Salt, stream
 
-#: salt of the cohort stream (node sampling uses 17, local training 11)
-COHORT_SALT = 23
 #: rounds.jsonl lists the cohort's user ids up to this size (always its size and hash)
 LOG_MAX_USERS = 2048
 
@@ -63,7 +62,7 @@ def sample_cohort(seed: int, server_round: int, n_users: int, fraction: float = 
     k = cohort_size(n_users, fraction, size)
     if k >= n_users:
         return np.arange(n_users, dtype=np.int64)
-    rng = np.random.default_rng([seed, COHORT_SALT, server_round])
+    rng = stream(seed, Salt.COHORT, server_round)
     return np.sort(rng.choice(n_users, size=k, replace=False)).astype(np.int64)
 
 

@@ -14,6 +14,7 @@ from florec.models.metrics import evaluate_users, finalize
 from florec.models.registry import SEQUENTIAL_MODELS, build_model
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.sampling import sample_negatives
+from florec.recdata.seeds import Salt, stream
 from florec.recdata.splits import Split
 from florec.recdata.store import get_split
 from florec.sim.central_loop import fit_and_select
@@ -111,7 +112,7 @@ def run_central(
     if hasattr(model, "fit"):  # counts (Pop), a filter (GF-CF) or a graph (LightGCN)
         model.fit(split.matrix("train"))
     epochs = epochs if model.trainable else 0
-    rng = np.random.default_rng([cfg.seed, 23])
+    rng = stream(cfg.seed, Salt.CENTRAL_SHUFFLE)
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) \
         if epochs else None

@@ -34,6 +34,7 @@ from florec.recdata.fair_sampling import (
     pair_partners,
 )
 from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, torch_seed
 from florec.recdata.store import get_split
 from florec.sim.central import evaluate_model
 from florec.sim.central_loop import fit_and_select
@@ -172,7 +173,7 @@ def run_central_fair(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
     optimizer = opt_cls([model.user_emb, model.item_emb], lr=cfg.lr,
                         weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 29)
+    gen = torch.Generator().manual_seed(torch_seed(cfg.seed, Salt.CENTRAL_FAIR))
     trainer = FairTrainer(model, index, cfg.mf_loss, optimizer, gen, cfg.ips_beta)
     return fit_and_select(
         cfg, f"mf-{cfg.mf_loss}", epochs,

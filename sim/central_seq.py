@@ -22,6 +22,7 @@ from florec.client.trainers.sequential import (
 from florec.models.metrics import split_metrics
 from florec.models.registry import sequential_from_config
 from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream
 from florec.recdata.sequences import UserSequences
 from florec.recdata.store import get_split
 from florec.sim.central_loop import fit_and_select
@@ -67,7 +68,7 @@ def run_central_seq(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path 
     torch.manual_seed(cfg.seed)  # dropout
     model = sequential_from_config(cfg, split.n_items).to(device)
     optimizers = make_optimizers(model, cfg.lr)
-    rng = np.random.default_rng([cfg.seed, 37])
+    rng = stream(cfg.seed, Salt.CENTRAL_SEQUENCE)
 
     def evaluate(part: str) -> dict[str, float]:
         return split_metrics(sequence_metric_sums(model, inputs, masks, truths, cfg.k_list,

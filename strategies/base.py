@@ -21,6 +21,7 @@ from flwr.supercore import log
 
 from florec.models.metrics import add_sums
 from florec.recdata.cohort import buckets_with_cohort, sample_cohort
+from florec.recdata.seeds import Salt, stream
 from florec.strategies.payload import record_nbytes
 
 
@@ -124,7 +125,7 @@ class RecStrategy(Strategy):
         node_ids = sorted(node_ids)
         k = max(1, int(round(self.fraction_train * len(node_ids))))
         if k < len(node_ids):
-            rng = np.random.default_rng([self.seed, 17, server_round])
+            rng = stream(self.seed, Salt.NODE_SAMPLING, server_round)
             node_ids = sorted(rng.choice(node_ids, size=k, replace=False).tolist())
         return self.cohort_nodes(node_ids, server_round)
 

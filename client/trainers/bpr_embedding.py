@@ -24,6 +24,7 @@ from florec.client.trainers.bucket import Bucket
 from florec.models.mf import bpr_terms
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.sampling import sample_negatives
+from florec.recdata.seeds import Salt, stream
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
@@ -73,7 +74,7 @@ def build_pairs(bucket: Bucket, cfg: LocalConfig, server_round: int) -> dict[str
     n_per_user = deg * cfg.local_epochs
     keys, uniforms = [], []
     for j, user in enumerate(bucket.users.tolist()):
-        rng = np.random.default_rng([cfg.seed, 11, server_round, user])
+        rng = stream(cfg.seed, Salt.BPR_PAIRS, server_round, user)
         draws = rng.random((2, n_per_user[j]))
         keys.append(draws[0])
         uniforms.append(draws[1])

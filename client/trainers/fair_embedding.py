@@ -22,6 +22,7 @@ from florec.client.trainers.bpr_embedding import (
 )
 from florec.client.trainers.bucket import Bucket
 from florec.models import fair_losses as fair
+from florec.recdata.seeds import Salt, stream
 
 
 def pop_negatives(bucket: Bucket, users: np.ndarray, item_pop: np.ndarray, seed: int,
@@ -43,7 +44,7 @@ def pop_negatives(bucket: Bucket, users: np.ndarray, item_pop: np.ndarray, seed:
             w = np.ones_like(pop)
             w[seen] = 0.0
         cum = np.cumsum(w)
-        rng = np.random.default_rng([seed, 31, server_round, int(bucket.users[j])])
+        rng = stream(seed, Salt.FS_PAIR_NEGATIVES, server_round, bucket.users[j])
         out[at] = np.minimum(np.searchsorted(cum, rng.random(len(at)) * cum[-1], side="right"),
                              len(pop) - 1)
     return out
@@ -105,7 +106,7 @@ def _fair_point(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg:
     everyone = torch.arange(b, device=device)
     loss_sum = 0.0
     for epoch in range(cfg.local_epochs):
-        order = np.random.default_rng([cfg.seed, 37, server_round, epoch]).permutation(n_items)
+        order = stream(cfg.seed, Salt.FAIR_ITEM_ORDER, server_round, epoch).permutation(n_items)
         for s in range(0, n_items, cfg.local_batch_size):
             c = torch.as_tensor(order[s : s + cfg.local_batch_size], device=device)
             pu = P.clone().requires_grad_(True)
@@ -164,7 +165,7 @@ def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarra
     if cfg.mf_loss == "fs-pair":
         pairs["neg"] = pop_negatives(bucket, pairs["user"], item_pop, cfg.seed, server_round)
     else:  # ubpr: the second item is uniform over all items, positives included
-        draws = [np.random.default_rng([cfg.seed, 41, server_round, int(bucket.users[j])])
+        draws = [stream(cfg.seed, Salt.UBPR_ITEMS, server_round, bucket.users[j])
                  .integers(n_items, size=int((pairs["user"] == j).sum())) for j in range(b)]
         pairs["neg"] = np.empty(len(pairs["user"]), dtype=np.int64)
         for j in range(b):

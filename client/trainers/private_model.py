@@ -18,6 +18,7 @@ from florec.models.registry import build_model
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.sampling import sample_negatives
+from florec.recdata.seeds import Salt, stream
 
 MODEL_KEY, OPT_KEY = "model", "optimizer"
 
@@ -56,7 +57,7 @@ def fixed_triples(bucket: Bucket, seed: int, partition_id: int) -> tuple[np.ndar
     FedCIA draws a client's triple set once, when the data is built, and reuses it every round.
     """
     coo = bucket.train.tocoo()
-    rng = np.random.default_rng([seed, 29, partition_id])
+    rng = stream(seed, Salt.PRIVATE_TRIPLES, partition_id)
     users = coo.row.astype(np.int64)
     return users, coo.col.astype(np.int64), sample_negatives(users, bucket.train,
                                                               rng.random(len(users)))

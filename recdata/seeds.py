@@ -1,0 +1,88 @@
+"""Every random stream of FloRec, keyed by (seed, salt, keys...): the salts, named, in one place.
+
+A stream is ``numpy.random.default_rng([seed, salt, *keys])``: the run's seed, the stream's
+salt and what the stream depends on (round, user, partition, ...), so the same draw comes out
+on whichever node or process computes it, and two streams never share draws. Salts must be
+distinct: numpy's ``SeedSequence`` pads a short key with zeros, so ``[seed, s]`` and
+``[seed, s, 0]`` are the same stream, and only a distinct salt keeps two streams apart
+(:func:`check_distinct` runs at import).
+
+Changing a salt changes every draw of its stream (and so the run's numbers); add a new one for a
+new stream instead of reusing one.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+
+class Salt(IntEnum):
+    """The salt of each random stream, with the keys that follow it."""
+
+    #: initial user embedding rows ``[seed, salt, user]`` (MF, LightGCN, MLP)
+    USER_INIT = 1
+    #: initial item embedding rows ``[seed, salt, item]``
+    ITEM_INIT = 2
+    #: MLP layer weights ``[seed, salt, layer]``
+    MLP_INIT = 3
+    #: FedAvg local BPR pairs of a user ``[seed, salt, round, user]``
+    BPR_PAIRS = 11
+    #: nodes sampled for training ``[seed, salt, round]`` (``fraction-train``)
+    NODE_SAMPLING = 17
+    #: central trainer's epoch shuffles ``[seed, salt]`` (MF, LightGCN, MLP)
+    CENTRAL_SHUFFLE = 23
+    #: a FedCIA/local client's fixed training triples ``[seed, salt, client]``
+    PRIVATE_TRIPLES = 29
+    #: a FedCIA/local client's round (shuffles, noise) ``[seed, salt, round, client]``
+    PRIVATE_ROUND = 31
+    #: central sequential trainer's batches and negatives ``[seed, salt]``
+    CENTRAL_SEQUENCE = 37
+    #: a sequential node's batches and negatives ``[seed, salt, round, partition]``
+    SEQ_ROUND = 41
+    #: a sequential node's dropout (torch) ``[seed, salt, round, partition]``
+    SEQ_DROPOUT = 43
+    #: item chunks of the point-wise fair losses ``[seed, salt, round, epoch]``
+    FAIR_ITEM_ORDER = 53
+    #: FS-Pair's popularity negatives ``[seed, salt, round, user]``
+    FS_PAIR_NEGATIVES = 59
+    #: UBPR's uniform second items ``[seed, salt, round, user]``
+    UBPR_ITEMS = 61
+    #: central fair trainer's batches and negatives (torch) ``[seed, salt]``
+    CENTRAL_FAIR = 67
+    #: user cohort of a round ``[seed, salt, round]``
+    COHORT = 71
+
+
+def check_distinct(salts: type[IntEnum] = Salt) -> None:
+    """Fail if two names share a salt (an ``IntEnum`` would silently alias them).
+
+    Parameters
+    ----------
+    salts : IntEnum subclass
+        The salts to check (:class:`Salt`).
+
+    Raises
+    ------
+    ValueError
+        Naming the aliased salts.
+
+    """
+    aliases = [name for name, member in salts.__members__.items() if member.name != name]
+    if aliases:
+        raise ValueError(f"salts {aliases} reuse another stream's value; give each a new one")
+
+
+def stream(seed: int, salt: Salt, *keys: int) -> np.random.Generator:
+    """The numpy generator of stream ``salt`` keyed by ``keys`` (e.g. round, user)."""
+    return np.random.default_rng([int(seed), int(salt), *(int(k) for k in keys)])
+
+
+def torch_seed(seed: int, salt: Salt, *keys: int) -> int:
+    """A 32-bit seed for ``torch.manual_seed`` / ``torch.Generator`` from the same key."""
+    entropy = [int(seed), int(salt), *(int(k) for k in keys)]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+check_distinct()
