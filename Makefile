@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(BIN)/florec demo --out results/demo
+	$(BIN)/florec demo --out results/demo --overwrite
 
 test: venv
 	$(BIN)/python -m pytest -q

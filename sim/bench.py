@@ -107,11 +107,21 @@ def load_bench(path: Path) -> dict[str, Any]:
     Raises
     ------
     ConfigError
-        If ``[bench]`` lacks datasets or seeds, a method lacks a label or has an unknown
-        setting, or two methods share a label.
+        If the file is missing or not TOML, ``[bench]`` lacks datasets or seeds, a method lacks
+        a label or has an unknown setting, two methods share a label, or a cell's run config
+        is invalid (an unknown key, a bad value, a combination without a federated form).
 
     """
-    conf = tomllib.loads(Path(path).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"bench file {path} does not exist; give --config the path of a bench "
+                          "TOML file (e.g. bench/ml100k.toml)")
+    try:
+        conf = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}; fix the syntax there") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     bench = conf.get("bench", {})
     if not bench.get("datasets") or not bench.get("seeds"):
         raise ConfigError(f"{path}: [bench] needs non-empty 'datasets' and 'seeds'")
@@ -129,7 +139,35 @@ def load_bench(path: Path) -> dict[str, Any]:
         if m.get("setting") not in ("central", "federated"):
             raise ConfigError(f"{path}: method '{m['label']}': setting must be central|federated")
     conf.setdefault("defaults", {})
+    check_cells(conf, path)
     return conf
+
+
+def check_cells(conf: dict[str, Any], path: Path) -> None:
+    """Validate every cell's run config before any cell runs (one line naming the method).
+
+    Raises
+    ------
+    ConfigError
+        A method's keys (with the defaults) make an invalid run config, ``epochs`` or
+        ``batch-size`` is not a positive integer, or a federated cell has no federated form.
+
+    """
+    from florec.recdata.runconfig import parse_run_config
+    from florec.sim.flower import check_federated
+
+    for cell in cells_of(conf, Path(".")):
+        where = f"{path}: method '{cell.label}' on {cell.dataset} (seed {cell.seed})"
+        for key in ("epochs", "batch-size"):
+            value = cell.method.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}: {key}={value!r}; give a positive integer")
+        try:
+            cfg = parse_run_config(cell_config(conf, cell))
+            if cell.method["setting"] == "federated":
+                check_federated(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
 def label_folder(label: str) -> str:
@@ -224,7 +262,7 @@ def run_bench(config_path: Path, out: Path, progress: bool = True,
 
     conf = load_bench(config_path)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    writer = ResultsWriter(out)  # locks the bench folder while the bench runs
     cells = cells_of(conf, out)
     outcome = BenchOutcome()
     import florec.server.app  # noqa: F401 - flwr sets its logger's level on import; quiet it after
@@ -257,7 +295,8 @@ def run_bench(config_path: Path, out: Path, progress: bool = True,
     finally:
         flwr_log.setLevel(level)
     outcome.results = collect(conf, cells)
-    ResultsWriter(out)._write_json("results.json", outcome.results)
+    writer._write_json("results.json", outcome.results)
     write_report(outcome.results, out)
     write_plots(out)
+    writer.close()
     return outcome

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
-from florec.server.results import ResultsWriter, peak_rss_mb, run_entry
+from florec.server.results import ResultsWriter, RssMonitor, run_entry
 
 Metrics = dict[str, float]
 
@@ -63,11 +64,17 @@ def fit_and_select(
     ------
     FloatingPointError
         An epoch's training loss is NaN or infinite.
+    ConfigError
+        ``epochs`` is negative.
 
     """
+    if epochs < 0:
+        raise ConfigError(f"epochs={epochs} is negative; train for 1 or more epochs (0 evaluates "
+                          "the untrained model)")
     t_start = time.perf_counter() if t_start is None else t_start
     config = config if config is not None else cfg.to_flower()
     writer = ResultsWriter(out_dir) if out_dir else None
+    memory = writer.memory if writer else RssMonitor()
     if writer:
         writer.write_config(config)
     run = run_entry(method, "central", cfg.dataset, cfg.split, cfg.seed)
@@ -90,7 +97,7 @@ def fit_and_select(
                 run.update(best_round=epoch, metrics=test(), valid_metrics=valid)
             else:
                 since_best += 1
-        row.update(seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
+        row.update(seconds=time.perf_counter() - t0, **memory.fields())
         run.update(rounds=epoch, wall_s=time.perf_counter() - t_start)
         if writer:
             writer.append_round(row)
@@ -100,7 +107,9 @@ def fit_and_select(
         if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
             run["stopped"] = "time-budget"
             break
-    run.update(wall_s=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb())
+    run.update(wall_s=time.perf_counter() - t_start, **memory.fields())
+    memory.stop()
     if writer:
         writer.write_results(config, [run])
+        writer.close()
     return run

@@ -5,7 +5,11 @@ The benchmark commands (``bench``, ``perf``, ``plot``) live in :mod:`florec.sim.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +33,28 @@ app.add_typer(data_app, name="data")
 console = Console()
 #: Central Adam step size; the run config's ``lr`` (0.05) is tuned for federated local training.
 CENTRAL_LR = 0.005
+#: ``--overwrite``: replace the run in the results folder (else a folder holding one is refused)
+Overwrite = Annotated[bool, typer.Option(
+    help="replace the run already in the results folder (default: refuse to)")]
+
+
+class Stopped(FloRecError):
+    """A stop signal ended a command after everything it started was stopped."""
+
+    def __init__(self, signum: int, hint: str) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}: every process this command started was stopped; "
+                         f"{hint}")
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def stopping(hint: str) -> Iterator[None]:
+    """Turn an interrupt (SIGINT, SIGTERM, SIGHUP) into a :class:`Stopped` saying ``hint``."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        raise Stopped(getattr(err, "signum", signal.SIGINT), hint) from None
 
 
 
@@ -119,14 +145,21 @@ def central(
     lr: Annotated[float, typer.Option(help="Adam step size (tuned on ML-100K)")] = CENTRAL_LR,
     out: Annotated[Path, typer.Option()] = Path("results/central"),
     config: Override = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a model on the pooled training data; writes OUT/results.json."""
+    from florec.server.results import claim_folder
     from florec.sim.central import run_central
 
+    for name, value in (("epochs", epochs), ("batch-size", batch_size)):
+        if value < 1:
+            raise FloRecError(f"--{name} {value} is below 1; give a positive number, e.g. "
+                              f"--{name} {20 if name == 'epochs' else 1024}")
     cfg = _config(
         {"dataset": dataset, "model": model, "split": split, "seed": seed, "lr": lr}, config
     )
-    run = run_central(cfg, epochs, batch_size, out)
+    with claim_folder(out, overwrite), stopping(f"start it again with --overwrite --out {out}"):
+        run = run_central(cfg, epochs, batch_size, out)
     print_runs([run])
     console.print(f"results: {out}/results.json")
 
@@ -134,23 +167,29 @@ def central(
 def federated_config(dataset: str, algorithm: str, model: str, nodes: int, rounds: int,
                      config: list[str] | None, **extra: Any) -> tuple[RunConfig, int, dict]:
     """Validated config of a federated run, its node count and its non-default keys."""
-    from florec.strategies.registry import check_algorithm
+    from florec.sim.flower import check_federated
 
     cfg = _config({"dataset": dataset, "algorithm": algorithm, "model": model,
                    "num-nodes": nodes, "num-rounds": rounds} | extra, config)
-    check_algorithm(cfg)
+    check_federated(cfg)
     n = num_buckets_for(cfg)
     defaults = RunConfig().to_flower()
     overrides = {k: v for k, v in cfg.to_flower().items() if v != defaults[k]}
     return cfg, n, overrides | {"num-nodes": n}
 
 
-def report_finished(out: Path, failed: bool, what: str) -> None:
-    """Print the results table of a finished run, or one line saying where its rounds are."""
+def report_finished(out: Path, failed: bool, what: str, started: float = 0.0) -> None:
+    """Print the results table of a finished run, or one line saying where its rounds are.
+
+    ``results.json`` must have been written at or after ``started`` (a time.time() stamp):
+    an older one belongs to another run and is never shown as this run's.
+    """
     from florec.server.results import read_results
 
-    if failed or not (out / "results.json").exists():
-        raise FloRecError(f"the {what} run failed; see the log above and {out} for finished rounds")
+    path = out / "results.json"
+    if failed or not path.exists() or path.stat().st_mtime < started:
+        raise FloRecError(f"the {what} run wrote no results; see the log above and {out} for "
+                          "finished rounds")
     res = read_results(out)
     if res.get("status") != "finished":
         raise FloRecError(f"the {what} run stopped early after {res['runs'][0]['rounds']} rounds; "
@@ -173,9 +212,15 @@ def sim(
         help="continue the killed run in this results folder from its last checkpoint "
              "(its config.json; -c may change num-rounds)")] = None,
     config: Override = None,
+    overwrite: Overwrite = False,
 ) -> None:
-    """Run `flwr run .` as a local simulation sized to the partition; stops the SuperLink after."""
-    from florec.sim.flower import flwr_run
+    """Run `flwr run .` as a local simulation sized to the partition; stops the SuperLink after.
+
+    The results folder is locked while the run lasts; one that holds a run is refused unless
+    ``--overwrite`` or ``--resume``. A run that fails exits non-zero with its cause.
+    """
+    from florec.server.results import claim_folder
+    from florec.sim.flower import RunFailed, flwr_run
 
     if resume is not None:
         out = resume.resolve()
@@ -184,8 +229,17 @@ def sim(
         out = out.resolve()
         _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config,
                                            **{"out-dir": str(out)})
-    code = flwr_run(overrides, n, cpus_per_client, gpus_per_client)
-    report_finished(out, code != 0, "federated")
+    hint = (f"continue it with `florec sim --resume {out}`"
+            if overrides.get("checkpoint-every") else
+            "it had no checkpoints (-c checkpoint-every=N), so start it again with --overwrite")
+    started = time.time()
+    with claim_folder(out, overwrite, resume is not None), stopping(hint):
+        try:
+            flwr_run(overrides, n, cpus_per_client, gpus_per_client)
+        except RunFailed as err:
+            raise FloRecError(f"the federated run failed: {err}; finished rounds are in "
+                              f"{out}") from None
+    report_finished(out, False, "federated", started)
 
 
 def resume_overrides(out: Path, config: list[str] | None) -> tuple[dict[str, Any], int]:
@@ -196,9 +250,12 @@ def resume_overrides(out: Path, config: list[str] | None) -> tuple[dict[str, Any
     if not path.is_file():
         raise FloRecError(f"{path} is missing: --resume needs the results folder of a federated "
                           "run started with -c checkpoint-every=N")
+    from florec.server.checkpoint import load_checkpoint
+
     saved = {k: v for k, v in json.loads(path.read_text())["config"].items()
              if k.replace("-", "_") in RunConfig.model_fields}
     cfg = _config(saved | {"resume": True, "out-dir": str(out)}, config)
+    load_checkpoint(out, cfg.to_flower())  # no checkpoint, or a changed key: fail before Ray
     n = num_buckets_for(cfg)
     defaults = RunConfig().to_flower()
     return {k: v for k, v in cfg.to_flower().items() if v != defaults[k]} | {"num-nodes": n}, n
@@ -227,9 +284,10 @@ def demo(
     nodes: Annotated[int, typer.Option()] = 100,
     rounds: Annotated[int, typer.Option()] = 20,
     config: Override = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """FedAvg-MF on ML-100K with 100 nodes vs the same MF trained centrally; prints a table."""
-    from florec.server.results import read_results
+    from florec.server.results import claim_folder, read_results
     from florec.sim.central import run_central
 
     out = out.resolve()
@@ -243,11 +301,14 @@ def demo(
         cpus_per_client=1.0,
         gpus_per_client=0.0,
         config=config,
+        overwrite=overwrite,
     )
     cfg = _config({"dataset": "ml-100k", "model": "mf"}, config).model_copy(
         update={"lr": CENTRAL_LR}
     )
-    run_central(cfg, epochs=rounds * cfg.local_epochs, batch_size=1024, out_dir=out / "central")
+    with claim_folder(out / "central", overwrite), stopping("run the demo again"):
+        run_central(cfg, epochs=rounds * cfg.local_epochs, batch_size=1024,
+                    out_dir=out / "central")
     runs = read_results(out / "federated")["runs"] + read_results(out / "central")["runs"]
     console.rule("FloRec demo: ML-100K, test metrics at the best validation round")
     print_runs(runs)
@@ -278,14 +339,18 @@ def deploy_local(
     ] = False,
     data_dir: Annotated[str, typer.Option(help="data-dir of every node")] = "",
     config: Override = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Run one job on a real deployment on 127.0.0.1: SuperLink, SuperNodes, SuperExecs."""
+    from florec.server.results import claim_folder
     from florec.sim.deploy import run_local
 
     out = out.resolve()
     _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config)
-    code = run_local(overrides, n, out, tls=tls, certs=certs, auth=auth, data_dir=data_dir)
-    report_finished(out, code != 0, "deployed")
+    started = time.time()
+    with claim_folder(out, overwrite):
+        code = run_local(overrides, n, out, tls=tls, certs=certs, auth=auth, data_dir=data_dir)
+    report_finished(out, code != 0, "deployed", started)
 
 
 for command in (cli_bench.bench, cli_bench.perf, cli_bench.plot):
@@ -293,12 +358,19 @@ for command in (cli_bench.bench, cli_bench.perf, cli_bench.plot):
 
 
 def main() -> None:
-    """Console entry point: FloRec errors print as one line and exit 2."""
+    """Console entry point: FloRec errors print as one line and exit 2.
+
+    SIGTERM and SIGHUP stop a command as SIGINT does: everything it started is stopped, one
+    line says how to go on, and the exit code is 128 + the signal number.
+    """
+    from florec.sim.flower import handle_signals
+
     try:
-        app()
+        with handle_signals():
+            app()
     except FloRecError as err:
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}", highlight=False)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))
 
 
 if __name__ == "__main__":

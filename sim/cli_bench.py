@@ -26,16 +26,22 @@ def bench(
     = None,
 ) -> None:
     """Run (or resume) a bench matrix; writes OUT/results.json, report.md and plots/."""
-    import tomllib
-
-    from florec.sim.bench import run_bench
+    from florec.recdata.errors import FloRecError
+    from florec.sim.bench import load_bench, run_bench
+    from florec.sim.cli import stopping
 
     if out is None:
-        name = tomllib.loads(config.read_text()).get("bench", {}).get("name", config.stem)
+        name = load_bench(config)["bench"].get("name", config.stem)
         out = Path("results") / f"bench-{name}"
-    done = run_bench(config, out, echo=console.print)
+    with stopping(f"run the same command again: finished cells in {out} are skipped"):
+        done = run_bench(config, out, echo=console.print)
     console.print(f"{len(done.ran)} cells ran, {len(done.skipped)} skipped (finished), "
                   f"{len(done.failed)} failed; report: {out}/report.md, plots: {out}/plots/")
+    if done.failed:
+        first, why = next(iter(done.failed.items()))
+        raise FloRecError(f"{len(done.failed)} bench cell(s) failed, first {first}: {why}; see "
+                          f"{out}/cells/{first}/error.txt, fix it and run the same command again "
+                          "(finished cells are skipped)")
 
 
 def perf(
@@ -54,7 +60,9 @@ def perf(
     """Benchmark FedAvg-MF rounds under `flwr run` + Ray: time, framework cost, memory, bytes."""
     import json
 
-    from florec.sim.flower import parse_overrides
+    from florec.recdata.runconfig import parse_run_config
+    from florec.sim.cli import stopping
+    from florec.sim.flower import check_federated, parse_overrides
     from florec.sim.perf import measure, perf_cells
 
     extra = parse_overrides(config or [])
@@ -63,10 +71,13 @@ def perf(
 
     cells = perf_cells(datasets.split(","), [int(x) for x in floats(populations)],
                        floats(cohorts), [int(x) for x in floats(buckets)])
+    for cell in cells:  # every cell's config is checked before the first one starts Ray
+        check_federated(parse_run_config(cell.run_config(rounds, extra)))
     table = Table("dataset", "algorithm", "population", "cohort", "bucket", "nodes", "s/round",
                   "framework ms/update", "peak MB", "MB/round", "eval s")
     for cell in cells:
-        row = measure(cell, rounds, extra=extra)
+        with stopping("its Flower runs and temporary folders are gone; run perf again"):
+            row = measure(cell, rounds, extra=extra)
         line = json.dumps(row)
         if out is not None:
             with out.open("a") as fh:

@@ -1,7 +1,18 @@
-"""Run the Flower app with `flwr run`: environment, a local SuperLink we own, and clean teardown."""
+"""Run the Flower app with `flwr run`: environment, a local SuperLink we own, and clean teardown.
+
+Teardown is by PID and by session: the SuperLink starts in a session of its own, so every
+process under it (SuperExec, ``flwr-simulation``, the Ray head and workers), even one that its
+parent left behind, is found and stopped. SIGTERM and SIGHUP are turned into
+:class:`Interrupted` (a ``KeyboardInterrupt``, like SIGINT) by :func:`handle_signals`, so the
+same teardown runs on every way a user stops a command, and further signals wait until it ends.
+A run that did not finish as ``completed`` (the SuperLink's own status: ``flwr run --stream``
+exits 0 either way) raises :class:`RunFailed` with its one-line cause.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -11,12 +22,67 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from florec.recdata.errors import FloRecError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM or SIGHUP) arrived; ``signum`` says which."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+class RunFailed(FloRecError):
+    """A Flower run ended in another state than ``finished:completed`` (the message says why)."""
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def handle_signals() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted`.
+
+    Only the main thread can install handlers; elsewhere the block changes nothing.
+    """
+    if not threading_main():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def threading_main() -> bool:
+    """Whether this is the main thread (where signal handlers and masks apply)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold stop signals back while the block runs (a teardown that must not be cut short)."""
+    if not threading_main():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
@@ -81,6 +147,8 @@ def terminate(procs: list, grace_s: float = 10.0) -> None:
     """SIGTERM ``procs`` (psutil processes we started), then SIGKILL those left after grace."""
     import psutil
 
+    if not procs:
+        return
     for p in procs:
         try:
             p.send_signal(signal.SIGTERM)
@@ -95,15 +163,48 @@ def terminate(procs: list, grace_s: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
-    """Terminate a process we started and all its descendants (by PID)."""
+def session_processes(sid: int) -> list:
+    """Live processes of session ``sid`` (psutil), orphans whose parent already exited included."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and os.getsid(p.pid) == sid:
+                found.append(p)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def stop_process_tree(pid: int, grace_s: float = 10.0, session: bool = False) -> None:
+    """Terminate a process we started and all its descendants (by PID).
+
+    With ``session`` (``pid`` was started with ``start_new_session=True``, so it leads a session
+    of its own) every other process of that session is stopped too, until none is left.
+    """
+    import psutil
+
+    with signals_deferred():
+        try:
+            root = psutil.Process(pid)
+            terminate([root, *root.children(recursive=True)], grace_s)
+        except psutil.NoSuchProcess:
+            pass
+        for _ in range(5) if session else ():
+            left = session_processes(pid)
+            if not left:
+                break
+            terminate([*left, *(c for p in left for c in _children(p))], grace_s)
+
+
+def _children(proc: Any) -> list:
     import psutil
 
     try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    terminate([root, *root.children(recursive=True)], grace_s)
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 CONNECTION = "florec-sim"
@@ -149,11 +250,35 @@ class LocalSuperLink:
         """Stop the SuperLink we started and every process it started, by PID."""
         if self.proc is None:
             return
-        stop_process_tree(self.proc.pid)
+        stop_process_tree(self.proc.pid, session=True)
         self.proc.wait(5)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_status(env: dict[str, str]) -> tuple[str, str]:
+    """Status and details of the latest run on the SuperLink of ``env`` (``flwr list``).
+
+    Returns
+    -------
+    (str, str)
+        E.g. ``("finished:completed", "")`` or ``("finished:failed", "Simulation failed with
+        exception: ...")``; ``("unknown", why)`` if the SuperLink cannot tell.
+
+    """
+    res = subprocess.run([_flwr(), "list", CONNECTION, "--format", "json"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    try:
+        runs = json.loads(res.stdout[res.stdout.index("{"):])["runs"]
+        last = max(runs, key=lambda r: int(r["run-id"]))
+    except (ValueError, KeyError, TypeError):
+        return "unknown", " ".join((res.stderr or res.stdout).split())[-300:]
+    return str(last["status"]), " ".join(str(last.get("status-details") or "").split())
+
+
+def _flwr() -> str:
+    return shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
 
 
 def flwr_run(
@@ -163,16 +288,20 @@ def flwr_run(
     gpus_per_client: float = 0.0,
     app_dir: Path = PROJECT_ROOT,
     env: dict[str, str] | None = None,
-) -> int:
-    """Submit the app to a SuperLink of its own with `flwr run --stream` and wait.
+) -> None:
+    """Submit the app to a SuperLink of its own with `flwr run --stream` and wait for it.
 
     Each call gets a fresh FLWR_HOME under the project's ``.flwr/runs/`` (the SuperLink's log
-    and the installed app live there); it is removed after a clean run and kept otherwise.
+    and the installed app live there); it is kept after a failed run (the log names it) and
+    removed otherwise. On an interrupt every process is stopped before :class:`Interrupted`
+    propagates.
 
-    Returns
-    -------
-    int
-        The exit code of ``flwr run``.
+    Raises
+    ------
+    RunFailed
+        ``flwr run`` failed, or the run ended other than ``finished:completed``: the message
+        is the run's status and its cause (the ServerApp's exception).
+
     """
     env = dict(env or flower_env())
     base = Path(env["FLWR_HOME"]) / "runs"
@@ -182,12 +311,40 @@ def flwr_run(
     run_config = " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
     fed = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
            f"client-resources-num-gpus={gpus_per_client:g}")
-    flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
-    cmd = [flwr, "run", str(app_dir), CONNECTION, "--stream", "--federation-config", fed]
+    cmd = [_flwr(), "run", str(app_dir), CONNECTION, "--stream", "--federation-config", fed]
     if run_config:
         cmd += ["--run-config", run_config]
-    with LocalSuperLink(env):
-        code = subprocess.run(cmd, env=env, cwd=app_dir).returncode
-    if code == 0:
+    try:
+        with LocalSuperLink(env) as link:
+            code = subprocess.run(cmd, env=env, cwd=app_dir).returncode
+            status, details = run_status(env)
+    except KeyboardInterrupt:
         shutil.rmtree(home, ignore_errors=True)
-    return code
+        raise
+    if status == "finished:completed" and code == 0:
+        shutil.rmtree(home, ignore_errors=True)
+        return
+    if status.startswith("finished:"):
+        cause = details.removeprefix("Simulation failed with exception: ") or "no details"
+        raise RunFailed(f"the run is {status}: {cause} (SuperLink log: {link.log_path})")
+    raise RunFailed(f"flwr run exited with code {code} and the run is {status} ({details}); "
+                    f"see the log above and {link.log_path}")
+
+
+def check_federated(cfg: Any) -> None:
+    """Every check the ServerApp makes of a federated config, before a SuperLink or Ray starts.
+
+    Raises
+    ------
+    ConfigError
+        The (algorithm, model) pair, the cohorts or ``mf-loss`` have no federated form.
+
+    """
+    from florec.models.registry import SEQUENTIAL_MODELS
+    from florec.strategies.registry import check_algorithm
+
+    check_algorithm(cfg)
+    if cfg.algorithm == "fedavg" and cfg.mf_loss != "bpr" and cfg.model not in SEQUENTIAL_MODELS:
+        from florec.strategies.fair import check_fair_config
+
+        check_fair_config(cfg)

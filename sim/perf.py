@@ -121,13 +121,14 @@ def run_in_process(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
 def run_flower(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], float]:
     """Run ``cfg`` under `flwr run` (one CPU per client); returns its rounds and peak memory."""
     from florec.recdata.store import num_buckets_for
-    from florec.sim.flower import flwr_run
+    from florec.sim.flower import RunFailed, flwr_run
 
     n = num_buckets_for(_validated(cfg))
     with TreeMemory() as mem:
-        code = flwr_run(cfg | {"out-dir": str(out), "num-nodes": n}, n, 1.0, 0.0)
-    if code != 0:
-        raise ConfigError(f"flwr run exited with {code}; see its log above")
+        try:
+            flwr_run(cfg | {"out-dir": str(out), "num-nodes": n}, n, 1.0, 0.0)
+        except RunFailed as err:
+            raise ConfigError(f"the perf run under Flower failed: {err}") from None
     return read_rounds(out), mem.peak_mb
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from florec.sim.bench import BenchOutcome, Cell, load_bench, run_bench, run_cell
+from florec.recdata.errors import ConfigError
+from florec.sim.bench import BenchOutcome, Cell, label_folder, load_bench, run_bench, run_cell
 from florec.sim.report import write_report
 
 SMOKE = Path(__file__).resolve().parents[2] / "bench" / "smoke.toml"
@@ -34,7 +35,8 @@ def test_smoke_bench_writes_results_report_and_plots(smoke: tuple[Path, BenchOut
     report = (out / "report.md").read_text()
     assert "## synthetic" in report and "Protocol card" in report and "±" in report
     for m in conf["method"]:
-        assert (out / "cells" / "synthetic" / m["label"] / "seed1" / "results.json").exists()
+        assert (out / "cells" / "synthetic" / label_folder(m["label"]) / "seed1" /
+                "results.json").exists()
 
 
 def test_second_run_skips_every_finished_cell(smoke: tuple[Path, BenchOutcome]) -> None:
@@ -62,13 +64,14 @@ model = "pop"
 [[method]]
 label = "Broken"
 setting = "central"
-model = "no-such-model"
+model = "pop"
+data-dir = "/no/such/folder"
 """)
     messages: list[str] = []
     out = run_bench(toml, tmp_path / "out", progress=False, echo=messages.append)
     assert len(out.failed) == 2 and all("Broken" in k for k in out.failed)
     assert len(out.ran) == 2 and all("Pop" in k for k in out.ran)
-    assert len(messages) == 2 and "no-such-model" in messages[0]
+    assert len(messages) == 2 and "/no/such/folder" in messages[0]
     assert (tmp_path / "out" / "cells" / "synthetic" / "Broken" / "seed0" / "error.txt").exists()
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["label"] for r in res["runs"]] == ["Pop", "Pop"]
@@ -241,7 +244,6 @@ num-rounds = 1
 
 def test_cell_folders_have_no_spaces_and_distinct_labels_keep_distinct_folders(
         tmp_path: Path) -> None:
-    from florec.recdata.errors import ConfigError
     from florec.sim.bench import cells_of, label_folder
 
     assert label_folder("FedAvg BPR sparse") == "FedAvg-BPR-sparse"
@@ -262,3 +264,47 @@ setting = "central"
 """)
     with pytest.raises(ConfigError, match="share a results folder"):
         load_bench(clash)
+
+
+def _bench_text(method: str) -> str:
+    return SMOKE.read_text().split("[[method]]")[0] + method
+
+
+@pytest.mark.parametrize(("method", "named"), [
+    ('[[method]]\nlabel = "Typo"\nsetting = "central"\nmodl = "mf"\n', "unknown config key 'modl'"),
+    ('[[method]]\nlabel = "CPR"\nsetting = "federated"\nmf-loss = "cpr"\n', "no federated form"),
+    ('[[method]]\nlabel = "Zero"\nsetting = "central"\nepochs = 0\n', "epochs=0"),
+])
+def test_bench_method_keys_are_checked_before_any_cell_runs(tmp_path: Path, method: str,
+                                                            named: str) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text(_bench_text(method))
+    with pytest.raises(ConfigError) as err:
+        run_bench(toml, tmp_path / "out", progress=False)
+    line = str(err.value)
+    assert named in line and str(toml) in line and "\n" not in line
+    assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_bench_toml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    toml = tmp_path / "broken.toml"
+    toml.write_text('[bench]\nname = "x"\ndatasets = ["synthetic"]\nseeds = 0 1\n')
+    with pytest.raises(ConfigError, match=r"broken\.toml is not valid TOML: .*line 4"):
+        load_bench(toml)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_bench(tmp_path / "missing.toml")
+
+
+def test_florec_bench_exits_non_zero_when_a_cell_failed(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from florec.sim.cli import app
+
+    toml = tmp_path / "bad.toml"
+    toml.write_text(_bench_text('[[method]]\nlabel = "Broken"\nsetting = "central"\n'
+                                'model = "pop"\ndata-dir = "/no/such/folder"\n'))
+    result = CliRunner().invoke(app, ["bench", "--config", str(toml), "--out",
+                                      str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert "bench cell(s) failed" in str(result.exception)
+    assert "/no/such/folder" in str(result.exception)

@@ -114,11 +114,14 @@ def test_flwr_simulation_of_fedcia_with_its_align_messages(tmp_path):
 
 
 def test_resume_overrides_replay_the_saved_config_with_resume_on(tmp_path, small_config):
-    from florec.server.results import ResultsWriter
+    from florec.recdata.runconfig import parse_run_config
+    from florec.server.app import run_federated
     from florec.sim.cli import resume_overrides
+    from florec.sim.local_grid import LocalGrid
 
-    saved = small_config | {"checkpoint-every": 1, "lr": 0.02, "out-dir": "elsewhere"}
-    ResultsWriter(tmp_path).write_config(saved)
+    cfg = parse_run_config(small_config | {"checkpoint-every": 1, "lr": 0.02,
+                                           "out-dir": str(tmp_path)})
+    run_federated(LocalGrid(cfg.to_flower(), cfg.num_nodes), cfg, tmp_path)
     overrides, n = resume_overrides(tmp_path, ["num-rounds=5"])
     assert overrides["resume"] is True and overrides["checkpoint-every"] == 1
     assert overrides["lr"] == 0.02 and overrides["num-rounds"] == 5
