@@ -24,7 +24,8 @@ class RunConfig(BaseModel):
     )
 
     algorithm: Literal["fedavg", "fedcia", "local"] = "fedavg"
-    model: Literal["mf", "lightgcn", "mlp", "gfcf", "itemknn", "pop", "sasrec", "gru4rec"] = "mf"
+    model: Literal["mf", "lightgcn", "mlp", "gfcf", "itemknn", "pop", "sasrec", "gru4rec",
+                   "cotrec"] = "mf"
     dataset: str = "ml-100k"
     data_dir: str = ""
     min_rating: float = Field(1.0, ge=0)
@@ -107,6 +108,19 @@ class RunConfig(BaseModel):
     mf_loss: Literal["bpr", "ubpr", "cpr", "fs-pair", "wmf", "relmf", "du", "fs-point"] = "bpr"
     ips_beta: float = Field(0.5, ge=0)
     weight_decay: float = Field(0.0, ge=0)
+    # CoT-Rec on the LLM layer (issue 12, docs/cotrec.md)
+    cotrec_init: Literal["cotrec", "title", "random"] = "cotrec"
+    cotrec_user_token: bool = True
+    cotrec_history: int = Field(10, ge=1)
+    cotrec_init_scale: float = Field(1.0, gt=0)
+    cotrec_item_tokens: int = Field(64, ge=1)
+    cotrec_user_tokens: int = Field(32, ge=1)
+    cotrec_ranker: Literal["lora", "untuned", "none"] = "lora"
+    cotrec_lora_epochs: int = Field(1, ge=1)
+    cotrec_lora_lr: float = Field(2e-4, gt=0)
+    cotrec_lora_r: int = Field(8, ge=1)
+    cotrec_lora_rounds: int = Field(1, ge=1)
+    cotrec_mapb_users: int = Field(50, ge=0)
 
     @property
     def k_list(self) -> list[int]:
