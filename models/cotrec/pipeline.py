@@ -29,25 +29,24 @@ from florec.recdata.runconfig import RunConfig
 from florec.recdata.sequences import UserSequences
 
 
-def raw_item_ids(split_path: Path, dataset: str, n_items: int) -> list[str]:
-    """Raw item ids in internal-id order, from the split's ``<name>.item.map``."""
-    from florec.recdata.recbole_io import storage_name
-
-    path = Path(split_path) / f"{storage_name(dataset)}.item.map"
-    if not path.exists():
-        return [str(i) for i in range(n_items)]
-    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line]
-    raw = {int(i): r for i, r in rows}
-    return [raw[i] for i in range(n_items)]
-
-
 def item_texts(cfg: RunConfig, split_path: Path, n_items: int) -> list[str]:
-    """One public text per internal item id (title and genres/categories/brand)."""
-    from florec.recdata.item_text import item_text_string, load_item_text
+    """One public text per internal item id (title and genres/categories/brand).
 
-    ids = raw_item_ids(split_path, cfg.dataset, n_items)
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else None
-    return [item_text_string(t) for t in load_item_text(cfg.dataset, data_dir, ids)]
+    Raises
+    ------
+    ConfigError
+        If the split's item map does not cover ``n_items`` items.
+
+    """
+    from florec.recdata.item_text import item_text_string, load_item_text, split_item_ids
+
+    ids = split_item_ids(Path(split_path), cfg.dataset)
+    if len(ids) != n_items:
+        raise ConfigError(f"the split in {split_path} maps {len(ids)} items, expected {n_items}; "
+                          "delete the split folder to rebuild it")
+    synthetic = cfg.synthetic_params() if cfg.dataset == "synthetic" else None
+    texts = load_item_text(cfg.dataset, cfg.data_dir or None, ids, synthetic=synthetic)
+    return [item_text_string(t) for t in texts]
 
 
 def histories(seqs: UserSequences, users: np.ndarray, part: str, n: int,
