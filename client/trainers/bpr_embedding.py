@@ -2,8 +2,10 @@
 
 Each user u trains its private embedding p_u and its own copy of the item rows it touches
 (its positives and sampled negatives) starting from the global table. Rows are keyed by
-(user, item), so one batched autograd pass updates all users' copies independently: with
-SGD or the per-user masked Adam below, the result equals training the users one by one.
+(user, item), so one batched autograd pass updates all users' copies independently, and each
+user has its own optimizer (:class:`florec.client.trainers.user_adam.PerUserOptimizer`,
+``torch.optim.Adam`` or ``SGD`` per user, ``weight-decay`` as their coupled L2): the result
+equals training the users one by one.
 Random streams are keyed by (seed, round, global user id), so results do not depend on how
 users are grouped into buckets.
 
@@ -21,12 +23,11 @@ import numpy as np
 import torch
 
 from florec.client.trainers.bucket import Bucket
+from florec.client.trainers.user_adam import PerUserOptimizer
 from florec.models.mf import bpr_terms
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.sampling import sample_negatives
 from florec.recdata.seeds import Salt, stream
-
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
 @dataclass
@@ -122,23 +123,6 @@ def pair_rows(pairs: dict[str, np.ndarray], n_items: int
     return row_key // n_items, row_key % n_items, inverse[:n_pairs], inverse[n_pairs:]
 
 
-class _MaskedAdam:
-    """Adam whose step touches only the rows of users active in that step."""
-
-    def __init__(self, params: list[torch.Tensor], lr: float) -> None:
-        self.params, self.lr = params, lr
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    def step(self, grads: list[torch.Tensor], active: list[torch.Tensor], t: int) -> None:
-        b1, b2 = ADAM_BETAS
-        for p, g, m, v, rows in zip(self.params, grads, self.m, self.v, active, strict=True):
-            m[rows] = b1 * m[rows] + (1 - b1) * g[rows]
-            v[rows] = b2 * v[rows] + (1 - b2) * g[rows] ** 2
-            m_hat, v_hat = m[rows] / (1 - b1**t), v[rows] / (1 - b2**t)
-            p[rows] -= self.lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
-
-
 def local_update(
     bucket: Bucket,
     item_emb: np.ndarray,
@@ -195,9 +179,11 @@ def local_update(
     L = as_t(item_emb[row_item]).clone()
     Lb = as_t(item_bias[row_item]).clone()
     params = [P, L, Lb]
-    adam = _MaskedAdam(params, cfg.lr) if cfg.optimizer == "adam" else None
+    users = torch.arange(len(P), device=device)
+    opt = PerUserOptimizer(params, [users, row_user_t, row_user_t], len(P), cfg.lr,
+                           cfg.weight_decay, cfg.optimizer == "adam")
     loss_sum = 0.0
-    for t, s, e in step_bounds(pairs["step"]):
+    for _, s, e in step_bounds(pairs["step"]):
         uu, pr, nr = users_t[s:e], pos_row[s:e], neg_row[s:e]
         for p in params:
             p.requires_grad_(True)
@@ -206,17 +192,11 @@ def local_update(
         loss = (terms / per_user[uu]).sum()
         grads = torch.autograd.grad(loss, params)
         loss_sum += float(terms.detach().sum())
-        with torch.no_grad():
-            for p in params:
-                p.requires_grad_(False)
-            if adam is None:
-                for p, g in zip(params, grads, strict=True):
-                    p -= cfg.lr * g
-            else:
-                active_user = torch.zeros(len(P), dtype=torch.bool, device=device)
-                active_user[uu] = True
-                active_row = active_user[row_user_t]
-                adam.step(list(grads), [active_user, active_row, active_row], t + 1)
+        for p in params:
+            p.requires_grad_(False)
+        active = torch.zeros(len(P), dtype=torch.bool, device=device)
+        active[uu] = True
+        opt.step(list(grads), active)
     return LocalResult(
         user_emb=P.detach().cpu().numpy(),
         row_user=row_user,

@@ -1,8 +1,9 @@
 """Local training of a bucket's users with a popularity-aware ``mf-loss`` (Fair Sampling etc.).
 
-Score ``p_u . q_i`` (no bias), losses summed per user, coupled weight decay on the rows a step
-touches. Every user is a separate logical client with its own copy of the item rows it touches,
-as in :mod:`florec.client.trainers.bpr_embedding`; the global item popularity comes from the fair
+Score ``p_u . q_i`` (no bias), losses summed per user, the same per-user optimizer as BPR
+(:mod:`florec.client.trainers.user_adam`, coupled weight decay). Every user is a separate logical
+client with its own copy of the item rows it touches, as in
+:mod:`florec.client.trainers.bpr_embedding`; the global item popularity comes from the fair
 strategy's secure sum.
 """
 
@@ -12,8 +13,6 @@ import numpy as np
 import torch
 
 from florec.client.trainers.bpr_embedding import (
-    ADAM_BETAS,
-    ADAM_EPS,
     LocalConfig,
     LocalResult,
     build_pairs,
@@ -21,6 +20,7 @@ from florec.client.trainers.bpr_embedding import (
     step_bounds,
 )
 from florec.client.trainers.bucket import Bucket
+from florec.client.trainers.user_adam import PerUserOptimizer
 from florec.models import fair_losses as fair
 from florec.recdata.seeds import Salt, stream
 
@@ -50,32 +50,6 @@ def pop_negatives(bucket: Bucket, users: np.ndarray, item_pop: np.ndarray, seed:
     return out
 
 
-class _RowAdam:
-    """Adam (with coupled L2 ``wd * p`` added to the gradient) on chosen rows of one tensor.
-
-    Each row keeps its own step count, so rows updated rarely get the right bias correction.
-    """
-
-    def __init__(self, param: torch.Tensor, lr: float, wd: float, adam: bool) -> None:
-        self.p, self.lr, self.wd, self.adam = param, lr, wd, adam
-        self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
-        self.t = torch.zeros(param.shape[:-1], dtype=torch.float32, device=param.device)
-
-    def step(self, index: tuple, grad: torch.Tensor) -> None:
-        p = self.p[index]
-        g = grad + self.wd * p
-        if not self.adam:
-            self.p[index] = p - self.lr * g
-            return
-        b1, b2 = ADAM_BETAS
-        self.t[index] += 1
-        t = self.t[index].unsqueeze(-1)
-        m = b1 * self.m[index] + (1 - b1) * g
-        v = b2 * self.v[index] + (1 - b2) * g * g
-        self.m[index], self.v[index] = m, v
-        self.p[index] = p - self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + ADAM_EPS)
-
-
 def _point_terms(loss: str, logits: torch.Tensor, y: torch.Tensor, pop: torch.Tensor,
                  theta: torch.Tensor, n_users: int) -> torch.Tensor:
     if loss == "fs-point":
@@ -93,32 +67,34 @@ def _fair_point(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg:
     """Point-wise losses over **all** items of each user: the closed form of FS-Point.
 
     Each local epoch visits the items in a seeded order (the same for every user, keyed by the
-    seed, round and epoch) in chunks of ``local_batch_size``; a step updates p_u and the user's
-    copy of the chunk's item rows.
+    seed, round and epoch) in chunks of ``local_batch_size``; a step is one step of every
+    user's optimizer over p_u and the user's copy of the item table (the gradient reaches the
+    chunk's rows only).
     """
     n_items, b = bucket.n_items, len(bucket.users)
     P = torch.as_tensor(user_emb, dtype=torch.float32, device=device).clone()
     L = torch.as_tensor(item_emb, dtype=torch.float32, device=device).expand(b, -1, -1).clone()
     y_all = torch.as_tensor(bucket.train.toarray() > 0, device=device).to(torch.float32)
     theta = fair.propensity(pop, cfg.ips_beta)
-    opt_p = _RowAdam(P, cfg.lr, cfg.weight_decay, cfg.optimizer == "adam")
-    opt_l = _RowAdam(L, cfg.lr, cfg.weight_decay, cfg.optimizer == "adam")
     everyone = torch.arange(b, device=device)
+    opt = PerUserOptimizer([P, L], [everyone, everyone[:, None].expand(b, n_items)], b, cfg.lr,
+                           cfg.weight_decay, cfg.optimizer == "adam")
+    all_active = torch.ones(b, dtype=torch.bool, device=device)
     loss_sum = 0.0
     for epoch in range(cfg.local_epochs):
         order = stream(cfg.seed, Salt.FAIR_ITEM_ORDER, server_round, epoch).permutation(n_items)
         for s in range(0, n_items, cfg.local_batch_size):
             c = torch.as_tensor(order[s : s + cfg.local_batch_size], device=device)
-            pu = P.clone().requires_grad_(True)
-            lc = L[:, c].clone().requires_grad_(True)
-            logits = torch.einsum("bd,bmd->bm", pu, lc)
+            P.requires_grad_(True)
+            L.requires_grad_(True)
+            logits = torch.einsum("bd,bmd->bm", P, L[:, c])
             loss = _point_terms(cfg.mf_loss, logits, y_all[:, c], pop[c].expand(b, -1),
                                 theta[c].expand(b, -1), n_users)
-            g_p, g_l = torch.autograd.grad(loss, (pu, lc))
+            g_p, g_l = torch.autograd.grad(loss, (P, L))
+            P.requires_grad_(False)
+            L.requires_grad_(False)
             loss_sum += float(loss.detach())
-            with torch.no_grad():
-                opt_p.step((everyone,), g_p)
-                opt_l.step((everyone[:, None], c[None, :]), g_l)
+            opt.step([g_p, g_l], all_active)
     delta = (L.cpu().numpy() - item_emb[None]).reshape(b * n_items, -1)
     return P.cpu().numpy(), delta, loss_sum, b * n_items * cfg.local_epochs
 
@@ -137,8 +113,9 @@ def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarra
       the user's unseen items (:func:`pop_negatives`); ``ubpr``: the second item uniform over
       all items, IPS-weighted.
 
-    Losses are summed per user; coupled weight decay ``weight_decay * p`` acts on the rows a
-    step touches (all of a user's item rows under the point-wise losses).
+    Losses are summed per user. Each user steps its own optimizer
+    (:class:`florec.client.trainers.user_adam.PerUserOptimizer`: ``torch.optim.Adam`` or ``SGD``
+    per user, coupled weight decay ``weight_decay * p``) over its embedding and its item rows.
 
     Raises
     ------
@@ -179,9 +156,8 @@ def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarra
     y_neg = as_t(bucket.train[pairs["user"], pairs["neg"]].A1 > 0, torch.float32)
     theta = fair.propensity(pop, cfg.ips_beta)
     items_pos, items_neg = as_t(pairs["pos"]), as_t(pairs["neg"])
-    adam = cfg.optimizer == "adam"
-    opt_p, opt_l = (_RowAdam(P, cfg.lr, cfg.weight_decay, adam),
-                    _RowAdam(L, cfg.lr, cfg.weight_decay, adam))
+    opt = PerUserOptimizer([P, L], [torch.arange(b, device=device), as_t(row_user)], b, cfg.lr,
+                           cfg.weight_decay, cfg.optimizer == "adam")
     loss_sum = 0.0
     for _, s, e in step_bounds(pairs["step"]):
         uu, pr, nr = users_t[s:e], pos_row[s:e], neg_row[s:e]
@@ -195,10 +171,9 @@ def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarra
                                   y_neg[s:e])
         g_p, g_l = torch.autograd.grad(loss, (pu, lr_))
         loss_sum += float(loss.detach())
-        with torch.no_grad():
-            opt_p.step((torch.unique(uu),), g_p[torch.unique(uu)])
-            rows = torch.unique(torch.cat([pr, nr]))
-            opt_l.step((rows,), g_l[rows])
+        active = torch.zeros(b, dtype=torch.bool, device=device)
+        active[uu] = True
+        opt.step([g_p, g_l], active)
     return LocalResult(P.cpu().numpy(), row_user, row_item,
                        L.cpu().numpy() - item_emb[row_item], zero_bias(len(row_item)), loss_sum,
                        n_pairs, (bucket.users[pairs["user"]], pairs["pos"], pairs["neg"]))

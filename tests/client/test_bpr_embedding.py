@@ -84,6 +84,40 @@ def test_one_bucket_full_batch_step_equals_central_gradient_step(split):
     np.testing.assert_allclose(fed, central_item.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_bucket_adam_equals_torch_adam_run_user_by_user(split, weight_decay):
+    """Reference: each user alone, its embedding and item-row copies under torch.optim.Adam."""
+    from florec.client.trainers.bpr_embedding import build_pairs, step_bounds
+    from florec.models.mf import bpr_terms
+
+    cfg = LocalConfig(local_epochs=2, local_batch_size=3, optimizer="adam", lr=0.05, reg=1e-3,
+                      weight_decay=weight_decay)
+    bucket, res = bucket_update(split, np.arange(8), cfg)
+    emb, bias = global_tables(split.n_items)
+    start = seeded_rows(bucket.users, D, 0, 0.1, USER_SALT)
+    pairs = build_pairs(bucket, cfg, 1)
+    for j in range(len(bucket.users)):
+        items = res.row_item[res.row_user == j]
+        p = torch.tensor(start[j], requires_grad=True)
+        q = torch.tensor(emb[items], requires_grad=True)
+        qb = torch.tensor(bias[items], requires_grad=True)
+        opt = torch.optim.Adam([p, q, qb], lr=cfg.lr, weight_decay=weight_decay)
+        mine = pairs["user"] == j
+        row = {int(i): r for r, i in enumerate(items)}
+        pos = torch.tensor([row[int(i)] for i in pairs["pos"][mine]])
+        neg = torch.tensor([row[int(i)] for i in pairs["neg"][mine]])
+        for _, s, e in step_bounds(pairs["step"][mine]):
+            opt.zero_grad()
+            bpr_terms(p.expand(e - s, -1), q[pos[s:e]], q[neg[s:e]], qb[pos[s:e]],
+                      qb[neg[s:e]], cfg.reg).mean().backward()
+            opt.step()
+        np.testing.assert_allclose(res.user_emb[j], p.detach().numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(res.delta[res.row_user == j], q.detach().numpy() - emb[items],
+                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(res.bias_delta[res.row_user == j],
+                                   qb.detach().numpy() - bias[items], rtol=0, atol=1e-6)
+
+
 def test_private_embeddings_move_and_untouched_items_do_not(split):
     cfg = LocalConfig(local_epochs=1, local_batch_size=8, optimizer="adam", lr=0.05)
     bucket, res = bucket_update(split, np.arange(5), cfg)
