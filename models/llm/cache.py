@@ -114,7 +114,7 @@ class CachedLLM(LLM):
         keys = [call_key(self.inner.key, kind, p, params) for p in prompts]
         found = self.cache.get_many(keys)
         miss_keys = [k for k in dict.fromkeys(keys) if k not in found]
-        self.stats.llm_cache_hits += len(prompts) - sum(k not in found for k in keys)
+        self.stats.llm_cache_hits += len(prompts) - len(miss_keys)  # repeats count as hits
         if miss_keys:
             prompt_of = dict(zip(keys, prompts, strict=True))
             miss = [prompt_of[k] for k in miss_keys]

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from florec.models.llm import build_llm
+
+PROMPTS = [
+    "The user watched Toy Story (1995). Which movie next? A) Heat B) Babe C) Fargo. "
+    "Answer with one letter.",
+    "Pick one: A) x B) y C) z",
+    "A much longer prompt " * 20 + "A) one B) two C) three",
+]
+
+
+def test_choice_distribution_rows_are_distributions(tiny_cfg):
+    llm = build_llm(tiny_cfg)
+    p = llm.choice_distribution(PROMPTS, 3)
+    assert p.shape == (3, 3)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-9)
+    assert (p > 0).all()
+    assert llm.stats.llm_calls == 3 and llm.stats.prompt_tokens > 0
+
+
+def test_a_prompt_scores_the_same_alone_and_in_a_padded_batch(tiny_cfg):
+    llm = build_llm(tiny_cfg.with_(batch_size=8))
+    together = llm.choice_distribution(PROMPTS, 3)
+    alone = np.concatenate([llm.choice_distribution([p], 3) for p in PROMPTS])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_out_of_range_choices_are_refused(tiny_cfg):
+    llm = build_llm(tiny_cfg)
+    with pytest.raises(ValueError, match="n_choices"):
+        llm.choice_distribution(PROMPTS, 11)
+
+
+def test_generate_is_greedy_deterministic_and_counts_tokens(tiny_cfg):
+    llm = build_llm(tiny_cfg)
+    first = llm.generate(PROMPTS, max_new_tokens=6)
+    again = build_llm(tiny_cfg).generate(PROMPTS, max_new_tokens=6)
+    assert first == again and len(first) == 3
+    assert all(isinstance(t, str) for t in first)
+    assert 0 < llm.stats.completion_tokens <= 3 * 6
+
+
+def test_seeded_sampling_repeats_with_the_seed(tiny_cfg):
+    llm = build_llm(tiny_cfg)
+    a = llm.generate(PROMPTS[:2], max_new_tokens=8, temperature=1.0, seed=3)
+    b = llm.generate(PROMPTS[:2], max_new_tokens=8, temperature=1.0, seed=3)
+    assert a == b
+
+
+def test_lora_raises_the_target_letters_probability(tiny_cfg):
+    llm = build_llm(tiny_cfg)
+    targets = [i % 3 for i in range(8)]
+    prompts = [f"Say {'ABC'[t]}, case {i}." for i, t in enumerate(targets)]
+    before = llm.choice_distribution(prompts, 3)[np.arange(8), targets]
+    key = llm.key
+    stats = llm.finetune_choices(prompts, targets, 3, epochs=15, lr=2e-2, lora_r=4,
+                                 batch_size=4, seed=0)
+    after = llm.choice_distribution(prompts, 3)[np.arange(8), targets]
+    assert stats["loss_last_epoch"] < stats["loss_first_epoch"]
+    assert after.mean() > before.mean() + 0.1
+    assert llm.key != key and ":lora-" in llm.key
+
+
+def test_adapter_state_round_trips_into_a_fresh_model(tiny_cfg, tmp_path):
+    trained = build_llm(tiny_cfg)
+    assert trained.adapter_state() == {}
+    prompts = ["pick A or B", "pick B or A"]
+    trained.finetune_choices(prompts, [0, 1], 2, epochs=3, lr=1e-2, lora_r=2)
+    state = trained.adapter_state()
+    assert state and all(v.dtype == np.float32 for v in state.values())
+    fresh = build_llm(tiny_cfg)
+    fresh.load_adapter_state(state)
+    np.testing.assert_allclose(fresh.choice_distribution(prompts, 2),
+                               trained.choice_distribution(prompts, 2), atol=1e-6)
+    assert fresh.key == trained.key
+    trained.save_adapter(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_mismatched_adapter_state_is_refused(tiny_cfg):
+    llm = build_llm(tiny_cfg)
+    llm.finetune_choices(["pick A or B"], [0], 2, epochs=1, lora_r=2)
+    state = {k: v[:1] for k, v in llm.adapter_state().items()}
+    with pytest.raises(ValueError, match="does not match"):
+        llm.load_adapter_state(state)
