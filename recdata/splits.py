@@ -55,12 +55,29 @@ class Split:
         return self._csr[part]
 
     def mask_for(self, part: str) -> sp.csr_matrix:
-        """Items excluded from ranking: train for ``valid``, train + valid for ``test``."""
-        if part == "valid":
-            return self.matrix("train")
-        m = self.matrix("train") + self.matrix("valid")
-        m.data[:] = 1.0
-        return m
+        """Items excluded from ranking ``part`` (see :func:`ranking_mask`)."""
+        return ranking_mask(part, self.matrix("train"), self.matrix("valid"))
+
+
+def ranking_mask(part: str, train: sp.csr_matrix, valid: sp.csr_matrix) -> sp.csr_matrix:
+    """Items excluded from ranking: train for ``valid``, train + valid for ``test``.
+
+    The one definition for the whole split (:meth:`Split.mask_for`) and for a node's rows of it
+    (:class:`florec.client.trainers.bucket.Bucket`).
+
+    Raises
+    ------
+    ValueError
+        If ``part`` is neither ``valid`` nor ``test``.
+
+    """
+    if part == "valid":
+        return train
+    if part != "test":
+        raise ValueError(f"no ranking mask for part '{part}'; use 'valid' or 'test'")
+    m = (train + valid).tocsr()
+    m.data[:] = 1.0
+    return m
 
 
 def _rank_within_user(user: np.ndarray, order_keys: tuple[np.ndarray, ...]) -> tuple:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from florec.recdata.splits import Split
+from florec.recdata.splits import Split, ranking_mask
 
 
 @dataclass
@@ -47,6 +47,10 @@ class Bucket:
         return [Bucket(self.users[g], self.train[g], self.valid[g], self.test[g],
                        population=self.population) for g in self.groups]
 
+    def mask_for(self, part: str) -> sp.csr_matrix:
+        """Items excluded from ranking ``part`` (:func:`florec.recdata.splits.ranking_mask`)."""
+        return ranking_mask(part, self.train, self.valid)
+
     @property
     def n_items(self) -> int:
         """Catalogue size."""
@@ -68,10 +72,3 @@ class Bucket:
         return cls(users=np.asarray(users, dtype=np.int64), groups=groups,
                    population=int(split.n_users), **rows)
 
-    def mask_for(self, part: str) -> sp.csr_matrix:
-        """Items excluded from ranking: train for ``valid``, train + valid for ``test``."""
-        if part == "valid":
-            return self.train
-        m = (self.train + self.valid).tocsr()
-        m.data[:] = 1.0
-        return m
