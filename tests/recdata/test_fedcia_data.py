@@ -90,7 +90,7 @@ def test_given_split_survives_the_split_store(shared_data):
     split, path = get_split("fedcia-ml100k", "given", 0, str(shared_data))
     assert (split.n_users, split.n_items) == (943, 1682)
     assert [len(split.parts[p][0]) for p in ("train", "valid", "test")] == [72000, 8000, 20000]
-    assert path.name == "given-seed0"
+    assert path.name.startswith("given-seed0")  # the store may append a source hash
 
 
 @pytest.mark.parametrize("name, fragment", [("fedcia-ml100k", "fedcia/ml100k"),

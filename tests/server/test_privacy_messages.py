@@ -215,7 +215,8 @@ def test_the_check_catches_a_scaled_and_shifted_private_row_at_any_offset():
     assert {private for *_, private in found} == {"private/user_emb"}
 
 
-@pytest.mark.xfail(strict=True, reason="known FedAvg-MF gradient leakage: with plain SGD the "
-                   "update of an item touched by one user is a multiple of that user's embedding")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known FedAvg-MF gradient "
+                   "leakage: with plain SGD the update of an item touched by one user is a "
+                   "multiple of that user's embedding")
 def test_fedavg_mf_with_sgd_sends_no_multiple_of_a_user_embedding():
     assert not leaks(federate({"optimizer": "sgd"}))
