@@ -21,7 +21,7 @@ from typing import Any
 
 from florec.recdata.errors import ConfigError
 from florec.server.results import read_results
-from florec.sim.bench import cells_of, load_bench
+from florec.sim.bench import cell_config, cells_of, load_bench
 
 BENCH = Path(__file__).resolve().parent
 K = 20
@@ -67,6 +67,27 @@ def read_cells(config: Path, results: Path, seed: int = 0) -> list[Row]:
     return rows
 
 
+def random_recall(config: Path, k: int = K) -> float:
+    """Expected test recall@k of a uniformly random ranking on the first cell's split.
+
+    With train and valid items masked, each test item of user u is in a random top-k with
+    probability min(1, k / |C_u|), ``C_u`` the items not masked for u; recall's expectation is
+    the mean of that over users with test items. Builds the split (meant for ``synthetic``).
+    """
+    import numpy as np
+
+    from florec.recdata.runconfig import parse_run_config
+    from florec.recdata.store import get_split
+
+    conf = load_bench(config)
+    cfg = parse_run_config(cell_config(conf, cells_of(conf, Path("."))[0]))
+    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir or None,
+                         cfg.min_rating, cfg.synthetic_params())
+    seen = np.asarray((split.matrix("train") + split.matrix("valid")).astype(bool).sum(1)).ravel()
+    tested = np.asarray(split.matrix("test").astype(bool).sum(1)).ravel() > 0
+    return float(np.mean(np.minimum(1.0, k / (split.n_items - seen[tested]))))
+
+
 def fmt(value: float | None, digits: int) -> str:
     """``value`` with ``digits`` decimals, or ``n/a``."""
     return "n/a" if value is None else f"{value:.{digits}f}"
@@ -105,7 +126,8 @@ def valid_curve(row: Row, metric: str) -> list[tuple[int, float]]:
     return [(x["round"], x["valid"][metric]) for x in row.rounds if metric in x.get("valid", {})]
 
 
-def reading(by: dict[str, Row], synthetic: list[Row] | None) -> list[str]:
+def reading(by: dict[str, Row], synthetic: list[Row] | None,
+            random_syn: float | None = None) -> list[str]:
     """The reading section; each number is taken from the cells."""
     r = {lab: row.metric("recall") for lab, row in by.items()}
     a = {lab: row.metric("arp") for lab, row in by.items()}
@@ -142,7 +164,9 @@ def reading(by: dict[str, Row], synthetic: list[Row] | None) -> list[str]:
     if synthetic:
         lines += ["- **Synthetic check** (`bench/fair_synthetic.toml`, "
                   "`docs/results/fair_synthetic/`): test recall@20 " + ", ".join(
-                      f"{row.label} {row.metric('recall'):.3f}" for row in synthetic) + "."]
+                      f"{row.label} {row.metric('recall'):.3f}" for row in synthetic)
+                  + ("" if random_syn is None else f"; a uniformly random ranking's expected "
+                     f"recall@{K} on this split: {random_syn:.3f}") + "."]
     return [textwrap.fill(x, 100, subsequent_indent="  ", break_on_hyphens=False)
             for x in lines]
 
@@ -180,11 +204,12 @@ def build(results: Path, synthetic: Path | None) -> str:
     """The report's markdown text."""
     rows = read_cells(BENCH / "fair_ml1m.toml", results)
     by = {r.label: r for r in rows}
-    syn = None
+    syn, random_syn = None, None
     if synthetic is not None and (synthetic / "cells").exists():
         syn = read_cells(BENCH / "fair_synthetic.toml", synthetic)
+        random_syn = random_recall(BENCH / "fair_synthetic.toml")
     lines = [HEADER, *table(rows), "", "Federated minus central (test, same caps as above):", "",
-             *gap_table(by), "", *reading(by, syn)]
+             *gap_table(by), "", *reading(by, syn, random_syn)]
     return "\n".join(lines) + "\n"
 
 
