@@ -38,3 +38,8 @@ def test_committed_sequential_summary_is_the_generated_one(bench_script) -> None
     text = bench_script("summary_table").summary(
         json.loads((folder / "results.json").read_text()), ["hr@10", "ndcg@10", "mrr@10"])
     assert (folder / "summary.md").read_text() == text
+
+
+def test_docs_sequential_shows_the_generated_table() -> None:
+    summary = (ROOT / "docs/results/sequential/summary.md").read_text()
+    assert summary in (ROOT / "docs/sequential.md").read_text()
