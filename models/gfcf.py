@@ -197,8 +197,6 @@ class GFCF(Recommender):
         Singular directions of the ideal low-pass part (truncated to the rank).
     wp : float
         Weight of the ideal low-pass part.
-    **_
-        Ignored (``dim``, ``seed``, ... from a generic call site).
 
     Notes
     -----
@@ -208,8 +206,7 @@ class GFCF(Recommender):
 
     """
 
-    def __init__(self, n_users: int, n_items: int, s: int = 32, wp: float = 0.3,
-                 **_: object) -> None:
+    def __init__(self, n_users: int, n_items: int, s: int = 32, wp: float = 0.3) -> None:
         super().__init__()
         self.n_users, self.n_items, self.s, self.wp = n_users, n_items, s, wp
         self.register_buffer("item_filter", torch.zeros(n_items, n_items, dtype=torch.float64))

@@ -69,8 +69,7 @@ class GRU4Rec(SequentialRecommender):
     """
 
     def __init__(self, n_items: int, max_len: int = 50, dim: int = 64, layers: int = 1,
-                 dropout: float = 0.2, filter_layers: int = 0, ratio: float = 0.75,
-                 **_: object) -> None:
+                 dropout: float = 0.2, filter_layers: int = 0, ratio: float = 0.75) -> None:
         super().__init__()
         self.embedding = SeqEmbedding(n_items, max_len, dim, positions=False)
         self.body = GRU4RecBody(dim, layers, dropout, max_len, filter_layers, ratio)

@@ -40,11 +40,9 @@ class ItemKNN(Recommender):
     k : int
         Neighbours kept per item (0 = all, the default: it reproduces the FedCIA reference
         ItemKNN, R@10 .1637 / NDCG@10 .4823 on the authors' ML-100K split).
-    **_
-        Ignored (``dim``, ``seed``, ... from a generic call site).
     """
 
-    def __init__(self, n_users: int, n_items: int, k: int = 0, **_: object) -> None:
+    def __init__(self, n_users: int, n_items: int, k: int = 0) -> None:
         super().__init__()
         self.n_users, self.n_items, self.k = n_users, n_items, k
         self._train: sp.csr_matrix | None = None

@@ -62,8 +62,6 @@ class LightGCN(Recommender):
         Weight ``lambda`` of the L2 term on the ego rows of a batch.
     layers : int
         Propagation depth ``L``.
-    **_
-        Ignored (e.g. ``hidden``, ``s``, ``wp`` from a generic call site).
 
     Notes
     -----
@@ -74,7 +72,7 @@ class LightGCN(Recommender):
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int = 64, seed: int = 0,
-                 init_std: float = 0.1, reg: float = 0.0, layers: int = 3, **_: object) -> None:
+                 init_std: float = 0.1, reg: float = 0.0, layers: int = 3) -> None:
         super().__init__()
         self.n_users, self.n_items, self.reg, self.layers = n_users, n_items, reg, layers
         self.user_emb = nn.Parameter(torch.from_numpy(

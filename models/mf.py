@@ -48,7 +48,7 @@ class MF(Recommender):
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int = 64, seed: int = 0,
-                 init_std: float = 0.1, reg: float = 0.0, **_: object) -> None:
+                 init_std: float = 0.1, reg: float = 0.0) -> None:
         super().__init__()
         self.reg = reg
         self.user_emb = nn.Parameter(torch.from_numpy(

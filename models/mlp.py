@@ -50,8 +50,6 @@ class MLPScorer(Recommender):
         Weight ``lambda`` of the L2 term.
     hidden : int or sequence of int
         Hidden layer widths (FedCIA: ``[32]``).
-    **_
-        Ignored (e.g. ``layers``, ``s``, ``wp`` from a generic call site).
 
     Notes
     -----
@@ -60,8 +58,8 @@ class MLPScorer(Recommender):
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int = 32, seed: int = 0,
-                 init_std: float = 0.1, reg: float = 0.0, hidden: int | Sequence[int] = 32,
-                 **_: object) -> None:
+                 init_std: float = 0.1, reg: float = 0.0, hidden: int | Sequence[int] = 32
+                 ) -> None:
         super().__init__()
         self.reg = reg
         widths = [2 * dim, *([hidden] if isinstance(hidden, int) else list(hidden))]

@@ -94,8 +94,8 @@ class Oracle4Rec(SequentialRecommender):
 
     def __init__(self, n_items: int, backbone: str = "sasrec", max_len: int = 50, dim: int = 64,
                  heads: int = 2, layers: int = 2, dropout: float = 0.2, filter_layers: int = 1,
-                 ratio: float = 0.75, future: int = 10, alpha: float = 0.01, gamma: float = 0.2,
-                 **_: object) -> None:
+                 ratio: float = 0.75, future: int = 10, alpha: float = 0.01, gamma: float = 0.2
+                 ) -> None:
         super().__init__()
         self.backbone, self.future_len, self.alpha, self.gamma = backbone, future, alpha, gamma
         self.embedding = SeqEmbedding(n_items, max_len, dim, positions=backbone == "sasrec")

@@ -12,7 +12,7 @@ from florec.models.base import Recommender
 class Pop(Recommender):
     """Scores every item by its number of training interactions, the same for every user."""
 
-    def __init__(self, n_users: int, n_items: int, **_: object) -> None:
+    def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__()
         self.register_buffer("item_count", torch.zeros(n_items))
 

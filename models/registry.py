@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 
 from florec.models.base import Recommender
@@ -30,18 +33,61 @@ MODELS: dict[str, type[Recommender]] = {
 SEQUENTIAL_MODELS = ("sasrec", "gru4rec")
 
 
-def build_model(name: str, n_users: int, n_items: int, **kwargs: object) -> Recommender:
-    """Instantiate a registered model by name.
+def model_options(model_class: type) -> tuple[str, ...]:
+    """The keyword options a model's constructor takes (its leading sizes excluded)."""
+    params = list(inspect.signature(model_class).parameters.values())
+    return tuple(p.name for p in params
+                 if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
+
+
+def check_options(name: str, model_class: type, kwargs: dict[str, Any]) -> None:
+    """Fail with one line naming the first option ``model_class`` does not take.
 
     Raises
     ------
     ConfigError
-        If the name is unknown (the message lists the known names).
+        Naming the key and the model's options.
+
+    """
+    known = model_options(model_class)
+    for key in kwargs:
+        if key not in known:
+            raise ConfigError(f"model '{name}' takes no option '{key}'; its options are "
+                              f"{', '.join(known) or 'none'}")
+
+
+def build_model(name: str, n_users: int, n_items: int, **kwargs: Any) -> Recommender:
+    """Instantiate a registered model by name with its own options only.
+
+    Raises
+    ------
+    ConfigError
+        If the name is unknown (the message lists the known names) or an option is not one the
+        model takes (the message names it; see :func:`model_from_config` to pass a run
+        config's knobs).
 
     """
     if name not in MODELS:
         raise ConfigError(f"model '{name}' is unknown; choose one of {', '.join(MODELS)}")
+    check_options(name, MODELS[name], kwargs)
     return MODELS[name](n_users, n_items, **kwargs)
+
+
+def config_options(cfg: RunConfig, dim: int | None = None) -> dict[str, Any]:
+    """Every non-sequential model option a run config sets (``dim`` overridable, e.g. a mix)."""
+    return {"dim": cfg.dim if dim is None else dim, "seed": cfg.seed, "init_std": cfg.init_std,
+            "reg": cfg.reg, "layers": cfg.layers, "hidden": cfg.hidden, "s": cfg.gfcf_s,
+            "wp": cfg.gfcf_wp}
+
+
+def model_from_config(cfg: RunConfig, name: str, n_users: int, n_items: int,
+                      dim: int | None = None) -> Recommender:
+    """:func:`build_model` with the run config's knobs that model ``name`` takes, no others."""
+    if name not in MODELS:
+        raise ConfigError(f"model '{name}' is unknown; choose one of {', '.join(MODELS)}")
+    known = model_options(MODELS[name])
+    options = {k: v for k, v in config_options(cfg, dim).items() if k in known}
+    return build_model(name, n_users, n_items, **options)
 
 
 def build_sequential_model(name: str, n_items: int, *, seed: int = 0, oracle: bool = False,
@@ -70,13 +116,15 @@ def build_sequential_model(name: str, n_items: int, *, seed: int = 0, oracle: bo
                           f"{', '.join(SEQUENTIAL_MODELS)}")
     if name == "sasrec" and dim % heads:
         raise ConfigError(f"dim={dim} is not a multiple of heads={heads}; change dim or heads")
-    kwargs = dict(max_len=max_len, dim=dim, heads=heads, layers=layers, dropout=dropout)
+    kwargs = dict(max_len=max_len, dim=dim, layers=layers, dropout=dropout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if oracle:
-            return Oracle4Rec(n_items, backbone=name, filter_layers=filter_layers, ratio=ratio,
-                              future=future, alpha=alpha, gamma=gamma, **kwargs)
-        return (SASRec if name == "sasrec" else GRU4Rec)(n_items, **kwargs)
+            return Oracle4Rec(n_items, backbone=name, heads=heads, filter_layers=filter_layers,
+                              ratio=ratio, future=future, alpha=alpha, gamma=gamma, **kwargs)
+        if name == "sasrec":
+            return SASRec(n_items, heads=heads, **kwargs)
+        return GRU4Rec(n_items, **kwargs)  # one GRU: no attention heads
 
 
 def sequential_from_config(cfg: RunConfig, n_items: int) -> Recommender:

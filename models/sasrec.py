@@ -89,8 +89,8 @@ class SASRec(SequentialRecommender):
     def __init__(self, n_items: int, max_len: int = 50, dim: int = 64, heads: int = 2,
                  layers: int = 2, dropout: float = 0.2, filter_layers: int = 0,
                  ratio: float = 0.75, n_user_tokens: int = 0,
-                 item_init: np.ndarray | None = None, user_init: np.ndarray | None = None,
-                 **_: object) -> None:
+                 item_init: np.ndarray | None = None, user_init: np.ndarray | None = None
+                 ) -> None:
         super().__init__()
         self.embedding = SeqEmbedding(n_items, max_len, dim, positions=True)
         self.body = SASRecBody(dim, heads, layers, dropout, max_len, filter_layers, ratio)

@@ -14,7 +14,7 @@ import torch
 from florec.client.trainers.bucket import Bucket
 from florec.models.base import Recommender, seeded_rows
 from florec.models.mf import USER_SALT
-from florec.models.registry import build_model
+from florec.models.registry import model_from_config
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.sampling import sample_negatives
@@ -39,9 +39,7 @@ def node_model_spec(cfg: RunConfig, partition_id: int, num_partitions: int) -> t
 def build_node_model(cfg: RunConfig, bucket: Bucket, name: str, dim: int) -> Recommender:
     """A fresh private model for the bucket's users (graph models get the bucket's graph)."""
     torch.manual_seed(cfg.seed)  # identical backbone weights on every client of a kind
-    model = build_model(name, len(bucket.users), bucket.n_items, dim=dim, seed=cfg.seed,
-                        init_std=cfg.init_std, reg=cfg.reg, layers=cfg.layers, hidden=cfg.hidden,
-                        s=cfg.gfcf_s, wp=cfg.gfcf_wp)
+    model = model_from_config(cfg, name, len(bucket.users), bucket.n_items, dim=dim)
     if hasattr(model, "user_emb"):
         with torch.no_grad():
             model.user_emb.copy_(torch.from_numpy(

@@ -4,8 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from florec.models.registry import MODELS, build_model
+from florec.models.gru4rec import GRU4Rec
+from florec.models.oracle4rec import Oracle4Rec
+from florec.models.registry import (
+    MODELS,
+    SEQUENTIAL_MODELS,
+    build_model,
+    build_sequential_model,
+    model_from_config,
+    model_options,
+)
+from florec.models.sasrec import SASRec
 from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import parse_run_config
 from florec.recdata.splits import make_split
 from florec.recdata.synthetic import generate_synthetic
 
@@ -19,9 +30,9 @@ def train():
 
 
 def make(name, seed=0, train=None):
-    model = build_model(
-        name, N_USERS, N_ITEMS, **({} if name == "pop" else {"dim": 4, "seed": seed})
-    )
+    known = model_options(MODELS[name])
+    options = {k: v for k, v in {"dim": 4, "seed": seed}.items() if k in known}
+    model = build_model(name, N_USERS, N_ITEMS, **options)
     if hasattr(model, "fit") and train is not None:
         model.fit(train)
     return model
@@ -76,3 +87,34 @@ def test_trainable_models_lower_their_loss(name, train):
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ConfigError, match="mf"):
         build_model("ncf", 2, 2)
+
+
+@pytest.mark.parametrize("cls", [*MODELS.values(), SASRec, GRU4Rec, Oracle4Rec])
+def test_every_model_constructor_rejects_an_unknown_option(cls):
+    sizes = (N_ITEMS,) if cls in (SASRec, GRU4Rec, Oracle4Rec) else (N_USERS, N_ITEMS)
+    with pytest.raises(TypeError, match="'bogus'"):
+        cls(*sizes, bogus=1)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_registry_names_an_unknown_option_in_one_line(name):
+    with pytest.raises(ConfigError) as err:
+        build_model(name, N_USERS, N_ITEMS, bogus=1)
+    assert "'bogus'" in str(err.value) and name in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_run_config_passes_only_the_options_a_model_takes(name):
+    cfg = parse_run_config({"model": name, "dim": 4, "seed": 3, "layers": 2, "hidden": 5,
+                            "gfcf-s": 4, "gfcf-wp": 0.2, "reg": 0.01})
+    model = model_from_config(cfg, name, N_USERS, N_ITEMS)
+    for key, value in {"reg": 0.01, "layers": 2, "s": 4, "wp": 0.2}.items():
+        if key in model_options(MODELS[name]):
+            assert getattr(model, key) == value
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL_MODELS)
+@pytest.mark.parametrize("oracle", [False, True])
+def test_sequential_models_build_from_their_own_options(name, oracle):
+    model = build_sequential_model(name, N_ITEMS, dim=4, heads=2, layers=1, oracle=oracle)
+    assert model.score(torch.zeros(2, 50, dtype=torch.long)).shape[-1] >= N_ITEMS

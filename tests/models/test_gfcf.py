@@ -53,7 +53,7 @@ def test_hand_checked_two_by_two():
 @pytest.mark.parametrize("s", [1, 5, 100])
 def test_central_filter_matches_a_dense_numpy_reference(s):
     r = random_r()
-    model = GFCF(40, 25, s=s, wp=0.3, dim=8, seed=1).fit(r)
+    model = GFCF(40, 25, s=s, wp=0.3).fit(r)
     ref = dense_gfcf(r, s, 0.3)
     np.testing.assert_allclose(model.item_filter.numpy(), ref, atol=1e-10)
     np.testing.assert_allclose(model.score(torch.arange(40)).numpy(), r.toarray() @ ref,
@@ -128,7 +128,7 @@ def test_top_eigvecs_are_orthonormal_sorted_and_sign_fixed():
 
 
 def test_gfcf_state_is_only_the_filter_and_needs_fit():
-    model = GFCF(4, 3, dim=64, seed=0, layers=3, hidden=32)
+    model = GFCF(4, 3)
     assert not model.trainable and set(model.shared_state()) == {"item_filter"}
     with pytest.raises(RuntimeError, match="fit"):
         model.score(torch.arange(2))

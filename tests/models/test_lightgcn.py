@@ -97,6 +97,6 @@ def test_graph_is_private_and_required():
     assert set(model.shared_state()) == {"item_emb"}
 
 
-def test_unknown_kwargs_are_ignored():
-    model = LightGCN(3, 4, dim=4, layers=2, hidden=32, s=8, wp=0.3)
-    assert model.layers == 2 and model.item_emb.shape == (4, 4)
+def test_unknown_kwargs_are_rejected():
+    with pytest.raises(TypeError, match="hidden"):
+        LightGCN(3, 4, dim=4, layers=2, hidden=32)

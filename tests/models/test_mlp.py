@@ -1,6 +1,7 @@
 """MLPScorer: paired vs vectorised scoring, loss formula, training."""
 
 import numpy as np
+import pytest
 import torch
 
 from florec.models import mlp as mlp_mod
@@ -55,5 +56,6 @@ def test_same_seed_same_weights_and_shared_names():
     assert {"item_emb", "mlp.0.weight", "mlp.2.bias"} <= set(a.shared_state())
 
 
-def test_unknown_kwargs_are_ignored():
-    assert MLPScorer(3, 4, dim=4, layers=3, s=8).item_emb.shape == (4, 4)
+def test_unknown_kwargs_are_rejected():
+    with pytest.raises(TypeError, match="layers"):
+        MLPScorer(3, 4, dim=4, layers=3)
