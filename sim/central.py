@@ -11,7 +11,7 @@ import torch
 
 from florec.models.base import Recommender
 from florec.models.metrics import evaluate_users, finalize
-from florec.models.registry import SEQUENTIAL_MODELS, build_model
+from florec.models.registry import SEQUENTIAL_MODELS, model_from_config
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.sampling import sample_negatives
 from florec.recdata.seeds import Salt, stream
@@ -106,9 +106,7 @@ def run_central(
         cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating, cfg.synthetic_params()
     )
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, split.n_users, split.n_items, dim=cfg.dim, seed=cfg.seed,
-                        init_std=cfg.init_std, reg=cfg.reg, layers=cfg.layers,
-                        hidden=cfg.hidden, s=cfg.gfcf_s, wp=cfg.gfcf_wp).to(device)
+    model = model_from_config(cfg, cfg.model, split.n_users, split.n_items).to(device)
     if hasattr(model, "fit"):  # counts (Pop), a filter (GF-CF) or a graph (LightGCN)
         model.fit(split.matrix("train"))
     epochs = epochs if model.trainable else 0
