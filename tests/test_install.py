@@ -65,6 +65,22 @@ def test_the_wheel_holds_the_flower_app_files_and_no_top_level_packages(wheel):
     assert tops <= {"florec"} | {t for t in tops if t.endswith(".dist-info")}
 
 
+def test_every_module_of_every_package_folder_is_in_the_wheel(wheel):
+    """A new package folder (one with __init__.py) must also be listed in pyproject.toml."""
+    src = wheel.parent.parent / "src"
+
+    def in_package(path: Path) -> bool:
+        rel = path.parent.relative_to(src)
+        folders = [src / Path(*rel.parts[:i]) for i in range(len(rel.parts) + 1)]
+        return rel.parts[:1] != ("tests",) and all((f / "__init__.py").is_file() for f in folders)
+
+    modules = {f"florec/{p.relative_to(src).as_posix()}" for p in src.rglob("*.py")
+               if in_package(p)}
+    assert "florec/models/mf.py" in modules
+    missing = sorted(modules - set(zipfile.ZipFile(wheel).namelist()))
+    assert not missing, f"not in the wheel (add the package to pyproject.toml): {missing[:5]}"
+
+
 def test_the_installed_wheel_imports_and_runs_a_central_run_outside_the_repo(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False, symlinks=os.name != "nt").create(env_dir)
