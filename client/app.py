@@ -80,6 +80,10 @@ def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
 
 
 def _node(cfg: RunConfig) -> ModuleType:
+    if cfg.model == "cotrec":
+        from florec.client import cotrec_node
+
+        return cotrec_node
     if cfg.model in SEQUENTIAL_MODELS:
         from florec.client import seq_node
 
@@ -106,7 +110,8 @@ def setup(msg: Message, context: Context) -> Message:
     from florec.client import setup_node
 
     cfg, bucket, pid = node_setup(context)
-    content = setup_node.setup(msg, context, cfg, bucket, pid, resolve_device(cfg.device))
+    node = _node(cfg) if cfg.model == "cotrec" else setup_node  # CoT-Rec: user perception
+    content = node.setup(msg, context, cfg, bucket, pid, resolve_device(cfg.device))
     return Message(content, reply_to=msg)
 
 

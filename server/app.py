@@ -111,6 +111,9 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         for rnd in range(state.first_round, cfg.num_rounds + 1):
             if not run_round(grid, cfg, fed, state, rnd, writer, config, out_dir, t_start):
                 break
+        finish = getattr(fed.strategy, "after_rounds", None)  # e.g. CoT-Rec's ranker phase
+        if finish is not None:
+            state.run.update(finish(grid, state.run, out_dir))
         writer.write_results(config, [state.run])
     finally:
         writer.close()

@@ -93,6 +93,10 @@ def run_central(
     Sequential models train in :mod:`florec.sim.central_seq`, MF with a debiasing loss (``mf-loss``
     other than ``bpr``) in :mod:`florec.sim.central_fair`.
     """
+    if cfg.model == "cotrec":
+        from florec.sim.central_cotrec import run_central_cotrec
+
+        return run_central_cotrec(cfg, epochs, batch_size, out_dir, device)
     if cfg.model in SEQUENTIAL_MODELS:
         from florec.sim.central_seq import run_central_seq
 

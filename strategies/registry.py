@@ -16,7 +16,8 @@ from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA, LocalOnly
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
-SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec"), "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),
+SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec", "cotrec"),
+             "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),
              "local": ("mf", "lightgcn", "mlp", "gfcf")}
 
 
@@ -36,7 +37,7 @@ def check_algorithm(cfg: RunConfig) -> None:
         raise ConfigError(f"user cohorts (cohort-fraction/cohort-size) need algorithm 'fedavg'; "
                           f"'{cfg.algorithm}' clients are whole buckets: sample them with "
                           "fraction-train and keep cohort-fraction=1, cohort-size=0")
-    if cohort and cfg.model in SEQUENTIAL_MODELS:
+    if cohort and cfg.model in (*SEQUENTIAL_MODELS, "cotrec"):
         raise ConfigError(f"user cohorts are implemented for model 'mf' only; for "
                           f"'{cfg.model}' sample nodes with fraction-train and keep "
                           "cohort-fraction=1, cohort-size=0")
@@ -48,6 +49,10 @@ def check_algorithm(cfg: RunConfig) -> None:
 def build_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayRecord]:
     """The strategy of ``cfg.algorithm`` and the global state it starts from."""
     check_algorithm(cfg)
+    if cfg.model == "cotrec":
+        from florec.strategies.fedavg_lora import build_cotrec_strategy
+
+        return build_cotrec_strategy(cfg, n_items)
     if cfg.model in SEQUENTIAL_MODELS:
         from florec.strategies.fedavg_params import build_sequential_strategy
 
@@ -79,7 +84,7 @@ def attach_cohorts(strategy: RecStrategy, cfg: RunConfig, n_users: int,
     Nodes recompute the same cohort from (seed, round, population) in
     :mod:`florec.client.fedavg_node`, so only the round number travels.
     """
-    if cfg.algorithm != "fedavg" or cfg.model in SEQUENTIAL_MODELS:
+    if cfg.algorithm != "fedavg" or cfg.model in (*SEQUENTIAL_MODELS, "cotrec"):
         return False
     strategy.set_cohorts(cfg.seed, n_users, cfg.cohort_fraction, cfg.cohort_size, node_users)
     return is_partial(n_users, cfg.cohort_fraction, cfg.cohort_size)

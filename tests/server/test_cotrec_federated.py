@@ -1,0 +1,135 @@
+"""Federated CoT-Rec on an in-process grid: placement of LLM work, federated LoRA, pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Message
+
+from florec.client.cotrec_node import USER_KEY, node_tools
+from florec.client.node_store import open_store
+from florec.client.seq_node import node_sequences
+from florec.models.cotrec.pipeline import histories
+from florec.models.cotrec.prompts import user_prompt
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.fedavg_lora import fedavg_adapters
+from florec.strategies.payload import from_record
+
+BASE = {"model": "cotrec", "algorithm": "fedavg", "dataset": "synthetic",
+        "synthetic-users": 60, "synthetic-items": 50, "synthetic-interactions": 20, "dim": 16,
+        "heads": 2, "max-seq-len": 20, "lr": 0.005, "llm-cache": False, "encoder": "tiny",
+        "cotrec-mapb-users": 4, "cotrec-item-tokens": 8, "cotrec-user-tokens": 8,
+        "device": "cpu", "ks": "10", "num-nodes": 3, "num-rounds": 2, "local-batch-size": 64}
+
+
+class RecordingGrid(LocalGrid):
+    """A LocalGrid that keeps every message the server sends."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[Message] = []
+
+    def push_messages(self, messages):  # noqa: D102
+        messages = list(messages)
+        self.sent.extend(messages)
+        return super().push_messages(messages)
+
+
+def _run(tmp_path, **kw):
+    cfg = parse_run_config(BASE | {"out-dir": str(tmp_path / "out")} | kw)
+    grid = RecordingGrid(cfg.to_flower(), cfg.num_nodes)
+    return cfg, grid, run_federated(grid, cfg, tmp_path / "out")
+
+
+def _strings(msg: Message) -> list[str]:
+    """Every string a message carries: config values, record and metric names, text arrays."""
+    out: list[str] = []
+    content = msg.content
+    for rec in content.config_records.values():
+        out += [str(k) for k in rec] + [str(v) for v in rec.values()]
+    for rec in content.metric_records.values():
+        out += [str(k) for k in rec]
+    for rec in content.array_records.values():
+        for name, arr in from_record(rec).items():
+            assert arr.dtype.kind not in "USO", f"a message carries a text array '{name}'"
+            out.append(name)
+    return out
+
+
+def test_fedavg_adapters_is_the_sample_weighted_mean():
+    a = {"x.lora_A": np.ones((2, 3), np.float32), "x.lora_B": np.zeros((3, 2), np.float32)}
+    b = {"x.lora_A": 3 * np.ones((2, 3), np.float32), "x.lora_B": np.ones((3, 2), np.float32)}
+    mean = fedavg_adapters([a, b], [1, 3])
+    np.testing.assert_allclose(mean["x.lora_A"], 2.5)
+    np.testing.assert_allclose(mean["x.lora_B"], 0.75)
+    assert fedavg_adapters([a, b], [0, 0]) is None
+    with pytest.raises(ValueError, match="one lora_r"):
+        fedavg_adapters([a, {"x.lora_A": np.ones((4, 3))}], [1, 1])
+
+
+def _forbidden(cfg, grid) -> set[str]:
+    """History texts of every user (prompt, joined titles) and the nodes' preference texts."""
+    texts, _, _ = node_tools(cfg)
+    ctx = next(iter(grid.contexts.values()))
+    hists = histories(node_sequences(ctx, cfg), np.arange(60), "train", cfg.cotrec_history, texts)
+    prefs = [str(p) for c in grid.contexts.values()
+             for p in open_store(c, cfg.store_spill_mb).get(USER_KEY)["prefs"]]
+    assert len(prefs) == 60
+    return ({user_prompt(h) for h in hists if h} | {"\n".join(h) for h in hists if h}
+            | {"; ".join(h) for h in hists if h} | set(prefs)) - {""}
+
+
+def _assert_no_history(grid, forbidden: set[str]) -> None:
+    for msg in grid.sent + grid.received:
+        assert not msg.has_error(), msg.error.reason if msg.has_error() else ""
+        for s in _strings(msg):
+            assert s not in forbidden
+            assert not any(f in s for f in forbidden if len(f) > 20)
+
+
+def test_no_message_carries_history_text_with_a_tiny_llm_and_federated_lora(tmp_path):
+    cfg, grid, run = _run(tmp_path, **{"llm-backend": "tiny", "cotrec-lora-rounds": 2,
+                                       "num-rounds": 1})
+    kinds = {m.metadata.message_type for m in grid.sent}
+    assert {"train", "train.setup", "evaluate"} <= kinds
+    lora_msgs = [m for m in grid.sent
+                 if m.content.config_records["config"].get("cotrec-phase") == "lora"]
+    assert len(lora_msgs) == 2 * cfg.num_nodes  # two federated LoRA rounds
+    assert all(len(m.content.array_records["adapter"]) for m in lora_msgs)
+    _assert_no_history(grid, _forbidden(cfg, grid))
+    ranker = run["ranker"]
+    assert ranker["lora"]["samples"] > 0
+    assert 0 <= ranker["lora"]["ndcg@10"] <= ranker["lora"]["hr@10"] <= 1
+    assert ranker["untuned"]["hr@10"] == pytest.approx(ranker["retriever"]["hr@10"])
+    assert run["phases"]["user-perception"]["llm_calls"] == 60
+    assert run["phases"]["item-perception"]["llm_calls"] == 50
+
+
+def test_preference_texts_that_quote_the_history_stay_on_the_nodes(tmp_path, monkeypatch):
+    from florec.client import cotrec_node
+    from florec.models.llm.scripted import ScriptedLLM
+
+    def leaky_llm(cfg, book=None):  # answers quote the prompt's last history lines
+        return ScriptedLLM(rule_text=lambda p: "likes " + " / ".join(p.splitlines()[-3:]),
+                           progress=False)
+
+    monkeypatch.setattr(cotrec_node, "make_llm", leaky_llm)
+    cotrec_node._llm_and_encoder.cache_clear()
+    cfg, grid, run = _run(tmp_path, **{"llm-backend": "scripted", "cotrec-ranker": "untuned"})
+    cotrec_node._llm_and_encoder.cache_clear()
+    forbidden = _forbidden(cfg, grid)
+    assert sum(f.startswith("likes Item") for f in forbidden) >= 50
+    _assert_no_history(grid, forbidden)
+    assert run["ranker"]["untuned"]["hr@10"] == pytest.approx(run["ranker"]["retriever"]["hr@10"])
+
+
+def test_scripted_control_with_p_one_puts_every_covered_target_first(tmp_path):
+    _, _, run = _run(tmp_path, **{"llm-backend": "scripted", "scripted-p": 1.0,
+                                  "cotrec-init": "title", "cotrec-ranker": "untuned"})
+    base, ranked = run["ranker"]["retriever"], run["ranker"]["untuned"]
+    assert base["coverage"] > 0
+    assert base["ndcg@10"] == pytest.approx(run["metrics"]["ndcg@10"], abs=1e-9)
+    assert ranked["ndcg@10"] == pytest.approx(base["coverage"], abs=1e-9)  # rank 1 if covered
+    assert ranked["hr@10"] == pytest.approx(base["hr@10"], abs=1e-12)
