@@ -76,19 +76,29 @@ class PerUserOptimizer:
             rows = active[owner]
             if not bool(rows.any()):
                 continue
-            everyone = bool(rows.all())
-            at = (...,) if everyone else rows
-            g_rows = g[at] + self.wd * p[at] if self.wd else g[at]
-            if not self.adam:
-                p[at] = p[at] - self.lr * g_rows
+            m = self.m[i] if self.adam else None
+            v = self.v[i] if self.adam else None
+            if bool(rows.all()):  # in place on the whole tensors
+                self._update(p, g, m, v, self.steps[owner])
                 continue
-            b1, b2 = ADAM_BETAS
-            m = self.m[i][at].mul_(b1).add_(g_rows, alpha=1 - b1)
-            v = self.v[i][at].mul_(b2).addcmul_(g_rows, g_rows, value=1 - b2)
-            self.m[i][at], self.v[i][at] = m, v
-            t = self.steps[owner[at]].view(-1, *([1] * (p.dim() - owner.dim())))
-            if everyone:
-                t = self.steps[owner].view(*owner.shape, *([1] * (p.dim() - owner.dim())))
-            bc1 = (1 - b1 ** t).to(p.dtype)
-            bc2 = (1 - b2 ** t).to(p.dtype)
-            p[at] = p[at] - self.lr * (m / bc1) / ((v / bc2).sqrt() + ADAM_EPS)
+            sub_p = p[rows]
+            sub_m, sub_v = (m[rows], v[rows]) if self.adam else (None, None)
+            self._update(sub_p, g[rows], sub_m, sub_v, self.steps[owner[rows]])
+            p[rows] = sub_p
+            if self.adam:
+                m[rows], v[rows] = sub_m, sub_v
+
+    def _update(self, p: torch.Tensor, g: torch.Tensor, m: torch.Tensor | None,
+                v: torch.Tensor | None, t: torch.Tensor) -> None:
+        """Update ``p`` (and the moments) in place; ``t`` is each row's user step count."""
+        if self.wd:
+            g = g.add(p, alpha=self.wd)
+        if m is None or v is None:
+            p.add_(g, alpha=-self.lr)
+            return
+        b1, b2 = ADAM_BETAS
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        t = t.view(*t.shape, *([1] * (p.dim() - t.dim())))
+        bc1, bc2 = (1 - b1**t).to(p.dtype), (1 - b2**t).to(p.dtype)
+        p.addcdiv_(m / bc1, (v / bc2).sqrt_().add_(ADAM_EPS), value=-self.lr)
