@@ -37,11 +37,16 @@ AMAZON_FILES = ("Scientific.train.inter", "Scientific.valid.inter", "Scientific.
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset: its name, a one-line description and its loader."""
+    """A registered dataset: its name, a one-line description, its loader and its source folders.
+
+    ``folders(root)`` names the folders (or files) under the data root that the loader reads;
+    their content keys the cached splits (:func:`source_files`).
+    """
 
     name: str
     description: str
     loader: Loader
+    folders: Callable[[Path | None], list[Path]] = lambda _root: []
 
 
 def dataset_names() -> list[str]:
@@ -295,28 +300,69 @@ def _load_synthetic(_root: Path | None, _min_rating: float, params: dict) -> Int
     return generate_synthetic(**params)
 
 
+def _under(*parts: str) -> Callable[[Path | None], list[Path]]:
+    """Source folders ``<root>/<part>`` (none without a data root: the loader then fails)."""
+    return lambda root: [] if root is None else [root / part for part in parts]
+
+
+def source_files(name: str, data_dir: str | Path | None = None) -> tuple[Path | None, list[Path]]:
+    """The resolved data root and every file a dataset is read from, sorted.
+
+    Files are those under the dataset's source folders (hidden files skipped); ``ml-100k``
+    resolves its folder as :func:`load_dataset` does (local, cache, or fetched), ``synthetic``
+    has none, ``recbole:<folder>`` has its ``.inter`` files.
+
+    Raises
+    ------
+    DataError
+        The dataset is unknown, or the data root (``data_dir``/``$FLOREC_DATA_DIR``) does not
+        exist.
+
+    """
+    if is_recbole(name):
+        folder = Path(name[len("recbole:"):]).expanduser().resolve()
+        return folder, sorted(folder.glob("*.inter")) if folder.is_dir() else []
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise DataError(f"dataset {name!r} is unknown; choose one of: "
+                        f"{', '.join(dataset_names())} (florec data list), or "
+                        "recbole:<folder> for RecBole atomic files")
+    root = resolve_data_root(data_dir)
+    root = None if root is None else root.resolve()
+    files: list[Path] = []
+    for place in spec.folders(root):
+        if place.is_file():
+            files.append(place)
+        elif place.is_dir():
+            files += [f for f in place.rglob("*") if f.is_file()
+                      and not any(part.startswith(".") for part in f.relative_to(place).parts)]
+    return root, sorted(files)
+
+
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("ml-100k", "MovieLens 100K: 100,000 ratings, 943 users, 1,682 movies, "
-                "timestamps, titles (local, cached or fetched)", _load_ml100k),
+                "timestamps, titles (local, cached or fetched)", _load_ml100k,
+                lambda root: [ml100k_folder(root)]),
     DatasetSpec("ml-1m", "MovieLens 1M: 1,000,209 ratings, 6,040 users, 3,883 movies, titles "
-                "(local ratings.dat or ratings_no_timestamp.csv)", _load_ml1m),
+                "(local ratings.dat or ratings_no_timestamp.csv)", _load_ml1m, _under("ml-1m")),
     DatasetSpec("amazon-scientific", "Amazon 2018 Industrial & Scientific (UniSRec): 8,442 "
-                "users, 4,385 items, item text, leave-one-out split (local)", _load_amazon),
+                "users, 4,385 items, item text, leave-one-out split (local)", _load_amazon,
+                _under("amazon-scientific")),
     DatasetSpec("fedcia-ml100k", "FedCIA authors' ML-100K split: 100 clients of consecutive "
                 "users, 943 users, 1,682 items, given global 72/8/20 split (local fedcia/ml100k)",
-                _load_fedcia_ml100k),
+                _load_fedcia_ml100k, _under("fedcia/ml100k", "ml-100k/u.item")),
     DatasetSpec("fedcia-ml1m", "FedCIA authors' ML-1M split: 100 clients of consecutive users, "
                 "6,040 users, 3,952 items, given global 72/8/20 split (local fedcia/ml1m.tar.gz)",
-                _load_fedcia_ml1m),
+                _load_fedcia_ml1m, _under("fedcia/ml1m.tar.gz", "ml-1m/movies.dat")),
     DatasetSpec("fedcia-bx", "FedCIA authors' Book-Crossing training graph: 100 clients, "
                 "18,513 users, 19,997 items, 347,150 edges, no split (use split=ratio; local "
-                "fedcia/bx)", _graph_loader("fedcia-bx")),
+                "fedcia/bx)", _graph_loader("fedcia-bx"), _under("fedcia/bx")),
     DatasetSpec("fedcia-beauty", "FedCIA authors' Amazon Beauty training graph: 100 clients, "
                 "22,352 users, 12,100 items, no split (local fedcia/beauty)",
-                _graph_loader("fedcia-beauty")),
+                _graph_loader("fedcia-beauty"), _under("fedcia/beauty")),
     DatasetSpec("fedcia-netflix", "FedCIA authors' Netflix-subset training graph: 100 clients, "
                 "19,999 users, 17,719 items, ~4.1M edges, no split (local fedcia/netflix)",
-                _graph_loader("fedcia-netflix")),
+                _graph_loader("fedcia-netflix"), _under("fedcia/netflix")),
     DatasetSpec("synthetic", "seeded synthetic data: power-law popularity, user/item "
                 "clusters, timestamps", _load_synthetic),
 )}

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from florec.recdata.errors import DataError
+
 
 @dataclass
 class Interactions:
@@ -74,6 +76,11 @@ class Interactions:
         presplit : np.ndarray, optional
             Per-interaction split labels (0 train, 1 valid, 2 test).
 
+        Raises
+        ------
+        DataError
+            A timestamp is NaN or infinite.
+
         """
         user_ids, user = np.unique(np.asarray(raw_user), return_inverse=True)
         items_all = (
@@ -85,6 +92,9 @@ class Interactions:
         item = np.searchsorted(item_ids, np.asarray(raw_item))
         has_time = time is not None
         t = np.arange(len(user), dtype=np.float64) if time is None else np.asarray(time, np.float64)
+        if not np.isfinite(t).all():
+            raise DataError(f"dataset {name or '(unnamed)'!r}: {int((~np.isfinite(t)).sum())} "
+                            "timestamps are NaN or infinite; fix them in the source file")
         titles = None
         if item_titles is not None:
             titles = [str(item_titles.get(raw, "")) for raw in item_ids.tolist()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,25 @@ def read_inter(path: Path) -> dict[str, np.ndarray]:
     Raises
     ------
     DataError
-        The header lacks ``user_id``/``item_id``, a column has an unknown type, or a row is
-        malformed.
+        The file is not UTF-8 or ends inside a line (cut short), the header lacks
+        ``user_id``/``item_id``, a column has an unknown type, a row is malformed, a token is
+        empty, or a float (timestamp, rating) is not a finite number.
 
     """
     fix = f"write {path.name} as RecBole atomic file (tab-separated, header field:type)"
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 (byte 0x{raw[err.start]:02x}); "
+                        f"re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+    if text and not text.endswith("\n"):
+        raise DataError(f"{path}: line {text.count(chr(10)) + 1} has no line end, so the file "
+                        "may be cut short; restore the whole file, or end that line with a "
+                        "newline if it is complete")
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t",
+                           quoting=csv.QUOTE_NONE))
     if not rows:
         raise DataError(f"{path} is empty; {fix}")
     fields = [h.split(":", 1) for h in rows[0]]
@@ -64,17 +77,41 @@ def read_inter(path: Path) -> dict[str, np.ndarray]:
     if any(len(r) != len(names) for r in body):
         bad = next(i for i, r in enumerate(body, 2) if len(r) != len(names))
         raise DataError(f"{path}: line {bad} has a wrong number of columns; {fix}")
+    lines = [i for i, r in enumerate(rows[1:], 2) if r]  # file line of each body row
     out = {}
     for j, (name, kind) in enumerate(fields):
         col = [r[j] for r in body]
-        try:
-            arr = np.asarray(col, dtype=np.float64 if kind == "float" else str)
-        except ValueError:
-            raise DataError(f"{path}: column {name} holds a non-number; {fix}") from None
+        if kind == "float":
+            arr = _floats(col, path, name, lines)
+        else:
+            arr = np.asarray(col, dtype=str)
+        empty = np.flatnonzero(arr == "") if name in ("user_id", "item_id") else []
+        if len(empty):
+            raise DataError(f"{path}: line {lines[empty[0]]} has an empty {name}; give every "
+                            "row a user and an item")
         if kind == "token" and len(arr) and np.char.isdigit(arr).all():
             arr = arr.astype(np.int64)  # numeric tokens keep numeric order (FloRec's own ids)
         out[name] = arr
     return out
+
+
+def _floats(col: list[str], path: Path, name: str, lines: list[int]) -> np.ndarray:
+    """A ``float`` column as float64; a non-number, NaN or infinity is a one-line error."""
+    try:
+        arr = np.asarray(col, dtype=np.float64)
+    except ValueError:
+        for i, value in enumerate(col):
+            try:
+                float(value)
+            except ValueError:
+                raise DataError(f"{path}: line {lines[i]} has {name}={value!r}, not a number; "
+                                "fix or drop that line") from None
+        raise
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if len(bad):
+        raise DataError(f"{path}: line {lines[bad[0]]} has {name}={col[bad[0]]!r}, not a finite "
+                        f"number ({len(bad)} such lines); fix or drop them")
+    return arr
 
 
 def load_recbole(dataset: str, min_rating: float = 1.0) -> Interactions:

@@ -5,9 +5,10 @@ Keys are written with hyphens, as in ``[tool.flwr.app.config]`` and ``flwr run -
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from florec.recdata.errors import ConfigError
 
@@ -121,6 +122,13 @@ class RunConfig(BaseModel):
     cotrec_lora_r: int = Field(8, ge=1)
     cotrec_lora_rounds: int = Field(1, ge=1)
     cotrec_mapb_users: int = Field(50, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("use auto, cpu, cuda, cuda:N or mps")
+        return value
 
     @property
     def k_list(self) -> list[int]:

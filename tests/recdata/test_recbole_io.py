@@ -45,3 +45,34 @@ def test_a_file_without_user_and_item_columns_is_named(tmp_path):
     (folder / "bad.inter").write_text("uid:token\tiid:token\n1\t2\n")
     with pytest.raises(DataError, match=r"bad.inter has no user_id and item_id columns"):
         load_dataset(f"recbole:{folder}")
+
+
+HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
+
+
+def _write_inter(tmp_path, body: bytes):
+    folder = tmp_path / "bad"
+    folder.mkdir(exist_ok=True)
+    (folder / "bad.inter").write_bytes(HEADER.encode() + body)
+    return f"recbole:{folder}"
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    (b"1\t1\t10\n1\t2\tnan\n2\t1\t12\n", r"line 3 has timestamp='nan', not a finite number"),
+    (b"1\t1\t10\n1\t2\tinf\n2\t1\t-inf\n", r"line 3 has timestamp='inf'.*\(2 such lines\)"),
+    (b"1\t1\t10\n1\t2\tlater\n", r"line 3 has timestamp='later', not a number"),
+    (b"1\t1\t10\n2\t1\t1200", r"line 3 has no line end, so the file may be cut short"),
+    ("1\t1\t10\nJos\xe9\t2\t11\n".encode("latin-1"), r"line 3 is not UTF-8 \(byte 0xe9\)"),
+    (b"1\t1\t10\n\t2\t11\n", r"line 3 has an empty user_id"),
+])
+def test_bad_values_in_a_recbole_file_are_one_line_naming_the_line(tmp_path, body, named):
+    """Issue 11 §5: NaN/inf times, a cut last line and Latin-1 bytes were read or crashed."""
+    with pytest.raises(DataError, match=named) as err:
+        load_dataset(_write_inter(tmp_path, body))
+    assert "bad.inter" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_whole_file_still_reads_after_the_checks(tmp_path):
+    inter = load_dataset(_write_inter(tmp_path, b"1\t1\t10\n1\t2\t11.5\n2\t1\t12\n"))
+    assert len(inter) == 3 and inter.has_time
+    np.testing.assert_allclose(np.sort(inter.time), [10.0, 11.5, 12.0])

@@ -26,6 +26,7 @@ def test_unknown_key_is_one_line_naming_the_key():
     ({"lr": -1.0}, "lr"),
     ({"ks": "ten"}, "ks"),
     ({"selection-metric": "ndcg@5"}, "selection-metric"),
+    ({"device": "tpu"}, "'device'.*use auto, cpu, cuda, cuda:N or mps"),
 ])
 def test_bad_values_name_the_key(bad, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -35,3 +36,8 @@ def test_bad_values_name_the_key(bad, fragment):
 def test_hyphenated_keys_parse():
     cfg = parse_run_config({"num-rounds": 3, "ks": "5,10", "selection-metric": "recall@5"})
     assert cfg.num_rounds == 3 and cfg.k_list == [5, 10]
+
+
+def test_device_accepts_the_torch_device_names():
+    for name in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert parse_run_config({"device": name}).device == name

@@ -131,3 +131,17 @@ def test_resume_overrides_replay_the_saved_config_with_resume_on(tmp_path, small
 def test_resume_without_a_results_folder_is_a_one_line_error(tmp_path):
     proc = florec("sim", "--resume", str(tmp_path / "nothing"))
     assert "config.json is missing" in error_line(proc)
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--batch-size", "0"], "--batch-size 0 is below 1"),
+    (["--epochs", "0"], "--epochs 0 is below 1"),
+    (["--epochs", "-3"], "--epochs -3 is below 1"),
+    (["-c", "device='tpu'"], "config key 'device': Value error, use auto, cpu, cuda"),
+])
+def test_bad_central_values_are_one_line_before_training(tmp_path, args, named):
+    """Issue 11 §5: these raised tracebacks or 'finished' with empty metrics."""
+    line = error_line(florec("central", "--dataset", "synthetic", "--out", str(tmp_path / "o"),
+                             *args))
+    assert named in line
+    assert not (tmp_path / "o" / "results.json").exists()
