@@ -184,16 +184,18 @@ class LLM(ABC):
                 run: Callable[[list[str]], list]) -> None:
         if not prompts:
             return
+        # Batches of similar length pad less; the sink gets the original indices.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress,
                   dynamic_ncols=True) as bar:
-            for start in range(0, len(prompts), self.batch_size):
-                chunk = prompts[start:start + self.batch_size]
+            for start in range(0, len(order), self.batch_size):
+                indices = order[start:start + self.batch_size]
                 began = time.perf_counter()
-                results = run(chunk)
+                results = run([prompts[i] for i in indices])
                 self.stats.llm_seconds += time.perf_counter() - began
-                self.stats.llm_calls += len(chunk)
-                sink(list(range(start, start + len(chunk))), results)
-                bar.update(len(chunk))
+                self.stats.llm_calls += len(indices)
+                sink(indices, results)
+                bar.update(len(indices))
 
     @abstractmethod
     def _generate_batch(self, prompts: list[str], *, max_new_tokens: int, temperature: float,
