@@ -74,15 +74,24 @@ def threading_main() -> bool:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold stop signals back while the block runs (a teardown that must not be cut short)."""
+    """Hold stop signals back while the block runs (a teardown that must not be cut short).
+
+    A stop signal that arrives meanwhile is noted and raised again, to the handler in place
+    before, once the block has ended.
+    """
     if not threading_main():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
+                for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def flower_env(flwr_home: Path | None = None) -> dict[str, str]:

@@ -99,3 +99,15 @@ def test_sigterm_stops_the_whole_simulation_and_the_run_resumes(tmp_path: Path) 
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == "finished" and saved["runs"][0]["rounds"] == rnd + 1
+
+
+def test_a_signal_during_teardown_waits_until_the_teardown_ends() -> None:
+    from florec.sim.flower import signals_deferred
+
+    finished = []
+    with pytest.raises(Interrupted) as err, handle_signals():
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            finished.append(True)  # not cut short
+    assert finished == [True] and err.value.signum == signal.SIGTERM
