@@ -101,7 +101,7 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"| {r['label']} | {m['precision@10']:.4f} | {m['recall@10']:.4f} | "
             f"{m['f1@10']:.4f} | {f1_of_means(m, 10):.4f} | {m['ndcg@10']:.4f} | "
             f"{r['best_round']} | {r['s_per_round']:.1f} | {r['align_s']:.1f} | "
-            f"{r['mb_per_round']:.1f} | {r['up_kb_per_client']:.0f} | {r['peak_rss_mb']:.0f} |")
+            f"{r['mb_per_round']:.1f} | {r['up_kb_per_client']:.0f} | {r['rss_peak_mb']:.0f} |")
     return "\n".join(lines)
 
 

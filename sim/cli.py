@@ -187,7 +187,7 @@ def report_finished(out: Path, failed: bool, what: str, started: float = 0.0) ->
     from florec.server.results import read_results
 
     path = out / "results.json"
-    if failed or not path.exists() or path.stat().st_mtime < started:
+    if failed or not path.exists() or path.stat().st_mtime < started - 1.0:  # mtime granularity
         raise FloRecError(f"the {what} run wrote no results; see the log above and {out} for "
                           "finished rounds")
     res = read_results(out)
