@@ -11,6 +11,8 @@ on-disk cache. See docs/llm.md.
 from florec.models.llm.base import LETTERS, LLM, LLMStats
 from florec.models.llm.config import LLMConfig
 from florec.models.llm.factory import build_llm
+from florec.models.llm.placement import Placement, leaked_texts
 from florec.models.llm.scripted import pick_target_rule
 
-__all__ = ["LETTERS", "LLM", "LLMConfig", "LLMStats", "build_llm", "pick_target_rule"]
+__all__ = ["LETTERS", "LLM", "LLMConfig", "LLMStats", "Placement", "build_llm", "leaked_texts",
+           "pick_target_rule"]

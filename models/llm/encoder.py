@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from florec.models.llm.weights import file_sha256, package_folder
 from florec.recdata.errors import ConfigError
@@ -46,6 +47,8 @@ class SentenceEncoder:
         ``cpu``, ``cuda`` or ``auto``.
     cache_dir : Path, optional
         Unused by the offline encoders; kept for symmetry with the LLM backends.
+    progress : bool
+        Show a progress bar (with an ETA) when there is more than one batch.
 
     Attributes
     ----------
@@ -57,8 +60,10 @@ class SentenceEncoder:
     """
 
     def __init__(self, name_or_path: str = "minilm", device: str = "cpu",
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, *, progress: bool = True) -> None:
         from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+        self.progress = progress
 
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                    else "cpu" if device == "auto" else device)
@@ -118,7 +123,9 @@ class SentenceEncoder:
             return np.stack([_hash_vector(t) for t in texts]) if texts else \
                 np.zeros((0, self.dim), np.float32)
         rows = []
-        for start in range(0, len(texts), batch_size):
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="encode", unit="batch", dynamic_ncols=True,
+                          disable=not self.progress or len(starts) < 2):
             batch = self.tokenizer(texts[start:start + batch_size], padding=True,
                                    truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from florec.models.llm.base import check_choices
 
@@ -105,6 +106,8 @@ def train_choices(llm: HFLLM, prompts: list[str], targets: list[int], n_choices:
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     began, steps, epoch_loss, epoch_acc = time.perf_counter(), 0, [], 0.0
+    bar = tqdm(total=epochs * math.ceil(len(texts) / batch_size), desc="lora", unit="step",
+               disable=not llm.progress, dynamic_ncols=True)
     llm.model.train()
     try:
         for _ in range(epochs):
@@ -118,11 +121,14 @@ def train_choices(llm: HFLLM, prompts: list[str], targets: list[int], n_choices:
                 loss.backward()
                 optimizer.step()
                 steps += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
                 total += loss.item() * len(idx)
                 correct += int((logits.argmax(-1) == y[idx]).sum())
             epoch_loss.append(total / len(texts))
             epoch_acc = correct / len(texts)
     finally:
+        bar.close()
         llm.model.eval()
     if not all(math.isfinite(v) for v in epoch_loss):
         raise FloatingPointError("LoRA training diverged (non-finite loss); lower lr")
