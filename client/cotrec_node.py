@@ -50,15 +50,12 @@ from florec.models.cotrec.ranker import K, prompt_builder, shuffled_slots
 from florec.models.cotrec.retriever import build_retriever, top_k, train_epoch, with_users
 from florec.models.sasrec import SASRec
 from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream, torch_seed
 from florec.recdata.store import get_split
 from florec.strategies.payload import from_record, to_record
 
 USER_KEY = "cotrec-user"
 OPT_KEY = "cotrec-optimizer"
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 @functools.lru_cache(maxsize=2)
@@ -155,8 +152,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     saved = store.get(OPT_KEY)
     if saved is not None:
         load_optimizer_arrays([optimizer], saved)
-    rng = np.random.default_rng([cfg.seed, 41, rnd, pid])
-    torch.manual_seed(_seed(cfg.seed, 43, rnd, pid))  # dropout
+    rng = stream(cfg.seed, Salt.SEQ_ROUND, rnd, pid)
+    torch.manual_seed(torch_seed(cfg.seed, Salt.SEQ_DROPOUT, rnd, pid))  # dropout
     windows = seqs.inputs(bucket.users, "train", cfg.max_seq_len)
     positions, loss_sum = 0, 0.0
     for _ in range(cfg.local_epochs):
@@ -210,10 +207,10 @@ def train_lora(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, p
     before = _stats(llm)
     metrics: dict[str, float] = {"partition-id": pid, "num-samples": len(prompts)}
     if prompts:
-        torch.manual_seed(_seed(cfg.seed, 47, pid))
+        torch.manual_seed(torch_seed(cfg.seed, Salt.COTREC_LORA_INIT, pid))
         stats = llm.finetune_choices(prompts, targets, K, epochs=cfg.cotrec_lora_epochs,
                                      lr=cfg.cotrec_lora_lr, lora_r=cfg.cotrec_lora_r,
-                                     seed=_seed(cfg.seed, 53, pid))
+                                     seed=torch_seed(cfg.seed, Salt.COTREC_LORA, pid))
         metrics["loss-sum"] = float(stats.get("loss_last_epoch", 0.0)) * len(prompts)
     adapter = llm.adapter_state() if prompts else from_record(msg.content.array_records["adapter"])
     metrics |= _delta(llm, before) | {"seconds": time.perf_counter() - t0}

@@ -37,14 +37,18 @@ class Salt(IntEnum):
     PRIVATE_TRIPLES = 29
     #: a FedCIA/local client's round (shuffles, noise) ``[seed, salt, round, client]``
     PRIVATE_ROUND = 31
-    #: central sequential trainer's batches and negatives ``[seed, salt]``
+    #: central sequential trainer's batches and negatives ``[seed, salt]`` (also CoT-Rec's
+    #: retriever)
     CENTRAL_SEQUENCE = 37
-    #: a sequential node's batches and negatives ``[seed, salt, round, partition]``
+    #: a sequential node's batches and negatives ``[seed, salt, round, partition]`` (also
+    #: CoT-Rec's retriever)
     SEQ_ROUND = 41
     #: a sequential node's dropout (torch) ``[seed, salt, round, partition]``
     SEQ_DROPOUT = 43
-    #: item chunks of the point-wise fair losses ``[seed, salt, round, epoch]``
-    FAIR_ITEM_ORDER = 53
+    #: CoT-Rec: torch state before a node's LoRA fine-tuning ``[seed, salt, partition]``
+    COTREC_LORA_INIT = 47
+    #: CoT-Rec: a node's LoRA fine-tuning ``[seed, salt, partition]``
+    COTREC_LORA = 53
     #: FS-Pair's popularity negatives ``[seed, salt, round, user]``
     FS_PAIR_NEGATIVES = 59
     #: UBPR's uniform second items ``[seed, salt, round, user]``
@@ -53,6 +57,10 @@ class Salt(IntEnum):
     CENTRAL_FAIR = 67
     #: user cohort of a round ``[seed, salt, round]``
     COHORT = 71
+    #: item chunks of the point-wise fair losses ``[seed, salt, round, epoch]``
+    FAIR_ITEM_ORDER = 79
+    #: CoT-Rec: each user's shuffle of the retriever's candidates ``[seed', salt]``
+    COTREC_SLOTS = 2025
 
 
 def check_distinct(salts: type[IntEnum] = Salt) -> None:

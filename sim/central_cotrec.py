@@ -44,6 +44,7 @@ from florec.models.cotrec.ranker import K, prompt_builder, shuffled_slots
 from florec.models.cotrec.retriever import build_retriever, top_k, train_epoch, with_users
 from florec.models.metrics import split_metrics
 from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream
 from florec.recdata.sequences import UserSequences
 from florec.recdata.store import get_split
 from florec.server.results import ResultsWriter
@@ -97,7 +98,7 @@ def run_central_cotrec(cfg: RunConfig, epochs: int, batch_size: int,
     torch.manual_seed(cfg.seed)  # dropout
     model = build_retriever(cfg, split.n_items, split.n_users, item_rows, user_rows).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    rng = np.random.default_rng([cfg.seed, 37])
+    rng = stream(cfg.seed, Salt.CENTRAL_SEQUENCE)
     windows = seqs.inputs(users, "train", cfg.max_seq_len)
     inputs = {p: with_users(model, users, seqs.inputs(users, p, cfg.max_seq_len))
               for p in ("valid", "test")}

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from florec.models.cotrec.prompts import SYSTEM, ranker_prompt
+from florec.recdata.seeds import Salt, stream
 
 K = 10
 
 
 def shuffled_slots(n_users: int, k: int, seed: int) -> np.ndarray:
     """``(n_users, k)`` permutations: row u lists which retriever rank sits in each slot."""
-    rng = np.random.default_rng([seed, 2025])
+    rng = stream(seed, Salt.COTREC_SLOTS)
     return np.argsort(rng.random((n_users, k)), axis=1)
 
 

@@ -29,3 +29,21 @@ def test_a_stream_is_its_key_and_salts_separate_streams():
     assert not np.allclose(a, b)
     assert torch_seed(3, Salt.SEQ_DROPOUT, 1, 2) == torch_seed(3, Salt.SEQ_DROPOUT, 1, 2)
     assert torch_seed(3, Salt.SEQ_DROPOUT, 1, 2) != torch_seed(3, Salt.SEQ_ROUND, 1, 2)
+
+
+def test_no_module_keys_a_stream_with_a_literal_salt():
+    """Every keyed stream goes through recdata.seeds (a literal salt could reuse a stream)."""
+    import re
+    from pathlib import Path
+
+    import florec
+
+    root = Path(florec.__file__).parent
+    literal = re.compile(r"default_rng\(\[\s*[\w.]+\s*,\s*\d|SeedSequence\(")
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("client", "models", "protocol", "recdata", "server", "sim", "strategies")
+        for path in sorted((root / folder).rglob("*.py")) if path.name != "seeds.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)
+    ]
+    assert offenders == []
