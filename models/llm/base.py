@@ -43,6 +43,14 @@ class LLMStats:
         """The counters as a plain dict."""
         return asdict(self)
 
+    def copy(self) -> LLMStats:
+        """A snapshot (take one before a phase, then :meth:`since` it after)."""
+        return LLMStats(**asdict(self))
+
+    def since(self, before: LLMStats) -> LLMStats:
+        """What was spent after the snapshot ``before`` (one phase's counters)."""
+        return LLMStats(**{k: v - getattr(before, k) for k, v in asdict(self).items()})
+
     def add(self, other: LLMStats) -> None:
         """Add another run's counters to these (e.g. summed over nodes)."""
         for key, value in asdict(other).items():

@@ -13,7 +13,9 @@ def test_a_second_run_answers_everything_from_the_cache(tiny_cfg, tmp_path):
     g1 = first.generate(prompts[:2], max_new_tokens=4)
     assert first.stats.llm_calls == 7 and first.stats.llm_cache_hits == 0
     second = build_llm(cfg)
+    before = second.stats.copy()
     p2 = second.choice_distribution(prompts, 3)
+    assert second.stats.since(before).llm_cache_hits == 5
     g2 = second.generate(prompts[:2], max_new_tokens=4)
     assert second.stats.llm_calls == 0 and second.stats.llm_cache_hits == 7
     assert second.stats.prompt_tokens == 0
