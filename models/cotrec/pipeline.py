@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -75,7 +77,7 @@ def item_side(cfg: RunConfig, llm: TextLLM | None, encoder: TextEncoder,
         if out_dir is not None:
             write_jsonl(Path(out_dir) / "perception_items.jsonl", "item", range(len(texts)),
                         texts, used, getattr(llm, "key", ""))
-    vectors = encoder.encode(used)
+    vectors = encode_cached(encoder, used)
     projection = Projection.fit(vectors, cfg.dim, cfg.cotrec_init_scale)
     return projection(vectors), projection, used
 
@@ -102,7 +104,32 @@ def user_side(cfg: RunConfig, llm: TextLLM | None, encoder: TextEncoder,
         texts = ["; ".join(h) for h in hists]
     if not cfg.cotrec_user_token:
         return None, texts
-    return projection(encoder.encode(texts)), texts
+    return projection(encode_cached(encoder, texts)), texts
+
+
+def encode_cached(encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:
+    """``encoder.encode(texts)``, stored on disk by the sha256 of the encoder and the texts.
+
+    The LLM layer caches LLM calls, not embeddings; CoT-Rec encodes the same item titles and
+    histories in every cell of a benchmark, so the vectors are kept under
+    ``<florec cache>/cotrec-embeddings`` (an encoder without a ``key``/``name`` attribute is
+    never cached).
+    """
+    name = getattr(encoder, "key", None) or getattr(encoder, "name", None)
+    if not name or not texts:
+        return encoder.encode(list(texts))
+    from florec.recdata.download import cache_root
+
+    digest = hashlib.sha256(json.dumps([str(name), list(texts)]).encode()).hexdigest()[:32]
+    path = cache_root() / "cotrec-embeddings" / f"{digest}.npy"
+    if path.is_file():
+        return np.load(path)
+    vectors = encoder.encode(list(texts))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(path)
+    return vectors
 
 
 class PhaseLog:

@@ -169,3 +169,21 @@ def test_prompts_carry_letters_history_and_version(tmp_path):
     assert texts[1] == "" and texts[0].startswith("kw ")
     write_jsonl(tmp_path / "u.jsonl", "user", [0, 1, 2], ["a", "", "b\nc"], texts, "echo")
     assert PROMPT_VERSION in (tmp_path / "u.jsonl").read_text()
+
+
+def test_encode_cached_reuses_stored_vectors():
+    from florec.models.cotrec.pipeline import encode_cached
+
+    class Counting:
+        key, dim, calls = "counting-encoder-v1", 4, 0
+
+        def encode(self, texts, batch_size=64):
+            Counting.calls += 1
+            return np.arange(4 * len(texts), dtype=np.float32).reshape(len(texts), 4)
+
+    first = encode_cached(Counting(), ["a", "b"])
+    again = encode_cached(Counting(), ["a", "b"])
+    np.testing.assert_array_equal(first, again)
+    assert Counting.calls == 1
+    encode_cached(Counting(), ["a", "c"])
+    assert Counting.calls == 2
