@@ -6,7 +6,13 @@ use the in-process grid (the real ServerApp loop and ClientApp handlers, no Ray)
 clients sit 10 per node so a node batches its clients' alignment. A last part measures bytes per
 client and round, dense vs factored, with one client per node on ML-100K and ML-1M.
 
+A ``long`` part runs FedCIA-MF factored r=2d and FedAvg-MF for the same ``--long-rounds`` (20)
+on the authors' split. Each run's folder (``config.json``, ``rounds.jsonl``, ``results.json``) is
+``OUT/<part>/<label without spaces>/``; a folder holding a finished run of the same resolved
+config is read instead of run again, so an interrupted bench resumes where it stopped.
+
 Usage: python bench/fedcia.py --out results/bench-fedcia [--rounds 4] [--threads 2]
+       [--parts paper,ours,bytes,long] [--long-rounds 20]
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 from florec.models.metrics_compat import f1_of_means
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
+from florec.server.results import read_results
+from florec.sim.bench import label_folder
 from florec.sim.central import run_central
 from florec.sim.cli import CENTRAL_LR
 from florec.sim.local_grid import LocalGrid
@@ -35,9 +43,12 @@ FEDCIA = {"algorithm": "fedcia", "num-nodes": 10, "clients-per-node": 10, "lr": 
 def federated(label: str, config: dict[str, Any], out: Path) -> dict[str, Any]:
     """One in-process federated run; adds per-round cost figures to its results entry."""
     cfg = parse_run_config(config)
-    run = run_federated(LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False), cfg,
-                        out / label)
-    rows = [json.loads(x) for x in (out / label / "rounds.jsonl").read_text().splitlines()]
+    folder = out / label_folder(label)
+    run = finished_run(folder, cfg.to_flower())
+    if run is None:
+        run = run_federated(LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False), cfg,
+                            folder)
+    rows = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
     clients = cfg.num_nodes * cfg.clients_per_node
     run.update(label=label, s_per_round=statistics.median(r["seconds"] for r in rows),
                align_s=statistics.median(r.get("align", {}).get("align-seconds-sum", 0.0)
@@ -47,9 +58,21 @@ def federated(label: str, config: dict[str, Any], out: Path) -> dict[str, Any]:
     return run
 
 
+def finished_run(folder: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The run dict of ``folder`` if it finished with ``config`` (``out-dir`` aside), else None."""
+    try:
+        saved = json.loads((folder / "config.json").read_text())["config"]
+        results = read_results(folder)
+    except (OSError, KeyError, json.JSONDecodeError):
+        return None
+    same = {k: v for k, v in saved.items() if k != "out-dir"} == {
+        k: v for k, v in json.loads(json.dumps(config)).items() if k != "out-dir"}
+    return results["runs"][0] if same and results.get("status") == "finished" else None
+
+
 def central(label: str, config: dict[str, Any], epochs: int, out: Path) -> dict[str, Any]:
     """One central run."""
-    run = run_central(parse_run_config(config), epochs, 1024, out / label)
+    run = run_central(parse_run_config(config), epochs, 1024, out / label_folder(label))
     return run | {"label": label, "s_per_round": run["wall_s"] / max(epochs, 1), "align_s": 0.0,
                   "mb_per_round": 0.0, "up_kb_per_client": 0.0}
 
@@ -74,6 +97,15 @@ def accuracy_matrix(base: dict, rounds: int, out: Path, sweep: bool) -> list[dic
              federated("FedAvg-MF (20 rounds)", base | {"algorithm": "fedavg", "num-nodes": 100,
                                                        "num-rounds": 20}, out)]
     return runs
+
+
+def long_runs(base: dict, rounds: int, out: Path) -> list[dict[str, Any]]:
+    """FedCIA-MF factored r=2d and FedAvg-MF given the same number of rounds."""
+    fed = base | FEDCIA | {"num-rounds": rounds}
+    return [federated(f"FedCIA-MF factored r=2d ({rounds} rounds)", fed | {
+                "fedcia-comm": "factored", "fedcia-rank": 128}, out),
+            federated(f"FedAvg-MF ({rounds} rounds)", base | {
+                "algorithm": "fedavg", "num-nodes": 100, "num-rounds": rounds}, out)]
 
 
 def bytes_matrix(data_dir: str, out: Path) -> list[dict[str, Any]]:
@@ -113,6 +145,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--parts", default="paper,ours,bytes")
+    ap.add_argument("--long-rounds", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +159,11 @@ def main() -> None:
             dump[name] = runs
             report += [f"### {base['dataset']} ({base['split']} split)", "", table(runs), ""]
             (args.out / "bench.md").write_text("\n".join(report) + "\n")
+    if "long" in parts:
+        base = {"dataset": "fedcia-ml100k", **PAPER, "data-dir": args.data_dir}
+        dump["long"] = long_runs(base, args.long_rounds, args.out / "long")
+        report += [f"### fedcia-ml100k (given split), {args.long_rounds} rounds", "",
+                   table(dump["long"]), ""]
     if "bytes" in parts:
         dump["bytes"] = bytes_matrix(args.data_dir, args.out / "bytes")
         report += ["### bytes, one client per node", "", "| dataset | mode | MB/round (up+down) "
