@@ -2,7 +2,9 @@
 
 Reads only raw results files: ``cells/<dataset>/<folder>/seed<s>/{results,rounds}.json[l]`` of
 ``bench/fair_ml1m.toml`` (and, for the last paragraph, of ``bench/fair_synthetic.toml``); rows
-follow the bench config's method order. Every number in the report comes from those files.
+follow the bench config's method order. Every measured number in the report comes from those
+files; the synthetic split's random-ranking recall is computed from the split itself, and the
+authors' protocol figures in the header are quoted from the method spec.
 
 Usage::
 
