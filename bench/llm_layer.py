@@ -72,14 +72,16 @@ def measure(threads: int, lines: list[str], quick: bool, cache_dir: Path) -> dic
     """All throughput numbers at one thread count."""
     torch.set_num_threads(threads)
     llm = build_llm(LLMConfig(backend="hf", cache_dir=cache_dir, cache=False, progress=False))
-    n_score = 16 if quick else 64
+    n_score = 16 if quick else 48
     prompts = ranker_prompts(lines, max(n_score, 64))
     tokens = llm.tokenizer([llm.chat_text(p) for p in prompts])["input_ids"]
     row = {"threads": threads, "dtype": str(llm.model.dtype).removeprefix("torch."),
            "prompt_tokens_mean": float(np.mean([len(t) for t in tokens]))}
     llm.choice_distribution(prompts[:2], 10)  # warm-up
-    row["score_prompts_per_s"] = n_score / timed(lambda: llm.choice_distribution(
-        prompts[:n_score], 10))
+    for batch in (1, 16):  # 1 = the CPU default (no padding)
+        llm.score_batch_size = batch
+        row[f"score_prompts_per_s_b{batch}"] = n_score / timed(lambda: llm.choice_distribution(
+            prompts[:n_score], 10))
     short = [f"Describe the movie {lines[i]} in one sentence." for i in range(32)]
     new = 16 if quick else 32
     for batch in (1, 32):

@@ -76,6 +76,7 @@ class LLM(ABC):
     key: str = ""
     letters: str = LETTERS
     batch_size: int = 16
+    score_batch_size: int = 0  # 0: batch_size
     progress: bool = True
 
     def __init__(self) -> None:
@@ -186,18 +187,20 @@ class LLM(ABC):
                        system: str | None, desc: str) -> None:
         """Score ``prompts`` batch by batch, handing each batch of rows to ``sink``."""
         self._stream(prompts, sink, desc,
-                     lambda chunk: list(self._choices_batch(chunk, n_choices, system=system)))
+                     lambda chunk: list(self._choices_batch(chunk, n_choices, system=system)),
+                     self.score_batch_size or self.batch_size)
 
     def _stream(self, prompts: list[str], sink: Sink, desc: str,
-                run: Callable[[list[str]], list]) -> None:
+                run: Callable[[list[str]], list], batch_size: int = 0) -> None:
         if not prompts:
             return
         # Batches of similar length pad less; the sink gets the original indices.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress,
                   dynamic_ncols=True) as bar:
-            for start in range(0, len(order), self.batch_size):
-                indices = order[start:start + self.batch_size]
+            step = batch_size or self.batch_size
+            for start in range(0, len(order), step):
+                indices = order[start:start + step]
                 began = time.perf_counter()
                 results = run([prompts[i] for i in indices])
                 self.stats.llm_seconds += time.perf_counter() - began

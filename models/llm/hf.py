@@ -222,5 +222,6 @@ def build_hf(cfg: LLMConfig) -> HFLLM:
                           "set llm-model to a local HF folder, a hub id you have, or "
                           f"{SMOLLM2!r}") from None
     key += f":{str(dtype).removeprefix('torch.')}"
-    return HFLLM(model, tokenizer, key, device, batch_size=cfg.batch_size,
-                 progress=cfg.progress)
+    llm = HFLLM(model, tokenizer, key, device, batch_size=cfg.batch_size, progress=cfg.progress)
+    llm.score_batch_size = cfg.score_batch_size or (1 if device.type == "cpu" else 0)
+    return llm
