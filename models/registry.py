@@ -77,7 +77,7 @@ def config_options(cfg: RunConfig, dim: int | None = None) -> dict[str, Any]:
     """Every non-sequential model option a run config sets (``dim`` overridable, e.g. a mix)."""
     return {"dim": cfg.dim if dim is None else dim, "seed": cfg.seed, "init_std": cfg.init_std,
             "reg": cfg.reg, "layers": cfg.layers, "hidden": cfg.hidden, "s": cfg.gfcf_s,
-            "wp": cfg.gfcf_wp}
+            "wp": cfg.gfcf_wp, "k": cfg.itemknn_k, "shrink": cfg.itemknn_shrink}
 
 
 def model_from_config(cfg: RunConfig, name: str, n_users: int, n_items: int,

@@ -86,6 +86,8 @@ class RunConfig(BaseModel):
     llm_timeout_s: float = Field(120.0, gt=0)
     llm_cache: bool = True
     encoder: str = "minilm"
+    itemknn_k: int = Field(0, ge=0)
+    itemknn_shrink: float = Field(0.0, ge=0)
     scripted_p: float = Field(0.5, ge=0, le=1)
     # scale: user cohorts, node-local store, checkpoints (issue 4)
     cohort_fraction: float = Field(1.0, gt=0, le=1)
