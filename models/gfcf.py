@@ -26,8 +26,8 @@ All filter math is float64. Only pure numpy/scipy here; no Flower.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg as sl
 import scipy.sparse as sp
+import scipy.sparse.linalg as spl
 import torch
 
 from florec.models.base import Recommender
@@ -36,6 +36,9 @@ from florec.models.base import Recommender
 #: dropped, so ``V_s`` never carries arbitrary null-space rows (fedcia.md pitfall 7).
 RANK_RTOL = 1e-10
 _CHUNK = 512
+#: :func:`top_eigh` uses Lanczos (ARPACK) from this size on, when fewer than a quarter of the
+#: eigenpairs are asked for; below, or for more, a full ``numpy.linalg.eigh``.
+LANCZOS_MIN_N = 2000
 
 
 def _inv_sqrt(deg: np.ndarray) -> np.ndarray:
@@ -59,18 +62,55 @@ def _truncate(sq_vals: np.ndarray, vecs: np.ndarray, s: int) -> np.ndarray:
     return v * signs[:, None]
 
 
+def top_eigh(sym: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    r"""The ``k`` largest eigenpairs of a symmetric matrix, without holding the GIL for long.
+
+    .. math:: S v_j = \lambda_j v_j,\quad \lambda_1 \ge \dots \ge \lambda_k
+
+    A long call that holds Python's GIL starves every other thread of the process: in a Flower
+    ServerApp that is the heartbeat thread, and the SuperLink then fails the run ("No heartbeat
+    received"). SciPy's LAPACK wrappers (``scipy.linalg.eigh``) hold the GIL for the whole
+    solve; ``numpy.linalg.eigh`` releases it, and so does ARPACK's Lanczos
+    (``scipy.sparse.linalg.eigsh``, which returns to Python for every product). Lanczos runs to
+    machine precision (``tol=0``) from a seeded start vector, so results are reproducible.
+
+    Parameters
+    ----------
+    sym : numpy.ndarray
+        Symmetric matrix (n x n).
+    k : int
+        Number of eigenpairs (clipped to ``n``).
+    seed : int
+        Seed of Lanczos' start vector.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Eigenvalues (descending, length k) and eigenvectors as columns (n x k).
+
+    """
+    n = sym.shape[0]
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros(0), np.zeros((n, 0))
+    if n < LANCZOS_MIN_N or 4 * k >= n:
+        vals, vecs = np.linalg.eigh(sym)
+        vals, vecs = vals[n - k:], vecs[:, n - k:]
+    else:
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        vals, vecs = spl.eigsh(sym, k=k, which="LA", tol=0, v0=v0)
+    order = np.argsort(-vals, kind="stable")
+    return vals[order], vecs[:, order]
+
+
 def top_eigvecs(gram: np.ndarray, s: int) -> np.ndarray:
     r"""Top-s eigenvectors (rows, descending eigenvalue) of a PSD matrix, truncated to its rank.
 
     For ``gram = R~^T R~`` these are the top-s right singular vectors of ``R~``
-    (:math:`\lambda = \sigma^2`). Uses LAPACK ``evr`` on the top-s index range only.
+    (:math:`\lambda = \sigma^2`). GIL-free (:func:`top_eigh`): a federated server calls it.
     """
-    n = gram.shape[0]
-    k = min(s, n)
-    if k <= 0:
-        return np.zeros((0, n))
-    vals, vecs = sl.eigh(gram, subset_by_index=[n - k, n - 1], driver="evr")
-    return _truncate(vals, vecs.T, k)
+    vals, vecs = top_eigh(gram, s)
+    return _truncate(vals, vecs.T, len(vals))
 
 
 def top_right_singular(mat: np.ndarray, s: int) -> np.ndarray:

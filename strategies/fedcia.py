@@ -9,7 +9,12 @@ so every client pulls its own item table towards it. Two communication modes:
 - ``factored``: a client uploads ``E_k Q_k`` (``n x d``, a fresh random rotation ``Q_k``), which
   determines ``S_k`` exactly; the server sends a rank-``r`` factor ``A`` of ``S_bar``
   (top-``r`` eigenpairs, ``A = U_r Lambda_r^{1/2}``) and clients align without forming ``n x n``.
-  ``r = n`` reproduces ``dense``.
+  ``r = n`` reproduces ``dense``. The server never forms ``n x n`` either: it stacks the factors
+  ``B = [F_1, ..., F_K]`` (``S_bar = B B^T / w``) and takes the top eigenpairs of the small
+  ``B^T B`` (:class:`FactorStack`).
+
+Every solve is GIL-free (:func:`florec.models.gfcf.top_eigh`): a call that holds the GIL for
+long starves the ServerApp's heartbeat thread and the SuperLink fails the run.
 
 :class:`LocalOnly` is the no-communication lower baseline that runs the same client trainer.
 """
@@ -20,11 +25,11 @@ from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
-import scipy.linalg
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from florec.models.gfcf import RANK_RTOL, top_eigh
 from florec.protocol.codec import from_record, to_record
 from florec.strategies.base import RecStrategy
 from florec.strategies.payload import check_reply, record_nbytes
@@ -41,12 +46,57 @@ def top_factor(s_bar: np.ndarray, rank: int) -> tuple[np.ndarray, float]:
 
     Negative eigenvalues (from noise) are clipped to 0.
     """
-    n = s_bar.shape[0]
-    rank = min(rank, n)
-    vals, vecs = scipy.linalg.eigh(s_bar, subset_by_index=[n - rank, n - 1])
+    vals, vecs = top_eigh(s_bar, min(rank, s_bar.shape[0]))
     vals = np.clip(vals, 0.0, None)
     energy = float((vals**2).sum() / max((s_bar**2).sum(), 1e-300))
     return np.ascontiguousarray(vecs * np.sqrt(vals)), energy
+
+
+class FactorStack:
+    r"""``S = B B^T`` kept as its tall factor ``B`` (n x m), never as ``n x n``.
+
+    Uploads ``F_k`` (n x d_k) are appended as columns. The top eigenpairs of ``S`` come from the
+    small Gram ``C = B^T B`` (m x m): if ``C v = \lambda v`` then ``S (B v) = \lambda (B v)``
+    and ``\lVert B v \rVert^2 = \lambda``, so the rank-r factor is ``A = B V_r`` with no
+    division, and ``\lVert S \rVert_F = \lVert C \rVert_F``. Once ``m`` exceeds ``n`` the
+    stack is compressed to ``B V`` over the nonzero eigenpairs of ``C`` (exact: ``B V V^T B^T =
+    B B^T``), so memory stays below ``n x (n + d)`` however many clients report.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.blocks: list[np.ndarray] = []
+        self.cols = 0
+
+    def add(self, factor: np.ndarray) -> None:
+        """Append one upload (n x d, already weighted by the node)."""
+        self.blocks.append(np.asarray(factor, dtype=np.float64))
+        self.cols += factor.shape[1]
+        if self.cols > self.n:
+            b = self.stacked()
+            vals, vecs = np.linalg.eigh(b.T @ b)
+            keep = vals > RANK_RTOL * max(float(vals[-1]), 1e-300)
+            self.blocks = [b @ vecs[:, keep]]
+            self.cols = int(keep.sum())
+
+    def stacked(self) -> np.ndarray:
+        """``B`` (n x m)."""
+        return np.hstack(self.blocks) if self.blocks else np.zeros((self.n, 0))
+
+    def top_factor(self, rank: int, scale: float = 1.0) -> tuple[np.ndarray, float]:
+        r"""Rank-``r`` factor ``A`` of ``scale * B B^T`` and the share of its energy it keeps.
+
+        .. math:: A = \sqrt{\text{scale}}\, B V_r,\quad
+                  \text{energy} = \sum_{i \le r} \lambda_i^2 / \lVert B^\top B \rVert_F^2
+
+        ``A`` has ``min(r, m)`` columns.
+        """
+        b = self.stacked()
+        gram = b.T @ b
+        vals, vecs = top_eigh(gram, min(rank, b.shape[1]))
+        vals = np.clip(vals, 0.0, None)
+        energy = float((vals**2).sum() / max((gram**2).sum(), 1e-300))
+        return np.ascontiguousarray(np.sqrt(scale) * (b @ vecs)), energy
 
 
 class FedCIA(RecStrategy):
@@ -88,12 +138,14 @@ class FedCIA(RecStrategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Fold each upload into one ``n x n`` running sum, then build the downlink."""
-        total, weight, accepted, loss, clients = np.zeros((self.n, self.n)), 0.0, 0, 0.0, 0
-        key, expected = ("gram", (self.n, self.n)) if self.comm == "dense" else ("factor", None)
+        """Fold each upload into a running sum (``n x n`` or a factor stack); build the downlink."""
+        dense = self.comm == "dense"
+        total = np.zeros((self.n, self.n)) if dense else FactorStack(self.n)
+        weight, accepted, loss, clients = 0.0, 0, 0.0, 0
+        key, expected = ("gram", (self.n, self.n)) if dense else ("factor", None)
         for msg in replies:
             problem = check_reply(msg, {key: expected})
-            if problem is None and self.comm == "factored":
+            if problem is None and not dense:
                 got = from_record(msg.content.array_records["arrays"])[key]
                 if got.ndim != 2 or got.shape[0] != self.n:
                     problem = f"factor has shape {got.shape}, expected ({self.n}, d)"
@@ -101,9 +153,12 @@ class FedCIA(RecStrategy):
                 self.drop(server_round, msg, problem)
                 continue
             self.bytes_up += record_nbytes(msg.content)
-            up = from_record(msg.content.array_records["arrays"])[key].astype(np.float64)
+            up = from_record(msg.content.array_records["arrays"])[key]
             metrics = msg.content.metric_records.get("metrics", {})
-            total += up if self.comm == "dense" else up @ up.T  # already weighted on the node
+            if dense:
+                total += up  # already weighted on the node
+            else:
+                total.add(up)
             weight += float(metrics.get("weight", 1.0))
             loss += float(metrics.get("train-loss", 0.0))
             clients += int(metrics.get("clients", 1))
@@ -111,12 +166,11 @@ class FedCIA(RecStrategy):
         if accepted == 0 or weight == 0:
             self.downlink = None
             return None, None
-        s_bar = total / weight
         out = {"num-replies": accepted, "clients": clients, "train-loss": loss / accepted}
-        if self.comm == "dense":
-            self.downlink = {"gram": s_bar.astype(np.float32)}
+        if dense:
+            self.downlink = {"gram": (total / weight).astype(np.float32)}
         else:
-            factor, energy = top_factor(s_bar, self.rank)
+            factor, energy = total.top_factor(self.rank, 1.0 / weight)
             self.downlink = {"factor": factor.astype(np.float32)}
             out["captured-energy"] = energy
         return ArrayRecord(), MetricRecord(out)

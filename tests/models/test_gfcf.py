@@ -132,3 +132,19 @@ def test_gfcf_state_is_only_the_filter_and_needs_fit():
     assert not model.trainable and set(model.shared_state()) == {"item_filter"}
     with pytest.raises(RuntimeError, match="fit"):
         model.score(torch.arange(2))
+
+
+def test_top_eigh_lanczos_path_equals_lapack(monkeypatch):
+    """The GIL-free Lanczos route (large n, few pairs) gives LAPACK's top eigenpairs."""
+    import scipy.linalg
+
+    from florec.models import gfcf
+
+    monkeypatch.setattr(gfcf, "LANCZOS_MIN_N", 50)
+    rng = np.random.default_rng(0)
+    b = (rng.random((300, 120)) < 0.05).astype(float)
+    sym = b @ b.T
+    vals, vecs = gfcf.top_eigh(sym, 8)
+    ref_vals, ref_vecs = scipy.linalg.eigh(sym, subset_by_index=[292, 299])
+    np.testing.assert_allclose(vals, ref_vals[::-1], rtol=1e-10)
+    np.testing.assert_allclose(vecs @ vecs.T, ref_vecs @ ref_vecs.T, atol=1e-8)

@@ -130,3 +130,31 @@ def test_a_whole_factored_run_with_rank_n_equals_the_dense_run(tmp_path):
     for key in dense["valid_metrics"]:
         assert factored["valid_metrics"][key] == pytest.approx(dense["valid_metrics"][key],
                                                                abs=1e-4), key
+
+
+def test_factor_stack_compresses_past_n_columns_without_changing_the_sum():
+    """12 uploads of width 4 exceed n = 30 columns; the stack stays exact and at most n wide."""
+    from florec.strategies.fedcia import FactorStack
+
+    embs = tables(12, seed=3)
+    stack = FactorStack(N)
+    for e in embs:
+        stack.add(e)
+        assert stack.cols <= N + D
+    b = stack.stacked()
+    assert b.shape[1] <= N + D
+    np.testing.assert_allclose(b @ b.T, sum(e @ e.T for e in embs), atol=1e-10)
+    factor, energy = stack.top_factor(N, 1 / 12)
+    np.testing.assert_allclose(factor @ factor.T, sum(e @ e.T for e in embs) / 12, atol=1e-10)
+    assert energy == pytest.approx(1.0)
+
+
+def test_factored_rank_r_downlink_equals_the_top_eigenpairs_of_the_dense_mean():
+    """The server's small-Gram route gives the same rank-r factor as eigh of the n x n mean."""
+    embs = tables(3, seed=5)
+    strategy = FedCIA(N, "factored", rank=3)
+    _, metrics = aggregate(strategy, [({"factor": e}, 1) for e in embs])
+    expected, energy = top_factor(sum(e @ e.T for e in embs) / 3, 3)
+    a = strategy.downlink["factor"].astype(np.float64)
+    np.testing.assert_allclose(a @ a.T, expected @ expected.T, atol=1e-5)
+    assert metrics["captured-energy"] == pytest.approx(energy, rel=1e-6)
