@@ -50,7 +50,8 @@ def _gain_moments(p: float, k: int = 10) -> tuple[float, float]:
 
 
 def test_random_init_without_token_is_plain_sasrec():
-    cfg = _cfg(**{"cotrec-init": "random", "cotrec-user-token": False, "cotrec-ranker": "none"})
+    cfg = _cfg(**{"cotrec-init": "random", "cotrec-user-token": False, "cotrec-ranker": "none",
+                  "synthetic-users": 150})
     ours = run_central_cotrec(cfg, epochs=2, batch_size=128)
     plain = run_central_seq(parse_run_config(cfg.to_flower() | {"model": "sasrec"}), epochs=2,
                             batch_size=128)
@@ -63,7 +64,7 @@ def test_random_init_without_token_is_plain_sasrec():
 def test_scripted_ranker_lifts_ndcg_by_the_amount_predicted_from_p_and_coverage(p):
     llm, book = _scripted(p)
     cfg = _cfg(**{"cotrec-init": "title", "cotrec-ranker": "untuned", "scripted-p": p})
-    run = run_central_cotrec(cfg, epochs=3, batch_size=128, llm=llm, book=book)
+    run = run_central_cotrec(cfg, epochs=2, batch_size=128, llm=llm, book=book)
     base, ranked = run["ranker"]["retriever"], run["ranker"]["untuned"]
     n = run["metrics"]["num-users"]
     covered = base["coverage"] * n
