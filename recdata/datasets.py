@@ -24,6 +24,9 @@ from florec.recdata.checksums import AMAZON_SCIENTIFIC_SHA256, ML1M_SHA256, veri
 from florec.recdata.download import ml100k_folder
 from florec.recdata.errors import ConfigError, DataError
 from florec.recdata.fedcia_data import load_fedcia
+from florec.recdata.fedcia_folder import is_fedcia_folder, load_fedcia_folder
+from florec.recdata.fedcia_folder import parse_name as parse_fedcia_name
+from florec.recdata.fedcia_folder import source_files as fedcia_source_files
 from florec.recdata.fedcia_graphs import load_fedcia_graph
 from florec.recdata.interactions import Interactions
 from florec.recdata.recbole_io import is_recbole, load_recbole
@@ -100,11 +103,14 @@ def load_dataset(
     """
     if is_recbole(name):
         return load_recbole(name, float(min_rating))
+    if is_fedcia_folder(name):
+        return load_fedcia_folder(name)
     spec = DATASETS.get(name)
     if spec is None:
         raise DataError(f"dataset {name!r} is unknown; choose one of: "
                         f"{', '.join(dataset_names())} (florec data list), or "
-                        "recbole:<folder> for RecBole atomic files")
+                        "recbole:<folder> for RecBole atomic files, fedcia:<folder> for the "
+                        "FedCIA per-client layout")
     if synthetic and name != "synthetic":
         raise ConfigError(f"synthetic parameters were given for dataset {name!r}; drop them "
                           "or choose dataset 'synthetic'")
@@ -322,11 +328,15 @@ def source_files(name: str, data_dir: str | Path | None = None) -> tuple[Path | 
     if is_recbole(name):
         folder = Path(name[len("recbole:"):]).expanduser().resolve()
         return folder, sorted(folder.glob("*.inter")) if folder.is_dir() else []
+    if is_fedcia_folder(name):
+        folder = parse_fedcia_name(name)[0].resolve()
+        return folder.parent, fedcia_source_files(name)
     spec = DATASETS.get(name)
     if spec is None:
         raise DataError(f"dataset {name!r} is unknown; choose one of: "
                         f"{', '.join(dataset_names())} (florec data list), or "
-                        "recbole:<folder> for RecBole atomic files")
+                        "recbole:<folder> for RecBole atomic files, fedcia:<folder> for the "
+                        "FedCIA per-client layout")
     root = resolve_data_root(data_dir)
     root = None if root is None else root.resolve()
     files: list[Path] = []

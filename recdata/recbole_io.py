@@ -30,7 +30,15 @@ def is_recbole(dataset: str) -> bool:
 
 
 def storage_name(dataset: str) -> str:
-    """A file-system-safe name for cached splits (``recbole-<name>-<hash of the path>``)."""
+    """A file-system-safe name for cached splits (``recbole-<name>-<hash of the path>``).
+
+    ``fedcia:<folder>`` names get ``fedcia-<name>-<hash>``
+    (:func:`florec.recdata.fedcia_folder.storage_name`); registered names stay as they are.
+    """
+    from florec.recdata import fedcia_folder
+
+    if fedcia_folder.is_fedcia_folder(dataset):
+        return fedcia_folder.storage_name(dataset)
     if not is_recbole(dataset):
         return dataset
     folder = Path(dataset[len(PREFIX):]).expanduser().resolve()
