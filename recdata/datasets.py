@@ -29,7 +29,7 @@ from florec.recdata.fedcia_folder import parse_name as parse_fedcia_name
 from florec.recdata.fedcia_folder import source_files as fedcia_source_files
 from florec.recdata.fedcia_graphs import load_fedcia_graph
 from florec.recdata.interactions import Interactions
-from florec.recdata.recbole_io import is_recbole, load_recbole
+from florec.recdata.recbole_io import is_recbole, load_recbole, recbole_folder
 from florec.recdata.synthetic import generate_synthetic
 
 Loader = Callable[[Path | None, float, dict[str, Any]], Interactions]
@@ -326,7 +326,7 @@ def source_files(name: str, data_dir: str | Path | None = None) -> tuple[Path | 
 
     """
     if is_recbole(name):
-        folder = Path(name[len("recbole:"):]).expanduser().resolve()
+        folder = recbole_folder(name).resolve()
         return folder, sorted(folder.glob("*.inter")) if folder.is_dir() else []
     if is_fedcia_folder(name):
         folder = parse_fedcia_name(name)[0].resolve()

@@ -115,7 +115,9 @@ def load_item_text(dataset: str, data_dir: Path | str | None, item_ids: Sequence
     elif dataset == "synthetic":
         table = _synthetic(synthetic or {})
     elif dataset.startswith("recbole:"):
-        table = _recbole(Path(dataset[len("recbole:"):]).expanduser())
+        from florec.recdata.recbole_io import recbole_folder
+
+        table = _recbole(recbole_folder(dataset))
     else:
         raise DataError(f"dataset {dataset!r} has no item text; use ml-100k, ml-1m, "
                         "amazon-scientific, synthetic or recbole:<folder> with a .item file")

@@ -22,6 +22,7 @@ from flwr.supercore import log
 from florec.models.registry import SEQUENTIAL_MODELS
 from florec.recdata.cohort import cohort_log
 from florec.recdata.errors import FloRecError
+from florec.recdata.recbole_io import data_notes
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.server.checkpoint import load_checkpoint
 from florec.server.federation import Federation, prepare_federation
@@ -107,7 +108,8 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         fed = prepare_federation(grid, cfg)
         state = start_or_resume(grid, cfg, out_dir, config, fed.strategy, fed.arrays, writer,
                                 run_entry(method_name(cfg), "federated", cfg.dataset, cfg.split,
-                                          cfg.seed, num_nodes=fed.num_partitions))
+                                          cfg.seed, num_nodes=fed.num_partitions,
+                                          **data_notes(cfg)))
         for rnd in range(state.first_round, cfg.num_rounds + 1):
             if not run_round(grid, cfg, fed, state, rnd, writer, config, out_dir, t_start):
                 break

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from florec.recdata.errors import ConfigError
+from florec.recdata.recbole_io import data_notes
 from florec.recdata.runconfig import RunConfig
 from florec.server.results import ResultsWriter, RssMonitor, run_entry
 
@@ -77,7 +78,7 @@ def fit_and_select(
     memory = writer.memory if writer else RssMonitor()
     if writer:
         writer.write_config(config)
-    run = run_entry(method, "central", cfg.dataset, cfg.split, cfg.seed)
+    run = run_entry(method, "central", cfg.dataset, cfg.split, cfg.seed, **data_notes(cfg))
     if epochs == 0:
         run.update(best_round=0, valid_metrics=validate(), metrics=test())
     best, since_best = -math.inf, 0

@@ -76,3 +76,51 @@ def test_a_whole_file_still_reads_after_the_checks(tmp_path):
     inter = load_dataset(_write_inter(tmp_path, b"1\t1\t10\n1\t2\t11.5\n2\t1\t12\n"))
     assert len(inter) == 3 and inter.has_time
     np.testing.assert_allclose(np.sort(inter.time), [10.0, 11.5, 12.0])
+
+
+def overlapping_split(folder):
+    """ann-pen in train and valid, ann-ink in train and test, bob-pad in valid and test."""
+    folder.mkdir()
+    head = "user_id:token\titem_id:token\n"
+    (folder / f"{folder.name}.train.inter").write_text(head + "ann\tpen\nann\tink\ncat\tpen\n")
+    (folder / f"{folder.name}.valid.inter").write_text(head + "ann\tpen\nbob\tpad\ncat\tink\n")
+    (folder / f"{folder.name}.test.inter").write_text(
+        head + "ann\tink\nbob\tpad\nbob\tink\ncat\tpad\n")
+    return folder
+
+
+def test_given_rows_repeating_an_earlier_part_are_dropped_counted_and_reported(tmp_path, caplog):
+    import logging
+
+    from florec.recdata.recbole_io import data_notes
+    from florec.recdata.runconfig import parse_run_config
+
+    folder = overlapping_split(tmp_path / "shop")
+    with caplog.at_level(logging.WARNING):
+        split, _ = get_split(f"recbole:{folder}", "given")
+    sizes = [len(split.parts[p][0]) for p in ("train", "valid", "test")]
+    assert sizes == [3, 2, 2]  # valid loses ann-pen; test loses ann-ink (train), bob-pad (valid)
+    assert "1 valid and 2 test rows repeat" in caplog.text
+    assert len([r for r in caplog.records if "repeat" in r.getMessage()]) == 1
+    cfg = parse_run_config({"dataset": f"recbole:{folder}", "split": "given"})
+    assert data_notes(cfg) == {"given_overlap_dropped": {"valid": 1, "test": 2}}
+    assert data_notes(parse_run_config({"dataset": "synthetic"})) == {}
+
+
+def test_strict_refuses_split_files_whose_parts_overlap(tmp_path):
+    folder = overlapping_split(tmp_path / "shop")
+    with pytest.raises(DataError, match=r"1 valid and 2 test rows repeat.*drop \?strict"):
+        load_dataset(f"recbole:{folder}?strict")
+
+
+def test_a_central_run_on_given_files_reports_the_dropped_rows_in_results_json(tmp_path):
+    import json
+
+    from florec.recdata.runconfig import parse_run_config
+    from florec.sim.central import run_central
+
+    folder = overlapping_split(tmp_path / "shop")
+    cfg = parse_run_config({"dataset": f"recbole:{folder}", "split": "given", "model": "pop"})
+    run_central(cfg, 0, 16, tmp_path / "out")
+    run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
+    assert run["given_overlap_dropped"] == {"valid": 1, "test": 2}
