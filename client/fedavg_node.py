@@ -2,7 +2,10 @@
 
 Each round only the users of the round's cohort train (:func:`florec.recdata.cohort.sample_cohort`,
 recomputed here from the seed, the round and the population); the other users' embeddings stay
-as they are. Private embeddings live in the node's :class:`florec.client.node_store.NodeStore`.
+as they are. Private embeddings live in the node's :class:`florec.client.node_store.NodeStore`,
+and with ``keep-user-opt-state`` so does their optimizer's state (``opt-*`` arrays, one row per
+user), so a user's Adam continues across rounds (and across checkpoint/resume, which snapshots
+the store).
 """
 
 from __future__ import annotations
@@ -24,6 +27,21 @@ from florec.recdata.cohort import sample_cohort
 from florec.recdata.runconfig import RunConfig
 
 PRIVATE_KEY = "private"
+OPT_PREFIX = "opt-"
+
+
+def upload_mode(aggregation: str) -> str:
+    """The payload layout of an aggregation mode (``sum`` uploads the sparse rows)."""
+    return "dense" if aggregation == "dense" else "sparse"
+
+
+def user_opt_state(saved: dict[str, np.ndarray] | None, rows: np.ndarray | None
+                   ) -> dict[str, np.ndarray] | None:
+    """The stored optimizer state of the bucket users ``rows`` (all if None), or None."""
+    if saved is None or not any(k.startswith(OPT_PREFIX) for k in saved):
+        return None
+    return {k[len(OPT_PREFIX):]: (v if rows is None else v[rows])
+            for k, v in saved.items() if k.startswith(OPT_PREFIX)}
 
 
 def private_user_emb(context: Context, cfg: RunConfig, bucket: Bucket,
@@ -45,7 +63,8 @@ def cohort_rows(cfg: RunConfig, bucket: Bucket, server_round: int) -> np.ndarray
 
 
 def _empty_reply(cfg: RunConfig, bucket: Bucket, pid: int, t0: float) -> RecordDict:
-    arrays, weight = node_payload(cfg.aggregation, bucket.n_items, np.zeros(0, np.int64),
+    arrays, weight = node_payload(upload_mode(cfg.aggregation), bucket.n_items,
+                                  np.zeros(0, np.int64),
                                   np.zeros(0, np.int64), np.zeros((0, cfg.dim), np.float32),
                                   np.zeros(0, np.float32), np.zeros(0))
     metrics = MetricRecord({"partition-id": pid, "num-users": 0, "num-pairs": 0,
@@ -67,20 +86,25 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     user_emb = private_user_emb(context, cfg, bucket, store)
     whole = len(rows) == len(bucket.users)
     sub = bucket if whole else bucket.subset(rows)
+    saved = store.get(PRIVATE_KEY) if cfg.keep_user_opt_state else None
     res = local_update(sub, glob["item_emb"], glob["item_bias"],
-                       user_emb if whole else user_emb[rows], LocalConfig.from_run_config(cfg),
+                       user_emb if whole else user_emb[rows],
+                       LocalConfig.from_run_config(cfg, server_round),
                        server_round, device, item_pop=glob.get("item_pop"),
-                       n_users=int(glob["n_users"][0]) if "n_users" in glob else None)
-    if whole:
-        new_emb = res.user_emb
-    else:
-        new_emb = user_emb.copy()
-        new_emb[rows] = res.user_emb
-    store.put(PRIVATE_KEY, {"user_emb": new_emb})
+                       n_users=int(glob["n_users"][0]) if "n_users" in glob else None,
+                       user_opt_state=user_opt_state(saved, None if whole else rows))
+    private = {"user_emb": _merge(user_emb, res.user_emb, rows, whole)}
+    if cfg.keep_user_opt_state and res.user_opt_state is not None:
+        old = user_opt_state(saved, None)
+        for key, new in res.user_opt_state.items():
+            base = old[key] if old is not None else np.zeros((len(bucket.users), *new.shape[1:]),
+                                                              new.dtype)
+            private[OPT_PREFIX + key] = _merge(base, new, rows, whole)
+    store.put(PRIVATE_KEY, private)
     store.commit()
     deg = np.diff(sub.train.indptr)
     weight = deg.astype(np.float64) if cfg.weighting == "interactions" else (deg > 0) * 1.0
-    arrays, total_weight = node_payload(cfg.aggregation, sub.n_items, res.row_user,
+    arrays, total_weight = node_payload(upload_mode(cfg.aggregation), sub.n_items, res.row_user,
                                         res.row_item, res.delta, res.bias_delta, weight)
     metrics = MetricRecord({
         "partition-id": pid, "num-users": int((deg > 0).sum()), "num-pairs": res.num_pairs,
@@ -88,6 +112,15 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         "seconds": time.perf_counter() - t0,
     })
     return RecordDict({"arrays": to_record(arrays), "metrics": metrics})
+
+
+def _merge(old: np.ndarray, new: np.ndarray, rows: np.ndarray, whole: bool) -> np.ndarray:
+    """``old`` with the cohort rows ``rows`` replaced by ``new`` (``new`` itself if whole)."""
+    if whole:
+        return new
+    out = old.copy()
+    out[rows] = new
+    return out
 
 
 def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,

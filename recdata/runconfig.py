@@ -45,8 +45,20 @@ class RunConfig(BaseModel):
     reg: float = Field(0.0, ge=0)
     dim: int = Field(64, ge=1)
     init_std: float = Field(0.1, gt=0)
-    aggregation: Literal["dense", "sparse"] = "dense"
+    aggregation: Literal["dense", "sparse", "sum"] = "dense"
     weighting: Literal["interactions", "uniform"] = "interactions"
+    # FedAvg server optimisers, user optimiser state and lr schedule (issue 15)
+    server_opt: Literal["none", "avgm", "adam", "yogi"] = "none"
+    server_lr: float = Field(1.0, gt=0)
+    server_momentum: float = Field(0.9, ge=0, lt=1)
+    server_beta1: float = Field(0.9, ge=0, lt=1)
+    server_beta2: float = Field(0.99, ge=0, lt=1)
+    server_tau: float = Field(1e-3, gt=0)
+    keep_user_opt_state: bool = False
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_min: float = Field(0.0, ge=0)
+    lr_step_rounds: int = Field(10, ge=1)
+    lr_gamma: float = Field(0.5, gt=0, le=1)
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_fit_fraction: float = Field(0.5, ge=0, le=1)
     eval_every: int = Field(1, ge=1)
@@ -74,6 +86,8 @@ class RunConfig(BaseModel):
     gfcf_wp: float = Field(0.3, ge=0)
     gfcf_aggp: float = Field(60.0, ge=0)
     gfcf_mode: Literal["exact", "gsp"] = "exact"
+    itemknn_k: int = Field(0, ge=0)
+    itemknn_shrink: float = Field(0.0, ge=0)
     device: str = "auto"
     # the LLM layer (issue 12, docs/llm.md)
     llm_backend: Literal["hf", "openai", "tiny", "scripted"] = "hf"
@@ -86,8 +100,6 @@ class RunConfig(BaseModel):
     llm_timeout_s: float = Field(120.0, gt=0)
     llm_cache: bool = True
     encoder: str = "minilm"
-    itemknn_k: int = Field(0, ge=0)
-    itemknn_shrink: float = Field(0.0, ge=0)
     scripted_p: float = Field(0.5, ge=0, le=1)
     # scale: user cohorts, node-local store, checkpoints (issue 4)
     cohort_fraction: float = Field(1.0, gt=0, le=1)

@@ -41,8 +41,10 @@ def method_name(cfg: RunConfig) -> str:
         return f"{cfg.algorithm}-{'oracle4rec-' if cfg.oracle else ''}{cfg.model}"
     if cfg.algorithm == "fedavg" and cfg.mf_loss != "bpr":
         name += f"-{cfg.mf_loss}" + ("-approx" if cfg.mf_loss == "fs-pair" else "")
-    if cfg.algorithm == "fedavg" and cfg.aggregation == "sparse":
-        name += "-sparse"
+    if cfg.algorithm == "fedavg" and cfg.aggregation != "dense":
+        name += f"-{cfg.aggregation}"
+    if cfg.algorithm == "fedavg" and cfg.server_opt != "none":
+        name += f"-server{cfg.server_opt}"
     elif cfg.algorithm == "fedcia" and cfg.model == "gfcf":
         name += f"-{cfg.gfcf_mode}"
     elif cfg.algorithm == "fedcia" and cfg.fedcia_comm == "factored":

@@ -1,11 +1,18 @@
 """FedAvg for recommenders: the shared item table is averaged, user embeddings stay on the nodes.
 
-Two aggregation modes:
+Three aggregation modes:
 
 - ``dense`` (FedMF / FedCIA's baseline): the new item table is the average of the users' item
   tables, weighted by interactions (or uniformly): ``V <- V + sum_u w_u dV_u / sum_u w_u``.
 - ``sparse``: each item row is averaged over the users that updated it
   (``V_i <- V_i + sum_{u in U_i} dV_{u,i} / |U_i|``); only touched rows travel up.
+- ``sum`` (FCF / FedSGD view): the users' changes are added, ``V <- V + sum_u dV_u``; the upload
+  is the sparse one. With one local epoch of SGD in which every user takes one step, a round
+  equals one central full-batch step of the summed per-user losses on the round's (stale) table.
+
+The aggregated change ``Delta`` then goes through a server optimiser
+(:class:`florec.strategies.server_opt.ServerOptimizer`: FedAvgM, FedAdam or FedYogi with Flower's
+update rules; ``none`` adds ``server-lr * Delta``).
 
 Replies are folded into one accumulator as they arrive, so server memory does not grow with
 the number of clients. Each node pre-sums its own users' updates
@@ -23,11 +30,20 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.fedavg_upload import MODES, node_payload
+from florec.protocol.fedavg_upload import node_payload
 from florec.strategies.base import RecStrategy
 from florec.strategies.payload import check_reply, record_nbytes
+from florec.strategies.server_opt import ServerOptimizer
 
 __all__ = ["MODES", "FedAvgRec", "node_payload"]
+
+#: aggregation modes of :class:`FedAvgRec`
+MODES = ("dense", "sparse", "sum")
+
+
+def upload_mode(aggregation: str) -> str:
+    """The node payload layout an aggregation mode needs (``sum`` uploads the sparse rows)."""
+    return "dense" if aggregation == "dense" else "sparse"
 
 
 class FedAvgRec(RecStrategy):
@@ -35,30 +51,50 @@ class FedAvgRec(RecStrategy):
 
     Parameters
     ----------
-    mode : {"dense", "sparse"}
+    mode : {"dense", "sparse", "sum"}
         Aggregation mode (see the module docstring).
     fraction_train : float
         Share of nodes sampled per round (seeded by ``seed`` and the round).
     seed : int
         Seed of node sampling.
+    server_opt : ServerOptimizer, optional
+        Server step applied to the aggregated change (default: ``none`` at server-lr 1).
 
     """
 
-    def __init__(self, mode: str = "dense", fraction_train: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, mode: str = "dense", fraction_train: float = 1.0, seed: int = 0,
+                 server_opt: ServerOptimizer | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"aggregation '{mode}' is unknown; choose one of {MODES}")
         super().__init__(fraction_train, seed)
         self.mode = mode
+        self.server_opt = server_opt if server_opt is not None else ServerOptimizer()
+        self._saved_opt = self.server_opt.copy_state()
         self.current: dict[str, np.ndarray] = {}
 
     def summary(self) -> None:
         """Log the configuration."""
-        log(INFO, "\t├──> FedAvgRec: mode=%s fraction-train=%.2f", self.mode, self.fraction_train)
+        opt = self.server_opt
+        log(INFO, "\t├──> FedAvgRec: mode=%s fraction-train=%.2f server-opt=%s server-lr=%g",
+            self.mode, self.fraction_train, opt.kind, opt.lr)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The server optimiser's moments (checkpoints)."""
+        return self.server_opt.state_arrays()
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore the server optimiser's moments."""
+        self.server_opt.load_state_arrays(arrays)
+
+    def discard_round(self) -> None:
+        """Undo this round's server-optimiser step (its update is not applied)."""
+        self.server_opt.m, self.server_opt.v = self._saved_opt
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Send the global item table to the sampled nodes."""
         self.current = from_record(arrays)
+        self._saved_opt = self.server_opt.copy_state()
         return self.train_messages(server_round, arrays, config, grid)
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...] | int]:
@@ -73,12 +109,14 @@ class FedAvgRec(RecStrategy):
         n, d = self.current["item_emb"].shape
         emb_sum, bias_sum = np.zeros((n, d)), np.zeros(n)
         denom = np.zeros(n) if self.mode == "sparse" else np.zeros(1)
+        if self.mode == "sum":
+            denom[0] = 1.0
         totals: dict[str, float] = {}
         accepted = 0
         expected = self._expected_shapes()
         for msg in replies:
             problem = check_reply(msg, expected)
-            if problem is None and self.mode == "sparse":
+            if problem is None and self.mode != "dense":
                 items = from_record(msg.content.array_records["arrays"])["items"]
                 if len(items) and (items.min() < 0 or items.max() >= n):
                     problem = "item index out of range"
@@ -95,15 +133,18 @@ class FedAvgRec(RecStrategy):
             else:
                 np.add.at(emb_sum, up["items"], up["item_emb"])
                 np.add.at(bias_sum, up["items"], up["item_bias"])
-                np.add.at(denom, up["items"], up["counts"])
+                if self.mode == "sparse":
+                    np.add.at(denom, up["items"], up["counts"])
             for key in ("num-users", "num-pairs", "loss-sum"):
                 totals[key] = totals.get(key, 0.0) + float(metrics.get(key, 0.0))
             accepted += 1
         if accepted == 0:
             return None, None
         safe = np.where(denom > 0, denom, 1.0)
-        new = {"item_emb": (self.current["item_emb"] + emb_sum / safe[:, None]).astype(np.float32),
-               "item_bias": (self.current["item_bias"] + bias_sum / safe).astype(np.float32)}
+        delta = {"item_emb": emb_sum / safe[:, None], "item_bias": bias_sum / safe}
+        tables = {k: self.current[k] for k in delta}
+        new = {k: a.astype(np.float32)
+               for k, a in self.server_opt.step(tables, delta, server_round).items()}
         train_loss = totals["loss-sum"] / max(totals["num-pairs"], 1.0)
         out = MetricRecord({"train-loss": train_loss, "num-replies": accepted,
                             "num-users": totals["num-users"]})

@@ -14,6 +14,7 @@ from florec.recdata.runconfig import RunConfig
 from florec.strategies.base import RecStrategy
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA, LocalOnly
+from florec.strategies.server_opt import ServerOptimizer
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
 SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec", "cotrec"),
@@ -41,6 +42,12 @@ def check_algorithm(cfg: RunConfig) -> None:
         raise ConfigError(f"user cohorts are implemented for model 'mf' only; for "
                           f"'{cfg.model}' sample nodes with fraction-train and keep "
                           "cohort-fraction=1, cohort-size=0")
+    fedavg_mf = cfg.algorithm == "fedavg" and cfg.model == "mf" and cfg.mf_loss == "bpr"
+    if not fedavg_mf and (cfg.aggregation == "sum" or cfg.server_opt != "none"
+                          or cfg.keep_user_opt_state):
+        raise ConfigError("aggregation='sum', server-opt and keep-user-opt-state are implemented "
+                          "for algorithm 'fedavg' with model 'mf' and mf-loss 'bpr' only; keep "
+                          "aggregation dense/sparse, server-opt='none', keep-user-opt-state=false")
     if cfg.algorithm == "fedcia" and cfg.fedcia_comm == "factored" and cfg.noise_scale > 0:
         raise ConfigError("noise-scale > 0 has no factored equivalent; set fedcia-comm='dense' "
                           "or noise-scale=0")
@@ -63,7 +70,9 @@ def build_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayReco
         return build_fair_strategy(cfg, n_items)
     if cfg.algorithm == "fedavg":
         init = MF(0, n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
-        return FedAvgRec(cfg.aggregation, cfg.fraction_train, cfg.seed), \
+        server_opt = ServerOptimizer(cfg.server_opt, cfg.server_lr, cfg.server_momentum,
+                                     cfg.server_beta1, cfg.server_beta2, cfg.server_tau)
+        return FedAvgRec(cfg.aggregation, cfg.fraction_train, cfg.seed, server_opt), \
             to_record(init.shared_state())
     if cfg.algorithm == "local":
         return LocalOnly(cfg.fraction_train, cfg.seed), ArrayRecord()

@@ -5,7 +5,10 @@ Each user u trains its private embedding p_u and its own copy of the item rows i
 (user, item), so one batched autograd pass updates all users' copies independently, and each
 user has its own optimizer (:class:`florec.client.trainers.user_adam.PerUserOptimizer`,
 ``torch.optim.Adam`` or ``SGD`` per user, ``weight-decay`` as their coupled L2): the result
-equals training the users one by one.
+equals training the users one by one. The optimizer of the private embeddings can continue from
+the previous round's state (``keep-user-opt-state``: the node stores it); the item copies start
+fresh from the global table each round, and so does their optimizer.
+The local step size follows ``lr-schedule`` over the rounds (:func:`scheduled_lr`).
 Random streams are keyed by (seed, round, global user id), so results do not depend on how
 users are grouped into buckets.
 
@@ -16,6 +19,7 @@ still a separate logical client with its own copy of the item rows it touches.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,10 +49,43 @@ class LocalConfig:
     weight_decay: float = 0.0
 
     @classmethod
-    def from_run_config(cls, cfg: RunConfig) -> LocalConfig:
-        """The local-training view of a run config."""
-        return cls(cfg.local_epochs, cfg.local_batch_size, cfg.optimizer, cfg.lr, cfg.reg,
+    def from_run_config(cls, cfg: RunConfig, server_round: int | None = None) -> LocalConfig:
+        """The local-training view of a run config (lr of ``server_round`` if given)."""
+        lr = cfg.lr if server_round is None else scheduled_lr(cfg, server_round)
+        return cls(cfg.local_epochs, cfg.local_batch_size, cfg.optimizer, lr, cfg.reg,
                    cfg.seed, cfg.mf_loss, cfg.ips_beta, cfg.weight_decay)
+
+
+def scheduled_lr(cfg: RunConfig, server_round: int) -> float:
+    r"""The local step size of round ``t = server_round`` (1-based) under ``lr-schedule``.
+
+    - ``constant``: :math:`\eta_t = \eta`;
+    - ``cosine`` over ``num-rounds`` T: :math:`\eta_t = \eta_{min} + (\eta - \eta_{min})
+      (1 + \cos(\pi (t-1) / T)) / 2`;
+    - ``step``: :math:`\eta_t = \eta \, \gamma^{\lfloor (t-1) / S \rfloor}` with
+      S = ``lr-step-rounds`` and :math:`\gamma` = ``lr-gamma``.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Supplies ``lr``, ``lr-schedule``, ``lr-min``, ``lr-step-rounds``, ``lr-gamma`` and
+        ``num-rounds``.
+    server_round : int
+        The round, from 1.
+
+    Returns
+    -------
+    float
+        The step size of that round.
+
+    """
+    t = max(server_round, 1) - 1
+    if cfg.lr_schedule == "cosine":
+        frac = min(t / cfg.num_rounds, 1.0)
+        return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    if cfg.lr_schedule == "step":
+        return cfg.lr * cfg.lr_gamma ** (t // cfg.lr_step_rounds)
+    return cfg.lr
 
 
 @dataclass
@@ -67,6 +104,7 @@ class LocalResult:
     loss_sum: float
     num_pairs: int
     triples: tuple[np.ndarray, np.ndarray, np.ndarray]
+    user_opt_state: dict[str, np.ndarray] | None = None
 
 
 def build_pairs(bucket: Bucket, cfg: LocalConfig, server_round: int) -> dict[str, np.ndarray]:
@@ -133,6 +171,7 @@ def local_update(
     device: str = "cpu",
     item_pop: np.ndarray | None = None,
     n_users: int | None = None,
+    user_opt_state: dict[str, np.ndarray] | None = None,
 ) -> LocalResult:
     """Train every user of the bucket on its own data for ``cfg.local_epochs`` epochs.
 
@@ -156,11 +195,15 @@ def local_update(
     n_users : int, optional
         U, the number of users of the federation (FS-Point's weights); defaults to the
         bucket's ``population``.
+    user_opt_state : dict of str to np.ndarray, optional
+        State of the private embeddings' optimizer from the previous round
+        (:meth:`PerUserOptimizer.state`, one row per bucket user); fresh if None.
 
     Returns
     -------
     LocalResult
-        New private embeddings and each user's changed item rows.
+        New private embeddings, each user's changed item rows and the private embeddings'
+        optimizer state (``mf-loss`` ``bpr`` only).
 
     """
     if cfg.mf_loss != "bpr":
@@ -180,8 +223,12 @@ def local_update(
     Lb = as_t(item_bias[row_item]).clone()
     params = [P, L, Lb]
     users = torch.arange(len(P), device=device)
-    opt = PerUserOptimizer(params, [users, row_user_t, row_user_t], len(P), cfg.lr,
-                           cfg.weight_decay, cfg.optimizer == "adam")
+    adam = cfg.optimizer == "adam"
+    user_opt = PerUserOptimizer([P], [users], len(P), cfg.lr, cfg.weight_decay, adam)
+    if user_opt_state is not None:
+        user_opt.load_state({k: torch.as_tensor(v) for k, v in user_opt_state.items()})
+    item_opt = PerUserOptimizer([L, Lb], [row_user_t, row_user_t], len(P), cfg.lr,
+                                cfg.weight_decay, adam)
     loss_sum = 0.0
     for _, s, e in step_bounds(pairs["step"]):
         uu, pr, nr = users_t[s:e], pos_row[s:e], neg_row[s:e]
@@ -196,7 +243,8 @@ def local_update(
             p.requires_grad_(False)
         active = torch.zeros(len(P), dtype=torch.bool, device=device)
         active[uu] = True
-        opt.step(list(grads), active)
+        user_opt.step([grads[0]], active)
+        item_opt.step([grads[1], grads[2]], active)
     return LocalResult(
         user_emb=P.detach().cpu().numpy(),
         row_user=row_user,
@@ -206,4 +254,5 @@ def local_update(
         loss_sum=loss_sum,
         num_pairs=n_pairs,
         triples=(bucket.users[pairs["user"]], pairs["pos"], pairs["neg"]),
+        user_opt_state={k: v.detach().cpu().numpy() for k, v in user_opt.state().items()},
     )

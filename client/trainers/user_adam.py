@@ -88,6 +88,34 @@ class PerUserOptimizer:
             if self.adam:
                 m[rows], v[rows] = sub_m, sub_v
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The optimizer state: ``steps`` (per user) and, for Adam, moments ``m<i>``, ``v<i>``.
+
+        With one parameter owned row-per-user (the private embeddings), every tensor has one row
+        per user, so a node can keep it next to the embeddings across rounds.
+        """
+        out = {"steps": self.steps}
+        for i, (m, v) in enumerate(zip(self.m, self.v, strict=True)):
+            out[f"m{i}"], out[f"v{i}"] = m, v
+        return out
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from :meth:`state` of an optimizer over parameters of the same shapes.
+
+        Raises
+        ------
+        ValueError
+            A tensor's shape differs from this optimizer's.
+
+        """
+        own = self.state()
+        for key, cur in own.items():
+            new = torch.as_tensor(state[key], dtype=cur.dtype, device=cur.device)
+            if new.shape != cur.shape:
+                raise ValueError(f"optimizer state '{key}' has shape {tuple(new.shape)}, "
+                                 f"expected {tuple(cur.shape)}")
+            cur.copy_(new)
+
     def _update(self, p: torch.Tensor, g: torch.Tensor, m: torch.Tensor | None,
                 v: torch.Tensor | None, t: torch.Tensor) -> None:
         """Update ``p`` (and the moments) in place; ``t`` is each row's user step count."""
