@@ -1,0 +1,79 @@
+"""Federated MF vs central MF-BPR: test ndcg@10, share of central, rounds and bytes, per method.
+
+Reads a bench ``results.json`` (e.g. ``docs/results/fedmf_converge/results.json`` written by
+``florec bench --config bench/fedmf_converge.toml``) and writes one markdown row per method:
+n seeds, test ndcg@10 and recall@20 (mean ± sample sd), the mean ndcg@10 as a share of the
+reference method's mean (``share = mean_method / mean_reference``; the goal of issue 15 is
+>= 95%), the best round/epoch and the rounds/epochs run per seed, and the bytes a run moved
+(down and up, MB = 1e6 bytes, mean over seeds, whole run including the patience rounds).
+
+Usage::
+
+    python bench/fedmf_report.py docs/results/fedmf_converge/results.json
+        --out docs/results/fedmf_converge/summary.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary_table import groups, mean_sd  # noqa: E402
+
+from florec.recdata.errors import ConfigError  # noqa: E402
+
+
+def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
+    """The markdown table (see the module docstring).
+
+    Raises
+    ------
+    ConfigError
+        If the bench has no reference method or a run lacks ``metric``.
+
+    """
+    ref_label = results.get("config", {}).get("bench", {}).get("reference")
+    grouped = groups(results)
+    head = ["dataset", "method", "setting", "n", f"test {metric}", "test recall@20",
+            f"share of {ref_label}", "best epoch/round", "epochs/rounds run",
+            "MB down per run", "MB up per run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (ds, lab), runs in grouped.items():
+        if (ds, ref_label) not in grouped:
+            raise ConfigError(f"bench reference '{ref_label}' has no runs on {ds}; set "
+                              "[bench] reference to a method label of the config")
+        if any(metric not in r["metrics"] for r in runs):
+            raise ConfigError(f"{lab} on {ds} has no {metric}")
+        ref = statistics.mean(r["metrics"][metric] for r in grouped[(ds, ref_label)])
+        share = statistics.mean(r["metrics"][metric] for r in runs) / ref
+        mb = [statistics.mean(r.get(k, 0) for r in runs) / 1e6 for k in ("bytes_down", "bytes_up")]
+        lines.append("| " + " | ".join([
+            ds, lab, runs[0]["setting"], str(len(runs)),
+            mean_sd([r["metrics"][metric] for r in runs]),
+            mean_sd([r["metrics"]["recall@20"] for r in runs]), f"{100 * share:.1f}%",
+            ", ".join(str(r["best_round"]) for r in runs),
+            ", ".join(str(r["rounds"]) for r in runs), f"{mb[0]:.0f}", f"{mb[1]:.0f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Command line: print the table or write it to --out."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path, help="a bench results.json")
+    ap.add_argument("--metric", default="ndcg@10")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    text = report(json.loads(args.results.read_text()), args.metric)
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""bench/fedmf_report.py: federated vs central rows with the share of the reference and bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from florec.recdata.errors import ConfigError
+
+
+def run(label, seed, ndcg, setting="federated", down=0, up=0):
+    return {"dataset": "d", "label": label, "seed": seed, "setting": setting, "best_round": 3,
+            "rounds": 5, "bytes_down": down, "bytes_up": up,
+            "metrics": {"ndcg@10": ndcg, "recall@20": 2 * ndcg}}
+
+
+def results(runs, reference="C"):
+    return {"config": {"bench": {"datasets": ["d"], "reference": reference},
+                       "method": [{"label": "C"}, {"label": "F"}]}, "runs": runs}
+
+
+def test_rows_give_the_share_of_the_reference_mean_and_mean_megabytes(bench_script):
+    runs = [run("C", 0, 0.06, "central"), run("C", 1, 0.04, "central"),
+            run("F", 0, 0.045, down=2e6, up=1e6), run("F", 1, 0.045, down=4e6, up=3e6)]
+    lines = bench_script("fedmf_report").report(results(runs)).splitlines()
+    assert lines[2].startswith("| d | C | central | 2 | 0.0500 ± 0.0141 | 0.1000 ± 0.0283 | 100.0%")
+    assert lines[3] == ("| d | F | federated | 2 | 0.0450 ± 0.0000 | 0.0900 ± 0.0000 | 90.0% | "
+                        "3, 3 | 5, 5 | 3 | 2 |")
+
+
+def test_a_reference_without_runs_is_a_config_error(bench_script):
+    with pytest.raises(ConfigError, match="reference 'X' has no runs on d"):
+        bench_script("fedmf_report").report(results([run("F", 0, 0.1)], reference="X"))
