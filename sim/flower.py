@@ -335,6 +335,12 @@ def flwr_run(
         return
     if status.startswith("finished:"):
         cause = details.removeprefix("Simulation failed with exception: ") or "no details"
+        if "heartbeat" in cause.lower():
+            from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
+
+            limit = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL
+            cause += (f" (the run's process sent none for {limit} s: it died, or one call held "
+                      "Python's GIL that long)")
         raise RunFailed(f"the run is {status}: {cause} (SuperLink log: {link.log_path})")
     raise RunFailed(f"flwr run exited with code {code} and the run is {status} ({details}); "
                     f"see the log above and {link.log_path}")
