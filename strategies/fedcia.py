@@ -1,7 +1,8 @@
 """FedCIA: clients share item-item similarity, never embeddings (Han et al., SIGIR 2025).
 
 Each round the sampled clients train locally and upload their similarity ``S_k = E_k E_k^T``;
-the server keeps one running sum (memory does not grow with the number of clients), forms
+the server keeps one running sum (an ``n x n`` array in dense mode, at most ``n x (n + d)`` in
+factored mode, whatever the number of clients), forms
 ``S_bar = sum_k w_k S_k / sum_k w_k`` and sends it back in a second message (``train.align``)
 so every client pulls its own item table towards it. Two communication modes:
 
