@@ -7,10 +7,14 @@ reference method's mean (``share = mean_method / mean_reference``; the goal of i
 >= 95%), the best round/epoch and the rounds/epochs run per seed, and the bytes a run moved
 (down and up, MB = 1e6 bytes, mean over seeds, whole run including the patience rounds).
 
+``--curves FOLDER`` instead lists each cell's validation ndcg@10 per round from the cells'
+``rounds.jsonl`` (the short tuning runs in ``docs/results/fedmf_converge/tuning/``).
+
 Usage::
 
     python bench/fedmf_report.py docs/results/fedmf_converge/results.json
         --out docs/results/fedmf_converge/summary.md
+    python bench/fedmf_report.py --curves docs/results/fedmf_converge/tuning
 """
 
 from __future__ import annotations
@@ -61,14 +65,40 @@ def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
     return "\n".join(lines) + "\n"
 
 
+def curves(folder: Path, metric: str = "ndcg@10") -> str:
+    """One markdown row per cell under ``folder/**/rounds.jsonl``: validation ``metric`` by round.
+
+    Columns: the cell (method label folder and seed), rounds run, the best value and its round,
+    and the values of every round (4 decimals).
+    """
+    lines = [f"| cell | rounds | best valid {metric} (round) | valid {metric} per round |",
+             "|---|---|---|---|"]
+    for path in sorted(folder.rglob("rounds.jsonl")):
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        values = [(r["round"], r["valid"][metric]) for r in rows if metric in r.get("valid", {})]
+        if not values:
+            continue
+        best = max(values, key=lambda rv: rv[1])
+        cell = f"{path.parent.parent.name} {path.parent.name}"
+        lines.append(f"| {cell} | {len(rows)} | {best[1]:.4f} ({best[0]}) | "
+                     + " ".join(f"{v:.4f}" for _, v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     """Command line: print the table or write it to --out."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", type=Path, help="a bench results.json")
+    ap.add_argument("results", type=Path, nargs="?", help="a bench results.json")
     ap.add_argument("--metric", default="ndcg@10")
+    ap.add_argument("--curves", type=Path, default=None, help="a folder of bench cells")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    text = report(json.loads(args.results.read_text()), args.metric)
+    if args.curves is not None:
+        text = curves(args.curves, args.metric)
+    elif args.results is not None:
+        text = report(json.loads(args.results.read_text()), args.metric)
+    else:
+        raise ConfigError("give a bench results.json or --curves FOLDER")
     if args.out is None:
         print(text, end="")
     else:

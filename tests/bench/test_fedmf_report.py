@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from florec.recdata.errors import ConfigError
@@ -30,3 +32,13 @@ def test_rows_give_the_share_of_the_reference_mean_and_mean_megabytes(bench_scri
 def test_a_reference_without_runs_is_a_config_error(bench_script):
     with pytest.raises(ConfigError, match="reference 'X' has no runs on d"):
         bench_script("fedmf_report").report(results([run("F", 0, 0.1)], reference="X"))
+
+
+def test_curves_list_each_cells_validation_values_and_its_best_round(bench_script, tmp_path):
+    cell = tmp_path / "M" / "seed0"
+    cell.mkdir(parents=True)
+    rows = [{"round": 1, "valid": {"ndcg@10": 0.01}}, {"round": 2, "valid": {"ndcg@10": 0.03}},
+            {"round": 3, "valid": {"ndcg@10": 0.02}}]
+    (cell / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    lines = bench_script("fedmf_report").curves(tmp_path).splitlines()
+    assert lines[2] == "| M seed0 | 3 | 0.0300 (2) | 0.0100 0.0300 0.0200 |"
