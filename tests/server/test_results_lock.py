@@ -8,10 +8,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from florec.recdata.errors import ConfigError
@@ -19,7 +17,6 @@ from florec.server.results import (
     LOCK_NAME,
     FolderLock,
     ResultsWriter,
-    RssMonitor,
     claim_folder,
     run_entry,
 )
@@ -104,20 +101,49 @@ def test_a_folder_holding_a_run_needs_overwrite_or_resume(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_NAME, "notes.txt"])
 
 
-def _run_allocating(folder: Path, mb: int) -> dict:
-    writer = ResultsWriter(folder)
+# Memory is measured in a fresh interpreter: in the suite's long-lived process earlier tests
+# leave freed heap that a new block may reuse without growing the resident set.
+_ALLOCATING_RUNS = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+from florec.server.results import ResultsWriter, run_entry
+
+def run(folder, mb):
+    writer = ResultsWriter(Path(folder))
     block = np.ones(mb * 2**20 // 8)  # touched: resident
     time.sleep(0.2)
-    run = run_entry("m", "central", "d", "loo", 0)
+    entry = run_entry("m", "central", "d", "loo", 0)
     del block
-    writer.write_results({}, [run])
+    writer.write_results({}, [entry])
     writer.close()
-    return run
+    return entry
+
+print(json.dumps([run(sys.argv[1], 300), run(sys.argv[2], 10)]))
+"""
+
+_MONITOR_PEAK = """
+import json, time
+import numpy as np
+from florec.server.results import RssMonitor
+
+with RssMonitor(every_s=0.01) as mem:
+    block = np.ones(200 * 2**20 // 8)
+    time.sleep(0.3)
+    del block
+    time.sleep(0.1)
+    print(json.dumps(mem.fields()))
+"""
+
+
+def _fresh_python(code: str, *args: str) -> object:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_memory_is_measured_per_run_not_as_the_process_high_water_mark(tmp_path: Path) -> None:
-    big = _run_allocating(tmp_path / "a", 300)
-    small = _run_allocating(tmp_path / "b", 10)
+    big, small = _fresh_python(_ALLOCATING_RUNS, str(tmp_path / "a"), str(tmp_path / "b"))
     assert big["rss_growth_mb"] == pytest.approx(300, abs=60)
     assert small["rss_growth_mb"] < 60
     assert small["rss_peak_mb"] < big["rss_peak_mb"] - 200  # ru_maxrss would repeat big's
@@ -126,10 +152,5 @@ def test_memory_is_measured_per_run_not_as_the_process_high_water_mark(tmp_path:
 
 
 def test_rss_monitor_sees_a_peak_between_its_reads() -> None:
-    with RssMonitor(every_s=0.01) as mem:
-        block = np.ones(200 * 2**20 // 8)
-        time.sleep(0.3)
-        del block
-        time.sleep(0.1)
-        fields = mem.fields()
+    fields = _fresh_python(_MONITOR_PEAK)
     assert fields["rss_growth_mb"] == pytest.approx(200, abs=50)
