@@ -64,6 +64,17 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
+def _registered(name: str) -> DatasetSpec:
+    """The registered dataset ``name``, or a one-line error that lists the known ones."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise DataError(f"dataset {name!r} is unknown; choose one of: "
+                        f"{', '.join(dataset_names())} (florec data list), or "
+                        "recbole:<folder> for RecBole atomic files, fedcia:<folder> for the "
+                        "FedCIA per-client layout")
+    return spec
+
+
 def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
@@ -105,12 +116,7 @@ def load_dataset(
         return load_recbole(name, float(min_rating))
     if is_fedcia_folder(name):
         return load_fedcia_folder(name)
-    spec = DATASETS.get(name)
-    if spec is None:
-        raise DataError(f"dataset {name!r} is unknown; choose one of: "
-                        f"{', '.join(dataset_names())} (florec data list), or "
-                        "recbole:<folder> for RecBole atomic files, fedcia:<folder> for the "
-                        "FedCIA per-client layout")
+    spec = _registered(name)
     if synthetic and name != "synthetic":
         raise ConfigError(f"synthetic parameters were given for dataset {name!r}; drop them "
                           "or choose dataset 'synthetic'")
@@ -331,12 +337,7 @@ def source_files(name: str, data_dir: str | Path | None = None) -> tuple[Path | 
     if is_fedcia_folder(name):
         folder = parse_fedcia_name(name)[0].resolve()
         return folder.parent, fedcia_source_files(name)
-    spec = DATASETS.get(name)
-    if spec is None:
-        raise DataError(f"dataset {name!r} is unknown; choose one of: "
-                        f"{', '.join(dataset_names())} (florec data list), or "
-                        "recbole:<folder> for RecBole atomic files, fedcia:<folder> for the "
-                        "FedCIA per-client layout")
+    spec = _registered(name)
     root = resolve_data_root(data_dir)
     root = None if root is None else root.resolve()
     files: list[Path] = []
