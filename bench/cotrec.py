@@ -14,7 +14,7 @@ Cells are dataset x setting x variant (seed ``--seed``):
 Each cell writes ``<out>/<dataset>/<setting>/<variant>/`` (results.json with ``ranker``,
 ``phases`` and ``llm``); ``summary.md`` beside them tabulates every finished cell.
 
-Run (one thread per process, as every number in docs/cotrec.md)::
+Run (one thread per process, as every number in docs/methods/cotrec.md)::
 
     FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/cotrec.py \
         --datasets ml-100k --settings central --variants scripted-control,sasrec-random

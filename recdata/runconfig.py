@@ -89,7 +89,7 @@ class RunConfig(BaseModel):
     itemknn_k: int = Field(0, ge=0)
     itemknn_shrink: float = Field(0.0, ge=0)
     device: str = "auto"
-    # the LLM layer (issue 12, docs/llm.md)
+    # the LLM layer (issue 12, docs/methods/llm.md)
     llm_backend: Literal["hf", "openai", "tiny", "scripted"] = "hf"
     llm_model: str = "smollm2"
     llm_base_url: str = ""
@@ -123,7 +123,7 @@ class RunConfig(BaseModel):
     mf_loss: Literal["bpr", "ubpr", "cpr", "fs-pair", "wmf", "relmf", "du", "fs-point"] = "bpr"
     ips_beta: float = Field(0.5, ge=0)
     weight_decay: float = Field(0.0, ge=0)
-    # CoT-Rec on the LLM layer (issue 12, docs/cotrec.md)
+    # CoT-Rec on the LLM layer (issue 12, docs/methods/cotrec.md)
     cotrec_init: Literal["cotrec", "title", "random"] = "cotrec"
     cotrec_user_token: bool = True
     cotrec_history: int = Field(10, ge=1)

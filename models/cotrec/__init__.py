@@ -1,4 +1,4 @@
-"""CoT-Rec (Liu et al., arXiv:2502.13845) on FloRec's LLM layer; see docs/cotrec.md.
+"""CoT-Rec (Liu et al., arXiv:2502.13845) on FloRec's LLM layer; see docs/methods/cotrec.md.
 
 * :mod:`~florec.models.cotrec.prompts`: versioned prompts (item, user, ranker);
 * :mod:`~florec.models.cotrec.perception`: perception calls, PCA projection, JSONL files;

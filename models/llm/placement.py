@@ -1,6 +1,6 @@
 """Where an LLM runs in a federation, and a check that no message carries private text.
 
-Placement rule (docs/llm.md): a prompt that holds a user's history is built and answered on
+Placement rule (docs/methods/llm.md): a prompt that holds a user's history is built and answered on
 that user's node (an in-process backend there, or a server the node's operator names); prompts
 over public item text only may run once on the server. Messages then carry numbers (embeddings,
 model and adapter weights, metrics), never a user's history text. :func:`leaked_texts` checks

@@ -42,4 +42,4 @@ def test_committed_sequential_summary_is_the_generated_one(bench_script) -> None
 
 def test_docs_sequential_shows_the_generated_table() -> None:
     summary = (ROOT / "docs/results/sequential/summary.md").read_text()
-    assert summary in (ROOT / "docs/sequential.md").read_text()
+    assert summary in (ROOT / "docs/methods/sequential.md").read_text()
