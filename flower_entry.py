@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 #: the apps, made on first access by ``__getattr__`` (Flower's ``flwr run`` checks this list)
-__all__ = ["serverapp", "clientapp"]
+__all__ = ["serverapp", "clientapp"]  # noqa: F822 - defined by __getattr__ below
 
 _ROOT = Path(__file__).resolve().parent
 _APPS = {"serverapp": "florec.server.app", "clientapp": "florec.client.app"}

@@ -32,7 +32,6 @@ from flwr.supercore import log
 
 from florec.models.cotrec.perception import Projection
 from florec.models.cotrec.pipeline import PhaseLog, item_side, item_texts, make_encoder, make_llm
-from florec.models.cotrec.prompts import ranker_prompt
 from florec.models.cotrec.ranker import K
 from florec.models.cotrec.retriever import build_retriever
 from florec.recdata.runconfig import RunConfig
@@ -69,23 +68,12 @@ def fedavg_adapters(states: list[dict[str, np.ndarray]], weights: list[float]
 def initial_adapter(llm: Any, cfg: RunConfig) -> dict[str, np.ndarray]:
     """The seeded LoRA adapter every node starts from, with ``B = 0`` (the untuned model).
 
-    The LLM layer has no "create an adapter" call, so one optimiser step with a negligible
-    learning rate on a prompt without user data creates it; ``B`` is then zeroed, so the
-    adapter's update ``BA`` is exactly 0. Returns ``{}`` for backends that cannot train.
+    Returns ``{}`` for backends that cannot train (``scripted``, ``openai``).
     """
-    import torch
-
-    probe = ranker_prompt("", [], [f"item {i}" for i in range(K)])
-    torch.manual_seed(cfg.seed)
     try:
-        llm.finetune_choices([probe], [0], K, epochs=1, lr=1e-12, lora_r=cfg.cotrec_lora_r,
-                             batch_size=1, seed=cfg.seed)
+        return llm.new_adapter(cfg.cotrec_lora_r, seed=cfg.seed)
     except NotImplementedError:
         return {}
-    state = {k: (np.zeros_like(v) if "lora_B" in k else v) for k, v in
-             llm.adapter_state().items()}
-    llm.load_adapter_state(state)
-    return state
 
 
 class FedCoTRec(FedAvgParams):

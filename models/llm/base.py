@@ -163,6 +163,14 @@ class LLM(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot be fine-tuned")
 
+    def new_adapter(self, lora_r: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Attach a fresh LoRA adapter and return its state.
+
+        ``A`` is drawn from ``seed`` and ``B = 0``, so the model's answers are unchanged: the
+        common start of a federated LoRA run.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be fine-tuned")
+
     def adapter_state(self) -> dict[str, np.ndarray]:
         """The LoRA weights by name (empty before :meth:`finetune_choices`)."""
         return {}

@@ -133,6 +133,10 @@ class CachedLLM(LLM):
         """See :meth:`LLM.finetune_choices` (runs on the inner backend)."""
         return self.inner.finetune_choices(*args, **kwargs)
 
+    def new_adapter(self, lora_r: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """See :meth:`LLM.new_adapter` (runs on the inner backend)."""
+        return self.inner.new_adapter(lora_r, seed)
+
     def adapter_state(self) -> dict[str, np.ndarray]:
         """See :meth:`LLM.adapter_state`."""
         return self.inner.adapter_state()

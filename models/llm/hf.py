@@ -168,6 +168,24 @@ class HFLLM(LLM):
         self._refresh_digest()
         return stats
 
+    def new_adapter(self, lora_r: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """A fresh PEFT adapter on q/v (``A`` from ``seed``, ``B = 0``); replaces any other.
+
+        Raises
+        ------
+        ValueError
+            If the model already carries an adapter (fine-tuned or loaded).
+
+        """
+        if lora.has_adapter(self.model):
+            raise ValueError("the model already has a LoRA adapter; build a new backend to "
+                             "start another")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = lora.wrap(self.model, lora_r)
+        self._refresh_digest()
+        return self.adapter_state()
+
     def adapter_state(self) -> dict[str, np.ndarray]:
         """LoRA weights by PEFT name, float32 arrays (empty before fine-tuning)."""
         return lora.get_state(self.model)
