@@ -1,7 +1,7 @@
 """A CoT-Rec node: user perception, the retriever's FedAvg rounds and the ranker's LoRA rounds.
 
-Everything that reads a user's history runs here, on the user's node (docs/methods/cotrec.md, protocol
-card): the user-perception prompts, the ranker prompts (history + candidates), the LLM that
+Everything that reads a user's history runs here, on the user's node (docs/methods/cotrec.md,
+protocol card): the user-perception prompts, the ranker prompts (history + candidates), the LLM that
 answers them and the LoRA training on them. Only these leave the node: the retriever's shared
 arrays (item table and body, as in :mod:`florec.client.seq_node`), LoRA adapter weights, and
 metric sums / counts. User-token rows and preference texts stay in the node's store.

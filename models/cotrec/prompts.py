@@ -5,9 +5,9 @@ wording is ours. Every prompt is a user message: the LLM layer applies the chat 
 ``PROMPT_VERSION`` is saved with every perception file and enters every call's cache key through
 the prompt text, so editing a prompt never silently reuses old answers.
 
-Placement in a federation (docs/methods/cotrec.md): :func:`item_prompt` reads public item text only and
-may run on the server; :func:`user_prompt` and :func:`ranker_prompt` hold a user's history and
-are built and answered on that user's node.
+Placement in a federation (docs/methods/cotrec.md): :func:`item_prompt` reads public item text
+only and may run on the server; :func:`user_prompt` and :func:`ranker_prompt` hold a user's
+history and are built and answered on that user's node.
 """
 
 from __future__ import annotations
