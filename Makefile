@@ -15,7 +15,7 @@ export FLWR_HOME ?= $(CURDIR)/.flwr
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: venv demo test lint bench bench-llm clean
+.PHONY: venv demo test lint docs bench bench-llm clean
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,11 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# The documentation site on http://127.0.0.1:8000 (make test builds it in strict mode).
+docs: venv
+	$(BIN)/python docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
+
 bench: venv
 	OMP_NUM_THREADS=1 $(BIN)/python bench/foundation.py --out results/bench-foundation
 
@@ -43,4 +48,4 @@ bench-llm: venv
 	OMP_NUM_THREADS=1 $(BIN)/python bench/llm_layer.py --out results/llm_layer
 
 clean:
-	rm -rf results .pytest_cache .ruff_cache
+	rm -rf results .site .pytest_cache .ruff_cache

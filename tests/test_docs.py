@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,13 @@ def test_readme_is_short_and_links_every_method_page():
     assert len(readme.splitlines()) <= 160
     for page in sorted((ROOT / "docs/methods").glob("*.md")):
         assert f"docs/methods/{page.name}" in readme, page.name
+
+
+def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
+    """MkDocs (mkdocs.yml) fails on broken links, missing pages and bad anchors."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "site" / "methods" / "cotrec" / "index.html").is_file()
