@@ -49,10 +49,10 @@ from florec.models.cotrec.rank_eval import (
 from florec.models.cotrec.ranker import K, prompt_builder, shuffled_slots
 from florec.models.cotrec.retriever import build_retriever, top_k, train_epoch, with_users
 from florec.models.sasrec import SASRec
+from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream, torch_seed
 from florec.recdata.store import get_split
-from florec.strategies.payload import from_record, to_record
 
 USER_KEY = "cotrec-user"
 OPT_KEY = "cotrec-optimizer"

@@ -16,7 +16,7 @@ update rules; ``none`` adds ``server-lr * Delta``).
 
 Replies are folded into one accumulator as they arrive, so server memory does not grow with
 the number of clients. Each node pre-sums its own users' updates
-(:func:`florec.protocol.fedavg_upload.node_payload`, re-exported here).
+(:func:`florec.protocol.fedavg_upload.node_payload`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.fedavg_upload import node_payload
 from florec.strategies.base import RecStrategy
 from florec.strategies.payload import check_reply, record_nbytes
 from florec.strategies.server_opt import ServerOptimizer
 
-__all__ = ["MODES", "FedAvgRec", "node_payload"]
+__all__ = ["MODES", "FedAvgRec"]
 
 #: aggregation modes of :class:`FedAvgRec`
 MODES = ("dense", "sparse", "sum")

@@ -34,10 +34,10 @@ from florec.models.cotrec.perception import Projection
 from florec.models.cotrec.pipeline import PhaseLog, item_side, item_texts, make_encoder, make_llm
 from florec.models.cotrec.ranker import K
 from florec.models.cotrec.retriever import build_retriever
+from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.store import get_split
 from florec.strategies.fedavg_params import FedAvgParams
-from florec.strategies.payload import from_record, to_record
 
 SETUP_TYPE = f"{MessageType.TRAIN}.setup"
 

@@ -1,8 +1,6 @@
 """What strategies do with replies: byte counts and shape checks (server side only).
 
-The array encoding itself (:func:`to_record`, :func:`from_record`) is
-:mod:`florec.protocol.codec`, shared with the nodes; it is imported here because the
-strategies use it next to these checks.
+The array encoding itself is :mod:`florec.protocol.codec`, shared with the nodes.
 """
 
 from __future__ import annotations
@@ -10,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from florec.protocol.codec import from_record, to_record
+from florec.protocol.codec import from_record
 
-__all__ = ["check_reply", "from_record", "record_nbytes", "to_record"]
+__all__ = ["check_reply", "record_nbytes"]
 
 
 def record_nbytes(content: RecordDict) -> int:

@@ -10,13 +10,13 @@ from florec.client.trainers.bpr_embedding import LocalConfig, local_update, sche
 from florec.client.trainers.bucket import Bucket
 from florec.models.base import seeded_rows
 from florec.models.mf import MF, USER_SALT, bpr_terms
-from florec.protocol.codec import to_record
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.fedavg_upload import node_payload
 from florec.recdata.runconfig import parse_run_config
 from florec.recdata.splits import make_split
 from florec.recdata.synthetic import generate_synthetic
 from florec.sim.local_grid import LocalGrid
-from florec.strategies.fedavg import FedAvgRec, node_payload
-from florec.strategies.payload import from_record
+from florec.strategies.fedavg import FedAvgRec
 
 D, LR, REG = 8, 0.3, 1e-3
 

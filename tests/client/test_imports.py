@@ -20,8 +20,9 @@ import flwr.clientapp  # Flower's own ClientApp (it loads parts of flwr.serverap
 flower_only = sorted(m for m in sys.modules if m.startswith("flwr.serverapp"))
 builtins.__import__ = spy
 import florec.client.app
-import florec.client.fedavg_node, florec.client.private_node, florec.client.seq_node
-import florec.client.setup_node
+import importlib, pkgutil, florec.client
+for info in pkgutil.walk_packages(florec.client.__path__, "florec.client."):
+    importlib.import_module(info.name)  # every node module, CoT-Rec's and the trainers included
 builtins.__import__ = real_import
 print(json.dumps({
     "florec_serverapp_importers": importers,

@@ -11,11 +11,11 @@ from florec.client.node_store import open_store
 from florec.client.seq_node import node_sequences
 from florec.models.cotrec.pipeline import histories
 from florec.models.cotrec.prompts import user_prompt
+from florec.protocol.codec import from_record
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
 from florec.sim.local_grid import LocalGrid
 from florec.strategies.fedavg_lora import fedavg_adapters
-from florec.strategies.payload import from_record
 
 BASE = {"model": "cotrec", "algorithm": "fedavg", "dataset": "synthetic",
         "synthetic-users": 60, "synthetic-items": 50, "synthetic-interactions": 20, "dim": 16,

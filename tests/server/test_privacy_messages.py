@@ -28,10 +28,10 @@ from flwr.app import Context, Message, MessageType
 from florec.client import app as client_app
 from florec.client.node_store import open_store
 from florec.models.registry import SEQUENTIAL_MODELS
+from florec.protocol.codec import from_record
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.server.app import run_federated
 from florec.sim.local_grid import LocalGrid
-from florec.strategies.payload import from_record
 
 THRESHOLD = 0.99
 #: Rows shorter than this are not compared (a correlation of a few numbers means nothing).

@@ -7,12 +7,12 @@ import pytest
 from flwr.app import MessageType
 
 from florec.client.app import PRIVATE_KEY
+from florec.protocol.codec import from_record
 from florec.recdata.cohort import sample_cohort
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
 from florec.sim.local_grid import LocalGrid
-from florec.strategies.payload import from_record
 
 POP = {"dataset": "synthetic", "synthetic-users": 100, "synthetic-items": 80,
        "synthetic-interactions": 10, "dim": 8, "num-rounds": 2, "lr": 0.05}

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.fedavg_upload import node_payload
 from florec.sim.local_grid import LocalGrid
-from florec.strategies.fedavg import FedAvgRec, node_payload
-from florec.strategies.payload import from_record, to_record
+from florec.strategies.fedavg import FedAvgRec
 
 N, D = 6, 3
 

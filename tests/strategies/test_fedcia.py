@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
+from florec.protocol.codec import to_record
 from florec.sim.local_grid import LocalGrid
 from florec.strategies.fedcia import FedCIA, top_factor
-from florec.strategies.payload import to_record
 
 N, D = 30, 4
 

@@ -5,10 +5,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvgM, FedYogi
 
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.fedavg_upload import node_payload
 from florec.recdata.errors import ConfigError
 from florec.sim.local_grid import LocalGrid
-from florec.strategies.fedavg import FedAvgRec, node_payload
-from florec.strategies.payload import from_record, to_record
+from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.server_opt import ServerOptimizer
 
 N, D = 5, 3
