@@ -14,6 +14,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from florec.recdata.download import cache_root
@@ -78,6 +79,26 @@ def _publish(tmp: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _build_once(target: Path, sha: str, write: Callable[[Path], None]) -> Path:
+    """``target``, written by ``write(folder)`` on first use and stamped with the GGUF's sha256.
+
+    ``write`` fills a temporary folder beside ``target``, which then moves into place
+    atomically, so an interrupted conversion never leaves a half-written cache entry.
+    """
+    if (target / "SOURCE_SHA256").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        write(tmp)
+        (tmp / "SOURCE_SHA256").write_text(f"{sha}  {SMOLLM2_GGUF}\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish(tmp, target)
+    return target
+
+
 def smollm2_folder(cache_dir: Path | None = None) -> tuple[Path, str]:
     """A plain HF folder of SmolLM2-135M-Instruct, converted from the GGUF on first use.
 
@@ -96,12 +117,8 @@ def smollm2_folder(cache_dir: Path | None = None) -> tuple[Path, str]:
 
     gguf = _require_gguf()
     sha = file_sha256(gguf)
-    target = llm_cache_dir(cache_dir) / "smollm2-135m-instruct" / sha[:16]
-    if (target / "SOURCE_SHA256").is_file():
-        return target, sha
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+
+    def convert(folder: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         config = loaded.config
@@ -110,14 +127,11 @@ def smollm2_folder(cache_dir: Path | None = None) -> tuple[Path, str]:
             del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config)
         plain.load_state_dict(loaded.state_dict())
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE_SHA256").write_text(f"{sha}  {SMOLLM2_GGUF}\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _publish(tmp, target)
-    return target, sha
+        plain.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    target = llm_cache_dir(cache_dir) / "smollm2-135m-instruct" / sha[:16]
+    return _build_once(target, sha, convert), sha
 
 
 def smollm2_tokenizer_folder(cache_dir: Path | None = None) -> tuple[Path, str]:
@@ -136,16 +150,9 @@ def smollm2_tokenizer_folder(cache_dir: Path | None = None) -> tuple[Path, str]:
     full = llm_cache_dir(cache_dir) / "smollm2-135m-instruct" / sha[:16]
     if (full / "SOURCE_SHA256").is_file():
         return full, sha
+
+    def extract(folder: Path) -> None:
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(folder)
+
     target = llm_cache_dir(cache_dir) / "smollm2-tokenizer" / sha[:16]
-    if (target / "SOURCE_SHA256").is_file():
-        return target, sha
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=target.parent))
-    try:
-        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
-        (tmp / "SOURCE_SHA256").write_text(f"{sha}  {SMOLLM2_GGUF}\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _publish(tmp, target)
-    return target, sha
+    return _build_once(target, sha, extract), sha
