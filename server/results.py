@@ -31,7 +31,8 @@ from florec.recdata.errors import ConfigError
 PACKAGES = ("flwr", "torch", "numpy", "scipy", "ray")
 LOCK_NAME = ".florec.lock"
 #: the files of a run that ``--overwrite`` removes (nothing else in the folder is touched)
-RUN_FILES = ("config.json", "rounds.jsonl", "results.json", "checkpoint", "node-state")
+RUN_FILES = ("config.json", "rounds.jsonl", "results.json", "checkpoint", "node-state",
+             "model.npz")
 #: resolved folder -> [file descriptor, holders in this process]
 _HELD: dict[str, list[int]] = {}
 _HELD_GUARD = threading.Lock()

@@ -126,4 +126,4 @@ def run_central(
         test=lambda: evaluate_model(model, split, "test", cfg.k_list, cfg.eval_chunk, device),
         out_dir=out_dir,
         config=cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"},
-        t_start=t_start)
+        t_start=t_start, model=model)

@@ -182,4 +182,4 @@ def run_central_fair(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path
         test=lambda: evaluate_model(model, split, "test", cfg.k_list, cfg.eval_chunk, device),
         out_dir=out_dir,
         config=cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central"},
-        time_budget_s=time_budget_s, t_start=t_start)
+        time_budget_s=time_budget_s, t_start=t_start, model=model)

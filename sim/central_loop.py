@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from florec.recdata.errors import ConfigError
 from florec.recdata.recbole_io import data_notes
 from florec.recdata.runconfig import RunConfig
@@ -36,6 +38,7 @@ def fit_and_select(
     config: dict[str, Any] | None = None,
     time_budget_s: float | None = None,
     t_start: float | None = None,
+    model: Any = None,
 ) -> dict[str, Any]:
     """Train for at most ``epochs`` epochs and return the run's entry of ``results.json``.
 
@@ -60,6 +63,9 @@ def fit_and_select(
         "time-budget"`` in the run entry).
     t_start : float, optional
         ``time.perf_counter()`` when the run began (data loading included); default: now.
+    model : torch.nn.Module, optional
+        Its ``state_dict`` at the best validation epoch is saved as ``model.npz`` in
+        ``out_dir`` (what ``florec simulate`` loads).
 
     Raises
     ------
@@ -79,8 +85,10 @@ def fit_and_select(
     if writer:
         writer.write_config(config)
     run = run_entry(method, "central", cfg.dataset, cfg.split, cfg.seed, **data_notes(cfg))
+    best_state: dict[str, Any] = {}
     if epochs == 0:
         run.update(best_round=0, valid_metrics=validate(), metrics=test())
+        best_state = _arrays(model)
     best, since_best = -math.inf, 0
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -96,6 +104,7 @@ def fit_and_select(
             if valid[cfg.selection_metric] > best:
                 best, since_best = valid[cfg.selection_metric], 0
                 run.update(best_round=epoch, metrics=test(), valid_metrics=valid)
+                best_state = _arrays(model)
             else:
                 since_best += 1
         row.update(seconds=time.perf_counter() - t0, **memory.fields())
@@ -111,6 +120,15 @@ def fit_and_select(
     run.update(wall_s=time.perf_counter() - t_start, **memory.fields())
     memory.stop()
     if writer:
+        if best_state:
+            np.savez(Path(out_dir) / "model.npz", **best_state)
         writer.write_results(config, [run])
         writer.close()
     return run
+
+
+def _arrays(model: Any) -> dict[str, Any]:
+    """A copy of ``model``'s state as numpy arrays (empty without a model)."""
+    if model is None:
+        return {}
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
