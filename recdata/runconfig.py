@@ -136,6 +136,13 @@ class RunConfig(BaseModel):
     cotrec_lora_r: int = Field(8, ge=1)
     cotrec_lora_rounds: int = Field(1, ge=1)
     cotrec_mapb_users: int = Field(50, ge=0)
+    # user-level DP-FedAvg for MF (issue 16, docs/privacy.md)
+    dp: bool = False
+    dp_clip: float = Field(1.0, gt=0)
+    dp_noise_multiplier: float = Field(0.0, ge=0)
+    dp_epsilon: float = Field(0.0, ge=0)
+    dp_delta: float = Field(0.0, ge=0, lt=1)
+    dp_mode: Literal["central", "distributed"] = "central"
 
     @field_validator("device")
     @classmethod
