@@ -59,6 +59,8 @@ class Salt(IntEnum):
     COHORT = 71
     #: item chunks of the point-wise fair losses ``[seed, salt, round, epoch]``
     FAIR_ITEM_ORDER = 79
+    #: user-level DP: Poisson sampling of a round's users ``[seed, salt, round]``
+    DP_SAMPLING = 83
     #: CoT-Rec: each user's shuffle of the retriever's candidates ``[seed', salt]``
     COTREC_SLOTS = 2025
 
