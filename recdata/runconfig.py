@@ -143,6 +143,24 @@ class RunConfig(BaseModel):
     dp_epsilon: float = Field(0.0, ge=0)
     dp_delta: float = Field(0.0, ge=0, lt=1)
     dp_mode: Literal["central", "distributed"] = "central"
+    # poisoning attacks and robust aggregation (issue 18, docs/attacks.md)
+    attack: Literal["none", "random", "bandwagon", "pipattack", "fedrecattack", "a-ra", "a-hum",
+                    "fedattack"] = "none"
+    attack_fraction: float = Field(0.0, ge=0, le=0.5)
+    attack_targets: str = ""
+    attack_fillers: int = Field(30, ge=0)
+    attack_lr: float = Field(1.0, gt=0)
+    attack_steps: int = Field(5, ge=1)
+    attack_norm: float = Field(0.0, ge=0)
+    attack_public: float = Field(0.05, gt=0, le=1)
+    attack_k: int = Field(10, ge=1)
+    attack_users: int = Field(128, ge=1)
+    defense: Literal["none", "norm-bound", "median", "trimmed-mean", "krum",
+                     "multi-krum"] = "none"
+    defense_norm: float = Field(1.0, gt=0)
+    defense_trim: float = Field(0.1, ge=0, lt=0.5)
+    defense_malicious: int = Field(0, ge=0)
+    defense_select: int = Field(0, ge=0)
 
     @field_validator("device")
     @classmethod
