@@ -63,6 +63,12 @@ class Salt(IntEnum):
     DP_SAMPLING = 83
     #: CoT-Rec: each user's shuffle of the retriever's candidates ``[seed', salt]``
     COTREC_SLOTS = 2025
+    #: LLMD4Rec: a distillation sample's shuffle of its candidates ``[seed, salt, user, col]``
+    LLMD4REC_SLOTS = 3011
+    #: LLMD4Rec: CRM distillation epochs ``[seed, salt, iteration, epoch(, partition)]``
+    LLMD4REC_CRM = 3019
+    #: LLMD4Rec: LoRA init and minibatch order of the LLM step ``[seed, salt, iteration(, pid)]``
+    LLMD4REC_LORA = 3023
 
 
 def check_distinct(salts: type[IntEnum] = Salt) -> None:
