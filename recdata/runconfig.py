@@ -26,7 +26,7 @@ class RunConfig(BaseModel):
 
     algorithm: Literal["fedavg", "fedcia", "local"] = "fedavg"
     model: Literal["mf", "lightgcn", "mlp", "gfcf", "itemknn", "pop", "sasrec", "gru4rec",
-                   "cotrec"] = "mf"
+                   "cotrec", "llkd"] = "mf"
     dataset: str = "ml-100k"
     data_dir: str = ""
     min_rating: float = Field(1.0, ge=0)
@@ -161,6 +161,15 @@ class RunConfig(BaseModel):
     defense_trim: float = Field(0.1, ge=0, lt=0.5)
     defense_malicious: int = Field(0, ge=0)
     defense_select: int = Field(0, ge=0)
+    # LLKD: LLM-to-student distillation with sample selection (issue 13, docs/methods/llkd.md)
+    llkd_classes: int = Field(6, ge=2, le=10)
+    llkd_selection: Literal["llkd", "all", "random", "teacher", "student"] = "llkd"
+    llkd_ema: float = Field(0.999, ge=0, lt=1)
+    llkd_lr: float = Field(0.01, gt=0)
+    llkd_batch_size: int = Field(32, ge=1)
+    llkd_budget: int = Field(0, ge=0)
+    llkd_test_fraction: float = Field(0.2, gt=0, lt=1)
+    llkd_teacher_items: int = Field(0, ge=0)
 
     @field_validator("device")
     @classmethod
