@@ -66,6 +66,10 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
                  "cotrec-item-tokens", "cotrec-user-tokens", "cotrec-ranker",
                  "cotrec-lora-epochs", "cotrec-lora-lr", "cotrec-lora-r", "cotrec-lora-rounds",
                  "cotrec-mapb-users")),
+    ("Poisoning attacks and robust aggregation",
+     ("attack", "attack-fraction", "attack-targets", "attack-fillers", "attack-lr",
+      "attack-steps", "attack-norm", "attack-public", "attack-k", "attack-users", "defense",
+      "defense-norm", "defense-trim", "defense-malicious", "defense-select")),
 ]
 
 # One line per key: what it does (values, units, where the default comes from).
@@ -262,6 +266,56 @@ DESCRIPTIONS: dict[str, str] = {
     'cotrec-lora-rounds': "federated CoT-Rec: FedAvg rounds of the ranker's LoRA adapter",
     'cotrec-mapb-users': (
         'CoT-Rec: covered test users whose 10 target placements give MAPB (0: skip)'
+    ),
+    'attack': (
+        '`none`, data poisoning `random` / `bandwagon`, model poisoning `pipattack`, '
+        '`fedrecattack`, `a-ra`, `a-hum` (targeted) or `fedattack` (untargeted); see '
+        'docs/attacks.md'
+    ),
+    'attack-fraction': (
+        'share of users (chosen by seed) whose local trainer is replaced by the attack (0 to '
+        '0.5)'
+    ),
+    'attack-targets': (
+        'target items: `unpopular:N` (N seeded items of the least popular 20%) or item ids '
+        '`3,17`; also turns on ER@K and target-rank'
+    ),
+    'attack-fillers': (
+        'filler items in each fake profile (random, bandwagon, pipattack)'
+    ),
+    'attack-lr': (
+        'step size of the model-poisoning attacks on the item rows'
+    ),
+    'attack-steps': (
+        'gradient steps of the model-poisoning attacks (and of their user approximation)'
+    ),
+    'attack-norm': (
+        'largest L2 norm of each uploaded item-row change of an attacker (0: unbounded)'
+    ),
+    'attack-public': (
+        'share of training interactions public to FedRecAttack'
+    ),
+    'attack-k': (
+        'top-K list the promotion attacks push the targets into'
+    ),
+    'attack-users': (
+        'synthetic users of A-ra / A-hum'
+    ),
+    'defense': (
+        '`none`, `norm-bound` (clip each user update), `median` / `trimmed-mean` (coordinate-'
+        'wise per item row, sparse), `krum` / `multi-krum` (node level)'
+    ),
+    'defense-norm': (
+        'norm-bound: largest L2 norm of one user update (item rows and biases together)'
+    ),
+    'defense-trim': (
+        'trimmed-mean: share cut from each end of every coordinate (0 to 0.5)'
+    ),
+    'defense-malicious': (
+        'Krum / Multi-Krum: assumed number of malicious nodes f'
+    ),
+    'defense-select': (
+        'Multi-Krum: updates kept (0: n - f)'
     ),
 }
 

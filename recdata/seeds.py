@@ -61,6 +61,13 @@ class Salt(IntEnum):
     FAIR_ITEM_ORDER = 79
     #: user-level DP: Poisson sampling of a round's users ``[seed, salt, round]``
     DP_SAMPLING = 83
+    #: poisoning: malicious users ``[seed, salt]`` (``attack-fraction``)
+    ATTACK_USERS = 101
+    #: poisoning: ``unpopular:N`` target items ``[seed, salt]``
+    ATTACK_TARGETS = 103
+    #: poisoning: an attacker's fillers, public interactions, synthetic users
+    #: ``[seed, salt, round, user]``
+    ATTACK_ROUND = 107
     #: CoT-Rec: each user's shuffle of the retriever's candidates ``[seed', salt]``
     COTREC_SLOTS = 2025
     #: LLMD4Rec: a distillation sample's shuffle of its candidates ``[seed, salt, user, col]``
