@@ -17,6 +17,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from florec.client.evaluation import bucket_metric_sums
 from florec.client.node_store import NodeStore, open_store
+from florec.client.trainers import dp_clip
 from florec.client.trainers.bpr_embedding import LocalConfig, local_update
 from florec.client.trainers.bucket import Bucket
 from florec.models.base import seeded_rows
@@ -56,6 +57,8 @@ def private_user_emb(context: Context, cfg: RunConfig, bucket: Bucket,
 
 def cohort_rows(cfg: RunConfig, bucket: Bucket, server_round: int) -> np.ndarray:
     """Local rows of the bucket users that belong to this round's cohort."""
+    if cfg.dp:  # user-level DP samples users by Poisson sampling instead
+        return dp_clip.dp_rows(cfg, bucket, server_round)
     population = bucket.population or int(bucket.users.max(initial=-1)) + 1
     cohort = sample_cohort(cfg.seed, server_round, population, cfg.cohort_fraction,
                            cfg.cohort_size)
@@ -81,7 +84,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     server_round = int(msg.content.config_records["config"]["server-round"])
     rows = cohort_rows(cfg, bucket, server_round)
     if len(rows) == 0:
-        return _empty_reply(cfg, bucket, pid, t0)
+        return dp_clip.noise_reply(cfg, msg, bucket, _empty_reply(cfg, bucket, pid, t0))
     store = open_store(context, cfg.store_spill_mb)
     user_emb = private_user_emb(context, cfg, bucket, store)
     whole = len(rows) == len(bucket.users)
@@ -100,6 +103,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
             base = old[key] if old is not None else np.zeros((len(bucket.users), *new.shape[1:]),
                                                               new.dtype)
             private[OPT_PREFIX + key] = _merge(base, new, rows, whole)
+    if cfg.dp:  # bound every user's whole item update before the node pre-sums
+        res, _ = dp_clip.clip_result(res, cfg.dp_clip)
     store.put(PRIVATE_KEY, private)
     store.commit()
     deg = np.diff(sub.train.indptr)
@@ -111,7 +116,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         "loss-sum": res.loss_sum, "weight": total_weight, "num-examples": int(deg.sum()),
         "seconds": time.perf_counter() - t0,
     })
-    return RecordDict({"arrays": to_record(arrays), "metrics": metrics})
+    return dp_clip.noise_reply(cfg, msg, bucket, RecordDict({"arrays": to_record(arrays),
+                                                             "metrics": metrics}))
 
 
 def _merge(old: np.ndarray, new: np.ndarray, rows: np.ndarray, whole: bool) -> np.ndarray:

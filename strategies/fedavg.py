@@ -31,6 +31,7 @@ from flwr.supercore import log
 
 from florec.protocol.codec import from_record, to_record
 from florec.strategies.base import RecStrategy
+from florec.strategies.dp import UserDP
 from florec.strategies.payload import check_reply, record_nbytes
 from florec.strategies.server_opt import ServerOptimizer
 
@@ -70,6 +71,7 @@ class FedAvgRec(RecStrategy):
         self.server_opt = server_opt if server_opt is not None else ServerOptimizer()
         self._saved_opt = self.server_opt.copy_state()
         self.current: dict[str, np.ndarray] = {}
+        self.dp: UserDP | None = None  # user-level DP (set by the registry when dp=true)
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -94,6 +96,8 @@ class FedAvgRec(RecStrategy):
         """Send the global item table to the sampled nodes."""
         self.current = from_record(arrays)
         self._saved_opt = self.server_opt.copy_state()
+        if self.dp is not None:  # distributed DP: each node adds 1/n of the noise variance
+            config["dp-nodes"] = len(list(grid.get_node_ids()))
         return self.train_messages(server_round, arrays, config, grid)
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...] | int]:
@@ -139,6 +143,8 @@ class FedAvgRec(RecStrategy):
             accepted += 1
         if accepted == 0:
             return None, None
+        if self.dp is not None:  # noise on the sum of clipped updates, fixed denominator
+            emb_sum, bias_sum, denom = self.dp.privatize(emb_sum, bias_sum)
         safe = np.where(denom > 0, denom, 1.0)
         delta = {"item_emb": emb_sum / safe[:, None], "item_bias": bias_sum / safe}
         tables = {k: self.current[k] for k in delta}
@@ -147,4 +153,10 @@ class FedAvgRec(RecStrategy):
         train_loss = totals["loss-sum"] / max(totals["num-pairs"], 1.0)
         out = MetricRecord({"train-loss": train_loss, "num-replies": accepted,
                             "num-users": totals["num-users"]})
+        if self.dp is not None:
+            out.update(self.dp.round_metrics(server_round))
         return to_record(new), out
+
+    def after_rounds(self, grid: Grid, run: dict, out_dir: object = None) -> dict:
+        """Run fields added at the end: the DP accountant's summary (``dp``) if DP is on."""
+        return self.dp.summary(int(run.get("rounds", 0))) if self.dp is not None else {}

@@ -12,6 +12,7 @@ from florec.recdata.cohort import is_partial
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.base import RecStrategy
+from florec.strategies.dp import UserDP, check_dp
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA, LocalOnly
 from florec.strategies.server_opt import ServerOptimizer
@@ -48,6 +49,7 @@ def check_algorithm(cfg: RunConfig) -> None:
         raise ConfigError("aggregation='sum', server-opt and keep-user-opt-state are implemented "
                           "for algorithm 'fedavg' with model 'mf' and mf-loss 'bpr' only; keep "
                           "aggregation dense/sparse, server-opt='none', keep-user-opt-state=false")
+    check_dp(cfg)
     if cfg.algorithm == "fedcia" and cfg.fedcia_comm == "factored" and cfg.noise_scale > 0:
         raise ConfigError("noise-scale > 0 has no factored equivalent; set fedcia-comm='dense' "
                           "or noise-scale=0")
@@ -94,6 +96,9 @@ def attach_cohorts(strategy: RecStrategy, cfg: RunConfig, n_users: int,
     :mod:`florec.client.fedavg_node`, so only the round number travels.
     """
     if cfg.algorithm != "fedavg" or cfg.model in (*SEQUENTIAL_MODELS, "cotrec"):
+        return False
+    if cfg.dp:  # Poisson-sampled users (client/trainers/dp_clip.py): every node is asked
+        strategy.dp = UserDP.from_config(cfg, n_users)
         return False
     strategy.set_cohorts(cfg.seed, n_users, cfg.cohort_fraction, cfg.cohort_size, node_users)
     return is_partial(n_users, cfg.cohort_fraction, cfg.cohort_size)

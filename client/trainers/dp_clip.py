@@ -1,0 +1,219 @@
+"""The node's half of user-level DP-FedAvg for MF: Poisson sampling, per-user clipping, node noise.
+
+DP-FedAvg at the user level (McMahan et al., ICLR 2018): each round every user takes part
+independently with probability ``q`` (``cohort-fraction``), trains as usual, and its whole
+item update (every item row it changed, embedding and bias) is clipped to L2 norm ``C``
+(``dp-clip``) *on the node, before the node pre-sums its users*. One user then moves the sum of
+a round by at most ``C``; the server (``central`` mode, :mod:`florec.strategies.dp`) or the
+nodes together (``distributed`` mode, :func:`node_noise`) add Gaussian noise of standard
+deviation ``z C`` to that sum.
+
+The sample is recomputed from (seed, round) on every node and on the server, like the fixed-size
+cohorts of :mod:`florec.recdata.cohort`, so no user id travels.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+from flwr.app import Message, RecordDict
+
+from florec.client.trainers.bpr_embedding import LocalResult
+from florec.client.trainers.bucket import Bucket
+from florec.protocol import dp_account
+from florec.protocol.codec import from_record, to_record
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream
+
+__all__ = ["clip_result", "clip_user_updates", "dp_rows", "node_noise", "noise_reply",
+           "poisson_sample", "user_norms"]
+
+
+def poisson_sample(seed: int, server_round: int, n_users: int, q: float) -> np.ndarray:
+    """The sorted global user ids that take part in ``server_round`` under Poisson sampling.
+
+    Every user is included independently with probability ``q``: user ``u`` is in the sample
+    when ``U_u < q`` for ``U = stream(seed, DP_SAMPLING, round).random(n_users)``.
+
+    Parameters
+    ----------
+    seed, server_round : int
+        Key of the sampling stream.
+    n_users : int
+        Population size.
+    q : float
+        Sampling rate in (0, 1]; 1 takes every user.
+
+    Returns
+    -------
+    np.ndarray
+        Sorted int64 user ids (possibly empty).
+
+    """
+    if q >= 1.0:
+        return np.arange(n_users, dtype=np.int64)
+    draws = stream(seed, Salt.DP_SAMPLING, server_round).random(n_users)
+    return np.flatnonzero(draws < q).astype(np.int64)
+
+
+def user_norms(row_user: np.ndarray, delta: np.ndarray, bias_delta: np.ndarray,
+               n_users: int) -> np.ndarray:
+    r"""Each user's L2 norm of its whole item update.
+
+    :math:`\lVert \Delta_u \rVert = \sqrt{\sum_{r: user(r) = u} \lVert \Delta V_r \rVert^2
+    + \Delta b_r^2}` over the rows ``r`` (items) the user changed.
+
+    Parameters
+    ----------
+    row_user : np.ndarray
+        Owner (local user index) of each changed row.
+    delta, bias_delta : np.ndarray
+        Row changes ``(rows, d)`` and ``(rows,)``.
+    n_users : int
+        Number of local users (the output's length).
+
+    Returns
+    -------
+    np.ndarray
+        float64 norms, 0 for users without rows.
+
+    """
+    sq = (np.asarray(delta, np.float64) ** 2).sum(axis=1) + np.asarray(bias_delta,
+                                                                         np.float64) ** 2
+    return np.sqrt(np.bincount(row_user, weights=sq, minlength=n_users))
+
+
+def clip_user_updates(row_user: np.ndarray, delta: np.ndarray, bias_delta: np.ndarray,
+                      clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Scale every user's item update to L2 norm at most ``clip``.
+
+    :math:`\Delta_u \leftarrow \Delta_u \cdot \min(1, C / \lVert \Delta_u \rVert)` with the
+    norm of :func:`user_norms` (embedding and bias rows together).
+
+    Parameters
+    ----------
+    row_user : np.ndarray
+        Owner (local user index) of each changed row.
+    delta, bias_delta : np.ndarray
+        Row changes ``(rows, d)`` and ``(rows,)``.
+    clip : float
+        ``C`` > 0.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray, np.ndarray)
+        Clipped ``delta`` (float32), clipped ``bias_delta`` (float32) and each user's norm
+        before clipping.
+
+    """
+    if clip <= 0:
+        raise ValueError(f"dp-clip={clip} must be > 0")
+    n = int(row_user.max(initial=-1)) + 1
+    norms = user_norms(row_user, delta, bias_delta, n)
+    # a clipped user lands a few float32 ulps inside C (rounding must not push it past C)
+    shrink = 1.0 - 4 * np.finfo(np.float32).eps
+    scale = np.where(norms > clip, clip / np.maximum(norms, 1e-300) * shrink, 1.0)[row_user]
+    return ((np.asarray(delta, np.float64) * scale[:, None]).astype(np.float32),
+            (np.asarray(bias_delta, np.float64) * scale).astype(np.float32), norms)
+
+
+def clip_result(res: LocalResult, clip: float) -> tuple[LocalResult, float]:
+    """``res`` with every user's item update clipped (:func:`clip_user_updates`).
+
+    Returns
+    -------
+    (LocalResult, float)
+        The clipped result and the share of the node's users whose update was clipped.
+
+    """
+    delta, bias, norms = clip_user_updates(res.row_user, res.delta, res.bias_delta, clip)
+    users = norms[np.unique(res.row_user)]
+    clipped = float((users > clip).mean()) if len(users) else 0.0
+    res.delta, res.bias_delta = delta, bias
+    return res, clipped
+
+
+@functools.lru_cache(maxsize=8)
+def _node_z(config_json: str, population: int) -> float:
+    return dp_account.noise_multiplier(RunConfig.model_validate(json.loads(config_json)),
+                                       population)
+
+
+def dp_rows(cfg: RunConfig, bucket: Bucket, server_round: int) -> np.ndarray:
+    """Local rows of the bucket users in this round's Poisson sample (:func:`poisson_sample`)."""
+    population = bucket.population or int(bucket.users.max(initial=-1)) + 1
+    sample = poisson_sample(cfg.seed, server_round, population, cfg.cohort_fraction)
+    return np.flatnonzero(np.isin(bucket.users, sample))
+
+
+def node_noise(cfg: RunConfig, arrays: dict[str, np.ndarray], n_items: int,
+               noise_multiplier: float, n_nodes: int) -> dict[str, np.ndarray]:
+    r"""Distributed DP: add this node's share of the round's noise to its upload.
+
+    Each of the ``n_nodes`` nodes adds :math:`\mathcal N(0, z^2 C^2 / n_{nodes})` to every entry
+    of the whole item table (embedding and bias), so the sum carries :math:`\mathcal N(0, z^2
+    C^2)` as in central mode. A sparse upload becomes one over every item (the noise must cover
+    untouched rows too). Alone, a node's share protects little: the server sees each upload, so
+    this is DP against the server only under secure aggregation (the server sees only the sum),
+    and the noise falls short when nodes drop out. The noise is drawn from fresh OS entropy,
+    never from the run's seed (which the server knows).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Supplies ``dp-clip``.
+    arrays : dict of str to np.ndarray
+        The node's upload (:func:`florec.protocol.fedavg_upload.node_payload`).
+    n_items : int
+        Catalogue size.
+    noise_multiplier : float
+        ``z``.
+    n_nodes : int
+        Nodes adding noise this round.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        The noised upload.
+
+    """
+    if noise_multiplier <= 0:
+        return arrays
+    std = noise_multiplier * cfg.dp_clip / np.sqrt(max(n_nodes, 1))
+    rng = np.random.default_rng()
+    if "items" in arrays:  # sparse layout: densify over the whole catalogue
+        d = arrays["item_emb"].shape[1]
+        emb, bias = np.zeros((n_items, d)), np.zeros(n_items)
+        counts = np.zeros(n_items, np.int64)
+        emb[arrays["items"]] = arrays["item_emb"]
+        bias[arrays["items"]] = arrays["item_bias"]
+        counts[arrays["items"]] = arrays["counts"]
+        arrays = {"items": np.arange(n_items, dtype=np.int64), "item_emb": emb,
+                  "item_bias": bias, "counts": counts}
+    out = dict(arrays)
+    out["item_emb"] = (arrays["item_emb"] + rng.normal(0.0, std, arrays["item_emb"].shape)
+                       ).astype(np.float32)
+    out["item_bias"] = (arrays["item_bias"] + rng.normal(0.0, std, arrays["item_bias"].shape)
+                        ).astype(np.float32)
+    return out
+
+
+def noise_reply(cfg: RunConfig, msg: Message, bucket: Bucket, content: RecordDict
+                ) -> RecordDict:
+    """A train reply with the node's noise share added (``dp=true``, ``dp-mode=distributed``).
+
+    The node computes ``z`` itself from the run config (calibrating ``dp-epsilon`` with the
+    accountant, like the server) rather than take it from the server; the number of nodes
+    sharing the noise comes from the round's config (``dp-nodes``).
+    """
+    if not cfg.dp or cfg.dp_mode != "distributed":
+        return content
+    population = bucket.population or int(bucket.users.max(initial=-1)) + 1
+    z = _node_z(json.dumps(cfg.to_flower(), sort_keys=True), population)
+    n_nodes = int(msg.content.config_records["config"].get("dp-nodes", 1))
+    arrays = node_noise(cfg, from_record(content.array_records["arrays"]), bucket.n_items, z,
+                        n_nodes)
+    content["arrays"] = to_record(arrays)
+    return content
