@@ -26,7 +26,7 @@ class RunConfig(BaseModel):
 
     algorithm: Literal["fedavg", "fedcia", "local"] = "fedavg"
     model: Literal["mf", "lightgcn", "mlp", "gfcf", "itemknn", "pop", "sasrec", "gru4rec",
-                   "cotrec", "llkd"] = "mf"
+                   "cotrec", "llkd", "llmd4rec"] = "mf"
     dataset: str = "ml-100k"
     data_dir: str = ""
     min_rating: float = Field(1.0, ge=0)
@@ -136,6 +136,29 @@ class RunConfig(BaseModel):
     cotrec_lora_r: int = Field(8, ge=1)
     cotrec_lora_rounds: int = Field(1, ge=1)
     cotrec_mapb_users: int = Field(50, ge=0)
+    # LLMD4Rec: LLM <-> SASRec mutual distillation (issue 13, docs/methods/llmd4rec.md)
+    llmd4rec_teacher: Literal["llm", "ensemble"] = "llm"
+    llmd4rec_temperature: float = Field(2.0, gt=0)
+    llmd4rec_lambda_crm: float = Field(0.5, ge=0)
+    llmd4rec_lambda_llm: float = Field(0.5, ge=0)
+    llmd4rec_weighting: Literal["truth", "argmax", "uniform"] = "truth"
+    llmd4rec_candidates: int = Field(10, ge=2, le=10)
+    llmd4rec_iterations: int = Field(3, ge=0)
+    llmd4rec_crm_epochs: int = Field(5, ge=1)
+    llmd4rec_crm_lr: float = Field(1e-3, gt=0)
+    llmd4rec_crm_batch_size: int = Field(256, ge=1)
+    llmd4rec_patience: int = Field(5, ge=0)
+    llmd4rec_pretrain_rounds: int = Field(10, ge=0)
+    llmd4rec_positions: int = Field(0, ge=0)
+    llmd4rec_history: int = Field(10, ge=1)
+    llmd4rec_augment: Literal["rank", "order", "none"] = "rank"
+    llmd4rec_lora_r: int = Field(8, ge=1)
+    llmd4rec_lora_alpha: int = Field(16, ge=1)
+    llmd4rec_lora_lr: float = Field(1e-4, gt=0)
+    llmd4rec_llm_epochs: int = Field(1, ge=0)
+    llmd4rec_lora_batch_size: int = Field(4, ge=1)
+    llmd4rec_ensemble_size: int = Field(3, ge=1)
+    llmd4rec_rerank: bool = True
     # user-level DP-FedAvg for MF (issue 16, docs/privacy.md)
     dp: bool = False
     dp_clip: float = Field(1.0, gt=0)
