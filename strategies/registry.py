@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from flwr.app import ArrayRecord
 
@@ -55,13 +57,21 @@ def check_algorithm(cfg: RunConfig) -> None:
                           "or noise-scale=0")
 
 
-def build_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayRecord]:
-    """The strategy of ``cfg.algorithm`` and the global state it starts from."""
+def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
+                   item_texts: Callable[[], list[str]] | None = None
+                   ) -> tuple[RecStrategy, ArrayRecord]:
+    """The strategy of ``cfg.algorithm`` and the global state it starts from.
+
+    ``n_users`` and ``item_texts`` (the public item text, asked from a node only when
+    called) come from the nodes: the server opens no data (:mod:`florec.server.federation`).
+    """
     check_algorithm(cfg)
     if cfg.model == "cotrec":
         from florec.strategies.fedavg_lora import build_cotrec_strategy
 
-        return build_cotrec_strategy(cfg, n_items)
+        if item_texts is None:
+            raise ConfigError("federated CoT-Rec needs the public item text; pass item_texts")
+        return build_cotrec_strategy(cfg, n_items, n_users, item_texts())
     if cfg.model in SEQUENTIAL_MODELS:
         from florec.strategies.fedavg_params import build_sequential_strategy
 
