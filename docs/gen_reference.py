@@ -66,6 +66,14 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
                  "cotrec-item-tokens", "cotrec-user-tokens", "cotrec-ranker",
                  "cotrec-lora-epochs", "cotrec-lora-lr", "cotrec-lora-r", "cotrec-lora-rounds",
                  "cotrec-mapb-users")),
+    ("LLMD4Rec", ("llmd4rec-teacher", "llmd4rec-temperature", "llmd4rec-lambda-crm",
+                  "llmd4rec-lambda-llm", "llmd4rec-weighting", "llmd4rec-candidates",
+                  "llmd4rec-iterations", "llmd4rec-crm-epochs", "llmd4rec-crm-lr",
+                  "llmd4rec-crm-batch-size", "llmd4rec-patience", "llmd4rec-pretrain-rounds",
+                  "llmd4rec-positions", "llmd4rec-history", "llmd4rec-augment",
+                  "llmd4rec-lora-r", "llmd4rec-lora-alpha", "llmd4rec-lora-lr",
+                  "llmd4rec-llm-epochs", "llmd4rec-lora-batch-size", "llmd4rec-ensemble-size",
+                  "llmd4rec-rerank")),
     ("Poisoning attacks and robust aggregation",
      ("attack", "attack-fraction", "attack-targets", "attack-fillers", "attack-lr",
       "attack-steps", "attack-norm", "attack-public", "attack-k", "attack-users", "defense",
@@ -81,7 +89,8 @@ DESCRIPTIONS: dict[str, str] = {
     'model': (
         '`mf`, `lightgcn`, `mlp`, `gfcf` (FedCIA/local/central), `itemknn`, `pop` (central '
         'only), `sasrec`, `gru4rec` (central and FedAvg); FedAvg trains `mf`, `sasrec`, '
-        '`gru4rec`; `cotrec` (central and federated, [CoT-Rec](../methods/cotrec.md))'
+        '`gru4rec`; `cotrec` (central and federated, [CoT-Rec](../methods/cotrec.md)); '
+        '`llmd4rec` (central and federated, [LLMD4Rec](../methods/llmd4rec.md))'
     ),
     'dataset': (
         '`ml-100k`, `ml-1m`, `amazon-scientific`, `fedcia-ml100k`, `fedcia-ml1m`, `fedcia-bx`, '
@@ -267,6 +276,42 @@ DESCRIPTIONS: dict[str, str] = {
     'cotrec-mapb-users': (
         'CoT-Rec: covered test users whose 10 target placements give MAPB (0: skip)'
     ),
+    'llmd4rec-teacher': (
+        'LLMD4Rec: what the CRM distils from: `llm` (the `llm-*` backend; `scripted` = the '
+        'target-knowing control) or `ensemble` (SASRecs of other seeds), '
+        '[LLMD4Rec](../methods/llmd4rec.md)'
+    ),
+    'llmd4rec-temperature': 'LLMD4Rec: distillation temperature T (KL terms scaled by T^2)',
+    'llmd4rec-lambda-crm': (
+        'LLMD4Rec: weight of the KL toward the teacher in the CRM step (0: SASRec)'
+    ),
+    'llmd4rec-lambda-llm': 'LLMD4Rec: weight of the KL toward the CRM in the LLM LoRA step',
+    'llmd4rec-weighting': (
+        'LLMD4Rec sample weights: `truth` (teacher prob. of the target), `argmax`, `uniform`; '
+        '0 off-candidates, mean 1'
+    ),
+    'llmd4rec-candidates': "LLMD4Rec: K candidates from the CRM's top-K (letters A..)",
+    'llmd4rec-iterations': 'LLMD4Rec: R distillation iterations after pretraining',
+    'llmd4rec-crm-epochs': 'LLMD4Rec: E CRM epochs (federated: rounds) per iteration',
+    'llmd4rec-crm-lr': 'LLMD4Rec: Adam learning rate of the CRM (SASRec)',
+    'llmd4rec-crm-batch-size': 'LLMD4Rec: CRM training positions per minibatch',
+    'llmd4rec-patience': 'LLMD4Rec: central pretraining early-stop patience (epochs)',
+    'llmd4rec-pretrain-rounds': 'federated LLMD4Rec: plain SASRec rounds before distillation',
+    'llmd4rec-positions': (
+        "LLMD4Rec: distillation samples = each user's last N train positions (0: all)"
+    ),
+    'llmd4rec-history': 'LLMD4Rec: input titles shown in each LLM prompt',
+    'llmd4rec-augment': (
+        'LLMD4Rec CRM -> LLM signal in the prompt: `rank` (shuffled, CRM rank per line), '
+        '`order` (CRM order), `none`'
+    ),
+    'llmd4rec-lora-r': 'LLMD4Rec: LoRA rank of the LLM (q/v projections)',
+    'llmd4rec-lora-alpha': 'LLMD4Rec: LoRA alpha of the LLM',
+    'llmd4rec-lora-lr': 'LLMD4Rec: AdamW learning rate of the LLM LoRA step',
+    'llmd4rec-llm-epochs': 'LLMD4Rec: LLM LoRA epochs per iteration (0: the LLM stays fixed)',
+    'llmd4rec-lora-batch-size': 'LLMD4Rec: prompts per LoRA minibatch',
+    'llmd4rec-ensemble-size': 'LLMD4Rec: SASRecs in the `ensemble` teacher',
+    'llmd4rec-rerank': 'LLMD4Rec: also report CRM top-K re-ranked by the teacher (test users)',
     'attack': (
         '`none`, data poisoning `random` / `bandwagon`, model poisoning `pipattack`, '
         '`fedrecattack`, `a-ra`, `a-hum` (targeted) or `fedattack` (untargeted); see '
