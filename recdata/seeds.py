@@ -63,9 +63,10 @@ class Salt(IntEnum):
     DP_SAMPLING = 83
     #: poisoning: malicious users ``[seed, salt]`` (``attack-fraction``)
     ATTACK_USERS = 101
-    #: poisoning: ``unpopular:N`` target items ``[seed, salt]``
+    #: poisoning: ``unpopular:N`` target items ``[seed, salt]``, public interactions
+    #: ``[seed, salt, 1]``
     ATTACK_TARGETS = 103
-    #: poisoning: an attacker's fillers, public interactions, synthetic users
+    #: poisoning: a fake profile ``[seed, salt, 0, user]``, synthetic users
     #: ``[seed, salt, round, user]``
     ATTACK_ROUND = 107
     #: CoT-Rec: each user's shuffle of the retriever's candidates ``[seed', salt]``
