@@ -26,7 +26,7 @@ class RunConfig(BaseModel):
 
     algorithm: Literal["fedavg", "fedcia", "local"] = "fedavg"
     model: Literal["mf", "lightgcn", "mlp", "gfcf", "itemknn", "pop", "sasrec", "gru4rec",
-                   "cotrec", "llkd", "llmd4rec"] = "mf"
+                   "cotrec", "llkd", "llmd4rec", "agentcf", "agentcf++"] = "mf"
     dataset: str = "ml-100k"
     data_dir: str = ""
     min_rating: float = Field(1.0, ge=0)
@@ -193,6 +193,25 @@ class RunConfig(BaseModel):
     llkd_budget: int = Field(0, ge=0)
     llkd_test_fraction: float = Field(0.2, gt=0, lt=1)
     llkd_teacher_items: int = Field(0, ge=0)
+    # AgentCF / AgentCF++: LLM user and item agents (issue 14, docs/methods/agentcf.md)
+    agentcf_users: int = Field(100, ge=1)
+    agentcf_domains: int = Field(3, ge=1)
+    agentcf_min_domains: int = Field(2, ge=1)
+    agentcf_min_interactions: int = Field(5, ge=2)
+    agentcf_max_interactions: int = Field(100, ge=2)
+    agentcf_test_fraction: float = Field(0.1, gt=0, lt=1)
+    agentcf_negatives: int = Field(9, ge=1, le=9)
+    agentcf_train_max: int = Field(0, ge=0)
+    agentcf_memory: Literal["dual", "shared"] = "dual"
+    agentcf_groups: int = Field(10, ge=0)
+    agentcf_kmeans_k: int = Field(32, ge=1)
+    agentcf_strategy: Literal["b", "bh", "br"] = "b"
+    agentcf_rank: Literal["choice", "titles"] = "choice"
+    agentcf_history: int = Field(10, ge=1)
+    agentcf_temperature: float = Field(0.7, ge=0)
+    agentcf_max_tokens: int = Field(160, ge=8)
+    agentcf_baselines: bool = False
+    agentcf_synthetic_trend: float = Field(0.0, ge=0, le=1)
 
     @field_validator("device")
     @classmethod
