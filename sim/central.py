@@ -97,6 +97,10 @@ def run_central(
         from florec.sim.central_cotrec import run_central_cotrec
 
         return run_central_cotrec(cfg, epochs, batch_size, out_dir, device)
+    if cfg.model == "llmd4rec":
+        from florec.sim.central_llmd4rec import run_central_llmd4rec
+
+        return run_central_llmd4rec(cfg, epochs, batch_size, out_dir, device)
     if cfg.model in SEQUENTIAL_MODELS:
         from florec.sim.central_seq import run_central_seq
 
