@@ -78,6 +78,13 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
      ("attack", "attack-fraction", "attack-targets", "attack-fillers", "attack-lr",
       "attack-steps", "attack-norm", "attack-public", "attack-k", "attack-users", "defense",
       "defense-norm", "defense-trim", "defense-malicious", "defense-select")),
+    ("AgentCF / AgentCF++", ("agentcf-users", "agentcf-domains", "agentcf-min-domains",
+                             "agentcf-min-interactions", "agentcf-max-interactions",
+                             "agentcf-test-fraction", "agentcf-negatives", "agentcf-train-max",
+                             "agentcf-memory", "agentcf-groups", "agentcf-kmeans-k",
+                             "agentcf-strategy", "agentcf-rank", "agentcf-history",
+                             "agentcf-temperature", "agentcf-max-tokens", "agentcf-baselines",
+                             "agentcf-synthetic-trend")),
 ]
 
 # One line per key: what it does (values, units, where the default comes from).
@@ -90,7 +97,8 @@ DESCRIPTIONS: dict[str, str] = {
         '`mf`, `lightgcn`, `mlp`, `gfcf` (FedCIA/local/central), `itemknn`, `pop` (central '
         'only), `sasrec`, `gru4rec` (central and FedAvg); FedAvg trains `mf`, `sasrec`, '
         '`gru4rec`; `cotrec` (central and federated, [CoT-Rec](../methods/cotrec.md)); '
-        '`llmd4rec` (central and federated, [LLMD4Rec](../methods/llmd4rec.md))'
+        '`llmd4rec` (central and federated, [LLMD4Rec](../methods/llmd4rec.md)); `agentcf`, '
+        '`agentcf++` ([AgentCF](../methods/agentcf.md))'
     ),
     'dataset': (
         '`ml-100k`, `ml-1m`, `amazon-scientific`, `fedcia-ml100k`, `fedcia-ml1m`, `fedcia-bx`, '
@@ -361,6 +369,48 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     'defense-select': (
         'Multi-Krum: updates kept (0: n - f)'
+    ),
+    'agentcf-users': (
+        'AgentCF: users sampled (seeded by `split-seed`) among those active in enough'
+        ' domains'
+    ),
+    'agentcf-domains': (
+        'AgentCF: domains kept (the largest Amazon second-level categories /'
+        ' genres)'
+    ),
+    'agentcf-min-domains': 'AgentCF: a sampled user is active in at least this many domains',
+    'agentcf-min-interactions': 'AgentCF: fewest interactions (in kept domains) of a sampled user',
+    'agentcf-max-interactions': 'AgentCF: most interactions (in kept domains) of a sampled user',
+    'agentcf-test-fraction': 'AgentCF: share of the time-ordered interactions held out for test',
+    'agentcf-negatives': (
+        'AgentCF: same-domain negatives beside each test item (9: 1 + 9'
+        ' candidates)'
+    ),
+    'agentcf-train-max': (
+        "AgentCF: each user's most recent training interactions simulated (0:"
+        " all)"
+    ),
+    'agentcf-memory': "AgentCF++: `dual` (per-domain + fused memories) or `shared` (ablation)",
+    'agentcf-groups': 'AgentCF++: interest groups kept (the largest k-means clusters; 0: none)',
+    'agentcf-kmeans-k': 'AgentCF++: k-means clusters of the embedded interest tags',
+    'agentcf-strategy': (
+        'AgentCF inference: `b` memory, `bh` + history, `br` + retrieved past'
+        ' memory'
+    ),
+    'agentcf-rank': (
+        'AgentCF ranking: `choice` (letter distribution) or `titles` (fuzzy-matched'
+        ' list)'
+    ),
+    'agentcf-history': 'AgentCF: history titles shown by strategy `bh`',
+    'agentcf-temperature': "AgentCF: sampling temperature of every generation (the authors' 0.7)",
+    'agentcf-max-tokens': 'AgentCF: max new tokens of a reflection / fusion / title ranking',
+    'agentcf-baselines': (
+        'AgentCF: also rank the same candidates with random, Pop, BPR-MF, SASRec,'
+        ' LLMRank'
+    ),
+    'agentcf-synthetic-trend': (
+        'AgentCF on `synthetic`: share of late interactions that follow the group'
+        ' trend'
     ),
 }
 
