@@ -101,6 +101,10 @@ def run_central(
         from florec.sim.central_llmd4rec import run_central_llmd4rec
 
         return run_central_llmd4rec(cfg, epochs, batch_size, out_dir, device)
+    if cfg.model == "llkd":
+        from florec.sim.central_llkd import run_central_llkd
+
+        return run_central_llkd(cfg, epochs, out_dir)
     if cfg.model in SEQUENTIAL_MODELS:
         from florec.sim.central_seq import run_central_seq
 
