@@ -15,15 +15,17 @@ import time
 import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
+from florec.client.attacks import apply_attack, node_knowledge
 from florec.client.evaluation import bucket_metric_sums
 from florec.client.node_store import NodeStore, open_store
+from florec.client.setup_node import SECRET_KEY
 from florec.client.trainers import dp_clip
 from florec.client.trainers.bpr_embedding import LocalConfig, local_update
 from florec.client.trainers.bucket import Bucket
 from florec.models.base import seeded_rows
 from florec.models.mf import MF, USER_SALT
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.fedavg_upload import node_payload
+from florec.protocol.user_rows import fedavg_upload
 from florec.recdata.cohort import sample_cohort
 from florec.recdata.runconfig import RunConfig
 
@@ -66,7 +68,7 @@ def cohort_rows(cfg: RunConfig, bucket: Bucket, server_round: int) -> np.ndarray
 
 
 def _empty_reply(cfg: RunConfig, bucket: Bucket, pid: int, t0: float) -> RecordDict:
-    arrays, weight = node_payload(upload_mode(cfg.aggregation), bucket.n_items,
+    arrays, weight = fedavg_upload(cfg.defense, upload_mode(cfg.aggregation), bucket.n_items,
                                   np.zeros(0, np.int64),
                                   np.zeros(0, np.int64), np.zeros((0, cfg.dim), np.float32),
                                   np.zeros(0, np.float32), np.zeros(0))
@@ -80,6 +82,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
           device: str) -> RecordDict:
     """Local training of the bucket's cohort users; returns the node's summed item update."""
     t0 = time.perf_counter()
+    if SECRET_KEY in context.state.config_records:  # setup (secure sum) is over: drop its key
+        del context.state[SECRET_KEY]
     glob = from_record(msg.content.array_records["arrays"])
     server_round = int(msg.content.config_records["config"]["server-round"])
     rows = cohort_rows(cfg, bucket, server_round)
@@ -96,6 +100,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
                        server_round, device, item_pop=glob.get("item_pop"),
                        n_users=int(glob["n_users"][0]) if "n_users" in glob else None,
                        user_opt_state=user_opt_state(saved, None if whole else rows))
+    res = apply_attack(cfg, node_knowledge(cfg, str(context.node_config.get("data-dir", ""))),
+                       sub, res, glob, server_round, pid)  # malicious users (issue 18)
     private = {"user_emb": _merge(user_emb, res.user_emb, rows, whole)}
     if cfg.keep_user_opt_state and res.user_opt_state is not None:
         old = user_opt_state(saved, None)
@@ -109,8 +115,9 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     store.commit()
     deg = np.diff(sub.train.indptr)
     weight = deg.astype(np.float64) if cfg.weighting == "interactions" else (deg > 0) * 1.0
-    arrays, total_weight = node_payload(upload_mode(cfg.aggregation), sub.n_items, res.row_user,
-                                        res.row_item, res.delta, res.bias_delta, weight)
+    arrays, total_weight = fedavg_upload(cfg.defense, upload_mode(cfg.aggregation), sub.n_items,
+                                         res.row_user, res.row_item, res.delta, res.bias_delta,
+                                         weight)
     metrics = MetricRecord({
         "partition-id": pid, "num-users": int((deg > 0).sum()), "num-pairs": res.num_pairs,
         "loss-sum": res.loss_sum, "weight": total_weight, "num-examples": int(deg.sum()),
@@ -141,5 +148,7 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
     glob = from_record(msg.content.array_records["arrays"])
     model = MF.from_arrays(private_user_emb(context, cfg, bucket), glob["item_emb"],
                            glob["item_bias"]).to(device)
-    sums = bucket_metric_sums(model.score, bucket, cfg, pid, device, item_pop=glob.get("item_pop"))
+    know = node_knowledge(cfg, str(context.node_config.get("data-dir", "")))  # issue 18
+    sums = bucket_metric_sums(model.score, bucket, cfg, pid, device, item_pop=glob.get("item_pop"),
+                              know=know)
     return RecordDict({"metrics": MetricRecord(sums)})
