@@ -1,0 +1,293 @@
+"""Secure aggregation with dropouts: double masking and Shamir shares (Bonawitz et al., CCS 2017).
+
+The server learns the sum of the surviving nodes' vectors and nothing else about any one of
+them, even when nodes drop out after masking, and a server that claims a live node dropped
+learns nothing about that node. Participants ``u`` with vectors ``x_u`` (quantised to integers
+mod ``2^32``, :func:`quantize`) and a threshold ``t``:
+
+1. *advertise*: node ``u`` draws two X25519 key pairs, ``(c_u, C_u)`` to encrypt shares for
+   its peers and ``(s_u, S_u)`` to agree pair masks, and uploads ``C_u, S_u``.
+2. *share*: ``u`` draws a self-mask seed ``b_u`` and Shamir-splits (threshold ``t``) both
+   ``b_u`` and its private key ``s_u`` among the participants; the share for peer ``v`` is
+   encrypted (ChaCha20-Poly1305 under ``HKDF(X25519(c_u, C_v))``) and routed by the server,
+   which cannot read it. Shamir sharing is pycryptodome's over GF(2^128); a 32-byte secret is
+   two 16-byte halves shared at the same points.
+3. *mask*: ``u`` uploads ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)``
+   (mod ``2^32``) with ``s_uv = HKDF(X25519(s_u, S_v))`` over the nodes ``v`` that finished
+   step 2, and the PRG ChaCha20 (:func:`florec.protocol.secure_sum.mask_vector`).
+4. *unmask*: the server names the nodes whose ``y`` arrived (alive) and those that did not
+   (dropped). Each alive node returns its share of ``b_v`` for every alive ``v`` and its share
+   of ``s_v`` for every dropped ``v``, and **never both for one node**: it remembers what it
+   revealed and refuses a request that would reveal the other secret of any node (a server
+   claiming a live node dropped gets its ``s``-shares, removes its pair masks and still faces
+   ``PRG(b_v)``). It also refuses fewer than ``t`` alive nodes. With ``t`` shares the server
+   rebuilds every ``b_v`` of the alive and every ``s_v`` of the dropped, removes their masks
+   and gets ``sum_{alive} x_u`` in one pass: a dropout costs no restart.
+
+Threat model: honest-but-curious server and fewer than ``t`` colluding nodes; no node
+authentication (a malicious server could impersonate nodes; Bonawitz et al.'s signatures are left
+out). Each class holds one node's or the server's state for one aggregation; its secrets are
+dropped by :meth:`SecAggNode.forget` when the aggregation ends.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from Crypto.Protocol.SecretSharing import Shamir
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from florec.protocol.secure_sum import mask_vector, new_keypair, pair_seed
+
+__all__ = ["SecAggNode", "SecAggServer", "Refused", "dequantize", "quant_bits", "quantize"]
+
+MODULUS_BITS = 32
+
+
+class Refused(RuntimeError):
+    """A node refuses an unmask request that would expose a node's input."""
+
+
+def quant_bits(n_nodes: int) -> int:
+    """Bits per quantised entry so that ``n_nodes`` entries of ``2^bits - 1`` sum below 2^32."""
+    return MODULUS_BITS - int(np.ceil(np.log2(max(n_nodes, 1) + 1)))
+
+
+def quantize(x: np.ndarray, clip: float, n_nodes: int) -> tuple[np.ndarray, int]:
+    r"""Fixed-point code of ``x`` for a secure sum of ``n_nodes`` vectors.
+
+    :math:`q = \mathrm{round}((\mathrm{clip}(x, -R, R) + R) (2^k - 1) / 2R)` with
+    :math:`k` = :func:`quant_bits`, so the sum of ``n_nodes`` codes never wraps mod 2^32 and
+    each entry's rounding error is at most :math:`R / (2^k - 1)`.
+
+    Returns
+    -------
+    (np.ndarray, int)
+        uint32 codes and the number of entries that were clipped to ``[-R, R]``.
+
+    """
+    levels = 2 ** quant_bits(n_nodes) - 1
+    x = np.asarray(x, np.float64).ravel()
+    clipped = int((np.abs(x) > clip).sum())
+    code = np.rint((np.clip(x, -clip, clip) + clip) * (levels / (2 * clip)))
+    return code.astype(np.uint32), clipped
+
+
+def dequantize(total: np.ndarray, clip: float, n_nodes: int, n_summed: int) -> np.ndarray:
+    """The float sum of ``n_summed`` vectors from the sum of their codes (see :func:`quantize`)."""
+    levels = 2 ** quant_bits(n_nodes) - 1
+    return np.asarray(total, np.float64) * (2 * clip / levels) - n_summed * clip
+
+
+def _seal(key: bytes, sender: int, receiver: int, plain: bytes) -> bytes:
+    return ChaCha20Poly1305(key).encrypt(b"\0" * 12, plain, f"{sender}>{receiver}".encode())
+
+
+def _open(key: bytes, sender: int, receiver: int, sealed: bytes) -> bytes:
+    return ChaCha20Poly1305(key).decrypt(b"\0" * 12, sealed, f"{sender}>{receiver}".encode())
+
+
+def _split32(secret: bytes, t: int, n: int) -> list[bytes]:
+    """Shamir shares (threshold ``t`` of ``n``) of a 32-byte secret, share ``i`` for point i+1."""
+    lo, hi = Shamir.split(t, n, secret[:16]), Shamir.split(t, n, secret[16:])
+    return [a + b for (_, a), (_, b) in zip(lo, hi, strict=True)]
+
+
+def _combine32(shares: dict[int, bytes]) -> bytes:
+    """The 32-byte secret from shares ``{point: share}``."""
+    lo = Shamir.combine([(p, s[:16]) for p, s in shares.items()])
+    hi = Shamir.combine([(p, s[16:]) for p, s in shares.items()])
+    return lo + hi
+
+
+def _pair_masks(own: int, own_sk: bytes, peers: dict[int, bytes], info: bytes,
+                length: int) -> np.ndarray:
+    """``sum_{v > own} PRG(s_uv) - sum_{v < own} PRG(s_uv)`` (mod 2^32)."""
+    total = np.zeros(length, np.uint32)
+    for v, pk in peers.items():
+        if v != own:
+            m = mask_vector(pair_seed(own_sk, pk, info), length)
+            total = total + m if v > own else total - m
+    return total
+
+
+@dataclass
+class SecAggNode:
+    """One node's state through one secure aggregation (see the module docstring)."""
+
+    node_id: int
+    threshold: int
+    info: bytes
+    c_sk: bytes = b""
+    s_sk: bytes = b""
+    b_seed: bytes = b""
+    roster: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    received: dict[int, bytes] = field(default_factory=dict)
+    revealed: dict[int, str] = field(default_factory=dict)
+
+    def advertise(self) -> tuple[bytes, bytes]:
+        """Step 1: the public keys ``(C_u, S_u)``."""
+        self.c_sk, c_pk = new_keypair()
+        self.s_sk, s_pk = new_keypair()
+        return c_pk, s_pk
+
+    def _channel(self, peer: int) -> bytes:
+        return pair_seed(self.c_sk, self.roster[peer][0], self.info + b"|shares")
+
+    def share(self, roster: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
+        """Step 2: encrypted shares of ``b_u`` and ``s_u`` for every peer of ``roster``."""
+        if len(roster) < self.threshold:
+            raise Refused(f"{len(roster)} participants are fewer than the threshold "
+                          f"{self.threshold}")
+        self.roster = dict(sorted(roster.items()))
+        self.b_seed = os.urandom(32)
+        ids = list(self.roster)
+        b_sh = _split32(self.b_seed, self.threshold, len(ids))
+        s_sh = _split32(self.s_sk, self.threshold, len(ids))
+        return {v: _seal(self._channel(v), self.node_id, v, b_sh[i] + s_sh[i])
+                for i, v in enumerate(ids) if v != self.node_id} | {
+                    self.node_id: b_sh[ids.index(self.node_id)] + s_sh[ids.index(self.node_id)]}
+
+    def mask(self, codes: np.ndarray, inbox: dict[int, bytes]) -> np.ndarray:
+        """Step 3: ``y_u`` over the peers whose shares reached this node (``inbox``)."""
+        self.received = {v: (c if v == self.node_id else _open(self._channel(v), v,
+                                                                 self.node_id, c))
+                         for v, c in inbox.items()}
+        peers = {v: self.roster[v][1] for v in self.received}
+        if len(peers) < self.threshold:
+            raise Refused(f"shares from {len(peers)} nodes are fewer than the threshold")
+        y = np.asarray(codes, np.uint32) + mask_vector(self.b_seed, len(codes))
+        return y + _pair_masks(self.node_id, self.s_sk, peers, self.info, len(codes))
+
+    def unmask(self, alive: list[int], dropped: list[int]) -> dict[int, tuple[str, bytes]]:
+        """Step 4: ``{v: ("b"|"s", share)}``; refuses to reveal both secrets of any node.
+
+        Raises
+        ------
+        Refused
+            If fewer than ``threshold`` nodes are alive, a node is both alive and dropped, this
+            node is called dropped, or some node's other secret was revealed before.
+
+        """
+        alive_set, dropped_set = set(alive), set(dropped)
+        if len(alive_set) < self.threshold:
+            raise Refused(f"{len(alive_set)} alive nodes are fewer than the threshold")
+        if alive_set & dropped_set or self.node_id in dropped_set:
+            raise Refused("a node is listed both alive and dropped (or this node as dropped)")
+        want = {v: "b" for v in alive_set} | {v: "s" for v in dropped_set}
+        clash = [v for v, kind in want.items() if self.revealed.get(v, kind) != kind]
+        if clash:
+            raise Refused(f"node(s) {sorted(clash)}: the other secret was already revealed; "
+                          "revealing both would unmask their input")
+        out = {}
+        for v, kind in want.items():
+            if v in self.received:
+                share = self.received[v]
+                out[v] = (kind, share[:32] if kind == "b" else share[32:])
+                self.revealed[v] = kind
+        return out
+
+    def forget(self) -> None:
+        """Drop every secret (the aggregation is over)."""
+        self.c_sk = self.s_sk = self.b_seed = b""
+        self.received = {}
+
+
+@dataclass
+class SecAggServer:
+    """The server's side: routes shares, collects masked vectors, removes the masks."""
+
+    threshold: int
+    info: bytes
+    roster: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    shared: list[int] = field(default_factory=list)
+
+    def route(self, outboxes: dict[int, dict[int, bytes]]) -> dict[int, dict[int, bytes]]:
+        """Step 2 to 3: each node's inbox (what every node that finished step 2 sent it)."""
+        self.shared = sorted(outboxes)
+        return {v: {u: box[v] for u, box in outboxes.items() if v in box} for v in self.shared}
+
+    def unmask_sum(self, uploads: dict[int, np.ndarray],
+                   reveals: dict[int, dict[int, tuple[str, bytes]]]) -> np.ndarray:
+        """Step 4: the sum of the alive nodes' codes (mod 2^32) from ``t`` nodes' reveals."""
+        alive = sorted(uploads)
+        dropped = [v for v in self.shared if v not in uploads]
+        ids = list(self.roster)
+        point = {v: ids.index(v) + 1 for v in ids}  # Shamir points follow the roster order
+        length = len(next(iter(uploads.values())))
+        total = np.zeros(length, np.uint32)
+        for y in uploads.values():
+            total = total + np.asarray(y, np.uint32)
+        for v in alive + dropped:
+            kind = "b" if v in uploads else "s"
+            shares = {point[w]: r[v][1] for w, r in reveals.items()
+                      if v in r and r[v][0] == kind}
+            if len(shares) < self.threshold:
+                raise RuntimeError(f"only {len(shares)} shares of node {v}'s {kind}-secret")
+            secret = _combine32(dict(list(shares.items())[:self.threshold]))
+            if kind == "b":
+                total = total - mask_vector(secret, length)
+            else:  # the alive peers' pair masks with the dropped node v
+                peers = {w: self.roster[w][1] for w in alive}
+                total = total + _pair_masks(v, secret, peers, self.info, length)
+        return total
+
+
+def simulate(vectors: dict[int, np.ndarray], clip: float, threshold: int | None = None,
+             drop_after_mask: frozenset[int] = frozenset(), info: bytes = b"florec-secagg"
+             ) -> tuple[np.ndarray, dict[str, int]]:
+    """Run the four steps in one process (tests and the cost bench); returns sum and bytes.
+
+    Parameters
+    ----------
+    vectors : dict of int to np.ndarray
+        Each node's float vector (same length).
+    clip : float
+        Quantisation range ``R``.
+    threshold : int, optional
+        ``t``; default ``n // 2 + 1`` (above n/2, so that inconsistent alive/dropped lists sent
+        to different nodes cannot gather ``t`` shares of both secrets of one node).
+    drop_after_mask : frozenset of int
+        Nodes that finish step 2 but never upload their masked vector.
+    info : bytes
+        Names the aggregation (keys of the pair masks and share channels).
+
+    Returns
+    -------
+    (np.ndarray, dict)
+        The float sum over the nodes that uploaded, and the bytes each step moved
+        (``up``/``down`` per node summed over nodes, and ``plain_up`` for a float32 upload).
+
+    """
+    n = len(vectors)
+    t = threshold or n // 2 + 1
+    nodes = {u: SecAggNode(u, t, info) for u in sorted(vectors)}
+    server = SecAggServer(t, info)
+    server.roster = {u: node.advertise() for u, node in nodes.items()}
+    up = down = 0
+    up += 64 * n
+    down += 64 * n * n
+    outboxes = {u: node.share(server.roster) for u, node in nodes.items()}
+    up += sum(len(c) for u, box in outboxes.items() for v, c in box.items() if v != u)
+    inboxes = server.route(outboxes)
+    down += sum(len(c) for u, box in inboxes.items() for v, c in box.items() if v != u)
+    uploads = {}
+    for u, node in nodes.items():
+        codes, _ = quantize(vectors[u], clip, n)
+        y = node.mask(codes, inboxes[u])
+        if u not in drop_after_mask:
+            uploads[u] = y
+    up += 4 * sum(len(y) for y in uploads.values())
+    alive = sorted(uploads)
+    dropped = [v for v in server.shared if v not in uploads]
+    reveals = {u: nodes[u].unmask(alive, dropped) for u in alive}
+    down += 8 * n * len(alive)
+    up += sum(len(s) + 8 for r in reveals.values() for _, s in r.values())
+    total = server.unmask_sum(uploads, reveals)
+    for node in nodes.values():
+        node.forget()
+    length = len(next(iter(vectors.values())))
+    return (dequantize(total, clip, n, len(alive)),
+            {"up": up, "down": down, "plain_up": 4 * length * len(alive)})
