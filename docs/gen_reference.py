@@ -85,6 +85,8 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
                              "agentcf-strategy", "agentcf-rank", "agentcf-history",
                              "agentcf-temperature", "agentcf-max-tokens", "agentcf-baselines",
                              "agentcf-synthetic-trend")),
+    ("User-level differential privacy (DP-FedAvg-MF)", ("dp", "dp-clip", "dp-noise-multiplier",
+                                                        "dp-epsilon", "dp-delta", "dp-mode")),
 ]
 
 # One line per key: what it does (values, units, where the default comes from).
@@ -411,6 +413,21 @@ DESCRIPTIONS: dict[str, str] = {
     'agentcf-synthetic-trend': (
         'AgentCF on `synthetic`: share of late interactions that follow the group'
         ' trend'
+    ),
+    'dp': (
+        'FedAvg-MF: user-level DP-FedAvg (Poisson user sampling at rate `cohort-fraction`,'
+        ' per-user clipping, Gaussian noise, RDP accountant; [DP-FedAvg](../methods/dp-fedavg.md))'
+    ),
+    'dp-clip': "DP: L2 bound C of one user's whole item update (embedding and bias rows)",
+    'dp-noise-multiplier': 'DP: noise std / clip (z) of the round sum; 0 with `dp-epsilon` set',
+    'dp-epsilon': (
+        'DP: target epsilon after `num-rounds` rounds; calibrates z (0: use'
+        ' `dp-noise-multiplier`)'
+    ),
+    'dp-delta': 'DP: delta of the reported epsilon (0: 1 / number of users)',
+    'dp-mode': (
+        'DP: `central` (the server adds the noise) or `distributed` (each node adds'
+        ' 1/n of its variance; DP against the server only under secure aggregation)'
     ),
 }
 
