@@ -3,9 +3,13 @@
 Handlers dispatch on the run's algorithm: ``fedavg`` (:mod:`florec.client.fedavg_node`, every user a
 logical client) or ``fedcia`` / ``local`` (:mod:`florec.client.private_node`, the bucket is one
 client with a whole private model). Private parameters stay in the node's store
-(:mod:`florec.client.node_store`) and never enter a reply. Two ``query`` messages serve the server:
-``query.partition`` (which partition this node hosts) and ``query.store`` (snapshot or restore
-the node's store at a checkpoint round, see :mod:`florec.server.checkpoint`).
+(:mod:`florec.client.node_store`) and never enter a reply. A node's data is its shard
+(:mod:`florec.recdata.shard`): the folder its ``data-dir`` names, or, in simulation, its rows
+cut from the split in memory. Three ``query`` messages serve the server: ``query.partition``
+(the partition this node hosts and its sizes: the server learns the federation's sizes from
+them and opens no data), ``query.catalogue`` (the public item text) and ``query.store``
+(snapshot or restore the node's store at a checkpoint round, see
+:mod:`florec.server.checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,8 @@ import functools
 import json
 from types import ModuleType
 
-import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from florec.client import fedavg_node, private_node
@@ -24,10 +27,8 @@ from florec.client.node_store import open_store, snapshot_path
 from florec.client.trainers.bucket import Bucket
 from florec.models.registry import SEQUENTIAL_MODELS
 from florec.recdata.errors import ConfigError
-from florec.recdata.partition import node_clients
 from florec.recdata.runconfig import RunConfig, parse_run_config
-from florec.recdata.splits import Split
-from florec.recdata.store import get_split
+from florec.recdata.shard import shard_of_node
 
 app = ClientApp()
 PRIVATE_KEY = fedavg_node.PRIVATE_KEY
@@ -40,33 +41,13 @@ def resolve_device(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=2)
-def _partition(config_json: str, data_dir: str) -> tuple[Split, list[list[np.ndarray]]]:
-    """The split and every node's clients' users (once per process and run config)."""
-    cfg = RunConfig.model_validate(json.loads(config_json))
-    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, data_dir or cfg.data_dir,
-                         cfg.min_rating, cfg.synthetic_params())
-    buckets = node_clients(split.n_users, num_nodes=cfg.num_nodes,
-                           users_per_node=cfg.users_per_node,
-                           clients_per_node=cfg.clients_per_node, mode=cfg.partition,
-                           seed=cfg.split_seed)
-    return split, buckets
-
-
 @functools.lru_cache(maxsize=16384)  # a simulation process serves many partitions
 def _load_bucket(config_json: str, partition_id: int, num_partitions: int, data_dir: str
                  ) -> Bucket:
-    split, buckets = _partition(config_json, data_dir)
-    if num_partitions >= 0 and num_partitions != len(buckets):
-        raise ConfigError(
-            f"{num_partitions} nodes were started but the partition has {len(buckets)} buckets; "
-            f"set --federation-config 'num-supernodes={len(buckets)}' or -c 'num-nodes="
-            f"{num_partitions}'"
-        )
-    if not 0 <= partition_id < len(buckets):
-        raise ConfigError(f"partition-id {partition_id} is outside 0..{len(buckets) - 1}; "
-                          "check the node config of this SuperNode")
-    return Bucket.from_split(split, buckets[partition_id])  # a list of clients' users
+    cfg = RunConfig.model_validate(json.loads(config_json))
+    shard = shard_of_node(cfg, {"partition-id": partition_id, "num-partitions": num_partitions,
+                                "data-dir": data_dir})
+    return Bucket.from_split(shard.split, shard.clients)  # a list of clients' users
 
 
 def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
@@ -80,6 +61,10 @@ def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
 
 
 def _node(cfg: RunConfig) -> ModuleType:
+    if cfg.model == "llkd":
+        from florec.client import llkd_node
+
+        return llkd_node
     if cfg.model == "cotrec":
         from florec.client import cotrec_node
 
@@ -129,10 +114,29 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query("partition")
 def partition(msg: Message, context: Context) -> Message:
-    """Reply with the partition id and bucket size (the server maps node ids to buckets)."""
-    _, bucket, pid = node_setup(context)
-    return Message(RecordDict({"metrics": MetricRecord(
-        {"partition-id": pid, "num-users": len(bucket.users)})}), reply_to=msg)
+    """What the server may know of this node's data: partition, sizes, catalogue size.
+
+    The reply carries the partition id, the node's number of users, the number of partitions,
+    the population (users of the whole split, public in the run's setup) and the catalogue
+    size, plus the source-data notes of ``results.json`` (``note.<key>.<part>``); no
+    interaction, no user id.
+    """
+    cfg, bucket, pid = node_setup(context)
+    shard = shard_of_node(cfg, context.node_config)
+    facts = {"partition-id": pid, "num-users": len(bucket.users),
+             "num-partitions": shard.num_partitions, "population": shard.split.n_users,
+             "num-items": shard.split.n_items}
+    for key, parts in shard.notes.items():
+        facts |= {f"note.{key}.{part}": int(n) for part, n in parts.items()}
+    return Message(RecordDict({"metrics": MetricRecord(facts)}), reply_to=msg)
+
+
+@app.query("catalogue")
+def catalogue(msg: Message, context: Context) -> Message:
+    """The public item text of the node's shard (a server that builds item-side state asks)."""
+    cfg, _, _ = node_setup(context)
+    texts = shard_of_node(cfg, context.node_config).item_texts()
+    return Message(RecordDict({"config": ConfigRecord({"texts": list(texts)})}), reply_to=msg)
 
 
 @app.query("store")

@@ -37,7 +37,7 @@ from florec.client.trainers.sequential import (
     sequence_metric_sums,
 )
 from florec.models.cotrec.perception import Projection
-from florec.models.cotrec.pipeline import histories, item_texts, make_encoder, make_llm, user_side
+from florec.models.cotrec.pipeline import histories, make_encoder, make_llm, user_side
 from florec.models.cotrec.rank_eval import (
     AnswerBook,
     RankInputs,
@@ -52,18 +52,16 @@ from florec.models.sasrec import SASRec
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream, torch_seed
-from florec.recdata.store import get_split
+from florec.recdata.shard import shard_of_node
 
 USER_KEY = "cotrec-user"
 OPT_KEY = "cotrec-optimizer"
 
 
 @functools.lru_cache(maxsize=2)
-def _texts(config_json: str) -> list[str]:
+def _texts(config_json: str, node_config: tuple) -> list[str]:
     cfg = RunConfig.model_validate(json.loads(config_json))
-    split, path = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir,
-                            cfg.min_rating, cfg.synthetic_params())
-    return item_texts(cfg, path, split.n_items)
+    return shard_of_node(cfg, dict(node_config)).item_texts()  # public, in every shard
 
 
 @functools.lru_cache(maxsize=2)
@@ -73,10 +71,13 @@ def _llm_and_encoder(config_json: str) -> tuple[Any, Any, AnswerBook]:
     return make_llm(cfg, book), make_encoder(cfg), book
 
 
-def node_tools(cfg: RunConfig) -> tuple[list[str], Any, Any]:
-    """Public item texts, this node's LLM and encoder (built once per process)."""
+def node_tools(cfg: RunConfig, context: Context) -> tuple[list[str], Any, Any]:
+    """Public item texts (of the node's shard), this node's LLM and encoder (built once)."""
     key = json.dumps(cfg.to_flower(), sort_keys=True)
-    return (_texts(key), *_llm_and_encoder(key)[:2])
+    node = context.node_config
+    keys = ("partition-id", "num-partitions", "data-dir")
+    texts = _texts(key, tuple((k, node[k]) for k in keys if k in node))
+    return (texts, *_llm_and_encoder(key)[:2])
 
 
 def _book(cfg: RunConfig) -> AnswerBook:
@@ -95,7 +96,7 @@ def setup(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
           device: str) -> RecordDict:
     """User perception of the node's users; keeps token rows and preference texts in the store."""
     t0 = time.perf_counter()
-    texts, llm, encoder = node_tools(cfg)
+    texts, llm, encoder = node_tools(cfg, context)
     seqs = node_sequences(context, cfg)
     hists = histories(seqs, bucket.users, "train", cfg.cotrec_history, texts)
     arrays = msg.content.array_records.get("projection")
@@ -173,7 +174,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
 
 def _rank_inputs(context: Context, cfg: RunConfig, bucket: Bucket, model: SASRec,
                  prefs: np.ndarray, part: str) -> RankInputs:
-    texts, _, _ = node_tools(cfg)
+    texts, _, _ = node_tools(cfg, context)
     seqs = node_sequences(context, cfg)
     hist = histories(seqs, bucket.users, "train" if part == "valid" else "test",
                      cfg.cotrec_history, texts)
@@ -199,7 +200,7 @@ def train_lora(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, p
     """LoRA on the node's validation targets, from the global adapter; uploads the adapter."""
     t0 = time.perf_counter()
     best = int(msg.content.config_records["config"]["best-round"])
-    _, llm, _ = node_tools(cfg)
+    _, llm, _ = node_tools(cfg, context)
     model, mine = _model(msg, context, cfg, bucket, device, f"{USER_KEY}-r{best}")
     inp = _rank_inputs(context, cfg, bucket, model, mine.get("prefs", np.array([])), "valid")
     prompts, targets = lora_samples(inp, _book(cfg))
@@ -242,7 +243,7 @@ def evaluate_ranker_node(msg: Message, context: Context, cfg: RunConfig, bucket:
     """Sums over the node's test users: retriever and re-ranked NDCG/HR@10, MAPB of a share."""
     config = msg.content.config_records["config"]
     best, label = int(config["best-round"]), str(config["label"])
-    _, llm, _ = node_tools(cfg)
+    _, llm, _ = node_tools(cfg, context)
     model, mine = _model(msg, context, cfg, bucket, device, f"{USER_KEY}-r{best}")
     inp = _rank_inputs(context, cfg, bucket, model, mine.get("prefs", np.array([])), "test")
     _load_adapter(llm, msg)

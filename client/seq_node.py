@@ -11,6 +11,7 @@ parameters; the node keeps its Adam state(s) in its :mod:`florec.client.node_sto
 from __future__ import annotations
 
 import functools
+import json
 import time
 
 import torch
@@ -31,23 +32,22 @@ from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream, torch_seed
 from florec.recdata.sequences import UserSequences
-from florec.recdata.store import get_split
+from florec.recdata.shard import shard_of_node
 
 OPT_KEY = "seq-optimizer"
 
 
-@functools.lru_cache(maxsize=4)
-def _sequences(dataset: str, split: str, split_seed: int, data_dir: str, min_rating: float,
-               synthetic: tuple) -> UserSequences:
-    data, _ = get_split(dataset, split, split_seed, data_dir, min_rating, dict(synthetic))
-    return UserSequences.from_split(data)
+@functools.lru_cache(maxsize=16384)  # a simulation process serves many partitions
+def _sequences(config_json: str, node_config: tuple) -> UserSequences:
+    cfg = RunConfig.model_validate(json.loads(config_json))
+    return UserSequences.from_split(shard_of_node(cfg, dict(node_config)).split)
 
 
 def node_sequences(context: Context, cfg: RunConfig) -> UserSequences:
-    """Every user's time-ordered sequences (built once per process from the cached split)."""
-    data_dir = str(context.node_config.get("data-dir", "")) or cfg.data_dir
-    return _sequences(cfg.dataset, cfg.split, cfg.split_seed, data_dir, cfg.min_rating,
-                      tuple(sorted(cfg.synthetic_params().items())))
+    """The time-ordered sequences of this node's users (built once per process from its shard)."""
+    keys = ("partition-id", "num-partitions", "data-dir")
+    node = tuple((k, context.node_config[k]) for k in keys if k in context.node_config)
+    return _sequences(json.dumps(cfg.to_flower(), sort_keys=True), node)
 
 
 def global_model(msg: Message, cfg: RunConfig, n_items: int, device: str

@@ -130,6 +130,9 @@ def get_split(dataset: str, kind: str = "loo", seed: int = 0, data_dir: str | No
         The dataset is unknown, its data root is missing, or its files are malformed.
 
     """
+    from florec.recdata.shard import refuse_data
+
+    refuse_data(f"the {kind} split of {dataset}")  # a data-free server (FLOREC_NO_DATA=1)
     manifest = source_manifest(dataset, kind, int(seed), data_dir, float(min_rating), synthetic)
     return _cached(manifest_key(manifest), json.dumps(manifest, sort_keys=True), data_dir or "")
 

@@ -1,7 +1,8 @@
 """The ServerApp: one federated run from the run config, round by round.
 
 :func:`run_federated` reads as the run's outline; each step lives in its own module:
-:mod:`florec.server.federation` (split, partition, nodes, strategy, cohorts, setup),
+:mod:`florec.server.federation` (sizes learned from the nodes, partition, strategy, cohorts,
+setup; the ServerApp opens no interaction data),
 :mod:`florec.server.progress` (fresh start, resume, checkpoints), :mod:`florec.server.rounds`
 (training, evaluation, a round's costs), :mod:`florec.server.selection` (best round over
 rounds evaluated on the same users) and :mod:`florec.server.results` (the results folder).
@@ -22,7 +23,6 @@ from flwr.supercore import log
 from florec.models.registry import SEQUENTIAL_MODELS
 from florec.recdata.cohort import cohort_log
 from florec.recdata.errors import FloRecError
-from florec.recdata.recbole_io import data_notes
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.server.checkpoint import load_checkpoint
 from florec.server.federation import Federation, prepare_federation
@@ -111,7 +111,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         state = start_or_resume(grid, cfg, out_dir, config, fed.strategy, fed.arrays, writer,
                                 run_entry(method_name(cfg), "federated", cfg.dataset, cfg.split,
                                           cfg.seed, num_nodes=fed.num_partitions,
-                                          **data_notes(cfg)))
+                                          **fed.notes))
         for rnd in range(state.first_round, cfg.num_rounds + 1):
             if not run_round(grid, cfg, fed, state, rnd, writer, config, out_dir, t_start):
                 break
@@ -143,7 +143,7 @@ def run_round(grid: Grid, cfg: RunConfig, fed: Federation, state: Progress, rnd:
     state.arrays, row = train_round(grid, strategy, rnd, state.arrays, cfg.round_timeout_s,
                                     cfg.min_fit_fraction)
     if strategy.round_cohort is not None:
-        row["cohort"] = cohort_log(strategy.round_cohort, fed.split.n_users)
+        row["cohort"] = cohort_log(strategy.round_cohort, fed.n_users)
     if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
         record_evaluation(state, rnd, cfg, row, evaluate_round(
             grid, strategy, rnd, state.arrays, cfg.round_timeout_s, fed.num_partitions))

@@ -1,8 +1,9 @@
 """Talking to nodes: wait for registration, send messages and stream the replies back.
 
 Besides the strategy's messages, the server sends two kinds of ``query`` messages itself:
-``query.partition`` (which bucket a node hosts, so that nodes without cohort users can be left
-out) and ``query.store`` (snapshot or restore every node's store at a checkpoint round).
+``query.partition`` (which bucket a node hosts and its sizes: the server learns the number of
+users and items from the nodes, see :mod:`florec.server.federation`) and ``query.store``
+(snapshot or restore every node's store at a checkpoint round).
 """
 
 from __future__ import annotations
@@ -102,13 +103,26 @@ def _query(grid: Grid, kind: str, config: dict, timeout_s: float
     return good, sorted(set(nodes) - set(good))
 
 
-def learn_partitions(grid: Grid, timeout_s: float) -> dict[int, int]:
-    """Node id -> partition id of every node that answers ``query.partition``."""
-    good, failed = _query(grid, PARTITION, {}, timeout_s)
-    if failed:
-        log(WARNING, "no partition id from node(s) %s: they get every training message",
-            ", ".join(map(str, failed)))
-    return {n: int(r.content.metric_records["metrics"]["partition-id"]) for n, r in good.items()}
+def learn_partitions(grid: Grid, timeout_s: float
+                     ) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
+    """Ask every node ``query.partition``: (node id -> its reply's metrics, node id -> error).
+
+    A node's reply holds its partition id and sizes (see :func:`florec.client.app.partition`);
+    a node that failed or did not answer in ``timeout_s`` is in the second dict with the reason.
+    """
+    nodes = sorted(grid.get_node_ids())
+    messages = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type=PARTITION,
+                        dst_node_id=n) for n in nodes]
+    facts: dict[int, dict[str, float]] = {}
+    failed: dict[int, str] = {}
+    for reply in stream_replies(grid, messages, timeout_s):
+        node = int(reply.metadata.src_node_id)
+        if reply.has_error():
+            failed[node] = reply.error.reason
+        else:
+            facts[node] = dict(reply.content.metric_records["metrics"])
+    failed |= {n: f"no reply in {timeout_s:.0f} s" for n in nodes if n not in facts | failed}
+    return facts, failed
 
 
 def snapshot_nodes(grid: Grid, checkpoint_dir: str, server_round: int, timeout_s: float

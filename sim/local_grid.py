@@ -32,7 +32,9 @@ class LocalGrid(Grid):
     num_nodes : int
         Number of virtual nodes.
     handlers : dict, optional
-        Message type -> handler; defaults to the FloRec ClientApp's train and evaluate.
+        Message type -> handler; defaults to the FloRec ClientApp's train, setup, align and
+        evaluate. The ClientApp's ``query.*`` handlers (which the server itself sends: sizes,
+        item text, store snapshots) are added unless given here.
     fail : callable, optional
         ``fail(partition_id, message_type) -> bool``: raise in that node (failure tests).
     keep_replies : bool
@@ -54,14 +56,16 @@ class LocalGrid(Grid):
         random_ids: int | None = None,
         node_config: dict[str, Any] | None = None,
     ) -> None:
-        if handlers is None:
-            from florec.client.app import align, evaluate, partition, setup, store, train
+        from florec.client.app import align, catalogue, evaluate, partition, setup, store, train
 
+        queries = {f"{MessageType.QUERY}.partition": partition,  # the server's own queries
+                   f"{MessageType.QUERY}.catalogue": catalogue,
+                   f"{MessageType.QUERY}.store": store}
+        if handlers is None:
             handlers = {MessageType.TRAIN: train, f"{MessageType.TRAIN}.align": align,
                         f"{MessageType.TRAIN}.setup": setup,
-                        MessageType.EVALUATE: evaluate,
-                        f"{MessageType.QUERY}.partition": partition,
-                        f"{MessageType.QUERY}.store": store}
+                        MessageType.EVALUATE: evaluate}
+        handlers = queries | handlers
         self.handlers, self.fail = handlers, fail
         for attr in ("_run_id", "_task_id", "_node_id"):  # what a Flower process would set
             if getattr(TaskIdentity, attr) is None:

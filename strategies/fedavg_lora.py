@@ -31,12 +31,11 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.models.cotrec.perception import Projection
-from florec.models.cotrec.pipeline import PhaseLog, item_side, item_texts, make_encoder, make_llm
+from florec.models.cotrec.pipeline import PhaseLog, item_side, make_encoder, make_llm
 from florec.models.cotrec.ranker import K
 from florec.models.cotrec.retriever import build_retriever
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
-from florec.recdata.store import get_split
 from florec.strategies.fedavg_params import FedAvgParams
 
 SETUP_TYPE = f"{MessageType.TRAIN}.setup"
@@ -202,19 +201,21 @@ class FedCoTRec(FedAvgParams):
         return {"ranker": ranker, "phases": self.log_phases.phases}
 
 
-def build_cotrec_strategy(cfg: RunConfig, n_items: int) -> tuple[FedCoTRec, ArrayRecord]:
-    """Item perception on the server (public text), the projection and the initial state."""
-    split, path = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir,
-                            cfg.min_rating, cfg.synthetic_params())
+def build_cotrec_strategy(cfg: RunConfig, n_items: int, n_users: int, texts: list[str]
+                          ) -> tuple[FedCoTRec, ArrayRecord]:
+    """Item perception on the server (public ``texts``), the projection and the initial state.
+
+    ``n_users`` (the user-token table's size) and ``texts`` come from the nodes: the server
+    opens no split.
+    """
     phases = PhaseLog()
     llm, encoder = make_llm(cfg), make_encoder(cfg)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     with phases.phase("item-perception", llm):
-        rows, projection, _ = item_side(cfg, llm, encoder, item_texts(cfg, path, n_items),
-                                        out_dir)
+        rows, projection, _ = item_side(cfg, llm, encoder, texts, out_dir)
     adapter = initial_adapter(llm, cfg) if llm is not None and cfg.cotrec_ranker == "lora" \
         else {}
-    init = build_retriever(cfg, n_items, split.n_users, rows)
+    init = build_retriever(cfg, n_items, n_users, rows)
     log(INFO, "CoT-Rec: item table %s, projection %s, LoRA adapter of %d arrays",
         "from text" if rows is not None else "random", "sent" if projection else "none",
         len(adapter))

@@ -51,8 +51,10 @@ def test_a_node_weight_is_its_number_of_training_positions(tmp_path):
     from florec.client.seq_node import node_sequences
 
     cfg = parse_run_config(SMALL)
-    seqs = node_sequences(next(iter(grid.contexts.values())), cfg)
-    total = int(np.minimum(seqs.train_lengths(np.arange(40)), cfg.max_seq_len).sum())
+    total = 0
+    for ctx in grid.contexts.values():  # each node's shard holds only its own users' sequences
+        seqs = node_sequences(ctx, cfg)
+        total += int(np.minimum(seqs.train_lengths(np.arange(40)), cfg.max_seq_len).sum())
     rows = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
     assert rows[0]["train"]["num-positions"] == total
 

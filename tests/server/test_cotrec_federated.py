@@ -71,9 +71,11 @@ def test_fedavg_adapters_is_the_sample_weighted_mean():
 
 def _forbidden(cfg, grid) -> set[str]:
     """History texts of every user (prompt, joined titles) and the nodes' preference texts."""
-    texts, _, _ = node_tools(cfg)
-    ctx = next(iter(grid.contexts.values()))
-    hists = histories(node_sequences(ctx, cfg), np.arange(60), "train", cfg.cotrec_history, texts)
+    texts, _, _ = node_tools(cfg, next(iter(grid.contexts.values())))
+    hists = [h for ctx in grid.contexts.values()  # each node's shard: its own users only
+             for h in histories(node_sequences(ctx, cfg), np.arange(60), "train",
+                                cfg.cotrec_history, texts)]
+    assert sum(1 for h in hists if h) >= 50
     prefs = [str(p) for c in grid.contexts.values()
              for p in open_store(c, cfg.store_spill_mb).get(USER_KEY)["prefs"]]
     assert len(prefs) == 60
