@@ -24,17 +24,15 @@ import numpy as np
 
 from florec.models.cotrec.pipeline import PhaseLog, encode_cached
 from florec.models.llkd.student import accuracy_macro_f1
-from florec.models.llkd.task import TextTask, build_task, class_counts, split_task
+from florec.models.llkd.task import TextTask, class_counts, load_task, split_task
 from florec.models.llkd.teacher import (
     PROMPT_VERSION,
-    confidence_linked_rule,
-    gold_lookup,
+    make_teacher,
     teacher_distribution,
     teacher_gate,
 )
 from florec.models.llkd.train import LLKDTrainer
 from florec.recdata.runconfig import RunConfig
-from florec.recdata.store import get_split
 
 
 @dataclass
@@ -49,36 +47,6 @@ class Prepared:
     gate: dict
     log: PhaseLog
     llm_stats: dict
-
-
-def load_task(cfg: RunConfig) -> TextTask:
-    """The category task over the split's items (internal ids)."""
-    from florec.recdata.item_text import load_item_text, split_item_ids
-
-    split, path = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir,
-                            cfg.min_rating, cfg.synthetic_params())
-    ids = split_item_ids(Path(path), cfg.dataset)
-    synthetic = cfg.synthetic_params() if cfg.dataset == "synthetic" else None
-    texts = load_item_text(cfg.dataset, cfg.data_dir or None, ids, synthetic=synthetic)
-    return build_task(cfg.dataset, texts, cfg.llkd_classes)
-
-
-def make_teacher(cfg: RunConfig, task: TextTask, items: np.ndarray) -> Any:
-    """The run's LLM; ``scripted``: :func:`confidence_linked_rule`, mean accuracy ``scripted-p``.
-
-    The scripted teacher looks up the gold class of the items in ``items`` (the control knows
-    the truth by construction; no other backend does).
-    """
-    from florec.models.llm.config import LLMConfig
-    from florec.models.llm.factory import build_llm
-
-    llm_cfg = LLMConfig.from_run_config(cfg)
-    if llm_cfg.backend != "scripted":
-        return build_llm(llm_cfg)
-    book = gold_lookup([task.inputs[i] for i in items], task.gold[items], task.classes, task.noun)
-    return build_llm(llm_cfg, scripted_rule=confidence_linked_rule(book.__getitem__,
-                                                                   cfg.scripted_p),
-                     scripted_name=f"llkd-conf-linked-p{cfg.scripted_p:g}")
 
 
 def prepare(cfg: RunConfig, llm: Any = None, encoder: Any = None) -> Prepared:

@@ -20,7 +20,7 @@ from florec.strategies.fedcia import FedCIA, LocalOnly
 from florec.strategies.server_opt import ServerOptimizer
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
-SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec", "cotrec"),
+SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec", "cotrec", "llkd"),
              "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),
              "local": ("mf", "lightgcn", "mlp", "gfcf")}
 
@@ -66,6 +66,10 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
     called) come from the nodes: the server opens no data (:mod:`florec.server.federation`).
     """
     check_algorithm(cfg)
+    if cfg.model == "llkd":
+        from florec.strategies.llkd import build_llkd_strategy
+
+        return build_llkd_strategy(cfg)
     if cfg.model == "cotrec":
         from florec.strategies.fedavg_lora import build_cotrec_strategy
 

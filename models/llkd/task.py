@@ -17,11 +17,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from florec.recdata.errors import ConfigError
 from florec.recdata.item_text import ItemText
+from florec.recdata.runconfig import RunConfig
 
 #: Second-level categories under Amazon's "Industrial & Scientific" (longest names first when
 #: matching, so "Industrial Electrical" does not shadow a longer name).
@@ -140,3 +142,16 @@ def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Count of each class among ``labels`` (``-1`` ignored)."""
     labels = np.asarray(labels)
     return np.bincount(labels[labels >= 0], minlength=n_classes)
+
+
+def load_task(cfg: RunConfig) -> TextTask:
+    """The category task over the split's items (internal ids)."""
+    from florec.recdata.item_text import load_item_text, split_item_ids
+    from florec.recdata.store import get_split
+
+    split, path = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir,
+                            cfg.min_rating, cfg.synthetic_params())
+    ids = split_item_ids(Path(path), cfg.dataset)
+    synthetic = cfg.synthetic_params() if cfg.dataset == "synthetic" else None
+    texts = load_item_text(cfg.dataset, cfg.data_dir or None, ids, synthetic=synthetic)
+    return build_task(cfg.dataset, texts, cfg.llkd_classes)

@@ -13,12 +13,14 @@ is informative by construction, so it tests the selection rule itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 
 from florec.models.llm.base import LETTERS
 from florec.models.llm.scripted import ChoiceRule
+from florec.recdata.runconfig import RunConfig
 
 PROMPT_VERSION = "llkd-v1"
 
@@ -117,3 +119,21 @@ def teacher_gate(probs: np.ndarray, gold: np.ndarray, min_auroc: float = 0.6) ->
     area = auroc(conf, correct)
     return {"n": len(gold), "accuracy": accuracy, "majority": majority, "auroc": area,
             "passed": bool(accuracy > majority and area > min_auroc)}
+
+
+def make_teacher(cfg: RunConfig, task: Any, items: np.ndarray) -> Any:
+    """The run's LLM; ``scripted``: :func:`confidence_linked_rule`, mean accuracy ``scripted-p``.
+
+    The scripted teacher looks up the gold class of the items in ``items`` (the control knows
+    the truth by construction; no other backend does).
+    """
+    from florec.models.llm.config import LLMConfig
+    from florec.models.llm.factory import build_llm
+
+    llm_cfg = LLMConfig.from_run_config(cfg)
+    if llm_cfg.backend != "scripted":
+        return build_llm(llm_cfg)
+    book = gold_lookup([task.inputs[i] for i in items], task.gold[items], task.classes, task.noun)
+    return build_llm(llm_cfg, scripted_rule=confidence_linked_rule(book.__getitem__,
+                                                                   cfg.scripted_p),
+                     scripted_name=f"llkd-conf-linked-p{cfg.scripted_p:g}")

@@ -32,6 +32,9 @@ from florec.models.llkd.selection import (
 from florec.models.llkd.student import LinearStudent
 
 SELECTIONS = ("llkd", "all", "random", "teacher", "student")
+#: Arrays of the federated global state: the head and the two threshold states.
+HEAD = ("head.weight", "head.bias")
+THRESHOLDS = ("tau-teacher", "tau-student")
 
 
 @dataclass
@@ -147,3 +150,27 @@ class LLKDTrainer:
         for _ in range(epochs):
             self.epoch(batch_size)
         return self.log
+
+
+def state_arrays(trainer: LLKDTrainer) -> dict[str, np.ndarray]:
+    """What a node uploads and the server broadcasts: head weights and threshold states."""
+    return trainer.student.state() | {
+        "tau-teacher": trainer.tau_teacher.state().astype(np.float32),
+        "tau-student": trainer.tau_student.state().astype(np.float32)}
+
+
+def load_state(trainer: LLKDTrainer, arrays: dict[str, np.ndarray]) -> None:
+    """Set the head and thresholds from :func:`state_arrays` output (those present)."""
+    if all(k in arrays for k in HEAD):
+        trainer.student.load({k: arrays[k] for k in HEAD})
+    if all(k in arrays for k in THRESHOLDS):
+        trainer.tau_teacher.load_state(arrays["tau-teacher"])
+        trainer.tau_student.load_state(arrays["tau-student"])
+
+
+def initial_state(n_classes: int, dim: int, momentum: float = 0.999, seed: int = 0
+                  ) -> dict[str, np.ndarray]:
+    """The seeded head and the thresholds' start ``mu = m(c) = 1/C`` (a federation's round 1)."""
+    trainer = LLKDTrainer(np.zeros((1, dim), np.float32), np.full((1, n_classes), 1 / n_classes),
+                          momentum=momentum, seed=seed)
+    return state_arrays(trainer)
