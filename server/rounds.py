@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from florec.models.exposure import finalize_exposure
 from florec.models.metrics import split_metrics
 from florec.server.loop import stream_replies
 from florec.server.selection import Coverage
@@ -85,6 +86,8 @@ def evaluate_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRec
     pooled = dict(strategy.aggregate_evaluate(rnd, stream_replies(
         grid, messages, timeout_s, strategy.unresponsive)) or {})
     valid, test = split_metrics(pooled, "valid"), split_metrics(pooled, "test")
+    if exposure := finalize_exposure(pooled):  # target items' ER@K and mean rank (issue 18)
+        valid, test = valid | exposure, test | exposure
     coverage = Coverage.of(strategy.evaluated_partitions, num_partitions, valid, test)
     return Evaluation(valid, test, coverage, time.perf_counter() - t0)
 

@@ -17,6 +17,7 @@ from florec.strategies.base import RecStrategy
 from florec.strategies.dp import UserDP, check_dp
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA, LocalOnly
+from florec.strategies.robust import RobustFedAvgRec, check_robust
 from florec.strategies.server_opt import ServerOptimizer
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
@@ -52,6 +53,7 @@ def check_algorithm(cfg: RunConfig) -> None:
                           "for algorithm 'fedavg' with model 'mf' and mf-loss 'bpr' only; keep "
                           "aggregation dense/sparse, server-opt='none', keep-user-opt-state=false")
     check_dp(cfg)
+    check_robust(cfg)
     if cfg.algorithm == "fedcia" and cfg.fedcia_comm == "factored" and cfg.noise_scale > 0:
         raise ConfigError("noise-scale > 0 has no factored equivalent; set fedcia-comm='dense' "
                           "or noise-scale=0")
@@ -88,6 +90,12 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
         init = MF(0, n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
         server_opt = ServerOptimizer(cfg.server_opt, cfg.server_lr, cfg.server_momentum,
                                      cfg.server_beta1, cfg.server_beta2, cfg.server_tau)
+        if cfg.defense != "none":  # robust aggregation (issue 18)
+            return RobustFedAvgRec(cfg.defense, cfg.defense_norm, cfg.defense_trim,
+                                   cfg.defense_malicious, cfg.defense_select,
+                                   mode=cfg.aggregation, fraction_train=cfg.fraction_train,
+                                   seed=cfg.seed, server_opt=server_opt), \
+                to_record(init.shared_state())
         return FedAvgRec(cfg.aggregation, cfg.fraction_train, cfg.seed, server_opt), \
             to_record(init.shared_state())
     if cfg.algorithm == "local":

@@ -1,0 +1,172 @@
+"""Malicious users of a federated run: who they are, what they know, and their uploads.
+
+Malicious users are ordinary logical clients of the buckets: ``round(attack-fraction *
+n_users)`` user ids drawn by seed (:func:`malicious_users`, stream ``Salt.ATTACK_USERS``), the
+same on every node and in the bench, and logged by the node hosting them. On a FedAvg-MF node
+their local trainer is replaced by the attack of ``attack`` (:mod:`florec.client.attack_rules`):
+:func:`apply_attack` drops their benign rows from the node's :class:`LocalResult` and appends the
+attack's rows, so the node's upload (pre-summed or per-user, see
+:mod:`florec.protocol.user_rows`) carries them like any user's rows. Malicious users are left
+out of every evaluation (accuracy and exposure are measured on benign users only).
+
+What an attacker knows (:class:`AttackKnowledge`): the target items, the public item
+popularity (training counts; bandwagon and PipAttack use it) and, for FedRecAttack, a seeded
+``attack-public`` share of the training interactions. In a simulation these come from the split
+every node rebuilds; a deployment would publish them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from logging import INFO
+
+import numpy as np
+import scipy.sparse as sp
+from flwr.common.logger import log
+
+from florec.client.trainers.bpr_embedding import LocalConfig, LocalResult
+from florec.client.trainers.bucket import Bucket
+from florec.models.exposure import parse_targets
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream
+from florec.recdata.splits import Split
+
+__all__ = ["AttackKnowledge", "apply_attack", "benign_rows", "knowledge_from_split",
+           "malicious_users", "node_knowledge"]
+
+
+def malicious_users(cfg: RunConfig, n_users: int) -> np.ndarray:
+    """Sorted ids of the malicious users: ``round(attack-fraction * n_users)`` drawn by seed.
+
+    The draw is a prefix of one seeded permutation, so a larger fraction keeps the smaller
+    fraction's users. Empty when ``attack`` is ``none`` or the fraction is 0.
+    """
+    count = int(round(cfg.attack_fraction * n_users)) if cfg.attack != "none" else 0
+    if count == 0:
+        return np.zeros(0, np.int64)
+    order = stream(cfg.seed, Salt.ATTACK_USERS).permutation(n_users)
+    return np.sort(order[:count]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class AttackKnowledge:
+    """What the attackers (and the exposure metric) know of the federation.
+
+    Attributes
+    ----------
+    malicious : np.ndarray
+        Sorted global ids of the malicious users.
+    targets : np.ndarray
+        Target items (empty without ``attack-targets``).
+    popularity : np.ndarray
+        Training interactions per item (public).
+    public : scipy.sparse.csr_matrix
+        The public share of the training interactions (users x items).
+
+    """
+
+    malicious: np.ndarray
+    targets: np.ndarray
+    popularity: np.ndarray
+    public: sp.csr_matrix
+
+
+def knowledge_from_split(cfg: RunConfig, split: Split) -> AttackKnowledge:
+    """Attack knowledge of a run from its split (every node computes the same)."""
+    train = split.matrix("train")
+    popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.int64)
+    targets = parse_targets(cfg.attack_targets, popularity, cfg.seed, Salt.ATTACK_TARGETS) \
+        if cfg.attack_targets else np.zeros(0, np.int64)
+    if cfg.attack in ("random", "bandwagon", "pipattack", "fedrecattack", "a-ra", "a-hum") \
+            and cfg.attack_fraction > 0 and len(targets) == 0:
+        raise ConfigError(f"attack '{cfg.attack}' promotes target items; set attack-targets, "
+                          "e.g. -c \"attack-targets='unpopular:5'\"")
+    coo = train.tocoo()
+    keep = stream(cfg.seed, Salt.ATTACK_TARGETS, 1).random(coo.nnz) < cfg.attack_public
+    public = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (coo.row[keep], coo.col[keep])),
+                           shape=train.shape)
+    return AttackKnowledge(malicious_users(cfg, split.n_users), targets, popularity, public)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_knowledge(config_json: str, data_dir: str) -> AttackKnowledge:
+    from florec.recdata.store import get_split
+
+    cfg = RunConfig.model_validate(json.loads(config_json))
+    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, data_dir or cfg.data_dir,
+                         cfg.min_rating, cfg.synthetic_params())
+    return knowledge_from_split(cfg, split)
+
+
+def node_knowledge(cfg: RunConfig, data_dir: str = "") -> AttackKnowledge | None:
+    """The run's :class:`AttackKnowledge` (cached per process), or None without attack/targets."""
+    if (cfg.attack == "none" or cfg.attack_fraction == 0) and not cfg.attack_targets:
+        return None
+    return _cached_knowledge(json.dumps(cfg.to_flower(), sort_keys=True), data_dir)
+
+
+def benign_rows(bucket: Bucket, know: AttackKnowledge | None) -> np.ndarray:
+    """Local rows of the bucket's benign users (all rows without an attack)."""
+    rows = np.arange(len(bucket.users))
+    if know is None or len(know.malicious) == 0:
+        return rows
+    return rows[~np.isin(bucket.users, know.malicious)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _log_hosted(pid: int, users: tuple[int, ...]) -> None:
+    log(INFO, "partition %d hosts malicious users %s", pid, list(users))
+
+
+def apply_attack(cfg: RunConfig, know: AttackKnowledge | None, bucket: Bucket,
+                 res: LocalResult, glob: dict[str, np.ndarray], server_round: int,
+                 pid: int = -1) -> LocalResult:
+    """Replace the malicious users' rows of ``res`` by their attack's rows.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        ``attack`` and its knobs.
+    know : AttackKnowledge or None
+        The run's attack knowledge (None: no attack, ``res`` is returned unchanged).
+    bucket : Bucket
+        The users ``res`` was trained for (a round's cohort of the node's bucket).
+    res : LocalResult
+        The benign trainer's result for every user of ``bucket``.
+    glob : dict of str to np.ndarray
+        The global item table ``item_emb`` / ``item_bias`` of this round.
+    server_round : int
+        Keys the attackers' random streams.
+    pid : int
+        Partition id (for the log line).
+
+    Returns
+    -------
+    LocalResult
+        ``res`` with the malicious users' rows replaced (same object when no user is malicious).
+
+    """
+    if know is None or len(know.malicious) == 0:
+        return res
+    bad = np.flatnonzero(np.isin(bucket.users, know.malicious))
+    if len(bad) == 0:
+        return res
+    _log_hosted(pid, tuple(int(u) for u in bucket.users[bad]))
+    from florec.client.attack_rules import attack_rows
+
+    local = LocalConfig.from_run_config(cfg, server_round)
+    rows = attack_rows(cfg, know, bucket.users[bad], res.user_emb[bad], glob["item_emb"],
+                       glob["item_bias"], server_round, local)
+    keep = ~np.isin(res.row_user, bad)
+    return LocalResult(
+        user_emb=res.user_emb,
+        row_user=np.concatenate([res.row_user[keep], bad[rows.row_user]]),
+        row_item=np.concatenate([res.row_item[keep], rows.row_item]),
+        delta=np.concatenate([res.delta[keep], rows.delta.astype(res.delta.dtype)]),
+        bias_delta=np.concatenate([res.bias_delta[keep],
+                                   rows.bias_delta.astype(res.bias_delta.dtype)]),
+        loss_sum=res.loss_sum, num_pairs=res.num_pairs, triples=res.triples,
+        user_opt_state=res.user_opt_state)

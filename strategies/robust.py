@@ -1,0 +1,252 @@
+r"""Robust aggregation for FedAvg-MF: user-level and node-level defenses against poisoning.
+
+Nodes pre-sum their users' item updates (:mod:`florec.protocol.fedavg_upload`), so a defense
+that looks at single users needs their rows. FloRec settles this per defense:
+
+- **User level** (``norm-bound``, ``median``, ``trimmed-mean``): nodes upload per-user rows
+  (:mod:`florec.protocol.user_rows`; more bytes, counted) and the server applies the defense to
+  each user's update, then aggregates as ``aggregation`` says.
+
+  - ``norm-bound``: each user's update ``x_u = [dV_u, db_u]`` (all its rows) is clipped,
+    ``x_u <- x_u min(1, C / ||x_u||_2)`` with ``C`` = ``defense-norm``; then plain FedAvg.
+  - ``median``: row ``i`` of the change is the coordinate-wise median of the changes of the
+    users that touched ``i`` (sparse aggregation over rows; Flower's FedMedian rule,
+    Yin et al., ICML 2018).
+  - ``trimmed-mean``: the coordinate-wise mean after cutting ``floor(beta c_i)`` values from
+    each end of the ``c_i`` changes of row ``i`` (``beta`` = ``defense-trim``; Flower's
+    :func:`flwr.serverapp.strategy.fedtrimmedavg.trim_mean`). A row touched by fewer than
+    ``1 / beta`` users is not trimmed.
+
+- **Node level** (``krum``, ``multi-krum``; Blanchard et al., NeurIPS 2017): each node's
+  pre-summed upload becomes its mean change ``g_k`` (dense: sum / weight; sparse: each touched
+  row / its count, 0 elsewhere); Flower's
+  :func:`flwr.serverapp.strategy.multikrum.select_multikrum` keeps the ``m`` nodes whose
+  ``n - f - 2`` nearest neighbours are closest (``f`` = ``defense-malicious``, ``m`` = 1 for
+  Krum, ``defense-select`` or ``n - f`` for Multi-Krum) and the kept replies are folded by
+  plain FedAvg. Nothing extra travels.
+
+User-level defenses keep every row of the round in server memory (rows x d floats), unlike the
+streaming fold of :class:`florec.strategies.fedavg.FedAvgRec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+from flwr.serverapp.strategy.multikrum import select_multikrum
+from flwr.supercore import log
+
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.user_rows import USER_DEFENSES
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
+from florec.strategies.fedavg import FedAvgRec
+from florec.strategies.payload import check_reply, record_nbytes
+
+__all__ = ["NODE_DEFENSES", "RobustFedAvgRec", "check_robust", "krum_select", "norm_bound",
+           "row_aggregate"]
+
+NODE_DEFENSES = ("krum", "multi-krum")
+
+
+def check_robust(cfg: RunConfig) -> None:
+    """Fail with one line if ``attack`` / ``defense`` cannot run with this configuration."""
+    fedavg_mf = cfg.algorithm == "fedavg" and cfg.model == "mf" and cfg.mf_loss == "bpr"
+    if (cfg.defense != "none" or cfg.attack != "none") and not fedavg_mf:
+        raise ConfigError("attack and defense are implemented for algorithm 'fedavg' with model "
+                          "'mf' and mf-loss 'bpr' only; keep attack='none' defense='none'")
+    if cfg.defense in ("median", "trimmed-mean") and cfg.aggregation != "sparse":
+        raise ConfigError(f"defense '{cfg.defense}' aggregates each item row over the users "
+                          "that touched it; set aggregation='sparse'")
+    if cfg.defense in NODE_DEFENSES and cfg.aggregation == "sum":
+        raise ConfigError(f"defense '{cfg.defense}' averages the nodes it keeps, which a sum "
+                          "of updates cannot; set aggregation='sparse' or 'dense'")
+    if cfg.defense != "none" and getattr(cfg, "dp", False):
+        raise ConfigError("defense and dp are not combined yet; set defense='none' or dp=false")
+
+
+def norm_bound(users: np.ndarray, emb: np.ndarray, bias: np.ndarray, bound: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+    r"""Clip each user's whole update to L2 norm ``bound``.
+
+    .. math:: x_u \leftarrow x_u \min\left(1, \frac{C}{\lVert x_u \rVert_2}\right),\quad
+              \lVert x_u \rVert_2^2 = \sum_{r: user(r)=u} \lVert dV_r \rVert^2 + db_r^2
+
+    Parameters
+    ----------
+    users : np.ndarray
+        Owner of each row (R,), any non-negative ids.
+    emb, bias : np.ndarray
+        Row changes (R, d) and (R,).
+    bound : float
+        ``C``.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        The clipped rows.
+
+    """
+    sq = (emb.astype(np.float64) ** 2).sum(1) + bias.astype(np.float64) ** 2
+    norms = np.sqrt(np.bincount(users, weights=sq))
+    scale = np.minimum(1.0, bound / np.maximum(norms, 1e-300))[users]
+    return emb * scale[:, None], bias * scale
+
+
+def row_aggregate(items: np.ndarray, emb: np.ndarray, bias: np.ndarray, rule: str,
+                  trim: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinate-wise ``median`` or ``trimmed-mean`` of the changes of each item row.
+
+    Parameters
+    ----------
+    items : np.ndarray
+        Item of each row (R,).
+    emb, bias : np.ndarray
+        Row changes (R, d) and (R,).
+    rule : {"median", "trimmed-mean"}
+        The statistic.
+    trim : float
+        Share cut from each end (trimmed mean).
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray, np.ndarray)
+        Touched items, their aggregated ``emb`` (I, d) and ``bias`` (I,) changes.
+
+    """
+    order = np.argsort(items, kind="stable")
+    values = np.concatenate([emb, bias[:, None]], axis=1)[order].astype(np.float64)
+    touched, starts = np.unique(items[order], return_index=True)
+    out = np.empty((len(touched), values.shape[1]))
+    for j, group in enumerate(np.split(values, starts[1:])):
+        out[j] = np.median(group, axis=0) if rule == "median" else trim_mean(group, trim)
+    return touched, out[:, :-1], out[:, -1]
+
+
+def krum_select(vectors: list[np.ndarray], num_malicious: int, num_select: int) -> list[int]:
+    """Indices kept by (Multi-)Krum over flat update vectors (Flower's rule)."""
+    contents = [RecordDict({"arrays": ArrayRecord({"g": Array(v)})}) for v in vectors]
+    chosen = select_multikrum(contents, num_malicious, num_select)
+    index = {id(c): i for i, c in enumerate(contents)}
+    return sorted(index[id(c)] for c in chosen)
+
+
+class RobustFedAvgRec(FedAvgRec):
+    """:class:`FedAvgRec` with a defense (see the module docstring).
+
+    Parameters
+    ----------
+    defense : str
+        One of ``norm-bound``, ``median``, ``trimmed-mean``, ``krum``, ``multi-krum``.
+    norm : float
+        ``defense-norm``.
+    trim : float
+        ``defense-trim``.
+    num_malicious, num_select : int
+        ``defense-malicious`` and ``defense-select`` (Krum / Multi-Krum).
+    **kwargs
+        Passed to :class:`FedAvgRec`.
+
+    """
+
+    def __init__(self, defense: str, norm: float = 1.0, trim: float = 0.1,
+                 num_malicious: int = 0, num_select: int = 0, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.defense, self.norm, self.trim = defense, norm, trim
+        self.num_malicious, self.num_select = num_malicious, num_select
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        super().summary()
+        log(INFO, "\t├──> defense=%s norm=%g trim=%g f=%d m=%d", self.defense, self.norm,
+            self.trim, self.num_malicious, self.num_select)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Apply the defense, then FedAvg's update (server optimiser included)."""
+        if self.defense in NODE_DEFENSES:
+            return super().aggregate_train(server_round, self._krum(server_round, replies))
+        if self.defense not in USER_DEFENSES:
+            return super().aggregate_train(server_round, replies)
+        return self._user_level(server_round, replies)
+
+    def _node_vector(self, msg: Message) -> np.ndarray:
+        n, d = self.current["item_emb"].shape
+        up = from_record(msg.content.array_records["arrays"])
+        if self.mode == "dense":
+            w = float(msg.content.metric_records.get("metrics", {}).get("weight", 0.0))
+            g = np.concatenate([up["item_emb"], up["item_bias"][:, None]], 1) / max(w, 1e-300)
+        else:
+            g = np.zeros((n, d + 1))
+            counts = np.maximum(up["counts"], 1)[:, None]
+            g[up["items"]] = np.concatenate([up["item_emb"], up["item_bias"][:, None]], 1) / counts
+        return g.ravel()
+
+    def _krum(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        valid, rest = [], []
+        expected = self._expected_shapes()
+        for msg in replies:
+            (valid if check_reply(msg, expected) is None else rest).append(msg)
+        if len(valid) <= 1:
+            return valid + rest
+        keep = 1 if self.defense == "krum" else \
+            (self.num_select or max(1, len(valid) - self.num_malicious))
+        kept = krum_select([self._node_vector(m) for m in valid], self.num_malicious, keep)
+        for i in sorted(set(range(len(valid))) - set(kept)):
+            self.bytes_up += record_nbytes(valid[i].content)
+        log(INFO, "round %d: %s kept %d of %d node updates", server_round, self.defense,
+            len(kept), len(valid))
+        return [valid[i] for i in kept] + rest
+
+    def _user_level(self, server_round: int, replies: Iterable[Message]
+                    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        n, d = self.current["item_emb"].shape
+        expected = {"users": 0, "items": 0, "item_emb": d, "item_bias": 0, "user_weight": 0}
+        parts: list[dict[str, np.ndarray]] = []
+        totals: dict[str, float] = {}
+        offset, weight_sum = 0, 0.0
+        for msg in replies:
+            problem = check_reply(msg, expected)
+            if problem is None:
+                up = from_record(msg.content.array_records["arrays"])
+                if len(up["items"]) and (up["items"].min() < 0 or up["items"].max() >= n
+                                         or up["users"].max() >= len(up["user_weight"])):
+                    problem = "item or user index out of range"
+            if problem is not None:
+                self.drop(server_round, msg, problem)
+                continue
+            self.bytes_up += record_nbytes(msg.content)
+            parts.append(up | {"users": up["users"] + offset})
+            offset += len(up["user_weight"])
+            metrics = dict(msg.content.metric_records.get("metrics", {}))
+            weight_sum += float(metrics.get("weight", 0.0))
+            for key in ("num-users", "num-pairs", "loss-sum"):
+                totals[key] = totals.get(key, 0.0) + float(metrics.get(key, 0.0))
+        if not parts:
+            return None, None
+        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        emb, bias = cat["item_emb"].astype(np.float64), cat["item_bias"].astype(np.float64)
+        if self.defense == "norm-bound":
+            emb, bias = norm_bound(cat["users"], emb, bias, self.norm)
+        delta = {"item_emb": np.zeros((n, d)), "item_bias": np.zeros(n)}
+        if self.defense in ("median", "trimmed-mean"):
+            items, e, b = row_aggregate(cat["items"], emb, bias, self.defense, self.trim)
+            delta["item_emb"][items], delta["item_bias"][items] = e, b
+        else:
+            w = cat["user_weight"][cat["users"]] if self.mode == "dense" else 1.0
+            np.add.at(delta["item_emb"], cat["items"], emb * np.reshape(w, (-1, 1)))
+            np.add.at(delta["item_bias"], cat["items"], bias * w)
+            denom = {"dense": np.full(n, max(weight_sum, 1e-300)), "sum": np.ones(n),
+                     "sparse": np.maximum(np.bincount(cat["items"], minlength=n), 1)}[self.mode]
+            delta = {"item_emb": delta["item_emb"] / denom[:, None],
+                     "item_bias": delta["item_bias"] / denom}
+        tables = {k: self.current[k] for k in delta}
+        new = {k: a.astype(np.float32)
+               for k, a in self.server_opt.step(tables, delta, server_round).items()}
+        out = MetricRecord({"train-loss": totals["loss-sum"] / max(totals["num-pairs"], 1.0),
+                            "num-replies": len(parts), "num-users": totals["num-users"]})
+        return to_record(new), out

@@ -1,0 +1,130 @@
+"""Robust aggregation: each defense equals plain averaging on identical updates, and removes
+planted outliers."""
+
+import numpy as np
+import pytest
+from flwr.app import Message, MetricRecord, RecordDict
+
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.fedavg_upload import node_payload
+from florec.protocol.user_rows import user_rows_payload
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import parse_run_config
+from florec.strategies.fedavg import FedAvgRec
+from florec.strategies.robust import (
+    RobustFedAvgRec,
+    check_robust,
+    krum_select,
+    norm_bound,
+    row_aggregate,
+)
+
+N, D = 12, 4
+
+
+@pytest.fixture(autouse=True)
+def _run_ids():
+    from florec.sim.local_grid import LocalGrid
+
+    LocalGrid({}, 1, handlers={})  # the run/task ids a Flower process would set (Message needs)
+
+
+def reply(arrays, weight=0.0):
+    content = RecordDict({"arrays": to_record(arrays),
+                          "metrics": MetricRecord({"weight": weight, "num-users": 1.0,
+                                                   "num-pairs": 1.0, "loss-sum": 0.5})})
+    return Message(content, reply_to=Message(RecordDict(), dst_node_id=1, message_type="train"))
+
+
+def nodes_of_users(delta, bias, items, users_per_node, n_nodes, mode, per_user):
+    """Replies of ``n_nodes`` nodes whose users all upload the same rows."""
+    out = []
+    for _ in range(n_nodes):
+        row_user = np.repeat(np.arange(users_per_node), len(items))
+        row_item = np.tile(items, users_per_node)
+        d = np.tile(delta, (users_per_node, 1))
+        b = np.tile(bias, users_per_node)
+        w = np.full(users_per_node, 3.0)
+        arrays, weight = (user_rows_payload(row_user, row_item, d, b, w) if per_user
+                          else node_payload(mode, N, row_user, row_item, d, b, w))
+        out.append(reply(arrays, weight))
+    return out
+
+
+def aggregate(strategy, replies):
+    rng = np.random.default_rng(1)
+    strategy.current = {"item_emb": rng.normal(size=(N, D)).astype(np.float32),
+                        "item_bias": rng.normal(size=N).astype(np.float32)}
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    return from_record(arrays), metrics
+
+
+# every (defense, aggregation) pair check_robust accepts
+PAIRS = [("norm-bound", "sparse"), ("norm-bound", "dense"), ("norm-bound", "sum"),
+         ("median", "sparse"), ("trimmed-mean", "sparse"), ("krum", "sparse"),
+         ("krum", "dense"), ("multi-krum", "sparse"), ("multi-krum", "dense")]
+
+
+@pytest.mark.parametrize(("defense", "mode"), PAIRS)
+def test_each_defense_equals_plain_averaging_when_all_updates_are_identical(defense, mode):
+    rng = np.random.default_rng(0)
+    items = np.array([1, 4, 7])
+    delta, bias = rng.normal(0, 0.1, (3, D)), rng.normal(0, 0.1, 3)
+    plain, _ = aggregate(FedAvgRec(mode), nodes_of_users(delta, bias, items, 3, 5, mode, False))
+    per_user = defense in ("norm-bound", "median", "trimmed-mean")
+    robust = RobustFedAvgRec(defense, norm=100.0, trim=0.2, num_malicious=1, mode=mode)
+    got, metrics = aggregate(robust, nodes_of_users(delta, bias, items, 3, 5, mode, per_user))
+    for key in plain:
+        np.testing.assert_allclose(got[key], plain[key], rtol=1e-6, atol=1e-7)
+    assert metrics["num-replies"] == (1 if defense == "krum" else 4 if defense == "multi-krum"
+                                      else 5)
+
+
+def test_trimmed_mean_and_median_remove_a_planted_outlier():
+    rng = np.random.default_rng(0)
+    benign = rng.normal(0.0, 0.01, (19, D))
+    emb = np.vstack([benign, np.full((1, D), 100.0)])
+    items = np.zeros(20, dtype=np.int64)
+    bias = np.concatenate([np.zeros(19), [100.0]])
+    for rule in ("trimmed-mean", "median"):
+        touched, e, b = row_aggregate(items, emb, bias, rule, trim=0.1)
+        assert touched.tolist() == [0]
+        assert np.abs(e[0] - benign.mean(0)).max() < 0.02 and abs(b[0]) < 0.02
+    assert emb.mean(0).min() > 4.0  # the plain mean is dragged far away
+
+
+def test_norm_bound_clips_each_users_whole_update():
+    users = np.array([0, 0, 1])
+    emb = np.array([[3.0, 0.0], [0.0, 0.0], [0.3, 0.4]])
+    bias = np.array([0.0, 4.0, 0.0])
+    e, b = norm_bound(users, emb, bias, 1.0)  # user 0: norm 5 -> 1; user 1: norm 0.5 kept
+    np.testing.assert_allclose(e, [[0.6, 0.0], [0.0, 0.0], [0.3, 0.4]])
+    np.testing.assert_allclose(b, [0.0, 0.8, 0.0])
+
+
+def test_krum_drops_the_node_far_from_the_others():
+    rng = np.random.default_rng(0)
+    vectors = [rng.normal(0, 0.1, 20) for _ in range(6)] + [np.full(20, 5.0)]
+    assert 6 not in krum_select(vectors, num_malicious=1, num_select=5)
+    assert len(krum_select(vectors, num_malicious=1, num_select=1)) == 1
+
+
+def test_a_sparse_median_ignores_a_poisoned_user_among_benign_ones():
+    items = np.array([2])
+    benign = [(np.full((1, D), 0.1), np.array([0.1]))] * 4
+    rows = [user_rows_payload(np.zeros(1, np.int64), items, d, b, np.ones(1))
+            for d, b in benign + [(np.full((1, D), 50.0), np.array([50.0]))]]
+    strategy = RobustFedAvgRec("median", mode="sparse")
+    got, _ = aggregate(strategy, [reply(a, w) for a, w in rows])
+    before_emb = strategy.current["item_emb"]
+    np.testing.assert_allclose(got["item_emb"][2] - before_emb[2], 0.1, atol=1e-6)
+
+
+def test_defense_configurations_that_cannot_run_fail_in_one_line():
+    with pytest.raises(ConfigError, match="set aggregation='sparse'"):
+        check_robust(parse_run_config({"defense": "median", "aggregation": "dense"}))
+    with pytest.raises(ConfigError, match="averages the nodes it keeps"):
+        check_robust(parse_run_config({"defense": "krum", "aggregation": "sum"}))
+    with pytest.raises(ConfigError, match="model 'mf'"):
+        check_robust(parse_run_config({"defense": "krum", "model": "sasrec"}))
+    check_robust(parse_run_config({"defense": "trimmed-mean", "aggregation": "sparse"}))
