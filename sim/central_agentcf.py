@@ -1,0 +1,117 @@
+"""Centralised AgentCF / AgentCF++: simulate the agents on the training interactions, then rank.
+
+Phases (each timed with its LLM calls, cache hits and tokens in ``results.json`` ``phases``):
+``train`` (forward choice + reflections, step by step), ``groups`` (AgentCF++: tags, k-means,
+group memories), ``rank`` (1 true + 9 same-domain candidates per test interaction) and, with
+``agentcf-baselines=true``, ``baselines`` (random, Pop, BPR-MF, SASRec, LLMRank on the same
+candidates). The folder also gets ``memories.jsonl`` (every agent's final memory) and
+``ranks.json`` (the rank of each test row).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from florec.models.agentcf.baselines import run_baselines
+from florec.models.agentcf.data import DomainData
+from florec.models.agentcf.memory import ItemMemories, UserMemory
+from florec.models.agentcf.pipeline import (
+    build_group_text,
+    evaluate,
+    load_domain_data,
+    make_agent_llm,
+    rank_settings_of,
+    settings_of,
+    train_agents,
+    uses_groups,
+)
+from florec.models.agentcf.prompts import PROMPT_VERSION
+from florec.models.agentcf.rank import random_mrr
+from florec.models.cotrec.pipeline import PhaseLog
+from florec.recdata.runconfig import RunConfig
+from florec.server.results import ResultsWriter, run_entry
+
+
+def agentcf_method_name(cfg: RunConfig) -> str:
+    """The method's name: ``agentcf`` or ``agentcf++`` plus its non-default choices.
+
+    Suffixes: ``-shared``, ``-nogroups``, ``-bh`` / ``-br``, ``-titles``.
+    """
+    name = cfg.model
+    if cfg.model == "agentcf++":
+        name += "-shared" if cfg.agentcf_memory == "shared" else ""
+        name += "-nogroups" if cfg.agentcf_groups == 0 else ""
+    name += "" if cfg.agentcf_strategy == "b" else f"-{cfg.agentcf_strategy}"
+    return name + ("-titles" if cfg.agentcf_rank == "titles" else "")
+
+
+def run_central_agentcf(cfg: RunConfig, out_dir: Path | None = None, *, llm: Any = None,
+                        encoder: Any = None, data: DomainData | None = None) -> dict[str, Any]:
+    """One centralised AgentCF(++) run; returns its entry of ``results.json``.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        ``model`` ``agentcf`` or ``agentcf++``, the ``agentcf-*`` and ``llm-*`` keys.
+    out_dir : Path, optional
+        Results folder (config.json, results.json, memories.jsonl, ranks.json).
+    llm, encoder : optional
+        Prebuilt LLM / sentence encoder (tests); default from the run config.
+    data : DomainData, optional
+        Prebuilt protocol (tests, bench); default :func:`load_domain_data`.
+
+    """
+    t_start = time.perf_counter()
+    writer = ResultsWriter(Path(out_dir)) if out_dir is not None else None
+    config = cfg.to_flower() | {"setting": "central", "prompt-version": PROMPT_VERSION}
+    if writer is not None:
+        writer.write_config(config)
+    data = data if data is not None else load_domain_data(cfg)
+    llm = llm if llm is not None else make_agent_llm(cfg)
+    settings = settings_of(cfg)
+    memories = {int(u): UserMemory(settings.dual) for u in data.users}
+    items = ItemMemories(data.item_text)
+    log = PhaseLog()
+    with log.phase("train", llm):
+        train_stats = train_agents(llm, data, memories, items, settings, cfg.agentcf_train_max)
+    group_text, groups = None, None
+    if uses_groups(cfg):
+        with log.phase("groups", llm):
+            if encoder is None:
+                from florec.models.llm.encoder import SentenceEncoder
+
+                encoder = SentenceEncoder(cfg.encoder)
+            groups, group_text = build_group_text(llm, encoder, data, memories, cfg)
+    with log.phase("rank", llm):
+        result = evaluate(llm, data, memories, items, rank_settings_of(cfg), group_text)
+    n_cands = data.candidates.shape[1]
+    run = run_entry(agentcf_method_name(cfg), "central", cfg.dataset, "agentcf-time",
+                    cfg.seed, split_seed=cfg.split_seed)
+    run.update(metrics=result["metrics"], random_mrr=random_mrr(n_cands),
+               match_failures=result["match_failures"], train=train_stats,
+               data=data.meta | {"domains": data.domains, "users": len(data.users)},
+               groups={"sizes": [len(m) for m in groups.members], "names": groups.names}
+               if groups is not None else None)
+    if cfg.agentcf_baselines:
+        with log.phase("baselines", llm):
+            run["baselines"] = run_baselines(data, cfg.seed, llm)
+    run.update(phases=log.phases, llm=llm.stats.as_dict(),
+               wall_s=time.perf_counter() - t_start)
+    if writer is not None:
+        write_memories(Path(out_dir), memories, items, result["ranks"])
+        writer.write_results(config, [run])
+    return run
+
+
+def write_memories(out_dir: Path, memories: dict[int, UserMemory], items: ItemMemories,
+                   ranks: list[int]) -> None:
+    """``memories.jsonl`` (users, then learned item descriptions) and ``ranks.json``."""
+    with (out_dir / "memories.jsonl").open("w", encoding="utf-8") as fh:
+        for user, mem in sorted(memories.items()):
+            fh.write(json.dumps({"user": user} | mem.to_dict(), ensure_ascii=False) + "\n")
+        for item, text in sorted(items.learned.items()):
+            fh.write(json.dumps({"item": item, "learned": text}, ensure_ascii=False) + "\n")
+    (out_dir / "ranks.json").write_text(json.dumps(ranks) + "\n")
