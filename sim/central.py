@@ -93,6 +93,10 @@ def run_central(
     Sequential models train in :mod:`florec.sim.central_seq`, MF with a debiasing loss (``mf-loss``
     other than ``bpr``) in :mod:`florec.sim.central_fair`.
     """
+    if cfg.model in ("agentcf", "agentcf++"):
+        from florec.sim.central_agentcf import run_central_agentcf
+
+        return run_central_agentcf(cfg, out_dir)
     if cfg.model == "cotrec":
         from florec.sim.central_cotrec import run_central_cotrec
 
