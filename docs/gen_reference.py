@@ -87,6 +87,8 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
                              "agentcf-synthetic-trend")),
     ("User-level differential privacy (DP-FedAvg-MF)", ("dp", "dp-clip", "dp-noise-multiplier",
                                                         "dp-epsilon", "dp-delta", "dp-mode")),
+    ("LLKD", ("llkd-classes", "llkd-selection", "llkd-ema", "llkd-lr", "llkd-batch-size",
+              "llkd-budget", "llkd-test-fraction", "llkd-teacher-items")),
 ]
 
 # One line per key: what it does (values, units, where the default comes from).
@@ -100,7 +102,8 @@ DESCRIPTIONS: dict[str, str] = {
         'only), `sasrec`, `gru4rec` (central and FedAvg); FedAvg trains `mf`, `sasrec`, '
         '`gru4rec`; `cotrec` (central and federated, [CoT-Rec](../methods/cotrec.md)); '
         '`llmd4rec` (central and federated, [LLMD4Rec](../methods/llmd4rec.md)); `agentcf`, '
-        '`agentcf++` ([AgentCF](../methods/agentcf.md))'
+        '`agentcf++` ([AgentCF](../methods/agentcf.md)); `llkd` (central and federated, '
+        '[LLKD](../methods/llkd.md))'
     ),
     'dataset': (
         '`ml-100k`, `ml-1m`, `amazon-scientific`, `fedcia-ml100k`, `fedcia-ml1m`, `fedcia-bx`, '
@@ -429,6 +432,20 @@ DESCRIPTIONS: dict[str, str] = {
         'DP: `central` (the server adds the noise) or `distributed` (each node adds'
         ' 1/n of its variance; DP against the server only under secure aggregation)'
     ),
+    'llkd-classes': 'LLKD: number of categories (the most frequent; 2..10, one letter each)',
+    'llkd-selection': (
+        'LLKD: `llkd` (teacher confidence x student uncertainty, weighted loss), `teacher`, '
+        '`student` (one threshold), `random` (subset of LLKD\'s budget) or `all` pseudo-labels'
+    ),
+    'llkd-ema': 'LLKD: EMA momentum of the class-wise thresholds (0.999 suits long runs)',
+    'llkd-lr': "LLKD: AdamW step size of the student's linear head",
+    'llkd-batch-size': 'LLKD: samples per student step (selection is per batch)',
+    'llkd-budget': (
+        'LLKD: distinct samples the `random`/`teacher`/`student` rules may use (0: what an LLKD '
+        'run in the same call selected)'
+    ),
+    'llkd-test-fraction': 'LLKD: share of the labelled items held out for gold accuracy / macro-F1',
+    'llkd-teacher-items': 'LLKD: score only this many pool items with the teacher (0: all)',
 }
 
 

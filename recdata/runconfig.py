@@ -187,7 +187,7 @@ class RunConfig(BaseModel):
     # LLKD: LLM-to-student distillation with sample selection (issue 13, docs/methods/llkd.md)
     llkd_classes: int = Field(6, ge=2, le=10)
     llkd_selection: Literal["llkd", "all", "random", "teacher", "student"] = "llkd"
-    llkd_ema: float = Field(0.999, ge=0, lt=1)
+    llkd_ema: float = Field(0.9, ge=0, lt=1)
     llkd_lr: float = Field(0.01, gt=0)
     llkd_batch_size: int = Field(32, ge=1)
     llkd_budget: int = Field(0, ge=0)
