@@ -15,7 +15,7 @@ export FLWR_HOME ?= $(CURDIR)/.flwr
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: venv demo test lint docs bench bench-llm clean
+.PHONY: venv demo test lint docs bench bench-llm clean docker-test
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,12 @@ bench: venv
 
 bench-llm: venv
 	OMP_NUM_THREADS=1 $(BIN)/python bench/llm_layer.py --out results/llm_layer
+
+# Build the Docker images and run the compose topology for real: plain, TLS + SuperNode auth, and a
+# SuperNode stopped mid-run (deploy/README.md). Starts dockerd if none answers (root) and stops it
+# after. DOCKER_TEST_ARGS: e.g. --base official (Flower's images from Docker Hub), --scenarios plain
+docker-test: venv
+	$(BIN)/python deploy/dockertest.py --out results/docker-test $(DOCKER_TEST_ARGS)
 
 clean:
 	rm -rf results .site .pytest_cache .ruff_cache

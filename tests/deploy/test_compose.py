@@ -60,23 +60,24 @@ def check_topology(services: dict, tls: bool) -> None:
                              *(f"superexec-clientapp-{i}" for i in range(n))}
     link = parse(superlink_parser, services["superlink"]["command"])
     assert link.isolation == "process" and not link.simulation
-    assert link.database.startswith("/app/state/") and link.host == "0.0.0.0"
+    assert link.database.startswith("/app/state/") and link.host == "127.0.0.1"
     assert link.insecure is not tls and link.enable_supernode_auth is tls
     assert (link.ssl_certfile is not None) is tls
     link_port = link.port
     server = parse(superexec_parser, services["superexec-serverapp"]["command"])
-    assert server.runtime_api_address == f"superlink:{link_port}"
+    assert server.runtime_api_address == f"127.0.0.1:{link_port}"  # host networking
     assert (server.root_certificates is not None) is tls
     for i, node in enumerate(nodes):
         args = parse(supernode_parser, services[node]["command"])
         assert node == f"supernode-{i}"
-        assert args.isolation == "process" and args.superlink == f"superlink:{link_port}"
+        assert args.isolation == "process" and args.superlink == f"127.0.0.1:{link_port}"
         assert parse_config_args([args.node_config]) == {
             "partition-id": i, "num-partitions": n, "data-dir": "/data"}
         assert (args.root_certificates is not None) is tls
         assert (args.auth_supernode_private_key is not None) is tls
         app = parse(superexec_parser, services[f"superexec-clientapp-{i}"]["command"])
-        assert app.runtime_api_address == f"{node}:{args.port}"  # its own SuperNode
+        assert app.runtime_api_address == f"127.0.0.1:{args.port}"  # its own SuperNode
+        assert args.host == "127.0.0.1" and args.port == 9094 + i  # one port per node
         if tls:
             assert app.superexec_auth_secret_file == server.superexec_auth_secret_file \
                 == args.superexec_auth_secret_file == link.superexec_auth_secret_file
@@ -88,14 +89,16 @@ def test_compose_starts_one_superlink_and_a_supernode_with_a_superexec_per_parti
     compose = load("compose.yml")
     services = compose["services"]
     check_topology(services, tls=False)
-    assert services["superlink"]["image"] == services["superlink-state"]["image"] \
-        == f"flwr/superlink:{FLWR}"
+    assert defaults([services["superlink"]["image"], services["superlink-state"]["image"]]) \
+        == [f"flwr/superlink:{FLWR}"] * 2
     assert "superlink-state:/app/state" in services["superlink"]["volumes"]
     assert set(compose["volumes"]) == {"superlink-state", "results"}
-    assert services["superlink"]["ports"] == ["8000:8000"]
+    assert "ports" not in services["superlink"]  # host networking: nothing to publish
+    assert all(spec["network_mode"] == ("none" if name == "superlink-state" else "host")
+               for name, spec in services.items())
     for name, spec in services.items():
         if name.startswith("supernode-"):
-            assert spec["image"] == f"flwr/supernode:{FLWR}"
+            assert defaults([spec["image"]]) == [f"flwr/supernode:{FLWR}"]
         if name.startswith("superexec-"):
             assert spec["build"]["dockerfile"] == "deploy/Dockerfile"
             assert spec["shm_size"] and spec["image"].startswith("${FLOREC_IMAGE:-florec-")
@@ -110,7 +113,7 @@ def test_tls_overlay_turns_on_tls_and_authentication_everywhere():
     assert "https://" in " ".join(services["superlink"]["healthcheck"]["test"])
     for i in range(2):  # each node mounts only its own private key
         keys = [v for v in services[f"supernode-{i}"]["volumes"] if ".key" in v]
-        assert keys == [f"./certs/supernode-{i}.key:/app/certs/supernode.key:ro"]
+        assert defaults(keys) == [f"./certs/supernode-{i}.key:/app/certs/supernode.key:ro"]
 
 
 def test_gpu_overlay_reserves_a_gpu_for_each_clientapp():
@@ -124,7 +127,8 @@ def test_gpu_overlay_reserves_a_gpu_for_each_clientapp():
 
 def test_dockerfile_builds_on_the_superexec_image_of_the_installed_flower():
     text = (DEPLOY / "Dockerfile").read_text()
-    assert f"ARG FLWR_VERSION={FLWR}" in text and "FROM flwr/superexec:${FLWR_VERSION}" in text
+    assert f"ARG FLWR_VERSION={FLWR}" in text and "FROM ${BASE_IMAGE}" in text
+    assert "ARG BASE_IMAGE=flwr/superexec:${FLWR_VERSION}" in text
     assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text
     assert 'ENTRYPOINT ["flower-superexec"]' in text
 
