@@ -65,13 +65,21 @@ def node_pool(cfg: RunConfig, bucket: Bucket) -> np.ndarray:
     return np.intersect1d(pool, seen)
 
 
-def _embed(cfg: RunConfig, items: np.ndarray) -> np.ndarray:
+@functools.lru_cache(maxsize=2)
+def _labelled_embeddings(config_json: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of every labelled item's public title (computed once per process)."""
     from florec.models.cotrec.pipeline import encode_cached
 
-    task, _, _ = _task(json.dumps(cfg.to_flower(), sort_keys=True))
-    if len(items) == 0:
-        return np.zeros((0, _encoder(cfg.encoder).dim), np.float32)
-    return encode_cached(_encoder(cfg.encoder), [task.inputs[i] for i in items])
+    cfg = RunConfig.model_validate(json.loads(config_json))
+    task, _, _ = _task(config_json)
+    items = task.labelled
+    return items, encode_cached(_encoder(cfg.encoder), [task.inputs[i] for i in items])
+
+
+def _embed(cfg: RunConfig, items: np.ndarray) -> np.ndarray:
+    """Rows of :func:`_labelled_embeddings` for ``items`` (all labelled)."""
+    labelled, emb = _labelled_embeddings(json.dumps(cfg.to_flower(), sort_keys=True))
+    return emb[np.searchsorted(labelled, items)].astype(np.float32)
 
 
 def _teacher(cfg: RunConfig, context: Context, items: np.ndarray) -> tuple[np.ndarray, dict]:

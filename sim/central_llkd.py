@@ -61,7 +61,7 @@ def prepare(cfg: RunConfig, llm: Any = None, encoder: Any = None) -> Prepared:
         from florec.models.llm.encoder import SentenceEncoder
 
         encoder = SentenceEncoder(cfg.encoder)
-    both = np.concatenate([pool, test])
+    both = np.union1d(pool, test)  # sorted: the nodes embed the same list (one cache entry)
     with log.phase("embed"):
         vectors = encode_cached(encoder, [task.inputs[i] for i in both])
         emb = np.zeros((len(task.inputs), vectors.shape[1]), np.float32)
