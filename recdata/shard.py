@@ -244,7 +244,7 @@ def write_shard(shard: NodeShard, folder: Path, name: str, split_path: Path,
             "n_items": shard.split.n_items, "clients": [c.tolist() for c in shard.clients],
             "rows": {p: len(shard.split.parts[p][0]) for p in PARTS}, "cut-from": cut_from,
             "notes": shard.notes, "files": files}
-    (folder / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n")
+    (folder / MANIFEST).write_text(json.dumps(meta) + "\n")
 
 
 def shard_dir(out: Path, partition_id: int) -> Path:
@@ -393,3 +393,22 @@ def write_shards(cfg: Any, out: Path, data_dir: str = "") -> list[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return [shard_dir(out, p) for p in range(len(buckets))]
+
+
+def check_shards(out: Path, cfg: Any) -> int:
+    """The number of shards in a ``florec data shard`` folder cut for ``cfg``'s split.
+
+    Raises
+    ------
+    DataError
+        ``out`` holds no ``shards.json``.
+    ConfigError
+        The shards were cut for another split or partition (:func:`check_shard`).
+
+    """
+    index = Path(out) / INDEX
+    if not index.is_file():
+        raise DataError(f"{out} holds no {INDEX}; give a folder written by florec data shard")
+    meta = json.loads(index.read_text())
+    check_shard(meta, cfg, Path(out))
+    return int(meta["num_partitions"])

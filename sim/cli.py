@@ -6,6 +6,7 @@ The benchmark commands (``bench``, ``perf``, ``plot``) live in :mod:`florec.sim.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import sys
 import time
@@ -132,6 +133,33 @@ def data_split(
         shutil.copy2(f, out / f.name)
     sizes = {p: len(sp.parts[p][0]) for p in sp.parts}
     console.print(f"wrote {out}/{dataset}.{{train,valid,test}}.inter {sizes}")
+
+
+@data_app.command("shard")
+def data_shard(
+    dataset: str,
+    split: Annotated[str, typer.Option()] = "loo",
+    seed: Annotated[int, typer.Option(help="split seed (split-seed)")] = 0,
+    nodes: Annotated[int, typer.Option(help="number of nodes (num-nodes)")] = 2,
+    users_per_node: Annotated[
+        int, typer.Option(help="users per node; wins over --nodes when > 0")] = 0,
+    out: Annotated[Path, typer.Option(help="new folder: one node-NNNN shard per node")] = Path(
+        "shards"),
+    data_dir: Annotated[str, typer.Option()] = "",
+    config: Override = None,
+) -> None:
+    """Cut a run's split into one folder per node holding only that node's users' data.
+
+    Give node i ``data-dir=OUT/node-000i`` in its node config; partition, clients-per-node and
+    the synthetic generator keys come from -c as in a run.
+    """
+    from florec.recdata.shard import write_shards
+
+    cfg = _config({"dataset": dataset, "split": split, "split-seed": seed, "num-nodes": nodes,
+                   "users-per-node": users_per_node}, config)
+    folders = write_shards(cfg, out, data_dir)
+    console.print(f"wrote {len(folders)} shards to {out}/node-NNNN (manifest shard.json with "
+                  "sha256s); give node i node-config data-dir=<its folder>")
 
 
 @app.command()
@@ -337,19 +365,34 @@ def deploy_local(
     auth: Annotated[
         bool, typer.Option(help="SuperNode and SuperExec authentication (needs --tls)")
     ] = False,
-    data_dir: Annotated[str, typer.Option(help="data-dir of every node")] = "",
+    data_dir: Annotated[str, typer.Option(help="data root the shards are cut from")] = "",
+    shards: Annotated[
+        Path | None,
+        typer.Option(help="shards from florec data shard (default: cut into OUT/shards)"),
+    ] = None,
     config: Override = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Run one job on a real deployment on 127.0.0.1: SuperLink, SuperNodes, SuperExecs."""
+    """Run one job on a real deployment on 127.0.0.1: SuperLink, SuperNodes, SuperExecs.
+
+    Node i reads only its shard (SHARDS/node-000i); the server processes open no data.
+    """
+    from florec.recdata.shard import check_shards, write_shards
     from florec.server.results import claim_folder
     from florec.sim.deploy import run_local
 
     out = out.resolve()
-    _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config)
+    cfg, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config)
     started = time.time()
     with claim_folder(out, overwrite):
-        code = run_local(overrides, n, out, tls=tls, certs=certs, auth=auth, data_dir=data_dir)
+        if shards is None:
+            shards = out / "shards"
+            shutil.rmtree(shards, ignore_errors=True)  # a claimed folder: an earlier run's
+            write_shards(cfg, shards, data_dir)
+        elif check_shards(shards, cfg) != n:
+            raise FloRecError(f"{shards} holds {check_shards(shards, cfg)} shards but the run "
+                              f"has {n} nodes; cut them with --nodes {n}")
+        code = run_local(overrides, n, out, tls=tls, certs=certs, auth=auth, shards=shards)
     report_finished(out, code != 0, "deployed", started)
 
 

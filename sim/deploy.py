@@ -7,6 +7,11 @@ Runtime APIs), one ``flower-superexec`` that runs the ServerApp, and per node a
 The run is submitted with ``flwr run . <connection>`` through a connection written into a private
 ``FLWR_HOME``. Every process is ours and is stopped by PID, also on Ctrl-C and errors; each one's
 output goes, line by line with a wall-clock stamp, to ``<log_dir>/<name>.log``.
+
+Data ownership: the SuperLink, the ServerApp SuperExec and ``flwr run`` run with
+``FLOREC_NO_DATA=1`` (any attempt to open a dataset or split fails), and with ``shards`` (a
+``florec data shard`` folder) node ``i`` gets ``data-dir=<shards>/node-000i`` and runs with
+``FLOREC_NO_DATA=1`` too, so it can read nothing but its own shard.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from florec.recdata.errors import FloRecError
+from florec.recdata.shard import NO_DATA_ENV, shard_dir
 from florec.sim.flower import PROJECT_ROOT, flower_env, free_ports, terminate, toml_value
 
 CONNECTION = "florec-deploy"
@@ -113,12 +119,14 @@ class LoopbackDeployment:
         SuperNode authentication (``supernode-<i>.key/.pub`` registered with ``flwr supernode
         register``) and SuperExec authentication (``superexec.secret``); needs ``certs``.
     data_dir : str
-        ``data-dir`` of every node's config (empty: not set).
+        ``data-dir`` of every node's config (empty: not set); ignored with ``shards``.
+    shards : Path, optional
+        A ``florec data shard`` folder: node ``i`` reads only ``shards/node-000i``.
 
     """
 
     def __init__(self, num_nodes: int, log_dir: Path, certs: Path | None = None,
-                 auth: bool = False, data_dir: str = "") -> None:
+                 auth: bool = False, data_dir: str = "", shards: Path | None = None) -> None:
         if auth and certs is None:
             raise FloRecError("authentication needs TLS: add --tls")
         need = ["ca.crt", "server.pem", "server.key"] if certs else []
@@ -128,6 +136,7 @@ class LoopbackDeployment:
             raise FloRecError(f"{certs} lacks {', '.join(missing[:3])}; make it with "
                               f"deploy/certs.sh -o {certs} -k {num_nodes} -s")
         self.num_nodes, self.certs, self.auth, self.data_dir = num_nodes, certs, auth, data_dir
+        self.shards = None if shards is None else Path(shards).resolve()
         self.log_dir = Path(log_dir)
         self.work = Path(tempfile.mkdtemp(prefix="florec-deploy-"))
         self.port, *self.node_ports = free_ports(num_nodes + 1)
@@ -138,7 +147,10 @@ class LoopbackDeployment:
     def _start(self, name: str, cmd: list[str], home: str, echo: bool = False) -> Service:
         if self.auth and name != "flwr-run":  # every SuperLink, SuperNode and SuperExec
             cmd = [*cmd, "--superexec-auth-secret-file", str(self.certs / "superexec.secret")]
-        svc = Service(name, cmd, flower_env(self.work / home), self.log_dir, echo)
+        env = flower_env(self.work / home)
+        if not home.startswith("node-") or self.shards is not None:
+            env[NO_DATA_ENV] = "1"  # the server side never opens data; a node only its shard
+        svc = Service(name, cmd, env, self.log_dir, echo)
         self.services[name] = svc
         return svc
 
@@ -192,8 +204,9 @@ class LoopbackDeployment:
                                          "--runtime-api-address", link], "server")
         for i, port in enumerate(self.node_ports):
             node_config = f"partition-id={i} num-partitions={self.num_nodes}"
-            if self.data_dir:
-                node_config += f" data-dir={toml_value(self.data_dir)}"
+            data_dir = str(shard_dir(self.shards, i)) if self.shards else self.data_dir
+            if data_dir:
+                node_config += f" data-dir={toml_value(data_dir)}"
             key = ["--auth-supernode-private-key", str(certs / f"supernode-{i}.key")] \
                 if self.auth else []
             self._start(f"supernode-{i}", [
@@ -342,11 +355,13 @@ def _interrupt(*_: object) -> None:
 
 
 def run_local(run_config: dict[str, Any], num_nodes: int, out_dir: Path, tls: bool = False,
-              certs: Path | None = None, auth: bool = False, data_dir: str = "") -> int:
+              certs: Path | None = None, auth: bool = False, data_dir: str = "",
+              shards: Path | None = None) -> int:
     """Start the loopback deployment, run one job, tear it down; 0 if the run completed.
 
     ``certs`` is a folder made by ``deploy/certs.sh`` (made in a temporary folder if not
-    given). Logs go to ``out_dir/logs``; SIGTERM and Ctrl-C tear everything down as well.
+    given); ``shards`` a ``florec data shard`` folder (node i reads only its shard). Logs go
+    to ``out_dir/logs``; SIGTERM and Ctrl-C tear everything down as well.
     """
     out_dir = Path(out_dir).resolve()
     main = threading.current_thread() is threading.main_thread()
@@ -356,10 +371,13 @@ def run_local(run_config: dict[str, Any], num_nodes: int, out_dir: Path, tls: bo
             if tls and certs is None:
                 certs = make_certs(Path(tmp), supernode_keys=num_nodes if auth else 0)
             with LoopbackDeployment(num_nodes, out_dir / "logs", certs if tls else None, auth,
-                                    data_dir) as dep:
+                                    data_dir, shards) as dep:
                 print(f"[florec deploy] SuperLink on 127.0.0.1:{dep.port} "
                       f"({'TLS' if tls else 'insecure'}{', auth' if auth else ''}), SuperNode "
-                      f"IDs by partition {dep.node_ids()}; logs in {out_dir / 'logs'}", flush=True)
+                      f"IDs by partition {dep.node_ids()}; logs in {out_dir / 'logs'}; "
+                      + (f"node i reads only {shard_dir(dep.shards, 0).parent}/node-000i"
+                         if dep.shards else "nodes cut their shards in memory")
+                      + ", the server opens no data", flush=True)
                 code = dep.submit(run_config | {"out-dir": str(out_dir), "num-nodes": num_nodes})
                 for line in report_nodes(dep, out_dir):
                     print(f"[florec deploy] {line}", flush=True)
