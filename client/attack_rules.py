@@ -106,9 +106,10 @@ def promotion_step(emb: np.ndarray, bias: np.ndarray, users: np.ndarray, targets
                    ) -> tuple[np.ndarray, np.ndarray]:
     r"""Target-row changes that lift ``targets`` into the top-``k`` of ``users``.
 
-    ``S`` steps of gradient descent on the target rows of
+    ``S`` normalised gradient steps on the target rows of
     ``L = mean_u mean_{t, i in topK(u)} softplus(s_ui - s_ut)`` (topK over non-target items,
-    ``seen`` items excluded, fixed at the start).
+    ``seen`` items excluded, fixed at the start): each step moves each target row
+    ``[v_t, b_t]`` by ``lr`` along its negative gradient, so ``lr * steps`` bounds the move.
 
     Returns
     -------
@@ -133,9 +134,10 @@ def promotion_step(emb: np.ndarray, bias: np.ndarray, users: np.ndarray, targets
         s_t = u @ vt.T + bb  # (m, T)
         loss = torch.nn.functional.softplus(s_top[:, None, :] - s_t[:, :, None]).mean()
         g_v, g_b = torch.autograd.grad(loss, [vt, bb])
-        with torch.no_grad():
-            vt -= lr * g_v
-            bb -= lr * g_b
+        with torch.no_grad():  # each target row moves by lr along its descent direction
+            norm = (g_v.pow(2).sum(1) + g_b.pow(2)).sqrt().clamp(min=1e-12)
+            vt -= lr * g_v / norm[:, None]
+            bb -= lr * g_b / norm
     return (vt.detach() - v[tgt]).numpy(), (bb.detach() - bt[tgt]).numpy()
 
 

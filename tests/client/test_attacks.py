@@ -101,7 +101,7 @@ def test_promotion_step_lifts_the_targets_for_the_approximated_users():
     rng = np.random.default_rng(0)
     v, b = rng.normal(0, 0.3, (50, 8)), np.zeros(50)
     users, targets = rng.normal(0, 0.3, (20, 8)), np.array([3, 9])
-    d, db = promotion_step(v, b, users, targets, k=5, lr=5.0, steps=20)
+    d, db = promotion_step(v, b, users, targets, k=5, lr=0.5, steps=10)
     before = users @ v.T
     v2, b2 = v.copy(), b.copy()
     v2[targets] += d
@@ -179,6 +179,6 @@ def test_fraction_zero_run_matches_the_clean_run_and_an_attack_lifts_exposure(tm
         assert a["valid"] == pytest.approx(b["valid"], rel=1e-12, abs=1e-15)
     attacked, _ = run(tmp_path / "attacked", **{"attack": "fedrecattack", "attack-fraction": 0.1,
                                                 "attack-targets": "unpopular:3",
-                                                "attack-lr": 20.0})
+                                                "attack-lr": 1.0})
     assert attacked["metrics"]["er@10"] > clean["metrics"]["er@10"] + 0.2
     assert attacked["metrics"]["num-users"] == clean["metrics"]["num-users"] - 6  # 10% left out
