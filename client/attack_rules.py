@@ -18,8 +18,9 @@ user's rows. ``attack-norm`` ``kappa > 0`` then clips each row's change
 - ``fedrecattack`` (Rong et al., "FedRecAttack: Model Poisoning Attack to Federated
   Recommendation", ICDE 2022): approximate user embeddings ``u_hat`` from the public
   interactions (ridge fit to the global table: ``(V_P^T V_P + w_0 V^T V + I) u = V_P^T 1``,
-  ``w_0 = |P_u| / n``), then ``S`` steps on
-  ``L = mean_u mean_{t, i in topK(u)} softplus(s_ui - s_ut)`` over the target rows.
+  ``w_0 = |P_u| / n``), then ``S`` normalised gradient steps (each moves a target row by
+  ``eta``) on ``L = mean_u mean_{t, i in topK(u)} softplus(s_ui - s_ut)`` over the target
+  rows (:func:`promotion_step`).
 - ``a-ra`` / ``a-hum`` (Rong et al., "Poisoning Deep Learning Based Recommender Model in
   Federated Learning Scenarios", IJCAI 2022): the same promotion loss over ``attack-users``
   synthetic users: A-ra draws them from ``N(0, sigma_V^2 I)``; A-hum mines hard users by ``S``
