@@ -65,6 +65,10 @@ def _node(cfg: RunConfig) -> ModuleType:
         from florec.client import llkd_node
 
         return llkd_node
+    if cfg.model == "llmd4rec":
+        from florec.client import llmd4rec_node
+
+        return llmd4rec_node
     if cfg.model == "cotrec":
         from florec.client import cotrec_node
 

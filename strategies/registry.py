@@ -21,7 +21,7 @@ from florec.strategies.robust import RobustFedAvgRec, check_robust
 from florec.strategies.server_opt import ServerOptimizer
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
-SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec", "cotrec", "llkd"),
+SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec", "cotrec", "llkd", "llmd4rec"),
              "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),
              "local": ("mf", "lightgcn", "mlp", "gfcf")}
 
@@ -42,7 +42,7 @@ def check_algorithm(cfg: RunConfig) -> None:
         raise ConfigError(f"user cohorts (cohort-fraction/cohort-size) need algorithm 'fedavg'; "
                           f"'{cfg.algorithm}' clients are whole buckets: sample them with "
                           "fraction-train and keep cohort-fraction=1, cohort-size=0")
-    if cohort and cfg.model in (*SEQUENTIAL_MODELS, "cotrec"):
+    if cohort and cfg.model in (*SEQUENTIAL_MODELS, "cotrec", "llmd4rec"):
         raise ConfigError(f"user cohorts are implemented for model 'mf' only; for "
                           f"'{cfg.model}' sample nodes with fraction-train and keep "
                           "cohort-fraction=1, cohort-size=0")
@@ -72,6 +72,10 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
         from florec.strategies.llkd import build_llkd_strategy
 
         return build_llkd_strategy(cfg)
+    if cfg.model == "llmd4rec":
+        from florec.strategies.llmd4rec import build_llmd4rec_strategy
+
+        return build_llmd4rec_strategy(cfg, n_items)
     if cfg.model == "cotrec":
         from florec.strategies.fedavg_lora import build_cotrec_strategy
 
@@ -117,7 +121,7 @@ def attach_cohorts(strategy: RecStrategy, cfg: RunConfig, n_users: int,
     Nodes recompute the same cohort from (seed, round, population) in
     :mod:`florec.client.fedavg_node`, so only the round number travels.
     """
-    if cfg.algorithm != "fedavg" or cfg.model in (*SEQUENTIAL_MODELS, "cotrec"):
+    if cfg.algorithm != "fedavg" or cfg.model in (*SEQUENTIAL_MODELS, "cotrec", "llmd4rec"):
         return False
     if cfg.dp:  # Poisson-sampled users (client/trainers/dp_clip.py): every node is asked
         strategy.dp = UserDP.from_config(cfg, n_users)

@@ -1,0 +1,168 @@
+r"""Federated LLMD4Rec on the server: FedAvg of the CRM, federated LoRA of the LLM teacher.
+
+Schedule over ``num-rounds`` rounds, with P = ``llmd4rec-pretrain-rounds``, R =
+``llmd4rec-iterations``, E = ``llmd4rec-crm-epochs``:
+
+* rounds 1..P: plain SASRec FedAvg (:class:`FedAvgParams`: every shared array, weighted by the
+  nodes' training positions);
+* at the first round of iteration r (rounds P + (r-1)E + 1), before the CRM's train messages,
+  the teacher phase (:meth:`FedLLMD4Rec.teacher_phase`): every node builds its own samples'
+  candidates with the current global CRM and trains the LoRA adapter from the global one
+  (CE + KL toward the CRM); the server averages the adapters weighted by samples,
+
+  .. math:: A \leftarrow \frac{\sum_k m_k A_k}{\sum_k m_k}
+
+  (:func:`florec.strategies.fedavg_lora.fedavg_adapters`); then every node scores its samples
+  with the averaged adapter and keeps the teacher table in its store;
+* rounds after P: the CRM's local epochs add the weighted KL toward the node's stored table;
+* after the rounds (:meth:`FedLLMD4Rec.after_rounds`): the CRM of the best validation round is
+  re-ranked by the teacher on every node's test users (sums pooled).
+
+Nothing sent or received holds a user's history, a prompt, a candidate list or a per-user
+number: adapters, CRM arrays and counts / metric sums only (docs/methods/llmd4rec.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from florec.protocol.codec import from_record, to_record
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
+from florec.strategies.fedavg_lora import fedavg_adapters
+from florec.strategies.fedavg_params import FedAvgParams
+
+
+def iteration_of(cfg: RunConfig, server_round: int) -> int:
+    """The iteration whose teacher phase opens ``server_round`` (0: none)."""
+    k = server_round - cfg.llmd4rec_pretrain_rounds - 1
+    if k < 0 or k % cfg.llmd4rec_crm_epochs or k // cfg.llmd4rec_crm_epochs >= \
+            cfg.llmd4rec_iterations:
+        return 0
+    return k // cfg.llmd4rec_crm_epochs + 1
+
+
+class FedLLMD4Rec(FedAvgParams):
+    """FedAvg of SASRec plus LLMD4Rec's teacher phases (module docstring)."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg.fraction_train, cfg.seed)
+        self.cfg = cfg
+        self.adapter: dict = {}  # empty: every node starts from the seeded A, B = 0
+        self.round_arrays: dict[int, ArrayRecord] = {}
+        self.phases: dict[str, dict[str, float]] = {}
+        self.iterations: list[dict[str, float]] = []
+
+    def _ask(self, grid: Grid, name: str, record: RecordDict, kind: str) -> list[Message]:
+        t0 = time.perf_counter()
+        nodes = self.responsive_nodes(grid)
+        msgs = self.messages(record, nodes, kind)
+        self.bytes_down += sum(len(a.data) for rec in record.array_records.values()
+                               for a in rec.values()) * len(nodes)
+        replies = list(grid.send_and_receive(msgs, timeout=self.cfg.round_timeout_s))
+        row = self.phases.setdefault(name, {"seconds": 0.0})
+        row["seconds"] += time.perf_counter() - t0
+        ok = []
+        for msg in replies:
+            if msg.has_error():
+                self.drop(0, msg, f"{name} failed: {msg.error.reason}")
+                continue
+            self.bytes_up += sum(len(a.data) for rec in msg.content.array_records.values()
+                                 for a in rec.values())
+            for k, v in msg.content.metric_records["metrics"].items():
+                if k.startswith("llm/"):
+                    row[k[4:]] = row.get(k[4:], 0) + float(v)
+            ok.append(msg)
+        return ok
+
+    def teacher_phase(self, grid: Grid, server_round: int, arrays: ArrayRecord,
+                      iteration: int) -> None:
+        """Federated LoRA of the teacher (when it can train), then the nodes' scoring pass."""
+        config = {"server-round": server_round, "iteration": iteration}
+        if self.cfg.llmd4rec_llm_epochs > 0:
+            replies = self._ask(grid, "teacher-fit", RecordDict(
+                {"arrays": arrays, "adapter": to_record(self.adapter),
+                 "config": ConfigRecord(config | {"llmd4rec-phase": "lora"})}),
+                MessageType.TRAIN)
+            weights = [float(m.content.metric_records["metrics"]["num-samples"])
+                       for m in replies]
+            new = fedavg_adapters([from_record(m.content.array_records["adapter"])
+                                   for m in replies], weights) if sum(weights) > 0 else None
+            if new is not None:
+                self.adapter = new
+                log(INFO, "LLMD4Rec iteration %d: adapter averaged over %d samples of %d "
+                    "nodes", iteration, int(sum(weights)), len(replies))
+            else:
+                log(WARNING, "LLMD4Rec iteration %d: no node trained the LLM (backend "
+                    "without weights or no covered sample)", iteration)
+        replies = self._ask(grid, "teacher-probs", RecordDict(
+            {"arrays": arrays, "adapter": to_record(self.adapter),
+             "config": ConfigRecord(config | {"llmd4rec-phase": "score"})}), MessageType.TRAIN)
+        sums = {k: sum(float(m.content.metric_records["metrics"].get(k, 0)) for m in replies)
+                for k in ("samples", "covered", "teacher-top1")}
+        self.iterations.append({"iteration": iteration, "samples": sums["samples"],
+                                "coverage": sums["covered"] / max(sums["samples"], 1),
+                                "teacher_top1": sums["teacher-top1"] / max(sums["covered"], 1),
+                                "nodes": len(replies)})
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """The teacher phase at an iteration's first round, then the CRM's train messages."""
+        iteration = iteration_of(self.cfg, server_round)
+        if iteration:
+            self.teacher_phase(grid, server_round, arrays, iteration)
+        if server_round > self.cfg.llmd4rec_pretrain_rounds and self.iterations:
+            config["llmd4rec-distill"] = 1
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Keep this round's arrays (re-ranking runs at the best round), then evaluate."""
+        self.round_arrays[server_round] = arrays
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def after_rounds(self, grid: Grid, run: dict[str, Any], out_dir: Any = None
+                     ) -> dict[str, Any]:
+        """Re-ranking of the best round's CRM top-K by the teacher; returns run fields."""
+        out: dict[str, Any] = {"phases": self.phases, "iterations": self.iterations}
+        best = run.get("best_round")
+        if not self.cfg.llmd4rec_rerank or not self.iterations or best not in self.round_arrays:
+            return out
+        record = RecordDict({"arrays": self.round_arrays[best],
+                             "adapter": to_record(self.adapter),
+                             "config": ConfigRecord({"llmd4rec-phase": "rerank",
+                                                     "server-round": best})})
+        sums: dict[str, float] = {}
+        for msg in self._ask(grid, "rerank", record, MessageType.EVALUATE):
+            for k, v in msg.content.metric_records["metrics"].items():
+                if not k.startswith("llm/") and k != "partition-id":
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        n = max(sums.pop("num-users", 0.0), 1.0)
+        out["rerank"] = {k: v / n for k, v in sums.items()} | {"users": n}
+        return out
+
+
+def build_llmd4rec_strategy(cfg: RunConfig, n_items: int) -> tuple[FedLLMD4Rec, ArrayRecord]:
+    """The strategy and the seeded SASRec's shared arrays (the same model as ``sasrec``).
+
+    Raises
+    ------
+    ConfigError
+        With ``llmd4rec-teacher='ensemble'`` (the federated teacher is the nodes' LLM).
+
+    """
+    if cfg.llmd4rec_teacher != "llm":
+        raise ConfigError("federated LLMD4Rec distils from the nodes' LLM; set "
+                          "llmd4rec-teacher='llm' (the ensemble teacher runs centrally)")
+    from florec.models.registry import sequential_from_config
+
+    init = sequential_from_config(cfg.model_copy(update={"model": "sasrec", "oracle": False}),
+                                  n_items)
+    return FedLLMD4Rec(cfg), to_record(init.shared_state())
