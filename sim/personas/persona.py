@@ -164,10 +164,11 @@ def sample_personas(n: int, seed: int, texts: list[ItemText], train_rows: list[n
 
 def persona_prompt(p: Persona, example: str, noun: str) -> str:
     """The prompt that asks the LLM to write persona ``p`` (UXAgent's generator)."""
-    return (f"{WRITE_MARK} (about 70 words, third person) of someone who picks a {noun} on a "
-            f"website. Keep these facts exactly:\n{p.fields()}\nDescribe their background, "
-            "financial situation, habits, professional life and personal style.\n"
-            f"Example persona:\n{example}")
+    return (f"{WRITE_MARK} of a new person who picks a {noun} on a website. Here is a persona "
+            f"of someone else, as an example of the style only:\n{example}\n\nNow describe "
+            "the new person in about 60 words, third person: background, financial situation, "
+            "habits, professional life and personal style. Use a new name and keep these facts "
+            f"exactly:\n{p.fields()}")
 
 
 def template_text(p: Persona, noun: str) -> str:
@@ -197,8 +198,8 @@ def validate(p: Persona, text: str) -> list[str]:
 
 
 def write_personas(personas: list[Persona], llm: LLM, seed: int, *, noun: str = "movie",
-                   wave: int = 16, retries: int = 2, temperature: float = 0.7,
-                   max_new_tokens: int = 120) -> dict[str, int]:
+                   wave: int = 16, retries: int = 1, temperature: float = 0.7,
+                   max_new_tokens: int = 90) -> dict[str, int]:
     """Let the LLM write every persona's text, in waves; validate and regenerate.
 
     Wave ``w`` shows each persona a randomly chosen persona of an earlier wave as the example

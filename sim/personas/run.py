@@ -52,7 +52,8 @@ def make_personas(n: int, split: Split, texts: list[ItemText], llm: LLM,
                   cold_start: bool = False) -> tuple[list[Persona], dict[str, int]]:
     """Sample, write and (cold start) seed ``n`` personas.
 
-    Anchors are ``n`` distinct users with training items, drawn with the seed; a cold-start
+    Anchors are the first ``n`` of a seeded permutation of the users with training items (so a
+    larger population keeps the smaller one's personas, and their cached answers); a cold-start
     persona's history is the :data:`COLD_START_ITEMS` items whose text is nearest its persona
     text (MiniLM cosine).
 
@@ -72,8 +73,7 @@ def make_personas(n: int, split: Split, texts: list[ItemText], llm: LLM,
     anchors = None
     rows: list[np.ndarray] = []
     if not cold_start:
-        anchors = np.sort(np.random.default_rng([seed, PERSONA_SALT, 2]).choice(
-            active, size=n, replace=False))
+        anchors = np.random.default_rng([seed, PERSONA_SALT, 2]).permutation(active)[:n]
         rows = [train.indices[train.indptr[u]:train.indptr[u + 1]] for u in anchors]
     personas = sample_personas(n, seed, texts, rows, anchors, noun)
     counts = write_personas(personas, llm, seed, noun=noun)

@@ -71,7 +71,7 @@ class SessionOptions:
     exclude_shown: bool = True
     memory_top: int = 3
     importance: str = "kind"
-    reason_tokens: int = 40
+    reason_tokens: int = 32
     temperature: float = 0.7
     seed: int = 0
     noun: str = "movie"
