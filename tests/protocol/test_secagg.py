@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from florec.protocol import shamir
 from florec.protocol.secagg import (
     Refused,
     SecAggNode,
     SecAggServer,
-    _combine32,
     _pair_masks,
     dequantize,
     quant_bits,
@@ -86,7 +86,7 @@ def test_a_server_that_claims_a_live_node_dropped_learns_nothing_about_it():
     # the server rebuilds the victim's pair-mask key and strips its pair masks from y_victim ...
     ids = list(server.roster)
     s_shares = {ids.index(u) + 1: r[victim][1] for u, r in reveals.items()}
-    s_victim = _combine32(dict(list(s_shares.items())[:6]))
+    s_victim = shamir.combine(dict(list(s_shares.items())[:6]))
     assert s_victim == nodes[victim].s_sk
     peers = {w: server.roster[w][1] for w in xs}
     stripped = uploads[victim] - _pair_masks(victim, s_victim, peers, b"test", 300)
