@@ -170,3 +170,18 @@ def test_bad_run_dir_is_one_line_error(mf_run, tmp_path):
                                       "--llm", "scripted", "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
     assert "\n" not in str(result.exception)
+
+
+def test_summary_ctr_and_arp_follow_their_formulas():
+    from florec.sim.personas.output import summarize
+
+    pop = np.array([10.0, 0.0, 4.0, 2.0])
+    recs = [{"session": 1, "shown": [0, 1], "considered": 0, "clicked": True, "p_click": 0.8},
+            {"session": 1, "shown": [2, 3], "considered": 3, "clicked": False, "p_click": 0.4},
+            {"session": 2, "shown": [1, 2], "considered": 2, "clicked": True, "p_click": 0.6}]
+    m = summarize(recs, pop)
+    assert m["ctr"] == pytest.approx(2 / 3) and m["expected_ctr"] == pytest.approx(0.6)
+    assert m["ctr_by_session"] == [0.5, 1.0]
+    assert m["arp_shown"] == pytest.approx((5 + 3 + 2) / 3)  # mean of the lists' means
+    assert m["arp_clicked"] == pytest.approx((10 + 4) / 2)
+    assert m["coverage_shown"] == 1.0
