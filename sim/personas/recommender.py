@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from florec.models.base import Recommender
+from florec.models.mf import MF
 from florec.models.registry import MODELS, model_from_config
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig, parse_run_config
@@ -65,7 +66,7 @@ class TrainedRecommender:
                  fold_in_steps: int = 50) -> None:
         self.name, self.model, self.cfg, self.split = name, model.eval(), cfg, split
         self.fold_in_steps = fold_in_steps
-        self.folds = hasattr(model, "user_emb") and hasattr(model, "item_emb")
+        self.folds = isinstance(model, MF)  # score = p_u . q_i + b_i: a user row can be refit
         self.refits = hasattr(model, "fit") and not model.trainable
         self.train = split.matrix("train")
 
@@ -105,7 +106,7 @@ class TrainedRecommender:
         starting from the anchor's trained row (zeros for a cold-start persona).
         """
         q = self.model.item_emb.detach()
-        b = getattr(self.model, "item_bias", torch.zeros(q.shape[0])).detach()
+        b = self.model.item_bias.detach()
         start = (self.model.user_emb.detach()[persona.anchor] if persona.anchor is not None
                  else torch.zeros(q.shape[1]))
         if not history:
