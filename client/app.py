@@ -47,7 +47,9 @@ def _load_bucket(config_json: str, partition_id: int, num_partitions: int, data_
     cfg = RunConfig.model_validate(json.loads(config_json))
     shard = shard_of_node(cfg, {"partition-id": partition_id, "num-partitions": num_partitions,
                                 "data-dir": data_dir})
-    return Bucket.from_split(shard.split, shard.clients)  # a list of clients' users
+    bucket = Bucket.from_split(shard.split, shard.clients)  # a list of clients' users
+    shard.split._csr.clear()  # (n_users, n_items) matrices: one per node would add up
+    return bucket
 
 
 def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
