@@ -14,6 +14,7 @@ from florec.recdata.runconfig import parse_run_config
 from florec.recdata.shard import NO_DATA_ENV, shard_dir, shards_in_memory, write_shards
 from florec.server.app import run_federated
 from florec.server.federation import item_catalogue
+from florec.server.loop import learn_partitions
 from florec.sim.local_grid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +81,17 @@ def test_nodes_given_each_other_s_shards_stop_the_run_with_the_node_s_reason(tmp
     with pytest.raises(ConfigError, match="could not report its data: .*is partition 1 but this "
                                           "node has partition-id 0"):
         run_federated(grid, cfg, tmp_path / "out")
+
+
+def test_a_partition_reply_holds_sizes_only(tmp_path):
+    cfg = parse_run_config(SMALL)
+    grid, _ = sharded_grid(cfg, tmp_path / "shards")
+    facts, failed = learn_partitions(grid, 30.0)
+    assert not failed and len(facts) == 4
+    for reply in facts.values():
+        assert set(reply) == {"partition-id", "num-users", "num-partitions", "population",
+                              "num-items"}
+    assert sorted(r["num-users"] for r in facts.values()) == [10, 10, 10, 10]
 
 
 def test_the_server_gets_the_public_item_text_from_a_node_s_shard(tmp_path, monkeypatch):
