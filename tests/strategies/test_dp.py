@@ -27,7 +27,7 @@ BASE = {"dataset": "synthetic", "synthetic-users": 60, "synthetic-items": 50,
 
 
 def test_epsilon_matches_the_library_called_directly():
-    q, z, rounds, delta = 0.01, 1.1, 1000, 1e-5
+    q, z, rounds, delta = 0.01, 1.1, 200, 1e-5
     acc = rdp.RdpAccountant(list(dp_account.ORDERS))
     acc.compose(dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), rounds))
@@ -99,11 +99,19 @@ def federate(extra: dict) -> tuple[dict, list[dict]]:
     return run, rows
 
 
-def test_dp_without_noise_and_with_a_huge_clip_equals_the_plain_run():
-    plain, _ = federate({})
-    dp, rows = federate({"dp": True, "dp-clip": 1e9})
+@pytest.mark.parametrize("agg", [{}, {"aggregation": "dense", "weighting": "uniform"}])
+def test_dp_without_noise_and_with_a_huge_clip_equals_the_plain_run(agg):
+    plain, _ = federate(agg)  # dense: every synthetic user has training rows, so D = q U = 60
+    dp, rows = federate(agg | {"dp": True, "dp-clip": 1e9})
     assert dp["metrics"] == pytest.approx(plain["metrics"], abs=1e-9)
     assert dp["dp"]["epsilon"] is None and "dp-epsilon" not in rows[-1]["train"]
+    assert dp["dp"]["denominator"] == (60.0 if agg else 1.0)
+
+
+def test_a_small_clip_changes_the_run():
+    plain, _ = federate({})
+    clipped, _ = federate({"dp": True, "dp-clip": 1e-3})
+    assert clipped["metrics"] != pytest.approx(plain["metrics"], abs=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["central", "distributed"])
