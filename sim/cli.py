@@ -153,7 +153,7 @@ def data_shard(
     Give node i ``data-dir=OUT/node-000i`` in its node config; partition, clients-per-node and
     the synthetic generator keys come from -c as in a run.
     """
-    from florec.recdata.shard import write_shards
+    from florec.recdata.shard_files import write_shards
 
     cfg = _config({"dataset": dataset, "split": split, "split-seed": seed, "num-nodes": nodes,
                    "users-per-node": users_per_node}, config)
@@ -377,7 +377,7 @@ def deploy_local(
 
     Node i reads only its shard (SHARDS/node-000i); the server processes open no data.
     """
-    from florec.recdata.shard import check_shards, write_shards
+    from florec.recdata.shard_files import check_shards, write_shards
     from florec.server.results import claim_folder
     from florec.sim.deploy import run_local
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from florec.recdata.errors import FloRecError
-from florec.recdata.shard import NO_DATA_ENV, shard_dir
+from florec.recdata.shard import NO_DATA_ENV
+from florec.recdata.shard_files import shard_dir
 from florec.sim.flower import PROJECT_ROOT, flower_env, free_ports, terminate, toml_value
 
 CONNECTION = "florec-deploy"

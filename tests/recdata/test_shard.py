@@ -8,15 +8,13 @@ from typer.testing import CliRunner
 
 from florec.recdata.errors import ConfigError, DataError
 from florec.recdata.runconfig import parse_run_config
-from florec.recdata.shard import (
+from florec.recdata.shard import node_shard, refuse_data, shards_in_memory
+from florec.recdata.shard_files import (
     INDEX,
     MANIFEST,
     check_shards,
     load_shard,
-    node_shard,
-    refuse_data,
     shard_dir,
-    shards_in_memory,
     write_shards,
 )
 from florec.recdata.splits import PARTS

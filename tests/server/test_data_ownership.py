@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from florec.recdata import shard as shard_mod
+from florec.recdata import shard_files
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
-from florec.recdata.shard import NO_DATA_ENV, shard_dir, shards_in_memory, write_shards
+from florec.recdata.shard import NO_DATA_ENV, shards_in_memory
+from florec.recdata.shard_files import shard_dir, write_shards
 from florec.server.app import run_federated
 from florec.server.federation import item_catalogue
 from florec.server.loop import learn_partitions
@@ -42,13 +43,13 @@ def no_data_anywhere(monkeypatch) -> list[str]:
     monkeypatch.setattr("florec.recdata.datasets.load_dataset", boom)
     monkeypatch.setattr("florec.recdata.store._cached", boom)
     read: list[str] = []
-    load = shard_mod.load_shard
+    load = shard_files.load_shard
 
     def recording(folder, cfg=None):
         read.append(str(folder))
         return load(folder, cfg)
 
-    monkeypatch.setattr(shard_mod, "load_shard", recording)
+    monkeypatch.setattr(shard_files, "load_shard", recording)
     return read
 
 
