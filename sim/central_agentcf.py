@@ -20,6 +20,7 @@ from florec.models.agentcf.data import DomainData
 from florec.models.agentcf.memory import ItemMemories, UserMemory
 from florec.models.agentcf.pipeline import (
     build_group_text,
+    display_seed,
     evaluate,
     load_domain_data,
     make_agent_llm,
@@ -97,7 +98,7 @@ def run_central_agentcf(cfg: RunConfig, out_dir: Path | None = None, *, llm: Any
                if groups is not None else None)
     if cfg.agentcf_baselines:
         with log.phase("baselines", llm):
-            run["baselines"] = run_baselines(data, cfg.seed, llm)
+            run["baselines"] = run_baselines(data, display_seed(cfg), llm)
     run.update(phases=log.phases, llm=llm.stats.as_dict(),
                wall_s=time.perf_counter() - t_start)
     if writer is not None:
@@ -115,3 +116,61 @@ def write_memories(out_dir: Path, memories: dict[int, UserMemory], items: ItemMe
         for item, text in sorted(items.learned.items()):
             fh.write(json.dumps({"item": item, "learned": text}, ensure_ascii=False) + "\n")
     (out_dir / "ranks.json").write_text(json.dumps(ranks) + "\n")
+
+
+def run_federated_agentcf(cfg: RunConfig, n_nodes: int, out_dir: Path | None = None, *,
+                          llm: Any = None, encoder: Any = None, data: DomainData | None = None,
+                          on_message: Any = None) -> dict[str, Any]:
+    """AgentCF(++) with user memories on ``n_nodes`` nodes, run in this process.
+
+    Users are split into contiguous buckets (sorted ids), one per node; each node keeps its
+    users' memories and answers their prompts with its own ``llm`` (here one shared object:
+    the cache key does not depend on the node); the server
+    (:class:`florec.strategies.agentcf.AgentCFServer`) keeps the item agents and the groups.
+    The messages are Flower ``RecordDict`` objects handed over in process (not yet a
+    ``flwr run`` app); ``on_message(direction, kind, msg)`` sees each of them.
+    """
+    import numpy as np
+
+    from florec.client.agentcf_node import AgentCFNode
+    from florec.strategies.agentcf import AgentCFServer
+
+    t_start = time.perf_counter()
+    writer = ResultsWriter(Path(out_dir)) if out_dir is not None else None
+    config = cfg.to_flower() | {"setting": "federated", "nodes": n_nodes,
+                                "prompt-version": PROMPT_VERSION}
+    if writer is not None:
+        writer.write_config(config)
+    data = data if data is not None else load_domain_data(cfg)
+    llm = llm if llm is not None else make_agent_llm(cfg)
+    if uses_groups(cfg) and encoder is None:
+        from florec.models.llm.encoder import SentenceEncoder
+
+        encoder = SentenceEncoder(cfg.encoder)
+    nodes = [AgentCFNode(bucket, data, llm, settings_of(cfg), rank_settings_of(cfg),
+                         cfg.agentcf_train_max)
+             for bucket in np.array_split(data.users, n_nodes) if len(bucket)]
+    server = AgentCFServer(data.item_text, data.item_domain, data.item_title, encoder=encoder,
+                           kmeans_k=cfg.agentcf_kmeans_k,
+                           n_groups=cfg.agentcf_groups if uses_groups(cfg) else 0,
+                           seed=cfg.seed, on_message=on_message)
+    log = PhaseLog()
+    with log.phase("train", llm):
+        train_stats = server.train(nodes)
+    with log.phase("groups", llm):
+        groups = server.build_groups(nodes)
+    with log.phase("rank", llm):
+        metrics = server.evaluate(nodes)
+    run = run_entry(agentcf_method_name(cfg), "federated", cfg.dataset, "agentcf-time",
+                    cfg.seed, split_seed=cfg.split_seed)
+    run.update(metrics=metrics, random_mrr=random_mrr(data.candidates.shape[1]),
+               train=train_stats, nodes=len(nodes), bytes_up=server.bytes["up"],
+               bytes_down=server.bytes["down"],
+               data=data.meta | {"domains": data.domains, "users": len(data.users)},
+               groups={"sizes": [len(m) for m in groups.members], "names": groups.names}
+               if groups is not None else None,
+               phases=log.phases, llm=llm.stats.as_dict(),
+               wall_s=time.perf_counter() - t_start)
+    if writer is not None:
+        writer.write_results(config, [run])
+    return run

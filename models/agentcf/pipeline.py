@@ -115,10 +115,18 @@ def settings_of(cfg: RunConfig) -> AgentSettings:
                          max_new_tokens=cfg.agentcf_max_tokens, seed=cfg.seed)
 
 
+def display_seed(cfg: RunConfig) -> int:
+    """Seed of the candidates' display order and of the random baseline.
+
+    It depends on ``seed`` and ``split-seed``, so every user sample gets its own order.
+    """
+    return int(np.random.default_rng([cfg.seed, cfg.split_seed]).integers(2**31))
+
+
 def rank_settings_of(cfg: RunConfig) -> RankSettings:
     """The inference settings of a run."""
     return RankSettings(strategy=cfg.agentcf_strategy, mode=cfg.agentcf_rank,
-                        history=cfg.agentcf_history, seed=cfg.seed,
+                        history=cfg.agentcf_history, seed=display_seed(cfg),
                         temperature=cfg.agentcf_temperature,
                         max_new_tokens=max(cfg.agentcf_max_tokens, 200))
 

@@ -1,0 +1,151 @@
+"""The AgentCF(++) server: item agents and group memories; it never sees a user memory.
+
+:class:`AgentCFServer` drives nodes (:class:`florec.client.agentcf_node.AgentCFNode` or anything
+with the same ``handle(kind, RecordDict)``) step by step:
+
+1. ``train`` rounds: each node gets the item descriptions changed since its last round and
+   returns its users' item reflections (text); the server applies them node by node, in the
+   nodes' order (with contiguous user buckets this is the central run's order);
+2. ``tags`` (AgentCF++ with groups, once): tags and recent training items per pseudonymous user
+   -> MiniLM -> k-means -> groups -> group memories (here, on the server);
+3. ``evaluate``: group memories down, metric sums up, pooled into MRR and NDCG@K.
+
+Every message's size is its protobuf encoding (``flwr.common.serde``), counted up and down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flwr.app import RecordDict
+from flwr.common import serde
+
+from florec.client.agentcf_node import RECORD, message
+from florec.models.agentcf.groups import Groups, build_groups, group_memories
+from florec.models.agentcf.memory import ItemMemories
+from florec.models.agentcf.rank import K_LIST
+
+
+def nbytes(msg: RecordDict) -> int:
+    """Serialized size of a message (protobuf)."""
+    return int(serde.recorddict_to_proto(msg).ByteSize())
+
+
+class AgentCFServer:
+    """Item agents, groups and the round loop of a federated AgentCF(++) run.
+
+    Parameters
+    ----------
+    item_text : list of str
+        Public item text (the item agents' initial descriptions).
+    item_domain, item_title : sequences
+        Domain and title of each item (group memories).
+    encoder : object, optional
+        Sentence encoder for the tags (AgentCF++ groups).
+    kmeans_k, n_groups, seed : int
+        Group settings (``n_groups = 0``: no groups).
+    on_message : callable, optional
+        ``on_message(direction, kind, RecordDict)`` sees every message (tests scan them).
+
+    """
+
+    def __init__(self, item_text: list[str], item_domain, item_title: Sequence[str], *,
+                 encoder: Any = None, kmeans_k: int = 32, n_groups: int = 0, seed: int = 0,
+                 on_message=None) -> None:
+        self.items = ItemMemories(item_text)
+        self.item_domain, self.item_title = item_domain, list(item_title)
+        self.encoder, self.kmeans_k, self.n_groups, self.seed = encoder, kmeans_k, n_groups, seed
+        self.on_message = on_message
+        self.bytes = {"up": 0, "down": 0, "item_text_up": 0}
+        self.groups: Groups | None = None
+        self.group_texts: list[dict[int, str]] = []
+        self.members: list[list[tuple[int, int]]] = []  # per group: (node, pseudonym)
+
+    def _send(self, node, index: int, kind: str, msg: RecordDict) -> RecordDict:
+        self.bytes["down"] += nbytes(msg)
+        if self.on_message:
+            self.on_message("down", kind, msg)
+        reply = node.handle(kind, msg)
+        self.bytes["up"] += nbytes(reply)
+        if self.on_message:
+            self.on_message("up", kind, reply)
+        return reply
+
+    def train(self, nodes: Sequence) -> dict[str, float]:
+        """Step rounds until every node is done; returns decision counts and bytes."""
+        seen_version = [dict() for _ in nodes]  # item -> text each node holds
+        done = [False] * len(nodes)
+        step = decisions = correct = 0
+        while not all(done):
+            replies = []
+            for k, node in enumerate(nodes):
+                if done[k]:
+                    continue
+                changed = {i: t for i, t in self.items.learned.items()
+                           if seen_version[k].get(i) != t}
+                seen_version[k].update(changed)
+                reply = self._send(node, k, "train", message(
+                    step=step, items=list(changed), texts=list(changed.values())))
+                replies.append((k, reply[RECORD]))
+            for k, rec in replies:  # applied after the round: every node saw the same items
+                for item, text in zip(rec["items"], rec["texts"], strict=True):
+                    self.items.update(int(item), str(text))
+                    self.bytes["item_text_up"] += len(str(text).encode())
+                decisions += int(rec["decisions"])
+                correct += int(rec["correct"])
+                done[k] = bool(rec["done"])
+            step += 1
+        return {"steps": step, "interactions": decisions,
+                "decision_accuracy": correct / decisions if decisions else float("nan"),
+                "item_update_bytes": self.bytes["item_text_up"]}
+
+    def build_groups(self, nodes: Sequence) -> Groups | None:
+        """Collect tags once and build the groups and their memories (no-op without groups)."""
+        if self.n_groups == 0:
+            return None
+        tags: dict[tuple[int, int], list[str]] = {}
+        recent: dict[tuple[int, int], list[tuple[int, float]]] = {}
+        for k, node in enumerate(nodes):
+            rec = self._send(node, k, "tags", message(request="tags"))[RECORD]
+            for p, tag in zip(rec["tag_user"], rec["tags"], strict=True):
+                tags.setdefault((k, int(p)), []).append(str(tag))
+            for p, item, t in zip(rec["recent_user"], rec["recent_item"], rec["recent_time"],
+                                  strict=True):
+                recent.setdefault((k, int(p)), []).append((int(item), float(t)))
+        keys = sorted(set(tags) | set(recent))
+        index = {key: j for j, key in enumerate(keys)}
+        groups = build_groups({index[key]: ts for key, ts in tags.items()}, self.encoder,
+                              self.kmeans_k, self.n_groups, self.seed)
+        self.group_texts = group_memories(groups, {index[k]: r for k, r in recent.items()},
+                                          self.item_domain, self.item_title)
+        self.members = [[keys[j] for j in sorted(m)] for m in groups.members]
+        self.groups = groups
+        return groups
+
+    def evaluate(self, nodes: Sequence) -> dict[str, float]:
+        """Pooled MRR and NDCG@K over every node's test rows."""
+        sums: dict[str, float] = {}
+        for k, node in enumerate(nodes):
+            values: dict[str, Any] = {"request": "evaluate"}
+            if self.groups is not None:
+                ids, domains, texts = [], [], []
+                for g, per in enumerate(self.group_texts):
+                    for d, t in sorted(per.items()):
+                        ids.append(g)
+                        domains.append(d)
+                        texts.append(t)
+                mine = [(g, p) for g, m in enumerate(self.members) for n, p in m if n == k]
+                values |= {"n_groups": len(self.group_texts), "group_ids": ids,
+                           "group_domains": domains, "group_texts": texts,
+                           "member_groups": [g for g, _ in mine],
+                           "member_users": [p for _, p in mine]}
+            rec = self._send(node, k, "evaluate", message(**values))[RECORD]
+            for key, value in rec.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        n = sums.get("n", 0.0)
+        out = {"mrr": sums.get("mrr_sum", 0.0) / n if n else float("nan")}
+        for k in K_LIST:
+            out[f"ndcg@{k}"] = sums.get(f"ndcg@{k}_sum", 0.0) / n if n else float("nan")
+        out["n"] = int(n)
+        return out
