@@ -104,24 +104,22 @@ def test_normalised_entropy_is_zero_for_one_hot_and_one_for_uniform():
     np.testing.assert_allclose(u, [0.0, 1.0], atol=1e-9)
 
 
-def test_llkd_with_zero_thresholds_and_unit_weights_equals_pseudo_label_training():
+def test_llkd_with_zero_thresholds_and_unit_weights_equals_pseudo_label_training(monkeypatch):
+    import florec.models.llkd.train as train_mod
+
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(64, 8)).astype(np.float32)
     teacher = rng.dirichlet(np.ones(3), 64)
     plain = LLKDTrainer(emb, teacher, "all", seed=3)
     reduced = LLKDTrainer(emb, teacher, "llkd", seed=3)
     zeros = np.zeros(3)
-    reduced.tau_teacher.thresholds = reduced.tau_student.thresholds = lambda: zeros
-    import florec.models.llkd.train as train_mod
-
-    original = train_mod.llkd_weights
-    train_mod.llkd_weights = lambda c, u, keep: keep * 1.0
-    try:
-        for _ in range(2):
-            assert reduced.epoch(16) == pytest.approx(plain.epoch(16), rel=1e-6)
-    finally:
-        train_mod.llkd_weights = original
+    monkeypatch.setattr(reduced.tau_teacher, "thresholds", lambda: zeros)
+    monkeypatch.setattr(reduced.tau_student, "thresholds", lambda: zeros)
+    monkeypatch.setattr(train_mod, "llkd_weights", lambda c, u, keep: keep * 1.0)
+    for _ in range(2):
+        assert reduced.epoch(16) == pytest.approx(plain.epoch(16), rel=1e-6)
     assert reduced.log.losses == pytest.approx(plain.log.losses, rel=1e-6)
+    assert reduced.log.ever.all()
 
 
 def test_budget_caps_distinct_samples_of_baselines():
