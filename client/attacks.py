@@ -9,6 +9,10 @@ attack's rows, so the node's upload (pre-summed or per-user, see
 :mod:`florec.protocol.user_rows`) carries them like any user's rows. Malicious users are left
 out of every evaluation (accuracy and exposure are measured on benign users only).
 
+Under FedCIA the logical clients are groups of users with one private model: the malicious
+ones are drawn the same way among the clients, and a malicious client uploads the similarity
+of a poisoned item table (:func:`poison_similarity`).
+
 What an attacker knows (:class:`AttackKnowledge`): the target items, the public item
 popularity (training counts; bandwagon and PipAttack use it) and, for FedRecAttack, a seeded
 ``attack-public`` share of the training interactions. In a simulation these come from the split
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO
 
 import numpy as np
@@ -35,7 +39,7 @@ from florec.recdata.seeds import Salt, stream
 from florec.recdata.splits import Split
 
 __all__ = ["AttackKnowledge", "apply_attack", "benign_rows", "knowledge_from_split",
-           "malicious_users", "node_knowledge"]
+           "malicious_users", "node_knowledge", "poison_similarity"]
 
 
 def malicious_users(cfg: RunConfig, n_users: int) -> np.ndarray:
@@ -65,6 +69,8 @@ class AttackKnowledge:
         Training interactions per item (public).
     public : scipy.sparse.csr_matrix
         The public share of the training interactions (users x items).
+    malicious_clients : np.ndarray
+        FedCIA: indices of the malicious clients (``malicious`` holds their users).
 
     """
 
@@ -72,6 +78,7 @@ class AttackKnowledge:
     targets: np.ndarray
     popularity: np.ndarray
     public: sp.csr_matrix
+    malicious_clients: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def knowledge_from_split(cfg: RunConfig, split: Split) -> AttackKnowledge:
@@ -88,7 +95,35 @@ def knowledge_from_split(cfg: RunConfig, split: Split) -> AttackKnowledge:
     keep = stream(cfg.seed, Salt.ATTACK_TARGETS, 1).random(coo.nnz) < cfg.attack_public
     public = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (coo.row[keep], coo.col[keep])),
                            shape=train.shape)
-    return AttackKnowledge(malicious_users(cfg, split.n_users), targets, popularity, public)
+    if cfg.algorithm != "fedcia":
+        return AttackKnowledge(malicious_users(cfg, split.n_users), targets, popularity, public)
+    from florec.recdata.partition import node_clients
+
+    clients = [c for node in node_clients(split.n_users, num_nodes=cfg.num_nodes,
+                                          users_per_node=cfg.users_per_node,
+                                          clients_per_node=cfg.clients_per_node,
+                                          mode=cfg.partition, seed=cfg.split_seed) for c in node]
+    bad = malicious_users(cfg, len(clients))  # FedCIA: the logical clients are user groups
+    users = np.sort(np.concatenate([clients[i] for i in bad] + [np.zeros(0, np.int64)]))
+    return AttackKnowledge(users.astype(np.int64), targets, popularity, public, bad)
+
+
+def poison_similarity(cfg: RunConfig, know: AttackKnowledge | None, client: int,
+                      emb: np.ndarray) -> np.ndarray:
+    r"""FedCIA: the item table whose similarity ``E E^T`` a malicious client uploads.
+
+    PipAttack-style popularity mimicking (Zhang et al., WSDM 2022) moved to the similarity
+    upload: the client sets every target row to ``attack-lr`` times the mean row of the 5% most
+    popular items, so in ``S_k = E E^T`` the targets look like popular items
+    (``S_k[t, j] = attack-lr * c_pop . e_j``) and every client that aligns to the aggregate pulls
+    its targets towards the popular items. Benign clients' ``emb`` is returned unchanged.
+    """
+    if know is None or cfg.attack == "none" or client not in set(know.malicious_clients.tolist()):
+        return emb
+    top = np.argsort(-know.popularity, kind="stable")[:max(1, len(emb) // 20)]
+    out = emb.copy()
+    out[know.targets] = cfg.attack_lr * emb[top].mean(axis=0)
+    return out
 
 
 @functools.lru_cache(maxsize=4)

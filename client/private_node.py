@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
+from florec.client.attacks import node_knowledge, poison_similarity
 from florec.client.evaluation import bucket_metric_sums
 from florec.client.node_store import NodeStore, open_store
 from florec.client.trainers.align import align_dense, align_factored, similarity_upload
@@ -89,6 +90,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     clients = bucket.clients()
     store = open_store(context, cfg.store_spill_mb)
     losses, uploads, weights = [], [], []
+    know = node_knowledge(cfg, str(context.node_config.get("data-dir", "")))
     for local, client in enumerate(clients):
         index = _client_index(cfg, pid, local)
         rng = stream(cfg.seed, Salt.PRIVATE_ROUND, rnd, index)
@@ -103,6 +105,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         if upload in ("dense", "factored"):
             w = _weight(cfg, client)
             emb = model.item_emb.detach().cpu().numpy() * np.sqrt(w)
+            emb = poison_similarity(cfg, know, index, emb)  # malicious clients (issue 18)
             uploads.append(similarity_upload(emb, upload, cfg.noise_scale, rng))
             weights.append(w)
     store.commit()
@@ -162,7 +165,9 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
         else:
             model, _ = _load(store, context, cfg, client, _client_index(cfg, pid, local))
             model.eval()
-            part = bucket_metric_sums(model.to(device).score, client, cfg, pid, device)
+            part = bucket_metric_sums(model.to(device).score, client, cfg, pid, device,
+                                      know=node_knowledge(cfg, str(context.node_config.get(
+                                          "data-dir", ""))))  # issue 18
         part.pop("partition-id")
         sums = add_sums(sums, part)
     return RecordDict({"metrics": MetricRecord(sums | {"partition-id": pid})})

@@ -17,7 +17,7 @@ from florec.strategies.base import RecStrategy
 from florec.strategies.dp import UserDP, check_dp
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA, LocalOnly
-from florec.strategies.robust import RobustFedAvgRec, check_robust
+from florec.strategies.robust import RobustFedAvgRec, RobustFedCIA, check_robust
 from florec.strategies.server_opt import ServerOptimizer
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
@@ -109,6 +109,10 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
 
         return FederatedGFCF(n_items, cfg.gfcf_mode, cfg.gfcf_s, cfg.gfcf_wp, cfg.seed), \
             ArrayRecord()
+    if cfg.defense != "none":  # a robust mean of similarity matrices (issue 18)
+        return RobustFedCIA(cfg.defense, cfg.defense_trim, n_items=n_items,
+                            weighting=cfg.fedcia_weighting, fraction_train=cfg.fraction_train,
+                            seed=cfg.seed), ArrayRecord()
     rank = cfg.fedcia_rank or 2 * cfg.dim
     return FedCIA(n_items, cfg.fedcia_comm, rank, cfg.fedcia_weighting, cfg.fraction_train,
                   cfg.seed), ArrayRecord()

@@ -27,6 +27,9 @@ that looks at single users needs their rows. FloRec settles this per defense:
 
 User-level defenses keep every row of the round in server memory (rows x d floats), unlike the
 streaming fold of :class:`florec.strategies.fedavg.FedAvgRec`.
+
+**FedCIA** (:class:`RobustFedCIA`, dense communication): the coordinate-wise median or trimmed
+mean over the nodes' mean similarity matrices replaces FedCIA's weighted mean.
 """
 
 from __future__ import annotations
@@ -45,20 +48,30 @@ from florec.protocol.user_rows import USER_DEFENSES
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg import FedAvgRec
+from florec.strategies.fedcia import FedCIA
 from florec.strategies.payload import check_reply, record_nbytes
 
-__all__ = ["NODE_DEFENSES", "RobustFedAvgRec", "check_robust", "krum_select", "norm_bound",
-           "row_aggregate"]
+__all__ = ["NODE_DEFENSES", "RobustFedAvgRec", "RobustFedCIA", "check_robust", "krum_select",
+           "norm_bound", "row_aggregate"]
 
 NODE_DEFENSES = ("krum", "multi-krum")
+#: defenses of :class:`RobustFedCIA` (a robust mean of the nodes' similarity matrices)
+FEDCIA_DEFENSES = ("none", "median", "trimmed-mean")
 
 
 def check_robust(cfg: RunConfig) -> None:
     """Fail with one line if ``attack`` / ``defense`` cannot run with this configuration."""
+    if cfg.algorithm == "fedcia" and cfg.model != "gfcf":
+        if cfg.attack not in ("none", "pipattack") or cfg.defense not in FEDCIA_DEFENSES:
+            raise ConfigError("FedCIA takes attack 'pipattack' (a poisoned similarity upload) and "
+                              f"defense one of {FEDCIA_DEFENSES}; change attack/defense")
+        if cfg.defense != "none" and cfg.fedcia_comm != "dense":
+            raise ConfigError("a robust mean of similarity matrices needs fedcia-comm='dense'")
+        return
     fedavg_mf = cfg.algorithm == "fedavg" and cfg.model == "mf" and cfg.mf_loss == "bpr"
     if (cfg.defense != "none" or cfg.attack != "none") and not fedavg_mf:
-        raise ConfigError("attack and defense are implemented for algorithm 'fedavg' with model "
-                          "'mf' and mf-loss 'bpr' only; keep attack='none' defense='none'")
+        raise ConfigError("attack and defense are implemented for FedAvg with model 'mf' and "
+                          "mf-loss 'bpr' and for FedCIA; keep attack='none' defense='none'")
     if cfg.defense in ("median", "trimmed-mean") and cfg.aggregation != "sparse":
         raise ConfigError(f"defense '{cfg.defense}' aggregates each item row over the users "
                           "that touched it; set aggregation='sparse'")
@@ -250,3 +263,56 @@ class RobustFedAvgRec(FedAvgRec):
         out = MetricRecord({"train-loss": totals["loss-sum"] / max(totals["num-pairs"], 1.0),
                             "num-replies": len(parts), "num-users": totals["num-users"]})
         return to_record(new), out
+
+
+class RobustFedCIA(FedCIA):
+    r"""FedCIA with a robust mean of the nodes' similarity matrices (dense communication).
+
+    Each node uploads ``sum_k w_k S_k`` over its clients and their weight ``W``; the server
+    forms each node's mean similarity ``S_node = sum_k w_k S_k / W`` and replaces FedCIA's
+    weighted mean by the coordinate-wise ``median`` or ``trimmed-mean`` (``defense-trim``) over
+    nodes, so one poisoned node cannot move an entry past the benign nodes' range. With
+    ``clients-per-node=1`` this is over clients; a node hosting several clients is one vote.
+    Keeps every node's ``n x n`` matrix in memory for the round.
+
+    Parameters
+    ----------
+    defense : {"median", "trimmed-mean"}
+        The statistic.
+    trim : float
+        ``defense-trim``.
+    **kwargs
+        Passed to :class:`florec.strategies.fedcia.FedCIA`.
+
+    """
+
+    def __init__(self, defense: str, trim: float = 0.1, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.defense, self.trim = defense, trim
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The robust mean of the nodes' mean similarities becomes the downlink."""
+        grams, loss, clients = [], 0.0, 0
+        for msg in replies:
+            problem = check_reply(msg, {"gram": (self.n, self.n)})
+            metrics = {} if problem else dict(msg.content.metric_records.get("metrics", {}))
+            if problem is None and not float(metrics.get("weight", 0.0)) > 0:
+                problem = "reply has no positive weight"
+            if problem is not None:
+                self.drop(server_round, msg, problem)
+                continue
+            self.bytes_up += record_nbytes(msg.content)
+            up = from_record(msg.content.array_records["arrays"])["gram"]
+            grams.append((up / float(metrics["weight"])).astype(np.float32))
+            loss += float(metrics.get("train-loss", 0.0))
+            clients += int(metrics.get("clients", 1))
+        if not grams:
+            self.downlink = None
+            return None, None
+        stack = np.stack(grams)
+        s_bar = np.median(stack, axis=0) if self.defense == "median" else \
+            trim_mean(stack, self.trim)
+        self.downlink = {"gram": np.asarray(s_bar, dtype=np.float32)}
+        return ArrayRecord(), MetricRecord({"num-replies": len(grams), "clients": clients,
+                                            "train-loss": loss / len(grams)})

@@ -118,8 +118,10 @@ def test_promotion_step_lifts_the_targets_for_the_approximated_users():
 def test_targeted_attack_without_targets_and_unsupported_methods_fail_in_one_line(split):
     with pytest.raises(ConfigError, match="set attack-targets"):
         knowledge_from_split(cfg_of(attack="a-ra", attack_fraction=0.1), split)
-    with pytest.raises(ConfigError, match="algorithm 'fedavg' with model 'mf'"):
+    with pytest.raises(ConfigError, match="FedCIA takes attack 'pipattack'"):
         check_algorithm(cfg_of(algorithm="fedcia", attack="a-ra", attack_fraction=0.1))
+    with pytest.raises(ConfigError, match="FedAvg with model 'mf'"):
+        check_algorithm(cfg_of(model="sasrec", attack="a-ra", attack_fraction=0.1))
 
 
 SMALL = {"dataset": "synthetic", "synthetic-users": 60, "synthetic-items": 80,
@@ -182,3 +184,29 @@ def test_fraction_zero_run_matches_the_clean_run_and_an_attack_lifts_exposure(tm
                                                 "attack-lr": 1.0})
     assert attacked["metrics"]["er@10"] > clean["metrics"]["er@10"] + 0.2
     assert attacked["metrics"]["num-users"] == clean["metrics"]["num-users"] - 6  # 10% left out
+
+
+def test_a_malicious_fedcia_client_uploads_targets_that_look_popular(split):
+    from florec.client.attacks import poison_similarity
+
+    cfg = cfg_of(algorithm="fedcia", attack="pipattack", attack_fraction=0.25, num_nodes=4,
+                 attack_targets="unpopular:2")
+    know = knowledge_from_split(cfg, split)
+    assert len(know.malicious_clients) == 1
+    bad = int(know.malicious_clients[0])
+    emb = np.random.default_rng(0).normal(size=(split.n_items, 4))
+    out = poison_similarity(cfg, know, bad, emb)
+    top = np.argsort(-know.popularity, kind="stable")[:split.n_items // 20]
+    np.testing.assert_allclose(out[know.targets], np.tile(emb[top].mean(0), (2, 1)))
+    assert poison_similarity(cfg, know, (bad + 1) % 4, emb) is emb
+
+
+def test_fedcia_poisoning_lifts_exposure_and_the_median_holds_it_back(tmp_path):
+    fedcia = {"algorithm": "fedcia", "attack-targets": "unpopular:3", "num-rounds": 2,
+              "num-nodes": 8, "aggregation": "dense"}
+    clean, _ = run(tmp_path / "clean", **fedcia)
+    attack = fedcia | {"attack": "pipattack", "attack-fraction": 0.25, "attack-lr": 30.0}
+    attacked, _ = run(tmp_path / "attacked", **attack)
+    defended, _ = run(tmp_path / "median", **attack | {"defense": "median"})
+    assert attacked["metrics"]["er@10"] > clean["metrics"]["er@10"] + 0.2
+    assert defended["metrics"]["er@10"] < attacked["metrics"]["er@10"] - 0.2

@@ -127,4 +127,40 @@ def test_defense_configurations_that_cannot_run_fail_in_one_line():
         check_robust(parse_run_config({"defense": "krum", "aggregation": "sum"}))
     with pytest.raises(ConfigError, match="model 'mf'"):
         check_robust(parse_run_config({"defense": "krum", "model": "sasrec"}))
+    with pytest.raises(ConfigError, match="fedcia-comm='dense'"):
+        check_robust(parse_run_config({"algorithm": "fedcia", "defense": "median",
+                                       "fedcia-comm": "factored"}))
     check_robust(parse_run_config({"defense": "trimmed-mean", "aggregation": "sparse"}))
+
+
+def fedcia_reply(gram, weight):
+    content = RecordDict({"arrays": to_record({"gram": gram.astype(np.float32)}),
+                          "metrics": MetricRecord({"weight": weight, "train-loss": 0.1,
+                                                   "clients": 1})})
+    return Message(content, reply_to=Message(RecordDict(), dst_node_id=1, message_type="train"))
+
+
+@pytest.mark.parametrize("defense", ["median", "trimmed-mean"])
+def test_a_robust_fedcia_mean_equals_fedcia_on_identical_similarities(defense):
+    from florec.strategies.fedcia import FedCIA
+    from florec.strategies.robust import RobustFedCIA
+
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(N, 3))
+    sim = e @ e.T
+    plain, robust = FedCIA(N), RobustFedCIA(defense, 0.2, n_items=N)
+    plain.aggregate_train(1, [fedcia_reply(sim * w, w) for w in (1.0, 2.0, 3.0, 1.0, 2.0)])
+    robust.aggregate_train(1, [fedcia_reply(sim * w, w) for w in (1.0, 2.0, 3.0, 1.0, 2.0)])
+    np.testing.assert_allclose(robust.downlink["gram"], plain.downlink["gram"], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_fedcia_median_ignores_one_poisoned_similarity():
+    from florec.strategies.robust import RobustFedCIA
+
+    rng = np.random.default_rng(0)
+    benign = [rng.normal(0, 0.01, (N, N)) + np.eye(N) for _ in range(4)]
+    poisoned = np.full((N, N), 50.0)
+    robust = RobustFedCIA("median", n_items=N)
+    robust.aggregate_train(1, [fedcia_reply(g, 1.0) for g in benign + [poisoned]])
+    assert np.abs(robust.downlink["gram"] - np.eye(N)).max() < 0.05
