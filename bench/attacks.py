@@ -1,0 +1,176 @@
+"""Poisoning attacks x defenses on FedAvg-MF: ER@10 of the targets, accuracy, bytes.
+
+Reads a grid config (``bench/attacks.toml``): a base run config, per-attack overrides and grids
+of (attack, attack-fraction, defense) cells, each run once per seed in process (the real
+ServerApp loop and ClientApp handlers over :class:`florec.sim.local_grid.LocalGrid`, no Ray).
+Each cell's summary goes to ``OUT/cells/<cell>.json``: the test metrics at the best validation
+round (ndcg@10, ER@K and the targets' mean rank among benign users who never interacted with
+them), the per-round validation curve, bytes up, the target items and the malicious users
+(chosen by seed, :func:`florec.client.attacks.malicious_users`). A cell whose JSON exists is
+not run again, so an interrupted bench resumes. ``OUT/summary.md`` and ``OUT/attacks.png`` are
+then drawn from the cell files alone (``--report-only`` redraws them).
+
+Usage: FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/attacks.py
+       --config bench/attacks.toml --out docs/results/attacks [--report-only] [--grids main]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from florec.client.attacks import knowledge_from_split
+from florec.recdata.runconfig import parse_run_config
+from florec.recdata.store import get_split
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
+
+CURVE_KEYS = ("ndcg@10", "er@10", "er@20", "target-rank@all")
+
+
+def cells(spec: dict[str, Any], grids: set[str] | None = None) -> list[dict[str, Any]]:
+    """Every (grid, attack, fraction, defense, seed) cell of a bench config."""
+    out = []
+    for grid in spec["grid"]:
+        if grids and grid["name"] not in grids:
+            continue
+        for seed in spec["bench"]["seeds"]:
+            for attack in grid["attacks"]:
+                for fraction in grid["fractions"]:
+                    for defense in grid["defenses"]:
+                        name = f"{attack}-f{fraction:g}-{defense}-s{seed}"
+                        if "config" in grid:  # a grid with its own run config (e.g. FedCIA)
+                            name = f"{grid['name']}-{name}"
+                        out.append({"cell": name, "grid": grid["name"], "attack": attack,
+                                    "fraction": fraction, "defense": defense, "seed": seed,
+                                    "grid_config": grid.get("config", {})})
+    return out
+
+
+def run_cell(spec: dict[str, Any], cell: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run one cell (unless its JSON exists) and return its summary."""
+    path = out / "cells" / f"{cell['cell']}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    config = dict(spec["base"]) | spec.get("attack", {}).get(cell["attack"], {}) \
+        | cell["grid_config"] | {
+        "dataset": spec["bench"]["dataset"], "seed": cell["seed"], "attack": cell["attack"],
+        "attack-fraction": cell["fraction"], "defense": cell["defense"]}
+    cfg = parse_run_config(config)
+    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, None, cfg.min_rating)
+    know = knowledge_from_split(cfg, split)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_federated(LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False),
+                               cfg, Path(tmp) / "run")
+        rows = [json.loads(x) for x in (Path(tmp) / "run" / "rounds.jsonl").read_text()
+                .splitlines()]
+    summary = cell | {
+        "config": config, "metrics": result["metrics"], "best_round": result["best_round"],
+        "bytes_up": result["bytes_up"], "wall_s": time.perf_counter() - t0,
+        "targets": know.targets.tolist(), "target_popularity":
+            know.popularity[know.targets].tolist(), "malicious": know.malicious.tolist(),
+        "curve": [{"round": r["round"]} | {k: r["valid"].get(k) for k in CURVE_KEYS}
+                  for r in rows if "valid" in r]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _mean(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.mean(r["metrics"][key] for r in runs)
+
+
+def report(spec: dict[str, Any], out: Path) -> str:
+    """``summary.md`` (tables) and ``attacks.png`` from the cell files of ``out``."""
+    done = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    by: dict[tuple, list[dict[str, Any]]] = {}
+    for c in done:
+        method = "FedCIA-MF" if c["config"].get("algorithm") == "fedcia" else "FedAvg-MF"
+        by.setdefault((method, c["attack"], c["fraction"], c["defense"]), []).append(c)
+    seeds = sorted({c["seed"] for c in done})
+    lines = [f"# Poisoning attacks on FedAvg-MF ({spec['bench']['dataset']})", "",
+             "Generated by `bench/attacks.py` from `bench/attacks.toml` (cells under `cells/`).",
+             f"Seeds: {seeds}. Test metrics at the best validation round; ER@K and the target "
+             "rank over benign users who never interacted with the targets.", "",
+             "| method | attack | malicious | defense | ER@10 | ER@20 | target rank | ndcg@10 | "
+             "MB up / round |", "|---|---|---|---|---|---|---|---|---|"]
+    for (method, attack, fraction, defense), runs in sorted(by.items(), key=lambda kv: (
+            kv[0][0], kv[0][1] != "none", kv[0][1], kv[0][2], kv[0][3])):
+        mb = statistics.mean(r["bytes_up"] / len(r["curve"]) / 2**20 for r in runs)
+        users = len(runs[0]["malicious"])
+        lines.append(f"| {method} | {attack} | {fraction:.1%} ({users} users) | {defense} | "
+                     f"{_mean(runs, 'er@10'):.3f} | {_mean(runs, 'er@20'):.3f} | "
+                     f"{_mean(runs, 'target-rank@all'):.0f} | {_mean(runs, 'ndcg@10'):.4f} | "
+                     f"{mb:.2f} |")
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    _plot(by, out / "attacks.png")
+    return text
+
+
+def _plot(by: dict[tuple, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fedavg = {k[1:]: v for k, v in by.items() if k[0] == "FedAvg-MF"}
+    defenses = sorted({d for (a, _, d) in fedavg if a == "fedrecattack"})
+    for defense in defenses:
+        pts = sorted((f, runs) for (a, f, d), runs in fedavg.items()
+                     if a == "fedrecattack" and d == defense)
+        if not pts:
+            continue
+        xs = [100 * f for f, _ in pts]
+        axes[0].plot(xs, [_mean(r, "er@10") for _, r in pts], "o-", label=defense)
+        axes[1].plot(xs, [_mean(r, "ndcg@10") for _, r in pts], "o-", label=defense)
+        one = fedavg.get(("fedrecattack", 0.01, defense))
+        if one:
+            curve = one[0]["curve"]
+            axes[2].plot([c["round"] for c in curve], [c["er@10"] for c in curve], "o-",
+                         label=defense)
+    for d, runs in fedavg.items():
+        if d[0] == "none" and d[2] == "none":
+            axes[1].axhline(_mean(runs, "ndcg@10"), color="grey", ls="--", label="no attack")
+    axes[0].set(xlabel="malicious users (%)", ylabel="test ER@10 of the targets",
+                title="FedRecAttack vs defenses")
+    axes[1].set(xlabel="malicious users (%)", ylabel="test ndcg@10", title="accuracy")
+    axes[2].set(xlabel="round", ylabel="validation-time ER@10", title="FedRecAttack, 1%")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Run the missing cells of the config, then write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("bench/attacks.toml"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results/attacks"))
+    parser.add_argument("--grids", default="", help="comma-separated grid names (default all)")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    spec = tomllib.loads(args.config.read_text())
+    if not args.report_only:
+        if not os.environ.get("FLOREC_DATA_DIR"):
+            raise SystemExit("set FLOREC_DATA_DIR to the folder holding ml-100k/")
+        todo = cells(spec, set(args.grids.split(",")) - {""} or None)
+        for i, cell in enumerate(todo, 1):
+            summary = run_cell(spec, cell, args.out)
+            print(f"[{i}/{len(todo)}] {cell['cell']}: er@10={summary['metrics']['er@10']:.3f} "
+                  f"ndcg@10={summary['metrics']['ndcg@10']:.4f}", flush=True)
+    print(report(spec, args.out))
+
+
+if __name__ == "__main__":
+    main()

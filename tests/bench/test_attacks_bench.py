@@ -1,0 +1,39 @@
+"""bench/attacks.py: the grid expands to cells and the report is drawn from cell files alone."""
+
+import json
+import tomllib
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parents[2] / "bench" / "attacks.toml"
+
+
+def test_the_committed_grid_expands_to_unique_cells_with_valid_run_configs(bench_script):
+    from florec.recdata.runconfig import parse_run_config
+
+    attacks = bench_script("attacks")
+    spec = tomllib.loads(CONFIG.read_text())
+    cells = attacks.cells(spec)
+    names = [c["cell"] for c in cells]
+    assert len(names) == len(set(names))
+    assert {"fedrecattack-f0.01-median-s0", "fedcia-pipattack-f0.1-median-s0"} <= set(names)
+    for cell in cells:
+        parse_run_config(dict(spec["base"]) | cell["grid_config"]
+                         | {"attack": cell["attack"], "attack-fraction": cell["fraction"],
+                            "defense": cell["defense"]})
+
+
+def test_the_report_pools_seeds_per_cell_and_draws_the_plot(tmp_path, bench_script):
+    attacks = bench_script("attacks")
+    (tmp_path / "cells").mkdir()
+    for seed, er in ((0, 0.2), (1, 0.4)):
+        for defense in ("none", "median"):
+            cell = {"attack": "fedrecattack", "fraction": 0.01, "defense": defense, "seed": seed,
+                    "config": {"algorithm": "fedavg"}, "malicious": [1, 2], "bytes_up": 2**21,
+                    "metrics": {"er@10": er, "er@20": er, "target-rank@all": 10.0,
+                                "ndcg@10": 0.03},
+                    "curve": [{"round": 1, "er@10": er}, {"round": 2, "er@10": er}]}
+            (tmp_path / "cells" / f"{defense}-{seed}.json").write_text(json.dumps(cell))
+    text = attacks.report({"bench": {"dataset": "ml-100k"}}, tmp_path)
+    row = next(line for line in text.splitlines() if "| none |" in line)
+    assert "| 0.300 |" in row and "| 1.00 |" in row  # mean over seeds; 2 MiB over 2 rounds
+    assert (tmp_path / "attacks.png").stat().st_size > 0
