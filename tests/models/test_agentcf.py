@@ -169,3 +169,28 @@ def test_domains_from_amazon_paths_and_genres():
     assert amazon_second_level("Toys Games") is None
     domains, item_domain = assign_domains([["a", "b"], ["b"], ["c"], ["b", "a"]], 2)
     assert domains == ["b", "a"] and item_domain.tolist() == [1, 0, -1, 0]
+
+
+@pytest.mark.parametrize("strategy", ["bh", "br"])
+def test_history_and_retrieval_strategies_add_only_same_domain_context(strategy):
+    data = _data(n_users=20)
+    cfg = parse_run_config({"model": "agentcf++", "agentcf-strategy": strategy})
+    llm = ScriptedLLM(uniform_rule, _tagging_rule, progress=False)
+    memories = {int(u): UserMemory(True) for u in data.users}
+    items = ItemMemories(data.item_text)
+    train_agents(llm, data, memories, items, settings_of(cfg))
+    from florec.models.agentcf.rank import rank_rows
+
+    out = rank_rows(llm, list(range(len(data.test))), data.test, data.candidates, memories,
+                    items.__getitem__, data.item_title, data.item_domain, data.domains,
+                    data.train, rank_settings_of(cfg))
+    marker = "Items I bought before" if strategy == "bh" else "[past]"
+    assert sum(marker in p for p in out["prompts"]) > len(out["prompts"]) // 2
+    for prompt in out["prompts"]:
+        domain = re.search(r"Candidate (\w+) items", prompt).group(1)
+        assert "sep-" not in prompt or strategy == "br"  # B+R shows a past M_u^d ...
+        assert set(re.findall(r"(?:sep|fus)-(\w+)", prompt)) <= {domain}  # ... of d only
+        if strategy == "bh" and marker in prompt:
+            block = prompt.split(marker, 1)[1].split("\n\n", 1)[0]
+            shown = re.findall(r"^- (.*)$", block, re.M)
+            assert shown and all(domain.rstrip("s") in t for t in shown)

@@ -76,3 +76,13 @@ def test_cached_replay_reproduces_memories_and_ranks_exactly(tmp_path):
     assert saved["method"] == "agentcf++" and saved["random_mrr"] == pytest.approx(0.2929, 1e-3)
     assert {"train", "groups", "rank"} <= set(saved["phases"])
     assert saved["train"]["item_update_bytes"] > 0
+
+
+def test_title_list_ranking_matches_the_letter_ranking_of_the_scripted_control():
+    kw = {"model": "agentcf++", "agentcf-groups": 0, "agentcf-users": 40}
+    cfg = parse_run_config(BASE | kw)
+    choice = run_central_agentcf(cfg, llm=make_agent_llm(cfg))
+    cfg_t = parse_run_config(BASE | kw | {"agentcf-rank": "titles"})
+    titles = run_central_agentcf(cfg_t, llm=make_agent_llm(cfg_t))
+    assert titles["match_failures"] == 0
+    assert titles["metrics"] == choice["metrics"]
