@@ -31,7 +31,7 @@ import torch
 from florec.client.trainers.sequential import resolve_device, sequence_metric_sums
 from florec.models.cotrec.pipeline import PhaseLog, item_texts
 from florec.models.cotrec.rank_eval import single_targets
-from florec.models.llmd4rec.candidates import evaluation_set, training_set
+from florec.models.llmd4rec.candidates import DistillSet, evaluation_set, training_set
 from florec.models.llmd4rec.crm_step import TeacherTable, distill_epoch, rerank_metrics
 from florec.models.llmd4rec.llm_step import PROMPT_VERSION
 from florec.models.llmd4rec.teachers import EnsembleTeacher, Teacher, build_llm_teacher
@@ -118,6 +118,19 @@ def make_teacher(cfg: RunConfig, texts: list[str], n_items: int, windows: np.nda
         pretrain(cfg, member, windows, epochs, validate_of(member), cfg.seed + j, device)
         members.append(member)
     return EnsembleTeacher(members, cfg.eval_chunk, device)
+
+
+def candidate_top1(model: SequentialRecommender, ds: DistillSet, device: str = "cpu") -> float:
+    """Share of covered samples whose target the CRM ranks first among the candidates."""
+    cov = ds.subset(ds.covered)
+    if not len(cov):
+        return 0.0
+    model.eval()
+    with torch.no_grad():
+        z = model.score(torch.as_tensor(cov.seqs, dtype=torch.int64, device=device))
+        z = torch.gather(z, 1, torch.as_tensor(cov.candidates, device=device)).cpu().numpy()
+    model.train()
+    return float((z.argmax(1) == cov.target_slot).mean())
 
 
 def run_central_llmd4rec(cfg: RunConfig, epochs: int, batch_size: int,
@@ -251,6 +264,8 @@ def distill(cfg: RunConfig, model: SequentialRecommender, teacher: Teacher,
                 out.update(best_round=epoch, valid_metrics=valid, metrics=test())
             record({"round": epoch, "phase": f"distill-{it}", "train": stats.means(),
                     "valid": valid, "seconds": time.perf_counter() - t0})
+    if out["iterations"]:  # the CRM's top-1 on the last samples' candidates, after training
+        out["iterations"][-1]["crm_top1_after"] = candidate_top1(model, ds, device)
     if best_state is not None:
         model.load_state_dict(best_state)
     else:

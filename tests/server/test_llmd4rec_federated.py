@@ -1,0 +1,112 @@
+"""Federated LLMD4Rec on an in-process grid: it finishes, and messages carry no per-user data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Message
+
+from florec.client.seq_node import node_sequences
+from florec.models.llmd4rec.llm_step import build_prompts
+from florec.models.registry import sequential_from_config
+from florec.protocol.codec import from_record
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.llmd4rec import iteration_of
+
+BASE = {"model": "llmd4rec", "algorithm": "fedavg", "dataset": "synthetic",
+        "synthetic-users": 45, "synthetic-items": 40, "synthetic-interactions": 12, "dim": 16,
+        "heads": 2, "max-seq-len": 12, "llm-cache": False, "device": "cpu", "ks": "10",
+        "num-nodes": 3, "num-rounds": 2, "llmd4rec-pretrain-rounds": 1,
+        "llmd4rec-iterations": 1, "llmd4rec-crm-epochs": 1, "llmd4rec-positions": 1,
+        "llmd4rec-history": 4, "llmd4rec-crm-lr": 0.005, "llmd4rec-candidates": 5}
+
+
+class RecordingGrid(LocalGrid):
+    """A LocalGrid that keeps every message the server sends."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[Message] = []
+
+    def push_messages(self, messages):  # noqa: D102
+        messages = list(messages)
+        self.sent.extend(messages)
+        return super().push_messages(messages)
+
+
+def _run(tmp_path, **kw):
+    cfg = parse_run_config(BASE | {"out-dir": str(tmp_path / "out")} | kw)
+    grid = RecordingGrid(cfg.to_flower(), cfg.num_nodes)
+    return cfg, grid, run_federated(grid, cfg, tmp_path / "out")
+
+
+def test_iteration_schedule_opens_every_e_rounds_after_pretraining():
+    cfg = parse_run_config({"model": "llmd4rec", "llmd4rec-pretrain-rounds": 2,
+                            "llmd4rec-iterations": 2, "llmd4rec-crm-epochs": 3})
+    assert [iteration_of(cfg, r) for r in range(1, 11)] == [0, 0, 1, 0, 0, 2, 0, 0, 0, 0]
+
+
+def _allowed_arrays(cfg) -> set[str]:
+    crm = sequential_from_config(cfg.model_copy(update={"model": "sasrec"}), 40)
+    return set(crm.shared_state())
+
+
+@pytest.mark.slow
+def test_tiny_llm_federation_finishes_and_sends_only_adapters_weights_and_counts(tmp_path):
+    cfg, grid, run = _run(tmp_path, **{"llm-backend": "tiny"})
+    assert run["best_round"] is not None and run["metrics"]["ndcg@10"] >= 0
+    assert [it["iteration"] for it in run["iterations"]] == [1]
+    assert run["phases"]["teacher-fit"]["llm_calls"] == 0  # training is not a cached call
+    assert run["phases"]["teacher-probs"]["llm_calls"] > 0
+    assert 0 <= run["rerank"]["rerank/ndcg@10"] <= run["rerank"]["rerank/hr@10"] <= 1
+    phases = [m.content.config_records["config"].get("llmd4rec-phase")
+              for m in grid.sent if m.metadata.message_type == "train"]
+    assert phases.count("lora") == phases.count("score") == cfg.num_nodes
+    adapters = [from_record(m.content.array_records["adapter"]) for m in grid.sent
+                if "adapter" in m.content.array_records]
+    assert any(adapters) and all("lora_" in k for a in adapters for k in a)
+    # the scoring pass uses the averaged, trained adapter (B moved off zero)
+    assert any(np.abs(v).sum() > 0 for k, v in adapters[-1].items() if "lora_B" in k)
+    allowed = _allowed_arrays(cfg)
+    texts, users = _history_texts(cfg, grid)
+    for msg in grid.sent + grid.received:
+        assert not msg.has_error(), msg.error.reason if msg.has_error() else ""
+        for name, rec in msg.content.array_records.items():
+            for key, arr in from_record(rec).items():
+                assert arr.dtype.kind not in "USO"
+                assert key in allowed or (name == "adapter" and "lora_" in key), key
+                assert arr.shape[0] not in users, f"{key} has one row per user"
+        for rec in (*msg.content.config_records.values(), *msg.content.metric_records.values()):
+            for key, value in rec.items():
+                assert not any(t in str(key) or t in str(value) for t in texts)
+
+
+def _history_texts(cfg, grid) -> tuple[set[str], set[int]]:
+    """Every node's users' history titles and prompts, and the node user counts."""
+    from florec.recdata.shard import shard_of_node
+
+    texts: set[str] = set()
+    counts = set()
+    for ctx in grid.contexts.values():
+        shard = shard_of_node(cfg, dict(ctx.node_config))
+        items = shard.item_texts()
+        users = shard.users
+        counts.add(len(users))
+        windows = node_sequences(ctx, cfg).inputs(users, "train", cfg.max_seq_len)
+        cands = np.tile(np.arange(cfg.llmd4rec_candidates), (len(users), 1))
+        slots = cands.copy()
+        texts |= set(build_prompts(windows, cands, slots, items, cfg.llmd4rec_history, "rank"))
+        texts |= {items[t - 1] for row in windows for t in row if t > 0}
+    return texts - {""}, counts
+
+
+@pytest.mark.slow
+def test_scripted_federation_skips_lora_and_still_distils(tmp_path):
+    _, grid, run = _run(tmp_path, **{"llm-backend": "scripted", "scripted-p": 1.0})
+    assert run["iterations"][0]["teacher_top1"] == pytest.approx(1.0)
+    kd = [float(m.content.metric_records["metrics"]["kd-samples"]) for m in grid.received
+          if "kd-samples" in m.content.metric_records.get("metrics", {})]
+    assert kd and max(kd) > 0
+    assert run["rerank"]["rerank/ndcg@10"] == pytest.approx(run["rerank"]["coverage"])
