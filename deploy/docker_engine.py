@@ -20,6 +20,9 @@ DEPLOY = Path(__file__).resolve().parent
 ROOT = DEPLOY.parent
 FLWR_VERSION = "1.42.0"
 TORCH = "torch==2.13.0"
+#: where the torch wheel folder is served during builds; the URL is a build argument, so a fixed
+#: port keeps the install layer cached across builds (a busy port falls back to a free one)
+WHEEL_PORT = 38765
 
 
 class DockerError(RuntimeError):
@@ -197,8 +200,11 @@ def build_image(tag: str, base: str, ca: Path | None = None, torch_wheels: Path 
         args += ["--build-arg", f"EXTRA_CA_CERTS={Path(ca).read_text()}"]
     server = None
     if torch_wheels:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                 _quiet_handler(str(torch_wheels)))
+        handler = _quiet_handler(str(torch_wheels))
+        try:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", WHEEL_PORT), handler)
+        except OSError:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         args += ["--build-arg", f"TORCH_FIND_LINKS=http://127.0.0.1:{server.server_port}/",
                  "--build-arg", "TORCH_INDEX=https://pypi.org/simple",
@@ -212,6 +218,34 @@ def build_image(tag: str, base: str, ca: Path | None = None, torch_wheels: Path 
     if res.returncode != 0:
         raise DockerError(f"docker build of {tag} failed: {(res.stdout + res.stderr)[-1500:]}")
     return time.monotonic() - start
+
+
+_IMAGE_AUDIT = r"""
+echo "uid $(id -u)"
+for d in /data /app/results /app/cache; do [ -z "$(ls -A "$d")" ] || echo "not empty: $d"; done
+find / -xdev -type f \( -name shard.json -o -name '*.inter' -o -name u.data -o -name 'ratings.*' \
+  -o -name '*.secret' \) 2>/dev/null | sed 's/^/data or secret: /'
+find / -xdev -type f \( -name '*.key' -o -name '*.pem' \) -exec grep -l "PRIVATE KEY" {} + \
+  2>/dev/null | sed 's/^/private key: /'
+"""
+
+
+def audit_image(tag: str) -> dict[str, object]:
+    """Check that an image runs as UID 49999 and holds no dataset, shard, secret or private key.
+
+    Raises
+    ------
+    DockerError
+        Naming what was found.
+
+    """
+    out = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", tag, "-c",
+                 _IMAGE_AUDIT).stdout.splitlines()
+    found = [line for line in out if not line.startswith("uid ")]
+    if out[:1] != ["uid 49999"] or found:
+        raise DockerError(f"image {tag}: {out[:1]} {found[:5]} (it must run as UID 49999 and "
+                          "hold no data, shard, secret or private key)")
+    return {"uid": 49999, "data_or_keys_found": []}
 
 
 def image_size(tag: str) -> int:

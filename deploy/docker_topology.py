@@ -29,7 +29,7 @@ _RUN_ID = re.compile(r"Successfully started run (\d+)")
 def node_data(root: Path, run_config: dict[str, Any]) -> list[Path]:
     """Cut the run's split into one shard per node (``florec data shard``): their folders."""
     from florec.recdata.runconfig import parse_run_config
-    from florec.recdata.shard import write_shards
+    from florec.recdata.shard_files import write_shards
 
     shutil.rmtree(root, ignore_errors=True)
     return write_shards(parse_run_config(run_config), Path(root))

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 DEPLOY = Path(__file__).resolve().parent
@@ -27,6 +28,7 @@ sys.path.insert(0, str(DEPLOY))
 from docker_engine import (  # noqa: E402
     DockerError,
     Engine,
+    audit_image,
     build_base,
     build_image,
     compose_command,
@@ -50,6 +52,7 @@ def run_scenario(name: str, compose: list[str], image: str, base: str, work: Pat
                             base, data, tls=tls)
     cfg = run_config | ({"round-timeout-s": 15.0} if kill else {})
     info: dict = {"scenario": name, "compose": " ".join(compose)}
+    start = time.monotonic()
     try:
         info["up_s"] = dep.up()
         info["mounts"] = dep.check_mounts()
@@ -70,6 +73,7 @@ def run_scenario(name: str, compose: list[str], image: str, base: str, work: Pat
     finally:
         dep.save_logs(out / name / "logs")
         dep.down()
+    info["wall_s"] = time.monotonic() - start
     return info
 
 
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown scenario(s) {sorted(bad)}; choose from {SCENARIOS}")
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"scenarios": []}
+    start = time.monotonic()
     with Engine(args.out / "dockerd.log") as engine, \
             tempfile.TemporaryDirectory(prefix="florec-docker-") as tmp:
         compose = compose_command()
@@ -103,14 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         image = "florec-superexec:cpu"
         summary["build_s"] = build_image(image, base, args.ca, args.torch_wheels)
         summary["image_bytes"] = image_size(image)
+        summary["image_audit"] = audit_image(image)
         for name in names:
             print(f"[docker-test] scenario {name} ({' '.join(compose)})", flush=True)
             summary["scenarios"].append(run_scenario(name, compose, image, base, Path(tmp),
                                                      SMALL, args.out, echo=not args.quiet))
             print(f"[docker-test] scenario {name}: passed", flush=True)
+    summary["wall_s"] = time.monotonic() - start
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"[docker-test] all {len(names)} scenarios passed; image {image} "
-          f"{summary['image_bytes'] / 1e6:.0f} MB; summary in {args.out / 'summary.json'}")
+    print(f"[docker-test] all {len(names)} scenarios passed in {summary['wall_s']:.0f} s; image "
+          f"{image} {summary['image_bytes'] / 1e6:.0f} MB; summary in {args.out / 'summary.json'}")
     return 0
 
 

@@ -97,7 +97,7 @@ def test_image_build_context_and_dockerfile_keep_data_and_keys_out():
 
 
 def test_node_data_cuts_one_shard_per_node(tmp_path):
-    from florec.recdata.shard import load_shard
+    from florec.recdata.shard_files import load_shard
 
     folders = node_data(tmp_path / "shards", SMALL | {"num-nodes": 3})
     assert [f.name for f in folders] == ["node-0000", "node-0001", "node-0002"]
