@@ -53,6 +53,7 @@ def central(seed: int, data_dir: str) -> dict[str, Any]:
     """The same LLKD on the pooled pool, scored on the federated run's test half."""
     from florec.client.llkd_node import held_out_share
     from florec.models.llkd.student import accuracy_macro_f1
+    from florec.models.llkd.task import split_task
     from florec.recdata.runconfig import parse_run_config
     from florec.sim.central_llkd import prepare, train_rule
 
@@ -60,7 +61,8 @@ def central(seed: int, data_dir: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     prep = prepare(cfg)
     result = train_rule(prep, cfg, "llkd", cfg.num_rounds * cfg.local_epochs)
-    test = np.concatenate([held_out_share(cfg, p, cfg.num_nodes)["test"]
+    _, held_out = split_task(prep.task, cfg.llkd_test_fraction, cfg.split_seed)
+    test = np.concatenate([held_out_share(held_out, cfg.split_seed, p, cfg.num_nodes)["test"]
                            for p in range(cfg.num_nodes)])
     pred = result["trainer"].student.predict(prep.emb[test])
     out = accuracy_macro_f1(pred, prep.task.gold[test], len(prep.task.classes))

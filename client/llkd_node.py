@@ -13,7 +13,8 @@ local epochs with LLKD selection from the global head and thresholds. Only numbe
   ``i mod num-partitions``, so the pooled sums cover every held-out item once); ``valid`` is
   the dev half of the held-out items (round selection), ``test`` the other half.
 
-Which items a node's users interacted with never leaves it; nor does any text.
+Which items a node's users interacted with never leaves it; nor does any text. The node reads
+the public item text its shard serves, not the split.
 """
 
 from __future__ import annotations
@@ -29,26 +30,37 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from florec.client.node_store import open_store
 from florec.client.trainers.bucket import Bucket
 from florec.models.llkd.student import LinearStudent
-from florec.models.llkd.task import TextTask, load_task, split_task
+from florec.models.llkd.task import TextTask, build_task, parse_item_line, split_task
 from florec.models.llkd.teacher import make_teacher, teacher_distribution
 from florec.models.llkd.train import HEAD, LLKDTrainer, load_state, state_arrays
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, torch_seed
+from florec.recdata.shard import shard_of_node
 
 EVER_KEY = "llkd-ever"
 
 
-@functools.lru_cache(maxsize=2)
-def _task(config_json: str) -> tuple[TextTask, np.ndarray, np.ndarray]:
-    cfg = RunConfig.model_validate(json.loads(config_json))
-    task = load_task(cfg)
-    if len(task.classes) != cfg.llkd_classes:
-        raise ConfigError(f"the dataset has {len(task.classes)} categories, fewer than "
-                          f"llkd-classes={cfg.llkd_classes}; lower llkd-classes")
-    pool, held_out = split_task(task, cfg.llkd_test_fraction, cfg.split_seed)
-    return task, pool, held_out
+_TASKS: dict[str, tuple[TextTask, np.ndarray, np.ndarray]] = {}
+
+
+def node_task(cfg: RunConfig, context: Context) -> tuple[TextTask, np.ndarray, np.ndarray]:
+    """The task from the shard's public item text, its pool and held-out items (once/process).
+
+    The node reads the item catalogue its shard serves (:mod:`florec.recdata.shard`), never the
+    whole split.
+    """
+    key = json.dumps(cfg.to_flower(), sort_keys=True)
+    if key not in _TASKS:
+        lines = shard_of_node(cfg, context.node_config).item_texts()
+        task = build_task(cfg.dataset, [parse_item_line(line) for line in lines],
+                          cfg.llkd_classes)
+        if len(task.classes) != cfg.llkd_classes:
+            raise ConfigError(f"the dataset has {len(task.classes)} categories, fewer than "
+                              f"llkd-classes={cfg.llkd_classes}; lower llkd-classes")
+        _TASKS[key] = (task, *split_task(task, cfg.llkd_test_fraction, cfg.split_seed))
+    return _TASKS[key]
 
 
 @functools.lru_cache(maxsize=2)
@@ -58,27 +70,30 @@ def _encoder(name: str) -> Any:
     return SentenceEncoder(name, progress=False)
 
 
-def node_pool(cfg: RunConfig, bucket: Bucket) -> np.ndarray:
+def node_pool(cfg: RunConfig, context: Context, bucket: Bucket) -> np.ndarray:
     """Items of the task's training pool that this node's users have in their histories."""
-    _, pool, _ = _task(json.dumps(cfg.to_flower(), sort_keys=True))
+    _, pool, _ = node_task(cfg, context)
     seen = np.flatnonzero(np.diff(bucket.train.tocsc().indptr) > 0)
     return np.intersect1d(pool, seen)
 
 
-@functools.lru_cache(maxsize=2)
-def _labelled_embeddings(config_json: str) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of every labelled item's public title (computed once per process)."""
+_EMBEDDINGS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _embed(cfg: RunConfig, context: Context, items: np.ndarray) -> np.ndarray:
+    """MiniLM rows of ``items`` (every labelled title embedded once per process).
+
+    The vectors are cached on disk by text: the same entry as the central run's.
+    """
     from florec.models.cotrec.pipeline import encode_cached
 
-    cfg = RunConfig.model_validate(json.loads(config_json))
-    task, _, _ = _task(config_json)
-    items = task.labelled
-    return items, encode_cached(_encoder(cfg.encoder), [task.inputs[i] for i in items])
-
-
-def _embed(cfg: RunConfig, items: np.ndarray) -> np.ndarray:
-    """Rows of :func:`_labelled_embeddings` for ``items`` (all labelled)."""
-    labelled, emb = _labelled_embeddings(json.dumps(cfg.to_flower(), sort_keys=True))
+    key = json.dumps(cfg.to_flower(), sort_keys=True)
+    if key not in _EMBEDDINGS:
+        task, _, _ = node_task(cfg, context)
+        labelled = task.labelled
+        _EMBEDDINGS[key] = (labelled, encode_cached(_encoder(cfg.encoder),
+                                                    [task.inputs[i] for i in labelled]))
+    labelled, emb = _EMBEDDINGS[key]
     return emb[np.searchsorted(labelled, items)].astype(np.float32)
 
 
@@ -88,7 +103,7 @@ def _teacher(cfg: RunConfig, context: Context, items: np.ndarray) -> tuple[np.nd
     saved = store.get("llkd-teacher")
     if saved is not None and np.array_equal(saved["items"], items):
         return saved["probs"], {}
-    task, _, _ = _task(json.dumps(cfg.to_flower(), sort_keys=True))
+    task, _, _ = node_task(cfg, context)
     llm = make_teacher(cfg, task, items)
     probs = teacher_distribution(llm, [task.inputs[i] for i in items], task.classes, task.noun)
     store.put("llkd-teacher", {"items": items, "probs": probs})
@@ -102,14 +117,14 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     t0 = time.perf_counter()
     rnd = int(msg.content.config_records["config"]["server-round"])
     arrays = from_record(msg.content.array_records["arrays"])
-    items = node_pool(cfg, bucket)
+    items = node_pool(cfg, context, bucket)
     metrics: dict[str, float] = {"partition-id": pid, "num-users": len(bucket.users),
                                  "num-positions": len(items)}
     if len(items) == 0:
         return RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(
             metrics | {"loss-sum": 0.0})})
     probs, llm_stats = _teacher(cfg, context, items)
-    trainer = LLKDTrainer(_embed(cfg, items), probs, cfg.llkd_selection, lr=cfg.llkd_lr,
+    trainer = LLKDTrainer(_embed(cfg, context, items), probs, cfg.llkd_selection, lr=cfg.llkd_lr,
                           momentum=cfg.llkd_ema, budget=cfg.llkd_budget,
                           seed=torch_seed(cfg.seed, Salt.SEQ_ROUND, rnd, pid))
     load_state(trainer, arrays)
@@ -127,10 +142,13 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
                        "metrics": MetricRecord(metrics | llm_stats)})
 
 
-def held_out_share(cfg: RunConfig, pid: int, num_partitions: int) -> dict[str, np.ndarray]:
-    """The node's dev (``valid``) and ``test`` items: ``i mod num_partitions == pid``."""
-    _, _, held_out = _task(json.dumps(cfg.to_flower(), sort_keys=True))
-    rng = np.random.default_rng([cfg.split_seed, 31])
+def held_out_share(held_out: np.ndarray, split_seed: int, pid: int, num_partitions: int
+                   ) -> dict[str, np.ndarray]:
+    """The node's dev (``valid``) and ``test`` items: ``i mod num_partitions == pid``.
+
+    The dev half is a seeded half of ``held_out`` (the same on every node and centrally).
+    """
+    rng = np.random.default_rng([split_seed, 31])
     dev = np.zeros(len(held_out), bool)
     dev[rng.permutation(len(held_out))[: len(held_out) // 2]] = True
     mine = held_out % max(num_partitions, 1) == pid
@@ -140,7 +158,7 @@ def held_out_share(cfg: RunConfig, pid: int, num_partitions: int) -> dict[str, n
 def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
              device: str) -> RecordDict:
     """Sums of the global head on the node's share of the held-out items (module docstring)."""
-    task, _, _ = _task(json.dumps(cfg.to_flower(), sort_keys=True))
+    task, _, held_out = node_task(cfg, context)
     arrays = from_record(msg.content.array_records["arrays"])
     n_classes = len(task.classes)
     num_partitions = int(context.node_config.get("num-partitions", cfg.num_nodes))
@@ -148,8 +166,8 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
     dim = _encoder(cfg.encoder).dim
     student = LinearStudent(dim, n_classes)
     student.load({k: arrays[k] for k in HEAD})
-    for part, items in held_out_share(cfg, pid, num_partitions).items():
-        emb = _embed(cfg, items)
+    for part, items in held_out_share(held_out, cfg.split_seed, pid, num_partitions).items():
+        emb = _embed(cfg, context, items)
         gold = task.gold[items]
         proba = student.proba(emb) if len(items) else np.zeros((0, n_classes))
         pred = proba.argmax(1) if len(items) else np.zeros(0, np.int64)

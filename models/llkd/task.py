@@ -124,6 +124,25 @@ def build_task(dataset: str, texts: Sequence[ItemText], n_classes: int) -> TextT
     return TextTask([t.title for t in texts], gold, classes, noun)
 
 
+def parse_item_line(line: str) -> ItemText:
+    """Invert :func:`florec.recdata.item_text.item_text_string` (what a node's shard serves).
+
+    ``"title | Genres: a, b | Brand: x"`` -> ``ItemText("title", ["a", "b"], "x")``; an Amazon
+    category path (``Categories:``) stays one string (it may hold ``", "`` itself). Fields are
+    split from the right, so a title may contain ``" | "``.
+    """
+    brand = ""
+    head, sep, tail = line.rpartition(" | Brand: ")
+    if sep:
+        line, brand = head, tail
+    for label in ("Categories", "Genres"):
+        head, sep, tail = line.rpartition(f" | {label}: ")
+        if sep:
+            return ItemText(head, [tail] if label == "Categories" else tail.split(", "), brand,
+                            label)
+    return ItemText(line, [], brand)
+
+
 def split_task(task: TextTask, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of the labelled items into (unlabeled training pool, gold test items).
 

@@ -41,10 +41,24 @@ def test_macro_f1_from_pooled_counts():
 
 
 def test_held_out_items_are_split_once_across_nodes():
-    cfg = parse_run_config(BASE)
-    shares = [held_out_share(cfg, pid, 3) for pid in range(3)]
+    held_out = np.arange(3, 60, 2)
+    shares = [held_out_share(held_out, 0, pid, 3) for pid in range(3)]
     every = np.concatenate([s[p] for s in shares for p in ("valid", "test")])
-    assert len(every) == len(set(every.tolist()))
+    assert sorted(every.tolist()) == held_out.tolist()
+    assert all(len(s["valid"]) + len(s["test"]) > 0 for s in shares)
+
+
+def test_shard_item_lines_give_the_same_task_as_the_split():
+    from florec.models.llkd.task import build_task, parse_item_line
+    from florec.recdata.item_text import item_text_string, load_item_text
+
+    cfg = parse_run_config(BASE)
+    task = load_task(cfg)
+    items = load_item_text("synthetic", None, list(range(1, 81)), synthetic=cfg.synthetic_params())
+    lines = [item_text_string(t) for t in items]
+    again = build_task("synthetic", [parse_item_line(x) for x in lines], 4)
+    assert again.classes == build_task("synthetic", items, 4).classes
+    assert len(task.inputs) == len(task.gold) and task.labelled.size > 0
 
 
 @pytest.mark.slow
@@ -70,12 +84,13 @@ def test_federated_llkd_finishes_and_sends_no_text_or_user_data(tmp_path, backen
         assert not any(t in s for t in titles for s in strings)
         for rec in content.metric_records.values():  # counts only: no item or user ids
             assert not any(k.startswith(("item", "user")) for k in rec)
-    # a node's pool (its users' items) is never sent: the replies' sizes are counts only
-    pools = [node_pool(cfg, grid_bucket) for grid_bucket in _buckets(grid, cfg)]
-    assert sum(len(p) for p in pools) > 0
-
-
-def _buckets(grid, cfg):
+    # the nodes trained on their users' items, and the task they built from the shard's
+    # public item text equals the one the central run builds from the split
     from florec.client.app import node_setup
+    from florec.client.llkd_node import node_task
 
-    return [node_setup(ctx)[1] for ctx in grid.contexts.values()]
+    contexts = list(grid.contexts.values())
+    assert sum(len(node_pool(cfg, c, node_setup(c)[1])) for c in contexts) > 0
+    node = node_task(cfg, contexts[0])[0]
+    assert node.classes == task.classes and np.array_equal(node.gold, task.gold)
+    assert node.inputs == task.inputs
