@@ -15,7 +15,12 @@ from florec.models.llkd.selection import (
     weighted_loss,
 )
 from florec.models.llkd.student import accuracy_macro_f1
-from florec.models.llkd.task import amazon_second_level, build_task, split_task
+from florec.models.llkd.task import (
+    amazon_second_level,
+    build_task,
+    parse_item_line,
+    split_task,
+)
 from florec.models.llkd.teacher import (
     auroc,
     class_prompt,
@@ -27,7 +32,7 @@ from florec.models.llkd.teacher import (
 from florec.models.llkd.train import LLKDTrainer
 from florec.models.llm import LLMConfig, build_llm
 from florec.recdata.errors import ConfigError
-from florec.recdata.item_text import ItemText
+from florec.recdata.item_text import ItemText, item_text_string
 
 
 def test_thresholds_follow_the_ema_by_hand():
@@ -181,3 +186,11 @@ def test_task_drops_the_category_from_inputs_and_keeps_single_label_gold():
     assert sorted([*pool, *test]) == [0, 2] and len(test) == 1
     with pytest.raises(ConfigError, match="llkd-classes"):
         build_task("ml-100k", texts, 11)
+
+
+def test_parse_item_line_inverts_the_prompt_line():
+    movie = ItemText("Toy Story (1995)", ["Animation", "Children's", "Comedy"])
+    product = ItemText("Glue | 8 oz", ["Industrial & Scientific Tapes, Adhesives & Sealants"],
+                       "Gorilla", "Categories")
+    for t in (movie, product):
+        assert parse_item_line(item_text_string(t)) == t
