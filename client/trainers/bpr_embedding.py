@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from florec.client.trainers.bucket import Bucket
 from florec.client.trainers.user_adam import PerUserOptimizer
-from florec.models.mf import bpr_terms
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.sampling import sample_negatives
 from florec.recdata.seeds import Salt, stream
@@ -212,47 +212,126 @@ def local_update(
         return fair_local_update(bucket, item_emb, item_bias, user_emb, cfg, server_round,
                                  device, item_pop, n_users)
     pairs = build_pairs(bucket, cfg, server_round)
-    n_pairs = len(pairs["user"])
     row_user, row_item, pos_idx, neg_idx = pair_rows(pairs, bucket.n_items)
+    lay = _leading_layout(pairs, row_user, len(bucket.users))
     as_t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
-    users_t = as_t(pairs["user"], torch.long)
-    pos_row, neg_row = as_t(pos_idx, torch.long), as_t(neg_idx, torch.long)
-    row_user_t = as_t(row_user, torch.long)
-    P = as_t(user_emb).clone()
-    L = as_t(item_emb[row_item]).clone()
-    Lb = as_t(item_bias[row_item]).clone()
-    params = [P, L, Lb]
-    users = torch.arange(len(P), device=device)
+    rank, row_order = as_t(lay["rank"], torch.long), as_t(lay["row_order"], torch.long)
+    users_t = as_t(lay["rank"][pairs["user"]], torch.long)
+    pos_row, neg_row = as_t(lay["row_of"][pos_idx], torch.long), as_t(lay["row_of"][neg_idx],
+                                                                       torch.long)
+    weight = as_t(lay["weight"])
+    P = as_t(user_emb)[as_t(lay["order"], torch.long)].contiguous()
+    L = as_t(item_emb)[as_t(row_item[lay["row_order"]], torch.long)].contiguous()
+    Lb = as_t(item_bias)[as_t(row_item[lay["row_order"]], torch.long)].contiguous()
     adam = cfg.optimizer == "adam"
-    user_opt = PerUserOptimizer([P], [users], len(P), cfg.lr, cfg.weight_decay, adam)
-    if user_opt_state is not None:
-        user_opt.load_state({k: torch.as_tensor(v) for k, v in user_opt_state.items()})
-    item_opt = PerUserOptimizer([L, Lb], [row_user_t, row_user_t], len(P), cfg.lr,
+    user_opt = PerUserOptimizer([P], [torch.arange(len(P), device=device)], len(P), cfg.lr,
                                 cfg.weight_decay, adam)
+    if user_opt_state is not None:
+        user_opt.load_state({k: torch.as_tensor(v)[as_t(lay["order"], torch.long)]
+                             for k, v in user_opt_state.items()})
+    item_opt = PerUserOptimizer([L, Lb], [as_t(lay["row_owner"], torch.long)] * 2, len(P),
+                                cfg.lr, cfg.weight_decay, adam)
     loss_sum = 0.0
-    for _, s, e in step_bounds(pairs["step"]):
-        uu, pr, nr = users_t[s:e], pos_row[s:e], neg_row[s:e]
-        for p in params:
-            p.requires_grad_(True)
-        terms = bpr_terms(P[uu], L[pr], L[nr], Lb[pr], Lb[nr], cfg.reg)
-        per_user = torch.bincount(uu, minlength=len(P)).clamp(min=1).to(terms.dtype)
-        loss = (terms / per_user[uu]).sum()
-        grads = torch.autograd.grad(loss, params)
-        loss_sum += float(terms.detach().sum())
-        for p in params:
-            p.requires_grad_(False)
-        active = torch.zeros(len(P), dtype=torch.bool, device=device)
-        active[uu] = True
-        user_opt.step([grads[0]], active)
-        item_opt.step([grads[1], grads[2]], active)
+    for t, s, e in step_bounds(pairs["step"]):
+        n_act, n_rows = int(lay["active"][t]), int(lay["rows"][t])
+        terms, grads = bpr_step_grads(P[:n_act], L[:n_rows], Lb[:n_rows], users_t[s:e],
+                                      pos_row[s:e], neg_row[s:e], weight[s:e], cfg.reg)
+        loss_sum += float(terms.sum())
+        user_opt.step_leading([grads[0]], n_act)
+        item_opt.step_leading([grads[1], grads[2]], n_act)
+    out_rows = torch.empty_like(row_order)
+    out_rows[row_order] = torch.arange(len(row_order), device=device)
+    opt_state = {k: v[rank] for k, v in user_opt.state().items()}
     return LocalResult(
-        user_emb=P.detach().cpu().numpy(),
+        user_emb=P[rank].cpu().numpy(),
         row_user=row_user,
         row_item=row_item,
-        delta=(L.detach().cpu().numpy() - item_emb[row_item]),
-        bias_delta=(Lb.detach().cpu().numpy() - item_bias[row_item]),
+        delta=(L[out_rows].cpu().numpy() - item_emb[row_item]),
+        bias_delta=(Lb[out_rows].cpu().numpy() - item_bias[row_item]),
         loss_sum=loss_sum,
-        num_pairs=n_pairs,
+        num_pairs=len(pairs["user"]),
         triples=(bucket.users[pairs["user"]], pairs["pos"], pairs["neg"]),
-        user_opt_state={k: v.detach().cpu().numpy() for k, v in user_opt.state().items()},
+        user_opt_state={k: v.cpu().numpy() for k, v in opt_state.items()},
     )
+
+
+def _leading_layout(pairs: dict[str, np.ndarray], row_user: np.ndarray, n_users: int
+                    ) -> dict[str, np.ndarray]:
+    """Users ranked by their number of local steps (most first), rows grouped in that order.
+
+    A user takes part in steps ``0..S_u-1`` (every batch of every local epoch holds at least
+    one of its pairs), so the users active in step t are the first ``active[t]`` ranks and their
+    rows the first ``rows[t]`` rows: :meth:`PerUserOptimizer.step_leading` updates leading
+    slices. ``order[k]`` is the user of rank k, ``rank`` its inverse, ``row_order[k]`` the
+    ``pair_rows`` row stored at position k and ``row_of`` its inverse, ``row_owner`` each
+    stored row's rank; ``weight`` is ``1 / (pairs of the user in the step)`` per pair.
+    """
+    n_steps = np.zeros(n_users, dtype=np.int64)
+    np.maximum.at(n_steps, pairs["user"], pairs["step"] + 1)
+    order = np.argsort(-n_steps, kind="stable")
+    rank = np.empty(n_users, dtype=np.int64)
+    rank[order] = np.arange(n_users)
+    row_order = np.argsort(rank[row_user], kind="stable")
+    row_of = np.empty(len(row_order), dtype=np.int64)
+    row_of[row_order] = np.arange(len(row_order))
+    row_owner = rank[row_user[row_order]]
+    row_end = np.searchsorted(row_owner, np.arange(n_users + 1), side="left")
+    horizon = int(n_steps.max(initial=0))
+    active = (n_steps[None, :] > np.arange(horizon)[:, None]).sum(1)
+    key = pairs["step"] * n_users + pairs["user"]
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    return {"order": order, "rank": rank, "row_order": row_order, "row_of": row_of,
+            "row_owner": row_owner, "active": active, "rows": row_end[active],
+            "weight": 1.0 / counts[inverse]}
+
+
+def bpr_step_grads(P: torch.Tensor, L: torch.Tensor, Lb: torch.Tensor, user: torch.Tensor,
+                   pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor, reg: float
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    r"""Per-triple BPR terms and the closed-form gradient of their weighted sum.
+
+    With :math:`x = p_u^\top (q_i - q_j) + b_i - b_j`, term
+    :math:`\ell = -\log\sigma(x) + \lambda(\lVert p_u\rVert^2 + \lVert q_i\rVert^2 +
+    \lVert q_j\rVert^2)` (:func:`florec.models.mf.bpr_terms`) and loss
+    :math:`\sum w \ell`, with :math:`c = -w \sigma(-x)`:
+
+    .. math::
+
+        \nabla_{p_u} \mathrel{+}= c (q_i - q_j) + 2 \lambda w p_u, \quad
+        \nabla_{q_i} \mathrel{+}= c p_u + 2 \lambda w q_i, \quad
+        \nabla_{q_j} \mathrel{+}= -c p_u + 2 \lambda w q_j, \quad
+        \nabla_{b_i} \mathrel{+}= c, \quad \nabla_{b_j} \mathrel{+}= -c
+
+    (what autograd gives for ``(weight * bpr_terms(...)).sum()``, without building a graph).
+
+    Parameters
+    ----------
+    P, L, Lb : torch.Tensor
+        User rows (n, d), item rows (m, d) and item biases (m,).
+    user, pos, neg : torch.Tensor
+        Per triple: the row of the user in ``P`` and of the positive and negative in ``L``.
+    weight : torch.Tensor
+        :math:`w` per triple.
+    reg : float
+        :math:`\lambda`.
+
+    Returns
+    -------
+    (terms, (grad_P, grad_L, grad_Lb))
+        The unweighted terms and the gradients, shaped like ``P``, ``L`` and ``Lb``.
+
+    """
+    pu, qi, qj = P[user], L[pos], L[neg]
+    diff = qi - qj
+    x = (pu * diff).sum(-1) + Lb[pos] - Lb[neg]
+    terms = -F.logsigmoid(x)
+    c = (-torch.sigmoid(-x) * weight)[:, None]
+    g_pu, g_qi, g_qj = c * diff, c * pu, -c * pu
+    if reg:
+        terms = terms + reg * (pu.pow(2).sum(-1) + qi.pow(2).sum(-1) + qj.pow(2).sum(-1))
+        w2 = (2 * reg) * weight[:, None]
+        g_pu, g_qi, g_qj = g_pu + w2 * pu, g_qi + w2 * qi, g_qj + w2 * qj
+    grad_p = torch.zeros_like(P).index_add_(0, user, g_pu)
+    grad_l = torch.zeros_like(L).index_add_(0, pos, g_qi).index_add_(0, neg, g_qj)
+    grad_b = torch.zeros_like(Lb).index_add_(0, pos, c[:, 0]).index_add_(0, neg, -c[:, 0])
+    return terms, (grad_p, grad_l, grad_b)

@@ -16,11 +16,17 @@ exactly what ``torch.optim.Adam(user_params, lr, betas, eps, weight_decay)`` (or
 on **every** row of an active user (rows without gradient in the step still move by their
 moments, as in ``torch.optim.Adam``), where :math:`t_u` counts the steps user u took part in.
 Rows of inactive users are left as they are (their user's optimizer did not step).
+
+:meth:`PerUserOptimizer.step_leading` is the fast path of the bucket trainers: when users are
+numbered so that the active ones are ``0..a-1`` and each parameter's rows are sorted by owner,
+the active rows are a leading slice, updated in place with no mask, gather or scatter, by
+``torch.optim.adam.adam(fused=True)`` when the active users share a step count.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.optim.adam import adam as adam_step
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
@@ -87,6 +93,55 @@ class PerUserOptimizer:
             p[rows] = sub_p
             if self.adam:
                 m[rows], v[rows] = sub_m, sub_v
+
+    @torch.no_grad()
+    def step_leading(self, grads: list[torch.Tensor], n_users: int) -> None:
+        """One optimizer step of users ``0..n_users-1`` whose rows lead every parameter.
+
+        Every owner tensor must be one-dimensional and sorted (non-decreasing), so the rows of
+        the active users are the leading ``len(grads[i])`` rows of parameter ``i``; the result
+        is that of :meth:`step` with ``active = arange(n_users_total) < n_users``.
+
+        Parameters
+        ----------
+        grads : list of torch.Tensor
+            Gradient of each parameter's leading rows (those of the active users), so
+            ``grads[i]`` has ``p[:len(grads[i])]``'s shape.
+        n_users : int
+            The active users, ``0..n_users-1``.
+
+        Raises
+        ------
+        ValueError
+            A gradient's leading rows are not exactly the rows of the active users.
+
+        """
+        for i, (g, owner) in enumerate(zip(grads, self.owners, strict=True)):
+            n = len(g)
+            if n and int(owner[n - 1]) >= n_users or n < len(owner) and int(owner[n]) < n_users:
+                raise ValueError(f"parameter {i}: its first {n} rows are not those of users "
+                                 f"0..{n_users - 1}; sort the rows by owner")
+        if n_users <= 0:
+            return
+        self.steps[:n_users] += 1
+        steps = self.steps[:n_users]
+        shared = float(steps[0]) if bool((steps == steps[0]).all()) else None
+        for i, (p, g, owner) in enumerate(zip(self.params, grads, self.owners, strict=True)):
+            n = len(g)
+            if n == 0:
+                continue
+            sub_p = p[:n]
+            if not self.adam:
+                self._update(sub_p, g, None, None, steps)
+            elif shared is not None:
+                adam_step(
+                    [sub_p], [g], [self.m[i][:n]], [self.v[i][:n]], [],
+                    [torch.tensor(shared - 1, dtype=torch.float32, device=p.device)], fused=True,
+                    amsgrad=False,
+                    beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr, weight_decay=self.wd,
+                    eps=ADAM_EPS, maximize=False)
+            else:
+                self._update(sub_p, g, self.m[i][:n], self.v[i][:n], self.steps[owner[:n]])
 
     def state(self) -> dict[str, torch.Tensor]:
         """The optimizer state: ``steps`` (per user) and, for Adam, moments ``m<i>``, ``v<i>``.

@@ -129,6 +129,26 @@ def test_private_embeddings_move_and_untouched_items_do_not(split):
     assert res.num_pairs == bucket.train.nnz
 
 
+@pytest.mark.parametrize("reg", [0.0, 0.01])
+def test_closed_form_bpr_gradient_equals_autograd(reg):
+    from florec.client.trainers.bpr_embedding import bpr_step_grads
+    from florec.models.mf import bpr_terms
+
+    gen = torch.Generator().manual_seed(0)
+    P, L, Lb = torch.randn(4, D, generator=gen), torch.randn(9, D, generator=gen), \
+        torch.randn(9, generator=gen)
+    user, pos = torch.tensor([0, 0, 1, 2, 2, 2, 3]), torch.tensor([0, 1, 2, 3, 3, 4, 5])
+    neg, weight = torch.tensor([6, 6, 7, 8, 0, 7, 8]), torch.rand(7, generator=gen)
+    terms, grads = bpr_step_grads(P, L, Lb, user, pos, neg, weight, reg)
+    leaves = [t.clone().requires_grad_(True) for t in (P, L, Lb)]
+    ref = bpr_terms(leaves[0][user], leaves[1][pos], leaves[1][neg], leaves[2][pos],
+                    leaves[2][neg], reg)
+    (weight * ref).sum().backward()
+    np.testing.assert_allclose(terms.numpy(), ref.detach().numpy(), rtol=0, atol=1e-6)
+    for got, leaf in zip(grads, leaves, strict=True):
+        np.testing.assert_allclose(got.numpy(), leaf.grad.numpy(), rtol=0, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------
 # Popularity-aware losses (mf-loss != bpr)
 # --------------------------------------------------------------------------------------------------
