@@ -15,7 +15,12 @@ skipped.
 - ``peak_mem_mb``: the peak, over the run, of the summed RSS of this process and every process
   it started (SuperLink, simulation, Ray head and workers), sampled every 0.2 s;
 - ``bytes_per_round``: bytes down + up of one round;
-- ``eval_s``: the full-ranking evaluation of every user (final round, in-process).
+- ``eval_s``: the full-ranking evaluation of every user (final round, in-process);
+- ``local_round_over_central_epoch`` (full-cohort cells): the local training compute of one
+  round of every user (:func:`florec.client.trainers.bpr_embedding.local_update` over all
+  buckets, serially, no Flower) over one central MF-BPR epoch on the same interactions
+  (:func:`florec.sim.central.train_epoch`, Adam, batches of 1,024), timed alternately in this
+  process (:func:`compute_ratio`), median of the pairs' ratios.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -176,9 +182,96 @@ def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None,
         "peak_mem_mb": round(peak_mb, 1),
         "bytes_per_round": int(flower[1]["bytes_up"] + flower[1]["bytes_down"]),
         "eval_s": float(local[-1].get("eval_seconds", float("nan"))),
+        **({"local_round_over_central_epoch": compute_ratio(cfg)["local_round_over_central_epoch"]}
+           if cell.cohort >= 1.0 else {}),
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def compute_ratio(cfg: dict[str, Any], reps: int = 3, central_batch: int = 1024,
+                  trainers: dict[str, Callable[..., Any]] | None = None) -> dict[str, Any]:
+    """Local training compute of one full round against one central epoch, timed side by side.
+
+    Each repetition times one central MF-BPR epoch, then one round of every user's local
+    training with each trainer (a full cohort, every bucket of ``users-per-node`` users in
+    turn, the global tables and private embeddings at their initial values). Alternating the
+    two keeps the ratio meaningful on a shared machine.
+
+    Parameters
+    ----------
+    cfg : dict
+        Run-config overrides (dataset, split, dim, local knobs, ``users-per-node``).
+    reps : int
+        Repetitions; the medians are reported.
+    central_batch : int
+        Central minibatch size (``florec central``'s default).
+    trainers : dict of str to callable, optional
+        Named ``local_update`` functions to time (default: ``{"local": local_update}``);
+        another, e.g. a previous version, gets keys ``<name>_round_s`` and
+        ``<name>_round_over_central_epoch``.
+
+    Returns
+    -------
+    dict
+        ``central_epoch_s``, ``<name>_round_s`` and ``<name>_round_over_central_epoch`` (the
+        median of the per-repetition ratios), ``reps`` and ``threads``.
+
+    """
+    import numpy as np
+    import torch
+
+    from florec.client.trainers.bpr_embedding import LocalConfig, local_update
+    from florec.client.trainers.bucket import Bucket
+    from florec.models.base import seeded_rows
+    from florec.models.mf import USER_SALT
+    from florec.models.registry import model_from_config
+    from florec.recdata.partition import partition_users
+    from florec.recdata.seeds import Salt, stream
+    from florec.recdata.store import get_split
+    from florec.sim.central import train_epoch
+
+    run = _validated(cfg)
+    if run.model != "mf" or run.users_per_node < 1:
+        raise ConfigError("compute_ratio needs model=mf and users-per-node >= 1")
+    trainers = trainers or {"local": local_update}
+    split, _ = get_split(run.dataset, run.split, run.split_seed, run.data_dir, run.min_rating,
+                         run.synthetic_params())
+    buckets = [Bucket.from_split(split, u)
+               for u in partition_users(split.n_users, users_per_node=run.users_per_node)]
+    init = model_from_config(run, "mf", split.n_users, split.n_items)
+    item_emb = init.item_emb.detach().numpy().copy()
+    item_bias = init.item_bias.detach().numpy().copy()
+    user_embs = [seeded_rows(b.users, run.dim, run.seed, run.init_std, USER_SALT)
+                 for b in buckets]
+    local_cfg = LocalConfig.from_run_config(run, 1)
+
+    def central_epoch() -> float:
+        torch.manual_seed(run.seed)
+        model = model_from_config(run, "mf", split.n_users, split.n_items)
+        opt_cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.SGD
+        opt = opt_cls(model.parameters(), lr=run.lr, weight_decay=run.weight_decay)
+        t0 = time.perf_counter()
+        train_epoch(model, split, opt, stream(run.seed, Salt.CENTRAL_SHUFFLE), central_batch)
+        return time.perf_counter() - t0
+
+    def one_round(fn: Callable[..., Any]) -> float:
+        t0 = time.perf_counter()
+        for bucket, user_emb in zip(buckets, user_embs, strict=True):
+            fn(bucket, item_emb, item_bias, user_emb, local_cfg, 1)
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {"central_epoch_s": []} | {f"{k}_round_s": [] for k in trainers}
+    for _ in range(reps):
+        times["central_epoch_s"].append(central_epoch())
+        for name, fn in trainers.items():
+            times[f"{name}_round_s"].append(one_round(fn))
+    row: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
+    for name in trainers:
+        row[f"{name}_round_over_central_epoch"] = statistics.median(
+            np.asarray(times[f"{name}_round_s"]) / np.asarray(times["central_epoch_s"]))
+    return row | {"reps": reps, "interactions": int(split.matrix("train").nnz),
+                  "threads": torch.get_num_threads()}
 
 
 def perf_cells(datasets: list[str], populations: list[int], cohorts: list[float],

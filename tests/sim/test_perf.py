@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from florec.recdata.errors import ConfigError
@@ -60,6 +61,37 @@ def test_perf_json_prints_one_object_per_cell_with_the_documented_keys():
     row = rows[0]
     assert row["nodes"] == 2 and row["s_per_round"] > 0 and row["peak_mem_mb"] > 100
     assert row["bytes_per_round"] > 0
+    assert row["local_round_over_central_epoch"] > 0
+
+
+def test_compute_ratio_trains_every_user_once_per_round_in_each_repetition():
+    from florec.client.trainers.bpr_embedding import local_update
+    from florec.sim.perf import compute_ratio
+
+    seen = []
+
+    def recording(bucket, *args):
+        seen.append(bucket.users.copy())
+        return local_update(bucket, *args)
+
+    cfg = {"dataset": "synthetic", "synthetic-users": 30, "synthetic-items": 40, "dim": 8,
+           "users-per-node": 7, "split": "ratio"}
+    row = compute_ratio(cfg, reps=2, central_batch=64, trainers={"local": local_update,
+                                                                 "recorded": recording})
+    per_rep = [np.concatenate(seen[:5]), np.concatenate(seen[5:])]
+    assert len(seen) == 10  # ceil(30 / 7) buckets, twice
+    for users in per_rep:
+        np.testing.assert_array_equal(np.sort(users), np.arange(30))
+    for name in ("local", "recorded"):
+        assert row[f"{name}_round_s"] > 0 and row[f"{name}_round_over_central_epoch"] > 0
+    assert row["central_epoch_s"] > 0 and row["reps"] == 2 and row["interactions"] > 0
+
+
+def test_compute_ratio_needs_buckets_of_mf_users():
+    from florec.sim.perf import compute_ratio
+
+    with pytest.raises(ConfigError, match="users-per-node"):
+        compute_ratio({"dataset": "synthetic", "users-per-node": 0})
 
 
 def test_framework_time_discounts_the_compute_that_ray_runs_in_parallel():

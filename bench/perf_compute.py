@@ -1,0 +1,81 @@
+"""Local training compute of a full FedAvg-MF round against one central MF-BPR epoch.
+
+For each dataset, :func:`florec.sim.perf.compute_ratio` times, alternately in this one process,
+one central epoch (Adam, batches of 1,024) and one round of every user's local training
+(``users-per-node`` users per bucket, one local epoch, batches of 64, Adam) with the current
+trainer and with the trainer of ``--baseline`` (``client/trainers/bpr_embedding.py`` read from
+that git commit, run against the current tree), so before and after are measured side by side.
+Ratios, not seconds, are the result: the machine may be shared.
+
+Run: OMP_NUM_THREADS=1 python bench/perf_compute.py --datasets ml-1m --baseline 4598cc8 \
+    --out docs/results/perf/compute.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from florec.client.trainers.bpr_embedding import local_update
+from florec.sim.perf import PERF_DEFAULTS, compute_ratio
+
+TRAINER = "client/trainers/bpr_embedding.py"
+
+
+def trainer_at(commit: str) -> Callable[..., Any]:
+    """``local_update`` of :data:`TRAINER` as it was at ``commit`` (imports resolve to now)."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{commit}:{TRAINER}"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"bpr_embedding_at_{commit}")
+    sys.modules[module.__name__] = module  # its dataclasses look their module up
+    exec(compile(source, f"{commit}:{TRAINER}", "exec"), module.__dict__)  # noqa: S102
+    return module.local_update
+
+
+def main() -> None:
+    """Measure each dataset and write one JSON object with a row per dataset."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="ml-1m")
+    parser.add_argument("--users-per-node", type=int, default=100)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--baseline", default="", help="git commit of the 'before' trainer")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    trainers = {"local": local_update}
+    if args.baseline:
+        trainers["before"] = trainer_at(args.baseline)
+    rows = []
+    for dataset in args.datasets.split(","):
+        cfg = PERF_DEFAULTS | {"dataset": dataset, "users-per-node": args.users_per_node}
+        row = {"dataset": dataset, "users_per_node": args.users_per_node}
+        row |= compute_ratio(cfg, args.reps, trainers=trainers)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    result = {"command": "OMP_NUM_THREADS=1 python bench/perf_compute.py "
+                         f"--datasets {args.datasets} --users-per-node {args.users_per_node} "
+                         f"--reps {args.reps} --baseline {args.baseline}",
+              "baseline": args.baseline, "config": PERF_DEFAULTS,
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+              "load_avg_1m_at_start": os.getloadavg()[0], "cpus": os.cpu_count(),
+              "machine": platform.machine(), "torch": torch.__version__,
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
