@@ -185,3 +185,15 @@ def test_summary_ctr_and_arp_follow_their_formulas():
     assert m["arp_shown"] == pytest.approx((5 + 3 + 2) / 3)  # mean of the lists' means
     assert m["arp_clicked"] == pytest.approx((10 + 4) / 2)
     assert m["coverage_shown"] == 1.0
+
+
+def test_cli_simulate_writes_a_report_and_refuses_to_overwrite_it(mf_run, tmp_path):
+    args = ["simulate", "--model", str(mf_run), "--personas", "3", "--sessions", "1", "--llm",
+            "scripted", "--encoder", "tiny", "--out", str(tmp_path / "o")]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["setup"]["policy"] == "scripted-genre" and report["runs"][0]["label"] == "bpr"
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code != 0 and "--overwrite" in str(again.exception)
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
