@@ -194,6 +194,8 @@ def summarize(out: Path) -> dict[str, Any]:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, (list, tuple)):
+        if math.isnan(v[0]):
+            return "-"
         return f"{v[0]:.4f} ± {v[1]:.4f}" if not math.isnan(v[1]) else f"{v[0]:.4f}"
     return f"{v:.3f}" if isinstance(v, float) and not math.isnan(v) else "-"
 
