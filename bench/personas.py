@@ -20,7 +20,13 @@ Every step writes ``<out>/<step>/report.json`` (metrics, LLM calls, seconds, the
 ``<out>/summary.md`` tabulates them. Run::
 
     FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/personas.py \
-        --out docs/results/personas --personas 50 --sessions 3
+        --out docs/results/personas --steps control --personas 50 --sessions 3
+    FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/personas.py \
+        --out docs/results/personas --steps llm --personas 20 --sessions 3
+
+(the committed results: 50 personas for the scripted control, 20 for SmolLM2, which took about
+22 minutes on the shared 2-core machine; 50 would not fit the ~20 minutes a real-LLM run may
+take here).
 """
 
 from __future__ import annotations
