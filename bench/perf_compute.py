@@ -44,6 +44,51 @@ def trainer_at(commit: str) -> Callable[..., Any]:
     return module.local_update
 
 
+def seq_epoch_ratio(dataset: str, users: int, reps: int, batch_size: int = 256
+                    ) -> dict[str, Any]:
+    """A central SASRec epoch with :meth:`SASRec.represent` against the full-encoder path.
+
+    ``before`` replaces the model's ``represent`` by the previous one
+    (``encode(seq)[:, -1]``, every position of every block); both train a fresh model from the
+    same seed on the windows of the first ``users`` users (all if 0) with the bench's SASRec
+    settings (``bench/sequential.toml``: d=64, L=50, 2 heads, 2 blocks, dropout 0.5, full
+    softmax, Adam 1e-3, batches of 256), alternately, ``reps`` times.
+    """
+    import numpy as np
+
+    from florec.client.trainers.sequential import make_optimizers, train_epoch
+    from florec.models.registry import build_sequential_model
+    from florec.recdata.sequences import UserSequences
+    from florec.recdata.store import get_split
+
+    split, _ = get_split(dataset, "loo", 0)
+    n = users or split.n_users
+    windows = UserSequences.from_split(split).inputs(np.arange(n), "train", 50)
+
+    def epoch(before: bool) -> tuple[float, float]:
+        model = build_sequential_model("sasrec", split.n_items, dropout=0.5, layers=2)
+        if before:
+            model.represent = lambda seq: model.encode(seq)[:, -1]
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        stats = train_epoch(model, make_optimizers(model, 1e-3), windows, split.n_items,
+                            np.random.default_rng(0), batch_size, "ce")
+        return time.perf_counter() - t0, stats.means()["train-loss"]
+
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    losses: dict[str, float] = {}
+    for _ in range(reps):
+        for name in ("before", "after"):
+            sec, losses[name] = epoch(name == "before")
+            times[name].append(sec)
+    ratios = np.asarray(times["before"]) / np.asarray(times["after"])
+    return {"dataset": dataset, "model": "sasrec", "users": n,
+            "positions": int((windows > 0).sum()), "before_epoch_s": float(np.median(
+                times["before"])), "after_epoch_s": float(np.median(times["after"])),
+            "before_over_after": float(np.median(ratios)), "reps": reps,
+            "train_loss_before": losses["before"], "train_loss_after": losses["after"]}
+
+
 def main() -> None:
     """Measure each dataset and write one JSON object with a row per dataset."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,6 +96,8 @@ def main() -> None:
     parser.add_argument("--users-per-node", type=int, default=100)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--baseline", default="", help="git commit of the 'before' trainer")
+    parser.add_argument("--seq-dataset", default="", help="also time a SASRec epoch on it")
+    parser.add_argument("--seq-users", type=int, default=0, help="its first N users (0: all)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -58,15 +105,21 @@ def main() -> None:
     if args.baseline:
         trainers["before"] = trainer_at(args.baseline)
     rows = []
-    for dataset in args.datasets.split(","):
+    for dataset in [d for d in args.datasets.split(",") if d]:
         cfg = PERF_DEFAULTS | {"dataset": dataset, "users-per-node": args.users_per_node}
         row = {"dataset": dataset, "users_per_node": args.users_per_node}
         row |= compute_ratio(cfg, args.reps, trainers=trainers)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    seq = []
+    if args.seq_dataset:
+        seq.append(seq_epoch_ratio(args.seq_dataset, args.seq_users, args.reps))
+        print(json.dumps(seq[-1]), flush=True)
     result = {"command": "OMP_NUM_THREADS=1 python bench/perf_compute.py "
-                         f"--datasets {args.datasets} --users-per-node {args.users_per_node} "
-                         f"--reps {args.reps} --baseline {args.baseline}",
+                         f"--datasets '{args.datasets}' --users-per-node {args.users_per_node} "
+                         f"--reps {args.reps} --baseline '{args.baseline}' "
+                         f"--seq-dataset '{args.seq_dataset}' --seq-users {args.seq_users}",
+              "seq_rows": seq,
               "baseline": args.baseline, "config": PERF_DEFAULTS,
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
               "load_avg_1m_at_start": os.getloadavg()[0], "cpus": os.cpu_count(),

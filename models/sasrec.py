@@ -21,6 +21,9 @@ from florec.models.seq_layers import (
     init_weights,
 )
 
+#: groups of similar length that :meth:`SASRec.represent` encodes a batch in
+REPRESENT_CHUNKS = 8
+
 
 class SASRecBody(nn.Module):
     """Everything of SASRec after the (shareable) embedding tables.
@@ -58,6 +61,20 @@ class SASRecBody(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return x
+
+    def last_state(self, emb: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """The last hidden state ``(B, d)``, ``forward(emb, seq)[:, -1]``.
+
+        The last block runs at the last position only
+        (:meth:`florec.models.seq_layers.TransformerBlock.forward_last`).
+        """
+        x = self.dropout(self.norm(emb))
+        for layer in self.filters:
+            x = layer(x)
+        mask = causal_padding_mask(seq)
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        return self.blocks[-1].forward_last(x, mask)
 
 
 class SASRec(SequentialRecommender):
@@ -110,6 +127,37 @@ class SASRec(SequentialRecommender):
                 if self.user_token is None:
                     raise ValueError("user_init needs n_user_tokens > 0")
                 self.user_token.weight[:] = torch.as_tensor(user_init, dtype=torch.float32)
+
+    def represent(self, seq: torch.Tensor) -> torch.Tensor:
+        """The last hidden state ``(B, d)`` of each row, ``encode(seq)[:, -1]``, computed cheaply.
+
+        Without filter layers or user token, a position's state depends on the real tokens up
+        to it only (padding keys are masked, and ``exp(-10000)`` is 0 in float32), so each row
+        needs only its columns from its first real token on. Rows are sorted by that length and
+        encoded in :data:`REPRESENT_CHUNKS` groups, each trimmed to its longest row (positions
+        keep their absolute indices), and the last block runs at the last position only
+        (:meth:`SASRecBody.last_state`). The states equal ``encode(seq)[:, -1]`` up to float
+        rounding; in training, dropout draws masks of the trimmed shapes.
+        """
+        if self.user_token is not None:
+            return self.encode(seq)[:, -1]
+        if len(self.body.filters) or len(seq) == 0:  # the filter mixes every column
+            return self.body.last_state(self.embedding(seq), seq)
+        length = seq.shape[1]
+        real = seq > 0
+        need = torch.where(real.any(1), length - real.int().argmax(1), 1)
+        order = torch.argsort(need, descending=True, stable=True)
+        parts = []
+        for rows in order.tensor_split(min(REPRESENT_CHUNKS, len(order))):
+            width = int(need[rows[0]])
+            part = seq[rows, length - width:]
+            emb = self.embedding.item(part)
+            if self.embedding.position is not None:
+                emb = emb + self.embedding.position.weight[length - width:][None]
+            parts.append(self.body.last_state(emb, part))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(parts)[inverse]
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden states ``(B, L, d)`` of a left-padded token batch.

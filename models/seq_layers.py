@@ -126,6 +126,24 @@ class TransformerBlock(nn.Module):
         h = self.norm1(self.dropout(self.dense(ctx)) + x)
         return self.norm2(self.dropout(self.ffn2(F.gelu(self.ffn1(h)))) + h)
 
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The block's output at the last position only, ``(B, d)``: ``forward(x, mask)[:, -1]``.
+
+        Keys and values are computed at every position, the query, attention, dense layer and
+        feed-forward network at the last one alone (a causal block's last output needs no other
+        position's output). Dropout draws masks of the ``(B, d)`` shape it uses.
+        """
+        b, length, d = x.shape
+        dh = d // self.heads
+        w, bias = self.qkv.weight, self.qkv.bias
+        k, v = F.linear(x, w[d:], bias[d:]).view(b, length, 2, self.heads, dh).permute(
+            2, 0, 3, 1, 4)
+        q = F.linear(x[:, -1], w[:d], bias[:d]).view(b, self.heads, 1, dh)
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(dh) + mask[:, :, -1:, :]
+        ctx = (att.softmax(-1) @ v).reshape(b, d)
+        h = self.norm1(self.dropout(self.dense(ctx)) + x[:, -1])
+        return self.norm2(self.dropout(self.ffn2(F.gelu(self.ffn1(h)))) + h)
+
 
 class SequentialRecommender(Recommender):
     """A next-item model: ``score(seq)`` ranks every item after a ``(B, L)`` token sequence.
