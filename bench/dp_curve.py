@@ -1,0 +1,102 @@
+"""Privacy-utility curve of user-level DP-FedAvg-MF: test ndcg@10 against epsilon.
+
+Reads the results of ``florec bench --config bench/dp_curve.toml --out docs/results/dp`` (one
+federated cell per target epsilon, plus the non-private run and the popularity baseline) and
+writes ``summary.json``, ``summary.md`` (the table on docs/privacy.md) and ``dp_curve.png``.
+
+Run: python bench/dp_curve.py docs/results/dp/results.json --out docs/results/dp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+
+def rows_of(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per method label: target and reached epsilon, z and test metrics over seeds."""
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for run in results["runs"]:
+        by_label.setdefault(run["label"], []).append(run)
+    rows = []
+    for method in results["config"]["method"]:
+        runs = by_label.get(method["label"], [])
+        if not runs:
+            continue
+        ndcg = [r["metrics"]["ndcg@10"] for r in runs]
+        dp = runs[0].get("dp") or {}
+        rows.append({
+            "label": method["label"], "seeds": len(runs),
+            "target_epsilon": method.get("dp-epsilon") or (math.inf if method.get("dp") else None),
+            "epsilon": dp.get("epsilon"), "delta": dp.get("delta"),
+            "noise_multiplier": dp.get("noise_multiplier"), "rounds": dp.get("rounds"),
+            "ndcg@10": mean(ndcg), "ndcg@10_std": stdev(ndcg) if len(ndcg) > 1 else 0.0,
+            "recall@10": mean(r["metrics"]["recall@10"] for r in runs),
+            "best_round": [r["best_round"] for r in runs],
+            "wall_s": mean(r["wall_s"] for r in runs)})
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of :func:`rows_of`."""
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None else ("inf" if v == math.inf else format(v, fmt))
+
+    lines = ["| method | target epsilon | epsilon reached (delta) | noise multiplier | "
+             "test ndcg@10 (std over seeds) | test recall@10 | best round per seed | wall s |",
+             "|---" * 8 + "|"]
+    for r in rows:
+        delta = f" ({r['delta']:.1e})" if r["delta"] else ""
+        lines.append(f"| {r['label']} | {num(r['target_epsilon'], '.0f')} | "
+                     f"{num(r['epsilon'], '.2f')}{delta} | {num(r['noise_multiplier'], '.3f')} | "
+                     f"{r['ndcg@10']:.4f} ({r['ndcg@10_std']:.4f}) | {r['recall@10']:.4f} | "
+                     f"{', '.join(str(b) for b in r['best_round'])} | {r['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Test ndcg@10 against epsilon (log axis; no noise drawn at the right, baselines dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    private = [r for r in rows if r["target_epsilon"] not in (None, math.inf)]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = [r["target_epsilon"] for r in private]
+    ax.errorbar(xs, [r["ndcg@10"] for r in private], yerr=[r["ndcg@10_std"] for r in private],
+                marker="o", label="DP-FedAvg-MF")
+    for r, style in zip([r for r in rows if r["target_epsilon"] in (None, math.inf)],
+                        ("--", ":", "-."), strict=False):
+        name = r["label"] + (" (epsilon = inf)" if r["target_epsilon"] == math.inf else "")
+        ax.axhline(r["ndcg@10"], linestyle=style, color="grey", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xlabel("epsilon (user level, delta = 1/users)")
+    ax.set_ylabel("test ndcg@10")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Write summary.json, summary.md and dp_curve.png from a bench results.json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows = rows_of(json.loads(args.results.read_text()))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    (args.out / "summary.md").write_text(table(rows))
+    plot(rows, args.out / "dp_curve.png")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
