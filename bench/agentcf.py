@@ -9,6 +9,9 @@ Suites (``--suite``), each over ``--seeds`` (user-sampling seeds = ``split-seed`
 * ``real``: the same methods with ``llm-backend`` (SmolLM2-135M by default) on ``--datasets``
   at the scale given by ``--set`` (e.g. ``agentcf-users=20 agentcf-train-max=4``).
 
+``--nodes N`` runs the cells federated (user memories on N in-process nodes; suite folder
+``<suite>-fed``), with bytes up (of which item-reflection text) and down.
+
 Each cell writes ``<out>/<suite>/<dataset>/<method>/seed<k>/`` (results.json with ``metrics``,
 ``baselines``, ``phases``, ``llm``; ranks.json); ``summary.md`` tabulates mean and sd over seeds
 with the random-guess MRR line. Run (one thread, as every number in docs/methods/agentcf.md)::
@@ -43,13 +46,14 @@ BASE: dict[str, Any] = {"agentcf-baselines": True, "encoder": "minilm"}
 BASELINES = ("random", "pop", "bpr-mf", "sasrec", "llmrank")
 
 
-def run_cell(config: dict[str, Any], out: Path) -> dict[str, Any]:
-    """One central run in this process."""
+def run_cell(config: dict[str, Any], out: Path, nodes: int = 0) -> dict[str, Any]:
+    """One run in this process: central, or federated on ``nodes`` in-process nodes."""
     from florec.recdata.runconfig import parse_run_config
-    from florec.sim.central_agentcf import run_central_agentcf
+    from florec.sim.central_agentcf import run_central_agentcf, run_federated_agentcf
 
     out.mkdir(parents=True, exist_ok=True)
-    run = run_central_agentcf(parse_run_config(config), out)
+    cfg = parse_run_config(config)
+    run = run_federated_agentcf(cfg, nodes, out) if nodes else run_central_agentcf(cfg, out)
     memories = out / "memories.jsonl"
     if memories.is_file() and memories.stat().st_size > 200_000:
         memories.unlink()  # keep committed raw files small
@@ -61,6 +65,16 @@ def _stat(values: list[float]) -> str:
     if v.size == 0:
         return "n/a"
     return f"{v.mean():.4f}" + (f" ± {v.std(ddof=1):.4f}" if v.size > 1 else "")
+
+
+def _bytes(runs: list[dict]) -> str:
+    """Mean KB up (of which item text) and down of federated runs; '–' for central ones."""
+    if not runs or not runs[0].get("bytes_up"):
+        return "–"
+    up = np.mean([r["bytes_up"] for r in runs]) / 1e3
+    text = np.mean([r["train"]["item_update_bytes"] for r in runs]) / 1e3
+    down = np.mean([r["bytes_down"] for r in runs]) / 1e3
+    return f"{up:.0f} ({text:.0f}) / {down:.0f}"
 
 
 def summary(out: Path) -> str:
@@ -80,8 +94,8 @@ def summary(out: Path) -> str:
                      f"{first['data']['test_interactions']} test rows (seed "
                      f"{first['split_seed']}); domains {', '.join(first['data']['domains'])}\n")
         parts.append("| method | MRR | NDCG@1 | NDCG@5 | NDCG@10 | LLM calls per run | "
-                     "cache hits | minutes per phase (train / groups / rank) |\n"
-                     + "|---" * 8 + "|")
+                     "cache hits | minutes per phase (train / groups / rank) | "
+                     "KB up (item text) / down |\n" + "|---" * 9 + "|")
         rows: dict[str, list[dict]] = {}
         for method, runs in methods.items():
             rows[method] = [r["metrics"] for r in runs]
@@ -107,9 +121,9 @@ def summary(out: Path) -> str:
                          f"{_stat([m['ndcg@1'] for m in ms])} | {_stat([m['ndcg@5'] for m in ms])}"
                          f" | {_stat([m['ndcg@10'] for m in ms])} | "
                          f"{int(calls) if runs else '–'} | {int(hits) if runs else '–'} | "
-                         f"{minutes} |")
+                         f"{minutes} | {_bytes(runs)} |")
         parts.append(f"| random guess (expected, 1 of {1 + 9} candidates) | "
-                     f"{first['random_mrr']:.4f} | | | | | | |\n")
+                     f"{first['random_mrr']:.4f} | | | | | | | |\n")
     return "\n".join(parts)
 
 
@@ -123,6 +137,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--set", nargs="*", default=[], help="extra run-config key=value (JSON)")
     ap.add_argument("--out", type=Path, default=Path("results/agentcf"))
+    ap.add_argument("--nodes", type=int, default=0,
+                    help="> 0: federated in process on this many nodes (suite name + '-fed')")
     ap.add_argument("--summary-only", action="store_true", help="rewrite summary.md only")
     args = ap.parse_args()
     if args.summary_only:
@@ -136,19 +152,20 @@ def main() -> None:
     for name, ds_cfg in datasets.items():
         for seed in (int(s) for s in args.seeds.split(",")):
             for method in args.methods.split(","):
-                out = args.out / args.suite / name / method / f"seed{seed}"
+                suite = args.suite + ("-fed" if args.nodes else "")
+                out = args.out / suite / name / method / f"seed{seed}"
                 done = out / "results.json"
                 if done.is_file() and json.loads(done.read_text()).get("status") == "finished":
                     continue
                 config = BASE | METHODS[method] | ds_cfg | extra | {"split-seed": seed}
                 t0 = time.perf_counter()
                 try:
-                    run_cell(config, out)
-                    print(f"{args.suite}/{name}/{method}/seed{seed}: "
+                    run_cell(config, out, args.nodes)
+                    print(f"{suite}/{name}/{method}/seed{seed}: "
                           f"{time.perf_counter() - t0:.0f} s", flush=True)
                 except Exception:  # one failed cell must not stop the matrix
                     (out / "error.txt").write_text(traceback.format_exc())
-                    print(f"{args.suite}/{name}/{method}/seed{seed}: FAILED "
+                    print(f"{suite}/{name}/{method}/seed{seed}: FAILED "
                           f"(see {out / 'error.txt'})", flush=True)
                 (args.out / "summary.md").write_text(summary(args.out))
 
