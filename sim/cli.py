@@ -241,6 +241,9 @@ def sim(
              "(its config.json; -c may change num-rounds)")] = None,
     config: Override = None,
     overwrite: Overwrite = False,
+    ray_address: Annotated[str | None, typer.Option(
+        envvar="RAY_ADDRESS", help="HOST:PORT of a running Ray head: run the simulated nodes "
+        "on that cluster instead of a local Ray (docs/scale.md)")] = None,
 ) -> None:
     """Run `flwr run .` as a local simulation sized to the partition; stops the SuperLink after.
 
@@ -257,13 +260,18 @@ def sim(
         out = out.resolve()
         _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config,
                                            **{"out-dir": str(out)})
+    if ray_address:  # fail in one line before the results folder is claimed
+        from florec.sim.ray_cluster import check_ray_address, shared_data_overrides
+
+        ray_address = check_ray_address(ray_address)
+        overrides = shared_data_overrides(overrides)
     hint = (f"continue it with `florec sim --resume {out}`"
             if overrides.get("checkpoint-every") else
             "it had no checkpoints (-c checkpoint-every=N), so start it again with --overwrite")
     started = time.time()
     with claim_folder(out, overwrite, resume is not None), stopping(hint):
         try:
-            flwr_run(overrides, n, cpus_per_client, gpus_per_client)
+            flwr_run(overrides, n, cpus_per_client, gpus_per_client, ray_address=ray_address)
         except RunFailed as err:
             raise FloRecError(f"the federated run failed: {err}; finished rounds are in "
                               f"{out}") from None

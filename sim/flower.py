@@ -297,13 +297,16 @@ def flwr_run(
     gpus_per_client: float = 0.0,
     app_dir: Path = PROJECT_ROOT,
     env: dict[str, str] | None = None,
+    ray_address: str | None = None,
 ) -> None:
     """Submit the app to a SuperLink of its own with `flwr run --stream` and wait for it.
 
     Each call gets a fresh FLWR_HOME under the project's ``.flwr/runs/`` (the SuperLink's log
     and the installed app live there); it is kept after a failed run (the log names it) and
     removed otherwise. On an interrupt every process is stopped before :class:`Interrupted`
-    propagates.
+    propagates. With ``ray_address`` (``HOST:PORT`` of a Ray head) the simulation joins that
+    cluster instead of starting a Ray of its own (:mod:`florec.sim.ray_cluster`); stopping the
+    run then stops only its driver and actors, never the cluster.
 
     Raises
     ------
@@ -313,6 +316,10 @@ def flwr_run(
 
     """
     env = dict(env or flower_env())
+    if ray_address:
+        from florec.sim.ray_cluster import check_ray_address, cluster_env
+
+        env = cluster_env(env, check_ray_address(ray_address))
     base = Path(env["FLWR_HOME"]) / "runs"
     base.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="sim-", dir=base))
