@@ -4,7 +4,9 @@ A runner (:mod:`florec.sim.central`, :mod:`florec.sim.central_seq`, :mod:`florec
 builds its model and hands :func:`fit_and_select` three callables: one epoch of training, a
 validation pass and a test pass. The loop validates every ``eval-every`` epochs (and at the last),
 tests at each strict improvement of ``selection-metric`` (so the reported test metrics are those of
-the best validation epoch), stops after ``patience`` evaluations without improvement, and
+the best validation epoch), stops after ``patience`` evaluations without improvement (early
+stopping; ``epochs`` is then the cap), records ``best_epoch``, ``epochs_run``, ``max_epochs`` and
+``stopped_early`` in the run entry (the bench report flags a best epoch at the cap), and
 writes ``config.json``, one ``rounds.jsonl`` line per epoch and ``results.json`` (rewritten
 every epoch with status ``running``, so a killed run keeps its finished epochs).
 """
@@ -67,6 +69,14 @@ def fit_and_select(
         Its ``state_dict`` at the best validation epoch is saved as ``model.npz`` in
         ``out_dir`` (what ``florec simulate`` loads).
 
+    Returns
+    -------
+    dict
+        The run entry: besides the metrics, ``best_epoch`` (= ``best_round``, the epoch whose
+        validation score was best; 0 for an untrained model), ``epochs_run`` (= ``rounds``),
+        ``max_epochs`` (the cap) and ``stopped_early`` (``patience`` evaluations without
+        improvement ended the run before the cap).
+
     Raises
     ------
     FloatingPointError
@@ -85,9 +95,10 @@ def fit_and_select(
     if writer:
         writer.write_config(config)
     run = run_entry(method, "central", cfg.dataset, cfg.split, cfg.seed, **data_notes(cfg))
+    run.update(best_epoch=None, epochs_run=0, max_epochs=epochs, stopped_early=False)
     best_state: dict[str, Any] = {}
     if epochs == 0:
-        run.update(best_round=0, valid_metrics=validate(), metrics=test())
+        run.update(best_round=0, best_epoch=0, valid_metrics=validate(), metrics=test())
         best_state = _arrays(model)
     best, since_best = -math.inf, 0
     for epoch in range(1, epochs + 1):
@@ -103,16 +114,18 @@ def fit_and_select(
             row["valid"] = valid
             if valid[cfg.selection_metric] > best:
                 best, since_best = valid[cfg.selection_metric], 0
-                run.update(best_round=epoch, metrics=test(), valid_metrics=valid)
+                run.update(best_round=epoch, best_epoch=epoch, metrics=test(),
+                           valid_metrics=valid)
                 best_state = _arrays(model)
             else:
                 since_best += 1
         row.update(seconds=time.perf_counter() - t0, **memory.fields())
-        run.update(rounds=epoch, wall_s=time.perf_counter() - t_start)
+        run.update(rounds=epoch, epochs_run=epoch, wall_s=time.perf_counter() - t_start)
         if writer:
             writer.append_round(row)
             writer.write_results(config, [run], status="running")
         if cfg.patience and since_best >= cfg.patience:
+            run["stopped_early"] = epoch < epochs
             break
         if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
             run["stopped"] = "time-budget"

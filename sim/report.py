@@ -91,6 +91,36 @@ def dataset_table(runs: list[dict[str, Any]], labels: list[str], reference: str)
     return lines
 
 
+#: The flag of a run whose best validation epoch is its epoch cap (it may not have converged).
+AT_CAP = "best at cap: raise max epochs"
+
+
+def convergence_table(runs: list[dict[str, Any]], labels: list[str]) -> list[str]:
+    """Markdown lines of best epoch vs epoch cap for the trained central runs (none: empty).
+
+    A run counts when its entry has ``max_epochs > 0`` (written by
+    :func:`florec.sim.central_loop.fit_and_select`). Per-seed values are listed in seed order;
+    a method is flagged with :data:`AT_CAP` when any seed's best epoch equals its cap.
+    """
+    trained = [r for r in runs if (r.get("max_epochs") or 0) > 0]
+    if not trained:
+        return []
+    lines = ["Convergence: best validation epoch vs the epoch cap, per seed.", "",
+             "| method | cap | best epoch | epochs run | stopped early | flag |",
+             "|---|---|---|---|---|---|"]
+    for lab in labels:
+        rs = sorted((r for r in trained if r["label"] == lab), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        caps = sorted({r["max_epochs"] for r in rs})
+        at_cap = any(r.get("best_epoch") == r["max_epochs"] for r in rs)
+        cells = [", ".join(str(r.get(k, "-")) for r in rs) for k in ("best_epoch", "epochs_run")]
+        early = sum(bool(r.get("stopped_early")) for r in rs)
+        lines.append(f"| {lab} | {', '.join(map(str, caps))} | {cells[0]} | {cells[1]} | "
+                     f"{early}/{len(rs)} | {AT_CAP if at_cap else 'ok'} |")
+    return lines + [""]
+
+
 def protocol_card(results: dict[str, Any]) -> list[str]:
     """Markdown lines of the protocol card."""
     conf, runs, env = results.get("config", {}), results.get("runs", []), results.get("env", {})
@@ -134,6 +164,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         lines += [f"## {ds}", ""]
         lines += dataset_table(ds_runs, labels, reference) if ds_runs else ["(no finished runs)"]
         lines.append("")
+        lines += convergence_table(ds_runs, labels)
     lines += protocol_card(results)
     path = Path(out_dir) / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
