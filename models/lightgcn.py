@@ -142,6 +142,11 @@ class LightGCN(Recommender):
         .. math:: \mathcal L = \frac{1}{|B|}\sum_{(u,i,j)\in B}
                   \operatorname{softplus}(\bar p_u\cdot\bar e_j - \bar p_u\cdot\bar e_i)
                   + \lambda\,\frac{\lVert p_u\rVert^2+\lVert e_i\rVert^2+\lVert e_j\rVert^2}{2|B|}
+
+        The L2 term is on the layer-0 (ego) rows of the batch, each occurrence counted, as in
+        the LightGCN authors' PyTorch code (``reg_loss`` on ``userEmb0, posEmb0, negEmb0``) and
+        RecBole's ``EmbLoss`` with ``require_pow=True``; the paper's setting is
+        :math:`\lambda = 10^{-4}` with Adam lr :math:`10^{-3}`, RecBole's default reg 1e-5.
         """
         user_out, item_out = self.propagate()
         u = user_out[users]

@@ -100,3 +100,31 @@ def test_graph_is_private_and_required():
 def test_unknown_kwargs_are_rejected():
     with pytest.raises(TypeError, match="hidden"):
         LightGCN(3, 4, dim=4, layers=2, hidden=32)
+
+
+def test_reg_is_l2_on_the_batch_ego_rows_counted_per_occurrence():
+    """Hand-made batch: lambda/2 * (sum of squared layer-0 rows, duplicates counted) / |B|.
+
+    As in the LightGCN authors' code (``reg_loss`` on ``userEmb0, posEmb0, negEmb0``): the
+    propagated rows and the rows outside the batch get no L2 gradient.
+    """
+    ego_u = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 4.0]])
+    ego_i = torch.tensor([[5.0, 5.0], [0.0, 1.0], [2.0, 0.0], [1.0, 1.0]])
+    users, pos, neg = torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([3, 3])
+    grads, losses = [], []
+    for reg in (0.5, 0.0):
+        model = LightGCN(3, 4, dim=2, reg=reg, layers=2).fit(R)
+        with torch.no_grad():
+            model.user_emb.copy_(ego_u)
+            model.item_emb.copy_(ego_i)
+        loss = model.loss(users, pos, neg)
+        loss.backward()
+        losses.append(float(loss))
+        grads.append((model.user_emb.grad.clone(), model.item_emb.grad.clone()))
+    # ||u0||^2 twice (5 + 5) + ||i1||^2 (1) + ||i2||^2 (4) + ||i3||^2 twice (2 + 2) = 19
+    assert losses[0] - losses[1] == pytest.approx(0.5 * 0.5 * 19 / 2, rel=1e-6)
+    d_user, d_item = grads[0][0] - grads[1][0], grads[0][1] - grads[1][1]
+    # d/dx of lambda/(2|B|) * c * ||x||^2 = lambda * c * x / |B| (c = occurrences in the batch)
+    torch.testing.assert_close(d_user, torch.tensor([[0.5, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(d_item, torch.tensor([[0.0, 0.0], [0.0, 0.25], [0.5, 0.0],
+                                                     [0.5, 0.5]]))
