@@ -2,12 +2,15 @@
 
 Each user u trains its private embedding p_u and its own copy of the item rows it touches
 (its positives and sampled negatives) starting from the global table. Rows are keyed by
-(user, item), so one batched autograd pass updates all users' copies independently, and each
-user has its own optimizer (:class:`florec.client.trainers.user_adam.PerUserOptimizer`,
-``torch.optim.Adam`` or ``SGD`` per user, ``weight-decay`` as their coupled L2): the result
+(user, item), so one batched step (the closed-form BPR gradient, :func:`bpr_step_grads`)
+updates all users' copies independently, and each user has its own optimizer
+(:class:`florec.client.trainers.user_adam.PerUserOptimizer`, ``torch.optim.Adam`` or ``SGD``
+per user, ``weight-decay`` as their coupled L2): the result
 equals training the users one by one. The optimizer of the private embeddings can continue from
 the previous round's state (``keep-user-opt-state``: the node stores it); the item copies start
-fresh from the global table each round, and so does their optimizer.
+fresh from the global table each round, and so does their optimizer. Users are ranked by their
+number of local steps and their rows stored in that order, so each step updates leading slices
+in place (:meth:`PerUserOptimizer.step_leading`, :func:`_leading_layout`).
 The local step size follows ``lr-schedule`` over the rounds (:func:`scheduled_lr`).
 Random streams are keyed by (seed, round, global user id), so results do not depend on how
 users are grouped into buckets.
