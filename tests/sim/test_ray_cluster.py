@@ -72,6 +72,15 @@ def test_shared_data_overrides_forwards_florec_data_dir_as_the_runs_data_dir(tmp
     assert shared_data_overrides({"rounds": 2}, {}) == {"rounds": 2}
 
 
+def test_flwr_run_checks_the_ray_address_before_starting_a_superlink(tmp_path):
+    from florec.sim.flower import flower_env, flwr_run
+
+    port = free_ports(1)[0]
+    with pytest.raises(FloRecError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+        flwr_run({}, 2, env=flower_env(tmp_path / "flwr"), ray_address=f"127.0.0.1:{port}")
+    assert not (tmp_path / "flwr").exists()  # no run folder, no SuperLink
+
+
 def test_sim_with_an_unreachable_ray_address_fails_in_one_line_and_claims_no_folder(tmp_path):
     port = free_ports(1)[0]
     out = tmp_path / "run"
