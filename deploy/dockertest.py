@@ -41,6 +41,9 @@ from docker_topology import ComposeDeployment, check_results, node_data  # noqa:
 SMALL = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
          "synthetic-interactions": 12, "dim": 8, "num-rounds": 2}
 SCENARIOS = ("plain", "tls", "kill")
+#: how long the ServerApp waits for replies in the "kill" scenario: long enough for a ClientApp
+#: process to start on a loaded 2-core machine (tens of seconds), short enough to end the round
+KILL_TIMEOUT_S = 120.0
 
 
 def run_scenario(name: str, compose: list[str], image: str, base: str, work: Path,
@@ -50,7 +53,7 @@ def run_scenario(name: str, compose: list[str], image: str, base: str, work: Pat
     data = node_data(work / f"shards-{name}", run_config | {"num-nodes": 2})
     dep = ComposeDeployment(f"florec-test-{name}-{os.getpid()}", compose, work / name, image,
                             base, data, tls=tls)
-    cfg = run_config | ({"round-timeout-s": 15.0} if kill else {})
+    cfg = run_config | ({"round-timeout-s": KILL_TIMEOUT_S} if kill else {})
     info: dict = {"scenario": name, "compose": " ".join(compose)}
     start = time.monotonic()
     try:
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a folder with a torch wheel served to the build (default: the "
                     "host's PIP_FIND_LINKS folder if it holds one)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--no-build", action="store_true",
+                    help="use the images built before (base and florec-superexec:cpu)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "docker-test")
     ap.add_argument("--quiet", action="store_true", help="do not stream the runs' logs")
     args = ap.parse_args(argv)
@@ -104,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         compose = compose_command()
         summary |= {"engine": engine.version(), "started_dockerd": engine.proc is not None,
                     "compose": " ".join(compose)}
-        base = build_base(args.ca) if args.base == "local" else "flwr"
+        base = "flwr" if args.base == "official" else "florec"
         image = "florec-superexec:cpu"
-        summary["build_s"] = build_image(image, base, args.ca, args.torch_wheels)
+        if not args.no_build:
+            base = build_base(args.ca) if args.base == "local" else base
+            summary["build_s"] = build_image(image, base, args.ca, args.torch_wheels)
         summary["image_bytes"] = image_size(image)
         summary["image_audit"] = audit_image(image)
         for name in names:
