@@ -36,4 +36,5 @@ def test_the_report_pools_seeds_per_cell_and_draws_the_plot(tmp_path, bench_scri
     text = attacks.report({"bench": {"dataset": "ml-100k"}}, tmp_path)
     row = next(line for line in text.splitlines() if "| none |" in line)
     assert "| 0.300 |" in row and "| 1.00 |" in row  # mean over seeds; 2 MiB over 2 rounds
+    assert [c.strip() for c in row.split("|")].count("0.300") == 3  # ER@10, ER@20, last ER@10
     assert (tmp_path / "attacks.png").stat().st_size > 0
