@@ -9,9 +9,11 @@ Measures, on one machine and in one invocation:
 - seconds per round of the same synthetic FedAvg-MF run (2 nodes) in containers, with
   ``florec deploy local`` (the same processes without Docker) and in Flower's simulation.
 
-Raw numbers go to ``OUT/bench.json`` and the table to ``OUT/README.md``::
+Raw numbers go to ``OUT/bench.json``, each run's results folder (``config.json``,
+``rounds.jsonl``, ``results.json``) to ``OUT/runs/<setting>/`` and the tables to
+``OUT/README.md``; ``--report-only`` rewrites the tables from those files::
 
-    OMP_NUM_THREADS=1 python bench/docker_deploy.py --out docs/results/docker
+    OMP_NUM_THREADS=1 python bench/docker_deploy.py --rounds 4 --out docs/results/docker
 
 Needs root (or the docker group) and a Docker engine, or root and ``dockerd`` (started and
 stopped here).
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,6 +51,8 @@ from docker_topology import ComposeDeployment, node_data  # noqa: E402
 
 CONFIG = {"dataset": "synthetic", "synthetic-users": 200, "synthetic-items": 300, "dim": 16}
 IMAGE = "florec-superexec:cpu"
+#: folder under OUT/runs/ of each setting's results
+FOLDERS = {"containers": "containers", "deploy local": "deploy-local", "simulation": "simulation"}
 
 
 def rounds_of(out: Path) -> list[dict]:
@@ -55,18 +60,27 @@ def rounds_of(out: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "rounds.jsonl").read_text().splitlines()]
 
 
-def summarise(name: str, out: Path, extra: dict | None = None) -> dict:
-    """Per-round seconds (first round apart: start-up) and the final metrics of one run."""
+def summarise(name: str, out: Path, extra: dict | None = None, keep: Path | None = None) -> dict:
+    """Per-round seconds (first round apart: start-up) and the final metrics of one run.
+
+    With ``keep`` (``OUT/runs``), the run's results files are copied to ``keep/<setting>/``.
+    """
     rows = rounds_of(out)
+    if keep is not None:
+        folder = keep / next(v for k, v in FOLDERS.items() if k in name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "rounds.jsonl", "results.json"):
+            shutil.copy(Path(out) / f, folder / f)
     secs = [r["seconds"] for r in rows]
     metrics = json.loads((Path(out) / "results.json").read_text())["runs"][0]["metrics"]
     return {"setting": name, "round_s": secs, "first_round_s": secs[0],
             "later_rounds_s_per_round": statistics.mean(secs[1:]) if len(secs) > 1 else None,
             "replies": [r["train"]["num-replies"] for r in rows],
-            "test_ndcg@10": metrics.get("test_ndcg@10"), **(extra or {})}
+            "test_ndcg@10": metrics.get("ndcg@10"), **(extra or {})}
 
 
-def run_containers(compose: list[str], base: str, work: Path, cfg: dict, out: Path) -> dict:
+def run_containers(compose: list[str], base: str, work: Path, cfg: dict, out: Path,
+                   keep: Path) -> dict:
     """The compose topology (plain): seconds to come up, then the run."""
     data = node_data(work / "shards", cfg | {"num-nodes": 2})
     dep = ComposeDeployment(f"florec-bench-{os.getpid()}", compose, work / "compose", IMAGE, base,
@@ -80,10 +94,10 @@ def run_containers(compose: list[str], base: str, work: Path, cfg: dict, out: Pa
     finally:
         dep.save_logs(work / "compose-logs")
         dep.down()
-    return summarise("containers (docker compose, host network)", out, {"up_s": up_s})
+    return summarise("containers (docker compose, host network)", out, {"up_s": up_s}, keep)
 
 
-def run_cli(setting: str, args: list[str], out: Path, cfg: dict) -> dict:
+def run_cli(setting: str, args: list[str], out: Path, cfg: dict, keep: Path) -> dict:
     """``florec sim`` or ``florec deploy local`` with the same run config."""
     overrides = [a for k, v in cfg.items() if k not in ("dataset", "num-rounds")
                  for a in ("-c", f"{k}={v}")]
@@ -94,7 +108,7 @@ def run_cli(setting: str, args: list[str], out: Path, cfg: dict) -> dict:
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {(res.stdout + res.stderr)[-1500:]}")
-    return summarise(setting, out, {"wall_s": time.monotonic() - start})
+    return summarise(setting, out, {"wall_s": time.monotonic() - start}, keep)
 
 
 def table(result: dict) -> str:
@@ -119,14 +133,38 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(out: Path, result: dict) -> None:
+    """``README.md`` from ``bench.json``; each run re-read from ``runs/<setting>/`` if there."""
+    runs = []
+    for r in result["runs"]:
+        folder = out / "runs" / next(v for k, v in FOLDERS.items() if k in r["setting"])
+        extra = {k: r[k] for k in ("up_s", "wall_s") if k in r}
+        runs.append(summarise(r["setting"], folder, extra) if folder.exists() else r)
+    result = result | {"runs": runs}
+    cfg = result["config"]
+    (out / "README.md").write_text(
+        "# Docker deployment costs\n\nMade by `OMP_NUM_THREADS=1 python bench/docker_deploy.py "
+        f"--rounds {cfg['num-rounds']} --out docs/results/docker` (raw numbers: `bench.json`, "
+        "each run's results folder in `runs/`). Synthetic data "
+        f"({cfg['synthetic-users']} users, {cfg['synthetic-items']} items), FedAvg-MF, 2 nodes, "
+        f"{cfg['num-rounds']} rounds, the same run config in every setting, one after the other "
+        f"in one invocation; {result['machine']}. Docker engine {result['engine']}, "
+        f"{result['compose']}.\n\n" + table(result))
+
+
 def main() -> None:
     """Build, measure, run the three settings, write ``bench.json`` and ``README.md``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "docker")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite OUT/README.md from OUT/bench.json and OUT/runs/")
     ap.add_argument("--torch-wheels", type=Path, default=default_torch_wheels(),
                     help="folder with a CPU torch wheel served to the build (see deploy/README)")
     args = ap.parse_args()
+    if args.report_only:
+        write_report(args.out, json.loads((args.out / "bench.json").read_text()))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = CONFIG | {"num-rounds": args.rounds}
     ca = host_ca_file()
@@ -145,10 +183,11 @@ def main() -> None:
                  "base_bytes": image_size(images_of(base)["superexec"])}
         print(f"[bench] builds: {build}", flush=True)
         work = Path(tmp)
-        runs = [run_containers(compose, base, work, cfg, work / "containers"),
+        keep = args.out / "runs"
+        runs = [run_containers(compose, base, work, cfg, work / "containers", keep),
                 run_cli("florec deploy local (processes on 127.0.0.1)", ["deploy", "local"],
-                        work / "loopback", cfg),
-                run_cli("Flower simulation (florec sim)", ["sim"], work / "sim", cfg)]
+                        work / "loopback", cfg, keep),
+                run_cli("Flower simulation (florec sim)", ["sim"], work / "sim", cfg, keep)]
         result = {"config": cfg, "nodes": 2, "build": build, "runs": runs,
                   "engine": engine.version(), "compose": " ".join(compose),
                   "docker_client": docker("version", "--format", "{{.Client.Version}}").stdout
@@ -156,13 +195,8 @@ def main() -> None:
                   "(shared by 8 engineers: numbers are noisy)", "OMP_NUM_THREADS":
                   os.environ.get("OMP_NUM_THREADS")}
     (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "README.md").write_text(
-        "# Docker deployment costs\n\nMade by `OMP_NUM_THREADS=1 python bench/docker_deploy.py "
-        f"--out {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}`"
-        f" (raw numbers: bench.json). Synthetic data ({cfg['synthetic-users']} users, "
-        f"{cfg['synthetic-items']} items), FedAvg-MF, 2 nodes, {args.rounds} rounds, the same "
-        f"run config in every setting; {result['machine']}.\n\n" + table(result))
-    print(table(result))
+    write_report(args.out, result)
+    print((args.out / "README.md").read_text())
 
 
 if __name__ == "__main__":
