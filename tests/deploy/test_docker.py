@@ -150,3 +150,27 @@ def test_docker_deployment_plain_tls_and_with_a_stopped_supernode(tmp_path):
     assert by_name["plain"]["replies"] == by_name["tls"]["replies"] == [2, 2]
     assert by_name["kill"]["replies"] == [2, 1]
     assert by_name["tls"]["plain_http_refused"]
+
+
+def test_bench_report_is_rebuilt_from_the_committed_run_folders(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "docker_deploy", DEPLOY.parent / "bench" / "docker_deploy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    in_process_run(tmp_path / "sim")
+    setting = "Flower simulation (florec sim)"
+    run = bench.summarise(setting, tmp_path / "sim", {"wall_s": 3.0}, tmp_path / "out" / "runs")
+    rows = [json.loads(r) for r in (tmp_path / "sim" / "rounds.jsonl").read_text().splitlines()]
+    assert run["round_s"] == [r["seconds"] for r in rows] and run["replies"] == [2, 2]
+    assert run["later_rounds_s_per_round"] == pytest.approx(rows[1]["seconds"])
+    result = {"config": {"num-rounds": 2, "synthetic-users": 40, "synthetic-items": 60},
+              "machine": "test", "engine": "20.10", "compose": "docker-compose",
+              "build": {"base_s": 60.0, "cold_s": 200.0, "cached_s": 1.5, "image_bytes": 1.9e9,
+                        "base_bytes": 4e8},
+              "runs": [{**run, "up_s": 12.5, "test_ndcg@10": None}]}
+    bench.write_report(tmp_path / "out", result)  # ndcg comes back from runs/simulation
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert f"| {setting} | {rows[0]['seconds']:.1f} |" in text
+    assert f"{run['test_ndcg@10']:.4f}" in text and "1.90 GB" in text and "12.5 s" in text
