@@ -89,6 +89,28 @@ def seq_epoch_ratio(dataset: str, users: int, reps: int, batch_size: int = 256
             "train_loss_before": losses["before"], "train_loss_after": losses["after"]}
 
 
+def seq_metrics(dataset: str, epochs: int, variant: str, out: Path) -> dict[str, Any]:
+    """A central SASRec run (bench settings, seed 0) with the ``before`` or ``after`` encoder.
+
+    Writes the run folder (``rounds.jsonl`` has every epoch's validation metrics) under ``out``
+    and returns its ``results.json`` entry: the two variants' metrics can then be compared
+    epoch by epoch.
+    """
+    from florec.models.sasrec import SASRec
+    from florec.models.seq_layers import SequentialRecommender
+    from florec.recdata.runconfig import parse_run_config
+    from florec.sim.central_seq import run_central_seq
+
+    if variant not in ("before", "after"):
+        raise SystemExit(f"--seq-variant {variant}: use before or after")
+    if variant == "before":
+        SASRec.represent = SequentialRecommender.represent  # encode(seq)[:, -1]
+    cfg = parse_run_config({"dataset": dataset, "model": "sasrec", "split": "loo", "dim": 64,
+                            "max-seq-len": 50, "heads": 2, "seq-layers": 2, "dropout": 0.5,
+                            "seq-loss": "ce", "lr": 0.001, "ks": "10,20", "seed": 0})
+    return run_central_seq(cfg, epochs, 256, out / variant)
+
+
 def main() -> None:
     """Measure each dataset and write one JSON object with a row per dataset."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -98,9 +120,16 @@ def main() -> None:
     parser.add_argument("--baseline", default="", help="git commit of the 'before' trainer")
     parser.add_argument("--seq-dataset", default="", help="also time a SASRec epoch on it")
     parser.add_argument("--seq-users", type=int, default=0, help="its first N users (0: all)")
+    parser.add_argument("--seq-metrics", type=int, default=0,
+                        help="instead: a central SASRec run of this many epochs on --seq-dataset")
+    parser.add_argument("--seq-variant", default="after", help="before or after")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.seq_metrics:
+        entry = seq_metrics(args.seq_dataset, args.seq_metrics, args.seq_variant, args.out)
+        print(json.dumps(entry, default=str), flush=True)
+        return
     trainers = {"local": local_update}
     if args.baseline:
         trainers["before"] = trainer_at(args.baseline)
