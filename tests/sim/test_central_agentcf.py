@@ -53,8 +53,8 @@ def test_scripted_control_groups_help_when_users_follow_their_group():
 
 
 def test_cached_replay_reproduces_memories_and_ranks_exactly(tmp_path):
-    cfg = parse_run_config({"model": "agentcf++", "dataset": "synthetic", "agentcf-users": 4,
-                            "agentcf-train-max": 2, "agentcf-max-tokens": 12,
+    cfg = parse_run_config({"model": "agentcf++", "dataset": "synthetic", "agentcf-users": 3,
+                            "agentcf-train-max": 1, "agentcf-max-tokens": 8,
                             "agentcf-kmeans-k": 4})
 
     inner = build_llm(LLMConfig(backend="tiny", cache=False, progress=False, batch_size=64))
