@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from florec.recdata.errors import FloRecError
+from florec.recdata.errors import ConfigError, FloRecError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -315,6 +315,11 @@ def flwr_run(
         is the run's status and its cause (the ServerApp's exception).
 
     """
+    if cpus_per_client < 1 or cpus_per_client != int(cpus_per_client) or gpus_per_client < 0:
+        raise ConfigError(f"cpus per client {cpus_per_client:g} / gpus per client "
+                          f"{gpus_per_client:g}: Flower 1.42 takes whole CPUs per client (its "
+                          "client-resources-num-cpus is an unsigned integer) and a GPU share >= "
+                          "0; give --cpus-per-client 1 or more and e.g. --gpus-per-client 0.25")
     env = dict(env or flower_env())
     if ray_address:
         from florec.sim.ray_cluster import check_ray_address, cluster_env

@@ -81,6 +81,15 @@ def test_flwr_run_checks_the_ray_address_before_starting_a_superlink(tmp_path):
     assert not (tmp_path / "flwr").exists()  # no run folder, no SuperLink
 
 
+@pytest.mark.parametrize(("cpus", "gpus"), [(0.5, 0.0), (0.0, 0.0), (1.0, -1.0)])
+def test_flwr_run_refuses_resources_flower_cannot_take(tmp_path, cpus, gpus):
+    from florec.sim.flower import flower_env, flwr_run
+
+    with pytest.raises(ConfigError, match="whole CPUs per client"):
+        flwr_run({}, 2, cpus, gpus, env=flower_env(tmp_path / "flwr"))
+    assert not (tmp_path / "flwr").exists()
+
+
 def test_sim_with_an_unreachable_ray_address_fails_in_one_line_and_claims_no_folder(tmp_path):
     port = free_ports(1)[0]
     out = tmp_path / "run"
@@ -93,9 +102,13 @@ def test_sim_with_an_unreachable_ray_address_fails_in_one_line_and_claims_no_fol
 
 
 def start_ray_node(temp_dir: Path, log: Path, head: str | None = None):
-    """`ray start --block` on 127.0.0.1 with 1 CPU, every port chosen free; (process, address)."""
+    """`ray start --block` on 127.0.0.1, every port chosen free; (process, address).
+
+    Each node offers 2 CPUs and 1 logical GPU (Ray accepts `--num-gpus` without a device; the
+    actors then see no CUDA device and run on the CPU).
+    """
     p = free_ports(8)
-    cmd = [str(RAY), "start", "--block", "--num-cpus=1", "--num-gpus=0",
+    cmd = [str(RAY), "start", "--block", "--num-cpus=2", "--num-gpus=1",
            "--node-ip-address=127.0.0.1", "--disable-usage-stats",
            "--object-store-memory=80000000", f"--node-manager-port={p[1]}",
            f"--object-manager-port={p[2]}", f"--dashboard-agent-listen-port={p[3]}",
@@ -120,7 +133,7 @@ def start_ray_node(temp_dir: Path, log: Path, head: str | None = None):
 
 @pytest.fixture
 def ray_cluster(tmp_path):
-    """A Ray head and a second Ray node on 127.0.0.1 (1 CPU each), stopped by PID after."""
+    """A Ray head and a second Ray node on 127.0.0.1 (2 CPUs, 1 GPU each), stopped by PID after."""
     if not RAY.exists():
         pytest.skip(f"no `ray` command next to {sys.executable}")
     temp_dir = Path(tempfile.mkdtemp(prefix="fr-ray-", dir="/tmp"))  # Ray's socket paths are short
@@ -160,16 +173,18 @@ def actor_nodes(temp_dir: Path) -> dict[int, str]:
 def test_sim_runs_its_clients_on_both_nodes_of_an_existing_ray_cluster(ray_cluster, tmp_path):
     address, temp_dir = ray_cluster
     out = tmp_path / "run"
-    proc = florec("sim", "--dataset", "synthetic", "--nodes", "2", "--rounds", "2",
-                  "--out", str(out), "--ray-address", address,
-                  "-c", "synthetic-users=40 synthetic-items=30 dim=8",
+    # per node min(2 CPUs / 1, 1 GPU / 1) = 1 actor: the GPU share binds (CPUs alone allow 2)
+    proc = florec("sim", "--dataset", "synthetic", "--nodes", "4", "--rounds", "2",
+                  "--out", str(out), "--ray-address", address, "--cpus-per-client", "1",
+                  "--gpus-per-client", "1",
+                  "-c", "synthetic-users=40 synthetic-items=30 dim=8 device='cpu'",
                   env={"FLWR_HOME": str(tmp_path / "flwr")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == "finished"
     run = saved["runs"][0]
-    assert run["rounds"] == 2 and run["num_nodes"] == 2 and run["metrics"]["num-users"] == 40
-    # Flower's actors ran on the cluster (its temp dir), one per 1-CPU node: two raylets
+    assert run["rounds"] == 2 and run["num_nodes"] == 4 and run["metrics"]["num-users"] == 40
+    # Flower's actors ran on the cluster (its temp dir), one per node: two raylets
     nodes = actor_nodes(temp_dir)
     assert len(nodes) == 2, nodes
     assert sorted(nodes.values()) == ["raylet.1.out", "raylet.out"], nodes
