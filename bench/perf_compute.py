@@ -111,6 +111,21 @@ def seq_metrics(dataset: str, epochs: int, variant: str, out: Path) -> dict[str,
     return run_central_seq(cfg, epochs, 256, out / variant)
 
 
+def seq_metrics_table(root: Path, metrics: tuple[str, ...] = ("hr@10", "ndcg@10")) -> str:
+    """Markdown: validation metrics per epoch of ``root/before`` and ``root/after`` side by side.
+
+    Reads each run's ``rounds.jsonl`` (written by :func:`seq_metrics`).
+    """
+    runs = {v: [json.loads(x) for x in (root / v / "rounds.jsonl").read_text().splitlines()
+                if x.strip()] for v in ("before", "after")}
+    head = ["epoch"] + [f"{m} {v}" for m in metrics for v in ("before", "after")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a, b in zip(runs["before"], runs["after"], strict=False):
+        cells = [str(a["round"])] + [f"{r['valid'][m]:.4f}" for m in metrics for r in (a, b)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Measure each dataset and write one JSON object with a row per dataset."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -123,9 +138,14 @@ def main() -> None:
     parser.add_argument("--seq-metrics", type=int, default=0,
                         help="instead: a central SASRec run of this many epochs on --seq-dataset")
     parser.add_argument("--seq-variant", default="after", help="before or after")
+    parser.add_argument("--seq-table", type=Path, default=None,
+                        help="instead: print the before/after metric table of this folder")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.seq_table is not None:
+        print(seq_metrics_table(args.seq_table))
+        return
     if args.seq_metrics:
         entry = seq_metrics(args.seq_dataset, args.seq_metrics, args.seq_variant, args.out)
         print(json.dumps(entry, default=str), flush=True)
