@@ -178,6 +178,8 @@ def summarize(out: Path) -> dict[str, Any]:
                                            for it in runs[s]["iterations"])
         row["teacher_top1"] = statistics.fmean(it["teacher_top1"] for s in seeds
                                                for it in runs[s]["iterations"])
+        row["crm_top1"] = statistics.fmean(it["crm_top1"] for s in seeds
+                                           for it in runs[s]["iterations"])
         row["minutes"] = statistics.fmean(runs[s]["wall_s"] for s in seeds) / 60
         if all("rerank" in runs[s] for s in seeds):
             row["rerank/ndcg@10"] = _mean_sd([runs[s]["rerank"]["rerank/ndcg@10"]
@@ -203,15 +205,16 @@ def _fmt(v: Any) -> str:
 def table(rows: dict[str, Any]) -> str:
     """The markdown table of ``summary.md``."""
     head = ("| arm | n | ndcg@10 | hr@10 | gain ndcg@10 | p vs SASRec | p vs continued "
-            "| coverage | teacher top-1 | re-ranked ndcg@10 | min/run |")
-    lines = [head, "|" + "---|" * 11]
+            "| coverage | CRM top-1 | teacher top-1 | re-ranked ndcg@10 | min/run |")
+    lines = [head, "|" + "---|" * 12]
     for arm, r in rows.items():
         lines.append("| " + " | ".join([
             arm, str(len(r["seeds"])), _fmt(r["ndcg@10"]), _fmt(r["hr@10"]),
             _fmt(r.get("gain/ndcg@10", (math.nan, math.nan))) if arm != "sasrec" else "-",
             _fmt(r.get("p_vs_sasrec/ndcg@10", math.nan)),
             _fmt(r.get("p_vs_continued/ndcg@10", math.nan)),
-            _fmt(r.get("coverage", math.nan)), _fmt(r.get("teacher_top1", math.nan)),
+            _fmt(r.get("coverage", math.nan)), _fmt(r.get("crm_top1", math.nan)),
+            _fmt(r.get("teacher_top1", math.nan)),
             _fmt(r.get("rerank/ndcg@10", (math.nan, math.nan))),
             _fmt(r.get("minutes", math.nan))]) + " |")
     return "\n".join(lines) + "\n"
