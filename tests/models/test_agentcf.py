@@ -57,10 +57,20 @@ def test_decision_and_ranking_prompts_of_a_domain_see_only_its_fused_memory():
         seen.append(prompt)
         return uniform_rule(prompt, n, rng)
 
-    llm = ScriptedLLM(rule, _tagging_rule, progress=False)
+    item_prompts: list[str] = []
+
+    def text(prompt: str) -> str:
+        if prompt.startswith("### item-reflection"):
+            item_prompts.append(prompt)
+        return _tagging_rule(prompt)
+
+    llm = ScriptedLLM(rule, text, progress=False)
     memories = {int(u): UserMemory(True) for u in data.users}
     train_agents(llm, data, memories, ItemMemories(data.item_text), settings_of(cfg))
     evaluate(llm, data, memories, ItemMemories(data.item_text), rank_settings_of(cfg))
+    for prompt in item_prompts:  # the item reflection sees F_u^d only, too
+        domain = re.search(r"Genres: (\w+)", prompt).group(1)
+        assert "sep-" not in prompt and re.findall(r"fus-(\w+)", prompt) == [domain]
     checked = 0
     for prompt in seen:
         domain = re.search(r"(?:two|Candidate) (\w+) items", prompt).group(1)
