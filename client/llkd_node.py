@@ -36,7 +36,7 @@ from florec.models.llkd.train import HEAD, LLKDTrainer, load_state, state_arrays
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
-from florec.recdata.seeds import Salt, torch_seed
+from florec.recdata.seeds import Salt, stream, torch_seed
 from florec.recdata.shard import shard_of_node
 
 EVER_KEY = "llkd-ever"
@@ -148,7 +148,7 @@ def held_out_share(held_out: np.ndarray, split_seed: int, pid: int, num_partitio
 
     The dev half is a seeded half of ``held_out`` (the same on every node and centrally).
     """
-    rng = np.random.default_rng([split_seed, 31])
+    rng = stream(split_seed, Salt.LLKD_HELD_OUT)
     dev = np.zeros(len(held_out), bool)
     dev[rng.permutation(len(held_out))[: len(held_out) // 2]] = True
     mine = held_out % max(num_partitions, 1) == pid

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from florec.recdata.item_text import ItemText
+from florec.recdata.seeds import Salt, stream
 
 AMAZON_ROOT = "Industrial & Scientific"
 #: Amazon's second-level categories under Industrial & Scientific (longest names first).
@@ -147,7 +148,7 @@ def synthetic_multidomain(n_users: int = 120, n_domains: int = 3, n_styles: int 
         Interactions, item text and the ground-truth tastes.
 
     """
-    rng = np.random.default_rng([seed, 9001])
+    rng = stream(seed, Salt.AGENTCF_SYNTHETIC)
     domains = list(SYNTH_DOMAINS[:n_domains])
     n_items = n_domains * n_styles * items_per_style
     item_domain = np.repeat(np.arange(n_domains), n_styles * items_per_style)

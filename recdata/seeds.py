@@ -77,6 +77,40 @@ class Salt(IntEnum):
     LLMD4REC_CRM = 3019
     #: LLMD4Rec: LoRA init and minibatch order of the LLM step ``[seed, salt, iteration(, pid)]``
     LLMD4REC_LORA = 3023
+    #: LLKD: test/pool split of the labelled items ``[split-seed, salt]``
+    LLKD_SPLIT = 1313
+    #: LLKD: the teacher's item sample when ``llkd-teacher-items`` caps it ``[split-seed, salt]``
+    LLKD_TEACHER_ITEMS = 7
+    #: LLKD: the student's minibatch order ``[seed, salt]``
+    LLKD_TRAIN = 2411
+    #: LLKD: the dev half of the federated held-out items ``[split-seed, salt]``
+    LLKD_HELD_OUT = 3041
+    #: AgentCF: the sampled users ``[split-seed, salt]``
+    AGENTCF_USERS = 7101
+    #: AgentCF: the test rows' same-domain negatives ``[split-seed, salt]``
+    AGENTCF_NEGATIVES = 7103
+    #: AgentCF: the sampling seed of one batched LLM call ``[seed, salt, step, phase]``
+    AGENTCF_CALL = 7107
+    #: AgentCF: a forward step's negative ``[seed, salt, user, step]``
+    AGENTCF_TRAIN_NEGATIVE = 7108
+    #: AgentCF: a test row's display order of its candidates ``[seed, salt, row]``
+    AGENTCF_SLOTS = 7109
+    #: AgentCF: tie-breaking of fuzzy title matches ``[seed, salt, row]``
+    AGENTCF_TITLE_TIES = 7110
+    #: AgentCF: the random baseline's scores ``[seed, salt, row]``
+    AGENTCF_RANDOM = 7111
+    #: AgentCF: the BPR-MF baseline's negatives ``[seed, salt]``
+    AGENTCF_BPR = 7112
+    #: AgentCF: which of positive and negative a forward step shows first ``[seed, salt, step]``
+    AGENTCF_PAIR_ORDER = 7113
+    #: AgentCF: the synthetic multi-domain users of the positive control ``[seed, salt]``
+    AGENTCF_SYNTHETIC = 9001
+    #: personas: fields ``[seed, salt]``, texts ``[seed, salt, 1]``, anchors ``[seed, salt, 2]``
+    PERSONA = 1401
+    #: personas: fold-in noise of a closed-loop recommender ``[seed, salt]``
+    PERSONA_FOLD_IN = 1403
+    #: personas: a session's click draws ``[seed, salt, persona, session]``
+    PERSONA_CLICK = 1409
 
 
 def check_distinct(salts: type[IntEnum] = Salt) -> None:

@@ -33,6 +33,7 @@ from florec.models.llkd.teacher import (
 )
 from florec.models.llkd.train import LLKDTrainer
 from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream
 
 
 @dataclass
@@ -55,7 +56,7 @@ def prepare(cfg: RunConfig, llm: Any = None, encoder: Any = None) -> Prepared:
     task = load_task(cfg)
     pool, test = split_task(task, cfg.llkd_test_fraction, cfg.split_seed)
     if cfg.llkd_teacher_items and cfg.llkd_teacher_items < len(pool):
-        rng = np.random.default_rng([cfg.split_seed, 7])
+        rng = stream(cfg.split_seed, Salt.LLKD_TEACHER_ITEMS)
         pool = np.sort(rng.choice(pool, cfg.llkd_teacher_items, replace=False))
     if encoder is None:
         from florec.models.llm.encoder import SentenceEncoder

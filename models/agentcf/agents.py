@@ -38,8 +38,7 @@ from florec.models.agentcf.prompts import (
     item_reflection_prompt,
     user_reflection_prompt,
 )
-
-STEP_SALT = 7107
+from florec.recdata.seeds import Salt, stream
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class AgentSettings:
 
     def call_seed(self, step: int, phase: int) -> int:
         """The sampling seed of one batched call (step, phase)."""
-        return int(np.random.default_rng([self.seed, STEP_SALT, step, phase]).integers(2**31))
+        return int(stream(self.seed, Salt.AGENTCF_CALL, step, phase).integers(2**31))
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class Interaction:
 def sample_negative(user: int, step: int, domain_items: np.ndarray, seen: set[int],
                     seed: int) -> int:
     """A random same-domain item the user never interacted with (seeded by user and step)."""
-    rng = np.random.default_rng([seed, STEP_SALT + 1, user, step])
+    rng = stream(seed, Salt.AGENTCF_TRAIN_NEGATIVE, user, step)
     pool = domain_items[~np.isin(domain_items, list(seen))]
     if len(pool) == 0:
         raise ValueError(f"user {user} has seen every item of its domain; no negative exists")
@@ -123,7 +122,7 @@ def user_side_step(llm, memories: dict[int, UserMemory], batch: Sequence[Interac
     """
     if not batch:
         return [], 0
-    rng = np.random.default_rng([settings.seed, STEP_SALT + 2, step])
+    rng = stream(settings.seed, Salt.AGENTCF_PAIR_ORDER, step)
     flips = rng.random(len(batch)) < 0.5
     pairs = [(x.neg, x.pos) if f else (x.pos, x.neg) for x, f in zip(batch, flips, strict=True)]
     descs = [[describe(a), describe(b)] for a, b in pairs]

@@ -17,8 +17,8 @@ import torch
 from florec.models.agentcf.data import DomainData
 from florec.models.agentcf.prompts import llmrank_prompt
 from florec.models.agentcf.rank import rank_metrics, ranks_from_scores, slot_order
+from florec.recdata.seeds import Salt, stream
 
-BASE_SALT = 7111
 #: ``score(row, candidates) -> scores`` of one test row's candidates (candidate order).
 Scorer = Callable[[int, np.ndarray], np.ndarray]
 
@@ -35,7 +35,7 @@ def ranks_of(data: DomainData, score: Scorer, seed: int) -> list[int]:
 
 def random_scorer(seed: int) -> Scorer:
     """Uniform random scores (seeded per row)."""
-    return lambda row, cands: np.random.default_rng([seed, BASE_SALT, row]).random(len(cands))
+    return lambda row, cands: stream(seed, Salt.AGENTCF_RANDOM, row).random(len(cands))
 
 
 def pop_scorer(data: DomainData) -> Scorer:
@@ -58,7 +58,7 @@ def bpr_scorer(data: DomainData, seed: int, dim: int = 32, epochs: int = 60,
     n_items = len(data.item_domain)
     model = MF(len(users), n_items, dim=dim, seed=seed, reg=reg)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    rng = np.random.default_rng([seed, BASE_SALT + 1])
+    rng = stream(seed, Salt.AGENTCF_BPR)
     u_t, i_t = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
     for _ in range(epochs if len(pairs) else 0):
         neg = torch.from_numpy(rng.integers(0, n_items, len(pairs)))

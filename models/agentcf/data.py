@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from florec.recdata.errors import ConfigError
-
-SAMPLE_SALT = 7101
-NEG_SALT = 7103
+from florec.recdata.seeds import Salt, stream
 
 
 @dataclass
@@ -99,7 +97,7 @@ def build_protocol(user: np.ndarray, item: np.ndarray, time: np.ndarray, *,
     if not eligible:
         raise ConfigError(f"no user has {min_inter}..{max_inter} interactions in >= "
                           f"{min_domains} domains; lower agentcf-min-domains or add domains")
-    rng = np.random.default_rng([seed, SAMPLE_SALT])
+    rng = stream(seed, Salt.AGENTCF_USERS)
     chosen = np.sort(rng.choice(eligible, min(n_users, len(eligible)), replace=False))
     mask = np.isin(user, chosen)
     user, item, time = user[mask], item[mask], time[mask]
@@ -119,7 +117,7 @@ def build_protocol(user: np.ndarray, item: np.ndarray, time: np.ndarray, *,
     test_rows = test_rows[np.lexsort((user[test_rows], time[test_rows]))]
     test = [(int(user[r]), int(item[r])) for r in test_rows]
     seen = {int(u): set(item[user == u].tolist()) for u in chosen}
-    neg_rng = np.random.default_rng([seed, NEG_SALT])
+    neg_rng = stream(seed, Salt.AGENTCF_NEGATIVES)
     cands = np.zeros((len(test), 1 + n_neg), dtype=np.int64)
     for row, (u, i) in enumerate(test):
         pool = np.flatnonzero(item_domain == item_domain[i])

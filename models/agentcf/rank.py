@@ -18,14 +18,14 @@ import numpy as np
 from florec.models.agentcf.groups import closest
 from florec.models.agentcf.memory import UserMemory
 from florec.models.agentcf.prompts import match_titles, rank_prompt
+from florec.recdata.seeds import Salt, stream
 
-SLOT_SALT = 7109
 K_LIST = (1, 5, 10)
 
 
 def slot_order(seed: int, row: int, n: int) -> np.ndarray:
     """The shuffled display order of one test row's candidates (candidate indices)."""
-    return np.random.default_rng([seed, SLOT_SALT, row]).permutation(n)
+    return stream(seed, Salt.AGENTCF_SLOTS, row).permutation(n)
 
 
 def ranks_from_scores(scores: np.ndarray, slots: np.ndarray) -> int:
@@ -111,7 +111,7 @@ def rank_rows(llm, rows: Sequence[int], test: Sequence[tuple[int, int]],
         for row, slots, answer in zip(rows, slots_all, answers, strict=True):
             shown = [titles[int(candidates[row][j])] for j in slots]
             order, miss = match_titles(answer, shown, settings.threshold,
-                                       np.random.default_rng([settings.seed, SLOT_SALT + 1, row]))
+                                       stream(settings.seed, Salt.AGENTCF_TITLE_TIES, row))
             failures += miss
             ranks.append(int(np.flatnonzero(slots[order] == 0)[0]) + 1)
         return {"ranks": ranks, "prompts": prompts, "match_failures": failures}

@@ -24,6 +24,7 @@ import numpy as np
 from florec.recdata.errors import ConfigError
 from florec.recdata.item_text import ItemText
 from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream
 
 #: Second-level categories under Amazon's "Industrial & Scientific" (longest names first when
 #: matching, so "Industrial Electrical" does not shadow a longer name).
@@ -149,7 +150,7 @@ def split_task(task: TextTask, test_fraction: float, seed: int) -> tuple[np.ndar
     Both hold only items of the ``C`` classes (the paper's closed C-class setting); the pool's
     gold labels are used for the teacher gate and the report, never for training.
     """
-    rng = np.random.default_rng([seed, 1313])
+    rng = stream(seed, Salt.LLKD_SPLIT)
     labelled = rng.permutation(task.labelled)
     n_test = int(round(test_fraction * len(labelled)))
     test = np.sort(labelled[:n_test])

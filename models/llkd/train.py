@@ -30,6 +30,7 @@ from florec.models.llkd.selection import (
     weighted_loss,
 )
 from florec.models.llkd.student import LinearStudent
+from florec.recdata.seeds import Salt, stream
 
 SELECTIONS = ("llkd", "all", "random", "teacher", "student")
 #: Arrays of the federated global state: the head and the two threshold states.
@@ -88,7 +89,7 @@ class LLKDTrainer:
                                            weight_decay=weight_decay)
         self.tau_teacher = ClassThresholds(self.n_classes, momentum)
         self.tau_student = ClassThresholds(self.n_classes, momentum)
-        self.rng = np.random.default_rng([seed, 2411])
+        self.rng = stream(seed, Salt.LLKD_TRAIN)
         self.log = SelectionLog(np.zeros(len(self.emb), bool))
         self.subset = np.ones(len(self.emb), bool)
         if selection == "random" and budget:

@@ -24,8 +24,9 @@ import numpy as np
 
 from florec.models.llm.base import LLM
 from florec.recdata.item_text import ItemText
+from florec.recdata.seeds import Salt
 
-PERSONA_SALT = 1401
+PERSONA_SALT = Salt.PERSONA
 #: Demographic ratios (FloRec's, roughly US adult shares; UXAgent reads its own from a file).
 AGE_GROUPS = {"18-24": 0.12, "25-34": 0.18, "35-44": 0.17, "45-54": 0.16, "55-64": 0.17,
               "65-80": 0.20}

@@ -25,11 +25,12 @@ from florec.models.mf import MF
 from florec.models.registry import MODELS, model_from_config
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig, parse_run_config
+from florec.recdata.seeds import Salt
 from florec.recdata.splits import Split
 from florec.recdata.store import get_split
 from florec.sim.personas.persona import Persona
 
-FOLD_IN_SALT = 1403
+FOLD_IN_SALT = Salt.PERSONA_FOLD_IN
 
 
 class Ranker(Protocol):

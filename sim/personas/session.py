@@ -21,6 +21,7 @@ from florec.models.llm.base import LLM
 from florec.models.llm.encoder import SentenceEncoder
 from florec.recdata.errors import ConfigError
 from florec.recdata.item_text import ItemText, item_text_string
+from florec.recdata.seeds import Salt
 from florec.recdata.splits import Split
 from florec.sim.personas.agent import (
     Agent,
@@ -33,7 +34,7 @@ from florec.sim.personas.memory import KIND_IMPORTANCE
 from florec.sim.personas.persona import Persona
 from florec.sim.personas.recommender import Ranker
 
-CLICK_SALT = 1409
+CLICK_SALT = Salt.PERSONA_CLICK
 
 
 @dataclass(frozen=True)
