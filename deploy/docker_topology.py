@@ -124,15 +124,9 @@ class ComposeDeployment:
 
     def superlink_up(self, scheme: str = "") -> bool:
         """Whether the SuperLink answers ``/health`` on 127.0.0.1 (https under TLS)."""
-        import httpx
+        from florec.sim.flower import superlink_healthy
 
-        scheme = scheme or ("https" if self.certs else "http")
-        verify = str(self.certs / "ca.crt") if self.certs else False
-        try:
-            return httpx.get(f"{scheme}://127.0.0.1:{self.port}/health", verify=verify,
-                             timeout=2.0).is_success
-        except httpx.HTTPError:
-            return False
+        return superlink_healthy(self.port, self.certs / "ca.crt" if self.certs else None, scheme)
 
     def _wait(self, what: str, ready: Any, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s

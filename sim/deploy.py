@@ -32,7 +32,14 @@ from typing import Any
 from florec.recdata.errors import FloRecError
 from florec.recdata.shard import NO_DATA_ENV
 from florec.recdata.shard_files import shard_dir
-from florec.sim.flower import PROJECT_ROOT, flower_env, free_ports, terminate, toml_value
+from florec.sim.flower import (
+    PROJECT_ROOT,
+    flower_env,
+    free_ports,
+    superlink_healthy,
+    terminate,
+    toml_value,
+)
 
 CONNECTION = "florec-deploy"
 CERTS_SCRIPT = PROJECT_ROOT / "deploy" / "certs.sh"
@@ -170,15 +177,7 @@ class LoopbackDeployment:
 
     def superlink_up(self, scheme: str = "") -> bool:
         """Whether the SuperLink answers ``/health`` (https with our CA under TLS)."""
-        import httpx
-
-        scheme = scheme or ("https" if self.certs else "http")
-        verify = str(self.certs / "ca.crt") if self.certs else False
-        try:
-            return httpx.get(f"{scheme}://127.0.0.1:{self.port}/health", verify=verify,
-                             timeout=2.0).is_success
-        except httpx.HTTPError:
-            return False
+        return superlink_healthy(self.port, self.certs / "ca.crt" if self.certs else None, scheme)
 
     def start(self) -> None:
         """Start everything and wait until every SuperNode is connected."""

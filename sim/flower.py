@@ -131,11 +131,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _superlink_healthy(port: str) -> bool:
+def superlink_healthy(port: int | str, ca_cert: Path | None = None, scheme: str = "") -> bool:
+    """Whether the SuperLink on 127.0.0.1:``port`` answers ``/health``.
+
+    Under TLS (``ca_cert`` given) the request is https, verified with that CA; ``scheme`` forces
+    one (e.g. ``http`` to check that a TLS SuperLink refuses plain requests).
+    """
     import httpx
 
+    scheme = scheme or ("https" if ca_cert else "http")
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success
+        return httpx.get(f"{scheme}://127.0.0.1:{port}/health",
+                         verify=str(ca_cert) if ca_cert else False, timeout=2.0).is_success
     except httpx.HTTPError:
         return False
 
@@ -248,7 +255,7 @@ class LocalSuperLink:
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
-        while not _superlink_healthy(self.port):
+        while not superlink_healthy(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise FloRecError(f"the local SuperLink did not start; see {self.log_path}")

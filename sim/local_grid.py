@@ -38,7 +38,8 @@ class LocalGrid(Grid):
     fail : callable, optional
         ``fail(partition_id, message_type) -> bool``: raise in that node (failure tests).
     keep_replies : bool
-        Keep every reply in ``received`` (for tests; benchmarks turn it off to save memory).
+        Keep every message the server sends in ``sent`` and every reply in ``received`` (for
+        tests that inspect what travels; benchmarks turn it off to save memory).
     random_ids : int, optional
         Seed of random node ids (None: ids ``1..num_nodes``).
     node_config : dict, optional
@@ -84,6 +85,7 @@ class LocalGrid(Grid):
             for pid, node in enumerate(ids)
         }
         self._queued: dict[str, Message] = {}
+        self.sent: list[Message] = []
         self.received: list[Message] = []
         self.keep_replies = keep_replies
         self.pushed: dict[str, int] = {}  # message type -> messages pushed
@@ -118,6 +120,8 @@ class LocalGrid(Grid):
             msg_id = str(uuid4())
             msg.metadata.__dict__["_message_id"] = msg_id
             self._queued[msg_id] = msg
+            if self.keep_replies:
+                self.sent.append(msg)
             kind = msg.metadata.message_type
             self.pushed[kind] = self.pushed.get(kind, 0) + 1
             ids.append(msg_id)

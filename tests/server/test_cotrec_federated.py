@@ -24,22 +24,10 @@ BASE = {"model": "cotrec", "algorithm": "fedavg", "dataset": "synthetic",
         "device": "cpu", "ks": "10", "num-nodes": 3, "num-rounds": 2, "local-batch-size": 64}
 
 
-class RecordingGrid(LocalGrid):
-    """A LocalGrid that keeps every message the server sends."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.sent: list[Message] = []
-
-    def push_messages(self, messages):  # noqa: D102
-        messages = list(messages)
-        self.sent.extend(messages)
-        return super().push_messages(messages)
-
 
 def _run(tmp_path, **kw):
     cfg = parse_run_config(BASE | {"out-dir": str(tmp_path / "out")} | kw)
-    grid = RecordingGrid(cfg.to_flower(), cfg.num_nodes)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)
     return cfg, grid, run_federated(grid, cfg, tmp_path / "out")
 
 

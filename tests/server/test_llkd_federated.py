@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Message
 
 from florec.client.llkd_node import held_out_share, node_pool
 from florec.models.llkd.task import load_task
@@ -20,18 +19,6 @@ BASE = {"model": "llkd", "algorithm": "fedavg", "dataset": "synthetic",
         "llkd-batch-size": 16, "device": "cpu", "num-nodes": 3, "num-rounds": 2,
         "selection-metric": "hr@1", "ks": "1,10"}
 
-
-class RecordingGrid(LocalGrid):
-    """A LocalGrid that keeps every message the server sends."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.sent: list[Message] = []
-
-    def push_messages(self, messages):  # noqa: D102
-        messages = list(messages)
-        self.sent.extend(messages)
-        return super().push_messages(messages)
 
 
 def test_macro_f1_from_pooled_counts():
@@ -65,7 +52,7 @@ def test_shard_item_lines_give_the_same_task_as_the_split():
 @pytest.mark.parametrize("backend", ["tiny"])
 def test_federated_llkd_finishes_and_sends_no_text_or_user_data(tmp_path, backend):
     cfg = parse_run_config(BASE | {"llm-backend": backend, "out-dir": str(tmp_path / "out")})
-    grid = RecordingGrid(cfg.to_flower(), cfg.num_nodes)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)
     run = run_federated(grid, cfg, tmp_path / "out")
     assert run["best_round"] in (1, 2)
     assert 0.0 <= run["metrics"]["hr@1"] <= 1.0

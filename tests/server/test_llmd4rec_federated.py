@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Message
 
 from florec.client.seq_node import node_sequences
 from florec.models.llmd4rec.llm_step import build_prompts
@@ -23,22 +22,10 @@ BASE = {"model": "llmd4rec", "algorithm": "fedavg", "dataset": "synthetic",
         "llmd4rec-history": 4, "llmd4rec-crm-lr": 0.005, "llmd4rec-candidates": 5}
 
 
-class RecordingGrid(LocalGrid):
-    """A LocalGrid that keeps every message the server sends."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.sent: list[Message] = []
-
-    def push_messages(self, messages):  # noqa: D102
-        messages = list(messages)
-        self.sent.extend(messages)
-        return super().push_messages(messages)
-
 
 def _run(tmp_path, **kw):
     cfg = parse_run_config(BASE | {"out-dir": str(tmp_path / "out")} | kw)
-    grid = RecordingGrid(cfg.to_flower(), cfg.num_nodes)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)
     return cfg, grid, run_federated(grid, cfg, tmp_path / "out")
 
 
