@@ -204,8 +204,8 @@ class SecAggServer:
         """Step 4: the sum of the alive nodes' codes (mod 2^32) from ``t`` nodes' reveals."""
         alive = sorted(uploads)
         dropped = [v for v in self.shared if v not in uploads]
-        ids = list(self.roster)
-        point = {v: ids.index(v) + 1 for v in ids}  # Shamir points follow the roster order
+        ids = sorted(self.roster)  # the nodes number Shamir points in sorted roster order
+        point = {v: ids.index(v) + 1 for v in ids}
         length = len(next(iter(uploads.values())))
         total = np.zeros(length, np.uint32)
         for y in uploads.values():

@@ -226,8 +226,14 @@ class RobustFedAvgRec(FedAvgRec):
             problem = check_reply(msg, expected)
             if problem is None:
                 up = from_record(msg.content.array_records["arrays"])
-                if len(up["items"]) and (up["items"].min() < 0 or up["items"].max() >= n
-                                         or up["users"].max() >= len(up["user_weight"])):
+                rows = {len(up[k]) for k in ("users", "items", "item_emb", "item_bias")}
+                if len(rows) != 1:
+                    problem = "users, items and rows of different lengths"
+                elif (up["user_weight"] < 0).any():
+                    problem = "negative user weight"
+                elif len(up["items"]) and (up["items"].min() < 0 or up["items"].max() >= n
+                                           or up["users"].min() < 0
+                                           or up["users"].max() >= len(up["user_weight"])):
                     problem = "item or user index out of range"
             if problem is not None:
                 self.drop(server_round, msg, problem)
@@ -236,7 +242,7 @@ class RobustFedAvgRec(FedAvgRec):
             parts.append(up | {"users": up["users"] + offset})
             offset += len(up["user_weight"])
             metrics = dict(msg.content.metric_records.get("metrics", {}))
-            weight_sum += float(metrics.get("weight", 0.0))
+            weight_sum += float(up["user_weight"].sum())  # the weights the numerator uses
             for key in ("num-users", "num-pairs", "loss-sum"):
                 totals[key] = totals.get(key, 0.0) + float(metrics.get(key, 0.0))
         if not parts:

@@ -132,6 +132,19 @@ def test_a_node_that_drops_before_sharing_is_simply_left_out():
     np.testing.assert_allclose(total, sum(xs[u] for u in uploads), atol=quant_error(8))
 
 
+def test_the_sum_does_not_depend_on_the_order_nodes_advertised_in():
+    xs = vectors(6, seed=5)
+    info, t = b"order", 4
+    nodes = {u: SecAggNode(u, t, info) for u in xs}
+    server = SecAggServer(t, info)
+    server.roster = {u: nodes[u].advertise() for u in sorted(xs, reverse=True)}
+    inboxes = server.route({u: n.share(server.roster) for u, n in nodes.items()})
+    uploads = {u: nodes[u].mask(quantize(xs[u], CLIP, 6)[0], inboxes[u]) for u in inboxes}
+    reveals = {u: nodes[u].unmask(sorted(uploads), []) for u in uploads}
+    total = dequantize(server.unmask_sum(uploads, reveals), CLIP, 6, 6)
+    np.testing.assert_allclose(total, sum(xs.values()), atol=quant_error(6))
+
+
 def test_forget_drops_every_secret():
     node = SecAggNode(1, 2, b"i")
     node.advertise()
