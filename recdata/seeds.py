@@ -59,7 +59,7 @@ class Salt(IntEnum):
     COHORT = 71
     #: item chunks of the point-wise fair losses ``[seed, salt, round, epoch]``
     FAIR_ITEM_ORDER = 79
-    #: user-level DP: Poisson sampling of a round's users ``[seed, salt, round]``
+    #: retired (user-level DP now samples from OS entropy on the node); kept so it is not reused
     DP_SAMPLING = 83
     #: poisoning: malicious users ``[seed, salt]`` (``attack-fraction``)
     ATTACK_USERS = 101

@@ -8,8 +8,11 @@ a round by at most ``C``; the server (``central`` mode, :mod:`florec.strategies.
 nodes together (``distributed`` mode, :func:`node_noise`) add Gaussian noise of standard
 deviation ``z C`` to that sum.
 
-The sample is recomputed from (seed, round) on every node and on the server, like the fixed-size
-cohorts of :mod:`florec.recdata.cohort`, so no user id travels.
+Each node draws its own users' participation from fresh OS entropy: the amplification by
+sampling that the accountant credits holds only if the server cannot tell who took part, and the
+run's seed is no secret (a sample recomputed from it, as the fixed-size cohorts of
+:mod:`florec.recdata.cohort` are, would be known to the server). No user id travels; DP runs
+with ``cohort-fraction < 1`` are therefore not bit-reproducible, like their noise.
 """
 
 from __future__ import annotations
@@ -25,37 +28,37 @@ from florec.client.trainers.bucket import Bucket
 from florec.protocol import dp_account
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
-from florec.recdata.seeds import Salt, stream
 
 __all__ = ["clip_result", "clip_user_updates", "dp_rows", "node_noise", "noise_reply",
            "poisson_sample", "user_norms"]
 
 
-def poisson_sample(seed: int, server_round: int, n_users: int, q: float) -> np.ndarray:
-    """The sorted global user ids that take part in ``server_round`` under Poisson sampling.
+def poisson_sample(n_users: int, q: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The users (indices ``0..n_users-1``) that take part in a round under Poisson sampling.
 
     Every user is included independently with probability ``q``: user ``u`` is in the sample
-    when ``U_u < q`` for ``U = stream(seed, DP_SAMPLING, round).random(n_users)``.
+    when ``U_u < q`` for ``U = rng.random(n_users)``.
 
     Parameters
     ----------
-    seed, server_round : int
-        Key of the sampling stream.
     n_users : int
-        Population size.
+        Number of users to draw for (a node draws for its own users).
     q : float
         Sampling rate in (0, 1]; 1 takes every user.
+    rng : numpy.random.Generator, optional
+        Source of the draws; default fresh OS entropy (what a node uses: see the module
+        docstring). Tests pass a seeded one.
 
     Returns
     -------
     np.ndarray
-        Sorted int64 user ids (possibly empty).
+        Sorted int64 indices (possibly empty).
 
     """
     if q >= 1.0:
         return np.arange(n_users, dtype=np.int64)
-    draws = stream(seed, Salt.DP_SAMPLING, server_round).random(n_users)
-    return np.flatnonzero(draws < q).astype(np.int64)
+    rng = rng if rng is not None else np.random.default_rng()
+    return np.flatnonzero(rng.random(n_users) < q).astype(np.int64)
 
 
 def user_norms(row_user: np.ndarray, delta: np.ndarray, bias_delta: np.ndarray,
@@ -142,10 +145,11 @@ def _node_z(config_json: str, population: int) -> float:
 
 
 def dp_rows(cfg: RunConfig, bucket: Bucket, server_round: int) -> np.ndarray:
-    """Local rows of the bucket users in this round's Poisson sample (:func:`poisson_sample`)."""
-    population = bucket.population or int(bucket.users.max(initial=-1)) + 1
-    sample = poisson_sample(cfg.seed, server_round, population, cfg.cohort_fraction)
-    return np.flatnonzero(np.isin(bucket.users, sample))
+    """Local rows of the bucket users in this round's Poisson sample (:func:`poisson_sample`).
+
+    ``server_round`` is unused: each round's draws are fresh OS entropy on the node.
+    """
+    return poisson_sample(len(bucket.users), cfg.cohort_fraction)
 
 
 def node_noise(cfg: RunConfig, arrays: dict[str, np.ndarray], n_items: int,

@@ -53,11 +53,15 @@ def test_one_user_changes_a_node_sum_by_at_most_the_clip():
 
 def test_poisson_sampling_includes_each_user_with_probability_q():
     q, n = 0.2, 20000
-    sizes = [len(poisson_sample(3, r, n, q)) for r in range(1, 6)]
+    sizes = [len(poisson_sample(n, q, np.random.default_rng(r))) for r in range(1, 6)]
     assert all(abs(s - q * n) < 5 * np.sqrt(n * q * (1 - q)) for s in sizes)
-    np.testing.assert_array_equal(poisson_sample(3, 1, n, q), poisson_sample(3, 1, n, q))
-    assert not np.array_equal(poisson_sample(3, 1, n, q), poisson_sample(3, 2, n, q))
-    np.testing.assert_array_equal(poisson_sample(3, 1, 50, 1.0), np.arange(50))
+    np.testing.assert_array_equal(poisson_sample(50, 1.0), np.arange(50))
+
+
+def test_a_nodes_poisson_sample_is_not_recomputable_from_the_runs_seed():
+    """Fresh OS entropy each call: the server, who knows the seed, cannot know who took part."""
+    draws = {tuple(poisson_sample(200, 0.5)) for _ in range(4)}
+    assert len(draws) == 4
 
 
 def test_node_noise_shares_sum_to_the_central_noise_over_the_whole_table():
