@@ -126,7 +126,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     probs, llm_stats = _teacher(cfg, context, items)
     trainer = LLKDTrainer(_embed(cfg, context, items), probs, cfg.llkd_selection, lr=cfg.llkd_lr,
                           momentum=cfg.llkd_ema, budget=cfg.llkd_budget,
-                          seed=torch_seed(cfg.seed, Salt.SEQ_ROUND, rnd, pid))
+                          seed=torch_seed(cfg.seed, Salt.LLKD_TRAIN, rnd, pid))
     load_state(trainer, arrays)
     store = open_store(context, cfg.store_spill_mb)
     ever = store.get(EVER_KEY)

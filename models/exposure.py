@@ -25,6 +25,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from florec.recdata.seeds import stream
+
 __all__ = ["EXPOSURE_PREFIX", "exposure_sums", "finalize_exposure", "parse_targets"]
 
 #: metric-sum keys of this module start with it (``exposure/er@10``, ``exposure/num-users``)
@@ -60,7 +62,7 @@ def parse_targets(spec: str, popularity: np.ndarray, seed: int, salt: int) -> np
         seen = np.flatnonzero(popularity > 0)
         order = seen[np.lexsort((seen, popularity[seen]))]
         pool = order[: max(int(count), int(np.ceil(0.2 * len(order))))]
-        rng = np.random.default_rng([int(seed), int(salt)])  # = seeds.stream(seed, salt)
+        rng = stream(seed, salt)
         return np.sort(rng.choice(pool, size=min(int(count), len(pool)), replace=False))
     try:
         items = np.unique(np.array([int(x) for x in spec.split(",")], dtype=np.int64))
