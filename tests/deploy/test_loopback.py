@@ -83,7 +83,8 @@ def test_florec_deploy_local_runs_fedavg_on_two_supernodes_like_simulation(tmp_p
     logs = {p.stem for p in (out / "logs").glob("*.log")}
     assert logs == {"superlink", "superexec-server", "supernode-0", "supernode-1",
                     "superexec-0", "superexec-1", "flwr-run"}
-    assert len(message_seconds(out / "logs")) == 8  # 2 nodes x 2 rounds x (train, evaluate)
+    # 2 nodes x (the query.partition that tells the server its sizes + 2 rounds x (train, evaluate))
+    assert len(message_seconds(out / "logs")) == 10
     port = int(re.search(r"SuperLink on 127\.0\.0\.1:(\d+)", proc.stdout).group(1))
     assert port != 39091 and not processes_using_port(port)
 
