@@ -13,6 +13,10 @@ trimmed mean over the users that touched an item row) need each user's rows, so 
 This costs more bytes than the pre-summed sparse upload (rows repeated per user instead of once
 per item; counted in ``bytes_up``) and reveals each user's rows to the server: the price of a
 server-side user-level defense.
+
+Per-user clipping (:func:`user_norms`, :func:`clip_user_updates`) lives here too: a DP node
+clips its users before it pre-sums (:mod:`florec.client.trainers.dp_clip`) and the norm-bound
+defense clips the per-user rows at the server (:mod:`florec.strategies.robust`), with one rule.
 """
 
 from __future__ import annotations
@@ -68,3 +72,64 @@ def fedavg_upload(defense: str, mode: str, n_items: int, row_user: np.ndarray,
     if defense in USER_DEFENSES:
         return user_rows_payload(row_user, row_item, delta, bias_delta, user_weight)
     return node_payload(mode, n_items, row_user, row_item, delta, bias_delta, user_weight)
+
+
+def user_norms(row_user: np.ndarray, delta: np.ndarray, bias_delta: np.ndarray,
+               n_users: int) -> np.ndarray:
+    r"""Each user's L2 norm of its whole item update.
+
+    :math:`\lVert \Delta_u \rVert = \sqrt{\sum_{r: user(r) = u} \lVert \Delta V_r \rVert^2
+    + \Delta b_r^2}` over the rows ``r`` (items) the user changed.
+
+    Parameters
+    ----------
+    row_user : np.ndarray
+        Owner (local user index) of each changed row.
+    delta, bias_delta : np.ndarray
+        Row changes ``(rows, d)`` and ``(rows,)``.
+    n_users : int
+        Number of local users (the output's length).
+
+    Returns
+    -------
+    np.ndarray
+        float64 norms, 0 for users without rows.
+
+    """
+    sq = (np.asarray(delta, np.float64) ** 2).sum(axis=1) + np.asarray(bias_delta,
+                                                                         np.float64) ** 2
+    return np.sqrt(np.bincount(row_user, weights=sq, minlength=n_users))
+
+
+def clip_user_updates(row_user: np.ndarray, delta: np.ndarray, bias_delta: np.ndarray,
+                      clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Scale every user's item update to L2 norm at most ``clip``.
+
+    :math:`\Delta_u \leftarrow \Delta_u \cdot \min(1, C / \lVert \Delta_u \rVert)` with the
+    norm of :func:`user_norms` (embedding and bias rows together).
+
+    Parameters
+    ----------
+    row_user : np.ndarray
+        Owner (local user index) of each changed row.
+    delta, bias_delta : np.ndarray
+        Row changes ``(rows, d)`` and ``(rows,)``.
+    clip : float
+        ``C`` > 0.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray, np.ndarray)
+        Clipped ``delta`` (float32), clipped ``bias_delta`` (float32) and each user's norm
+        before clipping.
+
+    """
+    if clip <= 0:
+        raise ValueError(f"clip bound {clip} must be > 0 (dp-clip, defense-norm)")
+    n = int(row_user.max(initial=-1)) + 1
+    norms = user_norms(row_user, delta, bias_delta, n)
+    # a clipped user lands a few float32 ulps inside C (rounding must not push it past C)
+    shrink = 1.0 - 4 * np.finfo(np.float32).eps
+    scale = np.where(norms > clip, clip / np.maximum(norms, 1e-300) * shrink, 1.0)[row_user]
+    return ((np.asarray(delta, np.float64) * scale[:, None]).astype(np.float32),
+            (np.asarray(bias_delta, np.float64) * scale).astype(np.float32), norms)

@@ -44,7 +44,7 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.supercore import log
 
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.user_rows import USER_DEFENSES
+from florec.protocol.user_rows import USER_DEFENSES, clip_user_updates
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg import FedAvgRec
@@ -104,10 +104,8 @@ def norm_bound(users: np.ndarray, emb: np.ndarray, bias: np.ndarray, bound: floa
         The clipped rows.
 
     """
-    sq = (emb.astype(np.float64) ** 2).sum(1) + bias.astype(np.float64) ** 2
-    norms = np.sqrt(np.bincount(users, weights=sq))
-    scale = np.minimum(1.0, bound / np.maximum(norms, 1e-300))[users]
-    return emb * scale[:, None], bias * scale
+    emb, bias, _ = clip_user_updates(users, emb, bias, bound)  # shared with DP clipping
+    return emb.astype(np.float64), bias.astype(np.float64)
 
 
 def row_aggregate(items: np.ndarray, emb: np.ndarray, bias: np.ndarray, rule: str,

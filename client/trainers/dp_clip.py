@@ -27,6 +27,7 @@ from florec.client.trainers.bpr_embedding import LocalResult
 from florec.client.trainers.bucket import Bucket
 from florec.protocol import dp_account
 from florec.protocol.codec import from_record, to_record
+from florec.protocol.user_rows import clip_user_updates, user_norms
 from florec.recdata.runconfig import RunConfig
 
 __all__ = ["clip_result", "clip_user_updates", "dp_rows", "node_noise", "noise_reply",
@@ -59,67 +60,6 @@ def poisson_sample(n_users: int, q: float, rng: np.random.Generator | None = Non
         return np.arange(n_users, dtype=np.int64)
     rng = rng if rng is not None else np.random.default_rng()
     return np.flatnonzero(rng.random(n_users) < q).astype(np.int64)
-
-
-def user_norms(row_user: np.ndarray, delta: np.ndarray, bias_delta: np.ndarray,
-               n_users: int) -> np.ndarray:
-    r"""Each user's L2 norm of its whole item update.
-
-    :math:`\lVert \Delta_u \rVert = \sqrt{\sum_{r: user(r) = u} \lVert \Delta V_r \rVert^2
-    + \Delta b_r^2}` over the rows ``r`` (items) the user changed.
-
-    Parameters
-    ----------
-    row_user : np.ndarray
-        Owner (local user index) of each changed row.
-    delta, bias_delta : np.ndarray
-        Row changes ``(rows, d)`` and ``(rows,)``.
-    n_users : int
-        Number of local users (the output's length).
-
-    Returns
-    -------
-    np.ndarray
-        float64 norms, 0 for users without rows.
-
-    """
-    sq = (np.asarray(delta, np.float64) ** 2).sum(axis=1) + np.asarray(bias_delta,
-                                                                         np.float64) ** 2
-    return np.sqrt(np.bincount(row_user, weights=sq, minlength=n_users))
-
-
-def clip_user_updates(row_user: np.ndarray, delta: np.ndarray, bias_delta: np.ndarray,
-                      clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r"""Scale every user's item update to L2 norm at most ``clip``.
-
-    :math:`\Delta_u \leftarrow \Delta_u \cdot \min(1, C / \lVert \Delta_u \rVert)` with the
-    norm of :func:`user_norms` (embedding and bias rows together).
-
-    Parameters
-    ----------
-    row_user : np.ndarray
-        Owner (local user index) of each changed row.
-    delta, bias_delta : np.ndarray
-        Row changes ``(rows, d)`` and ``(rows,)``.
-    clip : float
-        ``C`` > 0.
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray, np.ndarray)
-        Clipped ``delta`` (float32), clipped ``bias_delta`` (float32) and each user's norm
-        before clipping.
-
-    """
-    if clip <= 0:
-        raise ValueError(f"dp-clip={clip} must be > 0")
-    n = int(row_user.max(initial=-1)) + 1
-    norms = user_norms(row_user, delta, bias_delta, n)
-    # a clipped user lands a few float32 ulps inside C (rounding must not push it past C)
-    shrink = 1.0 - 4 * np.finfo(np.float32).eps
-    scale = np.where(norms > clip, clip / np.maximum(norms, 1e-300) * shrink, 1.0)[row_user]
-    return ((np.asarray(delta, np.float64) * scale[:, None]).astype(np.float32),
-            (np.asarray(bias_delta, np.float64) * scale).astype(np.float32), norms)
 
 
 def clip_result(res: LocalResult, clip: float) -> tuple[LocalResult, float]:
