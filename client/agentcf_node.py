@@ -20,8 +20,6 @@ Messages (Flower ``RecordDict`` with one ``ConfigRecord`` ``"agentcf"``):
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
@@ -31,14 +29,9 @@ from florec.models.agentcf.groups import Groups, tag_users
 from florec.models.agentcf.memory import ItemMemories, UserMemory
 from florec.models.agentcf.pipeline import group_text_fn, step_batch
 from florec.models.agentcf.rank import K_LIST, RankSettings, rank_metrics, rank_rows
+from florec.protocol.agentcf_messages import RECORD, message
 
-RECORD = "agentcf"
 RECENT_PER_DOMAIN = 3
-
-
-def message(**values: Any) -> RecordDict:
-    """A ``RecordDict`` holding ``values`` in the ``agentcf`` config record."""
-    return RecordDict({RECORD: ConfigRecord(values)})
 
 
 class AgentCFNode:

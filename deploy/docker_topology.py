@@ -242,6 +242,8 @@ class ComposeDeployment:
         try:  # `flwr run --stream` exits 0 whatever became of the run: ask the SuperLink
             status = json.loads(res.stdout[res.stdout.index("{"):])["runs"][0]["status"]
         except (ValueError, KeyError, IndexError):
+            print(f"[docker-test] run {run_id[0]}: no status from `flwr list` "
+                  f"({(res.stderr or res.stdout).strip()[-200:]!r})", flush=True)
             return 1
         print(f"[docker-test] run {run_id[0]}: {status}", flush=True)
         return 0 if status == "finished:completed" else 1

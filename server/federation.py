@@ -144,11 +144,11 @@ def node_facts(replies: dict[int, dict[str, float]], failed: dict[int, str], exp
     if sum(sizes) != n_users:
         raise DataError(f"the nodes host {sum(sizes)} users but report a population of "
                         f"{n_users}; give every node a shard of the same cut")
-    notes: dict[str, dict[str, int]] = {}
-    for key, value in next(iter(replies.values())).items():
-        if key.startswith("note."):
-            _, name, part = key.split(".", 2)
-            notes.setdefault(name, {})[part] = int(value)
+    notes: dict[str, dict[str, int]] = {}  # source-data notes: every node must report the same
+    for key in sorted({k for r in replies.values() for k in r if k.startswith("note.")}):
+        _, name, part = key.split(".", 2)
+        notes.setdefault(name, {})[part] = _one({int(r.get(key, -1)) for r in replies.values()},
+                                                f"the data note {key}")
     return NodeFacts(n_users, n_items, sizes, partition_of, notes)
 
 

@@ -21,10 +21,10 @@ from typing import Any
 from flwr.app import RecordDict
 from flwr.common import serde
 
-from florec.client.agentcf_node import RECORD, message
 from florec.models.agentcf.groups import Groups, build_groups, group_memories
 from florec.models.agentcf.memory import ItemMemories
 from florec.models.agentcf.rank import K_LIST
+from florec.protocol.agentcf_messages import RECORD, message
 
 
 def nbytes(msg: RecordDict) -> int:
