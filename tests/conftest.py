@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,3 +35,23 @@ SMALL = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
 def small_config() -> dict:
     """A run config small enough for a federated run in about a second."""
     return dict(SMALL)
+
+
+class WordEncoder:
+    """Unit vectors from the words of a text (a stand-in for MiniLM: no weights to load)."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """One unit row per text: the sum of a seeded normal vector per word."""
+        rows = []
+        for text in texts:
+            vec = np.zeros(16)
+            for word in text.split():
+                vec += np.random.default_rng(list(word.encode())).normal(size=16)
+            rows.append(vec / np.linalg.norm(vec))
+        return np.stack(rows)
+
+
+@pytest.fixture
+def word_encoder() -> WordEncoder:
+    """A deterministic sentence encoder for tests of code that embeds text."""
+    return WordEncoder()

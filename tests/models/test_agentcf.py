@@ -121,21 +121,9 @@ def test_protocol_candidates_share_the_domain_and_are_unseen():
     np.testing.assert_array_equal(again.candidates, data.candidates)
 
 
-class _WordEncoder:
-    """Unit vectors from the words of a text (a stand-in for MiniLM: no weights to load)."""
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        rows = []
-        for text in texts:
-            vec = np.zeros(16)
-            for word in text.split():
-                vec += np.random.default_rng(list(word.encode())).normal(size=16)
-            rows.append(vec / np.linalg.norm(vec))
-        return np.stack(rows)
-
-
-def test_kmeans_groups_are_deterministic_under_a_seed():
-    enc = _WordEncoder()
+def test_kmeans_groups_are_deterministic_under_a_seed(word_encoder):
+    enc = word_encoder
     tags = {u: [f"{d} {s}" for d, s in zip(("books", "music"), (u % 3, u % 4), strict=True)]
             for u in range(24)}
     a = build_groups(tags, enc, k=5, n_groups=3, seed=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from florec.models.agentcf.pipeline import load_domain_data, make_agent_llm
@@ -12,27 +11,14 @@ from florec.recdata.runconfig import parse_run_config
 from florec.sim.central_agentcf import run_central_agentcf, run_federated_agentcf
 
 
-class _WordEncoder:
-    """Unit vectors from the words of a text (a stand-in for MiniLM: no weights to load)."""
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        rows = []
-        for text in texts:
-            vec = np.zeros(16)
-            for word in text.split():
-                vec += np.random.default_rng(list(word.encode())).normal(size=16)
-            rows.append(vec / np.linalg.norm(vec))
-        return np.stack(rows)
-
-
-def test_scripted_federated_run_equals_the_central_run():
+def test_scripted_federated_run_equals_the_central_run(word_encoder):
     cfg = parse_run_config({"model": "agentcf++", "dataset": "synthetic", "agentcf-users": 40,
                             "llm-backend": "scripted", "llm-cache": False,
                             "agentcf-synthetic-trend": 0.6})
     data = load_domain_data(cfg)
-    central = run_central_agentcf(cfg, llm=make_agent_llm(cfg), encoder=_WordEncoder(),
+    central = run_central_agentcf(cfg, llm=make_agent_llm(cfg), encoder=word_encoder,
                                   data=data)
-    fed = run_federated_agentcf(cfg, 4, llm=make_agent_llm(cfg), encoder=_WordEncoder(),
+    fed = run_federated_agentcf(cfg, 4, llm=make_agent_llm(cfg), encoder=word_encoder,
                                 data=data)
     for key in ("mrr", "ndcg@1", "ndcg@5", "ndcg@10"):
         assert fed["metrics"][key] == pytest.approx(central["metrics"][key], abs=1e-12)
@@ -42,7 +28,7 @@ def test_scripted_federated_run_equals_the_central_run():
 
 
 @pytest.mark.slow
-def test_no_message_of_a_tiny_llm_run_carries_a_user_memory():
+def test_no_message_of_a_tiny_llm_run_carries_a_user_memory(word_encoder):
     cfg = parse_run_config({"model": "agentcf++", "dataset": "synthetic", "agentcf-users": 4,
                             "agentcf-train-max": 2, "agentcf-max-tokens": 12,
                             "agentcf-kmeans-k": 4, "llm-cache": False})
@@ -63,7 +49,7 @@ def test_no_message_of_a_tiny_llm_run_carries_a_user_memory():
 
     agentcf_node.AgentCFNode.__init__ = spy
     try:
-        run = run_federated_agentcf(cfg, 2, llm=llm, encoder=_WordEncoder(),
+        run = run_federated_agentcf(cfg, 2, llm=llm, encoder=word_encoder,
                                     on_message=on_message)
     finally:
         agentcf_node.AgentCFNode.__init__ = original

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from florec.models.agentcf.pipeline import make_agent_llm
@@ -17,42 +16,31 @@ BASE = {"dataset": "synthetic", "llm-backend": "scripted", "llm-cache": False,
         "agentcf-users": 100}
 
 
-class _WordEncoder:
-    """Unit vectors from the words of a text (a stand-in for MiniLM: no weights to load)."""
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        rows = []
-        for text in texts:
-            vec = np.zeros(16)
-            for word in text.split():
-                vec += np.random.default_rng(list(word.encode())).normal(size=16)
-            rows.append(vec / np.linalg.norm(vec))
-        return np.stack(rows)
-
-
-def _mrr(seed: int = 0, **kw: object) -> float:
+def _mrr(encoder: object, seed: int = 0, **kw: object) -> float:
     cfg = parse_run_config(BASE | {"split-seed": seed} | kw)
     llm = make_agent_llm(cfg)
     llm.progress = False
-    return run_central_agentcf(cfg, llm=llm, encoder=_WordEncoder())["metrics"]["mrr"]
+    return run_central_agentcf(cfg, llm=llm, encoder=encoder)["metrics"]["mrr"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_scripted_control_dual_memory_beats_one_shared_memory(seed):
-    shared = _mrr(seed, model="agentcf")
-    assert _mrr(seed, model="agentcf++", **{"agentcf-memory": "shared",
+def test_scripted_control_dual_memory_beats_one_shared_memory(seed, word_encoder):
+    shared = _mrr(word_encoder, seed, model="agentcf")
+    assert _mrr(word_encoder, seed, model="agentcf++", **{"agentcf-memory": "shared",
                                             "agentcf-groups": 0}) == shared
-    dual = _mrr(seed, model="agentcf++", **{"agentcf-groups": 0})
+    dual = _mrr(word_encoder, seed, model="agentcf++", **{"agentcf-groups": 0})
     assert dual > shared + 0.1 and shared > 0.35  # both above random (0.29)
 
 
-def test_scripted_control_groups_help_when_users_follow_their_group():
+def test_scripted_control_groups_help_when_users_follow_their_group(word_encoder):
     trend = {"model": "agentcf++", "agentcf-synthetic-trend": 0.6}
-    gains = [_mrr(s, **trend) - _mrr(s, **trend, **{"agentcf-groups": 0}) for s in (0, 1)]
+    gains = [_mrr(word_encoder, s, **trend)
+             - _mrr(word_encoder, s, **trend, **{"agentcf-groups": 0}) for s in (0, 1)]
     assert min(gains) > 0.02
 
 
-def test_cached_replay_reproduces_memories_and_ranks_exactly(tmp_path):
+def test_cached_replay_reproduces_memories_and_ranks_exactly(tmp_path, word_encoder):
     cfg = parse_run_config({"model": "agentcf++", "dataset": "synthetic", "agentcf-users": 3,
                             "agentcf-train-max": 1, "agentcf-max-tokens": 8,
                             "agentcf-kmeans-k": 4})
@@ -62,7 +50,7 @@ def test_cached_replay_reproduces_memories_and_ranks_exactly(tmp_path):
     def run(out: str):
         llm = CachedLLM(inner, CallCache(tmp_path / "calls.sqlite"))
         before = llm.stats.copy()
-        result = run_central_agentcf(cfg, tmp_path / out, llm=llm, encoder=_WordEncoder())
+        result = run_central_agentcf(cfg, tmp_path / out, llm=llm, encoder=word_encoder)
         return result, llm.stats.since(before)
 
     first, stats1 = run("a")
