@@ -6,18 +6,27 @@ Cells are dataset x setting x variant (seed ``--seed``):
 * ``title-init``: item rows / user token from MiniLM embeddings of the raw titles (no LLM);
 * ``cotrec-init``: item rows / user token from the LLM's perception texts, then the ranker
   (untuned and LoRA-tuned on validation targets) with MAPB;
+* ``cotrec-perception``: the same init without the ranker (the init ablation's LLM arm; the
+  perception texts are generated once and answered by the call cache in later seeds);
 * ``title-llm-ranker``: title init + the LLM ranker (untuned and LoRA) with MAPB — the real
   ranker without the perception phases (cheaper than ``cotrec-init`` on 2 CPU cores);
 * ``scripted-control``: title init + the ranker driven by ``llm-backend='scripted'`` at
   ``scripted-p=0.5`` (the positive control: its lift is predictable from p and coverage).
 
 Each cell writes ``<out>/<dataset>/<setting>/<variant>/`` (results.json with ``ranker``,
-``phases`` and ``llm``); ``summary.md`` beside them tabulates every finished cell.
+``phases`` and ``llm``); seeds other than 0 go to ``<variant>-seed<s>/``. ``summary.md`` beside
+them tabulates every finished cell, then the mean and standard deviation over seeds.
 
 Run (one thread per process, as every number in docs/methods/cotrec.md)::
 
     FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/cotrec.py \
         --datasets ml-100k --settings central --variants scripted-control,sasrec-random
+
+The real-LLM init ablation (3 SASRec seeds, SmolLM2 perception batched 32 prompts a pass)::
+
+    nice -n 19 env FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/cotrec.py \
+        --datasets ml-100k --settings central --seeds 0,1,2 --epochs 10 \
+        --variants cotrec-perception,sasrec-random,title-init --out docs/results/cotrec
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                       "cotrec-ranker": "none"},
     "title-init": {"cotrec-init": "title", "cotrec-ranker": "none"},
     "cotrec-init": {"cotrec-init": "cotrec", "cotrec-ranker": "lora"},
+    "cotrec-perception": {"cotrec-init": "cotrec", "cotrec-ranker": "none"},
     "title-llm-ranker": {"cotrec-init": "title", "cotrec-ranker": "lora"},
     "scripted-control": {"cotrec-init": "title", "cotrec-ranker": "untuned",
                          "llm-backend": "scripted", "scripted-p": 0.5},
@@ -47,8 +57,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 SETTINGS = {"central": {}, "federated": {"algorithm": "fedavg", "num-nodes": 10}}
 
 
-def run_cell(config: dict[str, Any], setting: str, epochs: int, out: Path) -> dict[str, Any]:
-    """One cell in this process (federated: the in-process grid with the real handlers)."""
+def run_cell(config: dict[str, Any], setting: str, epochs: int, out: Path,
+             llm_batch_size: int = 16) -> dict[str, Any]:
+    """One cell in this process (federated: the in-process grid with the real handlers).
+
+    A central cell with an in-process LLM (``hf``/``tiny``) generates ``llm_batch_size`` prompts
+    per pass (the layer's default is 16; batching multiplies generation throughput on CPU).
+    """
     from florec.recdata.runconfig import parse_run_config
 
     out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +71,14 @@ def run_cell(config: dict[str, Any], setting: str, epochs: int, out: Path) -> di
         from florec.sim.central_cotrec import run_central_cotrec
 
         cfg = parse_run_config(config)
-        return run_central_cotrec(cfg, epochs, 256, out)
+        llm = None
+        if cfg.llm_backend in ("hf", "tiny") and (cfg.cotrec_init == "cotrec"
+                                                  or cfg.cotrec_ranker != "none"):
+            from florec.models.llm.config import LLMConfig
+            from florec.models.llm.factory import build_llm
+
+            llm = build_llm(LLMConfig.from_run_config(cfg, batch_size=llm_batch_size))
+        return run_central_cotrec(cfg, epochs, 256, out, llm=llm)
     from florec.server.app import run_federated
     from florec.sim.local_grid import LocalGrid
 
@@ -66,6 +88,37 @@ def run_cell(config: dict[str, Any], setting: str, epochs: int, out: Path) -> di
 
 def _f(x: Any, digits: int = 4) -> str:
     return "n/a" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def cell_dir(out: Path, dataset: str, setting: str, variant: str, seed: int) -> Path:
+    """``<out>/<dataset>/<setting>/<variant>`` (seed 0) or ``.../<variant>-seed<s>``."""
+    return out / dataset / setting / (variant if seed == 0 else f"{variant}-seed{seed}")
+
+
+def seed_table(out: Path) -> str:
+    """Mean ± sample sd over seeds of each (dataset, setting, variant) with >= 2 seeds."""
+    import re
+
+    import numpy as np
+
+    groups: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    for path in sorted(out.glob("*/*/*/results.json")):
+        if json.loads(path.read_text()).get("status") != "finished":
+            continue
+        ds, setting, cell = path.parts[-4:-1]
+        variant = re.sub(r"-seed\d+$", "", cell)
+        groups.setdefault((ds, setting, variant), []).append(
+            json.loads(path.read_text())["runs"][0].get("metrics", {}))
+    rows = ["| dataset | setting | variant | seeds | ndcg@10 | hr@10 |", "|" + "---|" * 6]
+    for (ds, setting, variant), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        cells = []
+        for key in ("ndcg@10", "hr@10"):
+            v = np.array([r[key] for r in runs], dtype=float)
+            cells.append(f"{v.mean():.4f} ± {v.std(ddof=1):.4f}")
+        rows.append(f"| {ds} | {setting} | {variant} | {len(runs)} | {' | '.join(cells)} |")
+    return "\n".join(rows) + "\n"
 
 
 def summary(out: Path) -> str:
@@ -93,7 +146,8 @@ def summary(out: Path) -> str:
             f"{_f(ranker.get('retriever', {}).get('coverage'))} | "
             f"{_f(un.get('ndcg@10'))} ({_f(un.get('mapb'), 2)}) | {lora} | {int(calls)} | "
             f"{int(hits)} | {int(tin)}/{int(tout)} | {minutes} |")
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows) + "\n\nMean ± sd over seeds (cells named ``<variant>-seed<s>``; "\
+        "the bare name is seed 0):\n\n" + seed_table(out)
 
 
 def main() -> None:
@@ -103,7 +157,9 @@ def main() -> None:
     ap.add_argument("--settings", default="central,federated")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--epochs", type=int, default=30, help="central epochs / federated rounds")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated run seeds (SASRec's)")
+    ap.add_argument("--llm-batch-size", type=int, default=32,
+                    help="prompts per generation pass of an in-process LLM (central cells)")
     ap.add_argument("--set", nargs="*", default=[], help="extra run-config key=value (JSON)")
     ap.add_argument("--out", type=Path, default=Path("results/cotrec"))
     args = ap.parse_args()
@@ -111,21 +167,21 @@ def main() -> None:
              for k, v in (s.split("=", 1) for s in args.set)}
     for ds in args.datasets.split(","):
         for setting in args.settings.split(","):
-            for variant in args.variants.split(","):
-                out = args.out / ds / setting / variant
+            for variant, seed in ((v, int(s)) for v in args.variants.split(",")
+                                  for s in args.seeds.split(",")):
+                out = cell_dir(args.out, ds, setting, variant, seed)
                 if (out / "results.json").is_file() and \
                         json.loads((out / "results.json").read_text()).get("status") == "finished":
                     continue
                 config = (DEFAULTS | SETTINGS[setting] | VARIANTS[variant] | extra
-                          | {"dataset": ds, "seed": args.seed})
+                          | {"dataset": ds, "seed": seed})
                 t0 = time.perf_counter()
                 try:
-                    run_cell(config, setting, args.epochs, out)
-                    print(f"{ds}/{setting}/{variant}: {time.perf_counter() - t0:.0f} s", flush=True)
+                    run_cell(config, setting, args.epochs, out, args.llm_batch_size)
+                    print(f"{out}: {time.perf_counter() - t0:.0f} s", flush=True)
                 except Exception:  # one failed cell must not stop the matrix
                     (out / "error.txt").write_text(traceback.format_exc())
-                    print(f"{ds}/{setting}/{variant}: FAILED (see {out / 'error.txt'})",
-                          flush=True)
+                    print(f"{out}: FAILED (see {out / 'error.txt'})", flush=True)
                 (args.out / "summary.md").write_text(summary(args.out))
 
 

@@ -39,6 +39,8 @@ from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg_params import FedAvgParams
 
 SETUP_TYPE = f"{MessageType.TRAIN}.setup"
+#: prefix of the kept round arrays in a checkpoint's strategy state (``cotrec-round-<r>/<name>``)
+ROUND_PREFIX = "cotrec-round-"
 
 
 def fedavg_adapters(states: list[dict[str, np.ndarray]], weights: list[float]
@@ -121,6 +123,29 @@ class FedCoTRec(FedAvgParams):
         self.round_arrays[server_round] = arrays
         return super().configure_evaluate(server_round, arrays, config, grid)
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """FedAvg's state plus the arrays of every evaluated round (``cotrec-round-<r>/...``).
+
+        A resumed run needs them: the ranker runs at the best round, which may precede the
+        checkpoint (the nodes keep their user tokens of each evaluated round in their stores,
+        which the checkpoint snapshots).
+        """
+        state = super().state_arrays()
+        for rnd, record in self.round_arrays.items():
+            state |= {f"{ROUND_PREFIX}{rnd}/{k}": v for k, v in from_record(record).items()}
+        return state
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_arrays` (the kept round arrays included)."""
+        rounds: dict[int, dict[str, np.ndarray]] = {}
+        for key, value in arrays.items():
+            if key.startswith(ROUND_PREFIX):
+                rnd, name = key[len(ROUND_PREFIX):].split("/", 1)
+                rounds.setdefault(int(rnd), {})[name] = value
+        super().load_state_arrays({k: v for k, v in arrays.items()
+                                   if not k.startswith(ROUND_PREFIX)})
+        self.round_arrays = {r: to_record(a) for r, a in sorted(rounds.items())}
+
     def _add_phase(self, name: str, replies: Iterable[Message], seconds: float) -> list[Message]:
         row = self.log_phases.phases.setdefault(name, {"seconds": 0.0})
         row["seconds"] += seconds
@@ -169,7 +194,11 @@ class FedCoTRec(FedAvgParams):
                      ) -> dict[str, Any]:
         """The ranker at the best round: untuned, federated LoRA, tuned; returns run fields."""
         best = run.get("best_round")
-        if self.cfg.cotrec_ranker == "none" or best not in self.round_arrays:
+        if self.cfg.cotrec_ranker == "none" or best is None:
+            return {"phases": self.log_phases.phases}
+        if best not in self.round_arrays:
+            log(WARNING, "CoT-Rec: the arrays of the best round %s were not kept; no ranker phase",
+                best)
             return {"phases": self.log_phases.phases}
         untuned = self._ranker_eval(grid, best, "untuned", self.adapter)
         ranker: dict[str, Any] = {"retriever": untuned.pop("retriever"), "untuned": untuned}

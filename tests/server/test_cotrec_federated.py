@@ -123,3 +123,20 @@ def test_scripted_control_with_p_one_puts_every_covered_target_first(tmp_path):
     assert base["ndcg@10"] == pytest.approx(run["metrics"]["ndcg@10"], abs=1e-9)
     assert ranked["ndcg@10"] == pytest.approx(base["coverage"], abs=1e-9)  # rank 1 if covered
     assert ranked["hr@10"] == pytest.approx(base["hr@10"], abs=1e-12)
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_a_resumed_run_still_runs_the_ranker_at_a_best_round_before_the_checkpoint(tmp_path, cut):
+    # cut=2: killed in the ranker phase after the last round's checkpoint, resumed straight
+    # into it; cut=1: resumed for round 2. Either way the best round's arrays come back.
+    config = {"llm-backend": "scripted", "scripted-p": 1.0, "cotrec-init": "title",
+              "cotrec-ranker": "untuned", "checkpoint-every": 1, "store-spill-mb": 0.0}
+    _, _, whole = _run(tmp_path / "whole", **config)
+    _run(tmp_path / "cut", **config, **{"num-rounds": cut})
+    _, _, resumed = _run(tmp_path / "cut", **config, resume=True)
+    assert resumed["best_round"] == whole["best_round"]
+    assert "ranker" in resumed, "the resumed run skipped the ranker phase"
+    for part in ("retriever", "untuned"):
+        for key in ("ndcg@10", "hr@10"):
+            assert resumed["ranker"][part][key] == pytest.approx(whole["ranker"][part][key],
+                                                                 abs=1e-9), (part, key)
