@@ -87,6 +87,7 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
                              "agentcf-synthetic-trend")),
     ("User-level differential privacy (DP-FedAvg-MF)", ("dp", "dp-clip", "dp-noise-multiplier",
                                                         "dp-epsilon", "dp-delta", "dp-mode")),
+    ("Secure aggregation (FedAvg-MF)", ("secagg", "secagg-clip")),
     ("LLKD", ("llkd-classes", "llkd-selection", "llkd-ema", "llkd-lr", "llkd-batch-size",
               "llkd-budget", "llkd-test-fraction", "llkd-teacher-items")),
 ]
@@ -431,6 +432,15 @@ DESCRIPTIONS: dict[str, str] = {
     'dp-mode': (
         'DP: `central` (the server adds the noise) or `distributed` (each node adds'
         ' 1/n of its variance; DP against the server only under secure aggregation)'
+    ),
+    'secagg': (
+        'secure aggregation of FedAvg-MF round updates: the server sees only their sum (double'
+        ' masking, Shamir shares, dropouts after masking recovered; Fair Sampling\'s popularity'
+        ' sum always uses it)'
+    ),
+    'secagg-clip': (
+        'secure aggregation: quantisation range R; a node\'s summed update entries are clipped'
+        ' to [-R, R] (counted in `secagg-clipped`)'
     ),
     'llkd-classes': 'LLKD: number of categories (the most frequent; 2..10, one letter each)',
     'llkd-selection': (
