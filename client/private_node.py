@@ -34,6 +34,7 @@ from florec.client.trainers.private_model import (
 )
 from florec.models.metrics import add_sums
 from florec.protocol.codec import from_record, to_record
+from florec.protocol.similarity_dp import clip_similarity
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream
 
@@ -106,6 +107,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
             w = _weight(cfg, client)
             emb = model.item_emb.detach().cpu().numpy() * np.sqrt(w)
             emb = poison_similarity(cfg, know, index, emb)  # malicious clients (issue 18)
+            if cfg.dp:  # user-level DP: ||E E^T||_F <= dp-clip (protocol/similarity_dp.py)
+                emb, _ = clip_similarity(emb, cfg.dp_clip)
             uploads.append(similarity_upload(emb, upload, cfg.noise_scale, rng))
             weights.append(w)
     store.commit()

@@ -29,6 +29,7 @@ import numpy as np
 from florec.protocol import dp_account
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
+from florec.strategies.fedcia_dp import check_fedcia_dp
 
 __all__ = ["UserDP", "check_dp"]
 
@@ -41,14 +42,21 @@ def check_dp(cfg: RunConfig) -> None:
     ConfigError
         For another algorithm or model, an aggregation whose denominator depends on the data
         (``sparse``, or ``dense`` weighted by interactions), fixed-size cohorts, node sampling,
-        or both ``dp-epsilon`` and ``dp-noise-multiplier``.
+        or both ``dp-epsilon`` and ``dp-noise-multiplier``; FedCIA's settings are checked by
+        :func:`florec.strategies.fedcia_dp.check_fedcia_dp`.
 
     """
     if not cfg.dp:
         return
+    if cfg.dp_epsilon > 0 and cfg.dp_noise_multiplier > 0:
+        raise ConfigError("set dp-epsilon or dp-noise-multiplier, not both (dp-epsilon "
+                          "calibrates the noise multiplier); set the other to 0")
+    if cfg.algorithm == "fedcia":  # the similarity mechanism (strategies/fedcia_dp.py)
+        check_fedcia_dp(cfg)
+        return
     if cfg.algorithm != "fedavg" or cfg.model != "mf" or cfg.mf_loss != "bpr":
-        raise ConfigError("dp=true is implemented for algorithm 'fedavg', model 'mf', mf-loss "
-                          "'bpr' only; set dp=false for other methods")
+        raise ConfigError("dp=true is implemented for algorithm 'fedavg' (model 'mf', mf-loss "
+                          "'bpr') and 'fedcia' (dense) only; set dp=false for other methods")
     if cfg.aggregation == "sparse" or (cfg.aggregation == "dense"
                                        and cfg.weighting != "uniform"):
         raise ConfigError("dp=true needs a fixed denominator: set aggregation='sum', or "
@@ -56,9 +64,6 @@ def check_dp(cfg: RunConfig) -> None:
     if cfg.cohort_size > 0 or cfg.fraction_train < 1.0:
         raise ConfigError("dp=true samples users by Poisson sampling at rate cohort-fraction; "
                           "set cohort-size=0 and fraction-train=1")
-    if cfg.dp_epsilon > 0 and cfg.dp_noise_multiplier > 0:
-        raise ConfigError("set dp-epsilon or dp-noise-multiplier, not both (dp-epsilon "
-                          "calibrates the noise multiplier); set the other to 0")
 
 
 @dataclass

@@ -33,6 +33,7 @@ from flwr.supercore import log
 from florec.models.gfcf import RANK_RTOL, top_eigh
 from florec.protocol.codec import from_record, to_record
 from florec.strategies.base import RecStrategy
+from florec.strategies.fedcia_dp import SimilarityDP
 from florec.strategies.payload import check_reply, record_nbytes
 
 ALIGN = f"{MessageType.TRAIN}.align"
@@ -126,6 +127,7 @@ class FedCIA(RecStrategy):
         super().__init__(fraction_train, seed)
         self.n, self.comm, self.rank, self.weighting = n_items, comm, rank, weighting
         self.downlink: dict[str, np.ndarray] | None = None
+        self.dp: SimilarityDP | None = None  # user-level DP (set by the registry when dp=true)
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -169,6 +171,9 @@ class FedCIA(RecStrategy):
             return None, None
         out = {"num-replies": accepted, "clients": clients, "train-loss": loss / accepted}
         if dense:
+            if self.dp is not None:  # noise on the sum of clipped uploads (fedcia_dp.py)
+                total = self.dp.privatize(total)
+                out.update(self.dp.round_metrics(server_round))
             self.downlink = {"gram": (total / weight).astype(np.float32)}
         else:
             factor, energy = total.top_factor(self.rank, 1.0 / weight)
@@ -179,6 +184,10 @@ class FedCIA(RecStrategy):
     def discard_round(self) -> None:
         """No alignment after a discarded round."""
         self.downlink = None
+
+    def after_rounds(self, grid: Grid, run: dict, out_dir: object = None) -> dict:
+        """Run fields added at the end: the DP accountant's summary (``dp``) if DP is on."""
+        return self.dp.summary(int(run.get("rounds", 0))) if self.dp is not None else {}
 
     def configure_align(self, server_round: int, grid: Grid) -> Iterable[Message]:
         """Send ``S_bar`` (or its factor) to every responsive client for alignment."""

@@ -17,6 +17,7 @@ from florec.strategies.base import RecStrategy
 from florec.strategies.dp import UserDP, check_dp
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA, LocalOnly
+from florec.strategies.fedcia_dp import SimilarityDP
 from florec.strategies.robust import RobustFedAvgRec, RobustFedCIA, check_robust
 from florec.strategies.server_opt import ServerOptimizer
 
@@ -114,8 +115,11 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
                             weighting=cfg.fedcia_weighting, fraction_train=cfg.fraction_train,
                             seed=cfg.seed), ArrayRecord()
     rank = cfg.fedcia_rank or 2 * cfg.dim
-    return FedCIA(n_items, cfg.fedcia_comm, rank, cfg.fedcia_weighting, cfg.fraction_train,
-                  cfg.seed), ArrayRecord()
+    strategy = FedCIA(n_items, cfg.fedcia_comm, rank, cfg.fedcia_weighting, cfg.fraction_train,
+                      cfg.seed)
+    if cfg.dp:  # user-level DP on the dense similarity sum (strategies/fedcia_dp.py)
+        strategy.dp = SimilarityDP.from_config(cfg, n_users)
+    return strategy, ArrayRecord()
 
 
 def attach_cohorts(strategy: RecStrategy, cfg: RunConfig, n_users: int,

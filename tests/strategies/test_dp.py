@@ -61,7 +61,8 @@ def test_dp_epsilon_calibrates_the_noise_multiplier_to_the_target():
     ({"aggregation": "dense"}, "weighting='uniform'"),
     ({"cohort-size": 5}, "Poisson"),
     ({"fraction-train": 0.5}, "Poisson"),
-    ({"algorithm": "fedcia"}, "fedavg"),
+    ({"algorithm": "local"}, "fedavg"),
+    ({"algorithm": "fedcia", "fedcia-comm": "factored"}, "dense"),
     ({"dp-epsilon": 1.0, "dp-noise-multiplier": 1.0}, "not both"),
 ])
 def test_settings_dp_cannot_account_for_are_refused_in_one_line(extra, word):
