@@ -8,6 +8,14 @@ step in dense mode, instead of autograd's three). In factored mode ``S_bar`` is 
 .. math:: M E = E G - A B,\quad G = E^\top E,\ B = A^\top E,\quad
           \lVert M\rVert_F^2 = \lVert G\rVert_F^2 - 2\lVert B\rVert_F^2
           + \lVert A^\top A\rVert_F^2
+
+Every step keeps ``E`` inside ``span(E_0) + span(A)`` (``E G`` lies in ``span(E)``, ``A B`` in
+``span(A)``, weight decay scales), a space of dimension at most ``r + d``. So factored alignment
+runs in the coordinates of an orthonormal basis ``[Q_A, P]`` of that space (``Q_A`` the left
+singular vectors of ``A``, ``P`` from a QR of ``E_0``'s residual): ``E = [Q_A, P] X`` with ``X``
+of size ``(r + d) x d`` and ``S_bar`` becomes ``diag(sigma^2)`` on the first ``r`` coordinates.
+The steps are the same in exact arithmetic, cost ``O((r + d) d^2)`` instead of
+``O(n d (d + r))``, and the clients of a node run as one batch.
 """
 
 from __future__ import annotations
@@ -88,14 +96,95 @@ def align_factored(embs: list[torch.Tensor], factor: torch.Tensor, steps: int, l
                    ) -> tuple[list[float], list[float]]:
     """The same steps as :func:`align_dense` with ``S_bar = A A^T``, never forming ``n x n``.
 
-    Scalars are computed in float64 and clamped at 0, since the expansion of the norm cancels
-    when ``M`` is small.
+    Runs in the ``(r + d)``-dimensional subspace that holds every iterate (module docstring;
+    ``Q_A`` the left singular vectors of ``A``, so ``S_bar`` is diagonal there), in the tables'
+    precision (the basis in float64), batched over the clients, and writes the tables back in
+    place. Where ``r + d >= n`` the subspace is no smaller than the space itself and the steps
+    run on the ``n x d`` tables. Scalars are computed in float64 and clamped at 0, since the
+    expansion of the norm cancels when ``M`` is small; a step is skipped below the same
+    threshold as in :func:`align_dense` for the tables' precision.
     """
-    factor = factor.to(embs[0].dtype)
     a64 = factor.double()
     s_norm_sq = float(((a64.T @ a64) ** 2).sum())
-    return _align(embs, lambda e: factor @ (factor.T @ e), s_norm_sq, steps, lr, weight_decay,
-                  squared)
+    n, rank = factor.shape
+    relative_zero = RELATIVE_ZERO if embs[0].dtype == torch.float64 else 1e-3
+    if rank + max(e.shape[1] for e in embs) >= n:
+        factor = factor.to(embs[0].dtype)
+        return _align(embs, lambda e: factor @ (factor.T @ e), s_norm_sq, steps, lr,
+                      weight_decay, squared)
+    q_a, sigma, _ = torch.linalg.svd(a64, full_matrices=False)
+    # S_bar in the coordinates of Q_A is diag(sigma^2): a step scales rows
+    scale = torch.zeros(rank + max(e.shape[1] for e in embs), 1, dtype=embs[0].dtype)
+    scale[:rank, 0] = sigma**2
+    coords, bases = to_subspace(embs, q_a)
+    coords = coords.to(embs[0].dtype)
+    first, last = align_batched(coords, lambda x: scale * x, s_norm_sq, steps, lr,
+                                weight_decay, squared, relative_zero)
+    for emb, x, p in zip(embs, coords.double(), bases, strict=True):
+        d = emb.shape[1]
+        emb.copy_((q_a @ x[:rank, :d] + p @ x[rank:rank + d, :d]).to(emb.dtype))
+    return first, last
+
+
+def to_subspace(embs: list[torch.Tensor], q_a: torch.Tensor
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Coordinates of each table in its basis ``[Q_A, P_k]``, zero-padded to one batch.
+
+    ``P_k`` (``n x d_k``) is an orthonormal basis of the part of ``E_k`` outside ``span(Q_A)``
+    (projected out twice: one Gram-Schmidt pass is not orthogonal to round-off). Returns the
+    ``k x (r + d_max) x d_max`` coordinates (padding rows and columns are zero and stay zero
+    under the steps) and the ``P_k``.
+    """
+    rank, widths = q_a.shape[1], [e.shape[1] for e in embs]
+    whole = torch.cat([e.double() for e in embs], dim=1)
+    inside = q_a.T @ whole
+    outside = whole - q_a @ inside
+    again = q_a.T @ outside
+    outside -= q_a @ again
+    inside += again
+    dmax = max(widths)
+    coords = torch.zeros(len(embs), rank + dmax, dmax, dtype=torch.float64)
+    bases, col = [], 0
+    for k, d in enumerate(widths):
+        p, r = torch.linalg.qr(outside[:, col:col + d])
+        coords[k, :rank, :d] = inside[:, col:col + d]
+        coords[k, rank:rank + d, :d] = r
+        bases.append(p)
+        col += d
+    return coords, bases
+
+
+def align_batched(xs: torch.Tensor, apply_s: Callable[[torch.Tensor], torch.Tensor],
+                  s_norm_sq: float, steps: int, lr: float, weight_decay: float, squared: bool,
+                  relative_zero: float = RELATIVE_ZERO) -> tuple[list[float], list[float]]:
+    """:func:`_align`'s steps on a ``k x m x d`` batch of tables, updated in place.
+
+    A client whose norm falls below the threshold stops for good, as in :func:`_align`; the
+    scalars (norms) are summed in float64 whatever the tables' precision.
+    """
+    k = xs.shape[0]
+    zero = TINY + relative_zero * s_norm_sq**0.5
+    active = torch.ones(k, dtype=torch.bool)
+    first = torch.full((k,), float("nan"), dtype=torch.float64)
+    last = first.clone()
+    for step in range(steps + 1):
+        gram = xs.transpose(1, 2) @ xs
+        se = apply_s(xs)
+        sq = gram.double().pow(2).sum((1, 2)) \
+            - 2 * (xs * se).sum((1, 2), dtype=torch.float64) + s_norm_sq
+        norm = sq.clamp(min=0.0).sqrt()
+        if step == 0:
+            first = norm.clone()
+        last = torch.where(active, norm, last)
+        active &= norm >= zero
+        if step == steps or not bool(active.any()):
+            break
+        me = xs @ gram - se
+        grad = 4 * me if squared else \
+            2 * me / norm.clamp(min=TINY).to(xs.dtype)[:, None, None]
+        xs -= torch.where(active[:, None, None], lr * (grad + weight_decay * xs),
+                          torch.zeros((), dtype=xs.dtype))
+    return first.tolist(), last.tolist()
 
 
 def haar_rotation(d: int, rng: np.random.Generator) -> np.ndarray:

@@ -82,3 +82,47 @@ def test_clients_aligned_together_equal_clients_aligned_alone():
         alone = e.clone()
         align_dense([alone], s_bar, 30, 0.05)
         torch.testing.assert_close(alone, t, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_factored_alignment_in_the_subspace_equals_the_full_space_steps(squared):
+    """r + d < n: the (r + d)-dimensional steps give the n-dimensional iterates."""
+    embs = tables(3)
+    factor, _ = top_factor(mean_gram(embs).numpy(), 5)  # r + d = 11 < n = 40
+    a = torch.from_numpy(factor)
+    lr = 0.001 if squared else 0.05
+    sub = [e.clone() for e in embs]
+    full = [e.clone() for e in embs]
+    first, last = align_factored(sub, a, 60, lr, 1e-4, squared)
+    first_full, last_full = align_dense(full, a @ a.T, 60, lr, 1e-4, squared)
+    for s, f in zip(sub, full, strict=True):
+        torch.testing.assert_close(s, f, atol=1e-10, rtol=0)
+    np.testing.assert_allclose(first, first_full, rtol=1e-10)
+    np.testing.assert_allclose(last, last_full, rtol=1e-8)  # the norm expansion cancels
+    assert last[0] < first[0]
+
+
+def test_subspace_alignment_handles_mixed_widths_and_float32_tables():
+    g = torch.Generator().manual_seed(3)
+    embs = [0.3 * torch.randn(N, d, generator=g) for d in (6, 3)]
+    s_bar = sum(e.double() @ e.double().T for e in embs) / 2
+    factor, _ = top_factor(s_bar.numpy(), 4)
+    a = torch.from_numpy(factor)
+    sub = [e.clone() for e in embs]
+    full = [e.double() for e in embs]
+    # few steps: near M = 0 the unsquared norm's fixed-size steps amplify float32 round-off
+    align_factored(sub, a.float(), 10, 0.05)
+    align_dense(full, a @ a.T, 10, 0.05)
+    assert all(s.dtype == torch.float32 for s in sub)
+    for s, f, e in zip(sub, full, embs, strict=True):
+        torch.testing.assert_close(s.double(), f, atol=1e-6, rtol=0)
+        assert float((s - e).abs().max()) > 1e-2  # the steps moved the table
+
+
+def test_subspace_alignment_skips_steps_where_the_norm_vanishes():
+    emb = tables(1)[0]
+    factor = emb.clone()  # S_bar = E E^T: the client is already aligned
+    moved = emb.clone()
+    (before,), (after,) = align_factored([moved], factor, 5, 0.1)
+    assert before < 1e-6 and before == after
+    torch.testing.assert_close(moved, emb, atol=1e-12, rtol=0)
