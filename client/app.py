@@ -165,3 +165,29 @@ def store(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(
         {"partition-id": pid, "bytes": nbytes, "groups": len(node_store.names()),
          "spilled": int(node_store.spilled)})}), reply_to=msg)
+
+
+def _agentcf(msg: Message, context: Context) -> Message:
+    """AgentCF(++) messages: memories in the node store (:mod:`florec.client.agentcf_node`)."""
+    from florec.client import agentcf_node
+
+    cfg = parse_run_config(context.run_config)
+    return Message(agentcf_node.flower_reply(msg, context, cfg), reply_to=msg)
+
+
+@app.train("agentcf")
+def agentcf_train(msg: Message, context: Context) -> Message:
+    """One AgentCF training step of the node's users (forward choice and reflections)."""
+    return _agentcf(msg, context)
+
+
+@app.evaluate("agentcf")
+def agentcf_evaluate(msg: Message, context: Context) -> Message:
+    """AgentCF ranking of the node's test rows; metric sums up."""
+    return _agentcf(msg, context)
+
+
+@app.query("agentcf")
+def agentcf_query(msg: Message, context: Context) -> Message:
+    """AgentCF's questions: the node's partition, the public item side, its users' tags."""
+    return _agentcf(msg, context)

@@ -102,6 +102,10 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     (see :mod:`florec.server.selection`); the entry's ``coverage`` says which users its
     ``metrics`` and ``valid_metrics`` cover.
     """
+    if cfg.model in ("agentcf", "agentcf++"):  # a step loop of its own, no arrays (issue 14)
+        from florec.strategies.agentcf_flower import run_agentcf_federation
+
+        return run_agentcf_federation(grid, cfg, Path(out_dir))
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     writer = ResultsWriter(out_dir)

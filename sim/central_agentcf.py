@@ -19,6 +19,7 @@ from florec.models.agentcf.baselines import run_baselines
 from florec.models.agentcf.data import DomainData
 from florec.models.agentcf.memory import ItemMemories, UserMemory
 from florec.models.agentcf.pipeline import (
+    agentcf_method_name,
     build_group_text,
     display_seed,
     evaluate,
@@ -34,19 +35,6 @@ from florec.models.agentcf.rank import random_mrr
 from florec.models.cotrec.pipeline import PhaseLog
 from florec.recdata.runconfig import RunConfig
 from florec.server.results import ResultsWriter, run_entry
-
-
-def agentcf_method_name(cfg: RunConfig) -> str:
-    """The method's name: ``agentcf`` or ``agentcf++`` plus its non-default choices.
-
-    Suffixes: ``-shared``, ``-nogroups``, ``-bh`` / ``-br``, ``-titles``.
-    """
-    name = cfg.model
-    if cfg.model == "agentcf++":
-        name += "-shared" if cfg.agentcf_memory == "shared" else ""
-        name += "-nogroups" if cfg.agentcf_groups == 0 else ""
-    name += "" if cfg.agentcf_strategy == "b" else f"-{cfg.agentcf_strategy}"
-    return name + ("-titles" if cfg.agentcf_rank == "titles" else "")
 
 
 def run_central_agentcf(cfg: RunConfig, out_dir: Path | None = None, *, llm: Any = None,
@@ -127,13 +115,15 @@ def run_federated_agentcf(cfg: RunConfig, n_nodes: int, out_dir: Path | None = N
     users' memories and answers their prompts with its own ``llm`` (here one shared object:
     the cache key does not depend on the node); the server
     (:class:`florec.strategies.agentcf.AgentCFServer`) keeps the item agents and the groups.
-    The messages are Flower ``RecordDict`` objects handed over in process (not yet a
-    ``flwr run`` app); ``on_message(direction, kind, msg)`` sees each of them.
+    The messages are Flower ``RecordDict`` objects handed over in process;
+    ``on_message(direction, kind, msg)`` sees each of them. The same protocol runs under
+    ``flwr run`` / ``florec sim --model agentcf`` (:mod:`florec.strategies.agentcf_flower`).
     """
     import numpy as np
 
     from florec.client.agentcf_node import AgentCFNode
     from florec.strategies.agentcf import AgentCFServer
+    from florec.strategies.agentcf_flower import federate
 
     t_start = time.perf_counter()
     writer = ResultsWriter(Path(out_dir)) if out_dir is not None else None
@@ -154,23 +144,9 @@ def run_federated_agentcf(cfg: RunConfig, n_nodes: int, out_dir: Path | None = N
                            kmeans_k=cfg.agentcf_kmeans_k,
                            n_groups=cfg.agentcf_groups if uses_groups(cfg) else 0,
                            seed=cfg.seed, on_message=on_message)
-    log = PhaseLog()
-    with log.phase("train", llm):
-        train_stats = server.train(nodes)
-    with log.phase("groups", llm):
-        groups = server.build_groups(nodes)
-    with log.phase("rank", llm):
-        metrics = server.evaluate(nodes)
-    run = run_entry(agentcf_method_name(cfg), "federated", cfg.dataset, "agentcf-time",
-                    cfg.seed, split_seed=cfg.split_seed)
-    run.update(metrics=metrics, random_mrr=random_mrr(data.candidates.shape[1]),
-               train=train_stats, nodes=len(nodes), bytes_up=server.bytes["up"],
-               bytes_down=server.bytes["down"],
-               data=data.meta | {"domains": data.domains, "users": len(data.users)},
-               groups={"sizes": [len(m) for m in groups.members], "names": groups.names}
-               if groups is not None else None,
-               phases=log.phases, llm=llm.stats.as_dict(),
-               wall_s=time.perf_counter() - t_start)
+    run = federate(server, nodes, cfg,
+                   data.meta | {"domains": data.domains, "users": len(data.users)})
+    run["wall_s"] = time.perf_counter() - t_start
     if writer is not None:
         writer.write_results(config, [run])
     return run

@@ -58,37 +58,54 @@ class AgentCFServer:
         self.encoder, self.kmeans_k, self.n_groups, self.seed = encoder, kmeans_k, n_groups, seed
         self.on_message = on_message
         self.bytes = {"up": 0, "down": 0, "item_text_up": 0}
+        #: LLM statistics the nodes reported, per message kind (calls, cache hits, tokens, s)
+        self.llm: dict[str, dict[str, float]] = {}
         self.groups: Groups | None = None
         self.group_texts: list[dict[int, str]] = []
         self.members: list[list[tuple[int, int]]] = []  # per group: (node, pseudonym)
 
-    def _send(self, node, index: int, kind: str, msg: RecordDict) -> RecordDict:
-        self.bytes["down"] += nbytes(msg)
-        if self.on_message:
-            self.on_message("down", kind, msg)
-        reply = node.handle(kind, msg)
-        self.bytes["up"] += nbytes(reply)
-        if self.on_message:
-            self.on_message("up", kind, reply)
-        return reply
+    def _exchange(self, nodes, kind: str, msgs: dict[int, RecordDict]) -> dict[int, RecordDict]:
+        """Send ``msgs[k]`` to node ``k`` and return each node's reply (counted and logged).
+
+        ``nodes`` is a sequence of objects with ``handle(kind, RecordDict)`` (answered one by
+        one, in this process) or has ``exchange(kind, msgs)`` (all sent at once, e.g. through a
+        Flower grid: :class:`florec.strategies.agentcf_flower.GridNodes`).
+        """
+        for k in sorted(msgs):
+            self.bytes["down"] += nbytes(msgs[k])
+            if self.on_message:
+                self.on_message("down", kind, msgs[k])
+        if hasattr(nodes, "exchange"):
+            replies = nodes.exchange(kind, msgs)
+        else:
+            replies = {k: nodes[k].handle(kind, msgs[k]) for k in sorted(msgs)}
+        for k in sorted(replies):
+            self.bytes["up"] += nbytes(replies[k])
+            if self.on_message:
+                self.on_message("up", kind, replies[k])
+            for key, value in replies[k][RECORD].items():
+                if key.startswith("llm/"):
+                    row = self.llm.setdefault(kind, {})
+                    row[key[4:]] = row.get(key[4:], 0) + float(value)
+        return replies
 
     def train(self, nodes: Sequence) -> dict[str, float]:
         """Step rounds until every node is done; returns decision counts and bytes."""
-        seen_version = [dict() for _ in nodes]  # item -> text each node holds
+        seen_version = [dict() for _ in range(len(nodes))]  # item -> text each node holds
         done = [False] * len(nodes)
         step = decisions = correct = 0
         while not all(done):
-            replies = []
-            for k, node in enumerate(nodes):
+            msgs = {}
+            for k in range(len(nodes)):
                 if done[k]:
                     continue
                 changed = {i: t for i, t in self.items.learned.items()
                            if seen_version[k].get(i) != t}
                 seen_version[k].update(changed)
-                reply = self._send(node, k, "train", message(
-                    step=step, items=list(changed), texts=list(changed.values())))
-                replies.append((k, reply[RECORD]))
-            for k, rec in replies:  # applied after the round: every node saw the same items
+                msgs[k] = message(step=step, items=list(changed), texts=list(changed.values()))
+            replies = self._exchange(nodes, "train", msgs)
+            for k in sorted(replies):  # applied after the round, in node order
+                rec = replies[k][RECORD]
                 for item, text in zip(rec["items"], rec["texts"], strict=True):
                     self.items.update(int(item), str(text))
                     self.bytes["item_text_up"] += len(str(text).encode())
@@ -106,8 +123,10 @@ class AgentCFServer:
             return None
         tags: dict[tuple[int, int], list[str]] = {}
         recent: dict[tuple[int, int], list[tuple[int, float]]] = {}
-        for k, node in enumerate(nodes):
-            rec = self._send(node, k, "tags", message(request="tags"))[RECORD]
+        replies = self._exchange(nodes, "tags",
+                                 {k: message(request="tags") for k in range(len(nodes))})
+        for k in sorted(replies):
+            rec = replies[k][RECORD]
             for p, tag in zip(rec["tag_user"], rec["tags"], strict=True):
                 tags.setdefault((k, int(p)), []).append(str(tag))
             for p, item, t in zip(rec["recent_user"], rec["recent_item"], rec["recent_time"],
@@ -126,7 +145,8 @@ class AgentCFServer:
     def evaluate(self, nodes: Sequence) -> dict[str, float]:
         """Pooled MRR and NDCG@K over every node's test rows."""
         sums: dict[str, float] = {}
-        for k, node in enumerate(nodes):
+        msgs = {}
+        for k in range(len(nodes)):
             values: dict[str, Any] = {"request": "evaluate"}
             if self.groups is not None:
                 ids, domains, texts = [], [], []
@@ -140,9 +160,11 @@ class AgentCFServer:
                            "group_domains": domains, "group_texts": texts,
                            "member_groups": [g for g, _ in mine],
                            "member_users": [p for _, p in mine]}
-            rec = self._send(node, k, "evaluate", message(**values))[RECORD]
-            for key, value in rec.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+            msgs[k] = message(**values)
+        for reply in self._exchange(nodes, "evaluate", msgs).values():
+            for key, value in reply[RECORD].items():
+                if not key.startswith("llm/"):
+                    sums[key] = sums.get(key, 0.0) + float(value)
         n = sums.get("n", 0.0)
         out = {"mrr": sums.get("mrr_sum", 0.0) / n if n else float("nan")}
         for k in K_LIST:

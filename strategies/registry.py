@@ -22,7 +22,8 @@ from florec.strategies.robust import RobustFedAvgRec, RobustFedCIA, check_robust
 from florec.strategies.server_opt import ServerOptimizer
 
 #: algorithm -> models its client trainer supports (``gfcf`` only one-shot, under FedCIA)
-SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec", "cotrec", "llkd", "llmd4rec"),
+SUPPORTED = {"fedavg": ("mf", "sasrec", "gru4rec", "cotrec", "llkd", "llmd4rec", "agentcf",
+                        "agentcf++"),
              "fedcia": ("mf", "lightgcn", "mlp", "gfcf"),
              "local": ("mf", "lightgcn", "mlp", "gfcf")}
 
@@ -69,6 +70,9 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
     called) come from the nodes: the server opens no data (:mod:`florec.server.federation`).
     """
     check_algorithm(cfg)
+    if cfg.model in ("agentcf", "agentcf++"):
+        raise ConfigError("AgentCF has no round strategy: the ServerApp runs its step loop "
+                          "(florec.strategies.agentcf_flower.run_agentcf_federation)")
     if cfg.model == "llkd":
         from florec.strategies.llkd import build_llkd_strategy
 

@@ -42,6 +42,19 @@ def uses_groups(cfg: RunConfig) -> bool:
     return cfg.model == "agentcf++" and cfg.agentcf_groups > 0
 
 
+def agentcf_method_name(cfg: RunConfig) -> str:
+    """The method's name: ``agentcf`` or ``agentcf++`` plus its non-default choices.
+
+    Suffixes: ``-shared``, ``-nogroups``, ``-bh`` / ``-br``, ``-titles``.
+    """
+    name = cfg.model
+    if cfg.model == "agentcf++":
+        name += "-shared" if cfg.agentcf_memory == "shared" else ""
+        name += "-nogroups" if cfg.agentcf_groups == 0 else ""
+    name += "" if cfg.agentcf_strategy == "b" else f"-{cfg.agentcf_strategy}"
+    return name + ("-titles" if cfg.agentcf_rank == "titles" else "")
+
+
 def load_domain_data(cfg: RunConfig) -> DomainData:
     """The run's dataset as domains, sampled users, split and candidates.
 

@@ -1,0 +1,93 @@
+"""AgentCF(++) through the Flower ServerApp and ClientApp: memories in the node store only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flwr.app import MessageType
+
+from florec.client.agentcf_node import STORE_KEY
+from florec.client.app import (
+    agentcf_evaluate,
+    agentcf_query,
+    agentcf_train,
+    evaluate,
+    partition,
+    train,
+)
+from florec.client.node_store import open_store
+from florec.models.agentcf.memory import UserMemory
+from florec.models.agentcf.pipeline import load_domain_data, make_agent_llm
+from florec.models.llm.encoder import SentenceEncoder
+from florec.models.llm.placement import leaked_texts
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import parse_run_config
+from florec.server.app import run_federated
+from florec.sim.central_agentcf import run_federated_agentcf
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.registry import build_strategy
+
+HANDLERS = {MessageType.TRAIN: train, MessageType.EVALUATE: evaluate,
+            "train.agentcf": agentcf_train, "evaluate.agentcf": agentcf_evaluate,
+            "query.agentcf": agentcf_query, "query.partition": partition}
+
+
+def _flower_run(tmp_path, cfg):
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, handlers=HANDLERS)
+    run = run_federated(grid, cfg, tmp_path / "out")
+    for msg in grid.received:
+        assert not msg.has_error(), msg.error.reason
+    return grid, run
+
+
+def _private_texts(grid, cfg) -> list[str]:
+    """Every memory text the nodes' stores hold at the end of the run."""
+    texts = []
+    for ctx in grid.contexts.values():
+        arrays = open_store(ctx, cfg.store_spill_mb).get(STORE_KEY)
+        for mem in json.loads(str(arrays["memories"][0])).values():
+            texts += UserMemory.from_dict(mem).texts()
+    return texts
+
+
+def test_flower_run_equals_the_in_process_run_with_the_scripted_llm(tmp_path):
+    cfg = parse_run_config({"model": "agentcf++", "dataset": "synthetic", "agentcf-users": 24,
+                            "llm-backend": "scripted", "llm-cache": False, "encoder": "tiny",
+                            "agentcf-kmeans-k": 6, "agentcf-synthetic-trend": 0.6,
+                            "num-nodes": 3, "out-dir": str(tmp_path / "out")})
+    grid, flower = _flower_run(tmp_path, cfg)
+    local = run_federated_agentcf(cfg, 3, llm=make_agent_llm(cfg),
+                                  encoder=SentenceEncoder("tiny"), data=load_domain_data(cfg))
+    for key in ("mrr", "ndcg@1", "ndcg@5", "ndcg@10", "n"):
+        assert flower["metrics"][key] == pytest.approx(local["metrics"][key], abs=1e-12)
+    assert flower["train"] == local["train"] and flower["groups"] == local["groups"]
+    assert flower["llm"]["llm_calls"] == local["llm"]["llm_calls"] > 0
+    assert flower["nodes"] == 3 and flower["setting"] == "federated"
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
+    assert saved["metrics"]["mrr"] == pytest.approx(flower["metrics"]["mrr"])
+    assert grid.pushed["evaluate.agentcf"] == 3  # one ranking message per node
+    assert 3 <= flower["train"]["steps"] <= grid.pushed["train.agentcf"]
+    assert len(_private_texts(grid, cfg)) >= 24
+
+
+def test_agentcf_has_no_round_strategy():
+    cfg = parse_run_config({"model": "agentcf", "dataset": "synthetic"})
+    with pytest.raises(ConfigError, match="step loop"):
+        build_strategy(cfg, 10)
+
+
+@pytest.mark.slow
+def test_no_flower_message_of_a_tiny_llm_run_carries_a_user_memory(tmp_path):
+    cfg = parse_run_config({"model": "agentcf++", "dataset": "synthetic", "agentcf-users": 4,
+                            "agentcf-train-max": 2, "agentcf-max-tokens": 12,
+                            "agentcf-kmeans-k": 4, "llm-backend": "tiny", "llm-cache": False,
+                            "encoder": "tiny", "num-nodes": 2,
+                            "out-dir": str(tmp_path / "out")})
+    grid, run = _flower_run(tmp_path, cfg)
+    private = _private_texts(grid, cfg)
+    assert len(private) >= 4
+    payloads = [{k: v for rec in m.content.config_records.values() for k, v in rec.items()}
+                for m in grid.sent + grid.received]
+    assert leaked_texts(payloads, private, min_chars=12) == []
+    assert run["train"]["item_update_bytes"] > 0 and run["metrics"]["n"] > 0
