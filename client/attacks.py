@@ -13,10 +13,14 @@ Under FedCIA the logical clients are groups of users with one private model: the
 ones are drawn the same way among the clients, and a malicious client uploads the similarity
 of a poisoned item table (:func:`poison_similarity`).
 
-What an attacker knows (:class:`AttackKnowledge`): the target items, the public item
-popularity (training counts; bandwagon and PipAttack use it) and, for FedRecAttack, a seeded
-``attack-public`` share of the training interactions. In a simulation these come from the split
-every node rebuilds; a deployment would publish them.
+What an attacker knows (:class:`AttackKnowledge`): its own users (its shard), the round's
+global item table, and what the attack model declares public: the item popularity (training
+counts; the ``unpopular:N`` targets, bandwagon and PipAttack use it) and, for FedRecAttack, a
+seeded ``attack-public`` share of the users' training interactions. No node reads the split:
+the strategy gathers that public knowledge from the nodes' shards in its setup stages
+(:mod:`florec.protocol.public_knowledge`) and every node keeps the published copy in its
+``Context.state`` (:func:`store_published`, :func:`node_knowledge`). The exposure metric needs
+only the targets (from the popularity) and the node's own users' rows.
 """
 
 from __future__ import annotations
@@ -28,18 +32,29 @@ from logging import INFO
 
 import numpy as np
 import scipy.sparse as sp
+from flwr.app import Context, Message, RecordDict
 from flwr.common.logger import log
 
 from florec.client.trainers.bpr_embedding import LocalConfig, LocalResult
 from florec.client.trainers.bucket import Bucket
 from florec.models.exposure import parse_targets
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.public_knowledge import (
+    SETUP,
+    STATE_KEY,
+    needs_knowledge,
+    node_report,
+    public_pairs,
+)
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream
 from florec.recdata.splits import Split
 
-__all__ = ["AttackKnowledge", "apply_attack", "benign_rows", "knowledge_from_split",
-           "malicious_users", "node_knowledge", "poison_similarity"]
+__all__ = ["AttackKnowledge", "apply_attack", "benign_rows", "knowledge_from_public",
+           "knowledge_from_split", "knowledge_setup", "malicious_users", "needs_knowledge",
+           "node_knowledge", "poison_similarity"]
+
 
 
 def malicious_users(cfg: RunConfig, n_users: int) -> np.ndarray:
@@ -81,31 +96,60 @@ class AttackKnowledge:
     malicious_clients: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
-def knowledge_from_split(cfg: RunConfig, split: Split) -> AttackKnowledge:
-    """Attack knowledge of a run from its split (every node computes the same)."""
-    train = split.matrix("train")
-    popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.int64)
+def knowledge_from_public(cfg: RunConfig, n_users: int, popularity: np.ndarray,
+                          public_user: np.ndarray, public_item: np.ndarray) -> AttackKnowledge:
+    """Attack knowledge of a run from its public facts (every node computes the same).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        ``attack``, ``attack-fraction``, ``attack-targets`` and the partition (FedCIA).
+    n_users : int
+        Users of the whole split (malicious ids are drawn among them).
+    popularity : np.ndarray
+        Training interactions per item.
+    public_user, public_item : np.ndarray
+        The public interactions (:func:`florec.protocol.public_knowledge.public_pairs`).
+
+    Raises
+    ------
+    ConfigError
+        A promotion attack without ``attack-targets``.
+
+    """
+    popularity = np.asarray(popularity, dtype=np.int64)
     targets = parse_targets(cfg.attack_targets, popularity, cfg.seed, Salt.ATTACK_TARGETS) \
         if cfg.attack_targets else np.zeros(0, np.int64)
     if cfg.attack in ("random", "bandwagon", "pipattack", "fedrecattack", "a-ra", "a-hum") \
             and cfg.attack_fraction > 0 and len(targets) == 0:
         raise ConfigError(f"attack '{cfg.attack}' promotes target items; set attack-targets, "
                           "e.g. -c \"attack-targets='unpopular:5'\"")
-    coo = train.tocoo()
-    keep = stream(cfg.seed, Salt.ATTACK_TARGETS, 1).random(coo.nnz) < cfg.attack_public
-    public = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (coo.row[keep], coo.col[keep])),
-                           shape=train.shape)
+    public = sp.csr_matrix((np.ones(len(public_user), np.float32),
+                            (np.asarray(public_user, np.int64), np.asarray(public_item, np.int64))),
+                           shape=(n_users, len(popularity)))
     if cfg.algorithm != "fedcia":
-        return AttackKnowledge(malicious_users(cfg, split.n_users), targets, popularity, public)
+        return AttackKnowledge(malicious_users(cfg, n_users), targets, popularity, public)
     from florec.recdata.partition import node_clients
 
-    clients = [c for node in node_clients(split.n_users, num_nodes=cfg.num_nodes,
+    clients = [c for node in node_clients(n_users, num_nodes=cfg.num_nodes,
                                           users_per_node=cfg.users_per_node,
                                           clients_per_node=cfg.clients_per_node,
                                           mode=cfg.partition, seed=cfg.split_seed) for c in node]
     bad = malicious_users(cfg, len(clients))  # FedCIA: the logical clients are user groups
     users = np.sort(np.concatenate([clients[i] for i in bad] + [np.zeros(0, np.int64)]))
     return AttackKnowledge(users.astype(np.int64), targets, popularity, public, bad)
+
+
+def knowledge_from_split(cfg: RunConfig, split: Split) -> AttackKnowledge:
+    """The :class:`AttackKnowledge` the nodes' setup publishes, computed from a whole split.
+
+    For the bench's logs and tests: equal to what :func:`node_knowledge` returns on every node
+    of a federated run over ``split`` (whatever the partition).
+    """
+    train = split.matrix("train")
+    pu, pi = public_pairs(cfg.seed, cfg.attack_public, np.arange(split.n_users), train)
+    return knowledge_from_public(cfg, split.n_users, np.asarray(train.sum(axis=0)).ravel(),
+                                 pu, pi)
 
 
 def poison_similarity(cfg: RunConfig, know: AttackKnowledge | None, client: int,
@@ -127,20 +171,65 @@ def poison_similarity(cfg: RunConfig, know: AttackKnowledge | None, client: int,
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_knowledge(config_json: str, data_dir: str) -> AttackKnowledge:
-    from florec.recdata.store import get_split
-
+def _cached_knowledge(config_json: str, n_users: int, popularity: bytes, public_user: bytes,
+                      public_item: bytes) -> AttackKnowledge:
     cfg = RunConfig.model_validate(json.loads(config_json))
-    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, data_dir or cfg.data_dir,
-                         cfg.min_rating, cfg.synthetic_params())
-    return knowledge_from_split(cfg, split)
+    return knowledge_from_public(cfg, n_users, np.frombuffer(popularity, np.int64),
+                                 np.frombuffer(public_user, np.int64),
+                                 np.frombuffer(public_item, np.int64))
 
 
-def node_knowledge(cfg: RunConfig, data_dir: str = "") -> AttackKnowledge | None:
-    """The run's :class:`AttackKnowledge` (cached per process), or None without attack/targets."""
-    if (cfg.attack == "none" or cfg.attack_fraction == 0) and not cfg.attack_targets:
+def knowledge_setup(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket
+                    ) -> RecordDict:
+    """A node's answer to the ``attack-knowledge`` setup stages.
+
+    ``stage=report``: the node's public facts from its own shard
+    (:func:`florec.protocol.public_knowledge.node_report`); ``stage=publish``: keep the
+    server's combined knowledge in the node's ``Context.state`` for the run (empty reply).
+
+    Raises
+    ------
+    RuntimeError
+        An unknown stage.
+
+    """
+    stage = msg.content.config_records["config"].get("stage")
+    if stage == "report":
+        report = node_report(cfg.seed, cfg.attack_public, bucket.users, bucket.train.tocsr())
+        return RecordDict({"arrays": to_record(report)})
+    if stage == "publish":
+        context.state[STATE_KEY] = msg.content.array_records["arrays"]
+        return RecordDict()
+    raise RuntimeError(f"unknown {SETUP} stage {stage!r}")
+
+
+def store_published(context: Context, published: dict[str, np.ndarray]) -> None:
+    """Keep published knowledge in a node's state (what ``stage=publish`` does; for tests)."""
+    context.state[STATE_KEY] = to_record(published)
+
+
+def node_knowledge(cfg: RunConfig, context: Context) -> AttackKnowledge | None:
+    """The run's :class:`AttackKnowledge` from the knowledge published to this node.
+
+    None without an attack or targets. Cached per process (many simulated nodes share one).
+
+    Raises
+    ------
+    RuntimeError
+        The run needs the knowledge but the strategy's setup never published it here.
+
+    """
+    if not needs_knowledge(cfg):
         return None
-    return _cached_knowledge(json.dumps(cfg.to_flower(), sort_keys=True), data_dir)
+    record = context.state.array_records.get(STATE_KEY)
+    if record is None:
+        raise RuntimeError(f"this node has no published attack knowledge; the strategy must run "
+                           f"its '{SETUP}' setup stages (strategies.robust.PublicKnowledge)")
+    pub: dict[str, np.ndarray] = {k: np.ascontiguousarray(v, dtype=np.int64)
+                                  for k, v in from_record(record).items()}
+    return _cached_knowledge(json.dumps(cfg.to_flower(), sort_keys=True),
+                             int(pub["num_users"][0]), pub["popularity"].tobytes(),
+                             pub["public_user"].tobytes(), pub["public_item"].tobytes())
 
 
 def benign_rows(bucket: Bucket, know: AttackKnowledge | None) -> np.ndarray:

@@ -100,7 +100,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
                        server_round, device, item_pop=glob.get("item_pop"),
                        n_users=int(glob["n_users"][0]) if "n_users" in glob else None,
                        user_opt_state=user_opt_state(saved, None if whole else rows))
-    res = apply_attack(cfg, node_knowledge(cfg, str(context.node_config.get("data-dir", ""))),
+    res = apply_attack(cfg, node_knowledge(cfg, context),
                        sub, res, glob, server_round, pid)  # malicious users (issue 18)
     private = {"user_emb": _merge(user_emb, res.user_emb, rows, whole)}
     if cfg.keep_user_opt_state and res.user_opt_state is not None:
@@ -148,7 +148,7 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
     glob = from_record(msg.content.array_records["arrays"])
     model = MF.from_arrays(private_user_emb(context, cfg, bucket), glob["item_emb"],
                            glob["item_bias"]).to(device)
-    know = node_knowledge(cfg, str(context.node_config.get("data-dir", "")))  # issue 18
+    know = node_knowledge(cfg, context)  # issue 18
     sums = bucket_metric_sums(model.score, bucket, cfg, pid, device, item_pop=glob.get("item_pop"),
                               know=know)
     return RecordDict({"metrics": MetricRecord(sums)})

@@ -91,7 +91,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     clients = bucket.clients()
     store = open_store(context, cfg.store_spill_mb)
     losses, uploads, weights = [], [], []
-    know = node_knowledge(cfg, str(context.node_config.get("data-dir", "")))
+    know = node_knowledge(cfg, context)
     for local, client in enumerate(clients):
         index = _client_index(cfg, pid, local)
         rng = stream(cfg.seed, Salt.PRIVATE_ROUND, rnd, index)
@@ -169,8 +169,7 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
             model, _ = _load(store, context, cfg, client, _client_index(cfg, pid, local))
             model.eval()
             part = bucket_metric_sums(model.to(device).score, client, cfg, pid, device,
-                                      know=node_knowledge(cfg, str(context.node_config.get(
-                                          "data-dir", ""))))  # issue 18
+                                      know=node_knowledge(cfg, context))  # issue 18
         part.pop("partition-id")
         sums = add_sums(sums, part)
     return RecordDict({"metrics": MetricRecord(sums | {"partition-id": pid})})

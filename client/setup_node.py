@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from florec.client.attacks import knowledge_setup
 from florec.client.trainers.bucket import Bucket
 from florec.protocol.codec import from_record, to_record
+from florec.protocol.public_knowledge import SETUP as KNOWLEDGE_SETUP
 from florec.protocol.secure_sum import attempt_info, masked_upload, new_keypair
 from florec.recdata.runconfig import RunConfig
 
@@ -67,6 +69,8 @@ def setup(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
 
     """
     config = msg.content.config_records["config"]
+    if config.get("setup") == KNOWLEDGE_SETUP:  # the attacks' public knowledge (issue 18)
+        return knowledge_setup(msg, context, cfg, bucket)
     if config.get("setup") != "secure-sum":
         raise RuntimeError(f"unknown setup {config.get('setup')!r}")
     if config["stage"] == "keys":

@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord
 from florec.models.mf import MF
 from florec.models.registry import SEQUENTIAL_MODELS
 from florec.protocol.codec import to_record
+from florec.protocol.public_knowledge import needs_knowledge
 from florec.recdata.cohort import is_partial
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
@@ -99,9 +100,10 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
         init = MF(0, n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
         server_opt = ServerOptimizer(cfg.server_opt, cfg.server_lr, cfg.server_momentum,
                                      cfg.server_beta1, cfg.server_beta2, cfg.server_tau)
-        if cfg.defense != "none":  # robust aggregation (issue 18)
+        if cfg.defense != "none" or needs_knowledge(cfg):  # attacks, robust aggregation (#18)
             return RobustFedAvgRec(cfg.defense, cfg.defense_norm, cfg.defense_trim,
                                    cfg.defense_malicious, cfg.defense_select,
+                                   knowledge=needs_knowledge(cfg),
                                    mode=cfg.aggregation, fraction_train=cfg.fraction_train,
                                    seed=cfg.seed, server_opt=server_opt), \
                 to_record(init.shared_state())
@@ -114,11 +116,12 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
 
         return FederatedGFCF(n_items, cfg.gfcf_mode, cfg.gfcf_s, cfg.gfcf_wp, cfg.seed), \
             ArrayRecord()
-    if cfg.defense != "none":  # a robust mean of similarity matrices (issue 18)
-        return RobustFedCIA(cfg.defense, cfg.defense_trim, n_items=n_items,
+    rank = cfg.fedcia_rank or 2 * cfg.dim
+    if cfg.defense != "none" or needs_knowledge(cfg):  # robust similarity mean, attacks (#18)
+        return RobustFedCIA(cfg.defense, cfg.defense_trim, knowledge=needs_knowledge(cfg),
+                            n_items=n_items, comm=cfg.fedcia_comm, rank=rank,
                             weighting=cfg.fedcia_weighting, fraction_train=cfg.fraction_train,
                             seed=cfg.seed), ArrayRecord()
-    rank = cfg.fedcia_rank or 2 * cfg.dim
     strategy = FedCIA(n_items, cfg.fedcia_comm, rank, cfg.fedcia_weighting, cfg.fraction_train,
                       cfg.seed)
     if cfg.dp:  # user-level DP on the dense similarity sum (strategies/fedcia_dp.py)

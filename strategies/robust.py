@@ -50,6 +50,7 @@ from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA
 from florec.strategies.payload import check_reply, record_nbytes
+from florec.strategies.public_knowledge import PublicKnowledge
 
 __all__ = ["NODE_DEFENSES", "RobustFedAvgRec", "RobustFedCIA", "check_robust", "krum_select",
            "norm_bound", "row_aggregate"]
@@ -146,27 +147,31 @@ def krum_select(vectors: list[np.ndarray], num_malicious: int, num_select: int) 
     return sorted(index[id(c)] for c in chosen)
 
 
-class RobustFedAvgRec(FedAvgRec):
-    """:class:`FedAvgRec` with a defense (see the module docstring).
+class RobustFedAvgRec(PublicKnowledge, FedAvgRec):
+    """:class:`FedAvgRec` with a defense (see the module docstring) and the attack setup.
 
     Parameters
     ----------
     defense : str
-        One of ``norm-bound``, ``median``, ``trimmed-mean``, ``krum``, ``multi-krum``.
+        One of ``none``, ``norm-bound``, ``median``, ``trimmed-mean``, ``krum``, ``multi-krum``.
     norm : float
         ``defense-norm``.
     trim : float
         ``defense-trim``.
     num_malicious, num_select : int
         ``defense-malicious`` and ``defense-select`` (Krum / Multi-Krum).
+    knowledge : bool
+        Run the ``attack-knowledge`` setup (:class:`PublicKnowledge`) before round 1.
     **kwargs
         Passed to :class:`FedAvgRec`.
 
     """
 
     def __init__(self, defense: str, norm: float = 1.0, trim: float = 0.1,
-                 num_malicious: int = 0, num_select: int = 0, **kwargs: object) -> None:
+                 num_malicious: int = 0, num_select: int = 0, knowledge: bool = False,
+                 **kwargs: object) -> None:
         super().__init__(**kwargs)
+        self.knowledge = knowledge
         self.defense, self.norm, self.trim = defense, norm, trim
         self.num_malicious, self.num_select = num_malicious, num_select
 
@@ -269,7 +274,7 @@ class RobustFedAvgRec(FedAvgRec):
         return to_record(new), out
 
 
-class RobustFedCIA(FedCIA):
+class RobustFedCIA(PublicKnowledge, FedCIA):
     r"""FedCIA with a robust mean of the nodes' similarity matrices (dense communication).
 
     Each node uploads ``sum_k w_k S_k`` over its clients and their weight ``W``; the server
@@ -281,22 +286,28 @@ class RobustFedCIA(FedCIA):
 
     Parameters
     ----------
-    defense : {"median", "trimmed-mean"}
-        The statistic.
+    defense : {"none", "median", "trimmed-mean"}
+        The statistic (``none``: FedCIA's weighted mean).
     trim : float
         ``defense-trim``.
+    knowledge : bool
+        Run the ``attack-knowledge`` setup (:class:`PublicKnowledge`) before round 1.
     **kwargs
         Passed to :class:`florec.strategies.fedcia.FedCIA`.
 
     """
 
-    def __init__(self, defense: str, trim: float = 0.1, **kwargs: object) -> None:
+    def __init__(self, defense: str, trim: float = 0.1, knowledge: bool = False,
+                 **kwargs: object) -> None:
         super().__init__(**kwargs)
+        self.knowledge = knowledge
         self.defense, self.trim = defense, trim
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The robust mean of the nodes' mean similarities becomes the downlink."""
+        if self.defense == "none":
+            return super().aggregate_train(server_round, replies)
         grams, loss, clients = [], 0.0, 0
         for msg in replies:
             problem = check_reply(msg, {"gram": (self.n, self.n)})

@@ -140,7 +140,9 @@ def node_reply(split, cfg):
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
     from florec.client import fedavg_node
+    from florec.client.attacks import store_published
     from florec.protocol.codec import from_record, to_record
+    from florec.protocol.public_knowledge import node_report
 
     init = MF(0, split.n_items, dim=cfg.dim, seed=0)
     msg = Message(RecordDict({"arrays": to_record(init.shared_state()),
@@ -149,19 +151,14 @@ def node_reply(split, cfg):
     ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(),
                   run_config={})
     bucket = Bucket.from_split(split, np.arange(split.n_users))
+    store_published(ctx, node_report(cfg.seed, cfg.attack_public, bucket.users, bucket.train))
     out = fedavg_node.train(msg, ctx, cfg, bucket, 0, "cpu")
     node_store.clear_cache()
     return from_record(out.array_records["arrays"])
 
 
-def test_fraction_zero_uploads_exactly_what_the_clean_node_uploads(split, monkeypatch):
-    from florec.client import attacks
-
+def test_fraction_zero_uploads_exactly_what_the_clean_node_uploads(split):
     base = {"dim": 8, "aggregation": "sparse", "attack-targets": "unpopular:3"}
-    know = {}
-    monkeypatch.setattr(attacks, "_cached_knowledge",
-                        lambda js, d: know.setdefault(js, knowledge_from_split(
-                            parse_run_config(json.loads(js)), split)))
     clean = node_reply(split, parse_run_config(base))
     zero = node_reply(split, parse_run_config(base | {"attack": "a-hum", "attack-fraction": 0}))
     bad = node_reply(split, parse_run_config(base | {"attack": "a-hum", "attack-fraction": 0.1}))

@@ -1,0 +1,83 @@
+"""Attacks and exposure on sharded nodes: public knowledge gathered from shards, nothing else."""
+
+import numpy as np
+import pytest
+
+from florec.client import node_store
+from florec.client.attacks import knowledge_from_public, knowledge_from_split
+from florec.protocol.public_knowledge import combine_reports, node_report
+from florec.recdata import shard_files
+from florec.recdata.runconfig import parse_run_config
+from florec.recdata.shard import NO_DATA_ENV, shards_in_memory
+from florec.recdata.shard_files import write_shards
+from florec.recdata.store import get_split
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
+
+SMALL = {"dataset": "synthetic", "synthetic-users": 60, "synthetic-items": 80,
+         "synthetic-interactions": 12, "dim": 8, "num-nodes": 4, "num-rounds": 2,
+         "aggregation": "sparse", "attack-targets": "unpopular:3", "attack-public": 0.3}
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    node_store.clear_cache()
+    yield
+    node_store.clear_cache()
+
+
+def test_public_knowledge_combined_from_shards_equals_the_whole_split_s():
+    cfg = parse_run_config(SMALL | {"attack": "fedrecattack", "attack-fraction": 0.1})
+    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, None, cfg.min_rating,
+                         cfg.synthetic_params())
+    buckets, cut = shards_in_memory(cfg)
+    reports = []
+    for pid in reversed(range(len(buckets))):  # reply order must not matter
+        shard = cut(pid)
+        train = shard.split.matrix("train")[shard.users]
+        reports.append(node_report(cfg.seed, cfg.attack_public, shard.users, train))
+    pub = combine_reports(reports)
+    got = knowledge_from_public(cfg, int(pub["num_users"][0]), pub["popularity"],
+                                pub["public_user"], pub["public_item"])
+    want = knowledge_from_split(cfg, split)
+    np.testing.assert_array_equal(got.popularity, want.popularity)
+    np.testing.assert_array_equal(got.targets, want.targets)
+    np.testing.assert_array_equal(got.malicious, want.malicious)
+    assert (got.public != want.public).nnz == 0
+    share = want.public.nnz / split.matrix("train").nnz
+    assert 0.15 < share < 0.45  # about attack-public = 0.3 of the training interactions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    {"attack": "fedrecattack", "attack-fraction": 0.1, "attack-lr": 1.0,
+     "defense": "trimmed-mean"},
+    {"algorithm": "fedcia", "aggregation": "dense", "attack": "pipattack",
+     "attack-fraction": 0.25, "attack-lr": 30.0},
+], ids=["fedavg-fedrecattack", "fedcia-pipattack"])
+def test_a_sharded_attacked_run_equals_the_in_memory_run(tmp_path, monkeypatch, extra):
+    cfg = parse_run_config(SMALL | extra)
+    n = len(shards_in_memory(cfg)[0])
+    ref = run_federated(LocalGrid(cfg.to_flower(), n), cfg, tmp_path / "ref")
+    node_store.clear_cache()
+    folders = write_shards(cfg, tmp_path / "shards")
+    grid = LocalGrid(cfg.to_flower(), len(folders))
+    for ctx in grid.contexts.values():
+        ctx.node_config["data-dir"] = str(folders[int(ctx.node_config["partition-id"])])
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a dataset loader was called in a sharded run")
+
+    monkeypatch.setenv(NO_DATA_ENV, "1")  # get_split refuses on every side
+    monkeypatch.setattr("florec.recdata.datasets.load_dataset", boom)
+    monkeypatch.setattr("florec.recdata.store._cached", boom)
+    read: list[str] = []
+    load = shard_files.load_shard
+    monkeypatch.setattr(shard_files, "load_shard",
+                        lambda folder, c=None: read.append(str(folder)) or load(folder, c))
+    got = run_federated(grid, cfg, tmp_path / "sharded")
+    assert sorted(read) == sorted(map(str, folders))
+    assert ref["metrics"]["er@10"] > 0.2  # the attack worked, so the equality is not vacuous
+    assert set(got["metrics"]) == set(ref["metrics"])
+    for key, value in ref["metrics"].items():
+        assert got["metrics"][key] == pytest.approx(value, abs=1e-6), key
