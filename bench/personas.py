@@ -69,7 +69,7 @@ def step(name: str, out: Path, folders: dict[str, Path], n: int, sessions: int, 
     target = out / name
     if (target / "report.json").is_file():
         return json.loads((target / "report.json").read_text())
-    rankers = [load_run(folders[k], k) for k in LOSSES]
+    rankers = [load_run(folders[k], k, seed) for k in LOSSES]
     cfg = rankers[0].cfg
     split, path = get_split(cfg.dataset, cfg.split, cfg.split_seed, None, cfg.min_rating)
     raw = split_item_ids(path, cfg.dataset)

@@ -111,6 +111,11 @@ class Salt(IntEnum):
     PERSONA_FOLD_IN = 1403
     #: personas: a session's click draws ``[seed, salt, persona, session]``
     PERSONA_CLICK = 1409
+    #: personas: an MF fold-in's uniform negatives (torch) ``[seed, salt, persona]``
+    PERSONA_FOLD_IN_NEGATIVES = 1411
+    #: AgentCF: the candidates' display order seed and the random baseline's
+    #: ``[seed, salt, split-seed]``
+    AGENTCF_DISPLAY = 7114
 
 
 def check_distinct(salts: type[IntEnum] = Salt) -> None:

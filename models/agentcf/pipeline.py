@@ -30,6 +30,7 @@ from florec.models.agentcf.groups import (
 from florec.models.agentcf.memory import ItemMemories, UserMemory
 from florec.models.agentcf.rank import RankSettings, rank_metrics, rank_rows
 from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, stream
 
 
 def is_dual(cfg: RunConfig) -> bool:
@@ -131,9 +132,10 @@ def settings_of(cfg: RunConfig) -> AgentSettings:
 def display_seed(cfg: RunConfig) -> int:
     """Seed of the candidates' display order and of the random baseline.
 
-    It depends on ``seed`` and ``split-seed``, so every user sample gets its own order.
+    It depends on ``seed`` and ``split-seed`` (stream ``AGENTCF_DISPLAY``), so every user
+    sample gets its own order.
     """
-    return int(np.random.default_rng([cfg.seed, cfg.split_seed]).integers(2**31))
+    return int(stream(cfg.seed, Salt.AGENTCF_DISPLAY, cfg.split_seed).integers(2**31))
 
 
 def rank_settings_of(cfg: RunConfig) -> RankSettings:

@@ -25,7 +25,7 @@ from florec.models.mf import MF
 from florec.models.registry import MODELS, model_from_config
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig, parse_run_config
-from florec.recdata.seeds import Salt
+from florec.recdata.seeds import Salt, torch_seed
 from florec.recdata.splits import Split
 from florec.recdata.store import get_split
 from florec.sim.personas.persona import Persona
@@ -60,13 +60,15 @@ class TrainedRecommender:
         The run's split (anchors are its users).
     fold_in_steps : int
         Adam steps of the fold-in of an MF user vector.
+    seed : int
+        The harness run's seed (the fold-in's negatives, stream ``PERSONA_FOLD_IN_NEGATIVES``).
 
     """
 
     def __init__(self, name: str, model: Recommender, cfg: RunConfig, split: Split,
-                 fold_in_steps: int = 50) -> None:
+                 fold_in_steps: int = 50, seed: int = 0) -> None:
         self.name, self.model, self.cfg, self.split = name, model.eval(), cfg, split
-        self.fold_in_steps = fold_in_steps
+        self.fold_in_steps, self.seed = fold_in_steps, seed
         self.folds = isinstance(model, MF)  # score = p_u . q_i + b_i: a user row can be refit
         self.refits = hasattr(model, "fit") and not model.trainable
         self.train = split.matrix("train")
@@ -115,7 +117,8 @@ class TrainedRecommender:
         u = start.clone().requires_grad_(True)
         opt = torch.optim.Adam([u], lr=0.05)
         pos = torch.as_tensor(history)
-        gen = torch.Generator().manual_seed(FOLD_IN_SALT * 1_000_003 + persona.index)
+        gen = torch.Generator().manual_seed(
+            torch_seed(self.seed, Salt.PERSONA_FOLD_IN_NEGATIVES, persona.index))
         reg = max(float(self.cfg.reg), 1e-4)
         for _ in range(self.fold_in_steps):
             neg = torch.randint(q.shape[0], (len(pos),), generator=gen)
@@ -188,7 +191,8 @@ def check_run(run_dir: Path | str) -> RunConfig:
     return cfg
 
 
-def load_run(run_dir: Path | str, name: str | None = None) -> TrainedRecommender:
+def load_run(run_dir: Path | str, name: str | None = None, seed: int = 0
+             ) -> TrainedRecommender:
     """Load the trained model of a central run folder.
 
     Parameters
@@ -197,6 +201,8 @@ def load_run(run_dir: Path | str, name: str | None = None) -> TrainedRecommender
         A folder written by ``florec central`` (``config.json``, ``model.npz``).
     name : str, optional
         Label (default: the folder's name).
+    seed : int
+        The harness run's seed (MF fold-ins).
 
     Returns
     -------
@@ -224,4 +230,4 @@ def load_run(run_dir: Path | str, name: str | None = None) -> TrainedRecommender
         first = str(err).splitlines()[0]
         raise ConfigError(f"--model {run_dir}: model.npz does not fit model '{cfg.model}' on "
                           f"{cfg.dataset} ({first}); retrain the run") from None
-    return TrainedRecommender(name or run_dir.name, model, cfg, split)
+    return TrainedRecommender(name or run_dir.name, model, cfg, split, seed=seed)

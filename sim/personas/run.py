@@ -140,7 +140,7 @@ def simulate_runs(run_dirs: Sequence[Path], n_personas: int, sessions: int, out:
     names = list(labels) if labels else [Path(d).name for d in run_dirs]
     if len(set(names)) != len(names):
         names = [f"{i}-{n}" for i, n in enumerate(names)]
-    rankers: list[TrainedRecommender] = [load_run(d, n) for d, n in zip(run_dirs, names,
+    rankers: list[TrainedRecommender] = [load_run(d, n, seed) for d, n in zip(run_dirs, names,
                                                                           strict=True)]
     first = rankers[0].cfg
     for r in rankers[1:]:

@@ -18,6 +18,7 @@ from florec.models.agentcf.memory import (
     clean_answer,
 )
 from florec.models.agentcf.pipeline import (
+    display_seed,
     evaluate,
     rank_settings_of,
     settings_of,
@@ -192,3 +193,13 @@ def test_history_and_retrieval_strategies_add_only_same_domain_context(strategy)
             block = prompt.split(marker, 1)[1].split("\n\n", 1)[0]
             shown = re.findall(r"^- (.*)$", block, re.M)
             assert shown and all(domain.rstrip("s") in t for t in shown)
+
+
+def test_display_seed_differs_between_run_seeds_and_repeats_for_one():
+    def seed_of(seed: int, split_seed: int = 0) -> int:
+        return display_seed(parse_run_config({"model": "agentcf", "seed": seed,
+                                              "split-seed": split_seed}))
+
+    assert seed_of(0) == seed_of(0)
+    assert len({seed_of(0), seed_of(1), seed_of(0, 1), seed_of(1, 1)}) == 4
+

