@@ -1,7 +1,7 @@
 """FedCIA: clients share item-item similarity, never embeddings (Han et al., SIGIR 2025).
 
 Each round the sampled clients train locally and upload their similarity ``S_k = E_k E_k^T``;
-the server keeps one running sum (an ``n x n`` array in dense mode, at most ``n x (n + d)`` in
+the server keeps one running sum (an ``n x n`` array in dense mode, a bounded factor stack in
 factored mode, whatever the number of clients), forms
 ``S_bar = sum_k w_k S_k / sum_k w_k`` and sends it back in a second message (``train.align``)
 so every client pulls its own item table towards it. Two communication modes:
@@ -12,7 +12,12 @@ so every client pulls its own item table towards it. Two communication modes:
   (top-``r`` eigenpairs, ``A = U_r Lambda_r^{1/2}``) and clients align without forming ``n x n``.
   ``r = n`` reproduces ``dense``. The server never forms ``n x n`` either: it stacks the factors
   ``B = [F_1, ..., F_K]`` (``S_bar = B B^T / w``) and takes the top eigenpairs of the small
-  ``B^T B`` (:class:`FactorStack`).
+  ``B^T B`` (:class:`FactorStack`); the stack is compressed exactly past ``n`` columns, or, on
+  catalogues where ``n`` float64 columns exceed :data:`STACK_BUDGET_MB`, truncated to its top
+  singular directions (a streaming sketch) so server memory stays bounded.
+
+Dense mode keeps ``n x n`` float64 on the server and refuses catalogues past
+:data:`DENSE_LIMIT_BYTES` (Book-Crossing's 19,997 items would need 6.4 GB).
 
 Every solve is GIL-free (:func:`florec.models.gfcf.top_eigh`): a call that holds the GIL for
 long starves the ServerApp's heartbeat thread and the SuperLink fails the run.
@@ -32,12 +37,17 @@ from flwr.supercore import log
 
 from florec.models.gfcf import RANK_RTOL, top_eigh
 from florec.protocol.codec import from_record, to_record
+from florec.recdata.errors import ConfigError
 from florec.strategies.base import RecStrategy
 from florec.strategies.fedcia_dp import SimilarityDP
 from florec.strategies.payload import check_reply, record_nbytes
 
 ALIGN = f"{MessageType.TRAIN}.align"
 COMM_MODES = ("dense", "factored")
+#: MiB of float64 factor stack the factored server keeps between compressions
+STACK_BUDGET_MB = 128
+#: dense mode refuses catalogues whose n x n server state (16 n^2 bytes) exceeds this
+DENSE_LIMIT_BYTES = 2 * 2**30
 
 
 def top_factor(s_bar: np.ndarray, rank: int) -> tuple[np.ndarray, float]:
@@ -60,26 +70,97 @@ class FactorStack:
     Uploads ``F_k`` (n x d_k) are appended as columns. The top eigenpairs of ``S`` come from the
     small Gram ``C = B^T B`` (m x m): if ``C v = \lambda v`` then ``S (B v) = \lambda (B v)``
     and ``\lVert B v \rVert^2 = \lambda``, so the rank-r factor is ``A = B V_r`` with no
-    division, and ``\lVert S \rVert_F = \lVert C \rVert_F``. Once ``m`` exceeds ``n`` the
-    stack is compressed to ``B V`` over the nonzero eigenpairs of ``C`` (exact: ``B V V^T B^T =
-    B B^T``), so memory stays below ``n x (n + d)`` however many clients report.
+    division, and ``\lVert S \rVert_F = \lVert C \rVert_F``.
+
+    The stack is compressed to ``B V`` over the top eigenpairs of ``C`` whenever it outgrows
+    ``limit`` columns; the compressed block's columns are orthogonal, so its part of ``C`` is
+    the diagonal ``diag(lambda)`` and is not recomputed. Memory stays below
+    ``n x (limit + d_k)`` float64 whatever the number of clients:
+
+    - ``n`` columns fit in ``budget_mb``: ``limit = n`` and the compression keeps every nonzero
+      eigenpair (exact: ``B V V^T B^T = B B^T``);
+    - otherwise (large catalogues): ``limit`` is what fits in ``budget_mb`` and the compression
+      keeps the top ``limit // 2`` eigenpairs, an incremental truncated SVD (a streaming
+      low-rank sketch). The trace it drops, ``sum`` of the discarded ``lambda``, is counted
+      against the exact trace ``sum_k ||F_k||_F^2`` (:attr:`trace_kept`).
+
+    Parameters
+    ----------
+    n : int
+        Rows (catalogue size).
+    budget_mb : float, optional
+        Bound on the float64 stack's size between compressions, MiB (default
+        :data:`STACK_BUDGET_MB`).
+    min_width : int
+        The sketch must keep at least this many columns (the downlink rank).
+
     """
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, budget_mb: float | None = None, min_width: int = 1) -> None:
         self.n = n
+        budget_mb = STACK_BUDGET_MB if budget_mb is None else budget_mb
+        fit = int(budget_mb * 2**20 // (8 * n))
+        self.limit, self.width = (n, n) if fit >= n else (fit, fit // 2)
+        if self.width < min_width:
+            raise ConfigError(
+                f"fedcia-rank {min_width} does not fit the server's {budget_mb:g} MiB factor "
+                f"stack for {n} items (at most {self.width}); lower fedcia-rank")
         self.blocks: list[np.ndarray] = []
+        self.diag: np.ndarray | None = None  # C of blocks[0] once compressed
         self.cols = 0
+        self.trace = 0.0
+        self.dropped = 0.0
+
+    @property
+    def sketched(self) -> bool:
+        """Whether compressions may drop eigenpairs (``limit < n``)."""
+        return self.limit < self.n
+
+    @property
+    def trace_kept(self) -> float:
+        """Share of ``trace(S)`` the stack still holds (1 unless the sketch dropped some)."""
+        return 1.0 - self.dropped / self.trace if self.trace > 0 else 1.0
 
     def add(self, factor: np.ndarray) -> None:
         """Append one upload (n x d, already weighted by the node)."""
-        self.blocks.append(np.asarray(factor, dtype=np.float64))
-        self.cols += factor.shape[1]
-        if self.cols > self.n:
-            b = self.stacked()
-            vals, vecs = np.linalg.eigh(b.T @ b)
-            keep = vals > RANK_RTOL * max(float(vals[-1]), 1e-300)
-            self.blocks = [b @ vecs[:, keep]]
-            self.cols = int(keep.sum())
+        block = np.asarray(factor, dtype=np.float64)
+        self.trace += float(np.einsum("ij,ij->", block, block))
+        self.blocks.append(block)
+        self.cols += block.shape[1]
+        if self.cols > self.limit:
+            self._compress(self.width)
+
+    def gram(self) -> np.ndarray:
+        """``C = B^T B`` (m x m), block by block (no copy of ``B``)."""
+        widths = [b.shape[1] for b in self.blocks]
+        edges = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+        c = np.empty((self.cols, self.cols))
+        for i, bi in enumerate(self.blocks):
+            for j in range(i, len(self.blocks)):
+                if i == j == 0 and self.diag is not None:
+                    part = np.diag(self.diag)
+                else:
+                    part = bi.T @ self.blocks[j]
+                c[edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = part
+                c[edges[j]:edges[j + 1], edges[i]:edges[i + 1]] = part.T
+        return c
+
+    def times(self, vecs: np.ndarray) -> np.ndarray:
+        """``B V`` (n x k), block by block."""
+        out = np.zeros((self.n, vecs.shape[1]))
+        row = 0
+        for b in self.blocks:
+            out += b @ vecs[row:row + b.shape[1]]
+            row += b.shape[1]
+        return out
+
+    def _compress(self, width: int) -> None:
+        vals, vecs = np.linalg.eigh(self.gram())  # ascending; numpy's eigh releases the GIL
+        nonzero = np.flatnonzero(vals > RANK_RTOL * max(float(vals[-1]), 1e-300))
+        keep = nonzero[-width:]
+        self.dropped += float(vals[nonzero[:-width]].sum()) if len(nonzero) > width else 0.0
+        self.blocks = [self.times(vecs[:, keep])]
+        self.diag, self.cols = vals[keep], len(keep)
 
     def stacked(self) -> np.ndarray:
         """``B`` (n x m)."""
@@ -93,12 +174,11 @@ class FactorStack:
 
         ``A`` has ``min(r, m)`` columns.
         """
-        b = self.stacked()
-        gram = b.T @ b
-        vals, vecs = top_eigh(gram, min(rank, b.shape[1]))
+        gram = self.gram()
+        vals, vecs = top_eigh(gram, min(rank, self.cols))
         vals = np.clip(vals, 0.0, None)
         energy = float((vals**2).sum() / max((gram**2).sum(), 1e-300))
-        return np.ascontiguousarray(np.sqrt(scale) * (b @ vecs)), energy
+        return np.ascontiguousarray(np.sqrt(scale) * self.times(vecs)), energy
 
 
 class FedCIA(RecStrategy):
@@ -117,15 +197,31 @@ class FedCIA(RecStrategy):
         and report their total as ``weight``.
     fraction_train, seed
         See :class:`florec.strategies.base.RecStrategy`.
+    stack_mb : float, optional
+        Factored mode: the server's factor-stack budget, MiB (:class:`FactorStack`).
+
+    Raises
+    ------
+    ConfigError
+        Dense mode on a catalogue whose ``n x n`` server state would exceed
+        :data:`DENSE_LIMIT_BYTES`; a factored rank the stack's budget cannot keep.
 
     """
 
     def __init__(self, n_items: int, comm: str = "dense", rank: int = 128,
-                 weighting: str = "uniform", fraction_train: float = 1.0, seed: int = 0) -> None:
+                 weighting: str = "uniform", fraction_train: float = 1.0, seed: int = 0,
+                 stack_mb: float | None = None) -> None:
         if comm not in COMM_MODES:
             raise ValueError(f"fedcia-comm '{comm}' is unknown; choose one of {COMM_MODES}")
+        if comm == "dense" and 16 * n_items**2 > DENSE_LIMIT_BYTES:
+            gb = 16 * n_items**2 / 1e9
+            raise ConfigError(f"fedcia-comm='dense' keeps n x n matrices on the server ({gb:.1f} "
+                              f"GB for {n_items} items); use fedcia-comm='factored'")
         super().__init__(fraction_train, seed)
         self.n, self.comm, self.rank, self.weighting = n_items, comm, rank, weighting
+        self.stack_mb = stack_mb
+        if comm == "factored":
+            FactorStack(n_items, stack_mb, min(rank, n_items))  # refuses a rank it cannot keep
         self.downlink: dict[str, np.ndarray] | None = None
         self.dp: SimilarityDP | None = None  # user-level DP (set by the registry when dp=true)
 
@@ -143,7 +239,8 @@ class FedCIA(RecStrategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Fold each upload into a running sum (``n x n`` or a factor stack); build the downlink."""
         dense = self.comm == "dense"
-        total = np.zeros((self.n, self.n)) if dense else FactorStack(self.n)
+        total = np.zeros((self.n, self.n)) if dense else \
+            FactorStack(self.n, self.stack_mb, min(self.rank, self.n))
         weight, accepted, loss, clients = 0.0, 0, 0.0, 0
         key, expected = ("gram", (self.n, self.n)) if dense else ("factor", None)
         for msg in replies:
@@ -179,6 +276,8 @@ class FedCIA(RecStrategy):
             factor, energy = total.top_factor(self.rank, 1.0 / weight)
             self.downlink = {"factor": factor.astype(np.float32)}
             out["captured-energy"] = energy
+            if total.sketched:
+                out["sketch-trace-kept"] = total.trace_kept
         return ArrayRecord(), MetricRecord(out)
 
     def discard_round(self) -> None:

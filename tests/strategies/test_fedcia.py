@@ -158,3 +158,65 @@ def test_factored_rank_r_downlink_equals_the_top_eigenpairs_of_the_dense_mean():
     a = strategy.downlink["factor"].astype(np.float64)
     np.testing.assert_allclose(a @ a.T, expected @ expected.T, atol=1e-5)
     assert metrics["captured-energy"] == pytest.approx(energy, rel=1e-6)
+
+
+def shared_structure_tables(k, n, d, seed=0, noise=0.05):
+    """Client tables that share a rank-d structure (as aligned FedCIA clients do) plus noise."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, d))
+    return [base @ rng.standard_normal((d, d)) / d**0.5 + noise * rng.standard_normal((n, d))
+            for _ in range(k)]
+
+
+def test_a_sketched_stack_keeps_the_top_subspace_of_the_exact_sum():
+    """Past its memory budget the stack truncates; its rank-r factor matches the exact one."""
+    from florec.strategies.fedcia import FactorStack
+
+    n, d, rank = 300, 6, 4
+    embs = shared_structure_tables(20, n, d)
+    exact = FactorStack(n)
+    sketch = FactorStack(n, budget_mb=24 * 8 * n / 2**20, min_width=rank)  # 24 columns fit
+    assert not exact.sketched and sketch.sketched and (sketch.limit, sketch.width) == (24, 12)
+    for e in embs:
+        exact.add(e)
+        sketch.add(e)
+        assert sketch.cols <= sketch.limit
+    assert 0.99 < sketch.trace_kept < 1.0  # it dropped something, and only the noise tail
+    a_exact, _ = exact.top_factor(rank, 1 / 20)
+    a_sketch, _ = sketch.top_factor(rank, 1 / 20)
+    s_exact, s_sketch = a_exact @ a_exact.T, a_sketch @ a_sketch.T
+    assert np.linalg.norm(s_sketch - s_exact) < 1e-3 * np.linalg.norm(s_exact)
+    # truncation only removes positive semi-definite parts: the sketch sits below the sum
+    full = sum(e @ e.T for e in embs)
+    b = sketch.stacked()
+    assert np.linalg.eigvalsh(full - b @ b.T).min() > -1e-8 * np.linalg.norm(full)
+
+
+def test_a_sketched_server_reports_the_trace_it_kept():
+    n = 200
+    embs = shared_structure_tables(6, n, 4, seed=2)
+    strategy = FedCIA(n, "factored", rank=3, stack_mb=10 * 8 * n / 2**20)
+    _, metrics = aggregate(strategy, [({"factor": e}, 1) for e in embs])
+    assert 0.99 < metrics["sketch-trace-kept"] < 1.0
+    assert strategy.downlink["factor"].shape == (n, 3)
+    exact = FedCIA(n, "factored", rank=3)
+    _, plain = aggregate(exact, [({"factor": e}, 1) for e in embs])
+    assert "sketch-trace-kept" not in plain
+    a, b = (s.downlink["factor"].astype(np.float64) for s in (strategy, exact))
+    assert np.linalg.norm(a @ a.T - b @ b.T) < 1e-3 * np.linalg.norm(b @ b.T)
+
+
+def test_a_rank_that_does_not_fit_the_stack_budget_is_refused():
+    from florec.recdata.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lower fedcia-rank"):  # 1 MiB: 131 columns, keeps 65
+        FedCIA(1000, "factored", rank=66, stack_mb=1.0)
+    FedCIA(1000, "factored", rank=65, stack_mb=1.0)
+
+
+def test_dense_mode_refuses_a_book_crossing_sized_catalogue():
+    from florec.recdata.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fedcia-comm='factored'"):
+        FedCIA(19_997, "dense")
+    FedCIA(19_997, "factored")  # factored mode takes it
