@@ -328,8 +328,8 @@ DESCRIPTIONS: dict[str, str] = {
     'llmd4rec-rerank': 'LLMD4Rec: also report CRM top-K re-ranked by the teacher (test users)',
     'attack': (
         '`none`, data poisoning `random` / `bandwagon`, model poisoning `pipattack`, '
-        '`fedrecattack`, `a-ra`, `a-hum` (targeted) or `fedattack` (untargeted); see '
-        'docs/attacks.md'
+        '`fedrecattack`, `a-ra`, `a-hum` (targeted) or `fedattack` (untargeted); SASRec / '
+        'GRU4Rec: `bandwagon` (fake sequences) or `sign-flip` (untargeted); see docs/attacks.md'
     ),
     'attack-fraction': (
         'share of users (chosen by seed) whose local trainer is replaced by the attack (0 to '

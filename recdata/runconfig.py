@@ -171,7 +171,7 @@ class RunConfig(BaseModel):
     secagg_clip: float = Field(100.0, gt=0)
     # poisoning attacks and robust aggregation (issue 18, docs/attacks.md)
     attack: Literal["none", "random", "bandwagon", "pipattack", "fedrecattack", "a-ra", "a-hum",
-                    "fedattack"] = "none"
+                    "fedattack", "sign-flip"] = "none"
     attack_fraction: float = Field(0.0, ge=0, le=0.5)
     attack_targets: str = ""
     attack_fillers: int = Field(30, ge=0)
