@@ -12,31 +12,71 @@ them and opens no data), ``query.catalogue`` (the public item text) and ``query.
 :mod:`florec.server.checkpoint`).
 """
 
+# ruff: noqa: E402 (the module stamps its own import time before importing anything else)
 from __future__ import annotations
+
+import time
+
+_IMPORT_START = time.time()  # the bench's phase log: how long this module takes to import
 
 import functools
 import json
+import os
 from types import ModuleType
 
-import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from florec.client import fedavg_node, private_node
-from florec.client.node_store import open_store, snapshot_path
 from florec.client.trainers.bucket import Bucket
-from florec.models.registry import SEQUENTIAL_MODELS
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.recdata.shard import shard_of_node
 
+_IMPORT_END = time.time()
 app = ClientApp()
-PRIVATE_KEY = fedavg_node.PRIVATE_KEY
+# Every ClientApp message is a new process in a deployment (Flower's process isolation), so this
+# module imports only what every message needs; torch and a method's node module are imported
+# by the handler that uses them (a ``query.partition`` never imports torch).
+
+
+def __getattr__(name: str) -> object:
+    """``PRIVATE_KEY``: the node-state key of FedAvg's private rows (imported on first use)."""
+    if name == "PRIVATE_KEY":
+        from florec.client import fedavg_node
+
+        return fedavg_node.PRIVATE_KEY
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+#: with this set to a file, every message appends one JSON line of wall-clock stamps (process
+#: start, this module's import, data load, the handler) for ``bench/deploy_rounds.py``
+PHASE_LOG_ENV = "FLOREC_PHASE_LOG"
+
+
+def log_phases(kind: str, context: Context, start: float, loaded: float,
+               lazy_s: float = 0.0) -> None:
+    """Append this message's phase stamps to ``$FLOREC_PHASE_LOG`` (nothing if unset).
+
+    ``start`` is when the handler began, ``loaded`` when the node's data was ready and
+    ``lazy_s`` the seconds the handler spent importing the method's node module.
+    """
+    path = os.environ.get(PHASE_LOG_ENV)
+    if not path:
+        return
+    import psutil
+
+    row = {"app": "florec", "kind": kind, "node": int(context.node_config["partition-id"]),
+           "pid": os.getpid(), "proc_start": psutil.Process().create_time(),
+           "import_start": _IMPORT_START, "import_end": _IMPORT_END, "handler_start": start,
+           "data_end": loaded, "lazy_imports_s": lazy_s, "handler_end": time.time()}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` where available, else ``cpu``."""
     if name == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
@@ -63,6 +103,8 @@ def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
 
 
 def _node(cfg: RunConfig) -> ModuleType:
+    from florec.models.registry import SEQUENTIAL_MODELS
+
     if cfg.model == "llkd":
         from florec.client import llkd_node
 
@@ -79,13 +121,23 @@ def _node(cfg: RunConfig) -> ModuleType:
         from florec.client import seq_node
 
         return seq_node
-    return fedavg_node if cfg.algorithm == "fedavg" else private_node
+    if cfg.algorithm == "fedavg":
+        from florec.client import fedavg_node
+
+        return fedavg_node
+    from florec.client import private_node
+
+    return private_node
 
 
 def _call(name: str, msg: Message, context: Context) -> Message:
+    start = time.time()
     cfg, bucket, pid = node_setup(context)
-    device = resolve_device(cfg.device)
-    content = getattr(_node(cfg), name)(msg, context, cfg, bucket, pid, device)
+    loaded = time.time()
+    node = _node(cfg)
+    lazy_s = time.time() - loaded
+    content = getattr(node, name)(msg, context, cfg, bucket, pid, resolve_device(cfg.device))
+    log_phases(name, context, start, loaded, lazy_s)
     return Message(content, reply_to=msg)
 
 
@@ -127,8 +179,10 @@ def partition(msg: Message, context: Context) -> Message:
     size, plus the source-data notes of ``results.json`` (``note.<key>.<part>``); no
     interaction, no user id.
     """
+    start = time.time()
     cfg, bucket, pid = node_setup(context)
     shard = shard_of_node(cfg, context.node_config)
+    log_phases("query", context, start, time.time())
     facts = {"partition-id": pid, "num-users": len(bucket.users),
              "num-partitions": shard.num_partitions, "population": shard.split.n_users,
              "num-items": shard.split.n_items}
@@ -148,6 +202,8 @@ def catalogue(msg: Message, context: Context) -> Message:
 @app.query("store")
 def store(msg: Message, context: Context) -> Message:
     """Snapshot (``action=snapshot``) or restore (``action=restore``) the node's store."""
+    from florec.client.node_store import open_store, snapshot_path
+
     cfg, _, pid = node_setup(context)
     config = msg.content.config_records["config"]
     action, rnd = str(config["action"]), int(config["round"])

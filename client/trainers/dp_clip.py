@@ -25,7 +25,6 @@ from flwr.app import Message, RecordDict
 
 from florec.client.trainers.bpr_embedding import LocalResult
 from florec.client.trainers.bucket import Bucket
-from florec.protocol import dp_account
 from florec.protocol.codec import from_record, to_record
 from florec.protocol.user_rows import clip_user_updates, user_norms
 from florec.recdata.runconfig import RunConfig
@@ -80,6 +79,8 @@ def clip_result(res: LocalResult, clip: float) -> tuple[LocalResult, float]:
 
 @functools.lru_cache(maxsize=8)
 def _node_z(config_json: str, population: int) -> float:
+    from florec.protocol import dp_account  # dp_accounting and scipy: only DP runs pay for them
+
     return dp_account.noise_multiplier(RunConfig.model_validate(json.loads(config_json)),
                                        population)
 
