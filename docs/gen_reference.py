@@ -420,9 +420,13 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     'dp': (
         'FedAvg-MF: user-level DP-FedAvg (Poisson user sampling at rate `cohort-fraction`,'
-        ' per-user clipping, Gaussian noise, RDP accountant; [DP-FedAvg](../methods/dp-fedavg.md))'
+        ' per-user clipping, Gaussian noise, RDP accountant; [DP-FedAvg](../methods/dp-fedavg.md));'
+        ' FedCIA `dense`: clipped similarity uploads, Gaussian noise on their sum'
     ),
-    'dp-clip': "DP: L2 bound C of one user's whole item update (embedding and bias rows)",
+    'dp-clip': (
+        "DP: L2 bound C of one user's whole item update (embedding and bias rows); FedCIA:"
+        " Frobenius bound of one client's similarity upload"
+    ),
     'dp-noise-multiplier': 'DP: noise std / clip (z) of the round sum; 0 with `dp-epsilon` set',
     'dp-epsilon': (
         'DP: target epsilon after `num-rounds` rounds; calibrates z (0: use'
