@@ -15,10 +15,10 @@ import time
 import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
+from florec.client import secagg_node
 from florec.client.attacks import apply_attack, node_knowledge
 from florec.client.evaluation import bucket_metric_sums
 from florec.client.node_store import NodeStore, open_store
-from florec.client.setup_node import SECRET_KEY
 from florec.client.trainers import dp_clip
 from florec.client.trainers.bpr_embedding import LocalConfig, local_update
 from florec.client.trainers.bucket import Bucket
@@ -82,13 +82,13 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
           device: str) -> RecordDict:
     """Local training of the bucket's cohort users; returns the node's summed item update."""
     t0 = time.perf_counter()
-    if SECRET_KEY in context.state.config_records:  # setup (secure sum) is over: drop its key
-        del context.state[SECRET_KEY]
+    secagg_node.forget(context)  # a setup's or last round's aggregation is over
     glob = from_record(msg.content.array_records["arrays"])
     server_round = int(msg.content.config_records["config"]["server-round"])
     rows = cohort_rows(cfg, bucket, server_round)
     if len(rows) == 0:
-        return dp_clip.noise_reply(cfg, msg, bucket, _empty_reply(cfg, bucket, pid, t0))
+        return secagg_node.fedavg_reply(cfg, msg, context, bucket.n_items, dp_clip.noise_reply(
+            cfg, msg, bucket, _empty_reply(cfg, bucket, pid, t0)))
     store = open_store(context, cfg.store_spill_mb)
     user_emb = private_user_emb(context, cfg, bucket, store)
     whole = len(rows) == len(bucket.users)
@@ -123,8 +123,9 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         "loss-sum": res.loss_sum, "weight": total_weight, "num-examples": int(deg.sum()),
         "seconds": time.perf_counter() - t0,
     })
-    return dp_clip.noise_reply(cfg, msg, bucket, RecordDict({"arrays": to_record(arrays),
-                                                             "metrics": metrics}))
+    content = dp_clip.noise_reply(cfg, msg, bucket, RecordDict({"arrays": to_record(arrays),
+                                                                "metrics": metrics}))
+    return secagg_node.fedavg_reply(cfg, msg, context, bucket.n_items, content)
 
 
 def _merge(old: np.ndarray, new: np.ndarray, rows: np.ndarray, whole: bool) -> np.ndarray:

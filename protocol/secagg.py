@@ -113,6 +113,7 @@ class SecAggNode:
     c_sk: bytes = b""
     s_sk: bytes = b""
     b_seed: bytes = b""
+    own_share: bytes = b""
     roster: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     received: dict[int, bytes] = field(default_factory=dict)
     revealed: dict[int, str] = field(default_factory=dict)
@@ -136,15 +137,16 @@ class SecAggNode:
         ids = list(self.roster)
         b_sh = shamir.split(self.b_seed, self.threshold, len(ids))
         s_sh = shamir.split(self.s_sk, self.threshold, len(ids))
+        own = ids.index(self.node_id)
+        self.own_share = b_sh[own] + s_sh[own]  # never leaves the node
         return {v: _seal(self._channel(v), self.node_id, v, b_sh[i] + s_sh[i])
-                for i, v in enumerate(ids) if v != self.node_id} | {
-                    self.node_id: b_sh[ids.index(self.node_id)] + s_sh[ids.index(self.node_id)]}
+                for i, v in enumerate(ids) if v != self.node_id}
 
     def mask(self, codes: np.ndarray, inbox: dict[int, bytes]) -> np.ndarray:
         """Step 3: ``y_u`` over the peers whose shares reached this node (``inbox``)."""
-        self.received = {v: (c if v == self.node_id else _open(self._channel(v), v,
-                                                                 self.node_id, c))
-                         for v, c in inbox.items()}
+        self.received = {v: _open(self._channel(v), v, self.node_id, c)
+                         for v, c in inbox.items() if v != self.node_id}
+        self.received[self.node_id] = self.own_share
         peers = {v: self.roster[v][1] for v in self.received}
         if len(peers) < self.threshold:
             raise Refused(f"shares from {len(peers)} nodes are fewer than the threshold")
@@ -180,8 +182,8 @@ class SecAggNode:
         return out
 
     def forget(self) -> None:
-        """Drop every secret (the aggregation is over)."""
-        self.c_sk = self.s_sk = self.b_seed = b""
+        """Drop every secret (the aggregation is over); what was revealed is remembered."""
+        self.c_sk = self.s_sk = self.b_seed = self.own_share = b""
         self.received = {}
 
 

@@ -1,11 +1,13 @@
 """FedAvg-MF with a popularity-aware local loss: item popularity by secure sum, then FedAvg.
 
-Before round 1 the strategy runs the secure sum of :mod:`florec.protocol.secure_sum` in setup
-stages (``train.setup`` messages, handled by :mod:`florec.client.setup_node`): every node
-contributes its users' item counts and its number of users, and the server learns only the totals
-``pop`` (n counts) and ``U``. They are then sent inside every training and evaluation message as
-``item_pop`` and ``n_users`` and are never averaged: nodes do not upload them, and
-:meth:`FairFedAvg.aggregate_train` puts them back into the new global state.
+Before round 1 the strategy runs a secure aggregation (:mod:`florec.protocol.secagg`: double
+masking, Shamir-shared seeds, dropouts after masking recovered without a restart) in four setup
+stages (keys, share, mask, unmask: ``train.setup`` messages, handled by
+:mod:`florec.client.setup_node`): every node contributes its users' item counts and its number of
+users, and the server learns only the totals ``pop`` (n counts) and ``U``. They are then sent
+inside every training and evaluation message as ``item_pop`` and ``n_users`` and are never
+averaged: nodes do not upload them, and :meth:`FairFedAvg.aggregate_train` puts them back into
+the new global state.
 
 Supported ``mf-loss``: ``fs-point`` (expectation-exact closed form), ``fs-pair`` (reported as an
 approximation: negatives drawn in proportion to popularity), ``ubpr``, ``wmf``, ``relmf``, ``du``.
@@ -14,26 +16,26 @@ CPR needs cross-user partners and is refused.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.models.mf import MF
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.secure_sum import KEY_BYTES, unmask_sum
+from florec.protocol.secagg_wire import STAGES, unpack
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
+from florec.server.secagg import SETUP_TYPE, SecAggError, SecAggSession, check_secagg, public_keys
 from florec.strategies.fedavg import FedAvgRec
+from florec.strategies.payload import record_nbytes
 
 #: ``mf-loss`` values with a federated implementation.
 FEDERATED_LOSSES = ("fs-point", "fs-pair", "ubpr", "wmf", "relmf", "du")
-SETUP_TYPE = f"{MessageType.TRAIN}.setup"
-#: Mask-stage attempts before the setup gives up (each drops the nodes that did not reply).
-MAX_ATTEMPTS = 3
 
 
 class FairFedAvg(FedAvgRec):
@@ -52,8 +54,9 @@ class FairFedAvg(FedAvgRec):
                  seed: int = 0) -> None:
         super().__init__(mode, fraction_train, seed)
         self.n_items = n_items
-        self.public_keys: dict[int, bytes] = {}
-        self.participants: list[int] = []
+        self.session: SecAggSession | None = None
+        self.setup_info = ""
+        self.setup_nodes = 0
         self.extras: dict[str, np.ndarray] = {}
         self.setup_bytes = 0
 
@@ -61,68 +64,62 @@ class FairFedAvg(FedAvgRec):
         """Log the configuration."""
         log(INFO, "\t├──> FairFedAvg: mode=%s, item popularity by secure sum", self.mode)
 
-    def _setup_messages(self, record: RecordDict, nodes: list[int]) -> list[Message]:
+    def configure_setup(self, stage: int, arrays: ArrayRecord, grid: Grid) -> Iterable[Message]:
+        """Stage 0 asks every node for its keys; stages 1-3: the share, mask, unmask exchanges."""
+        if self.extras:
+            return []
         before = self.bytes_down
-        msgs = self.messages(record, nodes, SETUP_TYPE)
+        if stage == 0:
+            nodes = sorted(grid.get_node_ids())
+            self.setup_nodes = len(nodes)
+            self.setup_info = f"fair-popularity|{secrets.token_hex(8)}"
+            cfg = ConfigRecord({"setup": "secure-sum", "stage": "keys", "info": self.setup_info,
+                                "secagg-nodes": self.setup_nodes})
+            msgs = self.messages(RecordDict({"config": cfg}), nodes, SETUP_TYPE)
+        else:
+            records = self.session.records(STAGES[stage - 1])
+            msgs = [m for node, rec in records.items()
+                    for m in self.messages(rec, [node], SETUP_TYPE)]
         self.setup_bytes += self.bytes_down - before
         return msgs
 
-    def configure_setup(self, stage: int, arrays: ArrayRecord, grid: Grid) -> Iterable[Message]:
-        """Stage 0 asks every node for a public key; stages 1.. ask the participants to mask."""
-        if self.extras:
-            return []
-        if stage == 0:
-            cfg = ConfigRecord({"setup": "secure-sum", "stage": "keys", "attempt": 0})
-            return self._setup_messages(RecordDict({"config": cfg}), sorted(grid.get_node_ids()))
-        if stage > MAX_ATTEMPTS:
-            raise RuntimeError(f"secure sum failed after {MAX_ATTEMPTS} attempts")
-        ids = np.array(self.participants, dtype=np.uint64)  # Flower node ids are 64-bit unsigned
-        keys = np.stack([np.frombuffer(self.public_keys[n], dtype=np.uint8) for n in ids])
-        cfg = ConfigRecord({"setup": "secure-sum", "stage": "mask", "attempt": stage})
-        record = RecordDict({"config": cfg,
-                             "arrays": to_record({"peer_ids": ids, "peer_keys": keys})})
-        return self._setup_messages(record, self.participants)
-
     def aggregate_setup(self, stage: int, arrays: ArrayRecord, replies: Iterable[Message]
                         ) -> ArrayRecord:
-        """Collect keys (stage 0) or masked vectors; on a full set, add the totals to the state."""
-        replies = list(replies)
-        if stage == 0:
-            for msg in replies:
-                if msg.has_error() or "arrays" not in msg.content.array_records:
-                    self.drop(0, msg, "no public key")
-                    continue
-                pk = from_record(msg.content.array_records["arrays"])["public_key"]
-                if pk.shape != (KEY_BYTES,):
-                    self.drop(0, msg, "malformed public key")
-                    continue
-                self.public_keys[int(msg.metadata.src_node_id)] = pk.astype(np.uint8).tobytes()
-            self.participants = sorted(self.public_keys)
-            if not self.participants:
-                raise RuntimeError("secure sum: no node sent a public key")
-            return arrays
-        uploads: dict[int, np.ndarray] = {}
+        """Collect keys (stage 0) and each exchange's replies; at the end, add the totals.
+
+        Raises
+        ------
+        RuntimeError
+            If no node sent keys, a node refused to unmask, or too few nodes are left.
+
+        """
+        good: dict[int, dict[str, np.ndarray]] = {}
         for msg in replies:
-            src = int(msg.metadata.src_node_id)
             if msg.has_error() or "arrays" not in msg.content.array_records:
-                self.drop(0, msg, f"no masked vector (attempt {stage})")
+                reason = msg.error.reason.strip().splitlines()[-1] if msg.has_error() else ""
+                if "Refused" in reason:
+                    raise SecAggError(f"secure sum: node {msg.metadata.src_node_id} refused: "
+                                      f"{reason}")
+                self.drop(0, msg, f"secure sum stage {stage}: {reason or 'no arrays'}")
                 continue
-            y = from_record(msg.content.array_records["arrays"]).get("masked")
-            if y is None or y.shape != (self.n_items + 1,) or src not in self.participants:
-                self.drop(0, msg, "malformed masked vector")
-                continue
-            uploads[src] = y
-        if set(uploads) != set(self.participants):
-            missing = sorted(set(self.participants) - set(uploads))
-            log(WARNING, "secure sum attempt %d: no vector from node(s) %s; retrying with the "
-                "%d others", stage, missing, len(uploads))
-            self.participants = sorted(uploads)
+            self.setup_bytes += record_nbytes(msg.content)
+            good[int(msg.metadata.src_node_id)] = from_record(msg.content.array_records["arrays"])
+        if stage == 0:
+            roster = {u: k for u, a in good.items() if (k := public_keys(a)) is not None}
+            if not roster:
+                raise RuntimeError("secure sum: no node sent its public keys")
+            self.session = SecAggSession(self.setup_info, roster)
             return arrays
-        total = unmask_sum([uploads[n] for n in self.participants])
+        self.session.take(STAGES[stage - 1], good)
+        if self.session.total is None:
+            return arrays
+        _, total, _ = unpack(self.session.total, 0, 1.0, self.setup_nodes,
+                             len(self.session.alive))
         self.extras = {"item_pop": total[:-1].astype(np.float32),
                        "n_users": np.array([total[-1]], dtype=np.int64)}
-        log(INFO, "secure sum: item popularity of %d users from %d nodes (%d setup bytes down)",
-            int(total[-1]), len(self.participants), self.setup_bytes)
+        log(INFO, "secure sum: item popularity of %d users from %d nodes (%d recovered after "
+            "dropping; %d setup bytes)", int(total[-1]), len(self.session.alive),
+            len(self.session.dropped), self.setup_bytes)
         return self.with_extras(arrays)
 
     def with_extras(self, arrays: ArrayRecord) -> ArrayRecord:
@@ -152,5 +149,6 @@ def build_fair_strategy(cfg: RunConfig, n_items: int) -> tuple[FairFedAvg, Array
     """The strategy of ``algorithm=fedavg`` with a debiasing ``mf-loss`` and its initial state."""
     check_fair_config(cfg)
     init = MF(0, n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
-    return (FairFedAvg(n_items, cfg.aggregation, cfg.fraction_train, cfg.seed),
-            to_record(init.shared_state()))
+    strategy = FairFedAvg(n_items, cfg.aggregation, cfg.fraction_train, cfg.seed)
+    strategy.secagg = check_secagg(cfg)  # the rounds' updates too, under secagg=true
+    return strategy, to_record(init.shared_state())

@@ -21,8 +21,9 @@ the number of clients. Each node pre-sums its own users' updates
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -30,6 +31,8 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.protocol.codec import from_record, to_record
+from florec.protocol.secagg_wire import fedavg_sums, unpack
+from florec.server.secagg import SecAggError, SecAggSession, SecAggSpec, public_keys, run_exchanges
 from florec.strategies.base import RecStrategy
 from florec.strategies.dp import UserDP
 from florec.strategies.payload import check_reply, record_nbytes
@@ -72,6 +75,10 @@ class FedAvgRec(RecStrategy):
         self._saved_opt = self.server_opt.copy_state()
         self.current: dict[str, np.ndarray] = {}
         self.dp: UserDP | None = None  # user-level DP (set by the registry when dp=true)
+        self.secagg: SecAggSpec | None = None  # secure aggregation (secagg=true)
+        self._grid: Grid | None = None
+        self._secagg_info, self._secagg_nodes = "", 0
+        self.secagg_session: SecAggSession | None = None  # the last round's (tests, benches)
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -98,6 +105,11 @@ class FedAvgRec(RecStrategy):
         self._saved_opt = self.server_opt.copy_state()
         if self.dp is not None:  # distributed DP: each node adds 1/n of the noise variance
             config["dp-nodes"] = len(list(grid.get_node_ids()))
+        if self.secagg is not None:  # nodes quantise for at most every connected node
+            self._grid, self._secagg_nodes = grid, len(list(grid.get_node_ids()))
+            self._secagg_info = f"fedavg|round={server_round}|{secrets.token_hex(8)}"
+            config["secagg-info"] = self._secagg_info
+            config["secagg-nodes"] = self._secagg_nodes
         return self.train_messages(server_round, arrays, config, grid)
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...] | int]:
@@ -109,6 +121,8 @@ class FedAvgRec(RecStrategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Fold replies into one accumulator as they arrive, then apply the average."""
+        if self.secagg is not None:
+            return self._aggregate_secure(server_round, replies)
         n, d = self.current["item_emb"].shape
         emb_sum, bias_sum = np.zeros((n, d)), np.zeros(n)
         denom = np.zeros(n) if self.mode == "sparse" else np.zeros(1)
@@ -143,6 +157,12 @@ class FedAvgRec(RecStrategy):
             accepted += 1
         if accepted == 0:
             return None, None
+        return self._apply(server_round, emb_sum, bias_sum, denom, totals, accepted)
+
+    def _apply(self, server_round: int, emb_sum: np.ndarray, bias_sum: np.ndarray,
+               denom: np.ndarray, totals: dict[str, float], accepted: int
+               ) -> tuple[ArrayRecord, MetricRecord]:
+        """DP noise (if on), the average and the server step on the round's sums."""
         if self.dp is not None:  # noise on the sum of clipped updates, fixed denominator
             emb_sum, bias_sum, denom = self.dp.privatize(emb_sum, bias_sum)
         safe = np.where(denom > 0, denom, 1.0)
@@ -156,6 +176,45 @@ class FedAvgRec(RecStrategy):
         if self.dp is not None:
             out.update(self.dp.round_metrics(server_round))
         return to_record(new), out
+
+    def _aggregate_secure(self, server_round: int, replies: Iterable[Message]
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Secure aggregation: the replies carry keys; the sum comes from the exchanges."""
+        n, d = self.current["item_emb"].shape
+        roster, metrics = {}, {}
+        for msg in replies:
+            keys = None if msg.has_error() else public_keys(
+                from_record(msg.content.array_records.get("arrays", ArrayRecord())))
+            if keys is None:
+                self.drop(server_round, msg, f"client error: {msg.error.reason}"
+                          if msg.has_error() else "no secure-aggregation keys")
+                continue
+            self.bytes_up += record_nbytes(msg.content)
+            src = int(msg.metadata.src_node_id)
+            roster[src] = keys
+            metrics[src] = dict(msg.content.metric_records.get("metrics", {}))
+        if not roster:
+            return None, None
+        session = self.secagg_session = SecAggSession(self._secagg_info, roster)
+        try:
+            costs = run_exchanges(self, self._grid, session, server_round,
+                                  self.secagg.timeout_s)
+        except SecAggError as exc:
+            if "refused" in str(exc):
+                raise
+            log(WARNING, "round %d: secure aggregation failed (%s)", server_round, exc)
+            return None, None
+        floats, ints, clipped = unpack(session.total, n * d + n, self.secagg.clip,
+                                       self._secagg_nodes, len(session.alive))
+        emb_sum, bias_sum, counts = fedavg_sums(floats, ints, n, d)
+        alive = [metrics[u] for u in session.alive]
+        denom = {"dense": np.array([sum(m.get("weight", 0.0) for m in alive)]),
+                 "sparse": counts.astype(np.float64), "sum": np.ones(1)}[self.mode]
+        totals = {k: sum(float(m.get(k, 0.0)) for m in alive)
+                  for k in ("num-users", "num-pairs", "loss-sum")}
+        new, out = self._apply(server_round, emb_sum, bias_sum, denom, totals, len(alive))
+        out.update(costs | {"secagg-clipped": clipped})
+        return new, out
 
     def after_rounds(self, grid: Grid, run: dict, out_dir: object = None) -> dict:
         """Run fields added at the end: the DP accountant's summary (``dp``) if DP is on."""

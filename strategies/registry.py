@@ -14,6 +14,7 @@ from florec.protocol.public_knowledge import needs_knowledge
 from florec.recdata.cohort import is_partial
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
+from florec.server.secagg import check_secagg
 from florec.strategies.base import RecStrategy
 from florec.strategies.dp import UserDP, check_dp
 from florec.strategies.fedavg import FedAvgRec
@@ -56,6 +57,7 @@ def check_algorithm(cfg: RunConfig) -> None:
                           "for algorithm 'fedavg' with model 'mf' and mf-loss 'bpr' only; keep "
                           "aggregation dense/sparse, server-opt='none', keep-user-opt-state=false")
     check_dp(cfg)
+    check_secagg(cfg)
     check_robust(cfg)
     if cfg.algorithm == "fedcia" and cfg.fedcia_comm == "factored" and cfg.noise_scale > 0:
         raise ConfigError("noise-scale > 0 has no factored equivalent; set fedcia-comm='dense' "
@@ -107,8 +109,9 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
                                    mode=cfg.aggregation, fraction_train=cfg.fraction_train,
                                    seed=cfg.seed, server_opt=server_opt), \
                 to_record(init.shared_state())
-        return FedAvgRec(cfg.aggregation, cfg.fraction_train, cfg.seed, server_opt), \
-            to_record(init.shared_state())
+        strategy = FedAvgRec(cfg.aggregation, cfg.fraction_train, cfg.seed, server_opt)
+        strategy.secagg = check_secagg(cfg)  # secure aggregation of the updates (issue 16)
+        return strategy, to_record(init.shared_state())
     if cfg.algorithm == "local":
         return LocalOnly(cfg.fraction_train, cfg.seed), ArrayRecord()
     if cfg.model == "gfcf":

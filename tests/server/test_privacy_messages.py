@@ -49,6 +49,7 @@ CASES = {
                         "fedcia-rank": 16},
     "local": {"algorithm": "local"},
     "fedavg-mf-fs-pair-secure-sum": {"mf-loss": "fs-pair"},
+    "fedavg-mf-sparse-secagg": {"aggregation": "sparse", "secagg": True},
 }
 
 
@@ -84,12 +85,18 @@ def private_rows(context: Context, cfg: RunConfig) -> dict[str, np.ndarray]:
             windows = seqs.inputs(bucket.users, part, cfg.max_seq_len)
             rows[f"{part}-items"] = as_rows(windows[(windows > 0).all(axis=1)])
         assert set(store.names()) <= {seq_node.OPT_KEY}, "a sequential node stores user state"
-    from florec.client import setup_node
+    from florec.client import secagg_node, setup_node
+    from florec.protocol.secagg_wire import node_from_json
 
-    if setup_node.SECRET_KEY in context.state.config_records:
-        secret = context.state.config_records[setup_node.SECRET_KEY]["sk"]
-        rows["secure-sum-secret"] = as_rows(np.frombuffer(bytes(secret), dtype=np.uint8))
-        rows["secure-sum-counts"] = as_rows(setup_node.local_counts(bucket))
+    if secagg_node.STATE in context.state.config_records:  # secure aggregation in progress
+        node = node_from_json(str(context.state.config_records[secagg_node.STATE]["json"]))
+        secret = node.c_sk + node.s_sk + node.b_seed
+        rows["secagg-secret"] = as_rows(np.frombuffer(secret, dtype=np.uint8))
+        if cfg.mf_loss != "bpr":
+            rows["secure-sum-counts"] = as_rows(setup_node.local_counts(bucket))
+    if secagg_node.CODES in context.state.array_records:  # the node's pending input
+        codes = from_record(context.state.array_records[secagg_node.CODES])["codes"]
+        rows["secagg-input"] = as_rows(codes[: (len(codes) // 32) * 32].reshape(-1, 32))
     return {name: r for name, r in rows.items() if r.size}
 
 

@@ -1,0 +1,213 @@
+"""The server's half of secure aggregation (:mod:`florec.protocol.secagg`) over the Message API.
+
+A :class:`SecAggSession` is one aggregation: it takes the nodes' public keys (from FedAvg's
+training replies, or from Fair Sampling's first setup stage), then builds and folds the three
+exchanges ``share``, ``mask`` and ``unmask`` (``train.setup`` messages, see
+:mod:`florec.protocol.secagg_wire`). The server routes encrypted shares it cannot read, receives
+masked vectors, and removes the masks of the nodes whose vectors arrived (and the pair masks of
+those that dropped after sharing) in one pass: it learns the sum over the surviving nodes only.
+
+:func:`run_exchanges` drives the three exchanges in one go (FedAvg rounds); a strategy with
+setup stages calls :meth:`SecAggSession.records` and :meth:`SecAggSession.take` per stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from logging import WARNING
+
+import numpy as np
+from flwr.app import ConfigRecord, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.secagg import SecAggServer
+from florec.protocol.secagg_wire import (
+    KEY_BYTES,
+    SEALED_BYTES,
+    SETUP_NAME,
+    SHARE_WIDTH,
+    STAGES,
+    encode_roster,
+)
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
+from florec.server.loop import stream_replies
+from florec.strategies.base import RecStrategy
+
+__all__ = ["SETUP_TYPE", "SecAggError", "SecAggSession", "SecAggSpec", "check_secagg",
+           "public_keys", "run_exchanges"]
+
+SETUP_TYPE = f"{MessageType.TRAIN}.setup"
+
+
+class SecAggError(RuntimeError):
+    """The aggregation cannot go on: a node refused the server's request."""
+
+
+@dataclass(frozen=True)
+class SecAggSpec:
+    """Secure aggregation of a FedAvg run: quantisation range ``R`` and exchange timeout."""
+
+    clip: float
+    timeout_s: float
+
+
+def check_secagg(cfg: RunConfig) -> SecAggSpec | None:
+    """The run's :class:`SecAggSpec` (None without ``secagg``); one-line errors for misuse.
+
+    Raises
+    ------
+    ConfigError
+        For a method other than FedAvg-MF, or a robust ``defense`` (it needs every node's update,
+        which secure aggregation hides).
+
+    """
+    if not cfg.secagg:
+        return None
+    if cfg.algorithm != "fedavg" or cfg.model != "mf":
+        raise ConfigError("secagg=true is implemented for algorithm 'fedavg' with model 'mf'; "
+                          "set secagg=false for other methods")
+    if cfg.defense != "none":
+        raise ConfigError(f"defense '{cfg.defense}' needs each node's update, which secagg=true "
+                          "hides from the server; set defense='none' or secagg=false")
+    return SecAggSpec(cfg.secagg_clip, cfg.round_timeout_s)
+
+
+def public_keys(arrays: dict[str, np.ndarray]) -> tuple[bytes, bytes] | None:
+    """``(C, S)`` from a reply's arrays, or None if they are missing or malformed."""
+    c, s = arrays.get("secagg-c-pk"), arrays.get("secagg-s-pk")
+    if c is None or s is None or c.shape != (KEY_BYTES,) or s.shape != (KEY_BYTES,):
+        return None
+    return c.astype(np.uint8).tobytes(), s.astype(np.uint8).tobytes()
+
+
+class SecAggSession:
+    """One secure aggregation, server side.
+
+    Parameters
+    ----------
+    info : str
+        The aggregation's name (fresh per aggregation; nodes refuse other names).
+    roster : dict of int to (bytes, bytes)
+        Each participating node's public keys ``(C, S)``.
+
+    """
+
+    def __init__(self, info: str, roster: dict[int, tuple[bytes, bytes]]) -> None:
+        self.info = info
+        self.server = SecAggServer(len(roster) // 2 + 1, info.encode())
+        self.server.roster = dict(sorted(roster.items()))
+        self.inboxes: dict[int, dict[int, bytes]] = {}
+        self.uploads: dict[int, np.ndarray] = {}
+        self.total: np.ndarray | None = None
+
+    @property
+    def alive(self) -> list[int]:
+        """Nodes whose masked vector arrived (the sum is over them)."""
+        return sorted(self.uploads)
+
+    @property
+    def dropped(self) -> list[int]:
+        """Nodes that shared their secrets but sent no masked vector."""
+        return [v for v in self.server.shared if v not in self.uploads]
+
+    def _record(self, stage: str, arrays: dict[str, np.ndarray]) -> RecordDict:
+        cfg = ConfigRecord({"setup": SETUP_NAME, "stage": stage, "info": self.info})
+        return RecordDict({"config": cfg, "arrays": to_record(arrays)})
+
+    def records(self, stage: str) -> dict[int, RecordDict]:
+        """The message content of ``stage`` for each node that takes part in it."""
+        if stage == "share":
+            record = self._record(stage, encode_roster(self.server.roster))
+            return dict.fromkeys(self.server.roster, record)
+        if stage == "mask":
+            out = {}
+            for v, box in self.inboxes.items():
+                ids = sorted(box)
+                sealed = (np.stack([np.frombuffer(box[u], np.uint8) for u in ids]) if ids
+                          else np.zeros((0, SEALED_BYTES), np.uint8))
+                out[v] = self._record(stage, {"from": np.array(ids, np.uint64),
+                                              "sealed": sealed})
+            return out
+        lists = {"alive": np.array(self.alive, np.uint64),
+                 "dropped": np.array(self.dropped, np.uint64)}
+        return dict.fromkeys(self.alive, self._record(stage, lists))
+
+    def take(self, stage: str, replies: dict[int, dict[str, np.ndarray]]) -> None:
+        """Fold the good replies (node -> arrays) of ``stage``.
+
+        Raises
+        ------
+        SecAggError
+            If, after ``unmask``, fewer than the threshold of nodes revealed their shares.
+
+        """
+        if stage == "share":
+            boxes = {}
+            for u, arr in replies.items():
+                if arr["sealed"].shape[1:] == (SEALED_BYTES,) and u in self.server.roster:
+                    boxes[u] = {int(v): c.astype(np.uint8).tobytes()
+                                for v, c in zip(arr["to"].astype(np.uint64), arr["sealed"],
+                                                strict=True)}
+            self.inboxes = self.server.route(boxes)
+        elif stage == "mask":
+            length = {len(a["masked"]) for a in replies.values()}
+            if len(length) > 1:
+                raise SecAggError(f"masked vectors of different lengths {sorted(length)}")
+            self.uploads = {u: a["masked"].astype(np.uint32) for u, a in replies.items()
+                            if u in self.server.shared}
+        else:
+            reveals = {u: {int(v): ("s" if k else "b", sh.astype(np.uint8).tobytes())
+                           for v, k, sh in zip(a["ids"].astype(np.uint64), a["kind"],
+                                               a["shares"], strict=True)}
+                       for u, a in replies.items()
+                       if a["shares"].shape[1:] == (SHARE_WIDTH,)}
+            if len(reveals) < self.server.threshold:
+                raise SecAggError(f"{len(reveals)} nodes revealed shares, fewer than the "
+                                  f"threshold {self.server.threshold}")
+            self.total = self.server.unmask_sum(self.uploads, reveals)
+
+
+def run_exchanges(strategy: RecStrategy, grid: Grid, session: SecAggSession, server_round: int,
+                  timeout_s: float) -> dict[str, float]:
+    """Drive ``share``, ``mask`` and ``unmask``; the sum is left in ``session.total``.
+
+    Bytes are counted on ``strategy``; a node that fails or times out is named in its dropped
+    list and left out (before masking: not in the sum; after: recovered). Returns the costs.
+
+    Raises
+    ------
+    SecAggError
+        A node refused to unmask (the server asked for both secrets of a node), or too few
+        nodes are left to remove the masks.
+
+    """
+    t0 = time.perf_counter()
+    for stage in STAGES:
+        if stage == "mask" and len(session.server.shared) < session.server.threshold:
+            raise SecAggError(f"{len(session.server.shared)} nodes shared their secrets, "
+                              f"fewer than the threshold {session.server.threshold}")
+        messages = [m for node, rec in session.records(stage).items()
+                    for m in strategy.messages(rec, [node], SETUP_TYPE)]
+        good: dict[int, dict[str, np.ndarray]] = {}
+        for msg in stream_replies(grid, messages, timeout_s, strategy.unresponsive):
+            if msg.has_error():
+                reason = msg.error.reason.strip().splitlines()[-1]
+                if "Refused" in reason:
+                    raise SecAggError(f"node {msg.metadata.src_node_id} refused to {stage}: "
+                                      f"{reason}")
+                strategy.drop(server_round, msg, f"secure aggregation {stage}: {reason}")
+                continue
+            strategy.bytes_up += sum(len(a.data) for a in
+                                     msg.content.array_records["arrays"].values())
+            good[int(msg.metadata.src_node_id)] = from_record(msg.content.array_records["arrays"])
+        session.take(stage, good)
+    if session.dropped:
+        log(WARNING, "round %d: secure aggregation recovered %d node(s) that dropped after "
+            "sharing: %s", server_round, len(session.dropped), session.dropped)
+    return {"secagg-alive": len(session.alive), "secagg-dropped": len(session.dropped),
+            "secagg-s": time.perf_counter() - t0}
+

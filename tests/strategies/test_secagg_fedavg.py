@@ -1,0 +1,199 @@
+"""FedAvg-MF rounds under secure aggregation: same model as plain, dropouts, a lying server."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Message, MessageType
+
+from florec.client import secagg_node
+from florec.protocol import shamir
+from florec.protocol.codec import from_record
+from florec.protocol.secagg import _pair_masks, quant_bits
+from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import parse_run_config
+from florec.server import secagg as server_secagg
+from florec.server.app import run_federated
+from florec.server.federation import prepare_federation
+from florec.server.rounds import train_round
+from florec.server.secagg import SecAggError, SecAggSession
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.registry import build_strategy
+
+SETUP = f"{MessageType.TRAIN}.setup"
+BASE = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
+        "synthetic-interactions": 12, "dim": 8, "num-nodes": 4, "num-rounds": 2}
+
+
+def final_table(grid: LocalGrid) -> np.ndarray:
+    """The item table of the last evaluation message (the run's final global model)."""
+    last = [m for m in grid.sent if m.metadata.message_type == MessageType.EVALUATE][-1]
+    return from_record(last.content.array_records["arrays"])["item_emb"]
+
+
+def run(tmp_path, name: str, extra: dict, grid_cls=LocalGrid, **grid_kw):
+    cfg = parse_run_config(BASE | extra)
+    grid = grid_cls(cfg.to_flower(), cfg.num_nodes, **grid_kw)
+    result = run_federated(grid, cfg, tmp_path / name)
+    rows = [json.loads(x) for x in (tmp_path / name / "rounds.jsonl").read_text().splitlines()]
+    return result, rows, grid
+
+
+@pytest.mark.parametrize("extra", [{"aggregation": "dense"}, {"aggregation": "sparse"},
+                                   {"aggregation": "sum", "cohort-fraction": 0.5}])
+def test_fedavg_with_secagg_equals_the_plain_run_within_quantisation_error(tmp_path, extra):
+    plain, plain_rows, plain_grid = run(tmp_path, "plain", extra)
+    secure, rows, grid = run(tmp_path, "secure", extra | {"secagg": True})
+    # per round, each summed entry is off by at most n R / (2^k - 1) (k = quant_bits(n))
+    step = 4 * 100.0 / (2 ** quant_bits(4) - 1)
+    np.testing.assert_allclose(final_table(grid), final_table(plain_grid), atol=20 * step)
+    for key, value in plain["metrics"].items():
+        assert secure["metrics"][key] == pytest.approx(value, abs=1e-6), key
+    for row, ref in zip(rows, plain_rows, strict=True):
+        assert row["train"]["train-loss"] == pytest.approx(ref["train"]["train-loss"], rel=1e-6)
+        assert row["train"]["secagg-alive"] == row["train"]["num-replies"]
+        assert row["train"]["secagg-clipped"] == 0 and row["bytes_up"] > 0
+
+
+class LosesOneMaskedVector(LocalGrid):
+    """A grid on which one node masks its vector but its reply never reaches the server."""
+
+    def __init__(self, *args, lost: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost = lost
+
+    def pull_messages(self, message_ids):
+        for msg_id in message_ids:
+            msg = self._queued.get(msg_id)
+            if msg is None:
+                continue
+            reply = self._handle(self._queued.pop(msg_id))
+            cfg = msg.content.config_records.get("config", {})
+            if msg.metadata.dst_node_id == self.lost and cfg.get("stage") == "mask":
+                assert not reply.has_error()  # masked, then lost
+                continue
+            return [reply]
+        return []
+
+
+def test_one_of_ten_nodes_dropping_after_masking_leaves_the_sum_of_the_nine(monkeypatch):
+    inputs: dict[int, np.ndarray] = {}
+    advertise = secagg_node.advertise
+
+    def record(context, node_id, codes, info):
+        inputs[int(node_id)] = np.asarray(codes, np.uint32)
+        return advertise(context, node_id, codes, info)
+
+    monkeypatch.setattr(secagg_node, "advertise", record)
+    cfg = parse_run_config(BASE | {"num-nodes": 10, "secagg": True, "round-timeout-s": 1.0})
+    grid = LosesOneMaskedVector(cfg.to_flower(), 10, lost=4, keep_replies=False)
+    fed = prepare_federation(grid, cfg)
+    _, row = train_round(grid, fed.strategy, 1, fed.arrays, cfg.round_timeout_s)
+    session = fed.strategy.secagg_session
+    assert session.dropped == [4] and len(session.alive) == 9
+    want = np.zeros_like(inputs[1])
+    for node in session.alive:
+        want = want + inputs[node]
+    np.testing.assert_array_equal(session.total, want)  # exact: the masks all cancel
+    assert row["train"]["secagg-dropped"] == 1 and row["train"]["num-replies"] == 9
+
+
+class ClaimsALiveNodeDropped(SecAggSession):
+    """A server that hides a live node's masked vector and asks for its pair-mask key."""
+
+    def take(self, stage, replies):
+        if stage == "unmask":  # what a curious server does with the shares it got
+            shares = {sorted(self.server.roster).index(u) + 1:
+                      bytes(a["shares"][list(a["ids"]).index(self.victim)])
+                      for u, a in replies.items() if self.victim in a["ids"]}
+            self.victim_s = shamir.combine(dict(list(shares.items())[:self.server.threshold]))
+        super().take(stage, replies)
+        if stage == "mask":
+            self.victim = sorted(self.uploads)[1]
+            self.stolen = self.uploads.pop(self.victim)
+
+
+def test_a_server_that_claims_a_live_node_dropped_learns_nothing_and_is_refused(monkeypatch):
+    inputs: dict[int, np.ndarray] = {}
+    advertise = secagg_node.advertise
+
+    def record(context, node_id, codes, info):
+        inputs[int(node_id)] = np.asarray(codes, np.uint32)
+        return advertise(context, node_id, codes, info)
+
+    monkeypatch.setattr(secagg_node, "advertise", record)
+    cfg = parse_run_config(BASE | {"num-nodes": 6, "secagg": True})
+    grid = LocalGrid(cfg.to_flower(), 6)
+    fed = prepare_federation(grid, cfg)
+    monkeypatch.setattr("florec.strategies.fedavg.SecAggSession", ClaimsALiveNodeDropped)
+    train_round(grid, fed.strategy, 1, fed.arrays, cfg.round_timeout_s)
+    session = fed.strategy.secagg_session
+    victim = session.victim
+    assert session.dropped == [victim]
+    want = np.zeros_like(inputs[victim])
+    for node in session.alive:
+        want = want + inputs[node]
+    np.testing.assert_array_equal(session.total, want)  # the others' sum, as if v had dropped
+    # the server holds y_v and rebuilt s_v: removing v's pair masks leaves x_v + PRG(b_v)
+    peers = {w: keys[1] for w, keys in session.server.roster.items()}
+    left = session.stolen - _pair_masks(victim, session.victim_s, peers, session.server.info,
+                                        len(want))
+    assert np.mean(left == inputs[victim]) < 0.01
+    corr = np.corrcoef(left.astype(np.float64), inputs[victim].astype(np.float64))[0, 1]
+    assert abs(corr) < 0.2
+    # asking again, now for v's self-mask seed, is refused and stops the round
+    monkeypatch.setattr(server_secagg, "STAGES", ("unmask",))
+
+    class AsksForTheSeed(SecAggSession):
+        def __init__(self, info, roster):
+            super().__init__(session.info, roster)
+            self.server, self.uploads = session.server, {victim: session.stolen}
+            self.uploads |= {u: np.zeros(1, np.uint32) for u in session.alive}
+
+    with pytest.raises(SecAggError, match="refused") as err:
+        server_secagg.run_exchanges(fed.strategy, grid, AsksForTheSeed("", {}), 1, 5.0)
+    assert "\n" not in str(err.value)
+
+
+def test_no_message_carries_an_unmasked_node_update(tmp_path, monkeypatch):
+    inputs: dict[int, np.ndarray] = {}
+    advertise = secagg_node.advertise
+
+    def record(context, node_id, codes, info):
+        inputs.setdefault(int(node_id), np.asarray(codes, np.uint32))
+        return advertise(context, node_id, codes, info)
+
+    monkeypatch.setattr(secagg_node, "advertise", record)
+    _, _, grid = run(tmp_path, "secure", {"aggregation": "sparse", "secagg": True,
+                                          "num-rounds": 1})
+    messages: list[Message] = grid.sent + grid.received
+    names = {k for m in messages if m.has_content()
+             for rec in m.content.array_records.values() for k in rec}
+    assert not names & {"items", "counts"}  # the sparse layout never travels
+    for msg in messages:
+        if not msg.has_content() or msg.metadata.message_type == MessageType.EVALUATE:
+            continue
+        for rec in msg.content.array_records.values():
+            for key, arr in from_record(rec).items():
+                flat = arr.ravel().astype(np.float64)
+                for codes in inputs.values():
+                    if flat.size >= codes.size and key != "item_emb":
+                        window = flat[: codes.size]
+                        assert np.mean(window == codes) < 0.05, key
+                        assert abs(np.corrcoef(window, codes.astype(np.float64))[0, 1]) < 0.2
+
+
+def test_secagg_refuses_robust_defenses_and_other_methods():
+    with pytest.raises(ConfigError, match="defense"):
+        build_strategy(parse_run_config(BASE | {"secagg": True, "defense": "median"}), 60)
+    with pytest.raises(ConfigError, match="secagg"):
+        build_strategy(parse_run_config(BASE | {"secagg": True, "algorithm": "fedcia"}), 60)
+
+
+def test_secagg_composes_with_distributed_dp_noise(tmp_path):
+    extra = {"secagg": True, "dp": True, "dp-mode": "distributed", "dp-noise-multiplier": 1.0,
+             "aggregation": "sum", "dp-clip": 0.5}
+    result, rows, _ = run(tmp_path, "dp", extra)
+    assert all(r["train"]["secagg-alive"] == 4 and r["train"]["secagg-clipped"] == 0
+               for r in rows)
+    assert result["dp"]["epsilon"] > 0
