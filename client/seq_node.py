@@ -14,10 +14,13 @@ import functools
 import json
 import time
 
+import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
+from florec.client.attacks import benign_rows, node_knowledge
 from florec.client.node_store import open_store
+from florec.client.seq_attacks import mix_states, poisoned_state, sequence_exposure_sums
 from florec.client.trainers.bucket import Bucket
 from florec.client.trainers.sequential import (
     load_optimizer_arrays,
@@ -64,7 +67,9 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     t0 = time.perf_counter()
     rnd = int(msg.content.config_records["config"]["server-round"])
     seqs = node_sequences(context, cfg)
-    windows = seqs.inputs(bucket.users, "train", cfg.max_seq_len)
+    know = node_knowledge(cfg, context)  # malicious users train apart (issue 18)
+    benign = bucket.users[benign_rows(bucket, know)]
+    windows = seqs.inputs(benign, "train", cfg.max_seq_len)
     model = global_model(msg, cfg, bucket.n_items, device)
     optimizers = make_optimizers(model, cfg.lr)
     store = open_store(context, cfg.store_spill_mb)
@@ -81,12 +86,17 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     if positions:
         store.put(OPT_KEY, optimizer_arrays(optimizers))
         store.commit()
+    state, bad = model.shared_state(), np.setdiff1d(bucket.users, benign)
+    if len(bad):  # the malicious users' poisoned model joins the node's mean (issue 18)
+        poisoned, p_m = poisoned_state(cfg, know, global_model(msg, cfg, bucket.n_items, device),
+                                       bad, seqs, bucket.n_items, rnd, pid, device)
+        state, positions = mix_states(state, positions, poisoned, p_m), positions + p_m
     metrics = MetricRecord({
         "partition-id": pid, "num-users": int((seqs.train_lengths(bucket.users) > 0).sum()),
         "num-positions": positions, "num-examples": positions,
         "loss-sum": loss_sum / max(cfg.local_epochs, 1), "seconds": time.perf_counter() - t0,
     })
-    return RecordDict({"arrays": to_record(model.shared_state()), "metrics": metrics})
+    return RecordDict({"arrays": to_record(state), "metrics": metrics})
 
 
 def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
@@ -100,8 +110,15 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
     """Full-ranking metric sums of the bucket's users (past encoder only for Oracle4Rec)."""
     seqs = node_sequences(context, cfg)
     model = global_model(msg, cfg, bucket.n_items, device)
-    inputs = {part: seqs.inputs(bucket.users, part, cfg.max_seq_len) for part in ("valid", "test")}
-    masks = {part: bucket.mask_for(part) for part in ("valid", "test")}
-    truths = {"valid": bucket.valid, "test": bucket.test}
+    know = node_knowledge(cfg, context)  # benign users only; target exposure (issue 18)
+    rows = benign_rows(bucket, know)
+    users = bucket.users[rows]
+    inputs = {part: seqs.inputs(users, part, cfg.max_seq_len) for part in ("valid", "test")}
+    masks = {part: bucket.mask_for(part)[rows] for part in ("valid", "test")}
+    truths = {"valid": bucket.valid[rows], "test": bucket.test[rows]}
     sums = sequence_metric_sums(model, inputs, masks, truths, cfg.k_list, cfg.eval_chunk, device)
+    if know is not None and len(know.targets):
+        sums |= sequence_exposure_sums(model, inputs["test"], masks["test"],
+                                       (bucket.train + bucket.valid + bucket.test)[rows],
+                                       know.targets, cfg.k_list, cfg.eval_chunk, device)
     return RecordDict({"metrics": MetricRecord(sums | {"partition-id": pid})})

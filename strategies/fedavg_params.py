@@ -23,6 +23,7 @@ from flwr.supercore import log
 
 from florec.models.registry import sequential_from_config
 from florec.protocol.codec import from_record, to_record
+from florec.protocol.public_knowledge import needs_knowledge
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.base import RecStrategy
 from florec.strategies.payload import check_reply, record_nbytes
@@ -95,4 +96,11 @@ class FedAvgParams(RecStrategy):
 def build_sequential_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayRecord]:
     """The FedAvg strategy and the seeded model's shared arrays as the initial global state."""
     init = sequential_from_config(cfg, n_items)
+    if cfg.defense != "none" or needs_knowledge(cfg):  # attacks, robust aggregation (issue 18)
+        from florec.strategies.robust_params import RobustFedAvgParams
+
+        return RobustFedAvgParams(cfg.defense, cfg.defense_norm, cfg.defense_trim,
+                                  cfg.defense_malicious, cfg.defense_select,
+                                  knowledge=needs_knowledge(cfg), fraction_train=cfg.fraction_train,
+                                  seed=cfg.seed), to_record(init.shared_state())
     return FedAvgParams(cfg.fraction_train, cfg.seed), to_record(init.shared_state())

@@ -43,7 +43,9 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.supercore import log
 
+from florec.models.registry import SEQUENTIAL_MODELS
 from florec.protocol.codec import from_record, to_record
+from florec.protocol.public_knowledge import needs_knowledge
 from florec.protocol.user_rows import USER_DEFENSES, clip_user_updates
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
@@ -69,10 +71,25 @@ def check_robust(cfg: RunConfig) -> None:
         if cfg.defense != "none" and cfg.fedcia_comm != "dense":
             raise ConfigError("a robust mean of similarity matrices needs fedcia-comm='dense'")
         return
+    if getattr(cfg, "secagg", False) and (cfg.defense != "none" or needs_knowledge(cfg)):
+        raise ConfigError("robust aggregation needs each update and attack runs use their own "
+                          "strategy, neither with secure aggregation (the server cannot take a "
+                          "median of a masked sum); set secagg=false or drop defense/attack")
+    if cfg.algorithm == "fedavg" and cfg.model in SEQUENTIAL_MODELS:
+        from florec.client.seq_attacks import SEQ_ATTACKS
+
+        if cfg.attack not in SEQ_ATTACKS:
+            raise ConfigError(f"sequential models take attack one of {SEQ_ATTACKS}; change "
+                              f"attack='{cfg.attack}'")
+        return
     fedavg_mf = cfg.algorithm == "fedavg" and cfg.model == "mf" and cfg.mf_loss == "bpr"
     if (cfg.defense != "none" or cfg.attack != "none") and not fedavg_mf:
         raise ConfigError("attack and defense are implemented for FedAvg with model 'mf' and "
-                          "mf-loss 'bpr' and for FedCIA; keep attack='none' defense='none'")
+                          "mf-loss 'bpr', SASRec/GRU4Rec and FedCIA; keep attack='none' "
+                          "defense='none'")
+    if cfg.attack == "sign-flip":
+        raise ConfigError("attack 'sign-flip' is for sequential models (dense uploads); for MF "
+                          "use 'fedattack' as the untargeted attack")
     if cfg.defense in ("median", "trimmed-mean") and cfg.aggregation != "sparse":
         raise ConfigError(f"defense '{cfg.defense}' aggregates each item row over the users "
                           "that touched it; set aggregation='sparse'")

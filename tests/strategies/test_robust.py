@@ -127,7 +127,11 @@ def test_defense_configurations_that_cannot_run_fail_in_one_line():
     with pytest.raises(ConfigError, match="averages the nodes it keeps"):
         check_robust(parse_run_config({"defense": "krum", "aggregation": "sum"}))
     with pytest.raises(ConfigError, match="model 'mf'"):
-        check_robust(parse_run_config({"defense": "krum", "model": "sasrec"}))
+        check_robust(parse_run_config({"defense": "krum", "model": "cotrec"}))
+    with pytest.raises(ConfigError, match="cannot take a median of a masked sum"):
+        check_robust(parse_run_config({"attack": "fedrecattack", "attack-fraction": 0.01,
+                                       "attack-targets": "unpopular:5", "secagg": True}))
+    check_robust(parse_run_config({"defense": "krum", "model": "sasrec"}))  # dense uploads
     with pytest.raises(ConfigError, match="fedcia-comm='dense'"):
         check_robust(parse_run_config({"algorithm": "fedcia", "defense": "median",
                                        "fedcia-comm": "factored"}))
