@@ -27,6 +27,7 @@ from florec.protocol.secagg_wire import (
     SEALED_BYTES,
     SHARE_WIDTH,
     decode_roster,
+    fedavg_range,
     fedavg_vector,
     node_from_json,
     node_to_json,
@@ -153,6 +154,7 @@ def fedavg_reply(cfg: RunConfig, msg: Message, context: Context, n_items: int,
         return content
     config = msg.content.config_records["config"]
     floats, ints = fedavg_vector(from_record(content.array_records["arrays"]), n_items)
-    codes = pack(floats, ints, cfg.secagg_clip, int(config["secagg-nodes"]))
+    clip = fedavg_range(cfg.secagg_clip, cfg.aggregation, cfg.weighting)
+    codes = pack(floats, ints, clip, int(config["secagg-nodes"]))
     keys = advertise(context, int(msg.metadata.dst_node_id), codes, str(config["secagg-info"]))
     return RecordDict({"arrays": to_record(keys), "metrics": content.metric_records["metrics"]})

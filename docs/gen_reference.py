@@ -443,8 +443,9 @@ DESCRIPTIONS: dict[str, str] = {
         ' sum always uses it)'
     ),
     'secagg-clip': (
-        'secure aggregation: quantisation range R; a node\'s summed update entries are clipped'
-        ' to [-R, R] (counted in `secagg-clipped`)'
+        'secure aggregation: quantisation range R (a node\'s summed update entries are clipped'
+        ' to [-R, R], counted in `secagg-clipped`); 0: 10,000 for `dense` weighted by'
+        ' interactions, else 64'
     ),
     'llkd-classes': 'LLKD: number of categories (the most frequent; 2..10, one letter each)',
     'llkd-selection': (

@@ -168,7 +168,7 @@ class RunConfig(BaseModel):
     dp_mode: Literal["central", "distributed"] = "central"
     # secure aggregation of FedAvg-MF updates (issue 16, docs/privacy.md)
     secagg: bool = False
-    secagg_clip: float = Field(100.0, gt=0)
+    secagg_clip: float = Field(0.0, ge=0)
     # poisoning attacks and robust aggregation (issue 18, docs/attacks.md)
     attack: Literal["none", "random", "bandwagon", "pipattack", "fedrecattack", "a-ra", "a-hum",
                     "fedattack", "sign-flip"] = "none"

@@ -31,6 +31,7 @@ from florec.protocol.secagg_wire import (
     SHARE_WIDTH,
     STAGES,
     encode_roster,
+    fedavg_range,
 )
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
@@ -73,7 +74,8 @@ def check_secagg(cfg: RunConfig) -> SecAggSpec | None:
     if cfg.defense != "none":
         raise ConfigError(f"defense '{cfg.defense}' needs each node's update, which secagg=true "
                           "hides from the server; set defense='none' or secagg=false")
-    return SecAggSpec(cfg.secagg_clip, cfg.round_timeout_s)
+    return SecAggSpec(fedavg_range(cfg.secagg_clip, cfg.aggregation, cfg.weighting),
+                      cfg.round_timeout_s)
 
 
 def public_keys(arrays: dict[str, np.ndarray]) -> tuple[bytes, bytes] | None:

@@ -214,6 +214,10 @@ class FedAvgRec(RecStrategy):
                   for k in ("num-users", "num-pairs", "loss-sum")}
         new, out = self._apply(server_round, emb_sum, bias_sum, denom, totals, len(alive))
         out.update(costs | {"secagg-clipped": clipped})
+        if clipped:
+            log(WARNING, "round %d: %d summed update entries were clipped to the secure "
+                "aggregation range %g; raise secagg-clip", server_round, clipped,
+                self.secagg.clip)
         return new, out
 
     def after_rounds(self, grid: Grid, run: dict, out_dir: object = None) -> dict:

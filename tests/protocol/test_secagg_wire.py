@@ -8,6 +8,7 @@ from florec.protocol.secagg import SecAggNode, quant_bits
 from florec.protocol.secagg_wire import (
     decode_roster,
     encode_roster,
+    fedavg_range,
     fedavg_sums,
     fedavg_vector,
     node_from_json,
@@ -70,3 +71,9 @@ def test_the_sparse_layout_scatters_into_the_dense_one():
     emb, b, c = fedavg_sums(f_sparse, counts, n_items, d)
     np.testing.assert_allclose(emb, dense["item_emb"], atol=1e-5)
     np.testing.assert_allclose(b, dense["item_bias"], atol=1e-5)
+
+
+def test_the_automatic_range_is_wide_only_for_interaction_weighted_dense_uploads():
+    assert fedavg_range(0.0, "dense", "interactions") == 1e4
+    assert fedavg_range(0.0, "sparse", "interactions") == fedavg_range(0.0, "dense", "uniform")
+    assert fedavg_range(3.0, "dense", "interactions") == 3.0

@@ -10,6 +10,7 @@ from florec.client import secagg_node
 from florec.protocol import shamir
 from florec.protocol.codec import from_record
 from florec.protocol.secagg import _pair_masks, quant_bits
+from florec.protocol.secagg_wire import fedavg_range
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
 from florec.server import secagg as server_secagg
@@ -45,7 +46,8 @@ def test_fedavg_with_secagg_equals_the_plain_run_within_quantisation_error(tmp_p
     plain, plain_rows, plain_grid = run(tmp_path, "plain", extra)
     secure, rows, grid = run(tmp_path, "secure", extra | {"secagg": True})
     # per round, each summed entry is off by at most n R / (2^k - 1) (k = quant_bits(n))
-    step = 4 * 100.0 / (2 ** quant_bits(4) - 1)
+    clip = fedavg_range(0.0, extra["aggregation"], "interactions")  # the automatic range
+    step = 4 * clip / (2 ** quant_bits(4) - 1)
     np.testing.assert_allclose(final_table(grid), final_table(plain_grid), atol=20 * step)
     for key, value in plain["metrics"].items():
         assert secure["metrics"][key] == pytest.approx(value, abs=1e-6), key
