@@ -85,3 +85,28 @@ def test_a_mismatched_adapter_state_is_refused(tiny_cfg):
     state = {k: v[:1] for k, v in llm.adapter_state().items()}
     with pytest.raises(ValueError, match="does not match"):
         llm.load_adapter_state(state)
+
+
+def test_a_shared_prompt_prefix_runs_once_and_leaves_the_answers_unchanged(tiny_cfg):
+    from florec.models.cotrec.prompts import SYSTEM, item_prompt
+
+    prompts = [item_prompt(f"Film {i} ({1990 + i}) | Genres: " + "Drama, " * (i % 3))
+               for i in range(6)]
+    shared = build_llm(tiny_cfg)
+    texts = [shared.chat_text(p, SYSTEM) for p in prompts]
+    batch, prefix = shared.shared_prefix_inputs(texts)
+    assert prefix >= 100  # template, instruction and example: computed once per batch
+    mask = batch["attention_mask"]
+    assert mask[:, :prefix].all() and mask.sum(1).tolist() == [
+        len(shared.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    plain = build_llm(tiny_cfg)
+    plain.min_shared_prefix = 10**9  # never share: the plain left-padded batch
+    assert plain.shared_prefix_inputs(texts)[1] == 0
+    for kw in ({"temperature": 1.0, "seed": 5}, {}):  # sampled (varied tokens) and greedy
+        a = shared.generate(prompts, max_new_tokens=10, system=SYSTEM, **kw)
+        b = plain.generate(prompts, max_new_tokens=10, system=SYSTEM, **kw)
+        assert a == b
+    assert any(shared.generate(prompts, max_new_tokens=10, system=SYSTEM, temperature=1.0,
+                               seed=5))  # the sampled answers are not all empty
+    assert shared.stats.prompt_tokens == 3 * int(mask.sum())  # real tokens, not padding
+    assert plain.stats.prompt_tokens == 2 * int(mask.sum())
