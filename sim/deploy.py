@@ -42,6 +42,10 @@ from florec.sim.flower import (
 )
 
 CONNECTION = "florec-deploy"
+#: seconds between a SuperExec's polls for a task to launch (Flower's
+#: ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``): Flower's default of 1 s adds half a second on average
+#: to every ClientApp message; a poll is one local HTTP request
+SUPEREXEC_POLL_S = 0.1
 CERTS_SCRIPT = PROJECT_ROOT / "deploy" / "certs.sh"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ID = re.compile(r"(?:SuperNode ID:|Successfully started run) (\d+)")
@@ -130,11 +134,14 @@ class LoopbackDeployment:
         ``data-dir`` of every node's config (empty: not set); ignored with ``shards``.
     shards : Path, optional
         A ``florec data shard`` folder: node ``i`` reads only ``shards/node-000i``.
+    superexec_poll_s : float
+        How often each SuperExec asks for a task to launch (a ClientApp or the ServerApp).
 
     """
 
     def __init__(self, num_nodes: int, log_dir: Path, certs: Path | None = None,
-                 auth: bool = False, data_dir: str = "", shards: Path | None = None) -> None:
+                 auth: bool = False, data_dir: str = "", shards: Path | None = None,
+                 superexec_poll_s: float = SUPEREXEC_POLL_S) -> None:
         if auth and certs is None:
             raise FloRecError("authentication needs TLS: add --tls")
         need = ["ca.crt", "server.pem", "server.key"] if certs else []
@@ -145,6 +152,7 @@ class LoopbackDeployment:
                               f"deploy/certs.sh -o {certs} -k {num_nodes} -s")
         self.num_nodes, self.certs, self.auth, self.data_dir = num_nodes, certs, auth, data_dir
         self.shards = None if shards is None else Path(shards).resolve()
+        self.superexec_poll_s = superexec_poll_s
         self.log_dir = Path(log_dir)
         self.work = Path(tempfile.mkdtemp(prefix="florec-deploy-"))
         self.port, *self.node_ports = free_ports(num_nodes + 1)
@@ -156,6 +164,7 @@ class LoopbackDeployment:
         if self.auth and name != "flwr-run":  # every SuperLink, SuperNode and SuperExec
             cmd = [*cmd, "--superexec-auth-secret-file", str(self.certs / "superexec.secret")]
         env = flower_env(self.work / home)
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = repr(float(self.superexec_poll_s))
         if not home.startswith("node-") or self.shards is not None:
             env[NO_DATA_ENV] = "1"  # the server side never opens data; a node only its shard
         svc = Service(name, cmd, env, self.log_dir, echo)
@@ -237,8 +246,12 @@ class LoopbackDeployment:
         """SuperNode ID of each partition (``None`` until the node has connected)."""
         return {i: self.services[f"supernode-{i}"].node_id for i in range(self.num_nodes)}
 
-    def submit(self, run_config: dict[str, Any], echo: bool = True) -> int:
-        """``flwr run . <connection> --stream``: wait for the run, report nodes that die.
+    def submit(self, run_config: dict[str, Any], echo: bool = True,
+               app: Path = PROJECT_ROOT) -> int:
+        """``flwr run <app> <connection> --stream``: wait for the run, report nodes that die.
+
+        ``app`` is the Flower app folder to submit (FloRec itself by default; the bench submits
+        ``bench/deploy-floor`` to the same SuperLink and SuperNodes).
 
         Returns
         -------
@@ -247,7 +260,7 @@ class LoopbackDeployment:
 
         """
         cfg = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
-        run = self._start("flwr-run", [_exe("flwr"), "run", str(PROJECT_ROOT), CONNECTION,
+        run = self._start("flwr-run", [_exe("flwr"), "run", str(app), CONNECTION,
                                        "--stream", "--run-config", cfg], "flwr", echo)
         while run.proc.poll() is None:
             self._check_exits()

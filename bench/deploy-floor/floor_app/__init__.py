@@ -1,0 +1,1 @@
+"""Flower's floor for a deployed round (see ``bench/deploy_rounds.py``)."""

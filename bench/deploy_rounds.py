@@ -1,0 +1,231 @@
+"""A deployed round against Flower's floor, phase by phase, before and after, in one run.
+
+Per setting, one loopback topology of ``florec deploy local`` (SuperLink, ServerApp SuperExec,
+``--nodes`` SuperNodes each with its ClientApp SuperExec, ``--isolation process``; node i reads
+only its ``florec data shard`` folder) gets, one after the other:
+
+- ``floor``: ``bench/deploy-floor``, a numpy ClientApp and a ServerApp with FloRec's message
+  pattern (a ``query.partition``, then a train and an evaluate message per node and round) and
+  FloRec's reply polling: what a round costs in Flower itself;
+- ``floor-fused`` (after only): the same with one message per node and round (the train message
+  carries the evaluation of the model it brings);
+- ``florec``: FedAvg-MF on synthetic shards, the run ``florec deploy local`` makes.
+
+Settings: ``before`` (with ``--before-app DIR``, a FloRec folder of an older commit, under
+Flower's default SuperExec poll of 1 s) and ``after`` (this tree, with ``florec deploy local``'s
+:data:`florec.sim.deploy.SUPEREXEC_POLL_S`); each FloRec is compared with the floor measured on
+its own topology, minutes apart.
+
+Every ClientApp message appends wall-clock stamps to ``FLOREC_PHASE_LOG`` and each SuperNode
+logs when it received a message and sent the reply, so a message splits into: process start
+(SuperNode received -> the app module starts importing: the SuperExec's task poll, the new
+``flwr-clientapp`` process, Python, Flower, unpacking and hashing the FAB), imports (the app
+module and the method's node module), data load, work, hand-off (handler returned -> the
+SuperNode sends the reply). A round's wall time less its messages on the slowest node is
+polling and the server (the SuperNode's fixed 3 s idle poll, aggregation)::
+
+    OMP_NUM_THREADS=1 python bench/deploy_rounds.py --rounds 3 --before-app /tmp/florec-before
+
+writes ``OUT/bench.json`` (stamps, messages, per-phase means, ratios) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOOR = ROOT / "bench" / "deploy-floor"
+PHASES = ("process start", "imports", "data load", "work", "hand-off")
+
+
+def _stamp(line: str) -> float:
+    h, m, s = line.split(" ", 1)[0].split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def supernode_messages(log_dir: Path, day0: float) -> dict[int, list[tuple[float, float, str]]]:
+    """Per node: (received, sent, message type) of every message, as epoch seconds."""
+    out: dict[int, list[tuple[float, float, str]]] = {}
+    for path in sorted(log_dir.glob("supernode-*.log")):
+        node, got, kind = int(path.stem.split("-")[1]), None, ""
+        rows = out.setdefault(node, [])
+        for line in path.read_text(errors="replace").splitlines():
+            if "Receiving:" in line:
+                got, kind = day0 + _stamp(line), line.split("Receiving:")[1].split()[0]
+            elif "Sending:" in line and got is not None:
+                rows.append((got, day0 + _stamp(line), kind))
+                got = None
+    return out
+
+
+def split_messages(phase_rows: list[dict], sn: dict[int, list[tuple[float, float, str]]]
+                   ) -> list[dict]:
+    """Each ClientApp message's phases in seconds (matched to its SuperNode receive/send)."""
+    out = []
+    for row in phase_rows:
+        # log stamps are taken when the launcher reads a line (late by scheduling delays)
+        cands = [m for m in sn.get(row["node"], []) if m[0] <= row["handler_start"]
+                 and m[1] >= row["handler_end"] - 0.5]
+        if not cands:
+            continue
+        recv, sent, _ = max(cands, key=lambda m: m[0])
+        lazy = float(row.get("lazy_imports_s", 0.0))
+        out.append({"app": row["app"], "kind": row["kind"], "node": row["node"],
+                    "received": recv, "sent": sent, "total": sent - recv,
+                    "process start": row["import_start"] - recv,
+                    "imports": row["import_end"] - row["import_start"] + lazy,
+                    "data load": row["data_end"] - row["handler_start"],
+                    "work": row["handler_end"] - row["data_end"] - lazy,
+                    "hand-off": sent - row["handler_end"]})
+    return out
+
+
+def summarize(messages: list[dict], rounds: list[dict]) -> dict:
+    """Mean phase seconds per message, round seconds, and the per-round polling remainder."""
+    steady = rounds[1:] or rounds  # round 1 also builds caches; report rounds 2.. as steady
+    round_s = statistics.mean(r["seconds"] for r in steady)
+    per_round = []
+    for r in steady:
+        inside = [m for m in messages if r["start"] <= m["received"] <= r["end"]]
+        by_node: dict[int, float] = {}
+        for m in inside:
+            by_node[m["node"]] = by_node.get(m["node"], 0.0) + m["total"]
+        per_round.append((len(inside), max(by_node.values(), default=0.0)))
+    msgs = [m for m in messages if m["kind"] != "query"]
+    phases = {p: statistics.mean(m[p] for m in msgs) for p in PHASES} if msgs else {}
+    n_msgs = statistics.mean(n for n, _ in per_round)
+    node_s = statistics.mean(s for _, s in per_round)
+    return {"round_s": round_s, "rounds_s": [r["seconds"] for r in rounds],
+            "messages_per_round": n_msgs, "message_s": statistics.mean(m["total"] for m in msgs),
+            "phases_s": phases, "node_s_per_round": node_s,
+            "polling_and_server_s_per_round": round_s - node_s}
+
+
+def read_rounds(out: Path) -> list[dict]:
+    """``rounds.jsonl`` as (round, start, end, seconds) for both apps."""
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    if "start" in rows[0]:  # the floor's own rows
+        return [r | {"seconds": r["end"] - r["start"]} for r in rows]
+    end = (out / "rounds.jsonl").stat().st_mtime  # FloRec's rows: seconds per round, in order
+    out_rows = []
+    for r in reversed(rows):
+        out_rows.append({"round": r["round"], "end": end, "start": end - float(r["seconds"]),
+                         "seconds": float(r["seconds"])})
+        end -= float(r["seconds"])
+    return out_rows[::-1]
+
+
+def run_setting(label: str, poll_s: float, apps: list[tuple[str, Path]], args: Any,
+                work: Path, florec_cfg: dict) -> dict:
+    """Start one topology with SuperExec poll ``poll_s``, submit each app, summarize each."""
+    from florec.sim import deploy
+
+    phase_log = work / f"phases-{label}.jsonl"
+    os.environ["FLOREC_PHASE_LOG"] = str(phase_log)  # the SuperExecs and their ClientApps
+    day0 = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
+    logs, results = work / f"logs-{label}", {}
+    t0 = time.time()
+    with deploy.LoopbackDeployment(args.nodes, logs, shards=work / "shards",
+                                   superexec_poll_s=poll_s) as dep:
+        up_s = time.time() - t0
+        for name, app in apps:
+            out = work / label / name
+            if name == "florec":
+                cfg = florec_cfg | {"out-dir": str(out)}
+            else:
+                cfg = {"num-rounds": args.rounds, "num-nodes": args.nodes, "out-dir": str(out),
+                       "messages": "fused" if name == "floor-fused" else "separate"}
+            start = time.time()
+            if dep.submit(cfg, echo=False, app=app) != 0:
+                sys.exit(f"{label} {name} failed; logs in {logs}")
+            rows = [json.loads(line) for line in phase_log.read_text().splitlines()]
+            mine = [r for r in rows if r["app"] == name.split("-")[0]
+                    and r["handler_start"] >= start]
+            msgs = split_messages(mine, supernode_messages(logs, day0))
+            results[name] = summarize(msgs, read_rounds(out)) | {
+                "wall_s": time.time() - start, "app": str(app), "stamps": mine,
+                "messages": msgs}
+    floor = results["floor"]["round_s"]
+    for res in results.values():
+        res["ratio_to_floor"] = res["round_s"] / floor
+    return {"superexec_poll_s": poll_s, "deploy_up_s": up_s, "load_avg_after": os.getloadavg(),
+            "apps": results}
+
+
+def main() -> None:
+    """Per setting (before, after): start the topology, submit each app, write the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--users", type=int, default=200)
+    ap.add_argument("--items", type=int, default=300)
+    ap.add_argument("--before-app", type=Path, default=None,
+                    help="a FloRec folder to measure first, with Flower's default 1 s SuperExec "
+                         "poll (e.g. a copy of an older commit)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "deploy_rounds")
+    args = ap.parse_args()
+
+    from florec.recdata.runconfig import parse_run_config
+    from florec.recdata.shard_files import write_shards
+    from florec.sim import deploy
+
+    florec_cfg = {"dataset": "synthetic", "synthetic-users": args.users,
+                  "synthetic-items": args.items, "synthetic-interactions": 20, "dim": 16,
+                  "num-rounds": args.rounds, "num-nodes": args.nodes}
+    work = Path(tempfile.mkdtemp(prefix="deploy-rounds-"))
+    write_shards(parse_run_config(florec_cfg), work / "shards")
+    settings = {}
+    if args.before_app is not None:
+        settings["before"] = run_setting("before", 1.0, [("floor", FLOOR),
+                                                         ("florec", args.before_app)],
+                                         args, work, florec_cfg)
+    settings["after"] = run_setting(
+        "after", deploy.SUPEREXEC_POLL_S,
+        [("floor", FLOOR), ("floor-fused", FLOOR), ("florec", ROOT)], args, work, florec_cfg)
+    report = {"rounds": args.rounds, "nodes": args.nodes, "users": args.users,
+              "items": args.items, "florec_config": florec_cfg,
+              "env": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                      "load_avg_end": os.getloadavg(), "omp": os.environ.get("OMP_NUM_THREADS"),
+                      "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                               capture_output=True, text=True,
+                                               cwd=ROOT).stdout.strip()},
+              "settings": settings}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(table(report))
+
+
+def table(report: dict) -> str:
+    """The per-phase table: one column per (setting, app), seconds per message and per round."""
+    cols = [(f"{label}: {name}", res) for label, st in report["settings"].items()
+            for name, res in st["apps"].items()]
+
+    def row(title: str, fmt: Any) -> str:
+        return f"| {title} | " + " | ".join(fmt(res) for _, res in cols) + " |"
+
+    lines = ["| phase | " + " | ".join(c for c, _ in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    lines += [row(f"{p} (s/message)", lambda r, p=p: f"{r['phases_s'].get(p, 0):.2f}")
+              for p in PHASES]
+    lines += [row("messages per round", lambda r: f"{r['messages_per_round']:.0f}"),
+              row("node time per round (slowest node)", lambda r: f"{r['node_s_per_round']:.2f}"),
+              row("polling and server per round",
+                  lambda r: f"{r['polling_and_server_s_per_round']:.2f}"),
+              row("**round (s)**", lambda r: f"**{r['round_s']:.2f}**"),
+              row("ratio to its floor", lambda r: f"{r['ratio_to_floor']:.2f}")]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
