@@ -10,7 +10,9 @@ Suites (``--suite``), each over ``--seeds`` (user-sampling seeds = ``split-seed`
   at the scale given by ``--set`` (e.g. ``agentcf-users=20 agentcf-train-max=4``).
 
 ``--nodes N`` runs the cells federated (user memories on N in-process nodes; suite folder
-``<suite>-fed``), with bytes up (of which item-reflection text) and down.
+``<suite>-fed``), with bytes up (of which item-reflection text) and down; with ``--flower``
+through the Flower ServerApp and ClientApp (:class:`florec.sim.local_grid.LocalGrid`, node
+stores in Flower Contexts; suite folder ``<suite>-flower``).
 
 Each cell writes ``<out>/<suite>/<dataset>/<method>/seed<k>/`` (results.json with ``metrics``,
 ``baselines``, ``phases``, ``llm``; ranks.json); ``summary.md`` tabulates mean and sd over seeds
@@ -46,12 +48,23 @@ BASE: dict[str, Any] = {"agentcf-baselines": True, "encoder": "minilm"}
 BASELINES = ("random", "pop", "bpr-mf", "sasrec", "llmrank")
 
 
-def run_cell(config: dict[str, Any], out: Path, nodes: int = 0) -> dict[str, Any]:
-    """One run in this process: central, or federated on ``nodes`` in-process nodes."""
+def run_cell(config: dict[str, Any], out: Path, nodes: int = 0,
+             flower: bool = False) -> dict[str, Any]:
+    """One run in this process: central, or federated on ``nodes`` nodes.
+
+    Federated runs use in-process node objects, or with ``flower`` the Flower ServerApp and
+    ClientApp on an in-process grid.
+    """
     from florec.recdata.runconfig import parse_run_config
     from florec.sim.central_agentcf import run_central_agentcf, run_federated_agentcf
 
     out.mkdir(parents=True, exist_ok=True)
+    if flower:
+        from florec.server.app import run_federated
+        from florec.sim.local_grid import LocalGrid
+
+        cfg = parse_run_config(config | {"num-nodes": nodes, "out-dir": str(out)})
+        return run_federated(LocalGrid(cfg.to_flower(), nodes, keep_replies=False), cfg, out)
     cfg = parse_run_config(config)
     run = run_federated_agentcf(cfg, nodes, out) if nodes else run_central_agentcf(cfg, out)
     memories = out / "memories.jsonl"
@@ -139,6 +152,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/agentcf"))
     ap.add_argument("--nodes", type=int, default=0,
                     help="> 0: federated in process on this many nodes (suite name + '-fed')")
+    ap.add_argument("--flower", action="store_true",
+                    help="with --nodes: through the Flower apps (suite name + '-flower')")
     ap.add_argument("--summary-only", action="store_true", help="rewrite summary.md only")
     args = ap.parse_args()
     if args.summary_only:
@@ -152,7 +167,7 @@ def main() -> None:
     for name, ds_cfg in datasets.items():
         for seed in (int(s) for s in args.seeds.split(",")):
             for method in args.methods.split(","):
-                suite = args.suite + ("-fed" if args.nodes else "")
+                suite = args.suite + ("-flower" if args.flower else "-fed" if args.nodes else "")
                 out = args.out / suite / name / method / f"seed{seed}"
                 done = out / "results.json"
                 if done.is_file() and json.loads(done.read_text()).get("status") == "finished":
@@ -160,7 +175,7 @@ def main() -> None:
                 config = BASE | METHODS[method] | ds_cfg | extra | {"split-seed": seed}
                 t0 = time.perf_counter()
                 try:
-                    run_cell(config, out, args.nodes)
+                    run_cell(config, out, args.nodes, args.flower)
                     print(f"{suite}/{name}/{method}/seed{seed}: "
                           f"{time.perf_counter() - t0:.0f} s", flush=True)
                 except Exception:  # one failed cell must not stop the matrix
