@@ -100,7 +100,8 @@ def report(spec: dict[str, Any], out: Path) -> str:
     done = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
     by: dict[tuple, list[dict[str, Any]]] = {}
     for c in done:
-        method = "FedCIA-MF" if c["config"].get("algorithm") == "fedcia" else "FedAvg-MF"
+        method = "FedCIA-MF" if c["config"].get("algorithm") == "fedcia" else \
+            "FedAvg-SASRec" if c["config"].get("model") == "sasrec" else "FedAvg-MF"
         by.setdefault((method, c["attack"], c["fraction"], c["defense"]), []).append(c)
     seeds = sorted({c["seed"] for c in done})
     lines = [f"# Poisoning attacks on FedAvg-MF ({spec['bench']['dataset']})", "",
