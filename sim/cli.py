@@ -251,15 +251,16 @@ def sim(
     ``--overwrite`` or ``--resume``. A run that fails exits non-zero with its cause.
     """
     from florec.server.results import claim_folder
-    from florec.sim.flower import RunFailed, flwr_run
+    from florec.sim.flower import RunFailed, flwr_run, in_child
 
+    # checks and sizing in a child: this process waits for the run without torch or the data
     if resume is not None:
         out = resume.resolve()
-        overrides, n = resume_overrides(out, config)
+        overrides, n = in_child(resume_overrides, out, config)
     else:
         out = out.resolve()
-        _, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config,
-                                           **{"out-dir": str(out)})
+        _, n, overrides = in_child(federated_config, dataset, algorithm, model, nodes, rounds,
+                                   config, **{"out-dir": str(out)})
     if ray_address:  # fail in one line before the results folder is claimed
         from florec.sim.ray_cluster import check_ray_address, shared_data_overrides
 

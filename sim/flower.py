@@ -22,14 +22,15 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from florec.recdata.errors import ConfigError, FloRecError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+T = TypeVar("T")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -104,7 +105,64 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     env.setdefault("RAY_DEDUP_LOGS", "0")
+    for key, value in LEAN_ENV.items():  # the user's own settings win
+        env.setdefault(key, value)
     return env
+
+
+#: Memory defaults for every process of a run (docs/scale.md, "Memory"): glibc keeps at most two
+#: malloc arenas per process (Ray workers and gRPC servers run dozens of threads, each of which
+#: would otherwise get an arena of its own) and returns freed memory above 128 KiB to the
+#: system (setting the trim threshold also pins the mmap threshold at 128 KiB, so torch's and
+#: numpy's large buffers are unmapped when freed instead of staying in the heap); Ray starts no
+#: spare workers beyond the ClientApp actors Flower asks for.
+LEAN_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "131072",
+            "RAY_enable_worker_prestart": "0"}
+
+
+def in_child(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a forked child process; its result, or its exception, here.
+
+    A command that waits for a run for hours (``florec sim``) checks the config and sizes the
+    partition in a child, so the waiting process never imports torch nor keeps the dataset
+    (about 200 MB on ML-1M). Where ``fork`` is unavailable the call runs in this process.
+
+    Raises
+    ------
+    FloRecError
+        The child died without an answer (killed, or out of memory).
+
+    """
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return fn(*args, **kwargs)
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def target() -> None:
+        try:
+            result: tuple[bool, Any] = (True, fn(*args, **kwargs))
+        except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent
+            result = (False, err)
+        try:
+            send.send(result)
+        except Exception as err:  # noqa: BLE001 - an unpicklable result or exception
+            send.send((False, FloRecError(f"{type(err).__name__}: {err}")))
+
+    proc = ctx.Process(target=target, daemon=True)
+    proc.start()
+    send.close()
+    try:
+        ok, value = recv.recv()
+    except EOFError:
+        proc.join()
+        raise FloRecError(f"the config check's process exited with code {proc.exitcode} "
+                          "without an answer; run the command again") from None
+    proc.join()
+    if ok:
+        return value
+    raise value
 
 
 def toml_value(value: Any) -> str:
