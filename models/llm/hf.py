@@ -166,8 +166,8 @@ class HFLLM(LLM):
         inputs, shared = self.shared_prefix_inputs([self.chat_text(p, system) for p in prompts])
         extra = {}
         if shared:  # the common prefix runs once; its KV cache is copied to every row
-            cache = self.model(input_ids=inputs["input_ids"][:1, :shared],
-                               use_cache=True).past_key_values
+            head = self.model(input_ids=inputs["input_ids"][:1, :shared], use_cache=True)
+            cache = head["cache"] if "cache" in head else head["past_key_values"]
             cache.batch_repeat_interleave(len(prompts))
             extra["cache"] = cache
         sample = temperature > 0
