@@ -52,8 +52,8 @@ from florec.recdata.seeds import Salt, stream
 from florec.recdata.splits import Split
 
 __all__ = ["AttackKnowledge", "apply_attack", "benign_rows", "knowledge_from_public",
-           "knowledge_from_split", "knowledge_setup", "malicious_users", "needs_knowledge",
-           "node_knowledge", "poison_similarity"]
+           "knowledge_from_split", "knowledge_setup", "log_hosted", "malicious_users",
+           "needs_knowledge", "node_knowledge", "poison_similarity"]
 
 
 
@@ -241,7 +241,8 @@ def benign_rows(bucket: Bucket, know: AttackKnowledge | None) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1024)
-def _log_hosted(pid: int, users: tuple[int, ...]) -> None:
+def log_hosted(pid: int, users: tuple[int, ...]) -> None:
+    """Log once per run and node which malicious users partition ``pid`` hosts."""
     log(INFO, "partition %d hosts malicious users %s", pid, list(users))
 
 
@@ -278,7 +279,7 @@ def apply_attack(cfg: RunConfig, know: AttackKnowledge | None, bucket: Bucket,
     bad = np.flatnonzero(np.isin(bucket.users, know.malicious))
     if len(bad) == 0:
         return res
-    _log_hosted(pid, tuple(int(u) for u in bucket.users[bad]))
+    log_hosted(pid, tuple(int(u) for u in bucket.users[bad]))
     from florec.client.attack_rules import attack_rows
 
     local = LocalConfig.from_run_config(cfg, server_round)

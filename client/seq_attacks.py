@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from florec.client.attacks import AttackKnowledge
+from florec.client.attacks import AttackKnowledge, log_hosted
 from florec.client.trainers.sequential import make_optimizers, train_epoch
 from florec.models.exposure import exposure_sums
 from florec.models.seq_layers import SequentialRecommender
@@ -105,6 +105,7 @@ def poisoned_state(cfg: RunConfig, know: AttackKnowledge, model: SequentialRecom
     """
     if cfg.attack not in SEQ_ATTACKS[1:]:
         raise ValueError(f"attack '{cfg.attack}' has no rule for sequential models")
+    log_hosted(pid, tuple(int(u) for u in users))
     start = model.shared_state()
     windows = fake_windows(cfg, know, users, cfg.max_seq_len) if cfg.attack == "bandwagon" \
         else seqs.inputs(users, "train", cfg.max_seq_len)

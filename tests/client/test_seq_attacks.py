@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from florec.client import node_store
-from florec.client.attacks import AttackKnowledge
+from florec.client.attacks import AttackKnowledge, malicious_users
 from florec.client.seq_attacks import fake_windows, mix_states
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
@@ -60,14 +60,21 @@ def test_sequential_attacks_refuse_mf_only_attacks_in_one_line():
 
 
 @pytest.mark.slow
-def test_sasrec_fraction_zero_equals_clean_and_attacks_move_exposure_and_accuracy(tmp_path):
+def test_sasrec_fraction_zero_equals_clean_and_attacks_move_exposure_and_accuracy(tmp_path,
+                                                                                  caplog):
     clean, clean_rows = run(tmp_path / "clean")
     zero, zero_rows = run(tmp_path / "zero", attack="bandwagon", **{"attack-fraction": 0.0})
     assert zero["metrics"] == pytest.approx(clean["metrics"], rel=1e-12, abs=1e-15)
     for a, b in zip(zero_rows, clean_rows, strict=True):
         assert a["valid"] == pytest.approx(b["valid"], rel=1e-12, abs=1e-15)
-    wagon, _ = run(tmp_path / "bandwagon", attack="bandwagon",
-                   **{"attack-fraction": 0.1, "attack-lr": 5.0})
+    with caplog.at_level("INFO"):
+        wagon, _ = run(tmp_path / "bandwagon", attack="bandwagon",
+                       **{"attack-fraction": 0.1, "attack-lr": 5.0})
+    bad = malicious_users(parse_run_config(SEQ | {"attack": "bandwagon",
+                                                  "attack-fraction": 0.1}), 60)
+    logged = [line for line in caplog.text.splitlines() if "hosts malicious users" in line]
+    assert sorted(int(u) for line in logged for u in line.split("[")[-1].strip("]").split(",")
+                  ) == bad.tolist()  # the seeded draw, each user logged by its node
     assert wagon["metrics"]["er@10"] > clean["metrics"]["er@10"] + 0.2
     assert wagon["metrics"]["num-users"] == clean["metrics"]["num-users"] - 6  # 10% left out
     _, flip_rows = run(tmp_path / "flip", attack="sign-flip",
@@ -76,7 +83,4 @@ def test_sasrec_fraction_zero_equals_clean_and_attacks_move_exposure_and_accurac
     assert flip_rows[-1]["valid"]["ndcg@10"] < last - 0.02  # the reversed change hurts
     held, _ = run(tmp_path / "median", attack="bandwagon", defense="median",
                   **{"attack-fraction": 0.1, "attack-lr": 5.0})
-    print({"clean": clean["metrics"]["er@10"], "bandwagon": wagon["metrics"]["er@10"],
-           "median": held["metrics"]["er@10"], "flip": flip_rows[-1]["valid"]["ndcg@10"],
-           "clean-last": last})
     assert held["metrics"]["er@10"] < wagon["metrics"]["er@10"]
