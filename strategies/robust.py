@@ -58,6 +58,8 @@ __all__ = ["NODE_DEFENSES", "RobustFedAvgRec", "RobustFedCIA", "check_robust", "
            "norm_bound", "row_aggregate"]
 
 NODE_DEFENSES = ("krum", "multi-krum")
+#: attacks that promote ``attack-targets`` (they need targets)
+PROMOTION_ATTACKS = ("random", "bandwagon", "pipattack", "fedrecattack", "a-ra", "a-hum")
 #: defenses of :class:`RobustFedCIA` (a robust mean of the nodes' similarity matrices)
 FEDCIA_DEFENSES = ("none", "median", "trimmed-mean")
 
@@ -75,6 +77,9 @@ def check_robust(cfg: RunConfig) -> None:
         raise ConfigError("robust aggregation needs each update and attack runs use their own "
                           "strategy, neither with secure aggregation (the server cannot take a "
                           "median of a masked sum); set secagg=false or drop defense/attack")
+    if cfg.attack in PROMOTION_ATTACKS and cfg.attack_fraction > 0 and not cfg.attack_targets:
+        raise ConfigError(f"attack '{cfg.attack}' promotes target items; set attack-targets, "
+                          "e.g. -c \"attack-targets='unpopular:5'\"")
     if cfg.algorithm == "fedavg" and cfg.model in SEQUENTIAL_MODELS:
         from florec.client.seq_attacks import SEQ_ATTACKS
 

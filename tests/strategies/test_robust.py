@@ -132,6 +132,9 @@ def test_defense_configurations_that_cannot_run_fail_in_one_line():
         check_robust(parse_run_config({"attack": "fedrecattack", "attack-fraction": 0.01,
                                        "attack-targets": "unpopular:5", "secagg": True}))
     check_robust(parse_run_config({"defense": "krum", "model": "sasrec"}))  # dense uploads
+    with pytest.raises(ConfigError, match="set attack-targets"):
+        check_robust(parse_run_config({"attack": "bandwagon", "attack-fraction": 0.01,
+                                       "model": "sasrec"}))
     with pytest.raises(ConfigError, match="fedcia-comm='dense'"):
         check_robust(parse_run_config({"algorithm": "fedcia", "defense": "median",
                                        "fedcia-comm": "factored"}))
