@@ -264,7 +264,8 @@ def read_split(split_dir: Path, dataset: str) -> Split:
             empty = next(fh, None) is None or next(fh, "").strip() == ""
         arr = np.zeros((0, 3)) if empty else np.loadtxt(path, delimiter="\t", skiprows=1,
                                                          ndmin=2, dtype=np.float64)
-        parts[part] = (arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2])
+        parts[part] = (arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64),
+                       arr[:, 2].copy())  # a view would keep the whole (n, 3) array alive
     sizes = []
     for kind in ("user", "item"):
         path = split_dir / f"{dataset}.{kind}.map"
