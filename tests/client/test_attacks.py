@@ -120,8 +120,9 @@ def test_targeted_attack_without_targets_and_unsupported_methods_fail_in_one_lin
         knowledge_from_split(cfg_of(attack="a-ra", attack_fraction=0.1), split)
     with pytest.raises(ConfigError, match="FedCIA takes attack 'pipattack'"):
         check_algorithm(cfg_of(algorithm="fedcia", attack="a-ra", attack_fraction=0.1))
-    with pytest.raises(ConfigError, match="FedAvg with model 'mf'"):
-        check_algorithm(cfg_of(model="sasrec", attack="a-ra", attack_fraction=0.1))
+    with pytest.raises(ConfigError, match="sequential models take attack one of"):
+        check_algorithm(cfg_of(model="sasrec", attack="a-ra", attack_fraction=0.1,
+                               attack_targets="unpopular:2"))
 
 
 SMALL = {"dataset": "synthetic", "synthetic-users": 60, "synthetic-items": 80,
