@@ -3,8 +3,13 @@
 Reads the results of ``florec bench --config bench/dp_curve.toml --out docs/results/dp`` (one
 federated cell per target epsilon, plus the non-private run and the popularity baseline) and
 writes ``summary.json``, ``summary.md`` (the table on docs/privacy.md) and ``dp_curve.png``.
+The same for ML-1M (``bench/dp_curve_ml1m.toml``, ``docs/results/dp_ml1m``). With ``--sweep``
+it tabulates a tuning sweep instead (``bench/dp_curve_ml1m_sweep.toml``): VALIDATION ndcg@10
+at the best round with each cell's q, T and C, and no plot.
 
 Run: python bench/dp_curve.py docs/results/dp/results.json --out docs/results/dp
+     python bench/dp_curve.py --sweep docs/results/dp_ml1m/sweep/results.json \
+       --out docs/results/dp_ml1m/sweep
 """
 
 from __future__ import annotations
@@ -58,6 +63,44 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per sweep cell: its q, T, C, local lr, server lr and validation ndcg@10."""
+    defaults = results["config"]["defaults"]
+    rows = []
+    for run in results["runs"]:
+        method = next(m for m in results["config"]["method"] if m["label"] == run["label"])
+        keys = defaults | method
+        dp = run.get("dp") or {}
+        federated = method["setting"] == "federated"
+        rows.append({
+            "label": run["label"], "seed": run["seed"],
+            "q": keys.get("cohort-fraction", 1.0) if federated else None,
+            "rounds": keys.get("num-rounds") if federated else None,
+            "clip": keys.get("dp-clip") if keys.get("dp") else None,
+            "lr": keys.get("lr") if federated else None,
+            "server_lr": keys.get("server-lr", 1.0) if federated else None,
+            "target_epsilon": keys.get("dp-epsilon") if keys.get("dp") else None,
+            "noise_multiplier": dp.get("noise_multiplier"),
+            "valid_ndcg@10": run["valid_metrics"]["ndcg@10"], "best_round": run["best_round"],
+            "wall_s": run["wall_s"]})
+    return rows
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of :func:`sweep_rows` (validation only)."""
+    def num(v: Any, fmt: str = "g") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["| cell | q | rounds T | clip C | local lr | server lr | target epsilon | "
+             "noise multiplier | VALID ndcg@10 | best round | wall s |", "|---" * 11 + "|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {num(r['q'])} | {num(r['rounds'])} | {num(r['clip'])} | "
+                     f"{num(r['lr'])} | {num(r['server_lr'])} | {num(r['target_epsilon'])} | "
+                     f"{num(r['noise_multiplier'], '.3f')} | {r['valid_ndcg@10']:.4f} | "
+                     f"{r['best_round']} | {r['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Test ndcg@10 against epsilon (log axis; no noise drawn at the right, baselines dashed)."""
     import matplotlib
@@ -85,13 +128,20 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-    """Write summary.json, summary.md and dp_curve.png from a bench results.json."""
+    """Write summary.json, summary.md and dp_curve.png (or sweep.md) from a bench results.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sweep", action="store_true",
+                        help="tabulate a tuning sweep on validation (sweep.md), no plot")
     args = parser.parse_args()
-    rows = rows_of(json.loads(args.results.read_text()))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        text = sweep_table(sweep_rows(json.loads(args.results.read_text())))
+        (args.out / "sweep.md").write_text(text)
+        print(text)
+        return
+    rows = rows_of(json.loads(args.results.read_text()))
     (args.out / "summary.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     (args.out / "summary.md").write_text(table(rows))
     plot(rows, args.out / "dp_curve.png")
