@@ -17,6 +17,12 @@ update rules; ``none`` adds ``server-lr * Delta``).
 Replies are folded into one accumulator as they arrive, so server memory does not grow with
 the number of clients. Each node pre-sums its own users' updates
 (:func:`florec.protocol.fedavg_upload.node_payload`).
+
+With ``secagg=true`` a training reply carries only the node's public keys (and its metrics);
+the node keeps its update, laid out over the whole catalogue (sparse counts included) and
+quantised, and the strategy drives the secure aggregation's exchanges
+(:func:`florec.server.secagg.run_exchanges`) to get the sum over the nodes that did not drop,
+then averages and steps as above.
 """
 
 from __future__ import annotations
