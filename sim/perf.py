@@ -13,7 +13,9 @@ skipped.
   compute in parallel while the in-process grid runs it serially, so the in-process time is
   divided by them (an estimate that assumes linear speed-up of the nodes' compute);
 - ``peak_mem_mb``: the peak, over the run, of the summed RSS of this process and every process
-  it started (SuperLink, simulation, Ray head and workers), sampled every 0.2 s;
+  it started (SuperLink, simulation, Ray head and workers), sampled every 0.5 s;
+- ``peak_pss_mb``: the peak of their summed PSS (shared pages charged once in all), and
+  ``peak_pss_by_role``: that sample's PSS by process role (:mod:`florec.sim.memory`);
 - ``bytes_per_round``: bytes down + up of one round;
 - ``eval_s``: the full-ranking evaluation of every user (final round, in-process);
 - ``local_round_over_central_epoch`` (full-cohort cells): the local training compute of one
@@ -29,7 +31,6 @@ import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from florec.recdata.errors import ConfigError
+from florec.sim.memory import ProcessTreeMemory
 
 #: ML-1M's catalogue and mean interactions per user, for synthetic populations of any size
 ML1M_SHAPE = {"synthetic-items": 3706, "synthetic-interactions": 165}
@@ -67,35 +69,19 @@ class PerfCell:
         return cfg
 
 
-class TreeMemory:
-    """Samples the summed RSS of this process and all its descendants in a thread."""
+class TreeMemory(ProcessTreeMemory):
+    """The summed RSS of this process and all its descendants, sampled in a thread (``peak_mb``).
+
+    RSS only (no ``smaps_rollup`` reads); :class:`ProcessTreeMemory` gives PSS and roles.
+    """
 
     def __init__(self, every_s: float = 0.2) -> None:
-        self.every_s, self.peak_mb = every_s, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        super().__init__(every_s=every_s, pss=False)
 
-    def _sample(self) -> None:
-        import psutil
-
-        me = psutil.Process(os.getpid())
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.peak_mb = max(self.peak_mb, total / 2**20)
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    @property
+    def peak_mb(self) -> float:
+        """The largest summed RSS (MiB) seen so far."""
+        return self.peak_rss_mb
 
 
 def read_rounds(out: Path) -> list[dict[str, Any]]:
@@ -124,18 +110,21 @@ def run_in_process(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     return read_rounds(out)
 
 
-def run_flower(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], float]:
-    """Run ``cfg`` under `flwr run` (one CPU per client); returns its rounds and peak memory."""
+def run_flower(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run ``cfg`` under `flwr run` (one CPU per client); returns its rounds and its memory.
+
+    The memory is :meth:`florec.sim.memory.ProcessTreeMemory.report` of this process's tree.
+    """
     from florec.recdata.store import num_buckets_for
     from florec.sim.flower import RunFailed, flwr_run
 
     n = num_buckets_for(_validated(cfg))
-    with TreeMemory() as mem:
+    with ProcessTreeMemory() as mem:
         try:
             flwr_run(cfg | {"out-dir": str(out), "num-nodes": n}, n, 1.0, 0.0)
         except RunFailed as err:
             raise ConfigError(f"the perf run under Flower failed: {err}") from None
-    return read_rounds(out), mem.peak_mb
+    return read_rounds(out), mem.report()
 
 
 def _validated(cfg: dict[str, Any]):
@@ -165,7 +154,7 @@ def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None,
     cfg = cell.run_config(rounds, extra)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         local = run_in_process(cfg, Path(tmp) / "local")
-        flower, peak_mb = run_flower(cfg, Path(tmp) / "flower")
+        flower, memory = run_flower(cfg, Path(tmp) / "flower")
     steady = range(1, min(len(local), len(flower)))
     workers = parallel_workers(cell)
     overhead = [framework_seconds(train_seconds(flower[r]), train_seconds(local[r]), workers)
@@ -179,7 +168,9 @@ def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None,
         "s_per_round_in_process": statistics.median(train_seconds(local[r]) for r in steady),
         "framework_ms_per_update": 1000 * statistics.median(
             o / u for o, u in zip(overhead, users, strict=True)),
-        "peak_mem_mb": round(peak_mb, 1),
+        "peak_mem_mb": memory["peak_rss_mb"],
+        "peak_pss_mb": memory["peak_pss_mb"],
+        "peak_pss_by_role": {k: v["pss_mb"] for k, v in memory["by_role"].items()},
         "bytes_per_round": int(flower[1]["bytes_up"] + flower[1]["bytes_down"]),
         "eval_s": float(local[-1].get("eval_seconds", float("nan"))),
         **({"local_round_over_central_epoch": compute_ratio(cfg)["local_round_over_central_epoch"]}

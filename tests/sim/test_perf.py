@@ -14,7 +14,7 @@ from florec.sim.perf import PerfCell, TreeMemory, perf_cells, read_rounds, train
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON_KEYS = {"dataset", "algorithm", "population", "cohort", "bucket", "s_per_round",
-             "framework_ms_per_update", "peak_mem_mb", "bytes_per_round"}
+             "framework_ms_per_update", "peak_mem_mb", "peak_pss_mb", "bytes_per_round"}
 
 
 def test_synthetic_cells_take_the_populations_and_skip_buckets_larger_than_them():
@@ -60,6 +60,7 @@ def test_perf_json_prints_one_object_per_cell_with_the_documented_keys():
     assert len(rows) == 1 and JSON_KEYS <= rows[0].keys()
     row = rows[0]
     assert row["nodes"] == 2 and row["s_per_round"] > 0 and row["peak_mem_mb"] > 100
+    assert 0 < row["peak_pss_mb"] <= row["peak_mem_mb"] and "ray-actor" in row["peak_pss_by_role"]
     assert row["bytes_per_round"] > 0
     assert row["local_round_over_central_epoch"] > 0
 

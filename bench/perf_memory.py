@@ -1,0 +1,141 @@
+"""Memory of a real `florec sim` run, per process, at its peak (issue 17, part 2).
+
+Starts ``python -m florec.sim.cli sim`` (FedAvg-MF with `florec perf`'s settings: d=64, one
+local epoch, evaluation at the last round) as a subprocess and samples every process of its
+tree every ``--every`` seconds with :class:`florec.sim.memory.ProcessTreeMemory`: PSS (and
+RSS, USS) of the driver, SuperLink, SuperExec, ``flwr-simulation``, Ray's GCS, raylet, agents,
+workers and actors; Ray's object store is counted in the PSS of the processes that map it, and
+``/dev/shm`` growth is reported beside. Writes one JSON object (``--out``) with the peak sums,
+the peak sample by role and by process, the PSS/RSS series, the run's test metrics (to check
+that a memory setting leaves results unchanged), the machine's load and the settings.
+
+Examples
+--------
+OMP_NUM_THREADS=1 python bench/perf_memory.py --dataset ml-1m --bucket 100 --rounds 2 \
+    --out docs/results/memory/ml1m_b100.json
+OMP_NUM_THREADS=1 python bench/perf_memory.py --dataset synthetic --users 18513 --bucket 100 \
+    --out docs/results/memory/synthetic_18513.json
+python bench/perf_memory.py --table docs/results/memory    # the markdown tables of docs/scale.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TAG = "FLOREC_MEMORY_TAG"
+
+
+def run_config(dataset: str, users: int, bucket: int, cohort: float, rounds: int,
+               extra: list[str]) -> list[str]:
+    """`-c` overrides of the measured run: `florec perf`'s FedAvg-MF cell plus ``extra``."""
+    from florec.sim.perf import PerfCell
+
+    cfg = PerfCell(dataset, users, cohort, bucket).run_config(rounds)
+    cfg.pop("num-rounds")
+    from florec.sim.flower import toml_value
+
+    return [" ".join(f"{k}={toml_value(v)}" for k, v in cfg.items()), *extra]
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one `florec sim` under the sampler; returns the JSON row."""
+    from florec.sim.memory import ProcessTreeMemory
+
+    tag = (TAG, uuid.uuid4().hex)
+    env = {**os.environ, TAG: tag[1], "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    for pair in args.env:
+        key, _, value = pair.partition("=")
+        env[key] = value
+    overrides = run_config(args.dataset, args.users, args.bucket, args.cohort, args.rounds,
+                           args.config)
+    with tempfile.TemporaryDirectory(prefix="perf-memory-") as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "florec.sim.cli", "sim", "--dataset", args.dataset,
+               "--rounds", str(args.rounds), "--out", str(out)]
+        for c in overrides:
+            cmd += ["-c", c]
+        load0 = os.getloadavg()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        with ProcessTreeMemory(proc.pid, tag, every_s=args.every) as mem:
+            log, _ = proc.communicate()
+        wall = time.monotonic() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"florec sim failed (exit {proc.returncode}):\n{log[-3000:]}")
+        results = json.loads((out / "results.json").read_text())
+        rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines() if x]
+    run = results["runs"][0]
+    return {"label": args.label, "dataset": args.dataset,
+            "users": int(rounds[0]["train"].get("num-users", args.users)) if args.cohort >= 1
+            else args.users, "bucket": args.bucket, "cohort": args.cohort,
+            "rounds": args.rounds, "overrides": overrides, "env": args.env,
+            **mem.report(), "test": run.get("metrics", {}), "wall_s": round(wall, 1),
+            "s_per_round": [round(float(r["seconds"]), 2) for r in rounds],
+            "loadavg_before": [round(x, 2) for x in load0],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "threads": int(env["OMP_NUM_THREADS"]), "cpus": os.cpu_count(),
+            "series": mem.series,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def table(folder: Path) -> str:
+    """Markdown: one row per JSON file of ``folder`` (peaks, users, load), then the roles."""
+    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    lines = ["| file | label | dataset | users | users/node | peak PSS MB | peak RSS-sum MB "
+             "| /dev/shm MB | test ndcg@10 | load (1 min) |", "|---" * 10 + "|"]
+    for path, r in zip(sorted(folder.glob("*.json")), rows, strict=True):
+        lines.append(f"| {path.name} | {r['label']} | {r['dataset']} | {r['users']:,} | "
+                     f"{r['bucket']} | {r['peak_pss_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['peak_shm_mb']:.0f} | {r['test'].get('ndcg@10', float('nan')):.6f} | "
+                     f"{r['loadavg_before'][0]:.1f} |")
+    roles = sorted({k for r in rows for k in r["by_role"]})
+    lines += ["", "| file | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
+    for path, r in zip(sorted(folder.glob("*.json")), rows, strict=True):
+        cells = [f"{r['by_role'][k]['pss_mb']:.0f} ({r['by_role'][k]['n']})"
+                 if k in r["by_role"] else "-" for k in roles]
+        lines.append(f"| {path.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: one measurement (``--out``) or the tables of a folder (``--table``)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="ml-1m")
+    p.add_argument("--users", type=int, default=6040, help="synthetic population")
+    p.add_argument("--bucket", type=int, default=100, help="users per node")
+    p.add_argument("--cohort", type=float, default=1.0)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--every", type=float, default=0.5, help="seconds between samples")
+    p.add_argument("-c", "--config", action="append", default=[], help="run-config overrides")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the run")
+    p.add_argument("--label", default="")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--table", type=Path, help="print the tables of this results folder")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return
+    row = measure(args)
+    text = json.dumps(row, indent=1)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    summary = {k: row[k] for k in ("label", "users", "peak_pss_mb", "peak_rss_mb",
+                                   "peak_shm_mb", "wall_s", "test")}
+    print(json.dumps(summary | {"by_role": {k: (v["n"], v["pss_mb"])
+                                            for k, v in row["by_role"].items()}}))
+
+
+if __name__ == "__main__":
+    main()

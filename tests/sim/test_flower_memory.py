@@ -1,0 +1,52 @@
+"""Memory defaults of `florec sim`: glibc/Ray environment, and checks in a forked child."""
+
+import os
+import sys
+
+import pytest
+
+from florec.recdata.errors import ConfigError, FloRecError
+from florec.sim.flower import LEAN_ENV, flower_env, in_child
+
+
+def test_flower_env_sets_the_memory_defaults_unless_the_user_set_them(monkeypatch):
+    monkeypatch.delenv("FLOREC_LEAN_MEMORY", raising=False)
+    for key in LEAN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert {k: flower_env()[k] for k in LEAN_ENV} == LEAN_ENV
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert flower_env()["MALLOC_ARENA_MAX"] == "8"
+
+
+def test_florec_lean_memory_0_leaves_glibc_and_ray_defaults(monkeypatch):
+    for key in LEAN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("FLOREC_LEAN_MEMORY", "0")
+    assert not LEAN_ENV.keys() & flower_env().keys()
+
+
+def _import_and_answer(name: str, x: int) -> tuple[int, bool]:
+    __import__(name)
+    return x * 2, name in sys.modules
+
+
+def test_in_child_returns_the_result_and_keeps_the_imports_in_the_child():
+    name = "xml.dom.minidom"
+    if name in sys.modules:
+        pytest.skip(f"{name} is already imported in this process")
+    assert in_child(_import_and_answer, name, x=21) == (42, True)
+    assert name not in sys.modules
+
+
+def _fail() -> None:
+    raise ConfigError("users-per-node=0 is not allowed; give 1 or more")
+
+
+def test_in_child_raises_the_childs_exception_here():
+    with pytest.raises(ConfigError, match="users-per-node=0"):
+        in_child(_fail)
+
+
+def test_a_child_that_dies_is_a_one_line_error_with_its_exit_code():
+    with pytest.raises(FloRecError, match="exited with code 3"):
+        in_child(os._exit, 3)
