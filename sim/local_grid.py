@@ -32,9 +32,9 @@ class LocalGrid(Grid):
     num_nodes : int
         Number of virtual nodes.
     handlers : dict, optional
-        Message type -> handler; defaults to the FloRec ClientApp's train, setup, align and
-        evaluate. The ClientApp's ``query.*`` handlers (which the server itself sends: sizes,
-        item text, store snapshots) are added unless given here.
+        Message type -> handler; defaults to the FloRec ClientApp's train, setup, align,
+        evaluate and AgentCF's ``*.agentcf``. The ClientApp's ``query.*`` handlers (which the
+        server itself sends: sizes, item text, store snapshots) are added unless given here.
     fail : callable, optional
         ``fail(partition_id, message_type) -> bool``: raise in that node (failure tests).
     keep_replies : bool
@@ -57,7 +57,18 @@ class LocalGrid(Grid):
         random_ids: int | None = None,
         node_config: dict[str, Any] | None = None,
     ) -> None:
-        from florec.client.app import align, catalogue, evaluate, partition, setup, store, train
+        from florec.client.app import (
+            agentcf_evaluate,
+            agentcf_query,
+            agentcf_train,
+            align,
+            catalogue,
+            evaluate,
+            partition,
+            setup,
+            store,
+            train,
+        )
 
         queries = {f"{MessageType.QUERY}.partition": partition,  # the server's own queries
                    f"{MessageType.QUERY}.catalogue": catalogue,
@@ -65,7 +76,10 @@ class LocalGrid(Grid):
         if handlers is None:
             handlers = {MessageType.TRAIN: train, f"{MessageType.TRAIN}.align": align,
                         f"{MessageType.TRAIN}.setup": setup,
-                        MessageType.EVALUATE: evaluate}
+                        MessageType.EVALUATE: evaluate,
+                        f"{MessageType.TRAIN}.agentcf": agentcf_train,  # AgentCF's step loop
+                        f"{MessageType.EVALUATE}.agentcf": agentcf_evaluate,
+                        f"{MessageType.QUERY}.agentcf": agentcf_query}
         handlers = queries | handlers
         self.handlers, self.fail = handlers, fail
         for attr in ("_run_id", "_task_id", "_node_id"):  # what a Flower process would set

@@ -5,17 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from flwr.app import MessageType
 
 from florec.client.agentcf_node import STORE_KEY
-from florec.client.app import (
-    agentcf_evaluate,
-    agentcf_query,
-    agentcf_train,
-    evaluate,
-    partition,
-    train,
-)
 from florec.client.node_store import open_store
 from florec.models.agentcf.memory import UserMemory
 from florec.models.agentcf.pipeline import load_domain_data, make_agent_llm
@@ -28,13 +19,9 @@ from florec.sim.central_agentcf import run_federated_agentcf
 from florec.sim.local_grid import LocalGrid
 from florec.strategies.registry import build_strategy
 
-HANDLERS = {MessageType.TRAIN: train, MessageType.EVALUATE: evaluate,
-            "train.agentcf": agentcf_train, "evaluate.agentcf": agentcf_evaluate,
-            "query.agentcf": agentcf_query, "query.partition": partition}
-
 
 def _flower_run(tmp_path, cfg):
-    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, handlers=HANDLERS)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)
     run = run_federated(grid, cfg, tmp_path / "out")
     for msg in grid.received:
         assert not msg.has_error(), msg.error.reason
