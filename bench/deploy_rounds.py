@@ -27,6 +27,8 @@ polling and the server (the SuperNode's fixed 3 s idle poll, aggregation)::
     OMP_NUM_THREADS=1 python bench/deploy_rounds.py --rounds 3 --before-app /tmp/florec-before
 
 writes ``OUT/bench.json`` (stamps, messages, per-phase means, ratios) and prints the table.
+``--shard-dataset ml-1m --data-dir DIR`` instead times loading a node's shard (memory-mapped
+``.npy`` vs the atomic text files, sha256 checks included) into ``OUT/shard_load.json``.
 """
 
 from __future__ import annotations
@@ -163,6 +165,46 @@ def run_setting(label: str, poll_s: float, apps: list[tuple[str, Path]], args: A
             "apps": results}
 
 
+def shard_load(dataset: str, data_dir: str, nodes: int, reps: int = 5) -> dict:
+    """Seconds to load node 0's shard of ``dataset``: memory-mapped ``.npy`` vs atomic files.
+
+    Both include the sha256 check of every file of the shard; the text path is the same folder
+    with the ``.npy`` files left out of its manifest (a shard written before them).
+    """
+    import shutil
+
+    from florec.recdata.runconfig import parse_run_config
+    from florec.recdata.shard_files import MANIFEST, load_shard, write_shards
+    from florec.recdata.splits import PARTS
+
+    cfg = parse_run_config({"dataset": dataset, "data-dir": data_dir, "num-nodes": nodes})
+    work = Path(tempfile.mkdtemp(prefix="shard-load-"))
+    try:
+        npy = write_shards(cfg, work / "shards")[0]
+        text = work / "text"
+        shutil.copytree(npy, text)
+        meta = json.loads((text / MANIFEST).read_text())
+        for part in PARTS:
+            name = f"{meta['name']}.{part}.npy"
+            (text / name).unlink()
+            del meta["files"][name]
+        (text / MANIFEST).write_text(json.dumps(meta))
+        out: dict[str, Any] = {"dataset": dataset, "nodes": nodes,
+                               "train_rows": int(len(load_shard(npy, cfg).split.parts["train"][0]))}
+        for label, folder in (("npy", npy), ("text", text)):
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                shard = load_shard(folder, cfg)
+                int(shard.split.parts["train"][1].sum())  # touch every mapped row once
+                times.append(time.perf_counter() - t)
+            out[f"{label}_s"] = statistics.median(times)
+        out["files_mb"] = sum(f.stat().st_size for f in npy.iterdir()) / 2**20
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     """Per setting (before, after): start the topology, submit each app, write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,7 +216,18 @@ def main() -> None:
                     help="a FloRec folder to measure first, with Flower's default 1 s SuperExec "
                          "poll (e.g. a copy of an older commit)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "deploy_rounds")
+    ap.add_argument("--shard-dataset", default=None,
+                    help="instead: time loading node 0's shard of this dataset (.npy vs text), "
+                         "write OUT/shard_load.json")
+    ap.add_argument("--data-dir", default="")
     args = ap.parse_args()
+    if args.shard_dataset:
+        res = shard_load(args.shard_dataset, args.data_dir, args.nodes) | {
+            "load_avg": os.getloadavg(), "omp": os.environ.get("OMP_NUM_THREADS")}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "shard_load.json").write_text(json.dumps(res, indent=1) + "\n")
+        print(json.dumps(res))
+        return
 
     from florec.recdata.runconfig import parse_run_config
     from florec.recdata.shard_files import write_shards
