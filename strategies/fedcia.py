@@ -45,7 +45,7 @@ from florec.strategies.payload import check_reply, record_nbytes
 ALIGN = f"{MessageType.TRAIN}.align"
 COMM_MODES = ("dense", "factored")
 #: MiB of float64 factor stack the factored server keeps between compressions
-STACK_BUDGET_MB = 128
+STACK_BUDGET_MB = 256
 #: dense mode refuses catalogues whose n x n server state (16 n^2 bytes) exceeds this
 DENSE_LIMIT_BYTES = 2 * 2**30
 
@@ -72,17 +72,17 @@ class FactorStack:
     and ``\lVert B v \rVert^2 = \lambda``, so the rank-r factor is ``A = B V_r`` with no
     division, and ``\lVert S \rVert_F = \lVert C \rVert_F``.
 
-    The stack is compressed to ``B V`` over the top eigenpairs of ``C`` whenever it outgrows
-    ``limit`` columns; the compressed block's columns are orthogonal, so its part of ``C`` is
-    the diagonal ``diag(lambda)`` and is not recomputed. Memory stays below
+    The stack is compressed whenever it outgrows ``limit`` columns, so memory stays below
     ``n x (limit + d_k)`` float64 whatever the number of clients:
 
-    - ``n`` columns fit in ``budget_mb``: ``limit = n`` and the compression keeps every nonzero
-      eigenpair (exact: ``B V V^T B^T = B B^T``);
+    - ``n`` columns fit in ``budget_mb``: ``limit = n`` and the compression is exact, to the
+      ``n x n`` triangular factor ``R^T`` of a QR of ``B^T`` (``B B^T = R^T Q^T Q R``);
     - otherwise (large catalogues): ``limit`` is what fits in ``budget_mb`` and the compression
-      keeps the top ``limit // 2`` eigenpairs, an incremental truncated SVD (a streaming
-      low-rank sketch). The trace it drops, ``sum`` of the discarded ``lambda``, is counted
-      against the exact trace ``sum_k ||F_k||_F^2`` (:attr:`trace_kept`).
+      keeps ``B V`` over the top ``limit // 2`` eigenpairs of ``C``, an incremental truncated
+      SVD (a streaming low-rank sketch). The compressed block's columns are orthogonal, so its
+      part of ``C`` is ``diag(lambda)`` and is not recomputed. The trace it drops (the
+      discarded ``lambda``) is counted against the exact trace ``sum_k ||F_k||_F^2``
+      (:attr:`trace_kept`).
 
     Parameters
     ----------
@@ -155,6 +155,10 @@ class FactorStack:
         return out
 
     def _compress(self, width: int) -> None:
+        if width >= self.n:  # exact: B^T = Q R gives B B^T = R^T R, n columns (numpy: GIL-free)
+            r = np.linalg.qr(self.stacked().T, mode="r")
+            self.blocks, self.diag, self.cols = [np.ascontiguousarray(r.T)], None, r.shape[0]
+            return
         vals, vecs = np.linalg.eigh(self.gram())  # ascending; numpy's eigh releases the GIL
         nonzero = np.flatnonzero(vals > RANK_RTOL * max(float(vals[-1]), 1e-300))
         keep = nonzero[-width:]

@@ -195,7 +195,7 @@ def test_a_sketched_stack_keeps_the_top_subspace_of_the_exact_sum():
 def test_a_sketched_server_reports_the_trace_it_kept():
     n = 200
     embs = shared_structure_tables(6, n, 4, seed=2)
-    strategy = FedCIA(n, "factored", rank=3, stack_mb=10 * 8 * n / 2**20)
+    strategy = FedCIA(n, "factored", rank=3, stack_mb=10 * 8 * n / 2**20)  # 10 columns
     _, metrics = aggregate(strategy, [({"factor": e}, 1) for e in embs])
     assert 0.99 < metrics["sketch-trace-kept"] < 1.0
     assert strategy.downlink["factor"].shape == (n, 3)
