@@ -42,7 +42,7 @@ def setup(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     config = msg.content.config_records["config"]
     if config.get("setup") == KNOWLEDGE_SETUP:  # the attacks' public knowledge (issue 18)
         return knowledge_setup(msg, context, cfg, bucket)
-    min_nodes = min(2, cfg.num_nodes)  # a sum over one node would be that node's input
+    min_nodes = 1 if cfg.num_nodes == 1 else 2  # a sum over one node is that node's input
     if config.get("setup") == SETUP_NAME:
         return secagg_node.handle(msg, context, min_nodes)
     if config.get("setup") != "secure-sum" or config.get("stage") != "keys":

@@ -155,12 +155,14 @@ class SecAggSession:
                                 for v, c in zip(arr["to"].astype(np.uint64), arr["sealed"],
                                                 strict=True)}
             self.inboxes = self.server.route(boxes)
-        elif stage == "mask":
-            length = {len(a["masked"]) for a in replies.values()}
-            if len(length) > 1:
-                raise SecAggError(f"masked vectors of different lengths {sorted(length)}")
+        elif stage == "mask":  # a vector of another length than most is treated as missing
+            lengths = [len(a["masked"]) for u, a in replies.items() if u in self.server.shared]
+            common = max(set(lengths), key=lengths.count) if lengths else 0
             self.uploads = {u: a["masked"].astype(np.uint32) for u, a in replies.items()
-                            if u in self.server.shared}
+                            if u in self.server.shared and len(a["masked"]) == common}
+            if len(self.uploads) < len(lengths):
+                log(WARNING, "secure aggregation: %d masked vector(s) of another length than "
+                    "%d left out", len(lengths) - len(self.uploads), common)
         else:
             reveals = {u: {int(v): ("s" if k else "b", sh.astype(np.uint8).tobytes())
                            for v, k, sh in zip(a["ids"].astype(np.uint64), a["kind"],
