@@ -357,6 +357,25 @@ def _flwr() -> str:
     return shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
 
 
+def federation_config(num_supernodes: int, cpus_per_client: float = 1.0,
+                      gpus_per_client: float = 0.0, local_cpus: int | None = None) -> str:
+    """The ``--federation-config`` of a simulation.
+
+    Flower starts ``floor(Ray CPUs / client-resources-num-cpus)`` ClientApp actors, each of which
+    imports the ClientApp (torch included, about 170 MB) once it gets a message. With a Ray of
+    its own (``local_cpus``: this machine's CPUs) a federation of fewer nodes than that gets
+    ``init-args-num-cpus`` = nodes x CPUs per client, so no actor is started that no node could
+    keep busy (a node's messages run one at a time). On a cluster (``local_cpus`` None) Ray's
+    resources are the cluster's and Flower must not pass init-args.
+    """
+    fed = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
+           f"client-resources-num-gpus={gpus_per_client:g}")
+    needed = num_supernodes * int(cpus_per_client)
+    if local_cpus is not None and needed < local_cpus:
+        fed += f" init-args-num-cpus={needed}"
+    return fed
+
+
 def flwr_run(
     overrides: dict[str, Any],
     num_supernodes: int,
@@ -397,8 +416,8 @@ def flwr_run(
     home = Path(tempfile.mkdtemp(prefix="sim-", dir=base))
     env["FLWR_HOME"] = str(home)
     run_config = " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
-    fed = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
-           f"client-resources-num-gpus={gpus_per_client:g}")
+    fed = federation_config(num_supernodes, cpus_per_client, gpus_per_client,
+                            None if ray_address else os.cpu_count())
     cmd = [_flwr(), "run", str(app_dir), CONNECTION, "--stream", "--federation-config", fed]
     if run_config:
         cmd += ["--run-config", run_config]

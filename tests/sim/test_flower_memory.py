@@ -50,3 +50,14 @@ def test_in_child_raises_the_childs_exception_here():
 def test_a_child_that_dies_is_a_one_line_error_with_its_exit_code():
     with pytest.raises(FloRecError, match="exited with code 3"):
         in_child(os._exit, 3)
+
+
+def test_a_federation_of_fewer_nodes_than_cpus_asks_ray_for_no_idle_actors():
+    from florec.sim.flower import federation_config
+
+    assert federation_config(1, 1.0, 0.0, local_cpus=2).endswith(" init-args-num-cpus=1")
+    assert federation_config(3, 2.0, 0.0, local_cpus=16).endswith(" init-args-num-cpus=6")
+    assert "init-args" not in federation_config(61, 1.0, 0.0, local_cpus=2)
+    assert "init-args" not in federation_config(1, 1.0, 0.5, local_cpus=None)  # a Ray cluster
+    assert federation_config(61, 1.0, 0.25, 2) == (
+        "num-supernodes=61 client-resources-num-cpus=1 client-resources-num-gpus=0.25")
