@@ -27,7 +27,8 @@ polling and the server (the SuperNode's fixed 3 s idle poll, aggregation)::
     OMP_NUM_THREADS=1 python bench/deploy_rounds.py --rounds 3 --before-app /tmp/florec-before
 
 writes ``OUT/bench.json`` (stamps, messages, per-phase means, ratios) and prints the table.
-``--shard-dataset ml-1m --data-dir DIR`` instead times loading a node's shard (memory-mapped
+``--fab-only`` instead writes the FAB sizes of the apps to ``OUT/fab.json``, and
+``--shard-dataset ml-1m --data-dir DIR`` times loading a node's shard (memory-mapped
 ``.npy`` vs the atomic text files, sha256 checks included) into ``OUT/shard_load.json``.
 """
 
@@ -128,6 +129,20 @@ def read_rounds(out: Path) -> list[dict]:
     return out_rows[::-1]
 
 
+def fab_size(app: Path) -> dict[str, int]:
+    """Bytes and files of the FAB that ``flwr run`` builds from ``app``.
+
+    Every ClientApp process of a deployment unpacks and hashes it anew.
+    """
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = build_fab_from_disk(Path(app).resolve())
+    return {"fab_bytes": len(fab), "fab_files": len(zipfile.ZipFile(io.BytesIO(fab)).namelist())}
+
+
 def run_setting(label: str, poll_s: float, apps: list[tuple[str, Path]], args: Any,
                 work: Path, florec_cfg: dict) -> dict:
     """Start one topology with SuperExec poll ``poll_s``, submit each app, summarize each."""
@@ -156,8 +171,8 @@ def run_setting(label: str, poll_s: float, apps: list[tuple[str, Path]], args: A
                     and r["handler_start"] >= start]
             msgs = split_messages(mine, supernode_messages(logs, day0))
             results[name] = summarize(msgs, read_rounds(out)) | {
-                "wall_s": time.time() - start, "app": str(app), "stamps": mine,
-                "messages": msgs}
+                "wall_s": time.time() - start, "app": str(app), **fab_size(app),
+                "stamps": mine, "messages": msgs}
     floor = results["floor"]["round_s"]
     for res in results.values():
         res["ratio_to_floor"] = res["round_s"] / floor
@@ -220,7 +235,17 @@ def main() -> None:
                     help="instead: time loading node 0's shard of this dataset (.npy vs text), "
                          "write OUT/shard_load.json")
     ap.add_argument("--data-dir", default="")
+    ap.add_argument("--fab-only", action="store_true",
+                    help="instead: write the FAB sizes of the apps to OUT/fab.json")
     args = ap.parse_args()
+    if args.fab_only:
+        apps = {"floor": FLOOR, "florec": ROOT} | (
+            {"florec-before": args.before_app} if args.before_app else {})
+        res = {name: fab_size(app) | {"app": str(app)} for name, app in apps.items()}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "fab.json").write_text(json.dumps(res, indent=1) + "\n")
+        print(json.dumps(res))
+        return
     if args.shard_dataset:
         res = shard_load(args.shard_dataset, args.data_dir, args.nodes) | {
             "load_avg": os.getloadavg(), "omp": os.environ.get("OMP_NUM_THREADS")}
@@ -276,6 +301,7 @@ def table(report: dict) -> str:
               row("polling and server per round",
                   lambda r: f"{r['polling_and_server_s_per_round']:.2f}"),
               row("**round (s)**", lambda r: f"**{r['round_s']:.2f}**"),
+              row("FAB (MB, files)", lambda r: f"{r['fab_bytes'] / 2**20:.2f}, {r['fab_files']}"),
               row("ratio to its floor", lambda r: f"{r['ratio_to_floor']:.2f}")]
     return "\n".join(lines)
 
