@@ -33,10 +33,13 @@ from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.recdata.shard import shard_of_node
 
 _IMPORT_END = time.time()
-app = ClientApp()
 # Every ClientApp message is a new process in a deployment (Flower's process isolation), so this
 # module imports only what every message needs; torch and a method's node module are imported
 # by the handler that uses them (a ``query.partition`` never imports torch).
+app = ClientApp()
+#: with this set to a file, every message appends one JSON line of wall-clock stamps (process
+#: start, this module's import, data load, the handler) for ``bench/deploy_rounds.py``
+PHASE_LOG_ENV = "FLOREC_PHASE_LOG"
 
 
 def __getattr__(name: str) -> object:
@@ -46,10 +49,6 @@ def __getattr__(name: str) -> object:
 
         return fedavg_node.PRIVATE_KEY
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-#: with this set to a file, every message appends one JSON line of wall-clock stamps (process
-#: start, this module's import, data load, the handler) for ``bench/deploy_rounds.py``
-PHASE_LOG_ENV = "FLOREC_PHASE_LOG"
 
 
 def log_phases(kind: str, context: Context, start: float, loaded: float,
