@@ -69,7 +69,7 @@ def test_florec_deploy_local_runs_fedavg_on_two_supernodes_like_simulation(tmp_p
     proc = subprocess.run(
         [sys.executable, "-m", "florec.sim.cli", "deploy", "local", "--dataset", "synthetic",
          "--nodes", "2", "--rounds", "2", "--out", str(out), "-c", overrides],
-        capture_output=True, text=True, cwd=ROOT, timeout=240,
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
         env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     saved = json.loads((out / "results.json").read_text())
