@@ -8,6 +8,8 @@ Cells are dataset x setting x variant (seed ``--seed``):
   (untuned and LoRA-tuned on validation targets) with MAPB;
 * ``cotrec-perception``: the same init without the ranker (the init ablation's LLM arm; the
   perception texts are generated once and answered by the call cache in later seeds);
+* ``cotrec-items``: item rows from the LLM's item perception only, no user token and no ranker
+  (no user perception: compare with ``sasrec-random``, which has no user token either);
 * ``title-llm-ranker``: title init + the LLM ranker (untuned and LoRA) with MAPB — the real
   ranker without the perception phases (cheaper than ``cotrec-init`` on 2 CPU cores);
 * ``scripted-control``: title init + the ranker driven by ``llm-backend='scripted'`` at
@@ -50,6 +52,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "title-init": {"cotrec-init": "title", "cotrec-ranker": "none"},
     "cotrec-init": {"cotrec-init": "cotrec", "cotrec-ranker": "lora"},
     "cotrec-perception": {"cotrec-init": "cotrec", "cotrec-ranker": "none"},
+    "cotrec-items": {"cotrec-init": "cotrec", "cotrec-user-token": False, "cotrec-ranker": "none"},
     "title-llm-ranker": {"cotrec-init": "title", "cotrec-ranker": "lora"},
     "scripted-control": {"cotrec-init": "title", "cotrec-ranker": "untuned",
                          "llm-backend": "scripted", "scripted-p": 0.5},

@@ -89,9 +89,11 @@ def user_side(cfg: RunConfig, llm: TextLLM | None, encoder: TextEncoder,
     """Initial user-token rows of ``users`` and their preference texts (on the users' node).
 
     ``cotrec``: user perception of each user's history; ``title``: the history titles joined
-    (no LLM); ``random`` or no user token: ``None``.
+    (no LLM); ``random`` or no user token: ``None``. Without a user token and without a ranker
+    the preference texts have no use, so no LLM call is made (empty texts).
     """
-    if cfg.cotrec_init == "random" or projection is None:
+    if cfg.cotrec_init == "random" or projection is None or (
+            not cfg.cotrec_user_token and cfg.cotrec_ranker == "none"):
         return None, [""] * len(hists)
     if cfg.cotrec_init == "cotrec":
         if llm is None:

@@ -187,3 +187,20 @@ def test_encode_cached_reuses_stored_vectors():
     assert Counting.calls == 1
     encode_cached(Counting(), ["a", "c"])
     assert Counting.calls == 2
+
+
+def test_no_user_perception_without_a_user_token_or_a_ranker():
+    from florec.models.cotrec.pipeline import user_side
+
+    class NoCalls:
+        def generate(self, *a, **k):
+            raise AssertionError("user perception called an LLM whose answers have no use")
+
+    proj = Projection.fit(np.random.default_rng(0).normal(size=(20, 24)), 16)
+    cfg = _cfg(**{"cotrec-init": "cotrec", "cotrec-user-token": False, "cotrec-ranker": "none"})
+    rows, texts = user_side(cfg, NoCalls(), None, proj, np.arange(2), [["a"], ["b"]])
+    assert rows is None and texts == ["", ""]
+    with pytest.raises(AssertionError, match="no use"):  # a ranker needs the preferences
+        user_side(_cfg(**{"cotrec-init": "cotrec", "cotrec-user-token": False,
+                          "cotrec-ranker": "untuned"}), NoCalls(), None, proj, np.arange(2),
+                  [["a"], ["b"]])
