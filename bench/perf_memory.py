@@ -86,24 +86,41 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "threads": int(env["OMP_NUM_THREADS"]), "cpus": os.cpu_count(),
             "series": mem.series,
+            "command": "python bench/perf_memory.py " + " ".join(args.argv),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                     capture_output=True, text=True).stdout.strip(),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def role_sums(processes: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
+    """``{role: (processes, PSS MiB)}`` of a peak sample, roles from each command line."""
+    from florec.sim.memory import process_role
+
+    out: dict[str, tuple[int, float]] = {}
+    for p in processes:
+        n, mb = out.get(process_role(p["cmd"]), (0, 0.0))
+        out[process_role(p["cmd"])] = (n + 1, mb + p["pss_mb"])
+    return out
+
+
 def table(folder: Path) -> str:
-    """Markdown: one row per JSON file of ``folder`` (peaks, users, load), then the roles."""
-    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    """Markdown: one row per JSON file of ``folder`` (peaks, users, load), then PSS by role."""
+    paths = sorted(folder.glob("*.json"), key=lambda p: (json.loads(p.read_text())["users"],
+                                                         p.name))
+    rows = [json.loads(p.read_text()) for p in paths]
     lines = ["| file | label | dataset | users | users/node | peak PSS MB | peak RSS-sum MB "
              "| /dev/shm MB | test ndcg@10 | load (1 min) |", "|---" * 10 + "|"]
-    for path, r in zip(sorted(folder.glob("*.json")), rows, strict=True):
+    for path, r in zip(paths, rows, strict=True):
         lines.append(f"| {path.name} | {r['label']} | {r['dataset']} | {r['users']:,} | "
                      f"{r['bucket']} | {r['peak_pss_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['peak_shm_mb']:.0f} | {r['test'].get('ndcg@10', float('nan')):.6f} | "
                      f"{r['loadavg_before'][0]:.1f} |")
-    roles = sorted({k for r in rows for k in r["by_role"]})
+    by_role = [role_sums(r["processes"]) for r in rows]  # today's roles, for older files too
+    roles = sorted({k for b in by_role for k in b}, key=lambda k: -max(b.get(k, (0, 0))[1]
+                                                                        for b in by_role))
     lines += ["", "| file | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
-    for path, r in zip(sorted(folder.glob("*.json")), rows, strict=True):
-        cells = [f"{r['by_role'][k]['pss_mb']:.0f} ({r['by_role'][k]['n']})"
-                 if k in r["by_role"] else "-" for k in roles]
+    for path, b in zip(paths, by_role, strict=True):
+        cells = [f"{b[k][1]:.0f} ({b[k][0]})" if k in b else "-" for k in roles]
         lines.append(f"| {path.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -123,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--table", type=Path, help="print the tables of this results folder")
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     if args.table:
         print(table(args.table))
         return
