@@ -10,7 +10,7 @@ so every client pulls its own item table towards it. Two communication modes:
 - ``factored``: a client uploads ``E_k Q_k`` (``n x d``, a fresh random rotation ``Q_k``), which
   determines ``S_k`` exactly; the server sends a rank-``r`` factor ``A`` of ``S_bar``
   (top-``r`` eigenpairs, ``A = U_r Lambda_r^{1/2}``) and clients align without forming ``n x n``.
-  ``r = n`` reproduces ``dense``. The server never forms ``n x n`` either: it stacks the factors
+  ``r = n`` reproduces ``dense``. The server never forms ``S_bar`` either: it stacks the factors
   ``B = [F_1, ..., F_K]`` (``S_bar = B B^T / w``) and takes the top eigenpairs of the small
   ``B^T B`` (:class:`FactorStack`); the stack is compressed exactly past ``n`` columns, or, on
   catalogues where ``n`` float64 columns exceed :data:`STACK_BUDGET_MB`, truncated to its top
@@ -65,7 +65,7 @@ def top_factor(s_bar: np.ndarray, rank: int) -> tuple[np.ndarray, float]:
 
 
 class FactorStack:
-    r"""``S = B B^T`` kept as its tall factor ``B`` (n x m), never as ``n x n``.
+    r"""``S = B B^T`` kept as a factor ``B`` (n x m), never as the ``n x n`` sum itself.
 
     Uploads ``F_k`` (n x d_k) are appended as columns. The top eigenpairs of ``S`` come from the
     small Gram ``C = B^T B`` (m x m): if ``C v = \lambda v`` then ``S (B v) = \lambda (B v)``
