@@ -46,6 +46,8 @@ ALIGN = f"{MessageType.TRAIN}.align"
 COMM_MODES = ("dense", "factored")
 #: MiB of float64 factor stack the factored server keeps between compressions
 STACK_BUDGET_MB = 256
+#: rows per product when the stack multiplies its eigenvectors
+ROW_CHUNK = 4096
 #: dense mode refuses catalogues whose n x n server state (16 n^2 bytes) exceeds this
 DENSE_LIMIT_BYTES = 2 * 2**30
 
@@ -79,8 +81,9 @@ class FactorStack:
       ``n x n`` triangular factor ``R^T`` of a QR of ``B^T`` (``B B^T = R^T Q^T Q R``);
     - otherwise (large catalogues): ``limit`` is what fits in ``budget_mb`` and the compression
       keeps ``B V`` over the top ``limit // 2`` eigenpairs of ``C``, an incremental truncated
-      SVD (a streaming low-rank sketch). The compressed block's columns are orthogonal, so its
-      part of ``C`` is ``diag(lambda)`` and is not recomputed. The trace it drops (the
+      SVD (a streaming low-rank sketch), stored in float32 as uploaded (``C`` sums in
+      float64). The compressed block's columns are orthogonal, so its part of ``C`` is
+      ``diag(lambda)`` and is not recomputed. The trace it drops (the
       discarded ``lambda``) is counted against the exact trace ``sum_k ||F_k||_F^2``
       (:attr:`trace_kept`).
 
@@ -101,6 +104,8 @@ class FactorStack:
         budget_mb = STACK_BUDGET_MB if budget_mb is None else budget_mb
         fit = int(budget_mb * 2**20 // (8 * n))
         self.limit, self.width = (n, n) if fit >= n else (fit, fit // 2)
+        # a sketch is approximate anyway: it stores float32 (as uploaded), halving its memory
+        self.dtype = np.float64 if self.limit >= n else np.float32
         if self.width < min_width:
             raise ConfigError(
                 f"fedcia-rank {min_width} does not fit the server's {budget_mb:g} MiB factor "
@@ -123,8 +128,8 @@ class FactorStack:
 
     def add(self, factor: np.ndarray) -> None:
         """Append one upload (n x d, already weighted by the node)."""
-        block = np.asarray(factor, dtype=np.float64)
-        self.trace += float(np.einsum("ij,ij->", block, block))
+        block = np.asarray(factor, dtype=self.dtype)
+        self.trace += float(np.einsum("ij,ij->", block, block, dtype=np.float64))
         self.blocks.append(block)
         self.cols += block.shape[1]
         if self.cols > self.limit:
@@ -141,17 +146,18 @@ class FactorStack:
                     part = np.diag(self.diag)
                 else:
                     part = bi.T @ self.blocks[j]
-                c[edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = part
+                c[edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = part  # float64
                 c[edges[j]:edges[j + 1], edges[i]:edges[i + 1]] = part.T
         return c
 
     def times(self, vecs: np.ndarray) -> np.ndarray:
-        """``B V`` (n x k), block by block."""
-        out = np.zeros((self.n, vecs.shape[1]))
-        row = 0
-        for b in self.blocks:
-            out += b @ vecs[row:row + b.shape[1]]
-            row += b.shape[1]
+        """``B V`` (n x k) in the stack's precision, by blocks of rows (small temporaries)."""
+        out = np.empty((self.n, vecs.shape[1]), dtype=self.dtype)
+        edges = np.cumsum([0] + [b.shape[1] for b in self.blocks])
+        for lo in range(0, self.n, ROW_CHUNK):
+            hi = min(lo + ROW_CHUNK, self.n)
+            out[lo:hi] = sum(b[lo:hi] @ vecs[edges[i]:edges[i + 1]]
+                             for i, b in enumerate(self.blocks))
         return out
 
     def _compress(self, width: int) -> None:
@@ -249,15 +255,13 @@ class FedCIA(RecStrategy):
         key, expected = ("gram", (self.n, self.n)) if dense else ("factor", None)
         for msg in replies:
             problem = check_reply(msg, {key: expected})
-            if problem is None and not dense:
-                got = from_record(msg.content.array_records["arrays"])[key]
-                if got.ndim != 2 or got.shape[0] != self.n:
-                    problem = f"factor has shape {got.shape}, expected ({self.n}, d)"
+            up = None if problem else from_record(msg.content.array_records["arrays"])[key]
+            if up is not None and not dense and (up.ndim != 2 or up.shape[0] != self.n):
+                problem = f"factor has shape {up.shape}, expected ({self.n}, d)"
             if problem is not None:
                 self.drop(server_round, msg, problem)
                 continue
             self.bytes_up += record_nbytes(msg.content)
-            up = from_record(msg.content.array_records["arrays"])[key]
             metrics = msg.content.metric_records.get("metrics", {})
             if dense:
                 total += up  # already weighted on the node
