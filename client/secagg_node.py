@@ -6,14 +6,16 @@ exchanges with :func:`handle` (``train.setup`` messages, ``setup = "secagg"``):
 
 - ``share``: the roster of public keys; the node checks that its own keys are in it unaltered
   and that it has at least ``min_nodes`` members, then returns its Shamir shares encrypted for
-  each peer (threshold: a majority of the roster);
+  each peer (threshold :func:`florec.protocol.secagg.default_threshold` of the roster);
 - ``mask``: its inbox of peers' encrypted shares; returns its double-masked vector;
 - ``unmask``: the alive and dropped lists; returns the shares they allow, never both secrets of
-  one node (:class:`florec.protocol.secagg.Refused` otherwise), then forgets its secrets.
+  one node (otherwise a reply flagged :data:`REFUSED`), then forgets its secrets.
 
-Between messages the protocol state sits in the node's ``Context`` state (a ConfigRecord and
-the pending codes), never in the node store, so checkpoints (node-store snapshots) never hold a
-key; a new aggregation (or a new training message) replaces it.
+Between messages the protocol state and the pending quantised input sit in the node's
+``Context`` state as ConfigRecords (``secagg-state``, ``secagg-codes``), never in the node store
+or as ArrayRecords, so checkpoints (node-store snapshots, which copy the store and the Context's
+ArrayRecords) hold neither a key nor the input; a new aggregation (or a new training message)
+replaces them.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.secagg import Refused, SecAggNode
+from florec.protocol.secagg import Refused, SecAggNode, default_threshold
 from florec.protocol.secagg_wire import (
+    REFUSED,
     SEALED_BYTES,
     SHARE_WIDTH,
     decode_roster,
@@ -35,7 +38,8 @@ from florec.protocol.secagg_wire import (
 )
 from florec.recdata.runconfig import RunConfig
 
-__all__ = ["CODES", "STATE", "advertise", "fedavg_reply", "forget", "handle"]
+__all__ = ["CODES", "REFUSED", "STATE", "advertise", "fedavg_reply", "forget", "handle",
+           "pending_codes"]
 
 STATE = "secagg-state"
 CODES = "secagg-codes"
@@ -46,6 +50,13 @@ def forget(context: Context) -> None:
     for key in (STATE, CODES):
         if key in context.state:
             del context.state[key]
+
+
+def pending_codes(context: Context) -> np.ndarray | None:
+    """The pending input (a ConfigRecord: node-store snapshots copy only ArrayRecords)."""
+    if CODES not in context.state.config_records:
+        return None
+    return np.frombuffer(bytes(context.state.config_records[CODES]["codes"]), "<u4").copy()
 
 
 def _save(context: Context, node: SecAggNode) -> None:
@@ -60,7 +71,7 @@ def advertise(context: Context, node_id: int, codes: np.ndarray, info: str
     c_pk, s_pk = node.advertise()
     node.roster = {node.node_id: (c_pk, s_pk)}  # checked against the server's roster
     _save(context, node)
-    context.state[CODES] = to_record({"codes": np.asarray(codes, np.uint32)})
+    context.state[CODES] = ConfigRecord({"codes": np.asarray(codes, "<u4").tobytes()})
     return {"secagg-c-pk": np.frombuffer(c_pk, np.uint8),
             "secagg-s-pk": np.frombuffer(s_pk, np.uint8)}
 
@@ -73,7 +84,7 @@ def _share(node: SecAggNode, arrays: dict[str, np.ndarray], min_nodes: int) -> d
     if len(roster) < min_nodes:
         raise RuntimeError(f"secure aggregation: a roster of {len(roster)} node(s) would expose "
                            "this node's input; refusing")
-    node.threshold = len(roster) // 2 + 1
+    node.threshold = default_threshold(len(roster))
     out = node.share(roster)
     ids = sorted(out)
     return {"to": np.array(ids, np.uint64),
@@ -82,9 +93,9 @@ def _share(node: SecAggNode, arrays: dict[str, np.ndarray], min_nodes: int) -> d
 
 
 def _mask(node: SecAggNode, context: Context, arrays: dict[str, np.ndarray]) -> dict:
-    if CODES not in context.state.array_records:
+    codes = pending_codes(context)
+    if codes is None:
         raise RuntimeError("secure aggregation: mask stage without a pending input")
-    codes = from_record(context.state.array_records[CODES])["codes"]
     inbox = {int(v): c.astype(np.uint8).tobytes()
              for v, c in zip(arrays["from"].astype(np.uint64), arrays["sealed"], strict=True)}
     masked = node.mask(codes, inbox)
@@ -112,8 +123,11 @@ def handle(msg: Message, context: Context, min_nodes: int) -> RecordDict:
     RuntimeError
         Without an aggregation in progress, for another aggregation's message, an unknown
         stage, or a roster this node must refuse (see the module docstring).
-    florec.protocol.secagg.Refused
-        For an unmask request that would reveal both secrets of a node.
+
+    An unmask request this node refuses (:class:`florec.protocol.secagg.Refused`: it would
+    reveal both secrets of a node, names unknown nodes, or too few alive ones) is answered
+    with a ConfigRecord :data:`REFUSED` holding the reason, and the node leaves the
+    aggregation (forgets its secrets).
 
     """
     config = msg.content.config_records["config"]
@@ -131,10 +145,10 @@ def handle(msg: Message, context: Context, min_nodes: int) -> RecordDict:
     elif stage == "unmask":
         try:
             reply = _unmask(node, arrays)
-        except Refused:  # the server misbehaves: this node leaves the aggregation
+        except Refused as exc:  # the server misbehaves: this node leaves the aggregation
             node.forget()
             _save(context, node)
-            raise
+            return RecordDict({REFUSED: ConfigRecord({"reason": str(exc)})})
     else:
         raise RuntimeError(f"secure aggregation: unknown stage '{stage}'")
     _save(context, node)

@@ -41,7 +41,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from florec.protocol import shamir
 from florec.protocol.secure_sum import mask_vector, new_keypair, pair_seed
 
-__all__ = ["SecAggNode", "SecAggServer", "Refused", "dequantize", "quant_bits", "quantize"]
+__all__ = ["Refused", "SecAggNode", "SecAggServer", "default_threshold", "dequantize", "quant_bits",
+           "quantize"]
 
 MODULUS_BITS = 32
 
@@ -81,7 +82,19 @@ def dequantize(total: np.ndarray, clip: float, n_nodes: int, n_summed: int) -> n
     return np.asarray(total, np.float64) * (2 * clip / levels) - n_summed * clip
 
 
+def default_threshold(n_nodes: int) -> int:
+    """``t = max(floor(n/2) + 1, ceil(2n/3))``: split alive/dropped views need ``c >= 2t - n``.
+
+    A server that shows some nodes a victim as alive and others as dropped gets at most one
+    share of the victim's two secrets from each honest node, so with ``c`` colluding nodes it
+    holds at most ``n + c`` shares and needs ``2t``: it fails while ``c < 2t - n`` (about
+    ``n / 3`` colluders at this ``t``). Dropouts after masking are tolerated up to ``n - t``.
+    """
+    return max(n_nodes // 2 + 1, -(-2 * n_nodes // 3))
+
+
 def _seal(key: bytes, sender: int, receiver: int, plain: bytes) -> bytes:
+    """AEAD under a key of the ordered pair ``sender > receiver`` (used once: zero nonce)."""
     return ChaCha20Poly1305(key).encrypt(b"\0" * 12, plain, f"{sender}>{receiver}".encode())
 
 
@@ -124,8 +137,11 @@ class SecAggNode:
         self.s_sk, s_pk = new_keypair()
         return c_pk, s_pk
 
-    def _channel(self, peer: int) -> bytes:
-        return pair_seed(self.c_sk, self.roster[peer][0], self.info + b"|shares")
+    def _channel(self, sender: int, receiver: int) -> bytes:
+        """The key of the one message ``sender -> receiver``; each direction has its own."""
+        peer = receiver if sender == self.node_id else sender
+        return pair_seed(self.c_sk, self.roster[peer][0],
+                         self.info + f"|shares|{sender}>{receiver}".encode())
 
     def share(self, roster: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
         """Step 2: encrypted shares of ``b_u`` and ``s_u`` for every peer of ``roster``."""
@@ -139,12 +155,12 @@ class SecAggNode:
         s_sh = shamir.split(self.s_sk, self.threshold, len(ids))
         own = ids.index(self.node_id)
         self.own_share = b_sh[own] + s_sh[own]  # never leaves the node
-        return {v: _seal(self._channel(v), self.node_id, v, b_sh[i] + s_sh[i])
+        return {v: _seal(self._channel(self.node_id, v), self.node_id, v, b_sh[i] + s_sh[i])
                 for i, v in enumerate(ids) if v != self.node_id}
 
     def mask(self, codes: np.ndarray, inbox: dict[int, bytes]) -> np.ndarray:
         """Step 3: ``y_u`` over the peers whose shares reached this node (``inbox``)."""
-        self.received = {v: _open(self._channel(v), v, self.node_id, c)
+        self.received = {v: _open(self._channel(v, self.node_id), v, self.node_id, c)
                          for v, c in inbox.items() if v != self.node_id}
         self.received[self.node_id] = self.own_share
         peers = {v: self.roster[v][1] for v in self.received}
@@ -156,16 +172,25 @@ class SecAggNode:
     def unmask(self, alive: list[int], dropped: list[int]) -> dict[int, tuple[str, bytes]]:
         """Step 4: ``{v: ("b"|"s", share)}``; refuses to reveal both secrets of any node.
 
+        Only the listed nodes whose shares this node holds count toward the threshold, so
+        padding the alive list does not get past it.
+
         Raises
         ------
         Refused
-            If fewer than ``threshold`` nodes are alive, a node is both alive and dropped, this
-            node is called dropped, or some node's other secret was revealed before.
+            If a listed id is not in the roster, fewer than ``threshold`` listed-alive nodes
+            are ones whose shares this node holds, a node is both alive and dropped, this node
+            is called dropped, or some node's other secret was revealed before.
 
         """
         alive_set, dropped_set = set(alive), set(dropped)
-        if len(alive_set) < self.threshold:
-            raise Refused(f"{len(alive_set)} alive nodes are fewer than the threshold")
+        unknown = (alive_set | dropped_set) - set(self.roster)
+        if unknown:
+            raise Refused(f"unknown node id(s) {sorted(unknown)[:5]} in the unmask request")
+        held = alive_set & set(self.received)
+        if len(held) < self.threshold:
+            raise Refused(f"{len(held)} alive nodes whose shares this node holds are fewer "
+                          f"than the threshold {self.threshold}")
         if alive_set & dropped_set or self.node_id in dropped_set:
             raise Refused("a node is listed both alive and dropped (or this node as dropped)")
         want = {v: "b" for v in alive_set} | {v: "s" for v in dropped_set}
@@ -239,8 +264,7 @@ def simulate(vectors: dict[int, np.ndarray], clip: float, threshold: int | None 
     clip : float
         Quantisation range ``R``.
     threshold : int, optional
-        ``t``; default ``n // 2 + 1`` (above n/2, so that inconsistent alive/dropped lists sent
-        to different nodes cannot gather ``t`` shares of both secrets of one node).
+        ``t``; default :func:`default_threshold`.
     drop_after_mask : frozenset of int
         Nodes that finish step 2 but never upload their masked vector.
     info : bytes
@@ -255,7 +279,7 @@ def simulate(vectors: dict[int, np.ndarray], clip: float, threshold: int | None 
 
     """
     n = len(vectors)
-    t = threshold or n // 2 + 1
+    t = threshold or default_threshold(n)
     nodes = {u: SecAggNode(u, t, info) for u in sorted(vectors)}
     server = SecAggServer(t, info)
     server.roster = {u: node.advertise() for u, node in nodes.items()}

@@ -25,12 +25,14 @@ from florec.protocol.secagg import MODULUS_BITS, SecAggNode, dequantize, quantiz
 from florec.protocol.secure_sum import KEY_BYTES
 from florec.protocol.shamir import SHARE_BYTES
 
-__all__ = ["KEY_BYTES", "SEALED_BYTES", "SETUP_NAME", "SHARE_WIDTH", "STAGES", "decode_roster",
-           "encode_roster", "fedavg_range", "fedavg_sums", "fedavg_vector", "node_from_json",
-           "node_to_json", "pack", "unpack"]
+__all__ = ["KEY_BYTES", "REFUSED", "SEALED_BYTES", "SETUP_NAME", "SHARE_WIDTH", "STAGES",
+           "decode_roster", "encode_roster", "fedavg_range", "fedavg_sums", "fedavg_vector",
+           "node_from_json", "node_to_json", "pack", "unpack"]
 
 #: ``setup`` value of a secure-aggregation exchange (``train.setup`` message config)
 SETUP_NAME = "secagg"
+#: ConfigRecord of an unmask reply in which the node refuses (``reason`` says why)
+REFUSED = "secagg-refused"
 #: the exchanges after the keys, in order
 STAGES = ("share", "mask", "unmask")
 #: bytes of one share value, and of a peer's sealed pair of shares (b and s, plus the AEAD tag)

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ConfigRecord, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.secagg import SecAggServer
+from florec.protocol.secagg import SecAggServer, default_threshold
 from florec.protocol.secagg_wire import (
     KEY_BYTES,
+    REFUSED,
     SEALED_BYTES,
     SETUP_NAME,
     SHARE_WIDTH,
@@ -38,14 +39,29 @@ from florec.recdata.runconfig import RunConfig
 from florec.server.loop import stream_replies
 from florec.strategies.base import RecStrategy
 
-__all__ = ["SETUP_TYPE", "SecAggError", "SecAggSession", "SecAggSpec", "check_secagg",
-           "public_keys", "run_exchanges"]
+__all__ = ["SETUP_TYPE", "SecAggError", "SecAggRefused", "SecAggSession", "SecAggSpec",
+           "SecAggTooFew", "check_secagg", "public_keys", "refusal", "run_exchanges"]
 
 SETUP_TYPE = f"{MessageType.TRAIN}.setup"
 
 
 class SecAggError(RuntimeError):
-    """The aggregation cannot go on: a node refused the server's request."""
+    """The aggregation cannot go on (see the subclasses)."""
+
+
+class SecAggTooFew(SecAggError):
+    """Too few nodes are left (dropouts): this aggregation fails, a run may go on."""
+
+
+class SecAggRefused(SecAggError):
+    """A node refused an unmask request: the server asked for what would expose a node."""
+
+
+def refusal(msg: Message) -> str | None:
+    """The reason of a node's refusal (a reply flagged ``secagg-refused``), else None."""
+    if msg.has_error() or REFUSED not in msg.content.config_records:
+        return None
+    return str(msg.content.config_records[REFUSED].get("reason", "refused"))
 
 
 @dataclass(frozen=True)
@@ -100,7 +116,7 @@ class SecAggSession:
 
     def __init__(self, info: str, roster: dict[int, tuple[bytes, bytes]]) -> None:
         self.info = info
-        self.server = SecAggServer(len(roster) // 2 + 1, info.encode())
+        self.server = SecAggServer(default_threshold(len(roster)), info.encode())
         self.server.roster = dict(sorted(roster.items()))
         self.inboxes: dict[int, dict[int, bytes]] = {}
         self.uploads: dict[int, np.ndarray] = {}
@@ -121,7 +137,22 @@ class SecAggSession:
         return RecordDict({"config": cfg, "arrays": to_record(arrays)})
 
     def records(self, stage: str) -> dict[int, RecordDict]:
-        """The message content of ``stage`` for each node that takes part in it."""
+        """The message content of ``stage`` for each node that takes part in it.
+
+        Raises
+        ------
+        SecAggTooFew
+            Before ``mask`` / ``unmask``, if fewer nodes than the threshold shared their
+            secrets / sent their masked vector (more than ``n - t`` dropped): the nodes would
+            refuse, and the sum cannot be unmasked.
+
+        """
+        if stage == "mask" and len(self.server.shared) < self.server.threshold:
+            raise SecAggTooFew(f"{len(self.server.shared)} nodes shared their secrets, fewer "
+                               f"than the threshold {self.server.threshold}")
+        if stage == "unmask" and len(self.alive) < self.server.threshold:
+            raise SecAggTooFew(f"{len(self.alive)} masked vectors arrived, fewer than the "
+                               f"threshold {self.server.threshold} of {len(self.server.roster)}")
         if stage == "share":
             record = self._record(stage, encode_roster(self.server.roster))
             return dict.fromkeys(self.server.roster, record)
@@ -143,7 +174,7 @@ class SecAggSession:
 
         Raises
         ------
-        SecAggError
+        SecAggTooFew
             If, after ``unmask``, fewer than the threshold of nodes revealed their shares.
 
         """
@@ -170,8 +201,8 @@ class SecAggSession:
                        for u, a in replies.items()
                        if a["shares"].shape[1:] == (SHARE_WIDTH,)}
             if len(reveals) < self.server.threshold:
-                raise SecAggError(f"{len(reveals)} nodes revealed shares, fewer than the "
-                                  f"threshold {self.server.threshold}")
+                raise SecAggTooFew(f"{len(reveals)} nodes revealed shares, fewer than the "
+                                   f"threshold {self.server.threshold}")
             self.total = self.server.unmask_sum(self.uploads, reveals)
 
 
@@ -186,25 +217,22 @@ def run_exchanges(strategy: RecStrategy, grid: Grid, session: SecAggSession, ser
 
     Raises
     ------
-    SecAggError
-        A node refused to unmask (the server asked for both secrets of a node), or too few
-        nodes are left to remove the masks.
+    SecAggRefused
+        A node refused to unmask (the server asked for what would expose a node).
+    SecAggTooFew
+        Too few nodes are left to mask or to remove the masks (checked before each exchange).
 
     """
     t0, up0, down0 = time.perf_counter(), strategy.bytes_up, strategy.bytes_down
     for stage in STAGES:
-        if stage == "mask" and len(session.server.shared) < session.server.threshold:
-            raise SecAggError(f"{len(session.server.shared)} nodes shared their secrets, "
-                              f"fewer than the threshold {session.server.threshold}")
         messages = [m for node, rec in session.records(stage).items()
                     for m in strategy.messages(rec, [node], SETUP_TYPE)]
         good: dict[int, dict[str, np.ndarray]] = {}
         for msg in stream_replies(grid, messages, timeout_s, strategy.unresponsive):
+            if (why := refusal(msg)) is not None:
+                raise SecAggRefused(f"node {msg.metadata.src_node_id} refused to {stage}: {why}")
             if msg.has_error():
                 reason = msg.error.reason.strip().splitlines()[-1]
-                if "Refused" in reason:
-                    raise SecAggError(f"node {msg.metadata.src_node_id} refused to {stage}: "
-                                      f"{reason}")
                 strategy.drop(server_round, msg, f"secure aggregation {stage}: {reason}")
                 continue
             strategy.bytes_up += sum(len(a.data) for a in

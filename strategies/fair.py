@@ -30,7 +30,14 @@ from florec.protocol.codec import from_record, to_record
 from florec.protocol.secagg_wire import STAGES, unpack
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
-from florec.server.secagg import SETUP_TYPE, SecAggError, SecAggSession, check_secagg, public_keys
+from florec.server.secagg import (
+    SETUP_TYPE,
+    SecAggRefused,
+    SecAggSession,
+    check_secagg,
+    public_keys,
+    refusal,
+)
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.payload import record_nbytes
 
@@ -90,16 +97,18 @@ class FairFedAvg(FedAvgRec):
         Raises
         ------
         RuntimeError
-            If no node sent keys, a node refused to unmask, or too few nodes are left.
+            If no node sent keys; :class:`florec.server.secagg.SecAggRefused` if a node
+            refused to unmask, :class:`florec.server.secagg.SecAggTooFew` if too few nodes are
+            left (more than ``n - t`` dropped: the popularity cannot be unmasked, and the run
+            cannot start without it).
 
         """
         good: dict[int, dict[str, np.ndarray]] = {}
         for msg in replies:
+            if (why := refusal(msg)) is not None:
+                raise SecAggRefused(f"secure sum: node {msg.metadata.src_node_id} refused: {why}")
             if msg.has_error() or "arrays" not in msg.content.array_records:
                 reason = msg.error.reason.strip().splitlines()[-1] if msg.has_error() else ""
-                if "Refused" in reason:
-                    raise SecAggError(f"secure sum: node {msg.metadata.src_node_id} refused: "
-                                      f"{reason}")
                 self.drop(0, msg, f"secure sum stage {stage}: {reason or 'no arrays'}")
                 continue
             self.setup_bytes += record_nbytes(msg.content)

@@ -38,7 +38,13 @@ from flwr.supercore import log
 
 from florec.protocol.codec import from_record, to_record
 from florec.protocol.secagg_wire import fedavg_sums, unpack
-from florec.server.secagg import SecAggError, SecAggSession, SecAggSpec, public_keys, run_exchanges
+from florec.server.secagg import (
+    SecAggSession,
+    SecAggSpec,
+    SecAggTooFew,
+    public_keys,
+    run_exchanges,
+)
 from florec.strategies.base import RecStrategy
 from florec.strategies.dp import UserDP
 from florec.strategies.payload import check_reply, record_nbytes
@@ -185,7 +191,12 @@ class FedAvgRec(RecStrategy):
 
     def _aggregate_secure(self, server_round: int, replies: Iterable[Message]
                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Secure aggregation: the replies carry keys; the sum comes from the exchanges."""
+        """Secure aggregation: the replies carry keys; the sum comes from the exchanges.
+
+        If more than ``n - t`` nodes drop out, the round's update is skipped (logged, and
+        ``secagg-failed = 1`` in its ``train`` row) and the run goes on; a node's refusal
+        (:class:`florec.server.secagg.SecAggRefused`: the server misbehaved) stops the run.
+        """
         n, d = self.current["item_emb"].shape
         roster, metrics = {}, {}
         for msg in replies:
@@ -205,11 +216,12 @@ class FedAvgRec(RecStrategy):
         try:
             costs = run_exchanges(self, self._grid, session, server_round,
                                   self.secagg.timeout_s)
-        except SecAggError as exc:
-            if "refused" in str(exc):
-                raise
-            log(WARNING, "round %d: secure aggregation failed (%s)", server_round, exc)
-            return None, None
+        except SecAggTooFew as exc:  # dropouts: this round fails, the run goes on
+            log(WARNING, "round %d: secure aggregation failed, the round's update is skipped: "
+                "%s", server_round, exc)
+            return None, MetricRecord({"num-replies": 0, "secagg-failed": 1,
+                                       "secagg-roster": len(roster),
+                                       "secagg-alive": len(session.alive)})
         floats, ints, clipped = unpack(session.total, n * d + n, self.secagg.clip,
                                        self._secagg_nodes, len(session.alive))
         emb_sum, bias_sum, counts = fedavg_sums(floats, ints, n, d)

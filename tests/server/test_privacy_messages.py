@@ -94,8 +94,7 @@ def private_rows(context: Context, cfg: RunConfig) -> dict[str, np.ndarray]:
         rows["secagg-secret"] = as_rows(np.frombuffer(secret, dtype=np.uint8))
         if cfg.mf_loss != "bpr":
             rows["secure-sum-counts"] = as_rows(setup_node.local_counts(bucket))
-    if secagg_node.CODES in context.state.array_records:  # the node's pending input
-        codes = from_record(context.state.array_records[secagg_node.CODES])["codes"]
+    if (codes := secagg_node.pending_codes(context)) is not None:  # the node's pending input
         rows["secagg-input"] = as_rows(codes[: (len(codes) // 32) * 32].reshape(-1, 32))
     return {name: r for name, r in rows.items() if r.size}
 
