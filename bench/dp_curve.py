@@ -56,9 +56,10 @@ def table(rows: list[dict[str, Any]]) -> str:
              "|---" * 8 + "|"]
     for r in rows:
         delta = f" ({r['delta']:.1e})" if r["delta"] else ""
+        spread = f"{r['ndcg@10_std']:.4f}" if r["seeds"] > 1 else "1 seed"
         lines.append(f"| {r['label']} | {num(r['target_epsilon'], '.0f')} | "
                      f"{num(r['epsilon'], '.2f')}{delta} | {num(r['noise_multiplier'], '.3f')} | "
-                     f"{r['ndcg@10']:.4f} ({r['ndcg@10_std']:.4f}) | {r['recall@10']:.4f} | "
+                     f"{r['ndcg@10']:.4f} ({spread}) | {r['recall@10']:.4f} | "
                      f"{', '.join(str(b) for b in r['best_round'])} | {r['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 

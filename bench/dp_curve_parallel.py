@@ -44,10 +44,13 @@ def main() -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--label", action="append", default=None,
+                    help="run only the cells of this method label (repeatable)")
     args = ap.parse_args()
     conf = load_bench(Path(args.config))
     cells = cells_of(conf, Path(args.out))  # seed-major: a cut-short run has every method
-    todo = sorted((i for i, c in enumerate(cells) if not c.finished(conf)),
+    todo = sorted((i for i, c in enumerate(cells) if not c.finished(conf)
+                   and (args.label is None or c.label in args.label)),
                   key=lambda i: (cells[i].seed, i))
     print(f"{len(todo)} unfinished cells, {args.workers} workers")
     with ProcessPoolExecutor(args.workers) as pool:
