@@ -78,3 +78,25 @@ def test_nodes_forget_their_secure_aggregation_secrets_once_the_sum_is_done(tmp_
         for record in context.state.config_records.values():
             text = " ".join(str(v) for v in record.values())
             assert not any(key.hex() in text or key in text.encode() for key in keys)
+
+
+def test_a_node_store_snapshot_holds_no_pending_secure_aggregation_input(tmp_path):
+    import numpy as np
+    from flwr.app import RecordDict
+
+    from florec.client.node_store import open_store
+
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(),
+                      run_config={"out-dir": str(tmp_path)})
+    codes = np.random.default_rng(0).integers(2**20, 2**31, 257).astype(np.uint32)
+    secagg_node.advertise(context, 1, codes, "fedavg|round=1|x")  # keys sent, not yet masked
+    np.testing.assert_array_equal(secagg_node.pending_codes(context), codes)
+    store = open_store(context, 64.0)
+    store.replace_all({"users": {"emb": np.ones((3, 2), np.float32)}})
+    path = tmp_path / "snap.npz"
+    store.snapshot(path)
+    with np.load(path) as saved:
+        assert any("users" in k for k in saved.files)  # the snapshot did save the store
+        assert not any("secagg" in k for k in saved.files)
+    data = path.read_bytes()
+    assert codes.tobytes()[:64] not in data and codes.tobytes()[-64:] not in data
