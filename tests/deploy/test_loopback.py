@@ -113,7 +113,9 @@ def test_deployment_with_tls_and_authentication(tmp_path):
 @pytest.mark.slow
 def test_killed_supernode_run_finishes_with_the_remaining_node(tmp_path):
     out, logs = tmp_path / "run", tmp_path / "logs"
-    config = SMALL | {"num-nodes": 2, "out-dir": str(out), "round-timeout-s": 15.0}
+    # long enough for a ClientApp message on a loaded 2-core box (about 15 s at load 20), and
+    # the time round 2 waits for the killed node
+    config = SMALL | {"num-nodes": 2, "out-dir": str(out), "round-timeout-s": 45.0}
     with LoopbackDeployment(2, logs) as dep:
         def kill_after_round_one() -> None:
             deadline = time.monotonic() + 120
