@@ -1,32 +1,42 @@
 """Secure aggregation with dropouts: double masking and Shamir shares (Bonawitz et al., CCS 2017).
 
-The server learns the sum of the surviving nodes' vectors and nothing else about any one of
-them, even when nodes drop out after masking, and a server that claims a live node dropped
-learns nothing about that node. Participants ``u`` with vectors ``x_u`` (quantised to integers
-mod ``2^32``, :func:`quantize`) and a threshold ``t``:
+Participants ``u`` with vectors ``x_u`` (quantised to integers mod ``2^32``, :func:`quantize`)
+and a threshold ``t`` (:func:`default_threshold`: ``max(floor(n/2) + 1, ceil(2n/3))``):
 
 1. *advertise*: node ``u`` draws two X25519 key pairs, ``(c_u, C_u)`` to encrypt shares for
    its peers and ``(s_u, S_u)`` to agree pair masks, and uploads ``C_u, S_u``.
 2. *share*: ``u`` draws a self-mask seed ``b_u`` and Shamir-splits (threshold ``t``) both
    ``b_u`` and its private key ``s_u`` among the participants; the share for peer ``v`` is
-   encrypted (ChaCha20-Poly1305 under ``HKDF(X25519(c_u, C_v))``) and routed by the server,
-   which cannot read it. Shamir sharing is over GF(2^521 - 1) (:mod:`florec.protocol.shamir`).
+   encrypted with ChaCha20-Poly1305 under ``HKDF(X25519(c_u, C_v), info | "u>v")``, a key of
+   that direction only (each key seals one message, so its zero nonce is never reused), and
+   routed by the server, which cannot read it. Shamir sharing is over GF(2^521 - 1)
+   (:mod:`florec.protocol.shamir`).
 3. *mask*: ``u`` uploads ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)``
-   (mod ``2^32``) with ``s_uv = HKDF(X25519(s_u, S_v))`` over the nodes ``v`` that finished
-   step 2, and the PRG ChaCha20 (:func:`florec.protocol.secure_sum.mask_vector`).
+   (mod ``2^32``) with ``s_uv = HKDF(X25519(s_u, S_v))`` over the nodes ``v`` whose shares
+   reached it, and the PRG ChaCha20 (:func:`florec.protocol.secure_sum.mask_vector`).
 4. *unmask*: the server names the nodes whose ``y`` arrived (alive) and those that did not
    (dropped). Each alive node returns its share of ``b_v`` for every alive ``v`` and its share
    of ``s_v`` for every dropped ``v``, and **never both for one node**: it remembers what it
-   revealed and refuses a request that would reveal the other secret of any node (a server
-   claiming a live node dropped gets its ``s``-shares, removes its pair masks and still faces
-   ``PRG(b_v)``). It also refuses fewer than ``t`` alive nodes. With ``t`` shares the server
-   rebuilds every ``b_v`` of the alive and every ``s_v`` of the dropped, removes their masks
-   and gets ``sum_{alive} x_u`` in one pass: a dropout costs no restart.
+   revealed and refuses a request that would reveal the other secret of any node. It also
+   refuses ids outside the roster, and fewer than ``t`` listed-alive nodes whose shares it
+   holds (made-up or never-shared ids do not count). With ``t`` shares the server rebuilds
+   every ``b_v`` of the alive and every ``s_v`` of the dropped, removes their masks and gets
+   ``sum_{alive} x_u`` in one pass: up to ``n - t`` dropouts after masking cost no restart.
 
-Threat model: honest-but-curious server and fewer than ``t`` colluding nodes; no node
-authentication (a malicious server could impersonate nodes; Bonawitz et al.'s signatures are left
-out). Each class holds one node's or the server's state for one aggregation; its secrets are
-dropped by :meth:`SecAggNode.forget` when the aggregation ends.
+What is guaranteed, with ``c`` colluding nodes (``c < t``):
+
+- *honest-but-curious server*: it learns ``sum_{alive} x_u`` and which nodes dropped, nothing
+  else about any one input;
+- *server that lies in step 4* (claims a live node dropped, or shows different alive/dropped
+  lists to different nodes): each honest node gives at most one share of a victim's two
+  secrets, so the server holds at most ``n + c`` of the ``2t`` it needs; it learns nothing
+  about a node while ``c < 2t - n`` (at the default ``t``, about ``n / 3`` colluders; the
+  bound is tight: tested);
+- *not covered*: a server that forwards forged public keys in steps 1-2 (there is no PKI: keys
+  are not authenticated, so such a server can stand in for every peer of a node and read its
+  shares; Flower node ids come from the server too), and Bonawitz et al.'s signed consistency
+  round (it guards the same ``2t > n + c`` bound here). Each class holds one node's or the
+  server's state for one aggregation; :meth:`SecAggNode.forget` drops its secrets.
 """
 
 from __future__ import annotations
