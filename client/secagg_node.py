@@ -118,16 +118,16 @@ def _unmask(node: SecAggNode, arrays: dict[str, np.ndarray]) -> dict:
 def handle(msg: Message, context: Context, min_nodes: int) -> RecordDict:
     """Answer one exchange (``share``, ``mask`` or ``unmask``) of the current aggregation.
 
+    An unmask request this node refuses (:class:`florec.protocol.secagg.Refused`: it would
+    reveal both secrets of a node, names unknown nodes, or too few alive ones) is answered
+    with a ConfigRecord :data:`REFUSED` holding the reason, and the node leaves the
+    aggregation (forgets its secrets).
+
     Raises
     ------
     RuntimeError
         Without an aggregation in progress, for another aggregation's message, an unknown
         stage, or a roster this node must refuse (see the module docstring).
-
-    An unmask request this node refuses (:class:`florec.protocol.secagg.Refused`: it would
-    reveal both secrets of a node, names unknown nodes, or too few alive ones) is answered
-    with a ConfigRecord :data:`REFUSED` holding the reason, and the node leaves the
-    aggregation (forgets its secrets).
 
     """
     config = msg.content.config_records["config"]
