@@ -1,6 +1,7 @@
 """Fair Sampling's item popularity by secure aggregation: exact totals, masked uploads, dropouts."""
 
 import numpy as np
+import pytest
 from flwr.app import MessageType
 
 from florec.client.app import evaluate, setup, train
@@ -12,6 +13,7 @@ from florec.recdata.partition import node_clients
 from florec.recdata.runconfig import parse_run_config
 from florec.recdata.store import get_split
 from florec.server.federation import setup_phase
+from florec.server.secagg import SecAggTooFew
 from florec.sim.local_grid import LocalGrid
 from florec.strategies.fair import build_fair_strategy
 
@@ -97,3 +99,18 @@ def test_a_node_that_drops_after_sharing_is_left_out_without_a_restart():
     assert int(state["n_users"][0]) == expected[-1] < split.n_users
     assert len(strategy.session.dropped) == 1
     assert grid.pushed[SETUP] == 4 + 4 + 4 + 3  # one pass: the dropped node is not re-asked
+
+
+def test_more_than_n_minus_t_dropouts_stop_the_setup_with_one_line_and_no_unmask_request():
+    calls: dict[int, int] = {2: 0, 3: 0}
+
+    def fail(pid, kind):  # partitions 2 and 3 answer keys and share, then fail to mask
+        if kind == SETUP and pid in calls:
+            calls[pid] += 1
+            return calls[pid] == 3
+        return False
+
+    with pytest.raises(SecAggTooFew, match="2 masked vectors arrived, fewer than the "
+                                           "threshold 3 of 4") as err:
+        _setup_run(CFG, fail=fail)
+    assert "\n" not in str(err.value)
