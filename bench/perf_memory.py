@@ -92,6 +92,46 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+TIMING_CHILD = """
+import json, sys
+from florec.sim.perf import compute_ratio
+print(json.dumps(compute_ratio(json.loads(sys.argv[1]), reps=1)))
+"""
+
+
+def env_timing(args: argparse.Namespace) -> dict[str, Any]:
+    """Local-training seconds with and without the ``--env`` variables, alternated.
+
+    Each repetition starts one process without them and one with them (glibc reads its
+    ``MALLOC_*`` variables at start), each timing one central epoch and one round of every
+    user's local training (:func:`florec.sim.perf.compute_ratio`, one repetition); medians over
+    ``--timing`` repetitions.
+    """
+    import statistics
+
+    from florec.sim.perf import PerfCell
+
+    extra = dict(pair.partition("=")[::2] for pair in args.env)
+    cfg = PerfCell(args.dataset, args.users, 1.0, args.bucket).run_config(1)
+    base = {k: v for k, v in os.environ.items() if k not in extra}
+    base["OMP_NUM_THREADS"] = base.get("OMP_NUM_THREADS", "1")
+    runs: dict[str, list[dict[str, Any]]] = {"defaults": [], "env": []}
+    for _ in range(args.timing):
+        for name, env in (("defaults", base), ("env", base | extra)):
+            out = subprocess.run([sys.executable, "-c", TIMING_CHILD, json.dumps(cfg)], env=env,
+                                 cwd=ROOT, capture_output=True, text=True, check=True).stdout
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+    row: dict[str, Any] = {"dataset": args.dataset, "users": args.users, "bucket": args.bucket,
+                           "reps": args.timing, "env": extra, "runs": runs}
+    for key in ("central_epoch_s", "local_round_s"):
+        d = statistics.median(r[key] for r in runs["defaults"])
+        e = statistics.median(r[key] for r in runs["env"])
+        row[key] = {"defaults": d, "env": e, "env_over_defaults": e / d}
+    return row | {"command": "python bench/perf_memory.py " + " ".join(args.argv),
+                  "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def role_sums(processes: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
     """``{role: (processes, PSS MiB)}`` of a peak sample, roles from each command line."""
     from florec.sim.memory import process_role
@@ -139,16 +179,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label", default="")
     p.add_argument("--out", type=Path)
     p.add_argument("--table", type=Path, help="print the tables of this results folder")
+    p.add_argument("--timing", type=int, default=0,
+                   help="instead: time local training with and without the --env variables, "
+                        "this many alternated repetitions")
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     if args.table:
         print(table(args.table))
         return
-    row = measure(args)
+    row = env_timing(args) if args.timing else measure(args)
     text = json.dumps(row, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+    if args.timing:
+        print(json.dumps({k: row[k] for k in ("central_epoch_s", "local_round_s")}))
+        return
     summary = {k: row[k] for k in ("label", "users", "peak_pss_mb", "peak_rss_mb",
                                    "peak_shm_mb", "wall_s", "test")}
     print(json.dumps(summary | {"by_role": {k: (v["n"], v["pss_mb"])

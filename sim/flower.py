@@ -105,21 +105,7 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     env.setdefault("RAY_DEDUP_LOGS", "0")
-    if env.get("FLOREC_LEAN_MEMORY", "1") != "0":  # the user's own settings win
-        for key, value in LEAN_ENV.items():
-            env.setdefault(key, value)
     return env
-
-
-#: Memory defaults for every process of a run (docs/scale.md, "Memory"): glibc keeps at most two
-#: malloc arenas per process (Ray workers and gRPC servers run dozens of threads, each of which
-#: would otherwise get an arena of its own) and returns freed memory above 128 KiB to the
-#: system (setting the trim threshold also pins the mmap threshold at 128 KiB, so torch's and
-#: numpy's large buffers are unmapped when freed instead of staying in the heap); Ray starts no
-#: spare workers beyond the ClientApp actors Flower asks for. ``FLOREC_LEAN_MEMORY=0`` in the
-#: environment leaves glibc's and Ray's defaults.
-LEAN_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "131072",
-            "RAY_enable_worker_prestart": "0"}
 
 
 def in_child(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

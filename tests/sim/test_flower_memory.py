@@ -1,4 +1,4 @@
-"""Memory defaults of `florec sim`: glibc/Ray environment, and checks in a forked child."""
+"""Memory of `florec sim`: checks in a forked child, one actor per node below the CPU count."""
 
 import os
 import sys
@@ -6,23 +6,7 @@ import sys
 import pytest
 
 from florec.recdata.errors import ConfigError, FloRecError
-from florec.sim.flower import LEAN_ENV, flower_env, in_child
-
-
-def test_flower_env_sets_the_memory_defaults_unless_the_user_set_them(monkeypatch):
-    monkeypatch.delenv("FLOREC_LEAN_MEMORY", raising=False)
-    for key in LEAN_ENV:
-        monkeypatch.delenv(key, raising=False)
-    assert {k: flower_env()[k] for k in LEAN_ENV} == LEAN_ENV
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert flower_env()["MALLOC_ARENA_MAX"] == "8"
-
-
-def test_florec_lean_memory_0_leaves_glibc_and_ray_defaults(monkeypatch):
-    for key in LEAN_ENV:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("FLOREC_LEAN_MEMORY", "0")
-    assert not LEAN_ENV.keys() & flower_env().keys()
+from florec.sim.flower import in_child
 
 
 def _import_and_answer(name: str, x: int) -> tuple[int, bool]:
