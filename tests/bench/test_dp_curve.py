@@ -27,3 +27,34 @@ def test_rows_take_each_methods_mean_and_the_accountants_epsilon(bench_script) -
     row = next(r for r in curve.rows_of(fake) if r["label"] == "DP eps=4")
     assert abs(row["ndcg@10"] - 0.1 * (len(eps4) + 1) / 2) < 1e-12
     assert row["epsilon"] == 3.99 and row["target_epsilon"] == 4.0
+
+
+ML1M = RESULTS.parent / "dp_ml1m"
+
+
+def test_committed_ml1m_sweep_table_is_what_the_generator_writes(bench_script) -> None:
+    curve = bench_script("dp_curve")
+    rows = curve.sweep_rows(json.loads((ML1M / "sweep" / "results.json").read_text()))
+    assert (ML1M / "sweep" / "sweep.md").read_text() == curve.sweep_table(rows)
+    # the sweep is read on validation and names what it varied
+    dp_rows = [r for r in rows if r["target_epsilon"] == 4.0]
+    assert {r["clip"] for r in dp_rows} >= {0.05, 0.25}
+    assert all(0 < r["valid_ndcg@10"] < 1 for r in rows)
+
+
+def test_committed_ml1m_curve_is_what_the_generator_writes(bench_script) -> None:
+    curve = bench_script("dp_curve")
+    rows = curve.rows_of(json.loads((ML1M / "results.json").read_text()))
+    assert (ML1M / "summary.md").read_text() == curve.table(rows)
+    private = [r for r in rows if r["epsilon"] is not None]
+    assert private and all(abs(r["epsilon"] - r["target_epsilon"]) < 0.01 for r in private)
+    assert all(abs(r["delta"] - 1 / 6040) < 1e-12 for r in private)
+
+
+def test_committed_fedcia_dp_table_is_what_the_generator_writes(bench_script) -> None:
+    report = bench_script("dp_fedcia_report")
+    out = RESULTS.parent / "dp_fedcia"
+    rows = report.rows_of(out)
+    assert (out / "summary.md").read_text() == report.table(rows)
+    noised = [r for r in rows if r["epsilon"] is not None]
+    assert noised and all(r["clip"] == 300 for r in noised)
