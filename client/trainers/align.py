@@ -104,7 +104,7 @@ def align_factored(embs: list[torch.Tensor], factor: torch.Tensor, steps: int, l
     expansion of the norm cancels when ``M`` is small; a step is skipped below the same
     threshold as in :func:`align_dense` for the tables' precision.
     """
-    a64 = factor.double()
+    a64 = factor.double().to(embs[0].device)
     s_norm_sq = float(((a64.T @ a64) ** 2).sum())
     n, rank = factor.shape
     relative_zero = RELATIVE_ZERO if embs[0].dtype == torch.float64 else 1e-3
@@ -114,7 +114,8 @@ def align_factored(embs: list[torch.Tensor], factor: torch.Tensor, steps: int, l
                       weight_decay, squared)
     q_a, sigma, _ = torch.linalg.svd(a64, full_matrices=False)
     # S_bar in the coordinates of Q_A is diag(sigma^2): a step scales rows
-    scale = torch.zeros(rank + max(e.shape[1] for e in embs), 1, dtype=embs[0].dtype)
+    scale = torch.zeros(rank + max(e.shape[1] for e in embs), 1, dtype=embs[0].dtype,
+                        device=q_a.device)
     scale[:rank, 0] = sigma**2
     coords, bases = to_subspace(embs, q_a)
     coords = coords.to(embs[0].dtype)
@@ -136,14 +137,15 @@ def to_subspace(embs: list[torch.Tensor], q_a: torch.Tensor
     under the steps) and the ``P_k``.
     """
     rank, widths = q_a.shape[1], [e.shape[1] for e in embs]
-    whole = torch.cat([e.double() for e in embs], dim=1)
+    whole = torch.cat([e.double().to(q_a.device) for e in embs], dim=1)
     inside = q_a.T @ whole
     outside = whole - q_a @ inside
     again = q_a.T @ outside
     outside -= q_a @ again
     inside += again
     dmax = max(widths)
-    coords = torch.zeros(len(embs), rank + dmax, dmax, dtype=torch.float64)
+    coords = torch.zeros(len(embs), rank + dmax, dmax, dtype=torch.float64,
+                         device=q_a.device)
     bases, col = [], 0
     for k, d in enumerate(widths):
         p, r = torch.linalg.qr(outside[:, col:col + d])
@@ -164,8 +166,8 @@ def align_batched(xs: torch.Tensor, apply_s: Callable[[torch.Tensor], torch.Tens
     """
     k = xs.shape[0]
     zero = TINY + relative_zero * s_norm_sq**0.5
-    active = torch.ones(k, dtype=torch.bool)
-    first = torch.full((k,), float("nan"), dtype=torch.float64)
+    active = torch.ones(k, dtype=torch.bool, device=xs.device)
+    first = torch.full((k,), float("nan"), dtype=torch.float64, device=xs.device)
     last = first.clone()
     for step in range(steps + 1):
         gram = xs.transpose(1, 2) @ xs
@@ -183,7 +185,7 @@ def align_batched(xs: torch.Tensor, apply_s: Callable[[torch.Tensor], torch.Tens
         grad = 4 * me if squared else \
             2 * me / norm.clamp(min=TINY).to(xs.dtype)[:, None, None]
         xs -= torch.where(active[:, None, None], lr * (grad + weight_decay * xs),
-                          torch.zeros((), dtype=xs.dtype))
+                          torch.zeros((), dtype=xs.dtype, device=xs.device))
     return first.tolist(), last.tolist()
 
 
