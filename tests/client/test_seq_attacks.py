@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from florec.client import node_store
-from florec.client.attacks import AttackKnowledge, malicious_users
+from florec.client.attacks import AttackKnowledge, log_hosted, malicious_users
 from florec.client.seq_attacks import fake_windows, mix_states
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
@@ -67,6 +67,7 @@ def test_sasrec_fraction_zero_equals_clean_and_attacks_move_exposure_and_accurac
     assert zero["metrics"] == pytest.approx(clean["metrics"], rel=1e-12, abs=1e-15)
     for a, b in zip(zero_rows, clean_rows, strict=True):
         assert a["valid"] == pytest.approx(b["valid"], rel=1e-12, abs=1e-15)
+    log_hosted.cache_clear()  # logged once per process: forget earlier tests' lines
     with caplog.at_level("INFO"):
         wagon, _ = run(tmp_path / "bandwagon", attack="bandwagon",
                        **{"attack-fraction": 0.1, "attack-lr": 5.0})
