@@ -76,7 +76,8 @@ def advertise(context: Context, node_id: int, codes: np.ndarray, info: str
             "secagg-s-pk": np.frombuffer(s_pk, np.uint8)}
 
 
-def _share(node: SecAggNode, arrays: dict[str, np.ndarray], min_nodes: int) -> dict:
+def _share(node: SecAggNode, arrays: dict[str, np.ndarray], min_nodes: int,
+           floor: int = 0) -> dict:
     roster = decode_roster(arrays)
     if roster.get(node.node_id) != node.roster.get(node.node_id):
         raise RuntimeError("secure aggregation: this node's public keys are missing or altered "
@@ -84,7 +85,7 @@ def _share(node: SecAggNode, arrays: dict[str, np.ndarray], min_nodes: int) -> d
     if len(roster) < min_nodes:
         raise RuntimeError(f"secure aggregation: a roster of {len(roster)} node(s) would expose "
                            "this node's input; refusing")
-    node.threshold = default_threshold(len(roster))
+    node.threshold = max(default_threshold(len(roster)), floor)
     out = node.share(roster)
     ids = sorted(out)
     return {"to": np.array(ids, np.uint64),
@@ -115,7 +116,7 @@ def _unmask(node: SecAggNode, arrays: dict[str, np.ndarray]) -> dict:
             if ids else np.zeros((0, SHARE_WIDTH), np.uint8)}
 
 
-def handle(msg: Message, context: Context, min_nodes: int) -> RecordDict:
+def handle(msg: Message, context: Context, min_nodes: int, floor: int = 0) -> RecordDict:
     """Answer one exchange (``share``, ``mask`` or ``unmask``) of the current aggregation.
 
     An unmask request this node refuses (:class:`florec.protocol.secagg.Refused`: it would
@@ -139,7 +140,7 @@ def handle(msg: Message, context: Context, min_nodes: int) -> RecordDict:
         raise RuntimeError("secure aggregation: message of another aggregation; refusing")
     arrays = from_record(msg.content.array_records["arrays"])
     if stage == "share":
-        reply = _share(node, arrays, min_nodes)
+        reply = _share(node, arrays, min_nodes, floor)
     elif stage == "mask":
         reply = _mask(node, context, arrays)
     elif stage == "unmask":

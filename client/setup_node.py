@@ -18,6 +18,7 @@ from florec.client.attacks import knowledge_setup
 from florec.client.trainers.bucket import Bucket
 from florec.protocol.codec import to_record
 from florec.protocol.public_knowledge import SETUP as KNOWLEDGE_SETUP
+from florec.protocol.secagg import dp_noise_shares
 from florec.protocol.secagg_wire import SETUP_NAME, pack
 from florec.recdata.runconfig import RunConfig
 
@@ -44,7 +45,8 @@ def setup(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         return knowledge_setup(msg, context, cfg, bucket)
     min_nodes = 1 if cfg.num_nodes == 1 else 2  # a sum over one node is that node's input
     if config.get("setup") == SETUP_NAME:
-        return secagg_node.handle(msg, context, min_nodes)
+        return secagg_node.handle(msg, context, min_nodes, dp_noise_shares(
+            cfg.num_nodes, cfg.dp and cfg.dp_mode == "distributed"))
     if config.get("setup") != "secure-sum" or config.get("stage") != "keys":
         raise RuntimeError(f"unknown setup {config.get('setup')!r} / {config.get('stage')!r}")
     codes = pack(np.zeros(0), local_counts(bucket), 1.0, int(config["secagg-nodes"]))

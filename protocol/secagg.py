@@ -103,6 +103,18 @@ def default_threshold(n_nodes: int) -> int:
     return max(n_nodes // 2 + 1, -(-2 * n_nodes // 3))
 
 
+def dp_noise_shares(num_nodes: int, distributed_dp: bool) -> int:
+    """The fewest node noise shares a released sum holds under distributed DP; 0 otherwise.
+
+    With ``dp-mode='distributed'`` the threshold's floor is ``t = default_threshold(num-nodes)``
+    (a run-config value, not the server's word): nodes refuse to unmask a sum of fewer masked
+    vectors, and each adds noise variance :math:`z^2 C^2 / t`, so every released sum carries at
+    least the accounted :math:`z^2 C^2` however many nodes drop out (with all ``n`` alive,
+    ``n / t`` <= 1.5 times it: the price of tolerating dropouts).
+    """
+    return default_threshold(num_nodes) if distributed_dp else 0
+
+
 def _seal(key: bytes, sender: int, receiver: int, plain: bytes) -> bytes:
     """AEAD under a key of the ordered pair ``sender > receiver`` (used once: zero nonce)."""
     return ChaCha20Poly1305(key).encrypt(b"\0" * 12, plain, f"{sender}>{receiver}".encode())

@@ -111,12 +111,15 @@ class SecAggSession:
         The aggregation's name (fresh per aggregation; nodes refuse other names).
     roster : dict of int to (bytes, bytes)
         Each participating node's public keys ``(C, S)``.
+    floor : int
+        Lowest threshold (:func:`florec.protocol.secagg.dp_noise_shares` under distributed DP).
 
     """
 
-    def __init__(self, info: str, roster: dict[int, tuple[bytes, bytes]]) -> None:
+    def __init__(self, info: str, roster: dict[int, tuple[bytes, bytes]],
+                 floor: int = 0) -> None:
         self.info = info
-        self.server = SecAggServer(default_threshold(len(roster)), info.encode())
+        self.server = SecAggServer(max(default_threshold(len(roster)), floor), info.encode())
         self.server.roster = dict(sorted(roster.items()))
         self.inboxes: dict[int, dict[int, bytes]] = {}
         self.uploads: dict[int, np.ndarray] = {}

@@ -14,8 +14,10 @@ weights (McMahan et al. 2018's fixed-denominator estimator). One user changes th
 ``C``, so each round is the sampled Gaussian mechanism and the accountant of
 :mod:`florec.protocol.dp_account` gives epsilon at ``delta = 1/U`` (or ``dp-delta``) after each
 round. In ``central`` mode the server (trusted) draws the noise here; in ``distributed`` mode
-every node adds its share and the server adds none (``dp_clip.node_noise`` in
-:mod:`florec.client.trainers.dp_clip`).
+every node adds its share, the server adds none and sees only the sum (``secagg`` is required),
+and the shares are sized so that any sum the nodes agree to unmask (at least the secure
+aggregation's threshold ``t`` of ``num-nodes``) holds the whole ``z^2 C^2``
+(:func:`florec.protocol.secagg.dp_noise_shares`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from florec.protocol import dp_account
+from florec.protocol.secagg import dp_noise_shares
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedcia_dp import check_fedcia_dp
@@ -42,8 +45,9 @@ def check_dp(cfg: RunConfig) -> None:
     ConfigError
         For another algorithm or model, an aggregation whose denominator depends on the data
         (``sparse``, or ``dense`` weighted by interactions), fixed-size cohorts, node sampling,
-        or both ``dp-epsilon`` and ``dp-noise-multiplier``; FedCIA's settings are checked by
-        :func:`florec.strategies.fedcia_dp.check_fedcia_dp`.
+        both ``dp-epsilon`` and ``dp-noise-multiplier``, or distributed noise without
+        ``secagg`` (the server would see each node's barely noised upload); FedCIA's settings
+        are checked by :func:`florec.strategies.fedcia_dp.check_fedcia_dp`.
 
     """
     if not cfg.dp:
@@ -61,6 +65,9 @@ def check_dp(cfg: RunConfig) -> None:
                                        and cfg.weighting != "uniform"):
         raise ConfigError("dp=true needs a fixed denominator: set aggregation='sum', or "
                           "aggregation='dense' with weighting='uniform'")
+    if cfg.dp_mode == "distributed" and not cfg.secagg:
+        raise ConfigError("dp-mode='distributed' protects against the server only under secure "
+                          "aggregation: set secagg=true (or dp-mode='central')")
     if cfg.cohort_size > 0 or cfg.fraction_train < 1.0:
         raise ConfigError("dp=true samples users by Poisson sampling at rate cohort-fraction; "
                           "set cohort-size=0 and fraction-train=1")
@@ -86,6 +93,9 @@ class UserDP:
         Who draws the noise.
     denominator : float
         ``D`` (1 for ``sum``, ``q U`` for ``dense``).
+    noise_shares : int
+        Distributed mode: the fewest node shares in a released sum, which is also the secure
+        aggregation's threshold floor; 0 in central mode.
 
     """
 
@@ -96,6 +106,7 @@ class UserDP:
     delta: float
     mode: str
     denominator: float
+    noise_shares: int = 0
 
     @classmethod
     def from_config(cls, cfg: RunConfig, n_users: int) -> UserDP:
@@ -103,8 +114,9 @@ class UserDP:
         check_dp(cfg)
         q = cfg.cohort_fraction
         denominator = 1.0 if cfg.aggregation == "sum" else q * n_users
+        shares = dp_noise_shares(cfg.num_nodes, cfg.dp_mode == "distributed")
         return cls(cfg.dp_clip, dp_account.noise_multiplier(cfg, n_users), q, n_users,
-                   dp_account.dp_delta(cfg, n_users), cfg.dp_mode, denominator)
+                   dp_account.dp_delta(cfg, n_users), cfg.dp_mode, denominator, shares)
 
     @property
     def noise_std(self) -> float:

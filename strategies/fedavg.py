@@ -115,8 +115,6 @@ class FedAvgRec(RecStrategy):
         """Send the global item table to the sampled nodes."""
         self.current = from_record(arrays)
         self._saved_opt = self.server_opt.copy_state()
-        if self.dp is not None:  # distributed DP: each node adds 1/n of the noise variance
-            config["dp-nodes"] = len(list(grid.get_node_ids()))
         if self.secagg is not None:  # nodes quantise for at most every connected node
             self._grid, self._secagg_nodes = grid, len(list(grid.get_node_ids()))
             self._secagg_info = f"fedavg|round={server_round}|{secrets.token_hex(8)}"
@@ -212,7 +210,8 @@ class FedAvgRec(RecStrategy):
             metrics[src] = dict(msg.content.metric_records.get("metrics", {}))
         if not roster:
             return None, None
-        session = self.secagg_session = SecAggSession(self._secagg_info, roster)
+        floor = self.dp.noise_shares if self.dp is not None else 0  # distributed DP
+        session = self.secagg_session = SecAggSession(self._secagg_info, roster, floor)
         try:
             costs = run_exchanges(self, self._grid, session, server_round,
                                   self.secagg.timeout_s)

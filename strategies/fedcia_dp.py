@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from florec.protocol import dp_account
+from florec.protocol.public_knowledge import needs_knowledge
 from florec.protocol.similarity_dp import SENSITIVITY_FACTOR
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
@@ -44,8 +45,8 @@ def check_fedcia_dp(cfg: RunConfig) -> None:
     ------
     ConfigError
         For a model with no trained item table (``gfcf``), factored communication, weights by
-        interactions, node sampling, the paper's Laplace noise on top, distributed noise, or a
-        robust aggregation.
+        interactions, node sampling, the paper's Laplace noise on top, distributed noise, a
+        robust aggregation or an attack.
 
     """
     if cfg.model == "gfcf":
@@ -65,9 +66,9 @@ def check_fedcia_dp(cfg: RunConfig) -> None:
     if cfg.dp_mode != "central":
         raise ConfigError("dp=true for FedCIA adds the noise at the server only; set "
                           "dp-mode='central'")
-    if cfg.defense != "none":
-        raise ConfigError("dp=true for FedCIA is not combined with a robust aggregation; set "
-                          "defense='none'")
+    if cfg.defense != "none" or needs_knowledge(cfg):
+        raise ConfigError("dp=true for FedCIA is not combined with a robust aggregation or an "
+                          "attack; set defense='none' and attack='none' with no attack-targets")
 
 
 @dataclass

@@ -78,6 +78,12 @@ def clip_result(res: LocalResult, clip: float) -> tuple[LocalResult, float]:
 
 
 @functools.lru_cache(maxsize=8)
+def _noise_shares(cfg: RunConfig) -> int:
+    from florec.protocol.secagg import dp_noise_shares  # cryptography: only DP runs pay for it
+
+    return dp_noise_shares(cfg.num_nodes, distributed_dp=True)
+
+
 def _node_z(config_json: str, population: int) -> float:
     from florec.protocol import dp_account  # dp_accounting and scipy: only DP runs pay for them
 
@@ -101,8 +107,9 @@ def node_noise(cfg: RunConfig, arrays: dict[str, np.ndarray], n_items: int,
     of the whole item table (embedding and bias), so the sum carries :math:`\mathcal N(0, z^2
     C^2)` as in central mode. A sparse upload becomes one over every item (the noise must cover
     untouched rows too). Alone, a node's share protects little: the server sees each upload, so
-    this is DP against the server only under secure aggregation (the server sees only the sum),
-    and the noise falls short when nodes drop out. The noise is drawn from fresh OS entropy,
+    this is DP against the server only under secure aggregation (the server sees only the sum;
+    ``check_dp`` requires ``secagg``), and ``n_nodes`` is the fewest shares a released sum can
+    hold (:func:`florec.protocol.secagg.dp_noise_shares`). The noise is drawn from fresh OS entropy,
     never from the run's seed (which the server knows).
 
     Parameters
@@ -116,7 +123,7 @@ def node_noise(cfg: RunConfig, arrays: dict[str, np.ndarray], n_items: int,
     noise_multiplier : float
         ``z``.
     n_nodes : int
-        Nodes adding noise this round.
+        The fewest nodes whose shares a released sum holds.
 
     Returns
     -------
@@ -150,15 +157,15 @@ def noise_reply(cfg: RunConfig, msg: Message, bucket: Bucket, content: RecordDic
     """A train reply with the node's noise share added (``dp=true``, ``dp-mode=distributed``).
 
     The node computes ``z`` itself from the run config (calibrating ``dp-epsilon`` with the
-    accountant, like the server) rather than take it from the server; the number of nodes
-    sharing the noise comes from the round's config (``dp-nodes``).
+    accountant, like the server) rather than take it from the server, and splits the noise
+    over :func:`florec.protocol.secagg.dp_noise_shares` nodes, also from the run config: a
+    server cannot shrink a node's share by claiming more nodes.
     """
     if not cfg.dp or cfg.dp_mode != "distributed":
         return content
     population = bucket.population or int(bucket.users.max(initial=-1)) + 1
     z = _node_z(json.dumps(cfg.to_flower(), sort_keys=True), population)
-    n_nodes = int(msg.content.config_records["config"].get("dp-nodes", 1))
     arrays = node_noise(cfg, from_record(content.array_records["arrays"]), bucket.n_items, z,
-                        n_nodes)
+                        _noise_shares(cfg))
     content["arrays"] = to_record(arrays)
     return content

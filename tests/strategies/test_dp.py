@@ -11,9 +11,7 @@ import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting import rdp
-from flwr.app import MessageType
 
-from florec.client import app as client_app
 from florec.protocol import dp_account
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
@@ -87,8 +85,7 @@ def test_central_noise_has_std_z_clip_over_the_whole_table_and_a_fixed_denominat
 
 def federate(extra: dict) -> tuple[dict, list[dict]]:
     cfg = parse_run_config(BASE | extra)
-    handlers = {MessageType.TRAIN: client_app.train, MessageType.EVALUATE: client_app.evaluate}
-    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, handlers=handlers)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)
     with tempfile.TemporaryDirectory(prefix="florec-dp-") as out:
         run = run_federated(grid, cfg, Path(out))
         rows = [json.loads(line) for line in (Path(out) / "rounds.jsonl").open()]
@@ -115,7 +112,7 @@ def test_a_small_clip_changes_the_run():
 @pytest.mark.parametrize("mode", ["central", "distributed"])
 def test_a_dp_run_reports_the_accountants_epsilon_per_round(mode):
     run, rows = federate({"dp": True, "dp-noise-multiplier": 1.0, "cohort-fraction": 0.5,
-                          "dp-mode": mode})
+                          "dp-mode": mode, "secagg": mode == "distributed"})
     want = [dp_account.epsilon(0.5, 1.0, t, 1 / 60) for t in (1, 2, 3)]
     assert [r["train"]["dp-epsilon"] for r in rows] == pytest.approx(want, rel=1e-9)
     assert run["dp"]["epsilon"] == pytest.approx(want[-1]) and run["dp"]["mode"] == mode

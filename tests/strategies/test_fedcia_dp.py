@@ -56,6 +56,8 @@ def test_noise_has_std_z_times_twice_the_clip_and_the_release_is_symmetric():
     ({"fraction-train": 0.5}, "fraction-train=1"),
     ({"noise-scale": 0.001}, "noise-scale=0"),
     ({"dp-mode": "distributed"}, "central"),
+    ({"attack-targets": "unpopular:5"}, "attack"),
+    ({"defense": "median"}, "robust aggregation"),
     ({"algorithm": "local"}, "'fedavg'"),
 ])
 def test_fedcia_settings_dp_cannot_account_for_are_refused_in_one_line(extra, word):

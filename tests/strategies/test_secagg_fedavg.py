@@ -252,3 +252,24 @@ def test_secagg_composes_with_distributed_dp_noise(tmp_path):
     assert all(r["train"]["secagg-alive"] == 4 and r["train"]["secagg-clipped"] == 0
                for r in rows)
     assert result["dp"]["epsilon"] > 0
+
+
+def test_distributed_dp_needs_secagg():
+    cfg = parse_run_config(BASE | {"dp": True, "dp-mode": "distributed", "aggregation": "sum"})
+    with pytest.raises(ConfigError, match="secagg=true"):
+        build_strategy(cfg, 60)
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_distributed_dp_never_unmasks_a_sum_with_fewer_noise_shares_than_accounted(tmp_path, dp):
+    # 10 configured nodes, one fails to train: roster 9 (t = 6). Three vectors lost after
+    # masking leave 6 alive: enough for the plain threshold, but each DP node sized its noise
+    # share for t(10) = 7 nodes, so a DP round must fail rather than release too little noise.
+    extra = {"num-nodes": 10, "secagg": True, "round-timeout-s": 1.0, "aggregation": "sum"}
+    if dp:
+        extra |= {"dp": True, "dp-mode": "distributed", "dp-noise-multiplier": 1.0}
+    _, rows, _ = run(tmp_path, f"dp{dp}", extra, grid_cls=LosesMaskedVectors, lost={1, 2, 3},
+                     fail=lambda pid, kind: pid == 9 and kind == MessageType.TRAIN)
+    first = rows[0]["train"]
+    assert first["secagg-alive"] == 6
+    assert first.get("secagg-failed", 0) == (1 if dp else 0)
