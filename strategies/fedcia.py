@@ -102,8 +102,8 @@ class FactorStack:
     def __init__(self, n: int, budget_mb: float | None = None, min_width: int = 1) -> None:
         self.n = n
         budget_mb = STACK_BUDGET_MB if budget_mb is None else budget_mb
-        fit = int(budget_mb * 2**20 // (8 * n))
-        self.limit, self.width = (n, n) if fit >= n else (fit, fit // 2)
+        fit = budget_mb * 2**20 / (8 * n)  # float64 columns that fit (inf: no bound)
+        self.limit, self.width = (n, n) if fit >= n else (int(fit), int(fit) // 2)
         # a sketch is approximate anyway: it stores float32 (as uploaded), halving its memory
         self.dtype = np.float64 if self.limit >= n else np.float32
         if self.width < min_width:

@@ -174,7 +174,7 @@ def test_a_sketched_stack_keeps_the_top_subspace_of_the_exact_sum():
 
     n, d, rank = 300, 6, 4
     embs = shared_structure_tables(20, n, d)
-    exact = FactorStack(n)
+    exact = FactorStack(n, budget_mb=float("inf"))
     sketch = FactorStack(n, budget_mb=24 * 8 * n / 2**20, min_width=rank)  # 24 columns fit
     assert not exact.sketched and sketch.sketched and (sketch.limit, sketch.width) == (24, 12)
     for e in embs:
