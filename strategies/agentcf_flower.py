@@ -75,7 +75,7 @@ class GridNodes:
         for reply in stream_replies(self.grid, out, self.timeout_s):
             node = int(reply.metadata.src_node_id)
             if reply.has_error():
-                why = reply.error.reason.strip().splitlines()[-1]
+                why = (reply.error.reason.strip().splitlines() or ["no reason given"])[-1]
                 raise DataError(f"node {node} failed on the AgentCF '{kind}' message: {why}")
             replies[index[node]] = reply.content
         if len(replies) != len(msgs):

@@ -81,10 +81,10 @@ class FactorStack:
       ``n x n`` triangular factor ``R^T`` of a QR of ``B^T`` (``B B^T = R^T Q^T Q R``);
     - otherwise (large catalogues): ``limit`` is what fits in ``budget_mb`` and the compression
       keeps ``B V`` over the top ``limit // 2`` eigenpairs of ``C``, an incremental truncated
-      SVD (a streaming low-rank sketch), stored in float32 as uploaded (``C`` sums in
-      float64). The compressed block's columns are orthogonal, so its part of ``C`` is
-      ``diag(lambda)`` and is not recomputed. The trace it drops (the
-      discarded ``lambda``) is counted against the exact trace ``sum_k ||F_k||_F^2``
+      SVD (a streaming low-rank sketch), stored in float32 as uploaded (``C``'s block
+      products run in float32, stored in float64). The compressed block's columns are
+      orthogonal, so its part of ``C`` is ``diag(lambda)`` and is not recomputed. The trace
+      it drops (the discarded ``lambda``) is counted against the exact trace ``sum_k ||F_k||_F^2``
       (:attr:`trace_kept`).
 
     Parameters
@@ -136,7 +136,11 @@ class FactorStack:
             self._compress(self.width)
 
     def gram(self) -> np.ndarray:
-        """``C = B^T B`` (m x m), block by block (no copy of ``B``)."""
+        """``C = B^T B`` (m x m), block by block (no copy of ``B``).
+
+        Each block product runs in the stack's precision (float32 for a sketch, as uploaded)
+        and is stored into the float64 ``C``.
+        """
         widths = [b.shape[1] for b in self.blocks]
         edges = np.concatenate([[0], np.cumsum(widths)]).astype(int)
         c = np.empty((self.cols, self.cols))
@@ -146,7 +150,7 @@ class FactorStack:
                     part = np.diag(self.diag)
                 else:
                     part = bi.T @ self.blocks[j]
-                c[edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = part  # float64
+                c[edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = part
                 c[edges[j]:edges[j + 1], edges[i]:edges[i + 1]] = part.T
         return c
 

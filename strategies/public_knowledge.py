@@ -36,12 +36,14 @@ class PublicKnowledge:
 
     knowledge: bool = False
     published: dict | None = None
+    _asked: int = 0
 
     def configure_setup(self, stage: int, arrays: ArrayRecord, grid: Grid) -> Iterable[Message]:
         """Stage 0 asks every node for its report, stage 1 publishes the combination."""
         if not self.knowledge or stage > 1:
             return []
         nodes = sorted(grid.get_node_ids())
+        self._asked = len(nodes)
         if stage == 0:
             config = ConfigRecord({"setup": SETUP, "stage": "report"})
             return self.messages(RecordDict({"config": config}), nodes, SETUP_TYPE)
@@ -71,6 +73,10 @@ class PublicKnowledge:
                     raise RuntimeError(f"node {msg.metadata.src_node_id} sent a {SETUP} report "
                                        f"without {sorted(missing)}")
                 reports.append(up)
+        if stage == 0 and len(reports) < self._asked:  # a timeout: partial counts would
+            raise RuntimeError(f"{SETUP} setup: {len(reports)} of {self._asked} nodes reported "
+                               "(the others timed out); the targets and the attack would differ "
+                               "from the full federation's: raise round-timeout-s and rerun")
         if stage == 0:
             self.published = combine_reports(reports)
             log(INFO, "%s: popularity of %d users and %d public interactions from %d nodes",

@@ -77,13 +77,13 @@ def clip_result(res: LocalResult, clip: float) -> tuple[LocalResult, float]:
     return res, clipped
 
 
-@functools.lru_cache(maxsize=8)
 def _noise_shares(cfg: RunConfig) -> int:
     from florec.protocol.secagg import dp_noise_shares  # cryptography: only DP runs pay for it
 
     return dp_noise_shares(cfg.num_nodes, distributed_dp=True)
 
 
+@functools.lru_cache(maxsize=8)
 def _node_z(config_json: str, population: int) -> float:
     from florec.protocol import dp_account  # dp_accounting and scipy: only DP runs pay for them
 
