@@ -39,6 +39,7 @@ from florec.server.app import run_federated
 from florec.sim.bench import label_folder
 from florec.sim.local_grid import LocalGrid
 from florec.strategies import fedcia
+from florec.strategies.fedcia_stack import STACK_BUDGET_MB
 
 MB = 2**20
 BASE = {"algorithm": "fedcia", "num-nodes": 10, "clients-per-node": 10, "lr": 0.1,
@@ -166,7 +167,7 @@ def main() -> None:
         row = measure(dataset, args.rounds, args.data_dir, args.out / "runs", args.exact_check)
         done = [r for r in done if r["dataset"] != dataset] + [row]
         path.write_text(json.dumps({
-            "script": "bench/fedcia_scale.py", "stack_budget_mb": fedcia.STACK_BUDGET_MB,
+            "script": "bench/fedcia_scale.py", "stack_budget_mb": STACK_BUDGET_MB,
             "rows": done, "env": {"python": platform.python_version(), "numpy": np.__version__,
                                   "torch": torch.__version__,
                                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}},

@@ -134,7 +134,7 @@ def test_a_whole_factored_run_with_rank_n_equals_the_dense_run(tmp_path):
 
 def test_factor_stack_compresses_past_n_columns_without_changing_the_sum():
     """12 uploads of width 4 exceed n = 30 columns; the stack stays exact and at most n wide."""
-    from florec.strategies.fedcia import FactorStack
+    from florec.strategies.fedcia_stack import FactorStack
 
     embs = tables(12, seed=3)
     stack = FactorStack(N)
@@ -170,7 +170,7 @@ def shared_structure_tables(k, n, d, seed=0, noise=0.05):
 
 def test_a_sketched_stack_keeps_the_top_subspace_of_the_exact_sum():
     """Past its memory budget the stack truncates; its rank-r factor matches the exact one."""
-    from florec.strategies.fedcia import FactorStack
+    from florec.strategies.fedcia_stack import FactorStack
 
     n, d, rank = 300, 6, 4
     embs = shared_structure_tables(20, n, d)
