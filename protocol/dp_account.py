@@ -23,7 +23,7 @@ from dp_accounting import pld, rdp
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 
-__all__ = ["ORDERS", "dp_delta", "epsilon", "noise_multiplier", "round_event"]
+__all__ = ["ORDERS", "dp_delta", "epsilon", "noise_multiplier", "round_event", "round_metrics"]
 
 #: RDP orders (integers: fractional ones make the library warn and drop them at small q)
 ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256, 512, 1024)
@@ -111,3 +111,12 @@ def noise_multiplier(cfg: RunConfig, n_users: int) -> float:
         lambda z: round_event(cfg.cohort_fraction, z, cfg.num_rounds),
         cfg.dp_epsilon, delta,
         dp_accounting.ExplicitBracketInterval(1e-3, 1e3), tol=1e-4))
+
+
+def round_metrics(eps: float, delta: float, z: float) -> dict[str, float]:
+    """The DP entries of a ``rounds.jsonl`` row.
+
+    ``dp-epsilon`` (left out while infinite), ``dp-delta`` and ``dp-noise-multiplier``.
+    """
+    out = {"dp-delta": delta, "dp-noise-multiplier": z}
+    return out | ({"dp-epsilon": eps} if math.isfinite(eps) else {})

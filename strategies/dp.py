@@ -150,9 +150,7 @@ class UserDP:
 
     def round_metrics(self, rounds: int) -> dict[str, float]:
         """``dp-epsilon`` after ``rounds`` rounds (left out while infinite), ``dp-delta``, ``z``."""
-        eps = self.epsilon(rounds)
-        out = {"dp-delta": self.delta, "dp-noise-multiplier": self.z}
-        return out | ({"dp-epsilon": eps} if math.isfinite(eps) else {})
+        return dp_account.round_metrics(self.epsilon(rounds), self.delta, self.z)
 
     def summary(self, rounds: int) -> dict[str, Any]:
         """The ``dp`` entry of ``results.json`` after ``rounds`` rounds."""
