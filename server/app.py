@@ -151,6 +151,8 @@ def run_round(grid: Grid, cfg: RunConfig, fed: Federation, state: Progress, rnd:
     if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
         record_evaluation(state, rnd, cfg, row, evaluate_round(
             grid, strategy, rnd, state.arrays, cfg.round_timeout_s, fed.num_partitions))
+        if (selected := getattr(strategy, "best_round_selected", None)) is not None:
+            selected(state.run["best_round"])  # e.g. CoT-Rec keeps only that round's arrays
     row.update(round_costs(strategy, time.perf_counter() - t0))
     record_round(state, rnd, cfg, row, writer, config, time.perf_counter() - t_start)
     stop = bool(cfg.patience and state.since_best >= cfg.patience)
