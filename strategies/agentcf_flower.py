@@ -6,15 +6,18 @@ every node is done, ``tags`` once for AgentCF++'s groups, ``evaluate``), whateve
 messages. :class:`GridNodes` carries them through a Flower :class:`~flwr.serverapp.Grid`
 (every node of a phase at once); :func:`run_agentcf_federation` is what the ServerApp runs for
 ``model='agentcf'`` / ``'agentcf++'``: it waits for the nodes, learns their partitions and the
-public item text from them (``query.agentcf``; the server opens no data), then federates and
-writes the results folder. ``num-rounds`` is not used: the steps follow the data (each user's
-training interactions in time order, one per step).
+public item text from them (``query.agentcf``; the server opens no data), then federates. Each
+phase's outcome is a line of ``rounds.jsonl`` (and ``results.json`` is rewritten) as the phase
+ends, so a node that fails or times out in a later phase loses no finished phase: its line
+carries the one-line error and ``results.json`` the status ``failed``. ``num-rounds`` is not
+used: the steps follow the data (each user's training interactions in time order, one per step).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +87,8 @@ class GridNodes:
         return replies
 
 
-def federate(server: AgentCFServer, nodes: Any, cfg: RunConfig, data: dict[str, Any]
+def federate(server: AgentCFServer, nodes: Any, cfg: RunConfig, data: dict[str, Any],
+             on_phase: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
              ) -> dict[str, Any]:
     """Train, group and rank through ``nodes``; the run's entry of ``results.json``.
 
@@ -98,6 +102,10 @@ def federate(server: AgentCFServer, nodes: Any, cfg: RunConfig, data: dict[str, 
         The run config.
     data : dict
         ``results.json``'s ``data`` facts (source notes, domains, number of users).
+    on_phase : callable, optional
+        ``on_phase(row, run)`` as each phase ends: ``row`` is its line of ``rounds.jsonl``
+        (:func:`phase_row`) and ``run`` the entry so far. A phase that raises is reported
+        too, its row and the entry carrying ``error`` (one line), before the error propagates.
 
     """
     t_start = time.perf_counter()
@@ -106,20 +114,56 @@ def federate(server: AgentCFServer, nodes: Any, cfg: RunConfig, data: dict[str, 
     for (name, kind), step in zip(PHASES, (server.train, server.build_groups, server.evaluate),
                                   strict=True):
         t0 = time.perf_counter()
-        out[name] = step(nodes)
+        try:
+            out[name] = step(nodes)
+        except Exception as err:
+            if on_phase is not None:
+                why = " ".join(str(err).split()) or type(err).__name__
+                row = phase_row(server, name, kind, time.perf_counter() - t0) | {"error": why}
+                run = run_so_far(server, nodes, cfg, data, out, phases, t_start)
+                on_phase(row, run | {"error": f"{name} phase: {why}"})
+            raise
         phases[name] = {"seconds": time.perf_counter() - t0} | server.llm.get(kind, {})
+        if on_phase is not None:
+            on_phase(phase_row(server, name, kind, phases[name]["seconds"], out[name]),
+                     run_so_far(server, nodes, cfg, data, out, phases, t_start))
+    return run_so_far(server, nodes, cfg, data, out, phases, t_start)
+
+
+def phase_row(server: AgentCFServer, name: str, kind: str, seconds: float,
+              outcome: Any = None) -> dict[str, Any]:
+    """One phase's line of ``rounds.jsonl``: its outcome, LLM counters and the bytes so far.
+
+    ``train`` carries its counters (``steps``, ...), ``groups`` the group sizes (``None``
+    without groups) and ``rank`` the metrics; a phase that did not finish has no outcome.
+    """
+    row: dict[str, Any] = {"phase": name, "seconds": seconds, "llm": server.llm.get(kind, {}),
+                           "bytes_up": server.bytes["up"], "bytes_down": server.bytes["down"]}
+    if name == "train" and outcome is not None:
+        row["train"] = outcome
+    elif name == "groups":
+        row["groups"] = [len(m) for m in outcome.members] if outcome is not None else None
+    elif name == "rank" and outcome is not None:
+        row["metrics"] = outcome
+    return row
+
+
+def run_so_far(server: AgentCFServer, nodes: Any, cfg: RunConfig, data: dict[str, Any],
+               out: dict[str, Any], phases: dict[str, dict[str, float]], t_start: float
+               ) -> dict[str, Any]:
+    """The run's entry of ``results.json`` from the phases finished so far (``out``)."""
     llm: dict[str, float] = {}
     for row in server.llm.values():
         for key, value in row.items():
             llm[key] = llm.get(key, 0) + value
-    groups = out["groups"]
+    groups = out.get("groups")
     run = run_entry(agentcf_method_name(cfg), "federated", cfg.dataset, "agentcf-time",
                     cfg.seed, split_seed=cfg.split_seed)
-    run.update(metrics=out["rank"], random_mrr=random_mrr(cfg.agentcf_negatives + 1),
-               train=out["train"], nodes=len(nodes), bytes_up=server.bytes["up"],
+    run.update(metrics=out.get("rank", {}), random_mrr=random_mrr(cfg.agentcf_negatives + 1),
+               train=out.get("train", {}), nodes=len(nodes), bytes_up=server.bytes["up"],
                bytes_down=server.bytes["down"], data=data,
                groups={"sizes": [len(m) for m in groups.members], "names": groups.names}
-               if groups is not None else None, phases=phases, llm=llm,
+               if groups is not None else None, phases=dict(phases), llm=llm,
                wall_s=time.perf_counter() - t_start)
     return run
 
@@ -154,7 +198,12 @@ def learn_catalogue(nodes: GridNodes, expected: int) -> tuple[GridNodes, dict[st
 
 
 def run_agentcf_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    """The ServerApp of a federated AgentCF(++) run; writes ``out_dir`` and returns its entry."""
+    """The ServerApp of a federated AgentCF(++) run; writes ``out_dir`` and returns its entry.
+
+    ``rounds.jsonl`` gets one line per finished phase (:func:`phase_row`); a failing phase
+    gets a line with its ``error`` and ``results.json`` the finished phases with status
+    ``failed`` before the error propagates.
+    """
     from florec.server.loop import wait_for_nodes
 
     t_start = time.perf_counter()
@@ -175,8 +224,14 @@ def run_agentcf_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[st
                                encoder=encoder, kmeans_k=cfg.agentcf_kmeans_k,
                                n_groups=cfg.agentcf_groups if uses_groups(cfg) else 0,
                                seed=cfg.seed)
+
+        def record(row: dict[str, Any], run: dict[str, Any]) -> None:
+            writer.append_round(row)
+            run["wall_s"] = time.perf_counter() - t_start
+            writer.write_results(config, [run], "failed" if "error" in row else "running")
+
         run = federate(server, nodes, cfg, cat["meta"] | {"domains": cat["domains"],
-                                                          "users": cat["users"]})
+                                                          "users": cat["users"]}, record)
         run["wall_s"] = time.perf_counter() - t_start
         writer.write_results(config, [run])
     finally:

@@ -12,7 +12,7 @@ from florec.models.agentcf.memory import UserMemory
 from florec.models.agentcf.pipeline import load_domain_data, make_agent_llm
 from florec.models.llm.encoder import SentenceEncoder
 from florec.models.llm.placement import leaked_texts
-from florec.recdata.errors import ConfigError
+from florec.recdata.errors import ConfigError, DataError
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
 from florec.sim.central_agentcf import run_federated_agentcf
@@ -78,3 +78,30 @@ def test_no_flower_message_of_a_tiny_llm_run_carries_a_user_memory(tmp_path):
                 for m in grid.sent + grid.received]
     assert leaked_texts(payloads, private, min_chars=12) == []
     assert run["train"]["item_update_bytes"] > 0 and run["metrics"]["n"] > 0
+
+
+def test_a_node_failing_in_evaluate_leaves_the_finished_phases_and_a_one_line_error(tmp_path):
+    cfg = parse_run_config({"model": "agentcf++", "dataset": "synthetic", "agentcf-users": 12,
+                            "llm-backend": "scripted", "llm-cache": False, "encoder": "tiny",
+                            "agentcf-kmeans-k": 4, "num-nodes": 2,
+                            "out-dir": str(tmp_path / "out")})
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes,
+                     fail=lambda pid, kind: pid == 1 and kind == "evaluate.agentcf")
+    with pytest.raises(DataError, match="'evaluate' message: RuntimeError: injected failure"):
+        run_federated(grid, cfg, tmp_path / "out")
+    rows = [json.loads(line)
+            for line in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["train", "groups", "rank"]
+    train, groups, failed = rows
+    assert train["train"]["steps"] >= 1 and train["llm"]["llm_calls"] > 0
+    assert train["bytes_up"] > 0 and "error" not in train
+    assert groups["groups"] and all(0 < n <= 12 for n in groups["groups"])
+    assert "metrics" not in failed and "\n" not in failed["error"]
+    assert "injected failure on partition 1" in failed["error"]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["status"] == "failed"
+    run = saved["runs"][0]
+    assert run["train"] == train["train"] and run["metrics"] == {}
+    assert run["groups"]["sizes"] == groups["groups"]
+    assert run["error"].startswith("rank phase: ") and "\n" not in run["error"]
+    assert set(run["phases"]) == {"train", "groups"}
