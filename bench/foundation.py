@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--skip-cost", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from florec.sim.flower import parse_overrides
+    from florec.sim.flower_config import parse_overrides
 
     fed = parse_overrides([args.fed])
     args.out.mkdir(parents=True, exist_ok=True)

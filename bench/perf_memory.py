@@ -42,7 +42,7 @@ def run_config(dataset: str, users: int, bucket: int, cohort: float, rounds: int
 
     cfg = PerfCell(dataset, users, cohort, bucket).run_config(rounds)
     cfg.pop("num-rounds")
-    from florec.sim.flower import toml_value
+    from florec.sim.flower_config import toml_value
 
     return [" ".join(f"{k}={toml_value(v)}" for k, v in cfg.items()), *extra]
 

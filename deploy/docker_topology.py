@@ -206,7 +206,8 @@ class ComposeDeployment:
 
         With ``stop_node_after_round=r`` node 1 is stopped once round ``r`` is written.
         """
-        from florec.sim.flower import flower_env, toml_value
+        from florec.sim.flower import flower_env
+        from florec.sim.flower_config import toml_value
 
         cfg = run_config | {"num-nodes": self.num_nodes, "out-dir": f"/app/results/{name}"}
         overrides = " ".join(f"{k}={toml_value(v)}" for k, v in cfg.items())

@@ -154,7 +154,7 @@ def check_cells(conf: dict[str, Any], path: Path) -> None:
 
     """
     from florec.recdata.runconfig import parse_run_config
-    from florec.sim.flower import check_federated
+    from florec.sim.flower_config import check_federated
 
     for cell in cells_of(conf, Path(".")):
         where = f"{path}: method '{cell.label}' on {cell.dataset} (seed {cell.seed})"

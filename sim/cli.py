@@ -60,7 +60,7 @@ def stopping(hint: str) -> Iterator[None]:
 
 
 def _config(base: dict[str, Any], overrides: list[str] | None) -> RunConfig:
-    from florec.sim.flower import parse_overrides
+    from florec.sim.flower_config import parse_overrides
 
     return parse_run_config(base | parse_overrides(overrides or []))
 
@@ -195,7 +195,7 @@ def central(
 def federated_config(dataset: str, algorithm: str, model: str, nodes: int, rounds: int,
                      config: list[str] | None, **extra: Any) -> tuple[RunConfig, int, dict]:
     """Validated config of a federated run, its node count and its non-default keys."""
-    from florec.sim.flower import check_federated
+    from florec.sim.flower_config import check_federated
 
     cfg = _config({"dataset": dataset, "algorithm": algorithm, "model": model,
                    "num-nodes": nodes, "num-rounds": rounds} | extra, config)
@@ -251,7 +251,8 @@ def sim(
     ``--overwrite`` or ``--resume``. A run that fails exits non-zero with its cause.
     """
     from florec.server.results import claim_folder
-    from florec.sim.flower import RunFailed, flwr_run, in_child
+    from florec.sim.flower import RunFailed, flwr_run
+    from florec.sim.flower_config import in_child
 
     # checks and sizing in a child: this process waits for the run without torch or the data
     if resume is not None:

@@ -62,7 +62,7 @@ def perf(
 
     from florec.recdata.runconfig import parse_run_config
     from florec.sim.cli import stopping
-    from florec.sim.flower import check_federated, parse_overrides
+    from florec.sim.flower_config import check_federated, parse_overrides
     from florec.sim.perf import measure, perf_cells
 
     extra = parse_overrides(config or [])

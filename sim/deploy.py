@@ -38,8 +38,8 @@ from florec.sim.flower import (
     free_ports,
     superlink_healthy,
     terminate,
-    toml_value,
 )
+from florec.sim.flower_config import toml_value
 
 CONNECTION = "florec-deploy"
 #: seconds between a SuperExec's polls for a task to launch (Flower's

@@ -21,16 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from florec.recdata.errors import ConfigError, FloRecError
+from florec.sim.flower_config import federation_config, toml_value
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-T = TypeVar("T")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -106,75 +105,6 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     env.setdefault("RAY_DEDUP_LOGS", "0")
     return env
-
-
-def in_child(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)`` in a forked child process; its result, or its exception, here.
-
-    A command that waits for a run for hours (``florec sim``) checks the config and sizes the
-    partition in a child, so the waiting process never imports torch nor keeps the dataset
-    (about 200 MB on ML-1M). Where ``fork`` is unavailable the call runs in this process.
-
-    Raises
-    ------
-    FloRecError
-        The child died without an answer (killed, or out of memory).
-
-    """
-    import multiprocessing
-
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return fn(*args, **kwargs)
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-
-    def target() -> None:
-        try:
-            result: tuple[bool, Any] = (True, fn(*args, **kwargs))
-        except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent
-            result = (False, err)
-        try:
-            send.send(result)
-        except Exception as err:  # noqa: BLE001 - an unpicklable result or exception
-            send.send((False, FloRecError(f"{type(err).__name__}: {err}")))
-
-    proc = ctx.Process(target=target, daemon=True)
-    proc.start()
-    send.close()
-    try:
-        ok, value = recv.recv()
-    except EOFError:
-        proc.join()
-        raise FloRecError(f"the config check's process exited with code {proc.exitcode} "
-                          "without an answer; run the command again") from None
-    proc.join()
-    if ok:
-        return value
-    raise value
-
-
-def toml_value(value: Any) -> str:
-    """A Python value as a TOML literal, as `flwr run -c` expects."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` (values in TOML, bare words as strings) -> dict."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        for item in pair.split():
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise FloRecError(f"override '{item}' is not key=value; write e.g. -c 'lr=0.01'")
-            try:
-                out[key] = tomllib.loads(f"v = {raw}")["v"]
-            except tomllib.TOMLDecodeError:
-                out[key] = raw
-    return out
 
 
 def superlink_healthy(port: int | str, ca_cert: Path | None = None, scheme: str = "") -> bool:
@@ -343,25 +273,6 @@ def _flwr() -> str:
     return shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
 
 
-def federation_config(num_supernodes: int, cpus_per_client: float = 1.0,
-                      gpus_per_client: float = 0.0, local_cpus: int | None = None) -> str:
-    """The ``--federation-config`` of a simulation.
-
-    Flower starts ``floor(Ray CPUs / client-resources-num-cpus)`` ClientApp actors, each of which
-    imports the ClientApp (torch included, about 170 MB) once it gets a message. With a Ray of
-    its own (``local_cpus``: this machine's CPUs) a federation of fewer nodes than that gets
-    ``init-args-num-cpus`` = nodes x CPUs per client, so no actor is started that no node could
-    keep busy (a node's messages run one at a time). On a cluster (``local_cpus`` None) Ray's
-    resources are the cluster's and Flower must not pass init-args.
-    """
-    fed = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
-           f"client-resources-num-gpus={gpus_per_client:g}")
-    needed = num_supernodes * int(cpus_per_client)
-    if local_cpus is not None and needed < local_cpus:
-        fed += f" init-args-num-cpus={needed}"
-    return fed
-
-
 def flwr_run(
     overrides: dict[str, Any],
     num_supernodes: int,
@@ -428,22 +339,3 @@ def flwr_run(
         raise RunFailed(f"the run is {status}: {cause} (SuperLink log: {link.log_path})")
     raise RunFailed(f"flwr run exited with code {code} and the run is {status} ({details}); "
                     f"see the log above and {link.log_path}")
-
-
-def check_federated(cfg: Any) -> None:
-    """Every check the ServerApp makes of a federated config, before a SuperLink or Ray starts.
-
-    Raises
-    ------
-    ConfigError
-        The (algorithm, model) pair, the cohorts or ``mf-loss`` have no federated form.
-
-    """
-    from florec.models.registry import SEQUENTIAL_MODELS
-    from florec.strategies.registry import check_algorithm
-
-    check_algorithm(cfg)
-    if cfg.algorithm == "fedavg" and cfg.mf_loss != "bpr" and cfg.model not in SEQUENTIAL_MODELS:
-        from florec.strategies.fair import check_fair_config
-
-        check_fair_config(cfg)

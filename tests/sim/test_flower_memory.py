@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from florec.recdata.errors import ConfigError, FloRecError
-from florec.sim.flower import in_child
+from florec.sim.flower_config import in_child
 
 
 def _import_and_answer(name: str, x: int) -> tuple[int, bool]:
@@ -37,7 +37,7 @@ def test_a_child_that_dies_is_a_one_line_error_with_its_exit_code():
 
 
 def test_a_federation_of_fewer_nodes_than_cpus_asks_ray_for_no_idle_actors():
-    from florec.sim.flower import federation_config
+    from florec.sim.flower_config import federation_config
 
     assert federation_config(1, 1.0, 0.0, local_cpus=2).endswith(" init-args-num-cpus=1")
     assert federation_config(3, 2.0, 0.0, local_cpus=16).endswith(" init-args-num-cpus=6")
