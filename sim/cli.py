@@ -465,7 +465,7 @@ def main() -> None:
     SIGTERM and SIGHUP stop a command as SIGINT does: everything it started is stopped, one
     line says how to go on, and the exit code is 128 + the signal number.
     """
-    from florec.sim.flower import handle_signals
+    from florec.sim.teardown import handle_signals
 
     try:
         with handle_signals():

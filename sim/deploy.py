@@ -37,9 +37,9 @@ from florec.sim.flower import (
     flower_env,
     free_ports,
     superlink_healthy,
-    terminate,
 )
 from florec.sim.flower_config import toml_value
+from florec.sim.teardown import terminate
 
 CONNECTION = "florec-deploy"
 #: seconds between a SuperExec's polls for a task to launch (Flower's

@@ -2,96 +2,34 @@
 
 Teardown is by PID and by session: the SuperLink starts in a session of its own, so every
 process under it (SuperExec, ``flwr-simulation``, the Ray head and workers), even one that its
-parent left behind, is found and stopped. SIGTERM and SIGHUP are turned into
-:class:`Interrupted` (a ``KeyboardInterrupt``, like SIGINT) by :func:`handle_signals`, so the
-same teardown runs on every way a user stops a command, and further signals wait until it ends.
+parent left behind, is found and stopped (:mod:`florec.sim.teardown`, whose
+:func:`~florec.sim.teardown.handle_signals` makes SIGTERM and SIGHUP stop a command as SIGINT does).
 A run that did not finish as ``completed`` (the SuperLink's own status: ``flwr run --stream``
 exits 0 either way) raises :class:`RunFailed` with its one-line cause.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from florec.recdata.errors import ConfigError, FloRecError
 from florec.sim.flower_config import federation_config, toml_value
+from florec.sim.teardown import stop_process_tree
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop signal (SIGINT, SIGTERM or SIGHUP) arrived; ``signum`` says which."""
-
-    def __init__(self, signum: int = signal.SIGINT) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = int(signum)
 
 
 class RunFailed(FloRecError):
     """A Flower run ended in another state than ``finished:completed`` (the message says why)."""
-
-
-def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def handle_signals() -> Iterator[None]:
-    """Within the block, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted`.
-
-    Only the main thread can install handlers; elsewhere the block changes nothing.
-    """
-    if not threading_main():
-        yield
-        return
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def threading_main() -> bool:
-    """Whether this is the main thread (where signal handlers and masks apply)."""
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold stop signals back while the block runs (a teardown that must not be cut short).
-
-    A stop signal that arrives meanwhile is noted and raised again, to the handler in place
-    before, once the block has ended.
-    """
-    if not threading_main():
-        yield
-        return
-    pending: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
-                for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if pending:
-            signal.raise_signal(pending[0])
 
 
 def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
@@ -133,70 +71,6 @@ def free_ports(k: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def terminate(procs: list, grace_s: float = 10.0) -> None:
-    """SIGTERM ``procs`` (psutil processes we started), then SIGKILL those left after grace."""
-    import psutil
-
-    if not procs:
-        return
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-
-
-def session_processes(sid: int) -> list:
-    """Live processes of session ``sid`` (psutil), orphans whose parent already exited included."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and os.getsid(p.pid) == sid:
-                found.append(p)
-        except (OSError, psutil.Error):
-            continue
-    return found
-
-
-def stop_process_tree(pid: int, grace_s: float = 10.0, session: bool = False) -> None:
-    """Terminate a process we started and all its descendants (by PID).
-
-    With ``session`` (``pid`` was started with ``start_new_session=True``, so it leads a session
-    of its own) every other process of that session is stopped too, until none is left.
-    """
-    import psutil
-
-    with signals_deferred():
-        try:
-            root = psutil.Process(pid)
-            terminate([root, *root.children(recursive=True)], grace_s)
-        except psutil.NoSuchProcess:
-            pass
-        for _ in range(5) if session else ():
-            left = session_processes(pid)
-            if not left:
-                break
-            terminate([*left, *(c for p in left for c in _children(p))], grace_s)
-
-
-def _children(proc: Any) -> list:
-    import psutil
-
-    try:
-        return proc.children(recursive=True)
-    except psutil.Error:
-        return []
 
 
 CONNECTION = "florec-sim"

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from florec.recdata.errors import ConfigError, FloRecError
-from florec.sim.flower import free_ports, stop_process_tree
+from florec.sim.flower import free_ports
 from florec.sim.ray_cluster import (
     check_ray_address,
     cluster_env,
     parse_ray_address,
     shared_data_overrides,
 )
+from florec.sim.teardown import stop_process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).parent / "ray"

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from florec.sim.flower import Interrupted, handle_signals, session_processes, stop_process_tree
+from florec.sim.teardown import Interrupted, handle_signals, session_processes, stop_process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = "synthetic-users=30 synthetic-items=40 dim=8"
@@ -102,7 +102,7 @@ def test_sigterm_stops_the_whole_simulation_and_the_run_resumes(tmp_path: Path) 
 
 
 def test_a_signal_during_teardown_waits_until_the_teardown_ends() -> None:
-    from florec.sim.flower import signals_deferred
+    from florec.sim.teardown import signals_deferred
 
     finished = []
     with pytest.raises(Interrupted) as err, handle_signals():
