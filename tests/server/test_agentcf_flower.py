@@ -53,6 +53,10 @@ def test_flower_run_equals_the_in_process_run_with_the_scripted_llm(tmp_path):
     assert flower["nodes"] == 3 and flower["setting"] == "federated"
     saved = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
     assert saved["metrics"]["mrr"] == pytest.approx(flower["metrics"]["mrr"])
+    rows = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["train", "groups", "rank"]
+    assert rows[0]["train"] == flower["train"] and rows[2]["metrics"] == saved["metrics"]
+    assert rows[2]["bytes_up"] == flower["bytes_up"] and not any("error" in r for r in rows)
     assert grid.pushed["evaluate.agentcf"] == 3  # one ranking message per node
     assert 3 <= flower["train"]["steps"] <= grid.pushed["train.agentcf"]
     assert len(_private_texts(grid, cfg)) >= 24
