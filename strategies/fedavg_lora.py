@@ -4,7 +4,8 @@ r"""Federated CoT-Rec on the server: item perception once, FedAvg of the retriev
   fitted on the **public** item texts (:func:`build_cotrec_strategy` runs item perception here,
   once); each node runs user perception for its own users.
 * Rounds: FedAvg of the retriever's shared arrays exactly as :class:`FedAvgParams` (user tokens
-  stay on the nodes). The arrays of every evaluated round are kept for the ranker.
+  stay on the nodes). Only the arrays of the best round so far are kept for the ranker
+  (:class:`BestRoundArrays`).
 * After the rounds (:meth:`FedCoTRec.after_rounds`, at the best round): the ranker's LoRA
   adapter is trained on the nodes' validation targets and averaged, weighted by samples,
 
@@ -43,6 +44,54 @@ SETUP_TYPE = f"{MessageType.TRAIN}.setup"
 ROUND_PREFIX = "cotrec-round-"
 
 
+class BestRoundArrays:
+    """Mixin: keep the global arrays of the loop's best round only, for a phase after the rounds.
+
+    :meth:`configure_evaluate` keeps the evaluated round's arrays; once the loop has selected
+    the best round (its rule: validation ``selection-metric``, coverage, ties keep the earlier
+    round; :func:`florec.server.selection.select_round`) it calls :meth:`best_round_selected`,
+    which drops every other round. So the strategy holds at most two rounds' arrays (the best
+    and the one being evaluated), and a checkpoint, written after the selection, at most one.
+    Mix in before a :class:`~florec.strategies.base.RecStrategy`; set :attr:`round_prefix`.
+    """
+
+    #: prefix of the kept arrays in the checkpoint's strategy state (``<prefix><r>/<name>``)
+    round_prefix = ROUND_PREFIX
+    round_arrays: dict[int, ArrayRecord]
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Keep this round's arrays (it may become the best round), then evaluate."""
+        self.round_arrays[server_round] = arrays
+        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+
+    def best_round_selected(self, best: int | None) -> None:
+        """Drop the arrays of every round but ``best``, the loop's best round so far."""
+        self.round_arrays = {r: a for r, a in self.round_arrays.items() if r == best}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The base state plus the kept round's arrays (``<round_prefix><r>/<name>``).
+
+        A resumed run needs them: the phase after the rounds runs at the best round, which may
+        precede the checkpoint.
+        """
+        state = super().state_arrays()  # type: ignore[misc]
+        for rnd, record in self.round_arrays.items():
+            state |= {f"{self.round_prefix}{rnd}/{k}": v for k, v in from_record(record).items()}
+        return state
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_arrays` (the kept round's arrays included)."""
+        rounds: dict[int, dict[str, np.ndarray]] = {}
+        for key, value in arrays.items():
+            if key.startswith(self.round_prefix):
+                rnd, name = key[len(self.round_prefix):].split("/", 1)
+                rounds.setdefault(int(rnd), {})[name] = value
+        super().load_state_arrays({k: v for k, v in arrays.items()  # type: ignore[misc]
+                                   if not k.startswith(self.round_prefix)})
+        self.round_arrays = {r: to_record(a) for r, a in sorted(rounds.items())}
+
+
 def fedavg_adapters(states: list[dict[str, np.ndarray]], weights: list[float]
                     ) -> dict[str, np.ndarray] | None:
     """Sample-weighted mean of LoRA adapters (module formula); ``None`` if all weights are 0.
@@ -77,7 +126,7 @@ def initial_adapter(llm: Any, cfg: RunConfig) -> dict[str, np.ndarray]:
         return {}
 
 
-class FedCoTRec(FedAvgParams):
+class FedCoTRec(BestRoundArrays, FedAvgParams):
     """FedAvg of the retriever plus CoT-Rec's setup and ranker phases (module docstring).
 
     Parameters
@@ -116,35 +165,6 @@ class FedCoTRec(FedAvgParams):
         replies = list(replies)  # streamed: the nodes work while we iterate
         self._add_phase("user-perception", replies, time.perf_counter() - self._t_setup)
         return arrays
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Keep this round's arrays (the ranker runs at the best round), then evaluate."""
-        self.round_arrays[server_round] = arrays
-        return super().configure_evaluate(server_round, arrays, config, grid)
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """FedAvg's state plus the arrays of every evaluated round (``cotrec-round-<r>/...``).
-
-        A resumed run needs them: the ranker runs at the best round, which may precede the
-        checkpoint (the nodes keep their user tokens of each evaluated round in their stores,
-        which the checkpoint snapshots).
-        """
-        state = super().state_arrays()
-        for rnd, record in self.round_arrays.items():
-            state |= {f"{ROUND_PREFIX}{rnd}/{k}": v for k, v in from_record(record).items()}
-        return state
-
-    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Restore :meth:`state_arrays` (the kept round arrays included)."""
-        rounds: dict[int, dict[str, np.ndarray]] = {}
-        for key, value in arrays.items():
-            if key.startswith(ROUND_PREFIX):
-                rnd, name = key[len(ROUND_PREFIX):].split("/", 1)
-                rounds.setdefault(int(rnd), {})[name] = value
-        super().load_state_arrays({k: v for k, v in arrays.items()
-                                   if not k.startswith(ROUND_PREFIX)})
-        self.round_arrays = {r: to_record(a) for r, a in sorted(rounds.items())}
 
     def _add_phase(self, name: str, replies: Iterable[Message], seconds: float) -> list[Message]:
         row = self.log_phases.phases.setdefault(name, {"seconds": 0.0})

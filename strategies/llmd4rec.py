@@ -36,7 +36,7 @@ from flwr.supercore import log
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
-from florec.strategies.fedavg_lora import fedavg_adapters
+from florec.strategies.fedavg_lora import BestRoundArrays, fedavg_adapters
 from florec.strategies.fedavg_params import FedAvgParams
 
 
@@ -49,8 +49,14 @@ def iteration_of(cfg: RunConfig, server_round: int) -> int:
     return k // cfg.llmd4rec_crm_epochs + 1
 
 
-class FedLLMD4Rec(FedAvgParams):
-    """FedAvg of SASRec plus LLMD4Rec's teacher phases (module docstring)."""
+class FedLLMD4Rec(BestRoundArrays, FedAvgParams):
+    """FedAvg of SASRec plus LLMD4Rec's teacher phases (module docstring).
+
+    Only the CRM arrays of the best round so far are kept (and checkpointed) for the
+    re-ranking (:class:`~florec.strategies.fedavg_lora.BestRoundArrays`).
+    """
+
+    round_prefix = "llmd4rec-round-"
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg.fraction_train, cfg.seed)
@@ -121,12 +127,6 @@ class FedLLMD4Rec(FedAvgParams):
         if server_round > self.cfg.llmd4rec_pretrain_rounds and self.iterations:
             config["llmd4rec-distill"] = 1
         return super().configure_train(server_round, arrays, config, grid)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Keep this round's arrays (re-ranking runs at the best round), then evaluate."""
-        self.round_arrays[server_round] = arrays
-        return super().configure_evaluate(server_round, arrays, config, grid)
 
     def after_rounds(self, grid: Grid, run: dict[str, Any], out_dir: Any = None
                      ) -> dict[str, Any]:

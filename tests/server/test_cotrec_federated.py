@@ -140,3 +140,54 @@ def test_a_resumed_run_still_runs_the_ranker_at_a_best_round_before_the_checkpoi
         for key in ("ndcg@10", "hr@10"):
             assert resumed["ranker"][part][key] == pytest.approx(whole["ranker"][part][key],
                                                                  abs=1e-9), (part, key)
+
+
+def _round_arrays_probe(monkeypatch) -> dict[str, list]:
+    """Record how many rounds' arrays the strategy holds while evaluating and checkpointing."""
+    from florec.strategies.fedavg_lora import BestRoundArrays
+
+    seen: dict[str, list] = {"held": [], "checkpointed": []}
+    evaluate, state = BestRoundArrays.configure_evaluate, BestRoundArrays.state_arrays
+
+    def probe_evaluate(self, *args, **kw):
+        out = evaluate(self, *args, **kw)
+        seen["held"].append(len(self.round_arrays))
+        return out
+
+    def probe_state(self):
+        arrays = state(self)
+        seen["checkpointed"].append({k.split("/")[0] for k in arrays
+                                     if k.startswith(self.round_prefix)})
+        return arrays
+
+    monkeypatch.setattr(BestRoundArrays, "configure_evaluate", probe_evaluate)
+    monkeypatch.setattr(BestRoundArrays, "state_arrays", probe_state)
+    return seen
+
+
+def test_the_strategy_keeps_only_the_best_round_and_the_ranker_matches_keeping_all(
+        tmp_path, monkeypatch):
+    from florec.strategies.fedavg_lora import ROUND_PREFIX, BestRoundArrays
+
+    # lr=0.2 over 3 rounds: round 2 is the best and round 3 is evaluated after it, so the
+    # strategy must keep round 2 past round 3 and drop rounds 1 and 3
+    config = {"llm-backend": "scripted", "scripted-p": 1.0, "cotrec-init": "title",
+              "cotrec-ranker": "untuned", "num-rounds": 3, "lr": 0.2, "checkpoint-every": 1}
+    seen = _round_arrays_probe(monkeypatch)
+    _, grid, run = _run(tmp_path / "best", **config)
+    assert run["best_round"] == 2, "the fixture no longer has a best round before the last"
+    assert seen["held"] == [1, 2, 2]  # the best so far plus the round being evaluated
+    assert seen["checkpointed"] == [{f"{ROUND_PREFIX}1"}, {f"{ROUND_PREFIX}2"},
+                                    {f"{ROUND_PREFIX}2"}]
+    ranker_rounds = {m.content.config_records["config"]["best-round"] for m in grid.sent
+                     if m.content.config_records["config"].get("cotrec-phase") == "ranker"}
+    assert ranker_rounds == {2}
+    # the behaviour before the change: every evaluated round kept, same best round and ranker
+    monkeypatch.setattr(BestRoundArrays, "best_round_selected", lambda self, best: None)
+    _, _, every = _run(tmp_path / "every", **config)
+    assert seen["held"][-3:] == [1, 2, 3]
+    assert every["best_round"] == run["best_round"]
+    for part in ("retriever", "untuned"):
+        for key in ("ndcg@10", "hr@10"):
+            assert run["ranker"][part][key] == pytest.approx(every["ranker"][part][key],
+                                                             abs=1e-12), (part, key)

@@ -97,3 +97,41 @@ def test_scripted_federation_skips_lora_and_still_distils(tmp_path):
           if "kd-samples" in m.content.metric_records.get("metrics", {})]
     assert kd and max(kd) > 0
     assert run["rerank"]["rerank/ndcg@5"] == pytest.approx(run["rerank"]["coverage"])
+
+
+@pytest.mark.slow
+def test_the_strategy_keeps_only_the_best_round_and_reranks_it_as_if_it_kept_all(
+        tmp_path, monkeypatch):
+    from florec.strategies.fedavg_lora import BestRoundArrays
+
+    held, checkpointed = [], []
+    evaluate, state = BestRoundArrays.configure_evaluate, BestRoundArrays.state_arrays
+
+    def probe_evaluate(self, *args, **kw):
+        out = evaluate(self, *args, **kw)
+        held.append(len(self.round_arrays))
+        return out
+
+    def probe_state(self):
+        arrays = state(self)
+        checkpointed.append({k.split("/")[0] for k in arrays if k.startswith("llmd4rec-round-")})
+        return arrays
+
+    monkeypatch.setattr(BestRoundArrays, "configure_evaluate", probe_evaluate)
+    monkeypatch.setattr(BestRoundArrays, "state_arrays", probe_state)
+    # crm-lr=0.05 over 3 rounds: round 2 is the best, round 3 is evaluated after it
+    config = {"llm-backend": "scripted", "scripted-p": 1.0, "num-rounds": 3,
+              "llmd4rec-crm-lr": 0.05, "checkpoint-every": 1}
+    _, grid, run = _run(tmp_path / "best", **config)
+    assert run["best_round"] == 2, "the fixture no longer has a best round before the last"
+    assert held == [1, 2, 2]
+    assert checkpointed == [{"llmd4rec-round-1"}, {"llmd4rec-round-2"}, {"llmd4rec-round-2"}]
+    assert [m.content.config_records["config"]["server-round"] for m in grid.sent
+            if m.content.config_records["config"].get("llmd4rec-phase") == "rerank"] \
+        == [2] * 3
+    # before the change every evaluated round was kept: same best round, same re-ranking
+    monkeypatch.setattr(BestRoundArrays, "best_round_selected", lambda self, best: None)
+    _, _, every = _run(tmp_path / "every", **config)
+    assert held[-3:] == [1, 2, 3]
+    assert every["best_round"] == 2
+    assert run["rerank"] == pytest.approx(every["rerank"], abs=1e-12)
