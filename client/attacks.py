@@ -35,17 +35,21 @@ import scipy.sparse as sp
 from flwr.app import Context, Message, RecordDict
 from flwr.common.logger import log
 
+from florec.client import secagg_node
 from florec.client.trainers.bpr_embedding import LocalConfig, LocalResult
 from florec.client.trainers.bucket import Bucket
 from florec.models.exposure import parse_targets
 from florec.protocol.codec import from_record, to_record
 from florec.protocol.public_knowledge import (
+    PUBLIC_KEYS,
     SETUP,
     STATE_KEY,
     needs_knowledge,
     node_report,
     public_pairs,
+    secure_input,
 )
+from florec.protocol.secagg_wire import pack
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream
@@ -183,9 +187,12 @@ def knowledge_setup(msg: Message, context: Context, cfg: RunConfig, bucket: Buck
                     ) -> RecordDict:
     """A node's answer to the ``attack-knowledge`` setup stages.
 
-    ``stage=report``: the node's public facts from its own shard
-    (:func:`florec.protocol.public_knowledge.node_report`); ``stage=publish``: keep the
-    server's combined knowledge in the node's ``Context.state`` for the run (empty reply).
+    ``stage=report``: the node's facts from its own shard
+    (:func:`florec.protocol.public_knowledge.node_report`); its per-item counts and user count
+    become its input to a secure sum (:func:`florec.client.secagg_node.advertise`, finished by
+    the ``secagg`` exchanges) and the reply carries its public keys and, in the clear, only its
+    public pairs. ``stage=publish``: keep the server's combined knowledge in the node's
+    ``Context.state`` for the run (empty reply).
 
     Raises
     ------
@@ -193,10 +200,14 @@ def knowledge_setup(msg: Message, context: Context, cfg: RunConfig, bucket: Buck
         An unknown stage.
 
     """
-    stage = msg.content.config_records["config"].get("stage")
+    config = msg.content.config_records["config"]
+    stage = config.get("stage")
     if stage == "report":
         report = node_report(cfg.seed, cfg.attack_public, bucket.users, bucket.train.tocsr())
-        return RecordDict({"arrays": to_record(report)})
+        codes = pack(np.zeros(0), secure_input(report), 1.0, int(config["secagg-nodes"]))
+        keys = secagg_node.advertise(context, int(msg.metadata.dst_node_id), codes,
+                                     str(config["info"]))
+        return RecordDict({"arrays": to_record(keys | {k: report[k] for k in PUBLIC_KEYS})})
     if stage == "publish":
         context.state[STATE_KEY] = msg.content.array_records["arrays"]
         return RecordDict()

@@ -4,8 +4,11 @@
   secure aggregation (:mod:`florec.client.secagg_node`) with its vector (its users' item counts,
   then its number of users) and replies with its public keys; the raw counts never leave it.
 - ``setup = "secagg"``: the ``share`` / ``mask`` / ``unmask`` exchanges of the current secure
-  aggregation (Fair Sampling's sum, or a FedAvg round's under ``secagg=true``).
-- the attacks' public knowledge (:func:`florec.client.attacks.knowledge_setup`, issue 18).
+  aggregation (Fair Sampling's sum, the attack knowledge's, or a FedAvg round's under
+  ``secagg=true``).
+- the attacks' public knowledge (:func:`florec.client.attacks.knowledge_setup`, issue 18): its
+  ``report`` stage joins a secure aggregation of the node's counts, whose exchanges come as
+  ``setup = "secagg"`` like Fair Sampling's.
 """
 
 from __future__ import annotations

@@ -5,13 +5,15 @@ import pytest
 
 from florec.client import node_store
 from florec.client.attacks import knowledge_from_public, knowledge_from_split
-from florec.protocol.public_knowledge import combine_reports, node_report
+from florec.protocol.codec import from_record
+from florec.protocol.public_knowledge import SETUP, combine_reports, node_report
 from florec.recdata import shard_files
 from florec.recdata.runconfig import parse_run_config
 from florec.recdata.shard import NO_DATA_ENV, shards_in_memory
 from florec.recdata.shard_files import write_shards
 from florec.recdata.store import get_split
 from florec.server.app import run_federated
+from florec.server.secagg import SETUP_TYPE
 from florec.sim.local_grid import LocalGrid
 
 SMALL = {"dataset": "synthetic", "synthetic-users": 60, "synthetic-items": 80,
@@ -106,3 +108,51 @@ def test_a_node_missing_from_the_knowledge_reports_stops_the_run_in_one_line(tmp
     with pytest.raises(RuntimeError, match="3 of 4 nodes reported") as err:
         run_federated(grid, cfg, tmp_path / "run")
     assert "\n" not in str(err.value)
+
+
+def _plain_reports(cfg):
+    buckets, cut = shards_in_memory(cfg)
+    return [node_report(cfg.seed, cfg.attack_public, (s := cut(pid)).users,
+                        s.split.matrix("train")[s.users]) for pid in range(len(buckets))]
+
+
+def test_the_knowledge_setup_sums_counts_securely_and_publishes_the_plain_sum(tmp_path):
+    # a catalogue long enough that a correlation with a node's counts would stand out
+    cfg = parse_run_config(SMALL | {"synthetic-items": 2000, "num-rounds": 1,
+                                    "attack": "fedrecattack", "attack-fraction": 0.1})
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)
+    run_federated(grid, cfg, tmp_path / "run")
+    reports = _plain_reports(cfg)
+    counts = [r["popularity"].astype(np.float64) for r in reports]
+    assert all(c.sum() > 0 for c in counts)
+    setup = [m for m in grid.sent + grid.received
+             if m.has_content() and m.metadata.message_type == SETUP_TYPE]
+    replies = {id(m) for m in grid.received}
+    published = [m for m in setup if m.content.array_records and dict(
+        m.content.config_records.get("config", {})) == {"setup": SETUP, "stage": "publish"}]
+    assert len(published) == cfg.num_nodes
+    pub = from_record(published[0].content.array_records["arrays"])
+    want = combine_reports(reports)
+    for key in want:
+        np.testing.assert_array_equal(pub[key], want[key], err_msg=key)
+    compared = 0
+    for msg in setup:
+        for rec in msg.content.array_records.values():
+            arrays = from_record(rec)
+            if any(msg is p for p in published):  # the sum over the nodes is the publication
+                arrays.pop("popularity")
+            elif id(msg) in replies:  # a node's reply: its counts never by name
+                assert not {"popularity", "num_users"} & set(arrays)
+            for key, arr in arrays.items():
+                flat = arr.ravel().astype(np.float64)
+                for want_c in counts:
+                    if flat.size < want_c.size:  # too short to carry a node's counts
+                        continue
+                    windows = np.lib.stride_tricks.sliding_window_view(flat, want_c.size)
+                    assert (windows == want_c).mean(axis=1).max() < 0.05, key
+                    w = windows - windows.mean(axis=1, keepdims=True)
+                    c = want_c - want_c.mean()
+                    corr = (w @ c) / (np.linalg.norm(w, axis=1) * np.linalg.norm(c) + 1e-12)
+                    assert np.abs(corr).max() < 0.2, key
+                    compared += len(windows)
+    assert compared >= cfg.num_nodes ** 2  # at least every masked vector against every node
