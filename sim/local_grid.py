@@ -44,6 +44,9 @@ class LocalGrid(Grid):
         Seed of random node ids (None: ids ``1..num_nodes``).
     node_config : dict, optional
         Extra node config every node sees (e.g. ``state-dir``).
+    lose : callable, optional
+        ``lose(message)``: true for a message whose reply never arrives (the node handles it,
+        then the reply is lost: a timeout after the work was done).
 
     """
 
@@ -56,6 +59,7 @@ class LocalGrid(Grid):
         keep_replies: bool = True,
         random_ids: int | None = None,
         node_config: dict[str, Any] | None = None,
+        lose: Callable[[Message], bool] | None = None,
     ) -> None:
         from florec.client.app import (
             agentcf_evaluate,
@@ -81,7 +85,7 @@ class LocalGrid(Grid):
                         f"{MessageType.EVALUATE}.agentcf": agentcf_evaluate,
                         f"{MessageType.QUERY}.agentcf": agentcf_query}
         handlers = queries | handlers
-        self.handlers, self.fail = handlers, fail
+        self.handlers, self.fail, self.lose = handlers, fail, lose
         for attr in ("_run_id", "_task_id", "_node_id"):  # what a Flower process would set
             if getattr(TaskIdentity, attr) is None:
                 setattr(TaskIdentity, attr, 1)
@@ -166,7 +170,11 @@ class LocalGrid(Grid):
         """
         for msg_id in message_ids:
             if msg_id in self._queued:
-                return [self._handle(self._queued.pop(msg_id))]
+                msg = self._queued.pop(msg_id)
+                reply = self._handle(msg)
+                if self.lose is not None and self.lose(msg):
+                    continue  # handled, but the reply never arrives
+                return [reply]
         return []
 
     def send_and_receive(  # noqa: D102

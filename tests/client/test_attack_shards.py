@@ -85,26 +85,12 @@ def test_a_sharded_attacked_run_equals_the_in_memory_run(tmp_path, monkeypatch, 
         assert got["metrics"][key] == pytest.approx(value, abs=1e-6), key
 
 
-class LosesAKnowledgeReport(LocalGrid):
-    """A grid on which node 2's attack-knowledge report never arrives (a timeout)."""
-
-    def pull_messages(self, message_ids):
-        for msg_id in message_ids:
-            msg = self._queued.get(msg_id)
-            if msg is None:
-                continue
-            reply = self._handle(self._queued.pop(msg_id))
-            cfg = msg.content.config_records.get("config", {})
-            if msg.metadata.dst_node_id == 2 and cfg.get("stage") == "report":
-                continue
-            return [reply]
-        return []
-
-
 def test_a_node_missing_from_the_knowledge_reports_stops_the_run_in_one_line(tmp_path):
     cfg = parse_run_config(SMALL | {"attack": "fedrecattack", "attack-fraction": 0.1,
                                     "round-timeout-s": 0.5})
-    grid = LosesAKnowledgeReport(cfg.to_flower(), cfg.num_nodes, keep_replies=False)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False,  # node 2's report lost
+                     lose=lambda m: m.metadata.dst_node_id == 2 and m.content.config_records.get(
+                         "config", {}).get("stage") == "report")
     with pytest.raises(RuntimeError, match="3 of 4 nodes reported") as err:
         run_federated(grid, cfg, tmp_path / "run")
     assert "\n" not in str(err.value)

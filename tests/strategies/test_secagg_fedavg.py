@@ -32,9 +32,9 @@ def final_table(grid: LocalGrid) -> np.ndarray:
     return from_record(last.content.array_records["arrays"])["item_emb"]
 
 
-def run(tmp_path, name: str, extra: dict, grid_cls=LocalGrid, **grid_kw):
+def run(tmp_path, name: str, extra: dict, **grid_kw):
     cfg = parse_run_config(BASE | extra)
-    grid = grid_cls(cfg.to_flower(), cfg.num_nodes, **grid_kw)
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, **grid_kw)
     result = run_federated(grid, cfg, tmp_path / name)
     rows = [json.loads(x) for x in (tmp_path / name / "rounds.jsonl").read_text().splitlines()]
     return result, rows, grid
@@ -62,25 +62,8 @@ def test_fedavg_with_secagg_equals_the_plain_run_within_quantisation_error(tmp_p
         assert row["bytes_up"] > row["train"]["secagg-bytes-up"]
 
 
-class LosesOneMaskedVector(LocalGrid):
-    """A grid on which one node masks its vector but its reply never reaches the server."""
-
-    def __init__(self, *args, lost: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.lost = lost
-
-    def pull_messages(self, message_ids):
-        for msg_id in message_ids:
-            msg = self._queued.get(msg_id)
-            if msg is None:
-                continue
-            reply = self._handle(self._queued.pop(msg_id))
-            cfg = msg.content.config_records.get("config", {})
-            if msg.metadata.dst_node_id == self.lost and cfg.get("stage") == "mask":
-                assert not reply.has_error()  # masked, then lost
-                continue
-            return [reply]
-        return []
+def stage_of(msg) -> str:
+    return str(msg.content.config_records.get("config", {}).get("stage", ""))
 
 
 def test_one_of_ten_nodes_dropping_after_masking_leaves_the_sum_of_the_nine(monkeypatch):
@@ -93,7 +76,8 @@ def test_one_of_ten_nodes_dropping_after_masking_leaves_the_sum_of_the_nine(monk
 
     monkeypatch.setattr(secagg_node, "advertise", record)
     cfg = parse_run_config(BASE | {"num-nodes": 10, "secagg": True, "round-timeout-s": 1.0})
-    grid = LosesOneMaskedVector(cfg.to_flower(), 10, lost=4, keep_replies=False)
+    grid = LocalGrid(cfg.to_flower(), 10, keep_replies=False,  # node 4 masks, then is lost
+                     lose=lambda m: m.metadata.dst_node_id == 4 and stage_of(m) == "mask")
     fed = prepare_federation(grid, cfg)
     _, row = train_round(grid, fed.strategy, 1, fed.arrays, cfg.round_timeout_s)
     session = fed.strategy.secagg_session
@@ -199,33 +183,17 @@ def test_no_message_carries_an_unmasked_node_update(tmp_path, monkeypatch):
     assert compared >= len(inputs) ** 2  # at least every masked vector against every input
 
 
-class LosesMaskedVectors(LocalGrid):
-    """A grid on which some nodes mask their vector in round 1 but it never arrives."""
-
-    def __init__(self, *args, lost: set[int], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.lost = lost
-
-    def pull_messages(self, message_ids):
-        for msg_id in message_ids:
-            msg = self._queued.get(msg_id)
-            if msg is None:
-                continue
-            reply = self._handle(self._queued.pop(msg_id))
-            cfg = msg.content.config_records.get("config", {})
-            if (msg.metadata.dst_node_id in self.lost and cfg.get("stage") == "mask"
-                    and str(cfg.get("info", "")).startswith("fedavg|round=1|")):
-                assert not reply.has_error()  # masked, then lost
-                continue
-            return [reply]
-        return []
+def loses_round_one_masks(lost: set[int]):
+    """``lose`` for LocalGrid: these nodes mask their vector in round 1, which never arrives."""
+    return lambda m: (m.metadata.dst_node_id in lost and stage_of(m) == "mask" and str(
+        m.content.config_records["config"].get("info", "")).startswith("fedavg|round=1|"))
 
 
 def test_more_than_n_minus_t_dropouts_fail_that_round_only_and_the_run_goes_on(tmp_path):
     # 10 nodes, t = 7: four vectors lost after masking leave 6 < t
     result, rows, grid = run(tmp_path, "few", {"num-nodes": 10, "secagg": True,
                                                "round-timeout-s": 1.0},
-                             grid_cls=LosesMaskedVectors, lost={1, 2, 3, 4})
+                             lose=loses_round_one_masks({1, 2, 3, 4}))
     first, second = rows[0]["train"], rows[1]["train"]
     assert first["secagg-failed"] == 1 and first["secagg-alive"] == 6
     assert first["num-replies"] == 0 and first["secagg-roster"] == 10
@@ -268,7 +236,7 @@ def test_distributed_dp_never_unmasks_a_sum_with_fewer_noise_shares_than_account
     extra = {"num-nodes": 10, "secagg": True, "round-timeout-s": 1.0, "aggregation": "sum"}
     if dp:
         extra |= {"dp": True, "dp-mode": "distributed", "dp-noise-multiplier": 1.0}
-    _, rows, _ = run(tmp_path, f"dp{dp}", extra, grid_cls=LosesMaskedVectors, lost={1, 2, 3},
+    _, rows, _ = run(tmp_path, f"dp{dp}", extra, lose=loses_round_one_masks({1, 2, 3}),
                      fail=lambda pid, kind: pid == 9 and kind == MessageType.TRAIN)
     first = rows[0]["train"]
     assert first["secagg-alive"] == 6
