@@ -60,26 +60,36 @@ class FedAvgParams(RecStrategy):
         self.dtypes = {k: v.dtype for k, v in current.items()}
         return self.train_messages(server_round, arrays, config, grid)
 
+    def checked_reply(self, msg: Message
+                      ) -> tuple[str | None, dict[str, float], float, dict[str, np.ndarray]]:
+        """Why a reply cannot be aggregated (or ``None``), its metrics, weight and arrays.
+
+        :func:`check_reply` (every expected array, its shape, finite values) plus a
+        non-negative ``num-positions`` weight and no array beyond the model's.
+        """
+        problem = check_reply(msg, self.shapes)
+        metrics = {} if problem else dict(msg.content.metric_records.get("metrics", {}))
+        weight = float(metrics.get(WEIGHT_KEY, -1.0))
+        if problem is None and not weight >= 0:
+            problem = f"reply lacks a non-negative '{WEIGHT_KEY}'"
+        up = {} if problem else from_record(msg.content.array_records["arrays"])
+        if extra := set(up) - set(self.shapes):
+            problem = f"reply has unknown arrays {sorted(extra)}"
+        return problem, metrics, weight, up
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Fold each reply into the weighted sum as it arrives, then divide once."""
         acc = {k: np.zeros(s, dtype=np.float64) for k, s in self.shapes.items()}
         total_w, loss_sum, users, accepted = 0.0, 0.0, 0.0, 0
         for msg in replies:
-            problem = check_reply(msg, self.shapes)
-            metrics = {} if problem else dict(msg.content.metric_records.get("metrics", {}))
-            weight = float(metrics.get(WEIGHT_KEY, -1.0))
-            if problem is None and not weight >= 0:
-                problem = f"reply lacks a non-negative '{WEIGHT_KEY}'"
-            if problem is None:
-                extra = set(from_record(msg.content.array_records["arrays"])) - set(self.shapes)
-                problem = f"reply has unknown arrays {sorted(extra)}" if extra else None
+            problem, metrics, weight, up = self.checked_reply(msg)
             if problem is not None:
                 self.drop(server_round, msg, problem)
                 continue
             self.bytes_up += record_nbytes(msg.content)
             if weight > 0:
-                for k, v in from_record(msg.content.array_records["arrays"]).items():
+                for k, v in up.items():
                     acc[k] += weight * v
             total_w += weight
             loss_sum += float(metrics.get("loss-sum", 0.0))

@@ -169,8 +169,8 @@ def krum_select(vectors: list[np.ndarray], num_malicious: int, num_select: int) 
     return sorted(index[id(c)] for c in chosen)
 
 
-class RobustFedAvgRec(PublicKnowledge, FedAvgRec):
-    """:class:`FedAvgRec` with a defense (see the module docstring) and the attack setup.
+class Defended:
+    """Mixin of a strategy's defense knobs and the attack setup switch (put it first).
 
     Parameters
     ----------
@@ -185,7 +185,7 @@ class RobustFedAvgRec(PublicKnowledge, FedAvgRec):
     knowledge : bool
         Run the ``attack-knowledge`` setup (:class:`PublicKnowledge`) before round 1.
     **kwargs
-        Passed to :class:`FedAvgRec`.
+        Passed to the strategy class further along the MRO.
 
     """
 
@@ -202,6 +202,13 @@ class RobustFedAvgRec(PublicKnowledge, FedAvgRec):
         super().summary()
         log(INFO, "\t├──> defense=%s norm=%g trim=%g f=%d m=%d", self.defense, self.norm,
             self.trim, self.num_malicious, self.num_select)
+
+
+class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
+    """:class:`FedAvgRec` with a defense (see the module docstring) and the attack setup.
+
+    Takes :class:`Defended`'s knobs; the other keywords go to :class:`FedAvgRec`.
+    """
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

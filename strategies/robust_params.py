@@ -22,19 +22,17 @@ model for the round.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import INFO
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
-from flwr.supercore import log
 
 from florec.protocol.codec import from_record, to_record
-from florec.strategies.fedavg_params import WEIGHT_KEY, FedAvgParams
-from florec.strategies.payload import check_reply, record_nbytes
+from florec.strategies.fedavg_params import FedAvgParams
+from florec.strategies.payload import record_nbytes
 from florec.strategies.public_knowledge import PublicKnowledge
-from florec.strategies.robust import NODE_DEFENSES, krum_select
+from florec.strategies.robust import NODE_DEFENSES, Defended, krum_select
 
 __all__ = ["RobustFedAvgParams", "robust_mean"]
 
@@ -89,36 +87,16 @@ def robust_mean(start: dict[str, np.ndarray], models: list[dict[str, np.ndarray]
     return out
 
 
-class RobustFedAvgParams(PublicKnowledge, FedAvgParams):
+class RobustFedAvgParams(Defended, PublicKnowledge, FedAvgParams):
     """:class:`FedAvgParams` with a node-level defense and the attack setup.
 
-    Parameters
-    ----------
-    defense : str
-        ``none``, ``norm-bound``, ``median``, ``trimmed-mean``, ``krum`` or ``multi-krum``.
-    norm, trim, num_malicious, num_select
-        As :func:`robust_mean`.
-    knowledge : bool
-        Run the ``attack-knowledge`` setup (:class:`PublicKnowledge`) before round 1.
-    **kwargs
-        Passed to :class:`FedAvgParams`.
-
+    Takes :class:`florec.strategies.robust.Defended`'s knobs (the rules of :func:`robust_mean`);
+    the other keywords go to :class:`FedAvgParams`.
     """
 
-    def __init__(self, defense: str, norm: float = 1.0, trim: float = 0.1,
-                 num_malicious: int = 0, num_select: int = 0, knowledge: bool = False,
-                 **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.knowledge = knowledge
-        self.defense, self.norm, self.trim = defense, norm, trim
-        self.num_malicious, self.num_select = num_malicious, num_select
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
         self.start: dict[str, np.ndarray] = {}
-
-    def summary(self) -> None:
-        """Log the configuration."""
-        super().summary()
-        log(INFO, "\t├──> defense=%s norm=%g trim=%g f=%d m=%d", self.defense, self.norm,
-            self.trim, self.num_malicious, self.num_select)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -133,16 +111,7 @@ class RobustFedAvgParams(PublicKnowledge, FedAvgParams):
             return super().aggregate_train(server_round, replies)
         models, weights, loss_sum, users = [], [], 0.0, 0.0
         for msg in replies:
-            problem = check_reply(msg, self.shapes)
-            metrics = {} if problem else dict(msg.content.metric_records.get("metrics", {}))
-            weight = float(metrics.get(WEIGHT_KEY, -1.0))
-            if problem is None and not weight >= 0:
-                problem = f"reply lacks a non-negative '{WEIGHT_KEY}'"
-            up = {} if problem else from_record(msg.content.array_records["arrays"])
-            if problem is None and set(up) != set(self.shapes):
-                problem = f"reply has arrays {sorted(up)}, expected {sorted(self.shapes)}"
-            if problem is None and not all(np.isfinite(v).all() for v in up.values()):
-                problem = "reply has non-finite values"
+            problem, metrics, weight, up = self.checked_reply(msg)
             if problem is not None:
                 self.drop(server_round, msg, problem)
                 continue

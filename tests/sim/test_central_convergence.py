@@ -24,10 +24,10 @@ def _run(valid_scores: list[float], epochs: int, tmp_path=None, **keys):
     def validate() -> dict[str, float]:
         return {"ndcg@10": valid_scores[state["epoch"] - 1]}  # epoch 0 -> the last
 
-    def test_metrics() -> dict[str, float]:
+    def metrics_at_test() -> dict[str, float]:
         return {"ndcg@10": float(state["epoch"])}  # the epoch it was taken at
 
-    run = fit_and_select(cfg, "mf", epochs, train, validate, test_metrics, out_dir=tmp_path)
+    run = fit_and_select(cfg, "mf", epochs, train, validate, metrics_at_test, out_dir=tmp_path)
     return run, state["trained"]
 
 

@@ -62,19 +62,25 @@ def test_fedavg_with_secagg_equals_the_plain_run_within_quantisation_error(tmp_p
         assert row["bytes_up"] > row["train"]["secagg-bytes-up"]
 
 
+@pytest.fixture
+def inputs(monkeypatch) -> dict[int, np.ndarray]:
+    """Each node's quantised input as it first enters secure aggregation, by node id."""
+    recorded: dict[int, np.ndarray] = {}
+    advertise = secagg_node.advertise
+
+    def record(context, node_id, codes, info):
+        recorded.setdefault(int(node_id), np.asarray(codes, np.uint32))
+        return advertise(context, node_id, codes, info)
+
+    monkeypatch.setattr(secagg_node, "advertise", record)
+    return recorded
+
+
 def stage_of(msg) -> str:
     return str(msg.content.config_records.get("config", {}).get("stage", ""))
 
 
-def test_one_of_ten_nodes_dropping_after_masking_leaves_the_sum_of_the_nine(monkeypatch):
-    inputs: dict[int, np.ndarray] = {}
-    advertise = secagg_node.advertise
-
-    def record(context, node_id, codes, info):
-        inputs[int(node_id)] = np.asarray(codes, np.uint32)
-        return advertise(context, node_id, codes, info)
-
-    monkeypatch.setattr(secagg_node, "advertise", record)
+def test_one_of_ten_nodes_dropping_after_masking_leaves_the_sum_of_the_nine(inputs):
     cfg = parse_run_config(BASE | {"num-nodes": 10, "secagg": True, "round-timeout-s": 1.0})
     grid = LocalGrid(cfg.to_flower(), 10, keep_replies=False,  # node 4 masks, then is lost
                      lose=lambda m: m.metadata.dst_node_id == 4 and stage_of(m) == "mask")
@@ -104,15 +110,8 @@ class ClaimsALiveNodeDropped(SecAggSession):
             self.stolen = self.uploads.pop(self.victim)
 
 
-def test_a_server_that_claims_a_live_node_dropped_learns_nothing_and_is_refused(monkeypatch):
-    inputs: dict[int, np.ndarray] = {}
-    advertise = secagg_node.advertise
-
-    def record(context, node_id, codes, info):
-        inputs[int(node_id)] = np.asarray(codes, np.uint32)
-        return advertise(context, node_id, codes, info)
-
-    monkeypatch.setattr(secagg_node, "advertise", record)
+def test_a_server_that_claims_a_live_node_dropped_learns_nothing_and_is_refused(
+        inputs, monkeypatch):
     cfg = parse_run_config(BASE | {"num-nodes": 6, "secagg": True})
     grid = LocalGrid(cfg.to_flower(), 6)
     fed = prepare_federation(grid, cfg)
@@ -146,15 +145,7 @@ def test_a_server_that_claims_a_live_node_dropped_learns_nothing_and_is_refused(
     assert "\n" not in str(err.value)
 
 
-def test_no_message_carries_an_unmasked_node_update(tmp_path, monkeypatch):
-    inputs: dict[int, np.ndarray] = {}
-    advertise = secagg_node.advertise
-
-    def record(context, node_id, codes, info):
-        inputs.setdefault(int(node_id), np.asarray(codes, np.uint32))
-        return advertise(context, node_id, codes, info)
-
-    monkeypatch.setattr(secagg_node, "advertise", record)
+def test_no_message_carries_an_unmasked_node_update(tmp_path, inputs):
     _, _, grid = run(tmp_path, "secure", {"aggregation": "sparse", "secagg": True,
                                           "num-rounds": 1})
     messages: list[Message] = grid.sent + grid.received
