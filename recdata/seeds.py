@@ -75,8 +75,13 @@ class Salt(IntEnum):
     LLMD4REC_SLOTS = 3011
     #: LLMD4Rec: CRM distillation epochs ``[seed, salt, iteration, epoch(, partition)]``
     LLMD4REC_CRM = 3019
-    #: LLMD4Rec: LoRA init and minibatch order of the LLM step ``[seed, salt, iteration(, pid)]``
+    #: LLMD4Rec: minibatch order of the LLM step ``[seed, salt, iteration(, pid)]``
     LLMD4REC_LORA = 3023
+    #: LLMD4Rec: the LoRA adapter's initial ``A`` (the same centrally and on every node)
+    #: ``[seed, salt]``
+    LLMD4REC_LORA_INIT = 3029
+    #: LLM layer: a sampled prompt's generator ``[seed, salt, sha256(prompt)]`` (``hf``/``tiny``)
+    LLM_SAMPLING = 4001
     #: LLKD: test/pool split of the labelled items ``[split-seed, salt]``
     LLKD_SPLIT = 1313
     #: LLKD: the teacher's item sample when ``llkd-teacher-items`` caps it ``[split-seed, salt]``
