@@ -87,7 +87,7 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
                              "agentcf-synthetic-trend")),
     ("User-level differential privacy (DP-FedAvg-MF)", ("dp", "dp-clip", "dp-noise-multiplier",
                                                         "dp-epsilon", "dp-delta", "dp-mode",
-                                                        "eval-refit-steps", "eval-refit-lr")),
+                                                        "user-refit-steps", "user-refit-lr")),
     ("Secure aggregation (FedAvg-MF)", ("secagg", "secagg-clip")),
     ("LLKD", ("llkd-classes", "llkd-selection", "llkd-ema", "llkd-lr", "llkd-batch-size",
               "llkd-budget", "llkd-test-fraction", "llkd-teacher-items")),
@@ -434,12 +434,12 @@ DESCRIPTIONS: dict[str, str] = {
         ' `dp-noise-multiplier`)'
     ),
     'dp-delta': 'DP: delta of the reported epsilon (0: 1 / number of users)',
-    'eval-refit-steps': (
-        'FedAvg-MF: before evaluating, each node refits its users\' private embeddings by this'
-        ' many full-batch BPR steps against the current item table (FCF / joint-DP'
-        ' post-processing; nothing leaves the node; 0: off)'
+    'user-refit-steps': (
+        'FedAvg-MF: each node refits its users\' private embeddings by this many full-batch'
+        ' BPR steps against the current item table before local training (the cohort) and'
+        ' before evaluating (all users); FCF / joint-DP view, nothing leaves the node; 0: off'
     ),
-    'eval-refit-lr': 'FedAvg-MF: Adam step size of the `eval-refit-steps` user refit',
+    'user-refit-lr': 'FedAvg-MF: Adam step size of the `user-refit-steps` refit',
     'dp-mode': (
         'DP: `central` (the server adds the noise) or `distributed` (each node adds'
         ' 1/n of its variance; DP against the server only under secure aggregation)'

@@ -166,8 +166,8 @@ class RunConfig(BaseModel):
     dp_epsilon: float = Field(0.0, ge=0)
     dp_delta: float = Field(0.0, ge=0, lt=1)
     dp_mode: Literal["central", "distributed"] = "central"
-    eval_refit_steps: int = Field(0, ge=0)
-    eval_refit_lr: float = Field(0.05, gt=0)
+    user_refit_steps: int = Field(0, ge=0)
+    user_refit_lr: float = Field(0.05, gt=0)
     # secure aggregation of FedAvg-MF updates (issue 16, docs/privacy.md)
     secagg: bool = False
     secagg_clip: float = Field(0.0, ge=0)
