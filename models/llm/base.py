@@ -74,6 +74,8 @@ class LLM(ABC):
     """
 
     key: str = ""
+    #: how sampled answers are drawn (in the cache key of sampled calls; "" = not versioned)
+    sampling: str = ""
     letters: str = LETTERS
     batch_size: int = 16
     score_batch_size: int = 0  # 0: batch_size
@@ -97,7 +99,9 @@ class LLM(ABC):
         temperature : float
             0 = greedy; > 0 samples (seeded by ``seed``).
         seed : int
-            Sampling seed.
+            Sampling seed. A prompt's sampled answer is a function of (``seed``, the prompt)
+            only, whatever else shares its batch, so a cached answer is the one the prompt
+            would get alone.
         system : str, optional
             System message (default: the model's own).
         desc : str

@@ -2,7 +2,9 @@
 
 The key of one answer is ``sha256(json([backend key, kind, prompt, system, parameters]))``,
 where the backend key names the backend, the model and its file's sha256 (plus the LoRA
-adapter's digest once one is set). Answers live in one SQLite file (``<florec cache>/llm/
+adapter's digest once one is set); a sampled ``generate`` adds the backend's sampling scheme
+(``HFLLM.sampling``: per-prompt generators), so answers of an older batch-seeded sampler are
+never replayed. Answers live in one SQLite file (``<florec cache>/llm/
 calls.sqlite``, WAL mode, so nodes of a simulation can share it); each finished batch is
 committed at once, so an interrupted run (Ctrl-C) keeps everything answered so far and a rerun
 costs only what is missing.
@@ -97,8 +99,10 @@ class CachedLLM(LLM):
         """:meth:`LLM.generate`, answered from the cache where possible."""
         params = {"max_new_tokens": max_new_tokens, "temperature": temperature,
                   "seed": seed if temperature > 0 else 0, "system": system}
+        sampling = getattr(self.inner, "sampling", "") if temperature > 0 else ""
         return self._cached(list(prompts), "generate", params, lambda miss, sink:
-                            self.inner.stream_generate(miss, sink, desc=desc, **params))
+                            self.inner.stream_generate(miss, sink, desc=desc, **params),
+                            params | {"sampling": sampling} if sampling else params)
 
     def choice_distribution(self, prompts: Sequence[str], n_choices: int, *,
                             system: str | None = None, desc: str = "score") -> np.ndarray:
@@ -110,8 +114,9 @@ class CachedLLM(LLM):
                                                       desc=desc))
         return np.asarray(rows, np.float64).reshape(len(prompts), n_choices)
 
-    def _cached(self, prompts: list[str], kind: str, params: dict, run) -> list:
-        keys = [call_key(self.inner.key, kind, p, params) for p in prompts]
+    def _cached(self, prompts: list[str], kind: str, params: dict, run,
+                key_params: dict | None = None) -> list:
+        keys = [call_key(self.inner.key, kind, p, key_params or params) for p in prompts]
         found = self.cache.get_many(keys)
         miss_keys = [k for k in dict.fromkeys(keys) if k not in found]
         self.stats.llm_cache_hits += len(prompts) - len(miss_keys)  # repeats count as hits

@@ -1,7 +1,9 @@
 """In-process transformers backend (``hf``; the ``tiny`` backend is the same class, tiny weights).
 
 Prompts are user messages put through the tokenizer's chat template; batches are left-padded
-with explicit position ids, so a prompt's answer does not depend on its batch mates.
+with explicit position ids, so a prompt's answer does not depend on its batch mates. Sampling
+draws each row's tokens from that row's own generator, seeded by (seed, prompt)
+(:class:`RowSampler`), so a sampled answer does not depend on them either.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from florec.models.llm import lora
 from florec.models.llm.base import LLM, check_choices
 from florec.models.llm.config import SMOLLM2, LLMConfig
 from florec.recdata.errors import ConfigError
+from florec.recdata.seeds import Salt, torch_seed
 
 
 def resolve_device(device: str) -> torch.device:
@@ -39,6 +43,56 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.backends.mkldnn.is_available() else torch.float32
 
 
+def prompt_seed(seed: int, text: str) -> int:
+    """The sampling seed of one prompt: stream ``LLM_SAMPLING`` keyed by (seed, sha256(text))."""
+    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "little")
+    return torch_seed(seed, Salt.LLM_SAMPLING, digest)
+
+
+class RowSampler(LogitsProcessor):
+    r"""Temperature sampling with one generator per batch row (run under greedy ``generate``).
+
+    Row ``b`` draws its token at every step by the Gumbel-max trick from its own generator
+    ``g_b`` (seeded by :func:`prompt_seed`),
+
+    .. math:: x_b = \arg\max_j \, (z_{bj} / \tau - \log E_{bj}), \qquad
+              E_{bj} \sim \mathrm{Exp}(1) \text{ from } g_b,
+
+    which is a draw from :math:`\mathrm{softmax}(z_b / \tau)`; the returned scores are 0 at
+    the drawn token and :math:`-\infty` elsewhere, so greedy decoding emits it. A row consumes
+    the same draws whatever its batch mates, its padding or the batch's length, so its answer
+    is a function of (seed, prompt) alone (up to float rounding of its logits).
+
+    Parameters
+    ----------
+    seeds : sequence of int
+        One seed per batch row.
+    temperature : float
+        :math:`\tau > 0`.
+
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: RowSampler samples; use > 0")
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = float(temperature)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                 ) -> torch.FloatTensor:
+        """Scores that are 0 at each row's drawn token, ``-inf`` elsewhere."""
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows but {len(self.generators)} generators")
+        z = scores.detach().float().cpu() / self.temperature
+        picks = []
+        for row, gen in zip(z, self.generators, strict=True):
+            noise = torch.empty_like(row).exponential_(generator=gen)
+            picks.append(int(torch.argmax(row - noise.log())))
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(picks)), torch.as_tensor(picks)] = 0.0
+        return out
+
+
 class HFLLM(LLM):
     """A causal LM and its tokenizer, in this process.
 
@@ -56,6 +110,9 @@ class HFLLM(LLM):
         Prompts per forward pass.
 
     """
+
+    #: sampled answers are per-prompt (RowSampler); part of the cache key of sampled calls
+    sampling = "row-seed-v1"
 
     def __init__(self, model, tokenizer, key: str, device: torch.device, *,
                  batch_size: int = 16, progress: bool = True) -> None:
@@ -163,20 +220,20 @@ class HFLLM(LLM):
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[str], *, max_new_tokens: int, temperature: float,
                         seed: int, system: str | None) -> list[str]:
-        inputs, shared = self.shared_prefix_inputs([self.chat_text(p, system) for p in prompts])
-        extra = {}
+        texts = [self.chat_text(p, system) for p in prompts]
+        inputs, shared = self.shared_prefix_inputs(texts)
+        extra: dict = {}
         if shared:  # the common prefix runs once; its KV cache is copied to every row
             head = self.model(input_ids=inputs["input_ids"][:1, :shared], use_cache=True)
             cache = head["cache"] if "cache" in head else head["past_key_values"]
             cache.batch_repeat_interleave(len(prompts))
             extra["cache"] = cache
-        sample = temperature > 0
-        if sample:
-            torch.manual_seed(seed)
+        if temperature > 0:  # each row samples from its own (seed, prompt) generator
+            extra["logits_processor"] = LogitsProcessorList(
+                [RowSampler([prompt_seed(seed, t) for t in texts], temperature)])
         out = self.model.generate(
-            **inputs, **extra, max_new_tokens=max_new_tokens, do_sample=sample,
-            temperature=temperature if sample else None, top_p=None, top_k=None,
-            pad_token_id=self.tokenizer.pad_token_id)
+            **inputs, **extra, max_new_tokens=max_new_tokens, do_sample=False,
+            temperature=None, top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id)
         new = out[:, inputs["input_ids"].shape[1]:]
         ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         self.stats.prompt_tokens += int(inputs["attention_mask"].sum())

@@ -58,3 +58,22 @@ def test_an_interrupted_run_keeps_the_batches_it_finished(tmp_path):
     again.choice_distribution(["a", "b"], 2)
     assert again.stats.llm_cache_hits == 2 and again.stats.llm_calls == 0
     assert isinstance(again.inner, ScriptedLLM)
+
+
+def test_a_cached_sampled_answer_is_the_one_the_prompt_gets_alone(tiny_cfg, tmp_path):
+    from florec.models.llm.cache import call_key
+
+    cached = build_llm(tiny_cfg.with_(cache=True, batch_size=4))
+    prompts = [f"{tmp_path.name}: describe user {u}" for u in range(4)]
+    kw = {"max_new_tokens": 6, "temperature": 0.7, "seed": 3}
+    batch = cached.generate(prompts, **kw)  # stored from one batch of four
+    alone = build_llm(tiny_cfg)  # no cache: each prompt in a batch of its own
+    assert [alone.generate([p], **kw)[0] for p in prompts] == batch
+    assert cached.generate(prompts[2:3], **kw) == batch[2:3]
+    assert cached.stats.llm_cache_hits == 1
+    # sampled keys name the per-prompt sampler: an older batch-seeded answer is not replayed
+    params = {"max_new_tokens": 6, "temperature": 0.7, "seed": 3, "system": None}
+    old = call_key(cached.key, "generate", prompts[0], params)
+    new = call_key(cached.key, "generate", prompts[0], params | {"sampling": "row-seed-v1"})
+    found = cached.cache.get_many([old, new])
+    assert old not in found and found[new] == batch[0]

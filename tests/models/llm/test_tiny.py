@@ -110,3 +110,30 @@ def test_a_shared_prompt_prefix_runs_once_and_leaves_the_answers_unchanged(tiny_
                                seed=5))  # the sampled answers are not all empty
     assert shared.stats.prompt_tokens == 3 * int(mask.sum())  # real tokens, not padding
     assert plain.stats.prompt_tokens == 2 * int(mask.sum())
+
+
+def test_a_sampled_prompt_gets_the_same_text_in_any_batch(tiny_cfg):
+    llm = build_llm(tiny_cfg.with_(batch_size=8))
+    kw = {"max_new_tokens": 8, "temperature": 0.7, "seed": 11}
+    mates = [f"Other prompt number {i}, " + "filler " * i for i in range(3)]
+    alone = llm.generate([PROMPTS[0]], **kw)[0]
+    first = llm.generate([PROMPTS[0], mates[0]], **kw)[0]
+    second = llm.generate([*mates, PROMPTS[0], PROMPTS[2]], **kw)
+    assert alone and alone == first == second[3]
+    assert len(set(second)) == len(second)  # every prompt draws its own tokens
+    assert llm.generate([PROMPTS[0]], **kw | {"seed": 12})[0] != alone  # the seed matters
+
+
+def test_row_sampler_draws_from_the_tempered_softmax():
+    import torch
+
+    from florec.models.llm.hf import RowSampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4000, 1)
+    out = RowSampler(range(4000), temperature=0.5)(torch.zeros(4000, 1), logits)
+    assert torch.isinf(out).sum(1).eq(3).all()  # one finite token per row
+    freq = torch.bincount(out.argmax(1), minlength=4).double() / 4000
+    expected = torch.softmax(logits[0].double() / 0.5, 0)
+    np.testing.assert_allclose(freq.numpy(), expected.numpy(), atol=0.03)
+    with pytest.raises(ValueError, match="temperature"):
+        RowSampler([0], temperature=0.0)
