@@ -19,7 +19,6 @@ import time
 
 _IMPORT_START = time.time()  # the bench's phase log: how long this module takes to import
 
-import functools
 import json
 import os
 from types import ModuleType
@@ -29,6 +28,7 @@ from flwr.clientapp import ClientApp
 
 from florec.client.trainers.bucket import Bucket
 from florec.recdata.errors import ConfigError
+from florec.recdata.node_cache import node_cache
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.recdata.shard import shard_of_node
 
@@ -80,30 +80,36 @@ def resolve_device(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=16384)  # a simulation process serves many partitions
-def _load_bucket(config_json: str, partition_id: int, num_partitions: int, data_dir: str
-                 ) -> Bucket:
-    cfg = RunConfig.model_validate(json.loads(config_json))
-    shard = shard_of_node(cfg, {"partition-id": partition_id, "num-partitions": num_partitions,
-                                "data-dir": data_dir})
+def _load_bucket(cfg: RunConfig, node_config: dict) -> Bucket:
+    shard = shard_of_node(cfg, node_config)
     bucket = Bucket.from_split(shard.split, shard.clients)  # a list of clients' users
     shard.split._csr.clear()  # (n_users, n_items) matrices: one per node would add up
     return bucket
 
 
 def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
-    """Run config, this node's bucket and its partition id."""
+    """Run config, this node's bucket and its partition id.
+
+    The bucket is kept in the process's byte-bounded node cache
+    (:func:`florec.recdata.node_cache.node_cache`): a simulation actor that serves many nodes
+    keeps the recently served ones, up to ``FLOREC_NODE_CACHE_MB``, and rebuilds the others.
+    """
     cfg = parse_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
-    nparts = int(context.node_config.get("num-partitions", -1))
-    data_dir = str(context.node_config.get("data-dir", ""))
-    bucket = _load_bucket(json.dumps(cfg.to_flower(), sort_keys=True), pid, nparts, data_dir)
+    node_config = {"partition-id": pid,
+                   "num-partitions": int(context.node_config.get("num-partitions", -1)),
+                   "data-dir": str(context.node_config.get("data-dir", ""))}
+    key = ("bucket", json.dumps(cfg.to_flower(), sort_keys=True), *node_config.values())
+    bucket = node_cache().get(key, lambda: _load_bucket(cfg, node_config))
     return cfg, bucket, pid
 
 
-def _node(cfg: RunConfig) -> ModuleType:
-    from florec.models.registry import SEQUENTIAL_MODELS
+#: the sequential models (``florec.models.registry.SEQUENTIAL_MODELS``, which imports every
+#: model; tests/client/test_app_lazy.py checks the two agree), served by ``seq_node``
+SEQUENTIAL_MODELS = ("sasrec", "gru4rec")
 
+
+def _node(cfg: RunConfig) -> ModuleType:
     if cfg.model == "llkd":
         from florec.client import llkd_node
 

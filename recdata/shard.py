@@ -8,6 +8,10 @@ train, valid and test with the split's global user and item ids and sizes, so a 
 the unsharded run. A process marked ``FLOREC_NO_DATA=1`` (the server side of a deployment, and
 nodes that have shards) refuses to open a dataset or split at all (:func:`refuse_data`), so a
 server that touched interaction data would fail, not leak.
+
+A process keeps the shards it built (and :mod:`florec.client.app` its buckets) in one
+byte-bounded :func:`florec.recdata.node_cache.node_cache`, so a Ray actor that serves many nodes
+holds a bounded amount of node data however many it has served.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from florec.recdata.errors import ConfigError, DataError
+from florec.recdata.node_cache import node_cache
 from florec.recdata.splits import PARTS, Split
 
 NO_DATA_ENV = "FLOREC_NO_DATA"
@@ -226,9 +231,8 @@ def _check_partition(partition_id: int, num_partitions: int, count: int) -> None
                           "check the node config of this SuperNode")
 
 
-@functools.lru_cache(maxsize=16384)  # a simulation process serves many partitions
-def _cached_shard(config_json: str, partition_id: int, num_partitions: int, data_dir: str
-                  ) -> NodeShard:
+def _make_shard(config_json: str, partition_id: int, num_partitions: int, data_dir: str
+                ) -> NodeShard:
     from florec.recdata.runconfig import RunConfig
 
     cfg = RunConfig.model_validate(json.loads(config_json))
@@ -236,12 +240,11 @@ def _cached_shard(config_json: str, partition_id: int, num_partitions: int, data
 
 
 def shard_of_node(cfg: Any, node_config: dict[str, Any]) -> NodeShard:
-    """The shard of the node with this Flower node config (read or cut once per process).
+    """The shard of the node with this Flower node config (kept in the :func:`node_cache`).
 
     ``node_config`` holds ``partition-id`` and optionally ``num-partitions`` and ``data-dir``
     (see :func:`node_shard`).
     """
-    return _cached_shard(json.dumps(cfg.to_flower(), sort_keys=True),
-                         int(node_config["partition-id"]),
-                         int(node_config.get("num-partitions", -1)),
-                         str(node_config.get("data-dir", "")))
+    key = (json.dumps(cfg.to_flower(), sort_keys=True), int(node_config["partition-id"]),
+           int(node_config.get("num-partitions", -1)), str(node_config.get("data-dir", "")))
+    return node_cache().get(("shard", *key), lambda: _make_shard(*key))

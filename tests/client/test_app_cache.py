@@ -1,0 +1,73 @@
+"""A simulation process serves node after node: its node data stays within the cache's budget."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from flwr.app import Context, RecordDict
+
+from florec.client import app
+from florec.recdata import node_cache as nc
+
+CFG = {"dataset": "synthetic", "synthetic-users": 240, "synthetic-items": 80,
+       "synthetic-interactions": 10, "num-nodes": 40}
+
+
+def context(pid: int) -> Context:
+    return Context(run_id=1, node_id=pid + 1, state=RecordDict(), run_config=CFG,
+                   node_config={"partition-id": pid, "num-partitions": CFG["num-nodes"]})
+
+
+def same(a, b) -> bool:
+    return all((getattr(a, p) != getattr(b, p)).nnz == 0 for p in ("train", "valid", "test"))
+
+
+def test_the_node_cache_stays_bounded_after_serving_many_buckets(monkeypatch):
+    nc.node_cache.cache_clear()
+    try:
+        first = app.node_setup(context(0))[1]
+        one = nc.data_nbytes(first) + nc.data_nbytes(app.shard_of_node(
+            app.parse_run_config(CFG), context(0).node_config))
+        monkeypatch.setenv(nc.CACHE_MB_ENV, str(4 * one / 2**20))  # about two nodes' data
+        nc.node_cache.cache_clear()
+        cache = nc.node_cache()
+        sizes = []
+        for _ in range(2):  # two rounds over every node, as a Ray actor serves them
+            for pid in range(CFG["num-nodes"]):
+                cfg, bucket, got = app.node_setup(context(pid))
+                assert got == pid and len(bucket.users) == 6
+                sizes.append((cache.nbytes, len(cache)))
+        assert max(n for n, _ in sizes) <= cache.max_bytes
+        assert max(k for _, k in sizes) <= 12  # a few nodes' shards and buckets, not all 80
+        again = app.node_setup(context(0))[1]  # evicted long ago: rebuilt, equal to the first
+        assert again is not first and same(again, first)
+        assert np.array_equal(again.users, first.users)
+        hits = cache.misses
+        assert app.node_setup(context(0))[1] is again and cache.misses == hits  # kept
+    finally:
+        nc.node_cache.cache_clear()
+
+
+PROBE = """
+import json, sys
+import florec.client.app as app
+from florec.recdata.runconfig import parse_run_config
+loaded = {"app": sorted(m for m in ("torch", "florec.models.registry") if m in sys.modules)}
+node = app._node(parse_run_config({"dataset": "synthetic", "model": "mf"}))
+loaded["fedavg"] = [node.__name__, "florec.models.registry" in sys.modules]
+from florec.models.registry import SEQUENTIAL_MODELS
+loaded["sequential"] = [list(SEQUENTIAL_MODELS), list(app.SEQUENTIAL_MODELS)]
+print(json.dumps(loaded))
+"""
+
+
+def test_importing_the_clientapp_imports_no_torch_and_fedavg_never_imports_the_registry():
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = json.loads(out.stdout.splitlines()[-1])
+    assert loaded["app"] == []
+    assert loaded["fedavg"] == ["florec.client.fedavg_node", False]
+    seq, mine = loaded["sequential"]
+    assert seq == mine  # the ClientApp's copy of the sequential models matches the registry's

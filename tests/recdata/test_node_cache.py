@@ -1,0 +1,80 @@
+"""The byte-bounded node cache: LRU by bytes, the newest entry always kept, sizes of node data."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from florec.recdata import node_cache as nc
+from florec.recdata.errors import ConfigError
+
+
+def array(kib: int) -> np.ndarray:
+    return np.zeros(kib * 1024, dtype=np.uint8)
+
+
+def test_data_nbytes_sums_arrays_sparse_strings_and_dataclass_fields():
+    @dataclass
+    class Holder:
+        a: np.ndarray
+        m: sp.csr_matrix
+        parts: dict
+        name: str
+
+    m = sp.random(5, 7, density=0.4, format="csr", dtype=np.float32, random_state=0)
+    h = Holder(np.zeros(10, np.int64), m, {"x": (np.zeros(3, np.float64), [np.zeros(2, np.int32)])},
+               "abc")
+    expected = 80 + (m.data.nbytes + m.indices.nbytes + m.indptr.nbytes) + 24 + 8 + 3
+    assert nc.data_nbytes(h) == expected
+    assert nc.data_nbytes(None) == 0 and nc.data_nbytes(3) == 0
+
+
+def test_the_cache_evicts_least_recently_used_entries_beyond_its_byte_budget():
+    cache = nc.NodeCache(max_bytes=3 * 1024)
+    made = []
+
+    def make(key: str, kib: int = 1):
+        made.append(key)
+        return array(kib)
+
+    for key in "abc":
+        cache.get(key, lambda k=key: make(k))
+    assert len(cache) == 3 and cache.nbytes == 3 * 1024
+    cache.get("a", lambda: make("a?"))  # a hit: "a" becomes the most recent
+    cache.get("d", lambda: make("d"))  # over budget: "b", the least recently used, goes
+    assert made == ["a", "b", "c", "d"]
+    assert cache.nbytes == 3 * 1024 and len(cache) == 3
+    cache.get("b", lambda: make("b"))  # rebuilt once evicted, "c" goes
+    cache.get("a", lambda: make("a!"))
+    assert made == ["a", "b", "c", "d", "b"] and cache.misses == 5
+
+
+def test_the_newest_entry_is_kept_even_when_it_alone_exceeds_the_budget():
+    cache = nc.NodeCache(max_bytes=1024)
+    cache.get("small", lambda: array(1))
+    big = cache.get("big", lambda: array(4))
+    assert len(cache) == 1 and cache.nbytes == 4 * 1024
+    assert cache.get("big", lambda: pytest.fail("the newest entry was dropped")) is big
+    zero = nc.NodeCache(max_bytes=0)
+    zero.get("x", lambda: array(1))
+    zero.get("y", lambda: array(1))
+    assert len(zero) == 1 and zero.nbytes == 1024
+
+
+def test_the_budget_comes_from_the_environment_and_bad_values_are_one_line_errors(monkeypatch):
+    nc.node_cache.cache_clear()
+    try:
+        monkeypatch.setenv(nc.CACHE_MB_ENV, "0.5")
+        assert nc.node_cache().max_bytes == 512 * 1024
+        nc.node_cache.cache_clear()
+        monkeypatch.delenv(nc.CACHE_MB_ENV)
+        assert nc.node_cache().max_bytes == int(nc.DEFAULT_CACHE_MB * 2**20)
+        for bad in ("lots", "-1", "nan"):
+            nc.node_cache.cache_clear()
+            monkeypatch.setenv(nc.CACHE_MB_ENV, bad)
+            with pytest.raises(ConfigError, match=nc.CACHE_MB_ENV) as err:
+                nc.node_cache()
+            assert "\n" not in str(err.value)
+    finally:
+        nc.node_cache.cache_clear()
