@@ -24,6 +24,7 @@ from florec.client.trainers.bpr_embedding import LocalConfig, local_update
 from florec.client.trainers.bucket import Bucket
 from florec.models.base import seeded_rows
 from florec.models.mf import MF, USER_SALT
+from florec.models.user_refit import TRAIN, refit_user_emb
 from florec.protocol.codec import from_record, to_record
 from florec.protocol.user_rows import fedavg_upload
 from florec.recdata.cohort import sample_cohort
@@ -94,8 +95,12 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     whole = len(rows) == len(bucket.users)
     sub = bucket if whole else bucket.subset(rows)
     saved = store.get(PRIVATE_KEY) if cfg.keep_user_opt_state else None
-    res = local_update(sub, glob["item_emb"], glob["item_bias"],
-                       user_emb if whole else user_emb[rows],
+    start = user_emb if whole else user_emb[rows]
+    if cfg.user_refit_steps > 0:  # FCF: fit p_u to the current item table, then train
+        start = refit_user_emb(sub.train, sub.users, start, glob["item_emb"], glob["item_bias"],
+                               cfg.user_refit_steps, cfg.user_refit_lr, cfg.reg, cfg.seed,
+                               server_round, TRAIN)
+    res = local_update(sub, glob["item_emb"], glob["item_bias"], start,
                        LocalConfig.from_run_config(cfg, server_round),
                        server_round, device, item_pop=glob.get("item_pop"),
                        n_users=int(glob["n_users"][0]) if "n_users" in glob else None,
@@ -147,8 +152,13 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
              device: str) -> RecordDict:
     """Full-ranking metric sums of the bucket's users on validation and test."""
     glob = from_record(msg.content.array_records["arrays"])
-    model = MF.from_arrays(private_user_emb(context, cfg, bucket), glob["item_emb"],
-                           glob["item_bias"]).to(device)
+    user_emb = private_user_emb(context, cfg, bucket)
+    if cfg.user_refit_steps > 0:  # FCF / joint-DP view: post-processing on the node, not stored
+        server_round = int(msg.content.config_records["config"]["server-round"])
+        user_emb = refit_user_emb(bucket.train, bucket.users, user_emb, glob["item_emb"],
+                                  glob["item_bias"], cfg.user_refit_steps, cfg.user_refit_lr,
+                                  cfg.reg, cfg.seed, server_round)
+    model = MF.from_arrays(user_emb, glob["item_emb"], glob["item_bias"]).to(device)
     know = node_knowledge(cfg, context)  # issue 18
     sums = bucket_metric_sums(model.score, bucket, cfg, pid, device, item_pop=glob.get("item_pop"),
                               know=know)

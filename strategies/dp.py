@@ -40,6 +40,9 @@ __all__ = ["UserDP", "check_dp"]
 def check_dp(cfg: RunConfig) -> None:
     """Fail with one line if ``dp=true`` is combined with settings it cannot account for.
 
+    Also refuses ``user-refit-steps`` outside FedAvg-MF (with or without DP): the refit
+    (:mod:`florec.models.user_refit`) fits MF user rows.
+
     Raises
     ------
     ConfigError
@@ -50,6 +53,9 @@ def check_dp(cfg: RunConfig) -> None:
         are checked by :func:`florec.strategies.fedcia_dp.check_fedcia_dp`.
 
     """
+    if cfg.user_refit_steps > 0 and (cfg.algorithm != "fedavg" or cfg.model != "mf"):
+        raise ConfigError("user-refit-steps refits FedAvg-MF user embeddings: it needs algorithm "
+                          "'fedavg' and model 'mf'; set user-refit-steps=0 for other methods")
     if not cfg.dp:
         return
     if cfg.dp_epsilon > 0 and cfg.dp_noise_multiplier > 0:
