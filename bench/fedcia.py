@@ -31,7 +31,7 @@ from florec.server.app import run_federated
 from florec.server.results import read_results
 from florec.sim.bench import label_folder
 from florec.sim.central import run_central
-from florec.sim.cli import CENTRAL_LR
+from florec.sim.cli_common import CENTRAL_LR
 from florec.sim.local_grid import LocalGrid
 
 PAPER = {"split": "given", "partition": "floor", "selection-metric": "f1@10"}

@@ -25,7 +25,7 @@ import torch
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
 from florec.sim.central import run_central
-from florec.sim.cli import CENTRAL_LR
+from florec.sim.cli_common import CENTRAL_LR
 from florec.sim.flower import flwr_run
 from florec.sim.local_grid import LocalGrid
 from florec.sim.perf import TreeMemory

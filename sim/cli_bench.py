@@ -10,14 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-#: ``-c key=value`` run-config overrides (shared with :mod:`florec.sim.cli`)
-Override = Annotated[
-    list[str] | None, typer.Option("--config", "-c", help="run-config override key=value")
-]
+from florec.sim.cli_common import Override, console, stopping
 
 
 def bench(
@@ -28,7 +23,6 @@ def bench(
     """Run (or resume) a bench matrix; writes OUT/results.json, report.md and plots/."""
     from florec.recdata.errors import FloRecError
     from florec.sim.bench import load_bench, run_bench
-    from florec.sim.cli import stopping
 
     if out is None:
         name = load_bench(config)["bench"].get("name", config.stem)
@@ -61,7 +55,6 @@ def perf(
     import json
 
     from florec.recdata.runconfig import parse_run_config
-    from florec.sim.cli import stopping
     from florec.sim.flower_config import check_federated, parse_overrides
     from florec.sim.perf import measure, perf_cells
 

@@ -116,7 +116,7 @@ def test_flwr_simulation_of_fedcia_with_its_align_messages(tmp_path):
 def test_resume_overrides_replay_the_saved_config_with_resume_on(tmp_path, small_config):
     from florec.recdata.runconfig import parse_run_config
     from florec.server.app import run_federated
-    from florec.sim.cli import resume_overrides
+    from florec.sim.cli_run import resume_overrides
     from florec.sim.local_grid import LocalGrid
 
     cfg = parse_run_config(small_config | {"checkpoint-every": 1, "lr": 0.02,

@@ -80,7 +80,7 @@ def test_a_finished_folder_is_kept_unless_overwrite(tmp_path: Path) -> None:
 
 
 def test_results_older_than_the_run_are_never_reported_as_its_own(tmp_path: Path) -> None:
-    from florec.sim.cli import report_finished
+    from florec.sim.cli_common import report_finished
 
     writer = ResultsWriter(tmp_path)
     writer.write_results({}, [run_entry("m", "federated", "d", "loo", 0)])
