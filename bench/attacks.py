@@ -34,6 +34,7 @@ from florec.server.app import run_federated
 from florec.sim.local_grid import LocalGrid
 
 CURVE_KEYS = ("ndcg@10", "er@10", "er@20", "target-rank@all")
+DEFENSE_ORDER = ("none", "norm-bound", "trimmed-mean", "median", "krum", "multi-krum")
 
 
 def cells(spec: dict[str, Any], grids: set[str] | None = None) -> list[dict[str, Any]]:
@@ -128,10 +129,42 @@ def report(spec: dict[str, Any], out: Path) -> str:
                      f"{_sd(runs, 'ndcg@10'):.4f} | "
                      f"{statistics.mean(r['curve'][-1]['er@10'] for r in runs):.3f} | "
                      f"{mb:.2f} |")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines + [""] + pivot(by)) + "\n"
     (out / "summary.md").write_text(text)
     _plot(by, out / "attacks.png")
     return text
+
+
+def _cell(runs: list[dict[str, Any]]) -> str:
+    """``ER@10 / ndcg@10`` of a cell, each ``mean ± sd`` over seeds when there are several."""
+    if len(runs) == 1:
+        return f"{_mean(runs, 'er@10'):.3f} / {_mean(runs, 'ndcg@10'):.4f} (1)"
+    return (f"{_mean(runs, 'er@10'):.3f} ± {_sd(runs, 'er@10'):.3f} / "
+            f"{_mean(runs, 'ndcg@10'):.4f} ± {_sd(runs, 'ndcg@10'):.4f} ({len(runs)})")
+
+
+def pivot(by: dict[tuple, list[dict[str, Any]]]) -> list[str]:
+    """Markdown lines of one attack x defense table per method.
+
+    Rows are (attack, malicious share), columns the defenses; each cell is the test
+    ``ER@10 / ndcg@10`` (mean ± sample sd over seeds) and, in brackets, the number of seeds.
+    """
+    lines: list[str] = []
+    for method in sorted({k[0] for k in by}):
+        cells = {k[1:]: v for k, v in by.items() if k[0] == method}
+        defenses = sorted({d for (_, _, d) in cells},
+                          key=lambda d: (DEFENSE_ORDER.index(d) if d in DEFENSE_ORDER
+                                         else len(DEFENSE_ORDER), d))
+        lines += [f"## {method}: ER@10 / ndcg@10 (seeds)", "",
+                  "| attack | malicious | " + " | ".join(defenses) + " |",
+                  "|---|---|" + "---|" * len(defenses)]
+        for attack, fraction in sorted({(a, f) for (a, f, _) in cells},
+                                       key=lambda af: (af[0] != "none", af[0], af[1])):
+            row = [_cell(cells[(attack, fraction, d)]) if (attack, fraction, d) in cells
+                   else "-" for d in defenses]
+            lines.append(f"| {attack} | {fraction:.1%} | " + " | ".join(row) + " |")
+        lines.append("")
+    return lines
 
 
 def _plot(by: dict[tuple, list[dict[str, Any]]], path: Path) -> None:

@@ -4,7 +4,8 @@ import json
 import tomllib
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parents[2] / "bench" / "attacks.toml"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+CONFIG = BENCH / "attacks.toml"
 
 
 def test_the_committed_grid_expands_to_unique_cells_with_valid_run_configs(bench_script):
@@ -20,6 +21,41 @@ def test_the_committed_grid_expands_to_unique_cells_with_valid_run_configs(bench
         parse_run_config(dict(spec["base"]) | cell["grid_config"]
                          | {"attack": cell["attack"], "attack-fraction": cell["fraction"],
                             "defense": cell["defense"]})
+
+
+def test_the_ml1m_configs_expand_to_valid_ratio_split_cells(bench_script):
+    from florec.recdata.runconfig import parse_run_config
+
+    attacks = bench_script("attacks")
+    for name in ("attacks_ml1m.toml", "attacks_ml1m_sweep.toml"):
+        spec = tomllib.loads((BENCH / name).read_text())
+        cells = attacks.cells(spec)
+        assert len({c["cell"] for c in cells}) == len(cells) > 0
+        for cell in cells:
+            cfg = parse_run_config(dict(spec["base"]) | cell["grid_config"]
+                                   | {"dataset": spec["bench"]["dataset"],
+                                      "attack": cell["attack"],
+                                      "attack-fraction": cell["fraction"],
+                                      "defense": cell["defense"]})
+            assert cfg.split == "ratio"  # the ML-1M copy has no timestamps for leave-one-out
+
+
+def test_the_pivot_has_one_column_per_defense_and_pools_seeds(bench_script):
+    attacks = bench_script("attacks")
+
+    def run(er: float, ndcg: float) -> dict:
+        return {"metrics": {"er@10": er, "ndcg@10": ndcg}}
+
+    by = {("FedAvg-MF", "fedrecattack", 0.01, "none"): [run(0.6, 0.01), run(0.8, 0.03)],
+          ("FedAvg-MF", "fedrecattack", 0.01, "median"): [run(0.0, 0.02)],
+          ("FedAvg-MF", "none", 0.0, "none"): [run(0.0, 0.04)]}
+    lines = attacks.pivot(by)
+    header = next(line for line in lines if line.startswith("| attack"))
+    assert header == "| attack | malicious | none | median |"
+    rows = [line for line in lines if line.startswith("| ")][1:]
+    assert rows[0] == "| none | 0.0% | 0.000 / 0.0400 (1) | - |"  # no-attack row first
+    assert rows[1].startswith("| fedrecattack | 1.0% | 0.700 ± 0.141 / 0.0200 ± 0.0141 (2) |")
+    assert rows[1].endswith("| 0.000 / 0.0200 (1) |")
 
 
 def test_the_report_pools_seeds_per_cell_and_draws_the_plot(tmp_path, bench_script):
