@@ -25,6 +25,8 @@ SuperNode sends the reply). A round's wall time less its messages on the slowest
 polling and the server (the SuperNode's fixed 3 s idle poll, aggregation)::
 
     OMP_NUM_THREADS=1 python bench/deploy_rounds.py --rounds 3 --before-app /tmp/florec-before
+    OMP_NUM_THREADS=1 python bench/deploy_rounds.py --rounds 3 --repeats 3 --no-fused \
+        --before-app /tmp/before/florec      # medians of 3 alternated floor/FloRec submissions
 
 writes ``OUT/bench.json`` (stamps, messages, per-phase means, ratios) and prints the table.
 ``--fab-only`` instead writes the FAB sizes of the apps to ``OUT/fab.json``, and
@@ -145,39 +147,66 @@ def fab_size(app: Path) -> dict[str, int]:
 
 def run_setting(label: str, poll_s: float, apps: list[tuple[str, Path]], args: Any,
                 work: Path, florec_cfg: dict) -> dict:
-    """Start one topology with SuperExec poll ``poll_s``, submit each app, summarize each."""
+    """Start one topology with SuperExec poll ``poll_s``; submit the apps ``--repeats`` times.
+
+    Each repetition submits every app once, in order (the floor right before FloRec), so each
+    FloRec round has a floor measured minutes before it on the same topology. Each app's numbers
+    are medians over the repetitions (:func:`median_summary`); ``ratio_to_floor`` is the median
+    of the per-repetition ratios to that repetition's floor.
+    """
     from florec.sim import deploy
 
     phase_log = work / f"phases-{label}.jsonl"
     os.environ["FLOREC_PHASE_LOG"] = str(phase_log)  # the SuperExecs and their ClientApps
     day0 = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
-    logs, results = work / f"logs-{label}", {}
+    logs, reps = work / f"logs-{label}", {name: [] for name, _ in apps}
     t0 = time.time()
     with deploy.LoopbackDeployment(args.nodes, logs, shards=work / "shards",
                                    superexec_poll_s=poll_s) as dep:
         up_s = time.time() - t0
-        for name, app in apps:
-            out = work / label / name
-            if name == "florec":
-                cfg = florec_cfg | {"out-dir": str(out)}
-            else:
-                cfg = {"num-rounds": args.rounds, "num-nodes": args.nodes, "out-dir": str(out),
-                       "messages": "fused" if name == "floor-fused" else "separate"}
-            start = time.time()
-            if dep.submit(cfg, echo=False, app=app) != 0:
-                sys.exit(f"{label} {name} failed; logs in {logs}")
-            rows = [json.loads(line) for line in phase_log.read_text().splitlines()]
-            mine = [r for r in rows if r["app"] == name.split("-")[0]
-                    and r["handler_start"] >= start]
-            msgs = split_messages(mine, supernode_messages(logs, day0))
-            results[name] = summarize(msgs, read_rounds(out)) | {
-                "wall_s": time.time() - start, "app": str(app), **fab_size(app),
-                "stamps": mine, "messages": msgs}
-    floor = results["floor"]["round_s"]
-    for res in results.values():
-        res["ratio_to_floor"] = res["round_s"] / floor
+        for rep in range(args.repeats):
+            for name, app in apps:
+                if name == "floor-fused" and rep > 0:
+                    continue  # the fused floor is a reference, measured once
+                out = work / label / f"{name}-{rep}"
+                if name == "florec":
+                    cfg = florec_cfg | {"out-dir": str(out)}
+                else:
+                    cfg = {"num-rounds": args.rounds, "num-nodes": args.nodes,
+                           "out-dir": str(out),
+                           "messages": "fused" if name == "floor-fused" else "separate"}
+                load = os.getloadavg()
+                start = time.time()
+                if dep.submit(cfg, echo=False, app=app) != 0:
+                    sys.exit(f"{label} {name} failed; logs in {logs}")
+                rows = [json.loads(line) for line in phase_log.read_text().splitlines()]
+                mine = [r for r in rows if r["app"] == name.split("-")[0]
+                        and r["handler_start"] >= start]
+                msgs = split_messages(mine, supernode_messages(logs, day0))
+                reps[name].append(summarize(msgs, read_rounds(out)) | {
+                    "wall_s": time.time() - start, "app": str(app), **fab_size(app),
+                    "load_avg_before": load, "stamps": mine, "messages": msgs})
+    floors = [r["round_s"] for r in reps["floor"]]
+    results = {}
+    for name, runs in reps.items():
+        res = median_summary(runs)
+        res["ratios_to_floor"] = [r["round_s"] / floors[i] for i, r in enumerate(runs)]
+        res["ratio_to_floor"] = statistics.median(res["ratios_to_floor"])
+        res["ratio_of_medians"] = res["round_s"] / statistics.median(floors)
+        results[name] = res
     return {"superexec_poll_s": poll_s, "deploy_up_s": up_s, "load_avg_after": os.getloadavg(),
-            "apps": results}
+            "repeats": args.repeats, "apps": results}
+
+
+def median_summary(runs: list[dict]) -> dict:
+    """Medians over repetitions of every number :func:`summarize` gives (phases too)."""
+    keys = ("round_s", "messages_per_round", "message_s", "node_s_per_round",
+            "polling_and_server_s_per_round", "wall_s")
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["phases_s"] = {p: statistics.median(r["phases_s"].get(p, 0.0) for r in runs)
+                       for p in PHASES}
+    out["load_avg_1min"] = [r["load_avg_before"][0] for r in runs]
+    return out | {k: runs[0][k] for k in ("app", "fab_bytes", "fab_files")} | {"runs": runs}
 
 
 def shard_load(dataset: str, data_dir: str, nodes: int, reps: int = 5) -> dict:
@@ -224,6 +253,10 @@ def main() -> None:
     """Per setting (before, after): start the topology, submit each app, write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="submit the floor and FloRec this many times, alternating; medians")
+    ap.add_argument("--no-fused", action="store_true",
+                    help="leave out the fused floor (one message per node and round)")
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--items", type=int, default=300)
@@ -237,7 +270,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--fab-only", action="store_true",
                     help="instead: write the FAB sizes of the apps to OUT/fab.json")
+    ap.add_argument("--table", type=Path, default=None,
+                    help="instead: print the table of this bench.json")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
     if args.fab_only:
         apps = {"floor": FLOOR, "florec": ROOT} | (
             {"florec-before": args.before_app} if args.before_app else {})
@@ -268,9 +306,10 @@ def main() -> None:
         settings["before"] = run_setting("before", 1.0, [("floor", FLOOR),
                                                          ("florec", args.before_app)],
                                          args, work, florec_cfg)
+    fused = [] if args.no_fused else [("floor-fused", FLOOR)]
     settings["after"] = run_setting(
         "after", deploy.SUPEREXEC_POLL_S,
-        [("floor", FLOOR), ("floor-fused", FLOOR), ("florec", ROOT)], args, work, florec_cfg)
+        [("floor", FLOOR), *fused, ("florec", ROOT)], args, work, florec_cfg)
     report = {"rounds": args.rounds, "nodes": args.nodes, "users": args.users,
               "items": args.items, "florec_config": florec_cfg,
               "env": {"python": platform.python_version(), "cpus": os.cpu_count(),
@@ -301,8 +340,14 @@ def table(report: dict) -> str:
               row("polling and server per round",
                   lambda r: f"{r['polling_and_server_s_per_round']:.2f}"),
               row("**round (s)**", lambda r: f"**{r['round_s']:.2f}**"),
-              row("FAB (MB, files)", lambda r: f"{r['fab_bytes'] / 2**20:.2f}, {r['fab_files']}"),
-              row("ratio to its floor", lambda r: f"{r['ratio_to_floor']:.2f}")]
+              row("FAB (MB, files)",
+                  lambda r: f"{r.get('fab_bytes', 0) / 2**20:.2f}, {r.get('fab_files', '-')}"),
+              row("ratio to its floor (median of repeats)",
+                  lambda r: f"{r['ratio_to_floor']:.2f}"),
+              row("ratio to its floor, each repeat",
+                  lambda r: ", ".join(f"{x:.2f}" for x in r.get("ratios_to_floor", []))),
+              row("1-min load average at each submission",
+                  lambda r: ", ".join(f"{x:.0f}" for x in r.get("load_avg_1min", [])))]
     return "\n".join(lines)
 
 

@@ -22,7 +22,14 @@ Actors on another host run with the environment of that host's ``ray start`` (pl
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +106,78 @@ def shared_data_overrides(overrides: dict[str, Any], env: dict[str, str] | None 
     if overrides.get("data-dir") or not env.get("FLOREC_DATA_DIR"):
         return dict(overrides)
     return {**overrides, "data-dir": str(Path(env["FLOREC_DATA_DIR"]).expanduser().resolve())}
+
+
+#: ``ray start`` flags of a lean head: no dashboard, autoscaler monitor or log monitor
+LEAN_HEAD_FLAGS = ("--include-dashboard=false", "--no-monitor", "--include-log-monitor=false")
+
+
+@contextmanager
+def local_head(num_cpus: int, env: dict[str, str] | None = None, log: Path | None = None,
+               lean: bool = True, timeout_s: float = 90.0) -> Iterator[str]:
+    """A one-host Ray head of our own (``ray start --head --block``), yielding its address.
+
+    Flower's ``ray.init`` starts, besides GCS and raylet, a dashboard head, the autoscaler
+    monitor and a log monitor (about 50 MB each); none can be turned off through Flower 1.42's
+    federation config. A head started here with :data:`LEAN_HEAD_FLAGS` (``lean``) has neither
+    monitor (Ray still starts its minimal dashboard head and, with ``ray[client]`` installed, a
+    Ray Client server that ``ray start`` cannot leave out; the blocking ``ray start`` process
+    stays too); ``florec sim --ray-address``
+    (or ``RAY_ADDRESS``) then runs the simulation on it. Every port is chosen free and the head
+    gets a temp dir of its own, so a ``ray.init()`` elsewhere on the host (which looks for the
+    newest ``ray start`` in ``/tmp/ray``) never joins it. The head and everything it started
+    are stopped by PID on exit.
+
+    Parameters
+    ----------
+    num_cpus : int
+        CPUs the head offers (Flower sizes its actor pool from them).
+    env : dict, optional
+        The head's environment (its workers and actors inherit it); default this process's.
+    log : Path, optional
+        Where ``ray start`` writes its output; default a file in the head's temp dir.
+    lean : bool
+        Start without the dashboard, the autoscaler monitor and the log monitor.
+    timeout_s : float
+        Seconds to wait for the head to come up.
+
+    Raises
+    ------
+    FloRecError
+        No ``ray`` command beside this Python, or ``ray start`` exited or did not start in
+        ``timeout_s``.
+
+    """
+    from florec.sim.flower import free_ports
+    from florec.sim.teardown import stop_process_tree
+
+    ray = Path(sys.executable).with_name("ray")
+    if not ray.is_file():
+        raise FloRecError(f"no `ray` command next to {sys.executable}; install Flower's "
+                          "simulation extra: pip install 'flwr[simulation]'")
+    temp_dir = Path(tempfile.mkdtemp(prefix="fr-ray-", dir="/tmp"))  # socket paths are short
+    log = log or temp_dir / "ray-start.log"
+    p = free_ports(8)
+    cmd = [str(ray), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
+           "--node-ip-address=127.0.0.1", f"--port={p[0]}", f"--node-manager-port={p[1]}",
+           f"--object-manager-port={p[2]}", f"--dashboard-agent-listen-port={p[3]}",
+           f"--dashboard-agent-grpc-port={p[4]}", f"--runtime-env-agent-port={p[5]}",
+           f"--metrics-export-port={p[6]}", f"--ray-client-server-port={p[7]}",
+           f"--temp-dir={temp_dir}", "--disable-usage-stats", *(LEAN_HEAD_FLAGS if lean else ())]
+    env = {**(os.environ if env is None else env), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop(ADDRESS_ENV, None)
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise FloRecError(f"`ray start --head` did not start ({tail[0][:200]}); see {log}")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{p[0]}"
+    finally:
+        stop_process_tree(proc.pid, session=True)
+        proc.wait(10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
