@@ -39,7 +39,7 @@ from florec.client.trainers.sequential import (
 )
 from florec.models.llmd4rec.candidates import evaluation_set, training_set
 from florec.models.llmd4rec.crm_step import TeacherTable, distill_epoch, rerank_metrics
-from florec.models.llmd4rec.llm_step import ensure_adapter
+from florec.models.llmd4rec.llm_step import ensure_adapter, lora_seeds
 from florec.models.llmd4rec.teachers import LLMTeacher, build_llm_teacher
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
@@ -62,8 +62,9 @@ def node_teacher(cfg: RunConfig, context: Context, adapter: dict[str, np.ndarray
                  ) -> LLMTeacher:
     """The node's LLM teacher (one per process) with the global adapter loaded.
 
-    An empty ``adapter`` means the common start: LoRA ``A`` drawn from ``seed``, ``B = 0`` (the
-    same on every node, so the server averages adapters of one initialisation). Backends
+    An empty ``adapter`` means the common start: LoRA ``A`` drawn from the run's init seed
+    (:func:`~florec.models.llmd4rec.llm_step.lora_seeds`), ``B = 0`` (the same on every node and
+    centrally, so the server averages adapters of one initialisation). Backends
     without weights (``scripted``, ``openai``) take no adapter. A simulation process serves
     several partitions with one LLM: each message loads the adapter it carries.
     """
@@ -75,7 +76,8 @@ def node_teacher(cfg: RunConfig, context: Context, adapter: dict[str, np.ndarray
         _TEACHERS[key] = build_llm_teacher(cfg, texts)
     teacher = _TEACHERS[key]
     try:
-        ensure_adapter(teacher.llm, cfg.llmd4rec_lora_r, cfg.llmd4rec_lora_alpha, cfg.seed)
+        ensure_adapter(teacher.llm, cfg.llmd4rec_lora_r, cfg.llmd4rec_lora_alpha,
+                       lora_seeds(cfg.seed, 0)[0])
     except NotImplementedError:
         return teacher
     if not hasattr(teacher, "initial_adapter"):
@@ -154,8 +156,7 @@ def teacher_phase(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket
                                  "covered": int(ds.covered.sum())}
     out = RecordDict()
     if phase == "lora":
-        teacher.seed = torch_seed(cfg.seed, Salt.LLMD4REC_LORA, it, pid)
-        fit = teacher.fit(ds, it) if ds.covered.any() else {"skipped": "no covered sample"}
+        fit = teacher.fit(ds, it, pid) if ds.covered.any() else {"skipped": "no covered sample"}
         trained = "skipped" not in fit
         metrics["num-samples"] = int(ds.covered.sum()) if trained else 0
         if trained:

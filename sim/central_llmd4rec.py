@@ -13,6 +13,9 @@ Phases (llmd4rec.md §2; each timed, with the LLM's calls, cache hits and tokens
 3. the deployed CRM is the best validation epoch of the distillation epochs (its test metrics are
    the run's ``metrics``); ``rerank`` adds the CRM's top-K re-ranked by the teacher.
 
+After each LoRA step the teacher's adapter is written to ``<out-dir>/adapter`` (PEFT format), so
+the LLM side of a finished or killed run is kept beside its results.
+
 ``--batch-size`` and ``lr`` are not used: the CRM trains with ``llmd4rec-crm-batch-size`` and
 ``llmd4rec-crm-lr`` (the spec's defaults table).
 """
@@ -202,7 +205,8 @@ def run_central_llmd4rec(cfg: RunConfig, epochs: int, batch_size: int,
                                    lambda m: evaluator(m, "valid"), epochs, device)
     llm = getattr(teacher, "llm", None)
     run.update(distill(cfg, model, teacher, windows, users, evaluator, log, record, device,
-                       first_epoch=ran + 1))
+                       first_epoch=ran + 1,
+                       adapter_dir=Path(out_dir) / "adapter" if out_dir is not None else None))
     if cfg.llmd4rec_rerank and cfg.llmd4rec_iterations:
         with log.phase("rerank", llm):
             ds = evaluation_set(model, inputs["test"], users, single_targets(truths["test"],
@@ -221,11 +225,12 @@ def distill(cfg: RunConfig, model: SequentialRecommender, teacher: Teacher,
             windows: np.ndarray, users: np.ndarray,
             evaluator: Callable[[SequentialRecommender, str], Callable[[], Metrics]],
             log: PhaseLog, record: Callable[[dict[str, Any]], None], device: str = "cpu",
-            first_epoch: int = 1) -> dict[str, Any]:
+            first_epoch: int = 1, adapter_dir: Path | None = None) -> dict[str, Any]:
     """The R distillation iterations from the pretrained ``model``; returns run-entry fields.
 
     The model ends with the weights of its best validation epoch among the distillation
-    epochs (with R = 0: as given, and the run's metrics are the given model's).
+    epochs (with R = 0: as given, and the run's metrics are the given model's). Each LoRA step
+    that trained writes the teacher's adapter to ``adapter_dir`` (``adapter`` in the entry).
     """
     llm = getattr(teacher, "llm", None)
     validate, test = evaluator(model, "valid"), evaluator(model, "test")
@@ -238,6 +243,9 @@ def distill(cfg: RunConfig, model: SequentialRecommender, teacher: Teacher,
                               cfg.llmd4rec_positions, cfg.eval_chunk, device)
         with log.phase("teacher-fit", llm):
             fit = teacher.fit(ds, it)
+        if adapter_dir is not None and llm is not None and "skipped" not in fit:
+            llm.save_adapter(adapter_dir)
+            out["adapter"] = adapter_dir.name
         with log.phase("teacher-probs", llm):
             probs = teacher.probs(ds)
         cov = ds.covered

@@ -27,8 +27,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
@@ -38,6 +40,12 @@ from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg_lora import BestRoundArrays, fedavg_adapters
 from florec.strategies.fedavg_params import FedAvgParams
+
+#: checkpoint keys of the averaged adapter (``<prefix><name>``), the iteration log and phases
+ADAPTER_PREFIX = "llmd4rec-adapter/"
+ITERATIONS_KEY = "llmd4rec-iterations"
+ITERATION_COLUMNS = ("iteration", "samples", "coverage", "teacher_top1", "nodes")
+PHASE_PREFIX = "llmd4rec-phase/"
 
 
 def iteration_of(cfg: RunConfig, server_round: int) -> int:
@@ -53,7 +61,9 @@ class FedLLMD4Rec(BestRoundArrays, FedAvgParams):
     """FedAvg of SASRec plus LLMD4Rec's teacher phases (module docstring).
 
     Only the CRM arrays of the best round so far are kept (and checkpointed) for the
-    re-ranking (:class:`~florec.strategies.fedavg_lora.BestRoundArrays`).
+    re-ranking (:class:`~florec.strategies.fedavg_lora.BestRoundArrays`). Checkpoints also hold
+    the averaged LoRA adapter, the iteration log and the phase counters
+    (:meth:`state_arrays`), so a resumed run goes on from the teacher it had.
     """
 
     round_prefix = "llmd4rec-round-"
@@ -65,6 +75,38 @@ class FedLLMD4Rec(BestRoundArrays, FedAvgParams):
         self.round_arrays: dict[int, ArrayRecord] = {}
         self.phases: dict[str, dict[str, float]] = {}
         self.iterations: list[dict[str, float]] = []
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The base state plus the adapter, the iteration log and the phase counters.
+
+        Keys: ``llmd4rec-adapter/<PEFT name>`` (float32, as averaged), ``llmd4rec-iterations``
+        (one row per iteration, columns :data:`ITERATION_COLUMNS`) and
+        ``llmd4rec-phase/<phase>/<counter>`` (scalars).
+        """
+        state = super().state_arrays()
+        state |= {f"{ADAPTER_PREFIX}{k}": v for k, v in self.adapter.items()}
+        state[ITERATIONS_KEY] = np.array(
+            [[row[c] for c in ITERATION_COLUMNS] for row in self.iterations],
+            dtype=np.float64).reshape(-1, len(ITERATION_COLUMNS))
+        state |= {f"{PHASE_PREFIX}{name}/{k}": np.float64(v)
+                  for name, row in self.phases.items() for k, v in row.items()}
+        return state
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_arrays` (a checkpoint without the LLMD4Rec keys restores none)."""
+        ours = (ADAPTER_PREFIX, ITERATIONS_KEY, PHASE_PREFIX)
+        super().load_state_arrays({k: v for k, v in arrays.items() if not k.startswith(ours)})
+        self.adapter = {k[len(ADAPTER_PREFIX):]: np.asarray(v) for k, v in arrays.items()
+                        if k.startswith(ADAPTER_PREFIX)}
+        rows = np.asarray(arrays.get(ITERATIONS_KEY, np.zeros((0, len(ITERATION_COLUMNS)))))
+        self.iterations = [{c: (int(v) if c in ("iteration", "nodes") else float(v))
+                            for c, v in zip(ITERATION_COLUMNS, row, strict=True)}
+                           for row in rows.reshape(-1, len(ITERATION_COLUMNS))]
+        self.phases = {}
+        for key, value in arrays.items():
+            if key.startswith(PHASE_PREFIX):
+                name, counter = key[len(PHASE_PREFIX):].rsplit("/", 1)
+                self.phases.setdefault(name, {})[counter] = float(value)
 
     def _ask(self, grid: Grid, name: str, record: RecordDict, kind: str) -> list[Message]:
         t0 = time.perf_counter()
@@ -130,8 +172,14 @@ class FedLLMD4Rec(BestRoundArrays, FedAvgParams):
 
     def after_rounds(self, grid: Grid, run: dict[str, Any], out_dir: Any = None
                      ) -> dict[str, Any]:
-        """Re-ranking of the best round's CRM top-K by the teacher; returns run fields."""
+        """Re-ranking of the best round's CRM top-K by the teacher; returns run fields.
+
+        The averaged adapter is written to ``<out_dir>/adapter.npz`` (PEFT names).
+        """
         out: dict[str, Any] = {"phases": self.phases, "iterations": self.iterations}
+        if out_dir is not None and self.adapter:
+            np.savez(Path(out_dir) / "adapter.npz", **self.adapter)
+            out["adapter"] = "adapter.npz"
         best = run.get("best_round")
         if not self.cfg.llmd4rec_rerank or not self.iterations or best not in self.round_arrays:
             return out

@@ -32,7 +32,7 @@ from florec.models.llm import lora
 from florec.models.llm.base import LETTERS
 from florec.models.llmd4rec.losses import distill_kl, sample_weights
 from florec.recdata.errors import ConfigError
-from florec.recdata.seeds import Salt
+from florec.recdata.seeds import Salt, torch_seed
 
 PROMPT_VERSION = "llmd4rec-v1"
 AUGMENTS = ("rank", "order", "none")
@@ -112,6 +112,17 @@ def _hf(llm: Any) -> Any:
     return inner
 
 
+def lora_seeds(seed: int, iteration: int, *keys: int) -> tuple[int, int]:
+    """The LoRA step's (adapter init, minibatch order) seeds, from two distinct streams.
+
+    The init (``Salt.LLMD4REC_LORA_INIT``, keyed by the run seed only) is the same centrally and
+    on every node, so a server averages adapters of one initialisation; the minibatch order
+    (``Salt.LLMD4REC_LORA``) is keyed by the iteration and ``keys`` (a node's partition id).
+    """
+    return (torch_seed(seed, Salt.LLMD4REC_LORA_INIT),
+            torch_seed(seed, Salt.LLMD4REC_LORA, iteration, *keys))
+
+
 def ensure_adapter(llm: Any, lora_r: int, lora_alpha: int, seed: int) -> None:
     """Wrap the HF model with a LoRA adapter (q/v, rank r, alpha, no dropout) if it has none.
 
@@ -139,8 +150,11 @@ def ensure_adapter(llm: Any, lora_r: int, lora_alpha: int, seed: int) -> None:
 def finetune_distill(llm: Any, prompts: Sequence[str], targets: Sequence[int],
                      crm_probs: np.ndarray, *, temperature: float, lam: float, weighting: str,
                      epochs: int, lr: float, lora_r: int, lora_alpha: int, batch_size: int = 4,
-                     seed: int = 0) -> dict[str, float]:
+                     seed: int = 0, init_seed: int | None = None) -> dict[str, float]:
     """LoRA on :math:`L_L` (module formula); ``crm_probs`` are in the prompts' slot order.
+
+    ``seed`` orders the minibatches; ``init_seed`` (default ``seed``) draws the adapter's ``A``
+    if the model has no adapter yet (:func:`lora_seeds` gives both).
 
     Returns
     -------
@@ -162,7 +176,7 @@ def finetune_distill(llm: Any, prompts: Sequence[str], targets: Sequence[int],
         raise ValueError("give one target and one CRM row per prompt, at least one prompt")
     if min(targets) < 0 or max(targets) >= k:
         raise ValueError(f"targets must be slots 0..{k - 1} (only covered samples train)")
-    ensure_adapter(llm, lora_r, lora_alpha, seed)
+    ensure_adapter(llm, lora_r, lora_alpha, seed if init_seed is None else init_seed)
     letter_ids = inner.letter_ids(SYSTEM)[:k]
     texts = [inner.chat_text(p, SYSTEM) for p in prompts]
     y = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=inner.device)

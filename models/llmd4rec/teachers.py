@@ -29,7 +29,12 @@ import torch
 from florec.models.cotrec.prompts import SYSTEM
 from florec.models.cotrec.rank_eval import AnswerBook
 from florec.models.llmd4rec.candidates import DistillSet
-from florec.models.llmd4rec.llm_step import build_prompts, finetune_distill, slot_orders
+from florec.models.llmd4rec.llm_step import (
+    build_prompts,
+    finetune_distill,
+    lora_seeds,
+    slot_orders,
+)
 from florec.models.llmd4rec.losses import candidate_softmax
 from florec.models.seq_layers import SequentialRecommender
 from florec.recdata.runconfig import RunConfig
@@ -40,8 +45,8 @@ class Teacher(Protocol):
 
     name: str
 
-    def fit(self, ds: DistillSet, iteration: int) -> dict[str, Any]:
-        """Learn from the CRM on ``ds`` (may be a no-op)."""
+    def fit(self, ds: DistillSet, iteration: int, *keys: int) -> dict[str, Any]:
+        """Learn from the CRM on ``ds`` (may be a no-op); ``keys`` key its seeds (a node's id)."""
 
     def probs(self, ds: DistillSet) -> np.ndarray:
         """``(S, K)`` distribution over the candidates, CRM order, temperature 1."""
@@ -55,7 +60,7 @@ class EnsembleTeacher:
         self.models, self.chunk, self.device = list(models), chunk, device
         self.name = f"ensemble{len(self.models)}"
 
-    def fit(self, ds: DistillSet, iteration: int) -> dict[str, Any]:
+    def fit(self, ds: DistillSet, iteration: int, *keys: int) -> dict[str, Any]:
         """Nothing to learn: the ensemble is trained before distillation."""
         return {"skipped": "fixed teacher"}
 
@@ -87,16 +92,13 @@ class LLMTeacher:
         Public text of each item id.
     book : AnswerBook, optional
         Filled with the target slot of every prompt (the scripted oracle reads it).
-    seed : int, optional
-        Seed of LoRA minibatches (default ``cfg.seed``).
 
     """
 
     def __init__(self, llm: Any, cfg: RunConfig, texts: Sequence[str],
-                 book: AnswerBook | None = None, seed: int | None = None) -> None:
+                 book: AnswerBook | None = None) -> None:
         self.llm, self.cfg, self.texts = llm, cfg, texts
         self.book = book if book is not None else AnswerBook()
-        self.seed = cfg.seed if seed is None else seed
         self.name = f"llm:{getattr(llm, 'key', '')}"
 
     def _prompts(self, ds: DistillSet) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -110,8 +112,12 @@ class LLMTeacher:
         self.book.slots.update(zip(prompts, target.tolist(), strict=True))
         return prompts, slots, target
 
-    def fit(self, ds: DistillSet, iteration: int) -> dict[str, Any]:
-        """One LoRA step on CE + KL toward the CRM over the covered samples (``skipped`` else)."""
+    def fit(self, ds: DistillSet, iteration: int, *keys: int) -> dict[str, Any]:
+        """One LoRA step on CE + KL toward the CRM over the covered samples (``skipped`` else).
+
+        Seeds: :func:`~florec.models.llmd4rec.llm_step.lora_seeds` of (``seed``, ``iteration``,
+        ``keys``): centrally no keys, on a node its partition id.
+        """
         cfg = self.cfg
         if cfg.llmd4rec_llm_epochs == 0:
             return {"skipped": "llmd4rec-llm-epochs=0"}
@@ -119,13 +125,14 @@ class LLMTeacher:
         if not prompts:
             return {"skipped": "no covered sample"}
         crm = np.take_along_axis(ds.crm_probs[ds.covered], slots, axis=1)
+        init, order = lora_seeds(cfg.seed, iteration, *keys)
         try:
             return finetune_distill(
                 self.llm, prompts, target.tolist(), crm, temperature=cfg.llmd4rec_temperature,
                 lam=cfg.llmd4rec_lambda_llm, weighting=cfg.llmd4rec_weighting,
                 epochs=cfg.llmd4rec_llm_epochs, lr=cfg.llmd4rec_lora_lr,
                 lora_r=cfg.llmd4rec_lora_r, lora_alpha=cfg.llmd4rec_lora_alpha,
-                batch_size=cfg.llmd4rec_lora_batch_size, seed=self.seed + 7919 * iteration)
+                batch_size=cfg.llmd4rec_lora_batch_size, seed=order, init_seed=init)
         except NotImplementedError as err:
             return {"skipped": str(err), "n": len(prompts)}
 
@@ -143,8 +150,7 @@ class LLMTeacher:
         return out
 
 
-def build_llm_teacher(cfg: RunConfig, texts: Sequence[str], llm: Any = None,
-                      seed: int | None = None) -> LLMTeacher:
+def build_llm_teacher(cfg: RunConfig, texts: Sequence[str], llm: Any = None) -> LLMTeacher:
     """The LLM teacher of the ``llm-*`` keys; ``scripted`` becomes the target-knowing oracle.
 
     The scripted rule reads the teacher's own :class:`AnswerBook`, so it knows only the targets
@@ -162,4 +168,4 @@ def build_llm_teacher(cfg: RunConfig, texts: Sequence[str], llm: Any = None,
                         if scripted else None,
                         scripted_name=f"llmd4rec-target-p{llm_cfg.scripted_p:g}"
                         if scripted else None)
-    return LLMTeacher(llm, cfg, texts, book, seed)
+    return LLMTeacher(llm, cfg, texts, book)

