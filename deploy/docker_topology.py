@@ -2,7 +2,7 @@
 
 :class:`ComposeDeployment` drives ``compose.yml`` (+ ``compose.tls.yml``), host networking on
 127.0.0.1, with free ports, so it does not collide with anything else on the machine. It has the
-attributes :func:`florec.sim.deploy.report_nodes` reads (``num_nodes``, ``node_ids``,
+attributes :func:`florec.sim.deploy_run.report_nodes` reads (``num_nodes``, ``node_ids``,
 ``exited``, ``describe``), so a dropped node is reported exactly as ``florec deploy local`` does.
 """
 
@@ -89,7 +89,7 @@ class ComposeDeployment:
         self.run_log = self.work / "flwr-run.log"
 
     def _certs(self) -> Path:
-        from florec.sim.deploy import make_certs
+        from florec.sim.deploy_services import make_certs
 
         certs = make_certs(self.work / "certs", supernode_keys=self.num_nodes)
         for path in certs.iterdir():  # the containers' user (UID 49999) must read them

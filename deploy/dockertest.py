@@ -68,7 +68,7 @@ def run_scenario(name: str, compose: list[str], image: str, base: str, work: Pat
             raise DockerError(f"{name}: the run did not complete; logs in {dep.work}")
         info |= check_results(out / name, work / f"ref-{name}", same_numbers=not kill)
         if kill:
-            from florec.sim.deploy import report_nodes
+            from florec.sim.deploy_run import report_nodes
 
             info["report"] = report_nodes(dep, out / name)
             assert info["replies"] == [2, 1], f"replies per round {info['replies']}"

@@ -48,7 +48,7 @@ def deploy_local(
     """
     from florec.recdata.shard_files import check_shards, write_shards
     from florec.server.results import claim_folder
-    from florec.sim.deploy import run_local
+    from florec.sim.deploy_run import run_local
 
     out = out.resolve()
     cfg, n, overrides = federated_config(dataset, algorithm, model, nodes, rounds, config)

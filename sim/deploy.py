@@ -16,15 +16,11 @@ Data ownership: the SuperLink, the ServerApp SuperExec and ``flwr run`` run with
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +28,7 @@ from typing import Any
 from florec.recdata.errors import FloRecError
 from florec.recdata.shard import NO_DATA_ENV
 from florec.recdata.shard_files import shard_dir
+from florec.sim.deploy_services import Service, flower_exe
 from florec.sim.flower import (
     PROJECT_ROOT,
     flower_env,
@@ -46,73 +43,6 @@ CONNECTION = "florec-deploy"
 #: ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``): Flower's default of 1 s adds half a second on average
 #: to every ClientApp message; a poll is one local HTTP request
 SUPEREXEC_POLL_S = 0.1
-CERTS_SCRIPT = PROJECT_ROOT / "deploy" / "certs.sh"
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_ID = re.compile(r"(?:SuperNode ID:|Successfully started run) (\d+)")
-
-
-def make_certs(out_dir: Path, supernode_keys: int = 0, names: tuple[str, ...] = ()) -> Path:
-    """Run ``deploy/certs.sh``: CA, SuperLink certificate, SuperNode keys, SuperExec secret."""
-    if shutil.which("openssl") is None:
-        raise FloRecError("openssl is not installed; install it (apt-get install openssl) or "
-                          "run without --tls")
-    cmd = ["bash", str(CERTS_SCRIPT), "-o", str(out_dir), "-k", str(supernode_keys), "-s"]
-    for name in names:
-        cmd += ["-n", name]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise FloRecError(f"deploy/certs.sh failed: {(res.stderr or res.stdout).strip()}")
-    return Path(out_dir)
-
-
-def _exe(name: str) -> str:
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    if found is None:
-        raise FloRecError(f"{name} is not installed; run `make venv` (pip install -e .)")
-    return found
-
-
-class Service:
-    """A process we started; a thread copies its output into a time-stamped log file."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path,
-                 echo: bool = False) -> None:
-        self.name, self.echo = name, echo
-        self.node_id: int | None = None  # SuperNode ID (SuperNodes), run ID (``flwr run``)
-        self.log_path = log_dir / f"{name}.log"
-        self.proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     text=True, errors="replace", start_new_session=True)
-        self.thread = threading.Thread(target=self._pump, name=f"log-{name}", daemon=True)
-        self.thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        with self.log_path.open("w") as fh:
-            for line in self.proc.stdout:
-                fh.write(f"{dt.datetime.now():%H:%M:%S.%f} {_ANSI.sub('', line)}")
-                fh.flush()
-                if self.echo:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                if self.node_id is None and (m := _ID.search(line)):
-                    self.node_id = int(m.group(1))
-
-    def tree(self, sig: signal.Signals) -> list[Any]:
-        """Send ``sig`` to this process and its descendants; returns them (psutil)."""
-        import psutil
-
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-        for p in procs:
-            try:
-                p.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-        return procs
 
 
 class LoopbackDeployment:
@@ -195,7 +125,7 @@ class LoopbackDeployment:
         tls = ["--insecure"] if certs is None else [
             "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile",
             str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key")]
-        self._start("superlink", [_exe("flower-superlink"), *tls, "--isolation", "process",
+        self._start("superlink", [flower_exe("flower-superlink"), *tls, "--isolation", "process",
                                   "--host", "127.0.0.1", "--port", str(self.port),
                                   *(["--enable-supernode-auth"] if self.auth else [])],
                     "superlink")
@@ -209,7 +139,7 @@ class LoopbackDeployment:
             self.registered = {i: self.register(certs / f"supernode-{i}.pub")
                                for i in range(self.num_nodes)}
         # the others start while the SuperLink is still starting up; they retry until it is up
-        self._start("superexec-server", [_exe("flower-superexec"), *self._ca(),
+        self._start("superexec-server", [flower_exe("flower-superexec"), *self._ca(),
                                          "--runtime-api-address", link], "server")
         for i, port in enumerate(self.node_ports):
             node_config = f"partition-id={i} num-partitions={self.num_nodes}"
@@ -219,10 +149,10 @@ class LoopbackDeployment:
             key = ["--auth-supernode-private-key", str(certs / f"supernode-{i}.key")] \
                 if self.auth else []
             self._start(f"supernode-{i}", [
-                _exe("flower-supernode"), *self._ca(), *key, "--superlink", link,
+                flower_exe("flower-supernode"), *self._ca(), *key, "--superlink", link,
                 "--isolation", "process", "--host", "127.0.0.1", "--port", str(port),
                 "--node-config", node_config], f"node-{i}")
-            self._start(f"superexec-{i}", [_exe("flower-superexec"), "--insecure",
+            self._start(f"superexec-{i}", [flower_exe("flower-superexec"), "--insecure",
                                            "--runtime-api-address", f"127.0.0.1:{port}"],
                         f"node-{i}")
         self._wait("the SuperLink", self.superlink_up)
@@ -230,7 +160,7 @@ class LoopbackDeployment:
 
     def flwr(self, *args: str) -> subprocess.CompletedProcess:
         """Run a ``flwr`` CLI command with this deployment's connection as the default."""
-        return subprocess.run([_exe("flwr"), *args], env=flower_env(self.work / "flwr"),
+        return subprocess.run([flower_exe("flwr"), *args], env=flower_env(self.work / "flwr"),
                               cwd=PROJECT_ROOT, capture_output=True, text=True)
 
     def register(self, public_key: Path) -> int:
@@ -260,7 +190,7 @@ class LoopbackDeployment:
 
         """
         cfg = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
-        run = self._start("flwr-run", [_exe("flwr"), "run", str(app), CONNECTION,
+        run = self._start("flwr-run", [flower_exe("flwr"), "run", str(app), CONNECTION,
                                        "--stream", "--run-config", cfg], "flwr", echo)
         while run.proc.poll() is None:
             self._check_exits()
@@ -319,88 +249,3 @@ class LoopbackDeployment:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def message_seconds(log_dir: Path) -> list[float]:
-    """Seconds each SuperNode took from receiving a message to sending its reply.
-
-    In process isolation this is a ClientApp's whole life: the SuperExec polling for the task,
-    a new ``flwr-clientapp`` process (Python, torch and the app imported anew), the work, and
-    handing the reply back to the SuperNode.
-    """
-    def stamp(line: str) -> float:
-        h, m, s = line.split(" ", 1)[0].split(":")
-        return int(h) * 3600 + int(m) * 60 + float(s)
-
-    out: list[float] = []
-    for path in sorted(Path(log_dir).glob("supernode-*.log")):
-        got: float | None = None
-        for line in path.read_text(errors="replace").splitlines():
-            if "Receiving:" in line:
-                got = stamp(line)
-            elif "Sending:" in line and got is not None:
-                out.append((stamp(line) - got) % 86400)
-                got = None
-    return out
-
-
-def report_nodes(dep: LoopbackDeployment, out_dir: Path) -> list[str]:
-    """Lines saying, per round, which nodes did not reply (by partition and SuperNode ID)."""
-    rounds, config = Path(out_dir) / "rounds.jsonl", Path(out_dir) / "config.json"
-    fraction = json.loads(config.read_text())["config"]["fraction-train"] if config.exists() \
-        else 1.0
-    sampled = max(1, round(fraction * dep.num_nodes))
-    part_of = {str(nid): i for i, nid in dep.node_ids().items()}
-    lines = []
-    for row in map(json.loads, rounds.read_text().splitlines() if rounds.exists() else []):
-        replies = int(row.get("train", {}).get("num-replies", 0))
-        failed = [f"{d} (partition {part_of.get(d.split()[-1], '?')})"
-                  for d in row.get("dropped", [])]
-        if replies < sampled or failed:
-            lines.append(f"round {row['round']}: {replies} of {sampled} sampled nodes replied"
-                         + (f"; failed replies: {', '.join(failed)}" if failed else ""))
-    return lines + [f"{dep.describe(name)} exited with code {code} during the run"
-                    for name, code in dep.exited.items()]
-
-
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
-def run_local(run_config: dict[str, Any], num_nodes: int, out_dir: Path, tls: bool = False,
-              certs: Path | None = None, auth: bool = False, data_dir: str = "",
-              shards: Path | None = None) -> int:
-    """Start the loopback deployment, run one job, tear it down; 0 if the run completed.
-
-    ``certs`` is a folder made by ``deploy/certs.sh`` (made in a temporary folder if not
-    given); ``shards`` a ``florec data shard`` folder (node i reads only its shard). Logs go
-    to ``out_dir/logs``; SIGTERM and Ctrl-C tear everything down as well.
-    """
-    out_dir = Path(out_dir).resolve()
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
-    try:
-        with tempfile.TemporaryDirectory(prefix="florec-certs-") as tmp:
-            if tls and certs is None:
-                certs = make_certs(Path(tmp), supernode_keys=num_nodes if auth else 0)
-            with LoopbackDeployment(num_nodes, out_dir / "logs", certs if tls else None, auth,
-                                    data_dir, shards) as dep:
-                print(f"[florec deploy] SuperLink on 127.0.0.1:{dep.port} "
-                      f"({'TLS' if tls else 'insecure'}{', auth' if auth else ''}), SuperNode "
-                      f"IDs by partition {dep.node_ids()}; logs in {out_dir / 'logs'}; "
-                      + (f"node i reads only {shard_dir(dep.shards, 0).parent}/node-000i"
-                         if dep.shards else "nodes cut their shards in memory")
-                      + ", the server opens no data", flush=True)
-                code = dep.submit(run_config | {"out-dir": str(out_dir), "num-nodes": num_nodes})
-                for line in report_nodes(dep, out_dir):
-                    print(f"[florec deploy] {line}", flush=True)
-    except KeyboardInterrupt:
-        raise FloRecError(f"interrupted: every process of the deployment was stopped; finished "
-                          f"rounds are in {out_dir}, logs in {out_dir / 'logs'}") from None
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-    if secs := message_seconds(out_dir / "logs"):
-        print(f"[florec deploy] {len(secs)} ClientApp messages took {sum(secs) / len(secs):.2f} s "
-              "each on their node (receive -> reply; one ClientApp process per message)")
-    return code

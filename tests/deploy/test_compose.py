@@ -17,7 +17,7 @@ from flwr.supercore.cli.flower_superexec import _parse_args as superexec_parser
 from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink as superlink_parser
 from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode as supernode_parser
 
-from florec.sim.deploy import make_certs
+from florec.sim.deploy_services import make_certs
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 FLWR = metadata.version("flwr")

@@ -18,7 +18,9 @@ import pytest
 
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
-from florec.sim.deploy import LoopbackDeployment, make_certs, message_seconds, report_nodes
+from florec.sim.deploy import LoopbackDeployment
+from florec.sim.deploy_run import message_seconds, report_nodes
+from florec.sim.deploy_services import make_certs
 from florec.sim.local_grid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[2]
