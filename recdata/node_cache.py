@@ -26,7 +26,7 @@ from florec.recdata.errors import ConfigError
 
 #: the byte budget of a process's :class:`NodeCache`, in MiB
 CACHE_MB_ENV = "FLOREC_NODE_CACHE_MB"
-DEFAULT_CACHE_MB = 32.0
+DEFAULT_CACHE_MB = 16.0
 T = TypeVar("T")
 
 
@@ -112,7 +112,7 @@ class NodeCache:
 
 @functools.lru_cache(maxsize=1)
 def node_cache() -> NodeCache:
-    """The node cache of this process, sized by ``$FLOREC_NODE_CACHE_MB`` (default 32 MiB).
+    """The node cache of this process, sized by ``$FLOREC_NODE_CACHE_MB`` (default 16 MiB).
 
     Raises
     ------

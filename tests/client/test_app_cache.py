@@ -27,9 +27,7 @@ def test_the_node_cache_stays_bounded_after_serving_many_buckets(monkeypatch):
     nc.node_cache.cache_clear()
     try:
         first = app.node_setup(context(0))[1]
-        one = nc.data_nbytes(first) + nc.data_nbytes(app.shard_of_node(
-            app.parse_run_config(CFG), context(0).node_config))
-        monkeypatch.setenv(nc.CACHE_MB_ENV, str(4 * one / 2**20))  # about two nodes' data
+        monkeypatch.setenv(nc.CACHE_MB_ENV, str(4 * nc.data_nbytes(first) / 2**20))  # 4 buckets
         nc.node_cache.cache_clear()
         cache = nc.node_cache()
         sizes = []
@@ -39,7 +37,8 @@ def test_the_node_cache_stays_bounded_after_serving_many_buckets(monkeypatch):
                 assert got == pid and len(bucket.users) == 6
                 sizes.append((cache.nbytes, len(cache)))
         assert max(n for n, _ in sizes) <= cache.max_bytes
-        assert max(k for _, k in sizes) <= 12  # a few nodes' shards and buckets, not all 80
+        assert max(k for _, k in sizes) <= 6  # a few nodes' buckets, not all 40
+        assert {key[0] for key in cache._entries} == {"bucket"}  # a bucket's shard is not kept
         again = app.node_setup(context(0))[1]  # evicted long ago: rebuilt, equal to the first
         assert again is not first and same(again, first)
         assert np.array_equal(again.users, first.users)
