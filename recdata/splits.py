@@ -8,6 +8,7 @@ and reused by every central and federated run of the same (dataset, split, seed)
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from florec.recdata.interactions import Interactions
 SPLIT_KINDS = ("loo", "ratio", "global", "given", "ratio-fs")
 PARTS = ("train", "valid", "test")
 HEADER = "user_id:token\titem_id:token\ttimestamp:float"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,10 +98,18 @@ def leave_one_out(inter: Interactions) -> np.ndarray:
     """Label interactions 0/1/2 (train/valid/test) leave-one-out by time.
 
     Per user, the last event goes to test and the second-last to valid. Ties in time keep the
-    file order (stable sort). Users with fewer than 3 interactions stay in train.
+    file order (stable sort). Users with fewer than 3 interactions stay in train. A dataset
+    without timestamps (``has_time`` False) is split in file order, with a warning: there the
+    held-out item follows the file's sort order (ML-1M's ``ratings_no_timestamp.csv``: the
+    highest movie id), which biases accuracy.
     """
     if inter.presplit is not None:
         return inter.presplit.copy()
+    if not inter.has_time:
+        log.warning("split 'loo' on dataset %s, which has no timestamps: each user's held-out "
+                    "items are the last in file order, not in time; use split='ratio' for "
+                    "accuracy numbers (or a copy with timestamps, e.g. ML-1M's ratings.dat)",
+                    inter.name or "(unnamed)")
     file_order = np.arange(len(inter))
     order, pos, counts = _rank_within_user(inter.user, (inter.time, file_order))
     n_u = counts[inter.user[order]]

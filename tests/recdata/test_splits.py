@@ -108,3 +108,20 @@ def test_given_split_without_shipped_split_is_a_one_line_config_error():
     msg = str(err.value)
     assert f"dataset {inter.name!r} ships no split; use loo, ratio or global" in msg
     assert "\n" not in msg
+
+
+def test_loo_without_timestamps_warns_and_splits_in_file_order(caplog):
+    inter = Interactions.from_raw(np.array([0, 0, 0, 0]), np.array([5, 3, 9, 1]), None,
+                                  name="untimed")
+    with caplog.at_level("WARNING", logger="florec.recdata.splits"):
+        split = make_split(inter, "loo", seed=0)
+    assert "no timestamps" in caplog.text and "split='ratio'" in caplog.text
+    assert split.parts["test"][1].tolist() == [inter.item[3]]
+
+
+def test_loo_with_timestamps_does_not_warn(caplog):
+    inter = Interactions.from_raw(np.array([0, 0, 0]), np.array([1, 2, 3]),
+                                  np.array([1.0, 2.0, 3.0]))
+    with caplog.at_level("WARNING", logger="florec.recdata.splits"):
+        make_split(inter, "loo", seed=0)
+    assert "no timestamps" not in caplog.text
