@@ -2,7 +2,7 @@
 
 Each of ``--nodes`` nodes holds an item-table update the size of ML-1M's (3,706 items x (64 + 1)
 floats, embedding rows and biases, dense upload); the four steps run in one process
-(:func:`florec.protocol.secagg.simulate`), so the time is the work of every node and of the
+(:func:`florec.protocol.secagg_sim.simulate`), so the time is the work of every node and of the
 server together, without network. Cases: no dropout, and 1 node dropping after masking.
 
 Run: OMP_NUM_THREADS=1 python bench/secagg_cost.py --out docs/results/secagg/cost.json
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from florec.protocol.secagg import quant_bits, simulate
+from florec.protocol.fixed_point import quant_bits
+from florec.protocol.secagg_sim import simulate
 
 
 def measure(nodes: int, items: int, dim: int, clip: float, drops: int, seed: int

@@ -1,7 +1,8 @@
 """Secure aggregation with dropouts: double masking and Shamir shares (Bonawitz et al., CCS 2017).
 
-Participants ``u`` with vectors ``x_u`` (quantised to integers mod ``2^32``, :func:`quantize`)
-and a threshold ``t`` (:func:`default_threshold`: ``max(floor(n/2) + 1, ceil(2n/3))``):
+Participants ``u`` with vectors ``x_u`` (quantised to integers mod ``2^32``,
+:func:`florec.protocol.fixed_point.quantize`) and a threshold ``t`` (:func:`default_threshold`:
+``max(floor(n/2) + 1, ceil(2n/3))``):
 
 1. *advertise*: node ``u`` draws two X25519 key pairs, ``(c_u, C_u)`` to encrypt shares for
    its peers and ``(s_u, S_u)`` to agree pair masks, and uploads ``C_u, S_u``.
@@ -37,12 +38,13 @@ What is guaranteed, with ``c`` colluding nodes (``c < t``):
   shares; Flower node ids come from the server too), and Bonawitz et al.'s signed consistency
   round (it guards the same ``2t > n + c`` bound here). Each class holds one node's or the
   server's state for one aggregation; :meth:`SecAggNode.forget` drops its secrets.
+
+:func:`florec.protocol.secagg_sim.simulate` runs the four steps in one process.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,45 +53,11 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from florec.protocol import shamir
 from florec.protocol.secure_sum import mask_vector, new_keypair, pair_seed
 
-__all__ = ["Refused", "SecAggNode", "SecAggServer", "default_threshold", "dequantize", "quant_bits",
-           "quantize"]
-
-MODULUS_BITS = 32
+__all__ = ["Refused", "SecAggNode", "SecAggServer", "default_threshold"]
 
 
 class Refused(RuntimeError):
     """A node refuses an unmask request that would expose a node's input."""
-
-
-def quant_bits(n_nodes: int) -> int:
-    """Bits per quantised entry so that ``n_nodes`` entries of ``2^bits - 1`` sum below 2^32."""
-    return MODULUS_BITS - int(np.ceil(np.log2(max(n_nodes, 1) + 1)))
-
-
-def quantize(x: np.ndarray, clip: float, n_nodes: int) -> tuple[np.ndarray, int]:
-    r"""Fixed-point code of ``x`` for a secure sum of ``n_nodes`` vectors.
-
-    :math:`q = \mathrm{round}((\mathrm{clip}(x, -R, R) + R) (2^k - 1) / 2R)` with
-    :math:`k` = :func:`quant_bits`, so the sum of ``n_nodes`` codes never wraps mod 2^32 and
-    each entry's rounding error is at most :math:`R / (2^k - 1)`.
-
-    Returns
-    -------
-    (np.ndarray, int)
-        uint32 codes and the number of entries that were clipped to ``[-R, R]``.
-
-    """
-    levels = 2 ** quant_bits(n_nodes) - 1
-    x = np.asarray(x, np.float64).ravel()
-    clipped = int((np.abs(x) > clip).sum())
-    code = np.rint((np.clip(x, -clip, clip) + clip) * (levels / (2 * clip)))
-    return code.astype(np.uint32), clipped
-
-
-def dequantize(total: np.ndarray, clip: float, n_nodes: int, n_summed: int) -> np.ndarray:
-    """The float sum of ``n_summed`` vectors from the sum of their codes (see :func:`quantize`)."""
-    levels = 2 ** quant_bits(n_nodes) - 1
-    return np.asarray(total, np.float64) * (2 * clip / levels) - n_summed * clip
 
 
 def default_threshold(n_nodes: int) -> int:
@@ -272,66 +240,3 @@ class SecAggServer:
                 peers = {w: self.roster[w][1] for w in alive}
                 total = total + _pair_masks(v, secret, peers, self.info, length)
         return total
-
-
-def simulate(vectors: dict[int, np.ndarray], clip: float, threshold: int | None = None,
-             drop_after_mask: frozenset[int] = frozenset(), info: bytes = b"florec-secagg"
-             ) -> tuple[np.ndarray, dict[str, int]]:
-    """Run the four steps in one process (tests and the cost bench); returns sum and bytes.
-
-    Parameters
-    ----------
-    vectors : dict of int to np.ndarray
-        Each node's float vector (same length).
-    clip : float
-        Quantisation range ``R``.
-    threshold : int, optional
-        ``t``; default :func:`default_threshold`.
-    drop_after_mask : frozenset of int
-        Nodes that finish step 2 but never upload their masked vector.
-    info : bytes
-        Names the aggregation (keys of the pair masks and share channels).
-
-    Returns
-    -------
-    (np.ndarray, dict)
-        The float sum over the nodes that uploaded, and the bytes each step moved
-        (``up``/``down`` per node summed over nodes, and ``plain_up`` for a float32 upload),
-        one node's mean masking time and the server's unmasking time (seconds).
-
-    """
-    n = len(vectors)
-    t = threshold or default_threshold(n)
-    nodes = {u: SecAggNode(u, t, info) for u in sorted(vectors)}
-    server = SecAggServer(t, info)
-    server.roster = {u: node.advertise() for u, node in nodes.items()}
-    up = down = 0
-    up += 64 * n
-    down += 64 * n * n
-    outboxes = {u: node.share(server.roster) for u, node in nodes.items()}
-    up += sum(len(c) for u, box in outboxes.items() for v, c in box.items() if v != u)
-    inboxes = server.route(outboxes)
-    down += sum(len(c) for u, box in inboxes.items() for v, c in box.items() if v != u)
-    uploads = {}
-    t0 = time.perf_counter()
-    for u, node in nodes.items():
-        codes, _ = quantize(vectors[u], clip, n)
-        y = node.mask(codes, inboxes[u])
-        if u not in drop_after_mask:
-            uploads[u] = y
-    mask_s = (time.perf_counter() - t0) / n
-    up += 4 * sum(len(y) for y in uploads.values())
-    alive = sorted(uploads)
-    dropped = [v for v in server.shared if v not in uploads]
-    reveals = {u: nodes[u].unmask(alive, dropped) for u in alive}
-    down += 8 * n * len(alive)
-    up += sum(len(s) + 8 for r in reveals.values() for _, s in r.values())
-    t0 = time.perf_counter()
-    total = server.unmask_sum(uploads, reveals)
-    server_s = time.perf_counter() - t0
-    for node in nodes.values():
-        node.forget()
-    length = len(next(iter(vectors.values())))
-    return (dequantize(total, clip, n, len(alive)),
-            {"up": up, "down": down, "plain_up": 4 * length * len(alive),
-             "node_mask_s": mask_s, "server_unmask_s": server_s})

@@ -7,8 +7,9 @@ the fixed-size vector a node feeds it:
   config ``setup = "secagg"``, ``stage`` and ``info`` (the aggregation's name); node ids travel
   as uint64 arrays (Flower ids are 64-bit unsigned).
 - *the vector* (:func:`pack`): a float part quantised over ``[-R, R]``
-  (:func:`florec.protocol.secagg.quantize`), then non-negative integers summed exactly, then one
-  word counting this node's clipped floats, so the server learns only the total number clipped.
+  (:func:`florec.protocol.fixed_point.quantize`), then non-negative integers summed exactly, then
+  one word counting this node's clipped floats, so the server learns only the total number
+  clipped.
 - *FedAvg's layout* (:func:`fedavg_vector`): every node sends the same length whatever it
   trained, the whole catalogue: ``item_emb`` (n x d) and ``item_bias`` (n) summed over its
   users, plus, for ``sparse``, the per-item counts of users that changed each row.
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from florec.protocol.secagg import MODULUS_BITS, SecAggNode, dequantize, quantize
+from florec.protocol.fixed_point import MODULUS_BITS, dequantize, quantize
+from florec.protocol.secagg import SecAggNode
 from florec.protocol.secure_sum import KEY_BYTES
 from florec.protocol.shamir import SHARE_BYTES
 
@@ -60,7 +62,7 @@ def pack(floats: np.ndarray, ints: np.ndarray, clip: float, n_nodes: int
     r"""One node's input to a secure sum over at most ``n_nodes`` nodes (uint32 words).
 
     ``[quantize(floats, R), ints, clipped]``: the float part's codes sum without wrapping
-    (:func:`florec.protocol.secagg.quant_bits`); each integer must stay below
+    (:func:`florec.protocol.fixed_point.quant_bits`); each integer must stay below
     :math:`2^{32} / n_{nodes}` so that theirs do not wrap either.
 
     Raises

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from florec.protocol import shamir
+from florec.protocol.fixed_point import dequantize, quant_bits, quantize
 from florec.protocol.secagg import (
     SB,
     Refused,
@@ -13,11 +14,8 @@ from florec.protocol.secagg import (
     SecAggServer,
     _pair_masks,
     default_threshold,
-    dequantize,
-    quant_bits,
-    quantize,
-    simulate,
 )
+from florec.protocol.secagg_sim import simulate
 from florec.protocol.secure_sum import mask_vector
 
 CLIP = 0.5

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from florec.protocol.fedavg_upload import node_payload
-from florec.protocol.secagg import SecAggNode, quant_bits
+from florec.protocol.fixed_point import quant_bits
+from florec.protocol.secagg import SecAggNode
 from florec.protocol.secagg_wire import (
     decode_roster,
     encode_roster,

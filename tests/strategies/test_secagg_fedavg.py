@@ -9,7 +9,8 @@ from flwr.app import Message, MessageType
 from florec.client import secagg_node
 from florec.protocol import shamir
 from florec.protocol.codec import from_record
-from florec.protocol.secagg import _pair_masks, quant_bits
+from florec.protocol.fixed_point import quant_bits
+from florec.protocol.secagg import _pair_masks
 from florec.protocol.secagg_wire import fedavg_range
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
