@@ -10,8 +10,10 @@ Message kinds (``config['cotrec-phase']``):
 
 * ``train.setup`` (``setup='cotrec-user'``, arrays ``projection``): user perception of the
   node's users -> user-token rows (through the server's projection) kept in the store;
-* ``train`` ``retriever`` / ``evaluate`` ``retriever``: local SASRec epochs / metric sums; every
-  evaluation keeps a copy of the user tokens of that round (the ranker uses the best round's);
+* ``train`` ``retriever`` / ``evaluate`` ``retriever``: local SASRec epochs (the trained user
+  tokens go back to the store) / metric sums; an evaluation keeps a copy of the user tokens of
+  its round (the ranker uses the best round's) and drops the copies of rounds the server no
+  longer holds (``kept-rounds``: the best so far), so the store holds at most two copies;
 * ``train`` ``lora``: the ranker's LoRA on the node's validation targets, from the global adapter;
 * ``evaluate`` ``ranker``: re-ranking metric sums and MAPB sums of the node's test users.
 """
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from florec.client.node_store import open_store
+from florec.client.node_store import NodeStore, open_store
 from florec.client.seq_node import node_sequences
 from florec.client.trainers.bucket import Bucket
 from florec.client.trainers.sequential import (
@@ -56,6 +58,8 @@ from florec.recdata.shard import shard_of_node
 
 USER_KEY = "cotrec-user"
 OPT_KEY = "cotrec-optimizer"
+#: the copy of the user tokens evaluated in round r is ``<ROUND_TOKENS><r>``
+ROUND_TOKENS = f"{USER_KEY}-r"
 
 
 @functools.lru_cache(maxsize=2)
@@ -128,14 +132,24 @@ def _model(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, devic
     return model.to(device), mine
 
 
-def _save_tokens(context: Context, cfg: RunConfig, model: SASRec, bucket: Bucket, key: str,
+def _save_tokens(store: NodeStore, model: SASRec, bucket: Bucket, key: str,
                  prefs: np.ndarray | None) -> None:
-    store = open_store(context, cfg.store_spill_mb)
+    """Put the node's user-token rows (and preference texts) under ``key`` in ``store``."""
     saved: dict[str, np.ndarray] = {} if prefs is None else {"prefs": prefs}
     if model.user_token is not None:
         idx = torch.as_tensor(bucket.users)
         saved["rows"] = model.user_token.weight.detach()[idx].cpu().numpy().copy()
     store.put(key, saved)
+
+
+def keep_round_tokens(store: NodeStore, keep: set[int]) -> list[str]:
+    """Drop the per-round token copies of rounds not in ``keep``; returns the dropped names."""
+    names = store.names()
+    stale = [n for n in names if n.startswith(ROUND_TOKENS)
+             and int(n[len(ROUND_TOKENS):]) not in keep]
+    if stale:
+        store.replace_all({n: store.get(n) for n in names if n not in stale})
+    return stale
 
 
 def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
@@ -163,7 +177,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         positions, loss_sum = stats.positions, loss_sum + stats.loss_sum
     if positions:
         store.put(OPT_KEY, optimizer_arrays([optimizer]))
-        _save_tokens(context, cfg, model, bucket, USER_KEY, mine.get("prefs"))
+        _save_tokens(store, model, bucket, USER_KEY, mine.get("prefs"))
         store.commit()
     metrics = MetricRecord({
         "partition-id": pid, "num-users": int((seqs.train_lengths(bucket.users) > 0).sum()),
@@ -201,7 +215,7 @@ def train_lora(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, p
     t0 = time.perf_counter()
     best = int(msg.content.config_records["config"]["best-round"])
     _, llm, _ = node_tools(cfg, context)
-    model, mine = _model(msg, context, cfg, bucket, device, f"{USER_KEY}-r{best}")
+    model, mine = _model(msg, context, cfg, bucket, device, f"{ROUND_TOKENS}{best}")
     inp = _rank_inputs(context, cfg, bucket, model, mine.get("prefs", np.array([])), "valid")
     prompts, targets = lora_samples(inp, _book(cfg))
     _load_adapter(llm, msg)
@@ -226,9 +240,11 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
         return evaluate_ranker_node(msg, context, cfg, bucket, pid, device)
     seqs = node_sequences(context, cfg)
     model, mine = _model(msg, context, cfg, bucket, device)
-    _save_tokens(context, cfg, model, bucket, f"{USER_KEY}-r{int(config['server-round'])}",
-                 mine.get("prefs"))
-    open_store(context, cfg.store_spill_mb).commit()
+    rnd = int(config["server-round"])
+    store = open_store(context, cfg.store_spill_mb)
+    _save_tokens(store, model, bucket, f"{ROUND_TOKENS}{rnd}", mine.get("prefs"))
+    keep_round_tokens(store, {rnd, *(int(r) for r in config.get("kept-rounds", []))})
+    store.commit()
     inputs = {p: with_users(model, bucket.users, seqs.inputs(bucket.users, p, cfg.max_seq_len))
               for p in ("valid", "test")}
     masks = {p: bucket.mask_for(p) for p in ("valid", "test")}
@@ -244,7 +260,7 @@ def evaluate_ranker_node(msg: Message, context: Context, cfg: RunConfig, bucket:
     config = msg.content.config_records["config"]
     best, label = int(config["best-round"]), str(config["label"])
     _, llm, _ = node_tools(cfg, context)
-    model, mine = _model(msg, context, cfg, bucket, device, f"{USER_KEY}-r{best}")
+    model, mine = _model(msg, context, cfg, bucket, device, f"{ROUND_TOKENS}{best}")
     inp = _rank_inputs(context, cfg, bucket, model, mine.get("prefs", np.array([])), "test")
     _load_adapter(llm, msg)
     before = _stats(llm)

@@ -61,7 +61,13 @@ class BestRoundArrays:
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Keep this round's arrays (it may become the best round), then evaluate."""
+        """Keep this round's arrays (it may become the best round), then evaluate.
+
+        The rounds kept before this one (the best so far) go to the nodes as ``kept-rounds``:
+        a node that keeps per-round state (CoT-Rec's user tokens) drops the other rounds'.
+        """
+        if self.round_arrays:
+            config["kept-rounds"] = sorted(self.round_arrays)
         self.round_arrays[server_round] = arrays
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 

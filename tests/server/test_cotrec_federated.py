@@ -191,3 +191,25 @@ def test_the_strategy_keeps_only_the_best_round_and_the_ranker_matches_keeping_a
         for key in ("ndcg@10", "hr@10"):
             assert run["ranker"][part][key] == pytest.approx(every["ranker"][part][key],
                                                              abs=1e-12), (part, key)
+
+
+def test_node_stores_keep_trained_tokens_and_only_the_best_and_last_rounds_copies(tmp_path):
+    from florec.client.cotrec_node import ROUND_TOKENS
+
+    rounds = 4
+    cfg, grid, run = _run(tmp_path, **{"llm-backend": "scripted", "cotrec-ranker": "none",
+                                       "num-rounds": rounds, "lr": 0.05})
+    best = run["best_round"]
+    for ctx in grid.contexts.values():
+        store = open_store(ctx, cfg.store_spill_mb)
+        copies = sorted(int(n[len(ROUND_TOKENS):]) for n in store.names()
+                        if n.startswith(ROUND_TOKENS))
+        # bounded: the best round's copy, the last one and at most one more (the best before
+        # the last round was selected), never one per round
+        assert best in copies and rounds in copies and len(copies) <= 2, store.names()
+        assert len(store.names()) <= 4  # tokens, optimizer and those copies
+        # the trained tokens persist from round to round (the last copy is the latest state)
+        trained, last = store.get(USER_KEY)["rows"], store.get(f"{ROUND_TOKENS}{rounds}")["rows"]
+        np.testing.assert_array_equal(trained, last)
+        if best != rounds:
+            assert not np.allclose(store.get(f"{ROUND_TOKENS}{best}")["rows"], last)
