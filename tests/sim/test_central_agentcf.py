@@ -74,3 +74,23 @@ def test_title_list_ranking_matches_the_letter_ranking_of_the_scripted_control()
     titles = run_central_agentcf(cfg_t, llm=make_agent_llm(cfg_t))
     assert titles["match_failures"] == 0
     assert titles["metrics"] == choice["metrics"]
+
+
+def test_a_run_from_a_partly_filled_cache_equals_one_from_an_empty_cache(tmp_path,
+                                                                         word_encoder):
+    import sqlite3
+
+    cfg = parse_run_config({"model": "agentcf++", "dataset": "synthetic", "agentcf-users": 3,
+                            "agentcf-train-max": 1, "agentcf-max-tokens": 8,
+                            "agentcf-kmeans-k": 4})
+    inner = build_llm(LLMConfig(backend="tiny", cache=False, progress=False, batch_size=64))
+    path = tmp_path / "calls.sqlite"
+    run_central_agentcf(cfg, tmp_path / "a", llm=CachedLLM(inner, CallCache(path)),
+                        encoder=word_encoder)
+    with sqlite3.connect(path) as db:  # forget every other answer: the rest form new batches
+        kept = db.execute("DELETE FROM calls WHERE rowid % 2 = 0").rowcount
+    llm = CachedLLM(inner, CallCache(path))
+    run_central_agentcf(cfg, tmp_path / "b", llm=llm, encoder=word_encoder)
+    assert kept > 0 and llm.stats.llm_calls > 0 and llm.stats.llm_cache_hits > 0
+    for name in ("memories.jsonl", "ranks.json"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
