@@ -196,7 +196,7 @@ def load_recbole(dataset: str, min_rating: float = 1.0) -> Interactions:
         valid or test row repeats a pair of an earlier part.
 
     """
-    from florec.recdata.datasets import implicit_rows
+    from florec.recdata.loaders import implicit_rows
 
     cols, labels = _read_folder(dataset)
     user, item = _codes(cols)

@@ -11,8 +11,9 @@ import pytest
 
 from florec.recdata import download
 from florec.recdata.checksums import ML100K_SHA256, sha256_file, verify_files
-from florec.recdata.datasets import dataset_names, implicit_rows, load_dataset
+from florec.recdata.datasets import dataset_names, load_dataset
 from florec.recdata.errors import ConfigError, DataError
+from florec.recdata.loaders import implicit_rows
 from florec.recdata.synthetic import generate_synthetic
 
 network = pytest.mark.network
