@@ -65,7 +65,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def sweep_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per sweep cell: its q, T, C, local lr, server lr and validation ndcg@10."""
+    """One row per sweep cell: q, T, C, local lr and schedule, server lr, user refit, valid."""
     defaults = results["config"]["defaults"]
     rows = []
     for run in results["runs"]:
@@ -79,6 +79,8 @@ def sweep_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             "rounds": keys.get("num-rounds") if federated else None,
             "clip": keys.get("dp-clip") if keys.get("dp") else None,
             "lr": keys.get("lr") if federated else None,
+            "schedule": keys.get("lr-schedule", "constant") if federated else None,
+            "refit": keys.get("user-refit-steps", 0) if federated else None,
             "server_lr": keys.get("server-lr", 1.0) if federated else None,
             "target_epsilon": keys.get("dp-epsilon") if keys.get("dp") else None,
             "noise_multiplier": dp.get("noise_multiplier"),
@@ -92,11 +94,13 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
     def num(v: Any, fmt: str = "g") -> str:
         return "-" if v is None else format(v, fmt)
 
-    lines = ["| cell | q | rounds T | clip C | local lr | server lr | target epsilon | "
-             "noise multiplier | VALID ndcg@10 | best round | wall s |", "|---" * 11 + "|"]
+    lines = ["| cell | q | rounds T | clip C | local lr | lr schedule | server lr | "
+             "user refit steps | target epsilon | noise multiplier | VALID ndcg@10 | "
+             "best round | wall s |", "|---" * 13 + "|"]
     for r in rows:
         lines.append(f"| {r['label']} | {num(r['q'])} | {num(r['rounds'])} | {num(r['clip'])} | "
-                     f"{num(r['lr'])} | {num(r['server_lr'])} | {num(r['target_epsilon'])} | "
+                     f"{num(r['lr'])} | {num(r['schedule'], 's')} | {num(r['server_lr'])} | "
+                     f"{num(r['refit'])} | {num(r['target_epsilon'])} | "
                      f"{num(r['noise_multiplier'], '.3f')} | {r['valid_ndcg@10']:.4f} | "
                      f"{r['best_round']} | {r['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
