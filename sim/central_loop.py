@@ -24,7 +24,8 @@ import numpy as np
 from florec.recdata.errors import ConfigError
 from florec.recdata.recbole_io import data_notes
 from florec.recdata.runconfig import RunConfig
-from florec.server.results import ResultsWriter, RssMonitor, run_entry
+from florec.server.results import ResultsWriter, run_entry
+from florec.server.rss_monitor import RssMonitor
 
 Metrics = dict[str, float]
 

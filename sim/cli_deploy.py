@@ -47,7 +47,7 @@ def deploy_local(
     Node i reads only its shard (SHARDS/node-000i); the server processes open no data.
     """
     from florec.recdata.shard_files import check_shards, write_shards
-    from florec.server.results import claim_folder
+    from florec.server.folder_lock import claim_folder
     from florec.sim.deploy_run import run_local
 
     out = out.resolve()

@@ -33,7 +33,7 @@ def simulate(
 ) -> None:
     """Persona users (UXAgent-style) test trained recommenders: RecBole sessions and a report."""
     from florec.models.llm.encoder import SentenceEncoder
-    from florec.server.results import FolderLock
+    from florec.server.folder_lock import FolderLock
     from florec.sim.personas.recommender import check_run
     from florec.sim.personas.run import build_persona_llm, simulate_runs
 

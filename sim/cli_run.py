@@ -36,7 +36,7 @@ def central(
     overwrite: Overwrite = False,
 ) -> None:
     """Train a model on the pooled training data; writes OUT/results.json."""
-    from florec.server.results import claim_folder
+    from florec.server.folder_lock import claim_folder
     from florec.sim.central import run_central
 
     for name, value in (("epochs", epochs), ("batch-size", batch_size)):
@@ -95,7 +95,7 @@ def sim(
     The results folder is locked while the run lasts; one that holds a run is refused unless
     ``--overwrite`` or ``--resume``. A run that fails exits non-zero with its cause.
     """
-    from florec.server.results import claim_folder
+    from florec.server.folder_lock import claim_folder
     from florec.sim.flower import RunFailed, flwr_run
     from florec.sim.flower_config import in_child
 
@@ -150,7 +150,8 @@ def demo(
     overwrite: Overwrite = False,
 ) -> None:
     """FedAvg-MF on ML-100K with 100 nodes vs the same MF trained centrally; prints a table."""
-    from florec.server.results import claim_folder, read_results
+    from florec.server.folder_lock import claim_folder
+    from florec.server.results import read_results
     from florec.sim.central import run_central
 
     out = out.resolve()

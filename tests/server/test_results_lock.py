@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 
 from florec.recdata.errors import ConfigError
-from florec.server.results import (
-    LOCK_NAME,
-    FolderLock,
-    ResultsWriter,
-    claim_folder,
-    run_entry,
-)
+from florec.server.folder_lock import LOCK_NAME, FolderLock, claim_folder
+from florec.server.results import ResultsWriter, run_entry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,7 +120,7 @@ print(json.dumps([run(sys.argv[1], 300), run(sys.argv[2], 10)]))
 _MONITOR_PEAK = """
 import json, time
 import numpy as np
-from florec.server.results import RssMonitor
+from florec.server.rss_monitor import RssMonitor
 
 with RssMonitor(every_s=0.01) as mem:
     block = np.ones(200 * 2**20 // 8)

@@ -48,7 +48,7 @@ def test_resume_without_a_checkpoint_is_refused_before_any_process_starts(tmp_pa
 
 
 def test_a_second_sim_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
-    code = (f"from florec.server.results import FolderLock; import time; "
+    code = (f"from florec.server.folder_lock import FolderLock; import time; "
             f"FolderLock({str(tmp_path / 'run')!r}).acquire(); print('held', flush=True); "
             "time.sleep(300)")
     first = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
