@@ -89,7 +89,8 @@ class RowSampler(LogitsProcessor):
             noise = torch.empty_like(row).exponential_(generator=gen)
             picks.append(int(torch.argmax(row - noise.log())))
         out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(len(picks)), torch.as_tensor(picks)] = 0.0
+        rows = torch.arange(len(picks), device=scores.device)
+        out[rows, torch.as_tensor(picks, device=scores.device)] = 0.0
         return out
 
 
