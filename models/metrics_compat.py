@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from florec.models.metrics import _check_k
+from florec.models.ranking import check_k
 
 
 def f1_of_means(means: dict[str, float], k: int) -> float:
@@ -40,7 +40,7 @@ def f1_of_means(means: dict[str, float], k: int) -> float:
         If ``means`` lacks precision or recall at ``k``.
 
     """
-    k = _check_k(k)
+    k = check_k(k)
     missing = [key for key in (f"precision@{k}", f"recall@{k}") if key not in means]
     if missing:
         raise ValueError(f"means lack {missing[0]!r}; evaluate with k={k} in ks")
@@ -53,7 +53,7 @@ def _fedcia_set_hits(topk: Iterable[int], truth: Iterable[int], k: int | None) -
     ids = topk.tolist() if hasattr(topk, "tolist") else list(topk)
     if ids and isinstance(ids[0], list):
         raise ValueError("topk must be one user's 1-D list of item ids")
-    k = len(ids) if k is None else _check_k(k)
+    k = len(ids) if k is None else check_k(k)
     truth_set = {int(t) for t in (truth.tolist() if hasattr(truth, "tolist") else truth)}
     if not truth_set:
         raise ValueError("truth is empty; users without held-out items are not evaluated")
