@@ -39,7 +39,7 @@ from florec.client.trainers.sequential import (
 )
 from florec.models.llmd4rec.candidates import evaluation_set, training_set
 from florec.models.llmd4rec.crm_step import TeacherTable, distill_epoch, rerank_metrics
-from florec.models.llmd4rec.llm_step import ensure_adapter, lora_seeds
+from florec.models.llmd4rec.llm_step import ensure_adapter, lora_init_seed
 from florec.models.llmd4rec.teachers import LLMTeacher, build_llm_teacher
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
@@ -63,7 +63,7 @@ def node_teacher(cfg: RunConfig, context: Context, adapter: dict[str, np.ndarray
     """The node's LLM teacher (one per process) with the global adapter loaded.
 
     An empty ``adapter`` means the common start: LoRA ``A`` drawn from the run's init seed
-    (:func:`~florec.models.llmd4rec.llm_step.lora_seeds`), ``B = 0`` (the same on every node and
+    (:func:`~florec.models.llmd4rec.llm_step.lora_init_seed`), ``B = 0`` (the same on every node and
     centrally, so the server averages adapters of one initialisation). Backends
     without weights (``scripted``, ``openai``) take no adapter. A simulation process serves
     several partitions with one LLM: each message loads the adapter it carries.
@@ -77,7 +77,7 @@ def node_teacher(cfg: RunConfig, context: Context, adapter: dict[str, np.ndarray
     teacher = _TEACHERS[key]
     try:
         ensure_adapter(teacher.llm, cfg.llmd4rec_lora_r, cfg.llmd4rec_lora_alpha,
-                       lora_seeds(cfg.seed, 0)[0])
+                       lora_init_seed(cfg.seed))
     except NotImplementedError:
         return teacher
     if not hasattr(teacher, "initial_adapter"):

@@ -112,6 +112,11 @@ def _hf(llm: Any) -> Any:
     return inner
 
 
+def lora_init_seed(seed: int) -> int:
+    """The seed of the adapter's initial ``A`` (stream ``LLMD4REC_LORA_INIT``, run seed only)."""
+    return torch_seed(seed, Salt.LLMD4REC_LORA_INIT)
+
+
 def lora_seeds(seed: int, iteration: int, *keys: int) -> tuple[int, int]:
     """The LoRA step's (adapter init, minibatch order) seeds, from two distinct streams.
 
@@ -119,8 +124,7 @@ def lora_seeds(seed: int, iteration: int, *keys: int) -> tuple[int, int]:
     on every node, so a server averages adapters of one initialisation; the minibatch order
     (``Salt.LLMD4REC_LORA``) is keyed by the iteration and ``keys`` (a node's partition id).
     """
-    return (torch_seed(seed, Salt.LLMD4REC_LORA_INIT),
-            torch_seed(seed, Salt.LLMD4REC_LORA, iteration, *keys))
+    return lora_init_seed(seed), torch_seed(seed, Salt.LLMD4REC_LORA, iteration, *keys)
 
 
 def ensure_adapter(llm: Any, lora_r: int, lora_alpha: int, seed: int) -> None:
