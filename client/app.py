@@ -30,7 +30,7 @@ from florec.client.trainers.bucket import Bucket
 from florec.recdata.errors import ConfigError
 from florec.recdata.node_cache import node_cache
 from florec.recdata.runconfig import RunConfig, parse_run_config
-from florec.recdata.shard import node_shard, shard_of_node
+from florec.recdata.shard import shard_of_node
 
 _IMPORT_END = time.time()
 # Every ClientApp message is a new process in a deployment (Flower's process isolation), so this
@@ -81,11 +81,11 @@ def resolve_device(name: str) -> str:
 
 
 def _load_bucket(cfg: RunConfig, node_config: dict) -> Bucket:
-    # the shard is not cached: the bucket holds its rows again (handlers that need the shard
-    # itself, e.g. query.partition, get it from the node cache)
-    shard = node_shard(cfg, node_config["partition-id"], node_config["num-partitions"],
-                       node_config["data-dir"])
-    return Bucket.from_split(shard.split, shard.clients)  # a list of clients' users
+    # the shard is read once per process (the node cache keeps it: query.partition asks again)
+    shard = shard_of_node(cfg, node_config)
+    bucket = Bucket.from_split(shard.split, shard.clients)  # a list of clients' users
+    shard.split._csr.clear()  # (n_users, n_items) matrices: one per node would add up
+    return bucket
 
 
 def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
