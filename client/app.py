@@ -106,7 +106,7 @@ def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
 
 
 #: the sequential models (``florec.models.registry.SEQUENTIAL_MODELS``, which imports every
-#: model; tests/client/test_app_lazy.py checks the two agree), served by ``seq_node``
+#: model; tests/client/test_app_cache.py checks the two agree), served by ``seq_node``
 SEQUENTIAL_MODELS = ("sasrec", "gru4rec")
 
 

@@ -5,9 +5,9 @@ deployed node serves only its own. Each process keeps the node data it builds (t
 :func:`florec.recdata.shard.shard_of_node`, the buckets of :mod:`florec.client.app`) in one
 least-recently-used :class:`NodeCache` bounded in bytes (``FLOREC_NODE_CACHE_MB``, default
 :data:`DEFAULT_CACHE_MB` MiB), so an actor's memory does not grow with the number of nodes it has
-served: an evicted entry is rebuilt from the run's split (a few ms for a bucket of 100 ML-1M
-users). The run's split itself (:func:`florec.recdata.shard.shards_in_memory`) is one per run
-and process, not per node.
+served: an evicted entry is rebuilt from the run's split (cut again in memory, or read again
+from a node's shard folder). The run's split itself
+(:func:`florec.recdata.shard.shards_in_memory`) is one per run and process, not per node.
 """
 
 from __future__ import annotations
