@@ -33,6 +33,8 @@ ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ray-agents", ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "dashboard/agent.py",
                     "runtime_env/agent", "log_monitor.py", "dashboard/dashboard.py",
                     "autoscaler/_private/monitor.py")),
+    ("ray-start", ("bin/ray start",)),  # a head started by hand (`ray start --block`)
+    ("ray-client-server", ("ray.util.client.server",)),
     ("ray-worker", ("ray::", "default_worker.py")),
     ("flwr-simulation", ("flwr-simulation",)),
     ("flwr-superexec", ("flwr-superexec", "flower-superexec")),

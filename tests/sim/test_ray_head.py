@@ -7,6 +7,7 @@ import psutil
 import pytest
 
 from florec.recdata.errors import FloRecError
+from florec.sim.memory import process_role
 from florec.sim.ray_cluster import LEAN_HEAD_FLAGS, check_ray_address, local_head
 
 RAY = Path(sys.executable).parent / "ray"
@@ -35,3 +36,12 @@ def test_a_head_that_cannot_start_fails_in_one_line(monkeypatch):
         with local_head(1, timeout_s=5):
             pass
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("cmd", "role"), [
+    ("/v/bin/python3 /v/bin/ray start --head --block --num-cpus=2", "ray-start"),
+    ("/v/bin/python3 -m ray.util.client.server --address=1.2.3.4:5 --mode=proxy",
+     "ray-client-server"),
+])
+def test_the_memory_sampler_names_the_processes_of_a_head_started_by_hand(cmd, role):
+    assert process_role(cmd) == role
