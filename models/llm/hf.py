@@ -3,7 +3,7 @@
 Prompts are user messages put through the tokenizer's chat template; batches are left-padded
 with explicit position ids, so a prompt's answer does not depend on its batch mates. Sampling
 draws each row's tokens from that row's own generator, seeded by (seed, prompt)
-(:class:`RowSampler`), so a sampled answer does not depend on them either.
+(:mod:`florec.models.llm.sampling`), so a sampled answer does not depend on them either.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 from florec.models.llm import lora
 from florec.models.llm.base import LLM, check_choices
 from florec.models.llm.config import SMOLLM2, LLMConfig
+from florec.models.llm.sampling import RowSampler, prompt_seed
 from florec.recdata.errors import ConfigError
-from florec.recdata.seeds import Salt, torch_seed
 
 
 def resolve_device(device: str) -> torch.device:
@@ -41,57 +41,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if torch.backends.mkldnn.is_available() else torch.float32
-
-
-def prompt_seed(seed: int, text: str) -> int:
-    """The sampling seed of one prompt: stream ``LLM_SAMPLING`` keyed by (seed, sha256(text))."""
-    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "little")
-    return torch_seed(seed, Salt.LLM_SAMPLING, digest)
-
-
-class RowSampler(LogitsProcessor):
-    r"""Temperature sampling with one generator per batch row (run under greedy ``generate``).
-
-    Row ``b`` draws its token at every step by the Gumbel-max trick from its own generator
-    ``g_b`` (seeded by :func:`prompt_seed`),
-
-    .. math:: x_b = \arg\max_j \, (z_{bj} / \tau - \log E_{bj}), \qquad
-              E_{bj} \sim \mathrm{Exp}(1) \text{ from } g_b,
-
-    which is a draw from :math:`\mathrm{softmax}(z_b / \tau)`; the returned scores are 0 at
-    the drawn token and :math:`-\infty` elsewhere, so greedy decoding emits it. A row consumes
-    the same draws whatever its batch mates, its padding or the batch's length, so its answer
-    is a function of (seed, prompt) alone (up to float rounding of its logits).
-
-    Parameters
-    ----------
-    seeds : sequence of int
-        One seed per batch row.
-    temperature : float
-        :math:`\tau > 0`.
-
-    """
-
-    def __init__(self, seeds: Sequence[int], temperature: float) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature={temperature}: RowSampler samples; use > 0")
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.temperature = float(temperature)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
-                 ) -> torch.FloatTensor:
-        """Scores that are 0 at each row's drawn token, ``-inf`` elsewhere."""
-        if scores.shape[0] != len(self.generators):
-            raise ValueError(f"{scores.shape[0]} rows but {len(self.generators)} generators")
-        z = scores.detach().float().cpu() / self.temperature
-        picks = []
-        for row, gen in zip(z, self.generators, strict=True):
-            noise = torch.empty_like(row).exponential_(generator=gen)
-            picks.append(int(torch.argmax(row - noise.log())))
-        out = torch.full_like(scores, float("-inf"))
-        rows = torch.arange(len(picks), device=scores.device)
-        out[rows, torch.as_tensor(picks, device=scores.device)] = 0.0
-        return out
 
 
 class HFLLM(LLM):

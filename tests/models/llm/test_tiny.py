@@ -127,7 +127,7 @@ def test_a_sampled_prompt_gets_the_same_text_in_any_batch(tiny_cfg):
 def test_row_sampler_draws_from_the_tempered_softmax():
     import torch
 
-    from florec.models.llm.hf import RowSampler
+    from florec.models.llm.sampling import RowSampler
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4000, 1)
     out = RowSampler(range(4000), temperature=0.5)(torch.zeros(4000, 1), logits)
