@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from florec.models.llm.rng import cpu_seeded
 from florec.models.llm.weights import file_sha256, package_folder
 from florec.recdata.errors import ConfigError
 
@@ -78,8 +79,7 @@ class SentenceEncoder:
             config = BertConfig(vocab_size=self.tokenizer.vocab_size, hidden_size=32,
                                 num_hidden_layers=2, num_attention_heads=2,
                                 intermediate_size=64, max_position_embeddings=512)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
+            with cpu_seeded(0):
                 self.model = BertModel(config)
             self.key = "tiny-bert-32"
         else:

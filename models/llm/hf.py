@@ -19,6 +19,7 @@ from transformers import LogitsProcessorList
 from florec.models.llm import lora
 from florec.models.llm.base import LLM, check_choices
 from florec.models.llm.config import SMOLLM2, LLMConfig
+from florec.models.llm.rng import cpu_seeded
 from florec.models.llm.sampling import RowSampler, prompt_seed
 from florec.recdata.errors import ConfigError
 
@@ -218,8 +219,7 @@ class HFLLM(LLM):
         if lora.has_adapter(self.model):
             raise ValueError("the model already has a LoRA adapter; build a new backend to "
                              "start another")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with cpu_seeded(seed):  # seeds no CUDA generator, restores every global one
             self.model = lora.wrap(self.model, lora_r)
         self._refresh_digest()
         return self.adapter_state()

@@ -6,10 +6,9 @@ the real ones; only the weights are random (seeded), so answers are meaningless 
 
 from __future__ import annotations
 
-import torch
-
 from florec.models.llm.config import LLMConfig
 from florec.models.llm.hf import HFLLM, resolve_device
+from florec.models.llm.rng import cpu_seeded
 
 TINY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2}
@@ -34,8 +33,7 @@ def build_tiny(cfg: LLMConfig) -> HFLLM:
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **TINY_SHAPE)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with cpu_seeded(cfg.seed):
         model = LlamaForCausalLM(config).float()
     key = f"tiny:seed{cfg.seed}:{sha}"
     return HFLLM(model, tokenizer, key, resolve_device(cfg.device),

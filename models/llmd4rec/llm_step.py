@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from florec.models.cotrec.prompts import SYSTEM
 from florec.models.llm import lora
 from florec.models.llm.base import LETTERS
+from florec.models.llm.rng import cpu_seeded
 from florec.models.llmd4rec.losses import distill_kl, sample_weights
 from florec.recdata.errors import ConfigError
 from florec.recdata.seeds import Salt, torch_seed
@@ -117,13 +118,20 @@ def lora_init_seed(seed: int) -> int:
     return torch_seed(seed, Salt.LLMD4REC_LORA_INIT)
 
 
-def lora_seeds(seed: int, iteration: int, *keys: int) -> tuple[int, int]:
+#: the role component of the LoRA order stream: a central run's key, then a node's
+CENTRAL, NODE = 0, 1
+
+
+def lora_seeds(seed: int, iteration: int, pid: int | None = None) -> tuple[int, int]:
     """The LoRA step's (adapter init, minibatch order) seeds, from two distinct streams.
 
     The init (``Salt.LLMD4REC_LORA_INIT``, keyed by the run seed only) is the same centrally and
-    on every node, so a server averages adapters of one initialisation; the minibatch order
-    (``Salt.LLMD4REC_LORA``) is keyed by the iteration and ``keys`` (a node's partition id).
+    on every node, so a server averages adapters of one initialisation. The minibatch order
+    (``Salt.LLMD4REC_LORA``) is keyed ``[iteration, 0]`` centrally and ``[iteration, 1, pid]``
+    on node ``pid``: numpy's ``SeedSequence`` pads keys with zeros, so without the role
+    component the central ``[iteration]`` would be node 0's ``[iteration, 0]``.
     """
+    keys = (CENTRAL,) if pid is None else (NODE, int(pid))
     return lora_init_seed(seed), torch_seed(seed, Salt.LLMD4REC_LORA, iteration, *keys)
 
 
@@ -145,8 +153,7 @@ def ensure_adapter(llm: Any, lora_r: int, lora_alpha: int, seed: int) -> None:
 
     config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
                         target_modules=list(lora.TARGET_MODULES), bias="none")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with cpu_seeded(seed):  # seeds no CUDA generator, restores every global one
         inner.model = get_peft_model(inner.model, config)
     inner.load_adapter_state(inner.adapter_state())  # refreshes the cache key's digest
 
