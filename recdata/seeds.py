@@ -75,13 +75,17 @@ class Salt(IntEnum):
     COTREC_SLOTS = 2025
     #: LLMD4Rec: a distillation sample's shuffle of its candidates ``[seed, salt, user, col]``
     LLMD4REC_SLOTS = 3011
-    #: LLMD4Rec: CRM distillation epochs ``[seed, salt, iteration, epoch(, partition)]``
+    #: LLMD4Rec: the central CRM's distillation epochs ``[seed, salt, iteration, epoch]``
     LLMD4REC_CRM = 3019
-    #: LLMD4Rec: minibatch order of the LLM step ``[seed, salt, iteration(, pid)]``
+    #: LLMD4Rec: minibatch order of the LLM step: centrally ``[seed, salt, iteration, 0]``, on
+    #: a node ``[seed, salt, iteration, 1, pid]`` (the role component keeps pid 0 off central)
     LLMD4REC_LORA = 3023
     #: LLMD4Rec: the LoRA adapter's initial ``A`` (the same centrally and on every node)
     #: ``[seed, salt]``
     LLMD4REC_LORA_INIT = 3029
+    #: LLMD4Rec: the central CRM's dropout (torch) in a distillation iteration
+    #: ``[seed, salt, iteration]`` (apart from the epochs' batches of ``LLMD4REC_CRM``)
+    LLMD4REC_CRM_DROPOUT = 3031
     #: LLM layer: a sampled prompt's generator ``[seed, salt, sha256(prompt)]`` (``hf``/``tiny``)
     LLM_SAMPLING = 4001
     #: LLKD: test/pool split of the labelled items ``[split-seed, salt]``

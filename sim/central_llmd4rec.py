@@ -256,7 +256,7 @@ def distill(cfg: RunConfig, model: SequentialRecommender, teacher: Teacher,
             "crm_top1": float((slot == 0).mean()) if cov.any() else 0.0,
             "fit": {k: v for k, v in fit.items() if isinstance(v, (int, float, str))}})
         table = TeacherTable.of(ds, probs, windows.shape)
-        torch.manual_seed(torch_seed(cfg.seed, Salt.LLMD4REC_CRM, it))  # dropout
+        torch.manual_seed(torch_seed(cfg.seed, Salt.LLMD4REC_CRM_DROPOUT, it))
         for e in range(1, cfg.llmd4rec_crm_epochs + 1):
             t0 = time.perf_counter()
             epoch += 1

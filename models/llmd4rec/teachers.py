@@ -45,8 +45,8 @@ class Teacher(Protocol):
 
     name: str
 
-    def fit(self, ds: DistillSet, iteration: int, *keys: int) -> dict[str, Any]:
-        """Learn from the CRM on ``ds`` (may be a no-op); ``keys`` key its seeds (a node's id)."""
+    def fit(self, ds: DistillSet, iteration: int, pid: int | None = None) -> dict[str, Any]:
+        """Learn from the CRM on ``ds`` (may be a no-op); ``pid``: a node's id, None centrally."""
 
     def probs(self, ds: DistillSet) -> np.ndarray:
         """``(S, K)`` distribution over the candidates, CRM order, temperature 1."""
@@ -60,7 +60,7 @@ class EnsembleTeacher:
         self.models, self.chunk, self.device = list(models), chunk, device
         self.name = f"ensemble{len(self.models)}"
 
-    def fit(self, ds: DistillSet, iteration: int, *keys: int) -> dict[str, Any]:
+    def fit(self, ds: DistillSet, iteration: int, pid: int | None = None) -> dict[str, Any]:
         """Nothing to learn: the ensemble is trained before distillation."""
         return {"skipped": "fixed teacher"}
 
@@ -112,11 +112,11 @@ class LLMTeacher:
         self.book.slots.update(zip(prompts, target.tolist(), strict=True))
         return prompts, slots, target
 
-    def fit(self, ds: DistillSet, iteration: int, *keys: int) -> dict[str, Any]:
+    def fit(self, ds: DistillSet, iteration: int, pid: int | None = None) -> dict[str, Any]:
         """One LoRA step on CE + KL toward the CRM over the covered samples (``skipped`` else).
 
         Seeds: :func:`~florec.models.llmd4rec.llm_step.lora_seeds` of (``seed``, ``iteration``,
-        ``keys``): centrally no keys, on a node its partition id.
+        ``pid``): ``pid`` is None centrally, a node's partition id on a node.
         """
         cfg = self.cfg
         if cfg.llmd4rec_llm_epochs == 0:
@@ -125,7 +125,7 @@ class LLMTeacher:
         if not prompts:
             return {"skipped": "no covered sample"}
         crm = np.take_along_axis(ds.crm_probs[ds.covered], slots, axis=1)
-        init, order = lora_seeds(cfg.seed, iteration, *keys)
+        init, order = lora_seeds(cfg.seed, iteration, pid)
         try:
             return finetune_distill(
                 self.llm, prompts, target.tolist(), crm, temperature=cfg.llmd4rec_temperature,

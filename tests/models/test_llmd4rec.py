@@ -190,10 +190,11 @@ def test_lora_seeds_of_other_runs_iterations_or_nodes_never_coincide(monkeypatch
         cfg = parse_run_config({"model": "llmd4rec", "seed": seed})
         teacher = LLMTeacher(None, cfg, [f"item {i}" for i in range(30)])
         for it in (1, 2):
-            teacher.fit(ds, it)
+            teacher.fit(ds, it)  # central
+            teacher.fit(ds, it, 0)  # partition 0: [it] and [it, 0] were one SeedSequence
             teacher.fit(ds, it, 3)  # partition 3 of a federated run
     inits, orders = zip(*seen, strict=True)
-    assert len(set(orders)) == len(orders) == 8
+    assert len(set(orders)) == len(orders) == 12
     from florec.models.llmd4rec.llm_step import lora_init_seed
 
     # one adapter init per run seed, central = every node (node_teacher's lora_init_seed)

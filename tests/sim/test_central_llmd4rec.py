@@ -77,6 +77,24 @@ def test_no_iterations_deploys_the_pretrained_sasrec(pretrained):
     assert run["iterations"] == []
 
 
+def test_the_crm_dropout_stream_is_apart_from_the_epochs_batch_streams(pretrained,
+                                                                      monkeypatch):
+    import torch
+
+    from florec.recdata.seeds import Salt, torch_seed
+
+    seeds: list[int] = []
+    real = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: seeds.append(int(s)) or real(s))
+    cfg = parse_run_config(BASE | {"llmd4rec-crm-epochs": 1, "scripted-p": 1.0})
+    run_central_llmd4rec(cfg, 0, 0, crm_state=pretrained)
+    assert seeds, "the distillation loop no longer seeds its dropout"
+    # numpy pads a key with zeros: [seed, salt, it] was the epoch-0 batch stream [.., it, 0]
+    batches = {torch_seed(cfg.seed, Salt.LLMD4REC_CRM, 1, e) for e in range(3)}
+    assert not set(seeds) & batches
+    assert torch_seed(cfg.seed, Salt.LLMD4REC_CRM_DROPOUT, 1) in seeds
+
+
 @pytest.mark.slow
 def test_the_trained_adapter_is_written_beside_the_results(tmp_path, pretrained):
     from safetensors.numpy import load_file
