@@ -161,7 +161,9 @@ def teacher_phase(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket
         metrics["num-samples"] = int(ds.covered.sum()) if trained else 0
         if trained:
             metrics["loss-sum"] = float(fit["loss_last_epoch"]) * metrics["num-samples"]
-        out["adapter"] = to_record(teacher.llm.adapter_state() if trained else adapter)
+        # untrained: the adapter it started from (the global one, or the seeded initial one
+        # when the server's is still empty), never {}; its weight 0 keeps it out of the mean
+        out["adapter"] = to_record(teacher.llm.adapter_state())
     else:
         probs = teacher.probs(ds)
         table = TeacherTable.of(ds, probs, windows.shape)

@@ -70,6 +70,38 @@ def test_tiny_llm_federation_finishes_and_sends_only_adapters_weights_and_counts
                 assert not any(t in str(key) or t in str(value) for t in texts)
 
 
+@pytest.mark.slow
+def test_a_node_without_a_covered_sample_does_not_stop_the_adapter_average(tmp_path,
+                                                                           monkeypatch):
+    import dataclasses
+
+    from florec.client import llmd4rec_node
+
+    def none_covered_on_user_0s_node(model, windows, users, *args):
+        ds = training_set(model, windows, users, *args)
+        return dataclasses.replace(ds, targets=np.full(len(ds), -1)) if 0 in users else ds
+
+    training_set = llmd4rec_node.training_set
+    monkeypatch.setattr(llmd4rec_node, "training_set", none_covered_on_user_0s_node)
+    # iteration 1 starts from the server's empty adapter: the idle node used to send it back
+    # ({}, 0 samples) and the average failed on names ("the nodes' adapters differ")
+    cfg, grid, run = _run(tmp_path, **{"llm-backend": "tiny", "num-nodes": 2,
+                                       "synthetic-users": 30, "llmd4rec-rerank": False})
+    assert run["iterations"][0]["nodes"] == 2 and 0 < run["iterations"][0]["coverage"] < 1
+    fit = [m for m in grid.received if "adapter" in m.content.array_records]
+    samples = sorted(float(m.content.metric_records["metrics"]["num-samples"]) for m in fit)
+    assert len(fit) == 2 and samples[0] == 0 < samples[1]
+    idle = from_record(next(m for m in fit if not m.content.metric_records["metrics"][
+        "num-samples"]).content.array_records["adapter"])
+    assert idle and all(not v.any() for k, v in idle.items() if "lora_B" in k)  # the start
+    scored = [from_record(m.content.array_records["adapter"]) for m in grid.sent
+              if m.content.config_records["config"].get("llmd4rec-phase") == "score"]
+    trained = from_record(next(m for m in fit if m.content.metric_records["metrics"][
+        "num-samples"]).content.array_records["adapter"])
+    for key, value in trained.items():  # the average over the one node that trained
+        np.testing.assert_allclose(scored[0][key], value, rtol=1e-6)
+
+
 def _history_texts(cfg, grid) -> tuple[set[str], set[int]]:
     """Every node's users' history titles and prompts, and the node user counts."""
     from florec.recdata.shard import shard_of_node
