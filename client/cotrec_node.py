@@ -23,12 +23,14 @@ from __future__ import annotations
 import functools
 import json
 import time
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 
 from florec.client.node_store import NodeStore, open_store
 from florec.client.seq_node import node_sequences
@@ -120,16 +122,32 @@ def setup(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
 
 
 def _model(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, device: str,
-           tokens_key: str = USER_KEY) -> tuple[SASRec, dict[str, np.ndarray]]:
-    """The global retriever with this node's user-token rows (from ``tokens_key``) put in."""
+           best: int | None = None) -> tuple[SASRec, dict[str, np.ndarray], int]:
+    """The global retriever with this node's user-token rows put in, and the fallback count.
+
+    The rows are the last trained ones (``best=None``) or the copy of round ``best``. A node
+    that did not evaluate round ``best`` (it missed that round, or its store was lost) has no
+    copy: it uses the last trained rows (or the initial ones if it has none either), logs a
+    warning and counts its users as ``tokens-fallback`` (the third value, 0 otherwise), which
+    the server reports beside the ranker's metrics.
+    """
     model = build_retriever(cfg, bucket.n_items, bucket.population or int(bucket.users.max()) + 1)
     model.load_shared_state(from_record(msg.content.array_records["arrays"]))
     store = open_store(context, cfg.store_spill_mb)
-    mine = store.get(tokens_key) or store.get(USER_KEY) or {}
+    mine = store.get(USER_KEY if best is None else f"{ROUND_TOKENS}{best}")
+    fallback = 0
+    if mine is None and best is not None:
+        mine = store.get(USER_KEY)
+        if model.user_token is not None:
+            fallback = len(bucket.users)
+            log(WARNING, "CoT-Rec node %s: no user tokens of the best round %d (the node did "
+                "not evaluate it); its %d users take the %s ones", context.node_config.get(
+                    "partition-id"), best, fallback, "last trained" if mine else "initial")
+    mine = mine or {}
     if model.user_token is not None and "rows" in mine:
         with torch.no_grad():
             model.user_token.weight[torch.as_tensor(bucket.users)] = torch.as_tensor(mine["rows"])
-    return model.to(device), mine
+    return model.to(device), mine, fallback
 
 
 def _save_tokens(store: NodeStore, model: SASRec, bucket: Bucket, key: str,
@@ -161,7 +179,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     t0 = time.perf_counter()
     rnd = int(config["server-round"])
     seqs = node_sequences(context, cfg)
-    model, mine = _model(msg, context, cfg, bucket, device)
+    model, mine, _ = _model(msg, context, cfg, bucket, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     store = open_store(context, cfg.store_spill_mb)
     saved = store.get(OPT_KEY)
@@ -215,12 +233,13 @@ def train_lora(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, p
     t0 = time.perf_counter()
     best = int(msg.content.config_records["config"]["best-round"])
     _, llm, _ = node_tools(cfg, context)
-    model, mine = _model(msg, context, cfg, bucket, device, f"{ROUND_TOKENS}{best}")
+    model, mine, fallback = _model(msg, context, cfg, bucket, device, best)
     inp = _rank_inputs(context, cfg, bucket, model, mine.get("prefs", np.array([])), "valid")
     prompts, targets = lora_samples(inp, _book(cfg))
     _load_adapter(llm, msg)
     before = _stats(llm)
-    metrics: dict[str, float] = {"partition-id": pid, "num-samples": len(prompts)}
+    metrics: dict[str, float] = {"partition-id": pid, "num-samples": len(prompts),
+                                 "tokens-fallback": fallback}
     if prompts:
         torch.manual_seed(torch_seed(cfg.seed, Salt.COTREC_LORA_INIT, pid))
         stats = llm.finetune_choices(prompts, targets, K, epochs=cfg.cotrec_lora_epochs,
@@ -239,7 +258,7 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid
     if str(config.get("cotrec-phase", "retriever")) == "ranker":
         return evaluate_ranker_node(msg, context, cfg, bucket, pid, device)
     seqs = node_sequences(context, cfg)
-    model, mine = _model(msg, context, cfg, bucket, device)
+    model, mine, _ = _model(msg, context, cfg, bucket, device)
     rnd = int(config["server-round"])
     store = open_store(context, cfg.store_spill_mb)
     _save_tokens(store, model, bucket, f"{ROUND_TOKENS}{rnd}", mine.get("prefs"))
@@ -260,7 +279,7 @@ def evaluate_ranker_node(msg: Message, context: Context, cfg: RunConfig, bucket:
     config = msg.content.config_records["config"]
     best, label = int(config["best-round"]), str(config["label"])
     _, llm, _ = node_tools(cfg, context)
-    model, mine = _model(msg, context, cfg, bucket, device, f"{ROUND_TOKENS}{best}")
+    model, mine, fallback = _model(msg, context, cfg, bucket, device, best)
     inp = _rank_inputs(context, cfg, bucket, model, mine.get("prefs", np.array([])), "test")
     _load_adapter(llm, msg)
     before = _stats(llm)
@@ -270,7 +289,7 @@ def evaluate_ranker_node(msg: Message, context: Context, cfg: RunConfig, bucket:
     sums = {f"ndcg@{K}": ranked[f"ndcg@{K}"] * n, f"hr@{K}": ranked[f"hr@{K}"] * n,
             f"retriever/ndcg@{K}": base[f"ndcg@{K}"] * n, f"retriever/hr@{K}": base[f"hr@{K}"] * n,
             "num-users": n, "covered": base["coverage"] * n,
-            "mapb-users": ranked.get("mapb_users", 0),
+            "mapb-users": ranked.get("mapb_users", 0), "tokens-fallback": fallback,
             "mapb-sum": ranked["mapb"] * ranked.get("mapb_users", 0) if "mapb_users" in ranked
             else 0.0}
     return RecordDict({"metrics": MetricRecord(sums | {"partition-id": pid}

@@ -102,17 +102,24 @@ def fedavg_adapters(states: list[dict[str, np.ndarray]], weights: list[float]
                     ) -> dict[str, np.ndarray] | None:
     """Sample-weighted mean of LoRA adapters (module formula); ``None`` if all weights are 0.
 
+    A state of weight 0 (a node that trained on nothing) does not enter the mean, so it may be
+    anything, the empty adapter included; the caller keeps its previous adapter on ``None``.
+
     Raises
     ------
     ValueError
-        If the adapters do not share names and shapes, or a weight is negative.
+        If the weighted adapters do not share names and shapes, or a weight is negative.
 
     """
+    if len(states) != len(weights):
+        raise ValueError(f"{len(states)} adapters and {len(weights)} weights; give one each")
     if any(w < 0 for w in weights):
         raise ValueError("adapter weights must be >= 0 (numbers of samples)")
-    total = float(sum(weights))
-    if total <= 0:
+    pairs = [(s, float(w)) for s, w in zip(states, weights, strict=True) if w > 0]
+    if not pairs:
         return None
+    states, weights = [s for s, _ in pairs], [w for _, w in pairs]
+    total = float(sum(weights))
     ref = states[0]
     for s in states[1:]:
         if set(s) != set(ref) or any(s[k].shape != ref[k].shape for k in ref):
@@ -211,6 +218,11 @@ class FedCoTRec(BestRoundArrays, FedAvgParams):
         out = {k: sums.get(k, 0.0) / n for k in (f"ndcg@{K}", f"hr@{K}")}
         out["mapb"] = (sums["mapb-sum"] / sums["mapb-users"] if sums.get("mapb-users")
                        else float("nan"))
+        # users ranked with other tokens than their best round's (node missed that round)
+        out["tokens_fallback"] = sums.get("tokens-fallback", 0.0)
+        if out["tokens_fallback"]:
+            log(WARNING, "CoT-Rec ranker (%s): %d users had no user tokens of round %d and "
+                "used their node's last ones", label, out["tokens_fallback"], best)
         out["retriever"] = {"ndcg@10": sums.get(f"retriever/ndcg@{K}", 0.0) / n,
                             "hr@10": sums.get(f"retriever/hr@{K}", 0.0) / n,
                             "coverage": sums.get("covered", 0.0) / n}

@@ -57,6 +57,34 @@ def test_fedavg_adapters_is_the_sample_weighted_mean():
         fedavg_adapters([a, {"x.lora_A": np.ones((4, 3))}], [1, 1])
 
 
+def test_fedavg_adapters_leaves_out_nodes_that_trained_nothing():
+    a = {"x.lora_A": np.ones((2, 3), np.float32), "x.lora_B": np.zeros((3, 2), np.float32)}
+    b = {"x.lora_A": 3 * np.ones((2, 3), np.float32), "x.lora_B": np.ones((3, 2), np.float32)}
+    # a node with no sample may send anything, the empty adapter included: weight 0, no vote
+    mean = fedavg_adapters([{}, a, b, {"x.lora_A": np.ones((4, 3))}], [0, 1, 3, 0])
+    np.testing.assert_allclose(mean["x.lora_A"], 2.5)
+    np.testing.assert_allclose(mean["x.lora_B"], 0.75)
+    assert fedavg_adapters([{}, a], [0, 0]) is None
+
+
+def test_the_ranker_counts_users_whose_best_round_tokens_are_missing(tmp_path, monkeypatch):
+    from florec.client import cotrec_node
+
+    config = {"llm-backend": "scripted", "scripted-p": 1.0, "cotrec-init": "title",
+              "cotrec-ranker": "untuned"}
+    _, _, kept = _run(tmp_path / "kept", **config)
+    assert kept["ranker"]["untuned"]["tokens_fallback"] == 0
+    # every node drops every round's copy (as a node that missed the best round's evaluation):
+    # the ranker used to take the last round's tokens silently
+    keep = cotrec_node.keep_round_tokens
+    monkeypatch.setattr(cotrec_node, "keep_round_tokens", lambda store, rounds: keep(store, set()))
+    cfg, grid, lost = _run(tmp_path / "lost", **config)
+    assert lost["ranker"]["untuned"]["tokens_fallback"] == cfg.synthetic_users
+    counts = [m.content.metric_records["metrics"]["tokens-fallback"] for m in grid.received
+              if "tokens-fallback" in m.content.metric_records.get("metrics", {})]
+    assert len(counts) == cfg.num_nodes and all(c > 0 for c in counts)
+
+
 def _forbidden(cfg, grid) -> set[str]:
     """History texts of every user (prompt, joined titles) and the nodes' preference texts."""
     texts, _, _ = node_tools(cfg, next(iter(grid.contexts.values())))
