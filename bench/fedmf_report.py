@@ -10,11 +10,17 @@ reference method's mean (``share = mean_method / mean_reference``; the goal of i
 ``--curves FOLDER`` instead lists each cell's validation ndcg@10 per round from the cells'
 ``rounds.jsonl`` (the short tuning runs in ``docs/results/fedmf_converge/tuning/``).
 
+``--config BENCH.toml`` reads the finished cells of a bench folder instead of its
+``results.json`` (the same collection ``florec bench`` writes at its end), so a bench stopped
+before its last cell still gets its table; unfinished cells are left out.
+
 Usage::
 
     python bench/fedmf_report.py docs/results/fedmf_converge/results.json
         --out docs/results/fedmf_converge/summary.md
     python bench/fedmf_report.py --curves docs/results/fedmf_converge/tuning
+    python bench/fedmf_report.py docs/results/fedmf_converge_ml1m
+        --config bench/fedmf_converge_ml1m.toml
 """
 
 from __future__ import annotations
@@ -85,16 +91,40 @@ def curves(folder: Path, metric: str = "ndcg@10") -> str:
     return "\n".join(lines) + "\n"
 
 
+def from_cells(config: Path, folder: Path) -> dict[str, Any]:
+    """The bench ``results.json`` dict of ``folder``'s finished cells under bench file ``config``.
+
+    Raises
+    ------
+    ConfigError
+        If ``config`` is not a valid bench file or no cell of it has finished in ``folder``.
+
+    """
+    from florec.sim.bench import cells_of, collect, load_bench
+
+    conf = load_bench(config)
+    results = collect(conf, cells_of(conf, folder))
+    if not results["runs"]:
+        raise ConfigError(f"no cell of {config} has finished in {folder}; run florec bench "
+                          f"--config {config} --out {folder} first")
+    return results
+
+
 def main() -> None:
     """Command line: print the table or write it to --out."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", type=Path, nargs="?", help="a bench results.json")
+    ap.add_argument("results", type=Path, nargs="?",
+                    help="a bench results.json (with --config: the bench folder)")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="a bench TOML: read the folder's finished cells, not results.json")
     ap.add_argument("--metric", default="ndcg@10")
     ap.add_argument("--curves", type=Path, default=None, help="a folder of bench cells")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.curves is not None:
         text = curves(args.curves, args.metric)
+    elif args.results is not None and args.config is not None:
+        text = report(from_cells(args.config, args.results), args.metric)
     elif args.results is not None:
         text = report(json.loads(args.results.read_text()), args.metric)
     else:

@@ -42,3 +42,47 @@ def test_curves_list_each_cells_validation_values_and_its_best_round(bench_scrip
     (cell / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     lines = bench_script("fedmf_report").curves(tmp_path).splitlines()
     assert lines[2] == "| M seed0 | 3 | 0.0300 (2) | 0.0100 0.0300 0.0200 |"
+
+
+BENCH = """
+[bench]
+datasets = ["d"]
+seeds = [0, 1]
+reference = "C"
+
+[[method]]
+label = "C"
+setting = "central"
+model = "mf"
+
+[[method]]
+label = "F"
+setting = "federated"
+model = "mf"
+"""
+
+
+def test_from_cells_reports_the_finished_cells_of_a_stopped_bench(bench_script, tmp_path):
+    from florec.sim.bench import cells_of, load_bench
+
+    config = tmp_path / "b.toml"
+    config.write_text(BENCH)
+    conf = load_bench(config)
+    done = {("C", 0): 0.06, ("C", 1): 0.04, ("F", 0): 0.045}  # F seed 1 never finished
+    for cell in cells_of(conf, tmp_path / "out"):
+        cell.mark_started(conf)
+        if (cell.label, cell.seed) in done:
+            r = run(cell.label, cell.seed, done[(cell.label, cell.seed)], cell.method["setting"])
+            (cell.out_dir / "results.json").write_text(
+                json.dumps({"status": "finished", "runs": [r]}))
+    mod = bench_script("fedmf_report")
+    lines = mod.report(mod.from_cells(config, tmp_path / "out")).splitlines()
+    assert lines[2].startswith("| d | C | central | 2 | 0.0500 ± 0.0141 |")
+    assert lines[3].startswith("| d | F | federated | 1 | 0.0450 | 0.0900 | 90.0% | 3 | 5 |")
+
+
+def test_from_cells_without_a_finished_cell_is_a_config_error(bench_script, tmp_path):
+    config = tmp_path / "b.toml"
+    config.write_text(BENCH)
+    with pytest.raises(ConfigError, match="no cell of .* has finished"):
+        bench_script("fedmf_report").from_cells(config, tmp_path / "out")
