@@ -30,7 +30,7 @@ from florec.client.trainers.bucket import Bucket
 from florec.recdata.errors import ConfigError
 from florec.recdata.node_cache import node_cache
 from florec.recdata.runconfig import RunConfig, parse_run_config
-from florec.recdata.shard import shard_of_node
+from florec.recdata.shard import node_key, shard_of_node
 
 _IMPORT_END = time.time()
 # Every ClientApp message is a new process in a deployment (Flower's process isolation), so this
@@ -100,7 +100,7 @@ def node_setup(context: Context) -> tuple[RunConfig, Bucket, int]:
     node_config = {"partition-id": pid,
                    "num-partitions": int(context.node_config.get("num-partitions", -1)),
                    "data-dir": str(context.node_config.get("data-dir", ""))}
-    key = ("bucket", json.dumps(cfg.to_flower(), sort_keys=True), *node_config.values())
+    key = ("bucket", *node_key(cfg, node_config))
     bucket = node_cache().get(key, lambda: _load_bucket(cfg, node_config))
     return cfg, bucket, pid
 

@@ -10,8 +10,6 @@ parameters; the node keeps its Adam state(s) in its :mod:`florec.client.node_sto
 
 from __future__ import annotations
 
-import functools
-import json
 import time
 
 import numpy as np
@@ -32,25 +30,25 @@ from florec.client.trainers.sequential import (
 from florec.models.registry import sequential_from_config
 from florec.models.seq_layers import SequentialRecommender
 from florec.protocol.codec import from_record, to_record
+from florec.recdata.node_cache import node_cache
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream, torch_seed
 from florec.recdata.sequences import UserSequences
-from florec.recdata.shard import shard_of_node
+from florec.recdata.shard import node_key, shard_of_node
 
 OPT_KEY = "seq-optimizer"
 
 
-@functools.lru_cache(maxsize=16384)  # a simulation process serves many partitions
-def _sequences(config_json: str, node_config: tuple) -> UserSequences:
-    cfg = RunConfig.model_validate(json.loads(config_json))
-    return UserSequences.from_split(shard_of_node(cfg, dict(node_config)).split)
-
-
 def node_sequences(context: Context, cfg: RunConfig) -> UserSequences:
-    """The time-ordered sequences of this node's users (built once per process from its shard)."""
-    keys = ("partition-id", "num-partitions", "data-dir")
-    node = tuple((k, context.node_config[k]) for k in keys if k in context.node_config)
-    return _sequences(json.dumps(cfg.to_flower(), sort_keys=True), node)
+    """The time-ordered sequences of this node's users, built from its shard.
+
+    Kept in the process's byte-bounded :func:`florec.recdata.node_cache.node_cache` (a Ray
+    actor serving many nodes keeps the recently served ones and rebuilds the others from their
+    shards), under the node's :func:`florec.recdata.shard.node_key`.
+    """
+    key = node_key(cfg, context.node_config)
+    return node_cache().get(("sequences", *key), lambda: UserSequences.from_split(
+        shard_of_node(cfg, context.node_config).split))
 
 
 def global_model(msg: Message, cfg: RunConfig, n_items: int, device: str

@@ -239,12 +239,22 @@ def _make_shard(config_json: str, partition_id: int, num_partitions: int, data_d
     return node_shard(cfg, partition_id, num_partitions, data_dir)
 
 
-def shard_of_node(cfg: Any, node_config: dict[str, Any]) -> NodeShard:
+def node_key(cfg: Any, node_config: Any) -> tuple[str, int, int, str]:
+    """The run and node a node's cached data belongs to, normalised for a cache key.
+
+    ``(run config as sorted JSON, partition-id, num-partitions or -1, data-dir or "")``: the
+    same node gives the same key whether its node config holds ints or strings, and whether
+    it omits the optional keys or sets them to their defaults.
+    """
+    return (json.dumps(cfg.to_flower(), sort_keys=True), int(node_config["partition-id"]),
+            int(node_config.get("num-partitions", -1)), str(node_config.get("data-dir", "")))
+
+
+def shard_of_node(cfg: Any, node_config: Any) -> NodeShard:
     """The shard of the node with this Flower node config (kept in the :func:`node_cache`).
 
     ``node_config`` holds ``partition-id`` and optionally ``num-partitions`` and ``data-dir``
     (see :func:`node_shard`).
     """
-    key = (json.dumps(cfg.to_flower(), sort_keys=True), int(node_config["partition-id"]),
-           int(node_config.get("num-partitions", -1)), str(node_config.get("data-dir", "")))
+    key = node_key(cfg, node_config)
     return node_cache().get(("shard", *key), lambda: _make_shard(*key))

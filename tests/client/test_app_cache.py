@@ -71,3 +71,44 @@ def test_importing_the_clientapp_imports_no_torch_and_fedavg_never_imports_the_r
     assert loaded["fedavg"] == ["florec.client.fedavg_node", False]
     seq, mine = loaded["sequential"]
     assert seq == mine  # the ClientApp's copy of the sequential models matches the registry's
+
+
+def test_sequential_nodes_keep_their_sequences_in_the_bounded_cache(monkeypatch):
+    from florec.client import seq_node
+
+    seq_cfg = CFG | {"model": "sasrec", "max-seq-len": 8}
+    cfg = app.parse_run_config(seq_cfg)
+
+    def ctx(pid: int) -> Context:
+        return Context(run_id=1, node_id=pid + 1, state=RecordDict(), run_config=seq_cfg,
+                       node_config={"partition-id": str(pid), "num-partitions": 40})
+
+    nc.node_cache.cache_clear()
+    try:
+        first = seq_node.node_sequences(ctx(0), cfg)
+        one = nc.data_nbytes(app.node_setup(ctx(0))[1]) + nc.data_nbytes(
+            first) + nc.data_nbytes(app.shard_of_node(cfg, ctx(0).node_config))
+        monkeypatch.setenv(nc.CACHE_MB_ENV, str(4 * one / 2**20))  # about four nodes' data
+        nc.node_cache.cache_clear()
+        cache = nc.node_cache()
+        held = []
+        for _ in range(2):  # a Ray actor serving every node's train message, twice
+            for pid in range(CFG["num-nodes"]):
+                bucket = app.node_setup(ctx(pid))[1]
+                seqs = seq_node.node_sequences(ctx(pid), cfg)
+                assert seqs.n_users == 240 and (seqs.train_lengths(bucket.users) > 0).all()
+                held.append((cache.nbytes, len(cache)))
+        assert max(n for n, _ in held) <= cache.max_bytes
+        assert max(k for _, k in held) <= 16  # a few nodes' entries, not all 120
+        keys = [k[0] for k in cache._entries]
+        assert set(keys) == {"shard", "bucket", "sequences"}
+        again = seq_node.node_sequences(ctx(0), cfg)  # evicted long ago: rebuilt, equal
+        assert again is not first
+        for field in ("train_ptr", "train_tokens", "seen_ptr", "seen_tokens"):
+            assert np.array_equal(getattr(again, field), getattr(first, field)), field
+        misses = cache.misses  # the int and str spellings of a partition id are one node
+        same_node = Context(run_id=1, node_id=1, state=RecordDict(), run_config=seq_cfg,
+                            node_config={"partition-id": 0, "num-partitions": "40"})
+        assert seq_node.node_sequences(same_node, cfg) is again and cache.misses == misses
+    finally:
+        nc.node_cache.cache_clear()
