@@ -47,7 +47,7 @@ def data_nbytes(obj: Any) -> int:
     if isinstance(obj, dict):
         return sum(data_nbytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return sum(data_nbytes(v) for v in obj)
+        return sum(len(v) if type(v) is str else data_nbytes(v) for v in obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return sum(data_nbytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
     return 0
@@ -58,7 +58,9 @@ class NodeCache:
 
     The newest entry is always kept, even when it alone exceeds the budget (a deployed node's
     one large shard is still built once per process); older entries are evicted, least recently
-    used first, until the entries fit in ``max_bytes``.
+    used first, until the entries fit in ``max_bytes``. Entries are charged their size at the
+    time of each eviction, not when they were made, so node data that grows or shrinks while
+    cached (a split's CSR matrices built later, or dropped) is counted as it is now.
 
     Parameters
     ----------
@@ -77,37 +79,41 @@ class NodeCache:
             raise ConfigError(f"the node cache budget is {max_bytes} bytes; set "
                               f"{CACHE_MB_ENV} to a size in MiB >= 0")
         self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
-        self.nbytes = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the entries hold now (:func:`data_nbytes` of each, measured on every call)."""
+        with self._lock:
+            return sum(data_nbytes(v) for v in self._entries.values())
 
     def get(self, key: Hashable, make: Callable[[], T]) -> T:
         """The entry ``key``, made by ``make()`` (and cached) when it is not held."""
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
-                return self._entries[key][0]
+                return self._entries[key]
         value = make()  # outside the lock: making may fill the cache itself (a bucket's shard)
-        size = data_nbytes(value)
         with self._lock:
             self.misses += 1
-            if key in self._entries:
-                self.nbytes -= self._entries.pop(key)[1]
-            self._entries[key] = (value, size)
-            self.nbytes += size
-            while self.nbytes > self.max_bytes and len(self._entries) > 1:
-                self.nbytes -= self._entries.popitem(last=False)[1][1]
+            self._entries.pop(key, None)
+            self._entries[key] = value
+            sizes = [data_nbytes(v) for v in self._entries.values()]  # oldest first
+            total, oldest = sum(sizes), iter(sizes)
+            while total > self.max_bytes and len(self._entries) > 1:
+                self._entries.popitem(last=False)
+                total -= next(oldest)
         return value
 
     def clear(self) -> None:
         """Forget every entry."""
         with self._lock:
             self._entries.clear()
-            self.nbytes = 0
 
 
 @functools.lru_cache(maxsize=1)

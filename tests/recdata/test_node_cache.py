@@ -78,3 +78,22 @@ def test_the_budget_comes_from_the_environment_and_bad_values_are_one_line_error
             assert "\n" not in str(err.value)
     finally:
         nc.node_cache.cache_clear()
+
+
+def test_entries_are_charged_their_current_size_when_they_grow_or_shrink_after_caching():
+    cache = nc.NodeCache(max_bytes=3 * 1024)
+    grows = cache.get("grows", dict)  # cached empty, filled later (a split's CSR cache)
+    cache.get("b", lambda: array(1))
+    assert cache.nbytes == 1024
+    grows["csr"] = array(2)
+    assert cache.nbytes == 3 * 1024  # measured now, not when "grows" was made
+    cache.get("c", lambda: array(1))  # 4 KiB held: the least recently used, "grows", goes
+    assert len(cache) == 2 and cache.nbytes == 2 * 1024
+    assert cache.get("grows", dict) == {}  # rebuilt
+    shrinks = cache.get("shrinks", lambda: {"csr": array(3)})  # 5 KiB: "b" and "c" go
+    assert len(cache) == 2 and cache.nbytes == 3 * 1024
+    shrinks.clear()  # dropped after caching (the bucket build clears the shard's CSRs)
+    assert cache.nbytes == 0
+    cache.get("d", lambda: array(2))
+    cache.get("e", lambda: array(1))  # 3 KiB: nothing goes, the empty entries cost nothing
+    assert len(cache) == 4 and cache.nbytes == 3 * 1024
