@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import torch
-
 from florec.models.base import Recommender
 from florec.models.gfcf import GFCF
 from florec.models.itemknn import ItemKNN
@@ -14,6 +12,7 @@ from florec.models.lightgcn import LightGCN
 from florec.models.mf import MF
 from florec.models.mlp import MLPScorer
 from florec.models.pop import Pop
+from florec.models.rng import cpu_seeded
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 
@@ -117,8 +116,7 @@ def build_sequential_model(name: str, n_items: int, *, seed: int = 0, oracle: bo
     if name == "sasrec" and dim % heads:
         raise ConfigError(f"dim={dim} is not a multiple of heads={heads}; change dim or heads")
     kwargs = dict(max_len=max_len, dim=dim, layers=layers, dropout=dropout)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with cpu_seeded(seed):
         if oracle:
             return Oracle4Rec(n_items, backbone=name, heads=heads, filter_layers=filter_layers,
                               ratio=ratio, future=future, alpha=alpha, gamma=gamma, **kwargs)

@@ -14,6 +14,7 @@ import torch
 
 from florec.client.trainers.sequential import EpochStats
 from florec.models.metrics import topk_items
+from florec.models.rng import cpu_seeded
 from florec.models.sasrec import SASRec
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
@@ -41,8 +42,7 @@ def build_retriever(cfg: RunConfig, n_items: int, n_users: int,
             raise ConfigError(f"the initial {name} table is {table.shape}, expected "
                               f"({rows}, {cfg.dim}); rebuild it with dim={cfg.dim}")
     tokens = n_users if cfg.cotrec_user_token else 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with cpu_seeded(cfg.seed):
         return SASRec(n_items, max_len=cfg.max_seq_len, dim=cfg.dim, heads=cfg.heads,
                       layers=cfg.seq_layers, dropout=cfg.dropout, n_user_tokens=tokens,
                       item_init=item_init, user_init=user_init if tokens else None)

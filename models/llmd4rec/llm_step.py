@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from florec.models.cotrec.prompts import SYSTEM
 from florec.models.llm import lora
 from florec.models.llm.base import LETTERS
-from florec.models.llm.rng import cpu_seeded
 from florec.models.llmd4rec.losses import distill_kl, sample_weights
+from florec.models.rng import cpu_seeded
 from florec.recdata.errors import ConfigError
 from florec.recdata.seeds import Salt, torch_seed
 

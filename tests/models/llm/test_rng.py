@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from florec.models.llm import build_llm
-from florec.models.llm.rng import cpu_seeded
+from florec.models.rng import cpu_seeded
 
 
 def _cuda_seeds(monkeypatch) -> list[int]:
