@@ -2,7 +2,8 @@
 
 A simulation runs every node's messages on a few Ray actors, each serving node after node; a
 deployed node serves only its own. Each process keeps the node data it builds (the shards of
-:func:`florec.recdata.shard.shard_of_node`, the buckets of :mod:`florec.client.app`) in one
+:func:`florec.recdata.shard.shard_of_node`, the buckets of :mod:`florec.client.app`, the
+sequences of :func:`florec.client.seq_node.node_sequences`) in one
 least-recently-used :class:`NodeCache` bounded in bytes (``FLOREC_NODE_CACHE_MB``, default
 :data:`DEFAULT_CACHE_MB` MiB), so an actor's memory does not grow with the number of nodes it has
 served: an evicted entry is rebuilt from the run's split (cut again in memory, or read again
@@ -26,7 +27,9 @@ from florec.recdata.errors import ConfigError
 
 #: the byte budget of a process's :class:`NodeCache`, in MiB
 CACHE_MB_ENV = "FLOREC_NODE_CACHE_MB"
-DEFAULT_CACHE_MB = 16.0
+#: holds about 37 ML-1M nodes of 100 users, each with its shard, bucket and sequences
+#: (0.84 MiB on average over the 61 nodes; measured with ``data_nbytes``, see docs/scale.md)
+DEFAULT_CACHE_MB = 32.0
 T = TypeVar("T")
 
 
@@ -58,9 +61,12 @@ class NodeCache:
 
     The newest entry is always kept, even when it alone exceeds the budget (a deployed node's
     one large shard is still built once per process); older entries are evicted, least recently
-    used first, until the entries fit in ``max_bytes``. Entries are charged their size at the
-    time of each eviction, not when they were made, so node data that grows or shrinks while
-    cached (a split's CSR matrices built later, or dropped) is counted as it is now.
+    used first, until the entries fit in ``max_bytes``. The entries read while an entry was
+    made (a bucket's shard, the shard of a node's sequences) are kept beside it when it is
+    cached, so making a bucket never evicts the shard it was just cut from. Entries are
+    charged their size at the time of each eviction, not when they were made, so node data
+    that grows or shrinks while cached (a split's CSR matrices built later, or dropped) is
+    counted as it is now.
 
     Parameters
     ----------
@@ -81,6 +87,7 @@ class NodeCache:
         self.max_bytes = int(max_bytes)
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._making = threading.local()  # per thread: the keys each pending make() read
         self.misses = 0
 
     def __len__(self) -> int:
@@ -93,21 +100,37 @@ class NodeCache:
             return sum(data_nbytes(v) for v in self._entries.values())
 
     def get(self, key: Hashable, make: Callable[[], T]) -> T:
-        """The entry ``key``, made by ``make()`` (and cached) when it is not held."""
+        """The entry ``key``, made by ``make()`` (and cached) when it is not held.
+
+        The entries that ``make()`` reads from this cache are not evicted to make room for
+        ``key`` (they are evicted later, least recently used first, like any other).
+        """
+        pending: list[set] = self._making.__dict__.setdefault("stack", [])
+        if pending:
+            pending[-1].add(key)  # the enclosing make() read this entry
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-        value = make()  # outside the lock: making may fill the cache itself (a bucket's shard)
+        pending.append(set())
+        try:
+            value = make()  # outside the lock: making may fill the cache itself (a shard)
+        finally:
+            kept = pending.pop() | {key}
+            if pending:
+                pending[-1] |= kept
         with self._lock:
             self.misses += 1
             self._entries.pop(key, None)
             self._entries[key] = value
-            sizes = [data_nbytes(v) for v in self._entries.values()]  # oldest first
-            total, oldest = sum(sizes), iter(sizes)
-            while total > self.max_bytes and len(self._entries) > 1:
-                self._entries.popitem(last=False)
-                total -= next(oldest)
+            sizes = {k: data_nbytes(v) for k, v in self._entries.items()}  # oldest first
+            total = sum(sizes.values())
+            for old, size in sizes.items():
+                if total <= self.max_bytes:
+                    break
+                if old not in kept:
+                    del self._entries[old]
+                    total -= size
         return value
 
     def clear(self) -> None:
@@ -118,7 +141,7 @@ class NodeCache:
 
 @functools.lru_cache(maxsize=1)
 def node_cache() -> NodeCache:
-    """The node cache of this process, sized by ``$FLOREC_NODE_CACHE_MB`` (default 16 MiB).
+    """The node cache of this process, sized by ``$FLOREC_NODE_CACHE_MB`` (default 32 MiB).
 
     Raises
     ------

@@ -112,3 +112,22 @@ def test_sequential_nodes_keep_their_sequences_in_the_bounded_cache(monkeypatch)
         assert seq_node.node_sequences(same_node, cfg) is again and cache.misses == misses
     finally:
         nc.node_cache.cache_clear()
+
+
+def test_a_bucket_build_keeps_its_shard_even_when_both_exceed_the_budget(monkeypatch):
+    monkeypatch.setenv(nc.CACHE_MB_ENV, "0")
+    nc.node_cache.cache_clear()
+    try:
+        cache = nc.node_cache()
+        cfg, _, _ = app.node_setup(context(3))  # the bucket and the shard it was cut from
+        assert [k[0] for k in cache._entries] == ["shard", "bucket"]
+        assert cache.nbytes == sum(nc.data_nbytes(v) for v in cache._entries.values())
+        misses = cache.misses
+        shard = app.shard_of_node(cfg, context(3).node_config)  # query.partition asks next
+        assert cache.misses == misses and shard.partition_id == 3  # not read again
+        assert not shard.split._csr  # the bucket build dropped the shard's CSR matrices
+        app.node_setup(context(4))  # the next node's build evicts node 3's entries
+        assert [k[0] for k in cache._entries] == ["shard", "bucket"]
+        assert {k[2] for k in cache._entries} == {4}
+    finally:
+        nc.node_cache.cache_clear()

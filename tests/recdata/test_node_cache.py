@@ -97,3 +97,24 @@ def test_entries_are_charged_their_current_size_when_they_grow_or_shrink_after_c
     cache.get("d", lambda: array(2))
     cache.get("e", lambda: array(1))  # 3 KiB: nothing goes, the empty entries cost nothing
     assert len(cache) == 4 and cache.nbytes == 3 * 1024
+
+
+def test_making_an_entry_never_evicts_the_entries_it_was_made_from():
+    cache = nc.NodeCache(max_bytes=1024)
+    made = []
+
+    def shard(name: str) -> np.ndarray:
+        made.append(name)
+        return array(1)
+
+    def bucket(name: str) -> np.ndarray:  # reads its shard from the cache, as the ClientApp does
+        return cache.get(("shard", name), lambda: shard(name)) + 0
+
+    cache.get(("bucket", "n0"), lambda: bucket("n0"))  # 2 KiB > 1 KiB: both kept all the same
+    assert len(cache) == 2 and cache.nbytes == 2 * 1024
+    cache.get(("shard", "n0"), lambda: pytest.fail("the bucket's build evicted its shard"))
+    outer = cache.get("outer", lambda: cache.get(("bucket", "n1"), lambda: bucket("n1")))
+    assert outer is not None and made == ["n0", "n1"]  # a nested build keeps its whole chain
+    assert set(cache._entries) == {"outer", ("bucket", "n1"), ("shard", "n1")}
+    cache.get("next", lambda: array(1))  # then they are evicted like any other
+    assert set(cache._entries) == {"next"} and cache.nbytes == 1024
