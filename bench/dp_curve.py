@@ -119,7 +119,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.errorbar(xs, [r["ndcg@10"] for r in private], yerr=[r["ndcg@10_std"] for r in private],
                 marker="o", label="DP-FedAvg-MF")
     for r, style in zip([r for r in rows if r["target_epsilon"] in (None, math.inf)],
-                        ("--", ":", "-."), strict=False):
+                        ("--", ":", "-.", (0, (6, 2)), (0, (1, 3))), strict=False):
         name = r["label"] + (" (epsilon = inf)" if r["target_epsilon"] == math.inf else "")
         ax.axhline(r["ndcg@10"], linestyle=style, color="grey", label=name)
     ax.set_xscale("log", base=2)
