@@ -16,6 +16,8 @@ users are grouped into nodes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -25,9 +27,15 @@ from florec.recdata.seeds import Salt, stream
 EVAL, TRAIN = 0, 1  # phases: the refit before evaluating, the one before local training
 
 
-def refit_negatives(train: sp.csr_matrix, users: np.ndarray, steps: int, seed: int,
-                    server_round: int, phase: int = EVAL) -> np.ndarray:
-    """One uniform unseen item per training pair and step, from per-user random streams.
+def refit_negative_blocks(train: sp.csr_matrix, users: np.ndarray, steps: int, seed: int,
+                          server_round: int, phase: int = EVAL,
+                          max_draws: int = 1 << 22) -> Iterator[np.ndarray]:
+    """One uniform unseen item per training pair and step, in blocks of steps.
+
+    Each user's stream (seed, :attr:`Salt.USER_REFIT`, phase, round, global user id) draws its
+    pairs' uniforms step after step, so the blocks concatenate to the same array whatever
+    ``max_draws`` is; a block holds at most ``max_draws`` draws (at least one step), so memory
+    stays bounded on a node with many interactions.
 
     Parameters
     ----------
@@ -41,23 +49,35 @@ def refit_negatives(train: sp.csr_matrix, users: np.ndarray, steps: int, seed: i
         Run seed and the round whose training or evaluation the refit serves.
     phase : int
         :data:`EVAL` or :data:`TRAIN` (separate streams).
+    max_draws : int
+        Largest block, in draws (steps x pairs).
 
-    Returns
-    -------
+    Yields
+    ------
     np.ndarray
-        int64 array (steps, nnz): the negative of pair k at step s (pairs in CSR order).
+        int64 arrays (steps in the block, nnz): the negative of pair k at each step (pairs in
+        CSR order).
 
     """
     indptr = train.indptr
-    uniforms = np.empty((steps, train.nnz))
-    for row, uid in enumerate(users):
-        lo, hi = indptr[row], indptr[row + 1]
-        if hi > lo:
-            rng = stream(seed, Salt.USER_REFIT, phase, server_round, int(uid))
-            uniforms[:, lo:hi] = rng.random((steps, hi - lo))
+    rngs = {row: stream(seed, Salt.USER_REFIT, phase, server_round, int(uid))
+            for row, uid in enumerate(users) if indptr[row + 1] > indptr[row]}
     rows = np.repeat(np.arange(train.shape[0], dtype=np.int64), np.diff(indptr))
-    return np.stack([sample_negatives(rows, train, u) for u in uniforms]) if steps else \
-        np.zeros((0, train.nnz), np.int64)
+    block = max(1, max_draws // max(train.nnz, 1))
+    for first in range(0, steps, block):
+        n = min(block, steps - first)
+        uniforms = np.empty((n, train.nnz))
+        for row, rng in rngs.items():
+            lo, hi = indptr[row], indptr[row + 1]
+            uniforms[:, lo:hi] = rng.random((n, hi - lo))
+        yield np.stack([sample_negatives(rows, train, u) for u in uniforms])
+
+
+def refit_negatives(train: sp.csr_matrix, users: np.ndarray, steps: int, seed: int,
+                    server_round: int, phase: int = EVAL) -> np.ndarray:
+    """All of :func:`refit_negative_blocks` as one int64 array (steps, nnz)."""
+    blocks = list(refit_negative_blocks(train, users, steps, seed, server_round, phase))
+    return np.concatenate(blocks) if blocks else np.zeros((0, train.nnz), np.int64)
 
 
 def refit_user_emb(train: sp.csr_matrix, users: np.ndarray, user_emb: np.ndarray,
@@ -98,7 +118,7 @@ def refit_user_emb(train: sp.csr_matrix, users: np.ndarray, user_emb: np.ndarray
     reg : float
         :math:`\lambda`, L2 on the user rows.
     seed, server_round, phase : int
-        Key of the negatives' random streams (:func:`refit_negatives`).
+        Key of the negatives' random streams (:func:`refit_negative_blocks`).
 
     Returns
     -------
@@ -113,7 +133,8 @@ def refit_user_emb(train: sp.csr_matrix, users: np.ndarray, user_emb: np.ndarray
         return np.asarray(user_emb, np.float32).copy()
     train = train.tocsr()
     train.sort_indices()
-    negatives = refit_negatives(train, users, steps, seed, server_round, phase)
+    negatives = (step for block in refit_negative_blocks(train, users, steps, seed,
+                                                         server_round, phase) for step in block)
     indptr, nnz = train.indptr, train.nnz
     rows = np.repeat(np.arange(train.shape[0]), np.diff(indptr))
     pos = train.indices.astype(np.int64)
@@ -124,8 +145,7 @@ def refit_user_emb(train: sp.csr_matrix, users: np.ndarray, user_emb: np.ndarray
     adam = _Adam(p.shape, lr)
     active = (np.diff(indptr) > 0)[:, None]  # users without pairs keep their row
     q_pos, b_pos = q[pos], b[pos]
-    for step in range(steps):
-        neg = negatives[step]
+    for neg in negatives:
         diff = q_pos - q[neg]
         x = np.einsum("kd,kd->k", p[rows], diff) + b_pos - b[neg]
         dx = -weight * _sigmoid(-x)  # dL/dx of -w log sigma(x)

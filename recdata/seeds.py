@@ -69,7 +69,8 @@ class Salt(IntEnum):
     #: poisoning: a fake profile ``[seed, salt, 0, user]``, synthetic users
     #: ``[seed, salt, round, user]``
     ATTACK_ROUND = 107
-    #: MF user refit before evaluation: a user's negatives ``[seed, salt, round, user]``
+    #: MF user refit (phase 0 before evaluating, 1 before local training): a user's negatives
+    #: ``[seed, salt, phase, round, user]``
     USER_REFIT = 113
     #: CoT-Rec: each user's shuffle of the retriever's candidates ``[seed', salt]``
     COTREC_SLOTS = 2025

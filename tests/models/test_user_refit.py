@@ -6,7 +6,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from florec.models.user_refit import refit_negatives, refit_user_emb
+from florec.models.user_refit import refit_negative_blocks, refit_negatives, refit_user_emb
 
 
 def _planted(n_users: int = 60, n_items: int = 80, dim: int = 8, per_user: int = 12,
@@ -95,3 +95,13 @@ def test_refit_refuses_mismatched_users() -> None:
     train, _, items, bias = _planted()
     with pytest.raises(ValueError, match="pass the same users"):
         refit_user_emb(train, np.arange(5), np.zeros((train.shape[0], 8)), items, bias, 2, 0.1)
+
+
+def test_refit_negatives_do_not_depend_on_the_block_size() -> None:
+    train = _planted()[0]
+    ids = np.arange(train.shape[0]) + 7
+    whole = refit_negatives(train, ids, 7, 4, 3)
+    for max_draws in (1, train.nnz * 2, train.nnz * 3 + 1):
+        blocks = list(refit_negative_blocks(train, ids, 7, 4, 3, max_draws=max_draws))
+        assert max(len(b) for b in blocks) == max(1, max_draws // train.nnz)
+        np.testing.assert_array_equal(np.concatenate(blocks), whole)
