@@ -1,9 +1,5 @@
 """A simulation process serves node after node: its node data stays within the cache's budget."""
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 from flwr.app import Context, RecordDict
 
@@ -47,30 +43,6 @@ def test_the_node_cache_stays_bounded_after_serving_many_buckets(monkeypatch):
         assert app.node_setup(context(0))[1] is again and cache.misses == hits  # kept
     finally:
         nc.node_cache.cache_clear()
-
-
-PROBE = """
-import json, sys
-import florec.client.app as app
-from florec.recdata.runconfig import parse_run_config
-loaded = {"app": sorted(m for m in ("torch", "florec.models.registry") if m in sys.modules)}
-node = app._node(parse_run_config({"dataset": "synthetic", "model": "mf"}))
-loaded["fedavg"] = [node.__name__, "florec.models.registry" in sys.modules]
-from florec.models.registry import SEQUENTIAL_MODELS
-loaded["sequential"] = [list(SEQUENTIAL_MODELS), list(app.SEQUENTIAL_MODELS)]
-print(json.dumps(loaded))
-"""
-
-
-def test_importing_the_clientapp_imports_no_torch_and_fedavg_never_imports_the_registry():
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    loaded = json.loads(out.stdout.splitlines()[-1])
-    assert loaded["app"] == []
-    assert loaded["fedavg"] == ["florec.client.fedavg_node", False]
-    seq, mine = loaded["sequential"]
-    assert seq == mine  # the ClientApp's copy of the sequential models matches the registry's
 
 
 def test_sequential_nodes_keep_their_sequences_in_the_bounded_cache(monkeypatch):

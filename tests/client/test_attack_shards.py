@@ -21,11 +21,7 @@ SMALL = {"dataset": "synthetic", "synthetic-users": 60, "synthetic-items": 80,
          "aggregation": "sparse", "attack-targets": "unpopular:3", "attack-public": 0.3}
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    node_store.clear_cache()
-    yield
-    node_store.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_node_store")
 
 
 def test_public_knowledge_combined_from_shards_equals_the_whole_split_s():

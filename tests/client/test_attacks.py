@@ -28,12 +28,7 @@ def split():
     return make_split(generate_synthetic(n_users=60, n_items=80, seed=0), "loo", seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    LocalGrid({}, 1, handlers={})
-    node_store.clear_cache()
-    yield
-    node_store.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_node_store")
 
 
 def cfg_of(**kw):

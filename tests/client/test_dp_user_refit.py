@@ -17,7 +17,6 @@ from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
 from florec.recdata.splits import make_split
 from florec.recdata.synthetic import generate_synthetic
-from florec.sim.local_grid import LocalGrid
 from florec.strategies.dp import check_dp
 
 D = 8
@@ -28,12 +27,7 @@ def split():
     return make_split(generate_synthetic(n_users=30, n_items=40, seed=0), "ratio", seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    LocalGrid({}, 1, handlers={})  # the run/task ids a Flower process would set
-    node_store.clear_cache()
-    yield
-    node_store.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_node_store")
 
 
 def message(kind: str, rnd: int, tables: dict) -> Message:

@@ -15,7 +15,6 @@ from florec.protocol.fedavg_upload import node_payload
 from florec.recdata.runconfig import parse_run_config
 from florec.recdata.splits import make_split
 from florec.recdata.synthetic import generate_synthetic
-from florec.sim.local_grid import LocalGrid
 from florec.strategies.fedavg import FedAvgRec
 
 D, LR, REG = 8, 0.3, 1e-3
@@ -26,12 +25,7 @@ def split():
     return make_split(generate_synthetic(n_users=30, n_items=40, seed=0), "loo", seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    LocalGrid({}, 1, handlers={})  # the run/task ids a Flower process would set
-    node_store.clear_cache()
-    yield
-    node_store.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_node_store")
 
 
 def as_reply(content):

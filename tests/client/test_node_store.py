@@ -21,11 +21,7 @@ def emb(rows, seed=0):
     return {"user_emb": np.random.default_rng(seed).normal(size=(rows, 16)).astype(np.float32)}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    node_store.clear_cache()
-    yield
-    node_store.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_node_store")
 
 
 def test_a_small_store_lives_in_the_context_and_round_trips(tmp_path):

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from florec.client import node_store
 from florec.client.attacks import AttackKnowledge, log_hosted, malicious_users
 from florec.client.seq_attacks import fake_windows, mix_states
 from florec.recdata.errors import ConfigError
@@ -20,11 +19,7 @@ SEQ = {"dataset": "synthetic", "synthetic-users": 60, "synthetic-items": 50,
        "local-batch-size": 64, "device": "cpu", "attack-targets": "unpopular:2"}
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    node_store.clear_cache()
-    yield
-    node_store.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_node_store")
 
 
 def run(tmp_path, **extra):
