@@ -6,6 +6,8 @@ Cells are dataset x setting x variant (seed ``--seed``):
 * ``title-init``: item rows / user token from MiniLM embeddings of the raw titles (no LLM);
 * ``cotrec-init``: item rows / user token from the LLM's perception texts, then the ranker
   (untuned and LoRA-tuned on validation targets) with MAPB;
+* ``cotrec-untuned``: the same init and the untuned ranker with MAPB, no LoRA (the full
+  LLM init and re-ranking where the LoRA phase does not fit the CPU window);
 * ``cotrec-perception``: the same init without the ranker (the init ablation's LLM arm; the
   perception texts are generated once and answered by the call cache in later seeds);
 * ``cotrec-items``: item rows from the LLM's item perception only, no user token and no ranker
@@ -52,6 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "title-init": {"cotrec-init": "title", "cotrec-ranker": "none"},
     "cotrec-init": {"cotrec-init": "cotrec", "cotrec-ranker": "lora"},
     "cotrec-perception": {"cotrec-init": "cotrec", "cotrec-ranker": "none"},
+    "cotrec-untuned": {"cotrec-init": "cotrec", "cotrec-ranker": "untuned"},
     "cotrec-items": {"cotrec-init": "cotrec", "cotrec-user-token": False, "cotrec-ranker": "none"},
     "title-llm-ranker": {"cotrec-init": "title", "cotrec-ranker": "lora"},
     "scripted-control": {"cotrec-init": "title", "cotrec-ranker": "untuned",
@@ -124,6 +127,57 @@ def seed_table(out: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+#: Sources of the per-stage rates of a full ML-100K ``cotrec`` cell (``budget_table``): phase,
+#: results file under ``<out>/<dataset>/central/`` (a cell's results.json or a prefill JSON),
+#: the phase inside it, and the full cell's count of that phase's LLM calls (None: its seconds
+#: as measured, e.g. the retriever's epochs or the LoRA epoch over the validation samples).
+BUDGET_SOURCES: list[tuple[str, str, str, str | None]] = [
+    ("item-perception", "perception-items.json", "", "items"),
+    ("user-perception", "cotrec-untuned/results.json", "user-perception", "users"),
+    ("retriever", "cotrec-untuned/results.json", "retriever", None),
+    ("ranker-untuned", "cotrec-untuned/results.json", "ranker-untuned", None),
+    ("ranker-lora-train", "title-llm-ranker/results.json", "ranker-lora-train", None),
+    ("ranker-lora", "cotrec-untuned/results.json", "ranker-untuned", None),
+]
+
+
+def _phase(path: Path, phase: str) -> dict[str, float]:
+    """``phases[phase]`` of a cell's results.json, or the ``llm`` costs of a prefill JSON."""
+    data = json.loads(path.read_text())
+    if not phase:
+        return data["llm"] | {"seconds": data["seconds"]}
+    return data["runs"][0]["phases"][phase]
+
+
+def budget_table(out: Path, dataset: str = "ml-100k") -> str:
+    r"""Empty-cache minutes of one full CoT-Rec cell from the measured per-stage rates.
+
+    A perception phase costs :math:`t = (s / c) \cdot N`: ``s`` its measured seconds, ``c`` the
+    LLM calls it generated (cache hits excluded), ``N`` the full cell's prompts (every item,
+    every user: calls + cache hits of the source). Other phases count as measured (the ranker
+    with LoRA re-scores the untuned ranker's prompts; LoRA training is the title-init cell's
+    epoch). Returns "" when a source file is missing.
+    """
+    base = out / dataset / "central"
+    if not all((base / f).is_file() for _, f, _, _ in BUDGET_SOURCES):
+        return ""
+    rows = ["| phase | measured in | LLM calls (cache hits) | seconds | s per call | "
+            "full-cell calls | full-cell minutes |", "|" + "---|" * 7]
+    total = 0.0
+    for name, file, phase, unit in BUDGET_SOURCES:
+        p = _phase(base / file, phase)
+        calls, hits, sec = int(p.get("llm_calls", 0)), int(p.get("llm_cache_hits", 0)), \
+            float(p["seconds"])
+        rate = sec / calls if calls else float("nan")
+        full = calls + hits if unit else None
+        minutes = (rate * full if unit else sec) / 60
+        total += minutes
+        rows.append(f"| {name} | {file.split('/')[0]} | {calls} ({hits}) | {sec:.0f} | "
+                    f"{_f(rate, 2)} | {full if unit else 'as measured'} | {minutes:.1f} |")
+    rows.append(f"| **total** | | | | | | **{total:.1f}** |")
+    return "\n".join(rows) + "\n"
+
+
 def summary(out: Path) -> str:
     """A markdown table of every finished cell under ``out``."""
     head = ("| dataset | setting | variant | retriever ndcg@10 | hr@10 | coverage@10 | "
@@ -150,7 +204,14 @@ def summary(out: Path) -> str:
             f"{_f(un.get('ndcg@10'))} ({_f(un.get('mapb'), 2)}) | {lora} | {int(calls)} | "
             f"{int(hits)} | {int(tin)}/{int(tout)} | {minutes} |")
     return "\n".join(rows) + "\n\nMean ± sd over seeds (cells named ``<variant>-seed<s>``; "\
-        "the bare name is seed 0):\n\n" + seed_table(out)
+        "the bare name is seed 0):\n\n" + seed_table(out) + _budget_section(out)
+
+
+def _budget_section(out: Path) -> str:
+    table = budget_table(out)
+    return ("\nEstimated minutes of a full ML-100K ``cotrec`` cell with an empty cache "
+            "(measured per-stage rates x full scale, ``budget_table``):\n\n" + table
+            if table else "")
 
 
 def main() -> None:

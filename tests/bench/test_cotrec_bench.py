@@ -1,0 +1,54 @@
+"""bench/cotrec.py: variants parse, the budget table follows its formula, summary.md is current."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from florec.recdata.runconfig import parse_run_config
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results" / "cotrec"
+
+
+def test_every_variant_is_a_valid_run_config(bench_script) -> None:
+    bench = bench_script("cotrec")
+    for variant, keys in bench.VARIANTS.items():
+        cfg = parse_run_config(bench.DEFAULTS | keys | {"dataset": "ml-100k"})
+        assert cfg.model == "cotrec", variant
+    untuned = parse_run_config(bench.DEFAULTS | bench.VARIANTS["cotrec-untuned"])
+    assert (untuned.cotrec_init, untuned.cotrec_ranker) == ("cotrec", "untuned")
+
+
+def _cell(path: Path, phases: dict[str, dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"status": "finished", "runs": [{"phases": phases}]}))
+
+
+def test_budget_scales_perception_by_seconds_per_generated_call(bench_script,
+                                                                tmp_path: Path) -> None:
+    bench = bench_script("cotrec")
+    base = tmp_path / "ml-100k" / "central"
+    assert bench.budget_table(tmp_path) == ""  # no sources yet
+    (base).mkdir(parents=True)
+    (base / "perception-items.json").write_text(json.dumps(
+        {"seconds": 100.0, "llm": {"llm_calls": 50, "llm_cache_hits": 50}}))
+    _cell(base / "cotrec-untuned" / "results.json", {
+        "user-perception": {"seconds": 30.0, "llm_calls": 10, "llm_cache_hits": 5},
+        "retriever": {"seconds": 120.0},
+        "ranker-untuned": {"seconds": 60.0, "llm_calls": 20, "llm_cache_hits": 0}})
+    _cell(base / "title-llm-ranker" / "results.json", {"ranker-lora-train": {"seconds": 240.0}})
+    table = bench.budget_table(tmp_path)
+    rows = {r.split("|")[1].strip(): r for r in table.splitlines()[2:]}
+    # items: 2 s per generated call x 100 prompts = 200 s; users: 3 s x 15 = 45 s
+    assert rows["item-perception"].endswith("| 100 | 3.3 |")
+    assert rows["user-perception"].endswith("| 15 | 0.8 |")
+    expected = (200 + 45 + 120 + 60 + 240 + 60) / 60
+    assert f"**{expected:.1f}**" in rows["**total**"]
+
+
+def test_committed_summary_is_what_the_script_writes(bench_script) -> None:
+    if not (RESULTS / "summary.md").is_file():
+        pytest.skip("no committed CoT-Rec results")
+    assert (RESULTS / "summary.md").read_text() == bench_script("cotrec").summary(RESULTS)
