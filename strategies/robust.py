@@ -38,21 +38,21 @@ from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
-from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.supercore import log
 
 from florec.models.registry import SEQUENTIAL_MODELS
 from florec.protocol.codec import from_record, to_record
 from florec.protocol.public_knowledge import needs_knowledge
-from florec.protocol.user_rows import USER_DEFENSES, clip_user_updates
+from florec.protocol.user_rows import USER_DEFENSES
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA
 from florec.strategies.payload import check_reply, record_nbytes
 from florec.strategies.public_knowledge import PublicKnowledge
+from florec.strategies.robust_rules import krum_select, norm_bound, row_aggregate
 
 __all__ = ["NODE_DEFENSES", "RobustFedAvgRec", "RobustFedCIA", "check_robust", "krum_select",
            "norm_bound", "row_aggregate"]
@@ -103,70 +103,6 @@ def check_robust(cfg: RunConfig) -> None:
                           "of updates cannot; set aggregation='sparse' or 'dense'")
     if cfg.defense != "none" and getattr(cfg, "dp", False):
         raise ConfigError("defense and dp are not combined yet; set defense='none' or dp=false")
-
-
-def norm_bound(users: np.ndarray, emb: np.ndarray, bias: np.ndarray, bound: float
-               ) -> tuple[np.ndarray, np.ndarray]:
-    r"""Clip each user's whole update to L2 norm ``bound``.
-
-    .. math:: x_u \leftarrow x_u \min\left(1, \frac{C}{\lVert x_u \rVert_2}\right),\quad
-              \lVert x_u \rVert_2^2 = \sum_{r: user(r)=u} \lVert dV_r \rVert^2 + db_r^2
-
-    Parameters
-    ----------
-    users : np.ndarray
-        Owner of each row (R,), any non-negative ids.
-    emb, bias : np.ndarray
-        Row changes (R, d) and (R,).
-    bound : float
-        ``C``.
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray)
-        The clipped rows.
-
-    """
-    emb, bias, _ = clip_user_updates(users, emb, bias, bound)  # shared with DP clipping
-    return emb.astype(np.float64), bias.astype(np.float64)
-
-
-def row_aggregate(items: np.ndarray, emb: np.ndarray, bias: np.ndarray, rule: str,
-                  trim: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coordinate-wise ``median`` or ``trimmed-mean`` of the changes of each item row.
-
-    Parameters
-    ----------
-    items : np.ndarray
-        Item of each row (R,).
-    emb, bias : np.ndarray
-        Row changes (R, d) and (R,).
-    rule : {"median", "trimmed-mean"}
-        The statistic.
-    trim : float
-        Share cut from each end (trimmed mean).
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray, np.ndarray)
-        Touched items, their aggregated ``emb`` (I, d) and ``bias`` (I,) changes.
-
-    """
-    order = np.argsort(items, kind="stable")
-    values = np.concatenate([emb, bias[:, None]], axis=1)[order].astype(np.float64)
-    touched, starts = np.unique(items[order], return_index=True)
-    out = np.empty((len(touched), values.shape[1]))
-    for j, group in enumerate(np.split(values, starts[1:])):
-        out[j] = np.median(group, axis=0) if rule == "median" else trim_mean(group, trim)
-    return touched, out[:, :-1], out[:, -1]
-
-
-def krum_select(vectors: list[np.ndarray], num_malicious: int, num_select: int) -> list[int]:
-    """Indices kept by (Multi-)Krum over flat update vectors (Flower's rule)."""
-    contents = [RecordDict({"arrays": ArrayRecord({"g": Array(v)})}) for v in vectors]
-    chosen = select_multikrum(contents, num_malicious, num_select)
-    index = {id(c): i for i, c in enumerate(contents)}
-    return sorted(index[id(c)] for c in chosen)
 
 
 class Defended:
