@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from florec.recdata.errors import FloRecError
+from florec.recdata.errors import ConfigError, FloRecError
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.store import num_buckets_for
 from florec.sim.cli_common import (
@@ -46,6 +46,10 @@ def central(
     cfg = config_with_overrides(
         {"dataset": dataset, "model": model, "split": split, "seed": seed, "lr": lr}, config
     )
+    if cfg.user_refit_steps > 0:  # the nodes' refit (client/fedavg_node.py): no central analogue
+        raise ConfigError("user-refit-steps refits user embeddings on the nodes of a federated "
+                          "FedAvg-MF run; a central run would ignore it: set user-refit-steps=0 "
+                          "or use florec sim")
     with claim_folder(out, overwrite), stopping(f"start it again with --overwrite --out {out}"):
         run = run_central(cfg, epochs, batch_size, out)
     print_runs([run], *([("accuracy", "macro-f1")] if cfg.model == "llkd" else []))

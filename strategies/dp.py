@@ -41,7 +41,8 @@ def check_dp(cfg: RunConfig) -> None:
     """Fail with one line if ``dp=true`` is combined with settings it cannot account for.
 
     Also refuses ``user-refit-steps`` outside FedAvg-MF (with or without DP): the refit
-    (:mod:`florec.models.user_refit`) fits MF user rows.
+    (:mod:`florec.models.user_refit`) fits MF user rows. Federated runs only: ``florec central``
+    refuses the key itself (:func:`florec.sim.cli_run.central`).
 
     Raises
     ------

@@ -138,6 +138,7 @@ def test_resume_without_a_results_folder_is_a_one_line_error(tmp_path):
     (["--epochs", "0"], "--epochs 0 is below 1"),
     (["--epochs", "-3"], "--epochs -3 is below 1"),
     (["-c", "device='tpu'"], "config key 'device': Value error, use auto, cpu, cuda"),
+    (["--model", "mf", "-c", "user-refit-steps=20"], "a central run would ignore it"),
 ])
 def test_bad_central_values_are_one_line_before_training(tmp_path, args, named):
     """Issue 11 §5: these raised tracebacks or 'finished' with empty metrics."""
