@@ -110,6 +110,8 @@ def shared_data_overrides(overrides: dict[str, Any], env: dict[str, str] | None 
 
 #: ``ray start`` flags of a lean head: no dashboard, autoscaler monitor or log monitor
 LEAN_HEAD_FLAGS = ("--include-dashboard=false", "--no-monitor", "--include-log-monitor=false")
+#: seconds to wait for ``ray start`` to exit once its process tree was stopped, then kill it
+STOP_WAIT_S = 10.0
 
 
 @contextmanager
@@ -135,7 +137,8 @@ def local_head(num_cpus: int, env: dict[str, str] | None = None, log: Path | Non
     env : dict, optional
         The head's environment (its workers and actors inherit it); default this process's.
     log : Path, optional
-        Where ``ray start`` writes its output; default a file in the head's temp dir.
+        Where ``ray start`` writes its output; default a ``/tmp/fr-ray-start-*.log`` outside the
+        head's temp dir, deleted on exit unless the head failed to start (the error names it).
     lean : bool
         Start without the dashboard, the autoscaler monitor and the log monitor.
     timeout_s : float
@@ -156,7 +159,8 @@ def local_head(num_cpus: int, env: dict[str, str] | None = None, log: Path | Non
         raise FloRecError(f"no `ray` command next to {sys.executable}; install Flower's "
                           "simulation extra: pip install 'flwr[simulation]'")
     temp_dir = Path(tempfile.mkdtemp(prefix="fr-ray-", dir="/tmp"))  # socket paths are short
-    log = log or temp_dir / "ray-start.log"
+    own_log = log is None  # outside temp_dir, which goes on exit: kept when the head fails
+    log = Path(tempfile.mkstemp(prefix="fr-ray-start-", suffix=".log")[1]) if own_log else log
     p = free_ports(8)
     cmd = [str(ray), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
            "--node-ip-address=127.0.0.1", f"--port={p[0]}", f"--node-manager-port={p[1]}",
@@ -169,6 +173,7 @@ def local_head(num_cpus: int, env: dict[str, str] | None = None, log: Path | Non
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
+    started = False
     try:
         deadline = time.monotonic() + timeout_s
         while "Ray runtime started" not in log.read_text(errors="replace"):
@@ -176,8 +181,15 @@ def local_head(num_cpus: int, env: dict[str, str] | None = None, log: Path | Non
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
                 raise FloRecError(f"`ray start --head` did not start ({tail[0][:200]}); see {log}")
             time.sleep(0.5)
+        started = True
         yield f"127.0.0.1:{p[0]}"
     finally:
         stop_process_tree(proc.pid, session=True)
-        proc.wait(10)
+        try:
+            proc.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:  # never hide the error that brought us here
+            proc.kill()
+            proc.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if own_log and started:
+            log.unlink(missing_ok=True)

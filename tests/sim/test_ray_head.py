@@ -38,6 +38,49 @@ def test_a_head_that_cannot_start_fails_in_one_line(monkeypatch):
     assert "\n" not in str(err.value)
 
 
+def fake_ray(tmp_path: Path, monkeypatch, script: str) -> Path:
+    """A ``ray`` shell script beside a fake ``sys.executable``; it records its argv in ``args``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ray = bin_dir / "ray"
+    ray.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args'}\n{script}\n")
+    ray.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    return tmp_path / "args"
+
+
+def temp_dir_of(args: Path) -> Path:
+    return Path(next(a for a in args.read_text().split() if a.startswith("--temp-dir="))
+                .split("=", 1)[1])
+
+
+def test_a_head_that_exits_names_a_log_that_still_exists(tmp_path, monkeypatch):
+    args = fake_ray(tmp_path, monkeypatch, "echo 'ray: port in use'; exit 1")
+    with pytest.raises(FloRecError, match="ray: port in use") as err:
+        with local_head(1, timeout_s=5):
+            pass
+    log = Path(str(err.value).rsplit("see ", 1)[1])
+    assert "ray: port in use" in log.read_text()
+    assert not temp_dir_of(args).exists()
+    log.unlink()
+
+
+def test_a_head_that_hangs_is_killed_and_the_startup_error_is_kept(tmp_path, monkeypatch):
+    import florec.sim.ray_cluster as ray_cluster
+    import florec.sim.teardown as teardown
+
+    args = fake_ray(tmp_path, monkeypatch, f"echo $$ > {tmp_path / 'pid'}\nexec sleep 60")
+    monkeypatch.setattr(teardown, "stop_process_tree", lambda pid, **kw: None)  # survives stop
+    monkeypatch.setattr(ray_cluster, "STOP_WAIT_S", 0.2)
+    with pytest.raises(FloRecError, match="did not start") as err:
+        with local_head(1, timeout_s=1):
+            pass
+    pid = int((tmp_path / "pid").read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not temp_dir_of(args).exists()
+    Path(str(err.value).rsplit("see ", 1)[1]).unlink()
+
+
 @pytest.mark.parametrize(("cmd", "role"), [
     ("/v/bin/python3 /v/bin/ray start --head --block --num-cpus=2", "ray-start"),
     ("/v/bin/python3 -m ray.util.client.server --address=1.2.3.4:5 --mode=proxy",
