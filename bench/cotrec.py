@@ -129,15 +129,17 @@ def seed_table(out: Path) -> str:
 
 #: Sources of the per-stage rates of a full ML-100K ``cotrec`` cell (``budget_table``): phase,
 #: results file under ``<out>/<dataset>/central/`` (a cell's results.json or a prefill JSON),
-#: the phase inside it, and the full cell's count of that phase's LLM calls (None: its seconds
-#: as measured, e.g. the retriever's epochs or the LoRA epoch over the validation samples).
+#: the phase inside it (``a|b``: the first cell folder with a finished results.json, and the
+#: phase at the same position), and the full cell's count of that phase's LLM calls (None: its
+#: seconds as measured, e.g. the retriever's epochs or the LoRA epoch over the validation
+#: samples).
 BUDGET_SOURCES: list[tuple[str, str, str, str | None]] = [
     ("item-perception", "perception-items.json", "", "items"),
-    ("user-perception", "cotrec-untuned/results.json", "user-perception", "users"),
-    ("retriever", "cotrec-untuned/results.json", "retriever", None),
-    ("ranker-untuned", "cotrec-untuned/results.json", "ranker-untuned", None),
-    ("ranker-lora-train", "title-llm-ranker/results.json", "ranker-lora-train", None),
-    ("ranker-lora", "cotrec-untuned/results.json", "ranker-untuned", None),
+    ("user-perception", "cotrec-untuned", "user-perception", "users"),
+    ("retriever", "cotrec-untuned", "retriever", None),
+    ("ranker-untuned", "cotrec-untuned", "ranker-untuned", None),
+    ("ranker-lora-train", "cotrec-init|title-llm-ranker", "ranker-lora-train", None),
+    ("ranker-lora", "cotrec-init|cotrec-untuned", "ranker-lora|ranker-untuned", None),
 ]
 
 
@@ -147,6 +149,17 @@ def _phase(path: Path, phase: str) -> dict[str, float]:
     if not phase:
         return data["llm"] | {"seconds": data["seconds"]}
     return data["runs"][0]["phases"][phase]
+
+
+def _source(base: Path, name: str, file: str, phase: str, unit: str | None
+            ) -> tuple[str, str, str, str | None] | None:
+    """The first alternative of ``file`` (and its ``phase``) that exists and is finished."""
+    for i, folder in enumerate(file.split("|")):
+        path = base / folder if folder.endswith(".json") else base / folder / "results.json"
+        if path.is_file() and json.loads(path.read_text()).get("status", "finished") == "finished":
+            which = phase.split("|")[min(i, phase.count("|"))]
+            return name, str(path.relative_to(base)), which, unit
+    return None
 
 
 def budget_table(out: Path, dataset: str = "ml-100k") -> str:
@@ -159,12 +172,13 @@ def budget_table(out: Path, dataset: str = "ml-100k") -> str:
     epoch). Returns "" when a source file is missing.
     """
     base = out / dataset / "central"
-    if not all((base / f).is_file() for _, f, _, _ in BUDGET_SOURCES):
+    sources = [_source(base, name, file, phase, unit) for name, file, phase, unit in BUDGET_SOURCES]
+    if None in sources:
         return ""
     rows = ["| phase | measured in | LLM calls (cache hits) | seconds | s per call | "
             "full-cell calls | full-cell minutes |", "|" + "---|" * 7]
     total = 0.0
-    for name, file, phase, unit in BUDGET_SOURCES:
+    for name, file, phase, unit in sources:
         p = _phase(base / file, phase)
         calls, hits, sec = int(p.get("llm_calls", 0)), int(p.get("llm_cache_hits", 0)), \
             float(p["seconds"])
@@ -185,7 +199,10 @@ def summary(out: Path) -> str:
             "tokens in/out | minutes per phase |")
     rows = [head, "|" + "---|" * 12]
     for path in sorted(out.glob("*/*/*/results.json")):
-        run = json.loads(path.read_text())["runs"][0]
+        data = json.loads(path.read_text())
+        if data.get("status") != "finished":  # a cell still running (or killed)
+            continue
+        run = data["runs"][0]
         ds, setting, variant = path.parts[-4:-1]
         ranker = run.get("ranker") or {}
         un, lo = ranker.get("untuned", {}), ranker.get("lora", {})

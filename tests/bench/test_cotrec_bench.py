@@ -46,6 +46,14 @@ def test_budget_scales_perception_by_seconds_per_generated_call(bench_script,
     assert rows["user-perception"].endswith("| 15 | 0.8 |")
     expected = (200 + 45 + 120 + 60 + 240 + 60) / 60
     assert f"**{expected:.1f}**" in rows["**total**"]
+    # a finished LoRA cell (cotrec-init) replaces the title cell's training and the untuned
+    # ranker's prompts as the source of the two LoRA phases
+    _cell(base / "cotrec-init" / "results.json", {"ranker-lora-train": {"seconds": 600.0},
+                                                  "ranker-lora": {"seconds": 90.0}})
+    table = bench.budget_table(tmp_path)
+    assert "| ranker-lora-train | cotrec-init |" in table
+    expected = (200 + 45 + 120 + 60 + 600 + 90) / 60
+    assert f"**{expected:.1f}**" in table
 
 
 def test_committed_summary_is_what_the_script_writes(bench_script) -> None:
