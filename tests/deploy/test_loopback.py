@@ -145,4 +145,6 @@ def test_killed_supernode_run_finishes_with_the_remaining_node(tmp_path):
     assert any(line.startswith("round 2: 1 of 2 sampled nodes replied") and "partition 1" in line
                for line in report), report
     assert f"supernode-1 (SuperNode ID {node_1}) exited with code -9 during the run" in report
-    assert f"no reply from node(s) {node_1}" in (logs / "flwr-run.log").read_text()
+    # the server's record of the lost node (the streamed flwr-run.log can end before its last
+    # lines arrive on a loaded machine, so the results file is what is checked)
+    assert rows[1]["dropped"] == [f"node {node_1}"], rows[1]["dropped"]
