@@ -153,11 +153,17 @@ def _phase(path: Path, phase: str) -> dict[str, float]:
 
 def _source(base: Path, name: str, file: str, phase: str, unit: str | None
             ) -> tuple[str, str, str, str | None] | None:
-    """The first alternative of ``file`` (and its ``phase``) that exists and is finished."""
+    """The first alternative of ``file`` (and its ``phase``) that exists and is finished.
+
+    A per-call phase (``unit`` set) counts only where it generated calls: one served wholly from
+    the cache measured no rate.
+    """
     for i, folder in enumerate(file.split("|")):
         path = base / folder if folder.endswith(".json") else base / folder / "results.json"
         if path.is_file() and json.loads(path.read_text()).get("status", "finished") == "finished":
             which = phase.split("|")[min(i, phase.count("|"))]
+            if unit and not _phase(path, which).get("llm_calls", 0):
+                continue
             return name, str(path.relative_to(base)), which, unit
     return None
 
@@ -182,7 +188,7 @@ def budget_table(out: Path, dataset: str = "ml-100k") -> str:
         p = _phase(base / file, phase)
         calls, hits, sec = int(p.get("llm_calls", 0)), int(p.get("llm_cache_hits", 0)), \
             float(p["seconds"])
-        rate = sec / calls if calls else float("nan")
+        rate = sec / calls if calls else float("nan")  # n/a: a phase counted as measured
         full = calls + hits if unit else None
         minutes = (rate * full if unit else sec) / 60
         total += minutes

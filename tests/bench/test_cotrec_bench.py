@@ -54,6 +54,11 @@ def test_budget_scales_perception_by_seconds_per_generated_call(bench_script,
     assert "| ranker-lora-train | cotrec-init |" in table
     expected = (200 + 45 + 120 + 60 + 600 + 90) / 60
     assert f"**{expected:.1f}**" in table
+    # a rerun served wholly from the cache measured no rate: no budget rather than NaN
+    _cell(base / "cotrec-untuned" / "results.json", {
+        "user-perception": {"seconds": 1.0, "llm_calls": 0, "llm_cache_hits": 15},
+        "retriever": {"seconds": 120.0}, "ranker-untuned": {"seconds": 60.0}})
+    assert bench.budget_table(tmp_path) == ""
 
 
 def test_committed_summary_is_what_the_script_writes(bench_script) -> None:
