@@ -179,7 +179,7 @@ DESCRIPTIONS: dict[str, str] = {
     'selection-metric': 'validation metric that picks the reported round',
     'patience': 'early stop after P evaluations without improvement (0 = off)',
     'out-dir': 'results folder (default `results/<time>-<method>-<dataset>`)',
-    'node-wait-s': 'how long the server waits for all nodes to register',
+    'node-wait-s': 'how long the server waits for all nodes to register and report their sizes',
     'round-timeout-s': 'give up on replies missing after this long (set it low in deployments)',
     'synthetic-users': 'synthetic dataset: users',
     'synthetic-items': 'synthetic dataset: items',

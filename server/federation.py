@@ -175,16 +175,18 @@ def learn_nodes(grid: Grid, cfg: RunConfig) -> NodeFacts:
     """
     replies: dict[int, dict[str, float]] = {}
     expected = cfg.num_nodes
+    # nodes read their shards to answer: part of starting up, so node-wait-s bounds it too
+    setup_s = max(cfg.round_timeout_s, cfg.node_wait_s)
     if cfg.users_per_node > 0:
         _first_node(grid, cfg.node_wait_s)
-        replies, failed = learn_partitions(grid, cfg.round_timeout_s)
+        replies, failed = learn_partitions(grid, setup_s)
         if failed:
             node_facts({}, failed, 0)
         expected = _one({int(r["num-partitions"]) for r in replies.values()},
                         "the number of partitions")
     wait_for_nodes(grid, expected, cfg.node_wait_s)
     if set(replies) != set(grid.get_node_ids()):
-        replies, failed = learn_partitions(grid, cfg.round_timeout_s)
+        replies, failed = learn_partitions(grid, setup_s)
         facts = node_facts(replies, failed, expected)
     else:
         facts = node_facts(replies, {}, expected)
