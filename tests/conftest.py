@@ -55,3 +55,26 @@ class WordEncoder:
 def word_encoder() -> WordEncoder:
     """A deterministic sentence encoder for tests of code that embeds text."""
     return WordEncoder()
+
+
+def _assert_no_trace(flat: np.ndarray, want: np.ndarray, key: str) -> int:
+    """Every window of ``flat`` against ``want``: few equal entries, no correlation.
+
+    Returns the number of windows compared (0 when ``flat`` is too short to carry ``want``).
+    """
+    if flat.size < want.size:
+        return 0
+    windows = np.lib.stride_tricks.sliding_window_view(flat, want.size)
+    assert (windows == want).mean(axis=1).max() < 0.05, key
+    w = windows - windows.mean(axis=1, keepdims=True)
+    c = want - want.mean()
+    corr = (w @ c) / (np.linalg.norm(w, axis=1) * np.linalg.norm(c) + 1e-12)
+    assert np.abs(corr).max() < 0.2, key
+    return len(windows)
+
+
+@pytest.fixture
+def no_trace():
+    """``no_trace(flat, want, key)``: assert a message array carries no trace of a node's input
+    at any offset (masked uploads); returns the windows compared."""
+    return _assert_no_trace
