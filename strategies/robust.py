@@ -16,6 +16,10 @@ that looks at single users needs their rows. FloRec settles this per defense:
     each end of the ``c_i`` changes of row ``i`` (``beta`` = ``defense-trim``; Flower's
     :func:`flwr.serverapp.strategy.fedtrimmedavg.trim_mean`). A row touched by fewer than
     ``1 / beta`` users is not trimmed.
+  - Under ``aggregation='sum'`` (the server step is the sum ``sum_u dV_{u,i}`` of the ``c_i``
+    changes of row ``i``) both rules replace the sum by ``c_i`` times the robust statistic,
+    ``dV_i = c_i med_u dV_{u,i}``: the same scale as the sum, equal to it when all changes
+    agree, and no single change moves it past the range of the others.
 
 - **Node level** (``krum``, ``multi-krum``; Blanchard et al., NeurIPS 2017): each node's
   pre-summed upload becomes its mean change ``g_k`` (dense: sum / weight; sparse: each touched
@@ -95,9 +99,9 @@ def check_robust(cfg: RunConfig) -> None:
     if cfg.attack == "sign-flip":
         raise ConfigError("attack 'sign-flip' is for sequential models (dense uploads); for MF "
                           "use 'fedattack' as the untargeted attack")
-    if cfg.defense in ("median", "trimmed-mean") and cfg.aggregation != "sparse":
+    if cfg.defense in ("median", "trimmed-mean") and cfg.aggregation == "dense":
         raise ConfigError(f"defense '{cfg.defense}' aggregates each item row over the users "
-                          "that touched it; set aggregation='sparse'")
+                          "that touched it; set aggregation='sparse' or 'sum'")
     if cfg.defense in NODE_DEFENSES and cfg.aggregation == "sum":
         raise ConfigError(f"defense '{cfg.defense}' averages the nodes it keeps, which a sum "
                           "of updates cannot; set aggregation='sparse' or 'dense'")
@@ -222,6 +226,9 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
         delta = {"item_emb": np.zeros((n, d)), "item_bias": np.zeros(n)}
         if self.defense in ("median", "trimmed-mean"):
             items, e, b = row_aggregate(cat["items"], emb, bias, self.defense, self.trim)
+            if self.mode == "sum":  # c_i x the robust mean: the sum's scale (module docstring)
+                count = np.bincount(cat["items"], minlength=n)[items].astype(np.float64)
+                e, b = e * count[:, None], b * count
             delta["item_emb"][items], delta["item_bias"][items] = e, b
         else:
             w = cat["user_weight"][cat["users"]] if self.mode == "dense" else 1.0

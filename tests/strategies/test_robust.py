@@ -61,7 +61,8 @@ def aggregate(strategy, replies):
 
 # every (defense, aggregation) pair check_robust accepts
 PAIRS = [("norm-bound", "sparse"), ("norm-bound", "dense"), ("norm-bound", "sum"),
-         ("median", "sparse"), ("trimmed-mean", "sparse"), ("krum", "sparse"),
+         ("median", "sparse"), ("trimmed-mean", "sparse"), ("median", "sum"),
+         ("trimmed-mean", "sum"), ("krum", "sparse"),
          ("krum", "dense"), ("multi-krum", "sparse"), ("multi-krum", "dense")]
 
 
@@ -119,6 +120,19 @@ def test_a_sparse_median_ignores_a_poisoned_user_among_benign_ones():
     got, _ = aggregate(strategy, [reply(a, w) for a, w in rows])
     before_emb = strategy.current["item_emb"]
     np.testing.assert_allclose(got["item_emb"][2] - before_emb[2], 0.1, atol=1e-6)
+
+
+def test_a_sum_median_keeps_the_sums_scale_and_ignores_a_poisoned_user():
+    items = np.array([2])
+    benign = [(np.full((1, D), 0.1), np.array([0.1]))] * 4
+    rows = [user_rows_payload(np.zeros(1, np.int64), items, d, b, np.ones(1))
+            for d, b in benign + [(np.full((1, D), 50.0), np.array([50.0]))]]
+    strategy = RobustFedAvgRec("median", mode="sum")
+    got, _ = aggregate(strategy, [reply(a, w) for a, w in rows])
+    # five users touched row 2: the step is 5 x their median change, not the sum's 50.4
+    np.testing.assert_allclose(got["item_emb"][2] - strategy.current["item_emb"][2], 0.5,
+                               atol=1e-5)
+    np.testing.assert_allclose(got["item_emb"][0], strategy.current["item_emb"][0])
 
 
 def test_defense_configurations_that_cannot_run_fail_in_one_line():
