@@ -45,7 +45,7 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
       "server-beta2", "server-tau", "keep-user-opt-state", "lr-schedule", "lr-min",
       "lr-step-rounds", "lr-gamma")),
     ("Evaluation and results", ("eval-every", "ks", "selection-metric", "patience", "out-dir",
-                                "eval-chunk")),
+                                "eval-chunk", "fused-evaluate")),
     ("Synthetic dataset", ("synthetic-users", "synthetic-items", "synthetic-interactions")),
     ("Backbones: LightGCN, MLP, GF-CF, ItemKNN", ("layers", "hidden", "gfcf-s", "gfcf-wp",
                                                  "gfcf-aggp", "gfcf-mode", "itemknn-k",
@@ -185,6 +185,10 @@ DESCRIPTIONS: dict[str, str] = {
     'synthetic-items': 'synthetic dataset: items',
     'synthetic-interactions': 'synthetic dataset: mean interactions per user',
     'eval-chunk': 'users per evaluation chunk (memory bound)',
+    'fused-evaluate': (
+        'evaluate round r-1 inside round r\'s train message (one message per node and round in a'
+        ' deployment; FedAvg-MF and sequential FedAvg, all nodes, no DP/secagg; docs/scale.md)'
+    ),
     'layers': 'LightGCN layers',
     'hidden': 'MLP scorer hidden width',
     'fedcia-comm': (

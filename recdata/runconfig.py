@@ -217,6 +217,8 @@ class RunConfig(BaseModel):
     agentcf_max_tokens: int = Field(160, ge=8)
     agentcf_baselines: bool = False
     agentcf_synthetic_trend: float = Field(0.0, ge=0, le=1)
+    # deployed rounds: a round's evaluation rides on the next train message (issue 17, §5)
+    fused_evaluate: bool = False
 
     @field_validator("device")
     @classmethod
