@@ -4,15 +4,25 @@ Reads a bench ``results.json`` (e.g. ``docs/results/fedmf_converge/results.json`
 ``florec bench --config bench/fedmf_converge.toml``) and writes one markdown row per method:
 n seeds, test ndcg@10 and recall@20 (mean ± sample sd), the mean ndcg@10 as a share of the
 reference method's mean (``share = mean_method / mean_reference``; the goal of issue 15 is
->= 95%), the best round/epoch and the rounds/epochs run per seed, and the bytes a run moved
-(down and up, MB = 1e6 bytes, mean over seeds, whole run including the patience rounds).
+>= 95%), the paired share (below), the best round/epoch, the rounds/epochs run and the cap
+(max rounds/epochs) per seed, and the bytes a run moved (down and up, MB = 1e6 bytes, mean over
+seeds, whole run including the patience rounds).
+
+Paired share: per seed s, ``r_s = m_s / ref_s`` (the reference run of the same dataset and
+seed); the cell shows ``mean(r) ± sd(r)`` and the two-sided 95% Student-t interval
+``mean(r) ± t_{0.975, n-1} sd(r) / sqrt(n)`` (``—`` when a seed has no reference run, or for
+the reference itself). A goal of ">= 95% of central" is met when the interval's lower end is
+at least 95%.
 
 ``--curves FOLDER`` instead lists each cell's validation ndcg@10 per round from the cells'
 ``rounds.jsonl`` (the short tuning runs in ``docs/results/fedmf_converge/tuning/``).
 
 ``--config BENCH.toml`` reads the finished cells of a bench folder instead of its
 ``results.json`` (the same collection ``florec bench`` writes at its end), so a bench stopped
-before its last cell still gets its table; unfinished cells are left out.
+before its last cell still gets its table; unfinished cells are left out. Several
+``FOLDER --config BENCH.toml`` pairs (folders in order, one ``--config`` each) pool their
+finished cells into one table; a later pair's cell replaces an earlier one of the same
+dataset, label and seed (e.g. a rerun with a larger round cap).
 
 Usage::
 
@@ -21,6 +31,9 @@ Usage::
     python bench/fedmf_report.py --curves docs/results/fedmf_converge/tuning
     python bench/fedmf_report.py docs/results/fedmf_converge_ml1m
         --config bench/fedmf_converge_ml1m.toml
+    python bench/fedmf_report.py docs/results/fedmf_converge_ml1m
+        docs/results/fedmf_converge_ml1m/cap120 --config bench/fedmf_converge_ml1m.toml
+        --config bench/fedmf_converge_ml1m_cap120.toml
 """
 
 from __future__ import annotations
@@ -38,6 +51,33 @@ from summary_table import groups, mean_sd  # noqa: E402
 from florec.recdata.errors import ConfigError  # noqa: E402
 
 
+def paired_share(runs: list[dict[str, Any]], refs: list[dict[str, Any]],
+                 metric: str = "ndcg@10") -> str:
+    """The per-seed ratio to the reference: ``mean ± sd [95% t-interval]`` in percent.
+
+    ``r_s = runs[s][metric] / refs[s][metric]`` over the seeds of ``runs``; the interval is
+    ``mean(r) ± t_{0.975, n-1} sd(r) / sqrt(n)`` (sample sd). One seed gives ``r`` alone; a seed
+    without a reference run gives ``—``.
+    """
+    from scipy import stats
+
+    by_seed = {r["seed"]: r["metrics"][metric] for r in refs}
+    if any(r["seed"] not in by_seed for r in runs):
+        return "—"
+    ratios = [100 * r["metrics"][metric] / by_seed[r["seed"]] for r in runs]
+    if len(ratios) == 1:
+        return f"{ratios[0]:.1f}%"
+    mean, sd = statistics.mean(ratios), statistics.stdev(ratios)
+    half = stats.t.ppf(0.975, len(ratios) - 1) * sd / len(ratios) ** 0.5
+    return f"{mean:.1f} ± {sd:.1f}% [{mean - half:.1f}, {mean + half:.1f}]"
+
+
+def cap_of(run: dict[str, Any]) -> str:
+    """The run's cap: ``cap`` (set by :func:`from_cells`), else central ``max_epochs``, else ?."""
+    cap = run.get("cap", run.get("max_epochs"))
+    return "?" if cap is None else str(cap)
+
+
 def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
     """The markdown table (see the module docstring).
 
@@ -50,8 +90,8 @@ def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
     ref_label = results.get("config", {}).get("bench", {}).get("reference")
     grouped = groups(results)
     head = ["dataset", "method", "setting", "n", f"test {metric}", "test recall@20",
-            f"share of {ref_label}", "best epoch/round", "epochs/rounds run",
-            "MB down per run", "MB up per run"]
+            f"share of {ref_label}", "paired share (95% CI)", "best epoch/round",
+            "epochs/rounds run", "cap", "MB down per run", "MB up per run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (ds, lab), runs in grouped.items():
         if (ds, ref_label) not in grouped:
@@ -66,8 +106,10 @@ def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
             ds, lab, runs[0]["setting"], str(len(runs)),
             mean_sd([r["metrics"][metric] for r in runs]),
             mean_sd([r["metrics"]["recall@20"] for r in runs]), f"{100 * share:.1f}%",
+            "—" if lab == ref_label else paired_share(runs, grouped[(ds, ref_label)], metric),
             ", ".join(str(r["best_round"]) for r in runs),
-            ", ".join(str(r["rounds"]) for r in runs), f"{mb[0]:.0f}", f"{mb[1]:.0f}"]) + " |")
+            ", ".join(str(r["rounds"]) for r in runs), ", ".join(cap_of(r) for r in runs),
+            f"{mb[0]:.0f}", f"{mb[1]:.0f}"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,41 +136,79 @@ def curves(folder: Path, metric: str = "ndcg@10") -> str:
 def from_cells(config: Path, folder: Path) -> dict[str, Any]:
     """The bench ``results.json`` dict of ``folder``'s finished cells under bench file ``config``.
 
+    Like ``florec bench``'s own collection (a cell counts when it finished with the settings
+    the config gives it now), plus each run's ``cap``: the cell's ``epochs`` (central, default
+    20 as ``florec bench``) or its ``num-rounds`` as the run config resolves it (federated).
+
     Raises
     ------
     ConfigError
         If ``config`` is not a valid bench file or no cell of it has finished in ``folder``.
 
     """
-    from florec.sim.bench import cells_of, collect, load_bench
+    from florec.recdata.runconfig import parse_run_config
+    from florec.server.results import environment, read_results
+    from florec.sim.bench import cell_config, cells_of, load_bench
 
     conf = load_bench(config)
-    results = collect(conf, cells_of(conf, folder))
-    if not results["runs"]:
+    runs = []
+    for cell in cells_of(conf, folder):
+        if not cell.finished(conf):
+            continue
+        cap = (int(cell.method.get("epochs", 20)) if cell.method["setting"] == "central"
+               else parse_run_config(cell_config(conf, cell)).num_rounds)
+        runs += [run | {"label": cell.label, "cap": cap}
+                 for run in read_results(cell.out_dir)["runs"]]
+    if not runs:
         raise ConfigError(f"no cell of {config} has finished in {folder}; run florec bench "
                           f"--config {config} --out {folder} first")
-    return results
+    return {"config": conf, "env": environment(), "runs": runs}
+
+
+def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bench results dicts pooled into one: the first one's config, every run, later ones win.
+
+    A run of a later part replaces an earlier run of the same dataset, label and seed; method
+    labels only in later parts are appended to the config's method list (in their order).
+    """
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for part in parts:
+        for run in part["runs"]:
+            runs[(run["dataset"], run["label"], run["seed"])] = run
+    conf = dict(parts[0]["config"])
+    labels = [m["label"] for m in conf.get("method", [])]
+    for part in parts[1:]:
+        labels += [m["label"] for m in part["config"].get("method", [])
+                   if m["label"] not in labels]
+    conf["method"] = [{"label": lab} for lab in labels]
+    return {"config": conf, "env": parts[0].get("env", {}), "runs": list(runs.values())}
 
 
 def main() -> None:
     """Command line: print the table or write it to --out."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", type=Path, nargs="?",
-                    help="a bench results.json (with --config: the bench folder)")
-    ap.add_argument("--config", type=Path, default=None,
-                    help="a bench TOML: read the folder's finished cells, not results.json")
+    ap.add_argument("results", type=Path, nargs="*",
+                    help="a bench results.json (with --config: bench folders, one per --config)")
+    ap.add_argument("--config", type=Path, action="append", default=[],
+                    help="a bench TOML: read the folder's finished cells, not results.json "
+                         "(repeat it, one per folder, to pool several benches)")
     ap.add_argument("--metric", default="ndcg@10")
     ap.add_argument("--curves", type=Path, default=None, help="a folder of bench cells")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.curves is not None:
         text = curves(args.curves, args.metric)
-    elif args.results is not None and args.config is not None:
-        text = report(from_cells(args.config, args.results), args.metric)
-    elif args.results is not None:
-        text = report(json.loads(args.results.read_text()), args.metric)
+    elif args.config:
+        if len(args.config) != len(args.results):
+            raise ConfigError(f"{len(args.results)} folder(s) but {len(args.config)} --config; "
+                              "give one --config per bench folder, in the same order")
+        parts = [from_cells(c, f) for f, c in zip(args.results, args.config, strict=True)]
+        text = report(pooled(parts), args.metric)
+    elif len(args.results) == 1:
+        text = report(json.loads(args.results[0].read_text()), args.metric)
     else:
-        raise ConfigError("give a bench results.json or --curves FOLDER")
+        raise ConfigError("give one bench results.json, FOLDER(s) with --config, or "
+                          "--curves FOLDER")
     if args.out is None:
         print(text, end="")
     else:

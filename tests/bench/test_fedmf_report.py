@@ -9,10 +9,10 @@ import pytest
 from florec.recdata.errors import ConfigError
 
 
-def run(label, seed, ndcg, setting="federated", down=0, up=0):
+def run(label, seed, ndcg, setting="federated", down=0, up=0, **extra):
     return {"dataset": "d", "label": label, "seed": seed, "setting": setting, "best_round": 3,
             "rounds": 5, "bytes_down": down, "bytes_up": up,
-            "metrics": {"ndcg@10": ndcg, "recall@20": 2 * ndcg}}
+            "metrics": {"ndcg@10": ndcg, "recall@20": 2 * ndcg}} | extra
 
 
 def results(runs, reference="C"):
@@ -24,9 +24,47 @@ def test_rows_give_the_share_of_the_reference_mean_and_mean_megabytes(bench_scri
     runs = [run("C", 0, 0.06, "central"), run("C", 1, 0.04, "central"),
             run("F", 0, 0.045, down=2e6, up=1e6), run("F", 1, 0.045, down=4e6, up=3e6)]
     lines = bench_script("fedmf_report").report(results(runs)).splitlines()
-    assert lines[2].startswith("| d | C | central | 2 | 0.0500 ± 0.0141 | 0.1000 ± 0.0283 | 100.0%")
-    assert lines[3] == ("| d | F | federated | 2 | 0.0450 ± 0.0000 | 0.0900 ± 0.0000 | 90.0% | "
-                        "3, 3 | 5, 5 | 3 | 2 |")
+    assert lines[2].startswith("| d | C | central | 2 | 0.0500 ± 0.0141 | 0.1000 ± 0.0283 | 100.0%"
+                               " | — | 3, 3 | 5, 5 | ?, ? |")
+    assert lines[3].startswith("| d | F | federated | 2 | 0.0450 ± 0.0000 | 0.0900 ± 0.0000 |"
+                               " 90.0%")
+    assert lines[3].endswith(" | 3, 3 | 5, 5 | ?, ? | 3 | 2 |")
+
+
+def test_paired_share_is_the_per_seed_ratio_with_its_student_t_interval(bench_script):
+    mod = bench_script("fedmf_report")
+    refs = [run("C", s, 0.1, "central") for s in (0, 1, 2)]
+    runs = [run("F", s, v) for s, v in zip((2, 0, 1), (0.098, 0.094, 0.096), strict=True)]
+    # ratios 94, 96, 98 %: mean 96, sd 2, half-width t(0.975, 2) * 2 / sqrt(3) = 4.303 * 1.1547
+    assert mod.paired_share(runs, refs) == "96.0 ± 2.0% [91.0, 101.0]"
+    assert mod.paired_share(runs[:1], refs) == "98.0%"
+    assert mod.paired_share([run("F", 7, 0.1)], refs) == "—"
+
+
+def test_paired_share_pairs_seeds_not_means(bench_script):
+    # the reference's seeds differ a lot; each federated seed is 95% of its own seed's reference
+    refs = [run("C", 0, 0.2, "central"), run("C", 1, 0.1, "central")]
+    runs = [run("F", 0, 0.19), run("F", 1, 0.095)]
+    assert bench_script("fedmf_report").paired_share(runs, refs) == "95.0 ± 0.0% [95.0, 95.0]"
+
+
+def test_the_cap_column_shows_cap_or_central_max_epochs(bench_script):
+    runs = [run("C", 0, 0.1, "central", max_epochs=300), run("F", 0, 0.09, cap=120)]
+    lines = bench_script("fedmf_report").report(results(runs)).splitlines()
+    assert lines[2].endswith("| 3 | 5 | 300 | 0 | 0 |")
+    assert lines[3].endswith("| 90.0% | 90.0% | 3 | 5 | 120 | 0 | 0 |")
+
+
+def test_pooled_runs_let_a_later_part_replace_the_same_seed(bench_script):
+    first = results([run("C", 0, 0.1, "central"), run("F", 0, 0.08, cap=80),
+                     run("F", 1, 0.07, cap=80)])
+    later = {"config": {"bench": {}, "method": [{"label": "F"}, {"label": "G"}]},
+             "runs": [run("F", 1, 0.09, cap=120), run("G", 0, 0.05)]}
+    pooled = bench_script("fedmf_report").pooled([first, later])
+    got = {(r["label"], r["seed"]): r["metrics"]["ndcg@10"] for r in pooled["runs"]}
+    assert got == {("C", 0): 0.1, ("F", 0): 0.08, ("F", 1): 0.09, ("G", 0): 0.05}
+    assert [m["label"] for m in pooled["config"]["method"]] == ["C", "F", "G"]
+    assert pooled["config"]["bench"]["reference"] == "C"
 
 
 def test_a_reference_without_runs_is_a_config_error(bench_script):
@@ -78,7 +116,10 @@ def test_from_cells_reports_the_finished_cells_of_a_stopped_bench(bench_script, 
     mod = bench_script("fedmf_report")
     lines = mod.report(mod.from_cells(config, tmp_path / "out")).splitlines()
     assert lines[2].startswith("| d | C | central | 2 | 0.0500 ± 0.0141 |")
-    assert lines[3].startswith("| d | F | federated | 1 | 0.0450 | 0.0900 | 90.0% | 3 | 5 |")
+    assert lines[2].endswith("| — | 3, 3 | 5, 5 | 20, 20 | 0 | 0 |")  # cap: the bench's epochs
+    # the federated cap: the run config's default num-rounds
+    assert lines[3].startswith("| d | F | federated | 1 | 0.0450 | 0.0900 | 90.0% | 75.0% | 3 | 5 |"
+                               " 20 |")
 
 
 def test_from_cells_without_a_finished_cell_is_a_config_error(bench_script, tmp_path):
