@@ -65,7 +65,7 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("CoT-Rec", ("cotrec-init", "cotrec-user-token", "cotrec-history", "cotrec-init-scale",
                  "cotrec-item-tokens", "cotrec-user-tokens", "cotrec-ranker",
                  "cotrec-lora-epochs", "cotrec-lora-lr", "cotrec-lora-r", "cotrec-lora-rounds",
-                 "cotrec-mapb-users")),
+                 "cotrec-mapb-users", "cotrec-stage-cache")),
     ("LLMD4Rec", ("llmd4rec-teacher", "llmd4rec-temperature", "llmd4rec-lambda-crm",
                   "llmd4rec-lambda-llm", "llmd4rec-weighting", "llmd4rec-candidates",
                   "llmd4rec-iterations", "llmd4rec-crm-epochs", "llmd4rec-crm-lr",
@@ -294,6 +294,10 @@ DESCRIPTIONS: dict[str, str] = {
     'cotrec-lora-rounds': "federated CoT-Rec: FedAvg rounds of the ranker's LoRA adapter",
     'cotrec-mapb-users': (
         'CoT-Rec: covered test users whose 10 target placements give MAPB (0: skip)'
+    ),
+    'cotrec-stage-cache': (
+        'central CoT-Rec: load the retriever and LoRA adapter stored for equal inputs instead of '
+        'training them (`<florec cache>/stages`, [CoT-Rec](../methods/cotrec.md))'
     ),
     'llmd4rec-teacher': (
         'LLMD4Rec: what the CRM distils from: `llm` (the `llm-*` backend; `scripted` = the '

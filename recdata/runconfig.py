@@ -136,6 +136,7 @@ class RunConfig(BaseModel):
     cotrec_lora_r: int = Field(8, ge=1)
     cotrec_lora_rounds: int = Field(1, ge=1)
     cotrec_mapb_users: int = Field(50, ge=0)
+    cotrec_stage_cache: bool = True
     # LLMD4Rec: LLM <-> SASRec mutual distillation (issue 13, docs/methods/llmd4rec.md)
     llmd4rec_teacher: Literal["llm", "ensemble"] = "llm"
     llmd4rec_temperature: float = Field(2.0, gt=0)
