@@ -1,0 +1,230 @@
+"""Fair Sampling ablation: switch one difference from the authors' setup at a time (issue 15).
+
+Each variant of ``bench/fair_ablation.toml`` trains central MF with summed BPR (uniform
+negatives among the user's unseen items: the authors' rejection sampler, drawn exactly) and
+with FS-Pair (:class:`florec.sim.central_fair.FairTrainer`), selects the epoch by validation
+recall@20 with early stopping (:func:`florec.sim.central_loop.fit_and_select`), and records the
+test metrics at that epoch twice:
+
+- FloRec's protocol (train and valid items masked, every test item counts);
+- the authors' protocol (``authors/`` keys: only train items masked, so validation items stay
+  in the ranking and count as misses; test truth restricted to items seen in train, as their
+  ``data.py`` does for ML-1M).
+
+Switches (keys of a variant): ``data`` (``full``: every ML-1M rating, 6,040 x 3,706;
+``authors``: ratings >= 4 and a 20-core filter, which gives exactly the 5,148 x 2,380 their
+``data.py`` hard-codes), ``split`` (``ratio-fs``, or ``debiased``: a popularity-debiased test,
+see :func:`debiased_split`), ``init-std``, ``lr``, ``weight-decay``, ``epochs``, ``patience``.
+
+Usage::
+
+    FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/fair_ablation.py \
+        --config bench/fair_ablation.toml --out docs/results/fair_ablation [--only LABEL] \
+        [--losses bpr,fs-pair] [--seeds 0]
+
+Finished cells (a ``results.json`` without ``"status": "running"``) are skipped. The report:
+``python bench/fair_ablation_report.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from florec.models.metrics import evaluate_users, finalize
+from florec.models.mf import MF
+from florec.recdata.datasets import load_dataset
+from florec.recdata.errors import ConfigError
+from florec.recdata.fair_sampling import TrainIndex
+from florec.recdata.interactions import Interactions
+from florec.recdata.runconfig import RunConfig
+from florec.recdata.seeds import Salt, torch_seed
+from florec.recdata.splits import Split, fair_sampling_ratio, make_split
+from florec.sim.central import evaluate_model, item_popularity
+from florec.sim.central_fair import FairTrainer
+from florec.sim.central_loop import fit_and_select
+
+LOSSES = ("bpr", "fs-pair")
+KEYS = {"data", "split", "init-std", "lr", "weight-decay", "epochs", "patience", "label", "note",
+        "batch-size", "time-budget-s"}
+
+
+def k_core(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the interactions kept by an iterated k-core filter (users and items >= k).
+
+    Items are filtered first, then users, until nothing changes (the order converges to the
+    unique maximal k-core).
+    """
+    keep = np.ones(len(user), dtype=bool)
+    while True:
+        n = int(keep.sum())
+        for ids in (item, user):
+            counts = np.bincount(ids[keep], minlength=int(ids.max()) + 1)
+            keep &= counts[ids] >= k
+        if int(keep.sum()) == n:
+            return keep
+
+
+def authors_ml1m(data_dir: str | None = None, min_rating: float = 4.0, k: int = 20
+                 ) -> Interactions:
+    """ML-1M as the authors' counts imply: ratings >= 4, then a k-core filter (5,148 x 2,380)."""
+    inter = load_dataset("ml-1m", data_dir, min_rating=min_rating)
+    keep = k_core(inter.user, inter.item, k)
+    return Interactions.from_raw(inter.user_ids[inter.user[keep]], inter.item_ids[inter.item[keep]],
+                                 inter.time[keep], name="ml-1m-authors")
+
+
+def debiased_split(inter: Interactions, seed: int, test: float = 0.2,
+                   valid_of_train: float = 0.1) -> np.ndarray:
+    r"""Labels of a popularity-debiased test split (intervened test, as in DICE / MACR).
+
+    Each interaction with item i goes to test with probability
+
+    .. math:: p_i = \min(1, c / pop_i)
+
+    with c set by bisection so that the expected test share is ``test``: every item contributes
+    about c test interactions, so the test set is close to uniform over items. The rest is split
+    per user as in ``ratio-fs`` (10% of each user's remaining items to valid).
+    """
+    rng = np.random.default_rng(seed)
+    pop = np.bincount(inter.item, minlength=inter.n_items).astype(np.float64)[inter.item]
+    lo, hi = 0.0, float(pop.max())
+    for _ in range(60):
+        c = (lo + hi) / 2
+        lo, hi = (c, hi) if np.minimum(1.0, c / pop).mean() < test else (lo, c)
+    to_test = rng.random(len(inter)) < np.minimum(1.0, c / pop)
+    labels = np.full(len(inter), 2, dtype=np.int8)
+    rest = np.flatnonzero(~to_test)
+    sub = Interactions(user=inter.user[rest], item=inter.item[rest], time=inter.time[rest],
+                       n_users=inter.n_users, n_items=inter.n_items, user_ids=inter.user_ids,
+                       item_ids=inter.item_ids)
+    inner = fair_sampling_ratio(sub, seed + 1, test=0.0, valid_of_train=valid_of_train)
+    labels[rest] = inner
+    return labels
+
+
+def build_split(data: str, split: str, seed: int, data_dir: str | None) -> Split:
+    """The variant's dataset and split."""
+    if data == "full":
+        inter = load_dataset("ml-1m", data_dir, min_rating=1.0)
+    elif data == "authors":
+        inter = authors_ml1m(data_dir)
+    else:
+        raise ConfigError(f"data '{data}' is unknown; use full or authors")
+    if split == "ratio-fs":
+        return make_split(inter, "ratio-fs", seed)
+    if split != "debiased":
+        raise ConfigError(f"split '{split}' is unknown; use ratio-fs or debiased")
+    labels = debiased_split(inter, seed)
+    parts = {name: (inter.user[labels == k], inter.item[labels == k], inter.time[labels == k])
+             for k, name in enumerate(("train", "valid", "test"))}
+    return Split(parts=parts, n_users=inter.n_users, n_items=inter.n_items)
+
+
+def authors_test(model: MF, split: Split, ks: list[int], chunk: int) -> dict[str, float]:
+    """Test metrics under the authors' protocol: train items masked, truth on train items."""
+    pop = item_popularity(split)
+    truth = split.matrix("test").multiply((pop > 0)[None, :].astype(np.float32)).tocsr()
+    truth.eliminate_zeros()
+    model.eval()
+    with torch.no_grad():
+        sums = evaluate_users(model.score, np.arange(split.n_users), split.matrix("train"), truth,
+                              ks, chunk, "cpu", item_pop=pop)
+    model.train()
+    return {f"authors/{k}": v for k, v in finalize(sums).items()}
+
+
+def run_cell(v: dict[str, Any], loss: str, seed: int, out_dir: Path,
+             data_dir: str | None) -> dict[str, Any]:
+    """Train one (variant, loss, seed) cell and write it under ``out_dir``."""
+    split = build_split(v["data"], v["split"], seed, data_dir)
+    cfg = RunConfig(dataset="ml-1m", split="ratio-fs", seed=seed, split_seed=seed, model="mf",
+                    mf_loss=loss, dim=64, init_std=v["init-std"], lr=v["lr"],
+                    weight_decay=v["weight-decay"], ks="10,20", selection_metric="recall@20",
+                    patience=v["patience"], eval_chunk=2048)
+    torch.manual_seed(seed)
+    model = MF(split.n_users, split.n_items, dim=cfg.dim, seed=seed, init_std=cfg.init_std)
+    model.item_bias.requires_grad_(False)
+    opt = torch.optim.Adam([model.user_emb, model.item_emb], lr=cfg.lr,
+                           weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(torch_seed(seed, Salt.CENTRAL_FAIR))
+    trainer = FairTrainer(model, TrainIndex.from_csr(split.matrix("train")), loss, opt, gen)
+    ks = cfg.k_list
+
+    def test() -> dict[str, float]:
+        return evaluate_model(model, split, "test", ks, cfg.eval_chunk) | authors_test(
+            model, split, ks, cfg.eval_chunk)
+
+    config = cfg.to_flower() | {"ablation": v, "loss": loss, "n-users": split.n_users,
+                                "n-items": split.n_items,
+                                "n-train": int(split.matrix("train").nnz),
+                                "n-test": int(split.matrix("test").nnz), "setting": "central"}
+    return fit_and_select(
+        cfg, f"mf-{loss}", v["epochs"], train_epoch=lambda: trainer.epoch(v["batch-size"]),
+        validate=lambda: evaluate_model(model, split, "valid", ks, cfg.eval_chunk),
+        test=test, out_dir=out_dir, config=config, time_budget_s=v.get("time-budget-s"))
+
+
+def variants(config: Path) -> list[dict[str, Any]]:
+    """The config's variants, each merged over ``[defaults]``.
+
+    Raises
+    ------
+    ConfigError
+        A variant has an unknown key or no label.
+
+    """
+    doc = tomllib.loads(config.read_text())
+    out = []
+    for v in doc.get("variant", []):
+        merged = doc.get("defaults", {}) | v
+        bad = set(merged) - KEYS
+        if bad or "label" not in merged:
+            raise ConfigError(f"{config}: variant {v.get('label', '?')} has unknown keys "
+                              f"{sorted(bad)} or no label; allowed: {sorted(KEYS)}")
+        out.append(merged)
+    return out
+
+
+def finished(path: Path) -> bool:
+    """Whether ``path`` (a results.json) holds a finished run."""
+    return path.exists() and json.loads(path.read_text()).get("status") != "running"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the ablation cells that are not finished yet."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=Path("bench/fair_ablation.toml"))
+    ap.add_argument("--out", type=Path, default=Path("docs/results/fair_ablation"))
+    ap.add_argument("--only", default="", help="comma-separated variant labels, run in this order")
+    ap.add_argument("--losses", default=",".join(LOSSES))
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args(argv)
+    todo = variants(args.config)
+    if args.only:  # in the order given
+        by_label = {v["label"]: v for v in todo}
+        unknown = [s for s in args.only.split(",") if s not in by_label]
+        if unknown:
+            raise ConfigError(f"--only names unknown variants {unknown}; the config has "
+                              f"{sorted(by_label)}")
+        todo = [by_label[s] for s in args.only.split(",")]
+    for v in todo:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for loss in args.losses.split(","):
+                out = args.out / v["label"] / loss / f"seed{seed}"
+                if finished(out / "results.json"):
+                    continue
+                run = run_cell(v, loss, seed, out, args.data_dir)
+                print(f"{v['label']} {loss} seed{seed}: recall@20 {run['metrics']['recall@20']:.4f}"
+                      f" best {run['best_epoch']}/{run['epochs_run']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
