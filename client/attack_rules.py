@@ -35,19 +35,16 @@ user's rows. ``attack-norm`` ``kappa > 0`` then clips each row's change
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from florec.client.attack_knowledge import AttackKnowledge
 from florec.client.trainers.bpr_embedding import LocalConfig, local_update
 from florec.client.trainers.bucket import Bucket
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream
-
-if TYPE_CHECKING:
-    from florec.client.attacks import AttackKnowledge
 
 __all__ = ["AttackRows", "attack_rows", "clip_rows", "promotion_step"]
 
