@@ -86,6 +86,11 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any], out: Path) -> dict[str,
     return summary
 
 
+def _rounds(run: dict[str, Any]) -> int:
+    """Rounds a cell trained: its last validated round (``eval-every`` may skip rounds)."""
+    return max(c["round"] for c in run["curve"])
+
+
 def _mean(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.mean(r["metrics"][key] for r in runs)
 
@@ -120,7 +125,7 @@ def report(spec: dict[str, Any], out: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (method, attack, fraction, defense), runs in sorted(by.items(), key=lambda kv: (
             kv[0][0], kv[0][1] != "none", kv[0][1], kv[0][2], kv[0][3])):
-        mb = statistics.mean(r["bytes_up"] / len(r["curve"]) / 2**20 for r in runs)
+        mb = statistics.mean(r["bytes_up"] / _rounds(r) / 2**20 for r in runs)
         users = len(runs[0]["malicious"])
         lines.append(f"| {method} | {attack} | {fraction:.1%} ({users} users) | {defense} | "
                      f"{len(runs)} | {_mean(runs, 'er@10'):.3f} | {_sd(runs, 'er@10'):.3f} | "
