@@ -1,34 +1,32 @@
-"""A deployed round against Flower's floor, phase by phase, before and after, in one run.
+"""A deployed round against Flower's floor, separate and fused messages, in one run.
 
 Per setting, one loopback topology of ``florec deploy local`` (SuperLink, ServerApp SuperExec,
 ``--nodes`` SuperNodes each with its ClientApp SuperExec, ``--isolation process``; node i reads
-only its ``florec data shard`` folder) gets, one after the other:
+only its ``florec data shard`` folder) gets, one after the other in every repeat:
 
 - ``floor``: ``bench/deploy-floor``, a numpy ClientApp and a ServerApp with FloRec's message
   pattern (a ``query.partition``, then a train and an evaluate message per node and round) and
   FloRec's reply polling: what a round costs in Flower itself;
 - ``floor-fused`` (after only): the same with one message per node and round (the train message
   carries the evaluation of the model it brings);
-- ``florec``: FedAvg-MF on synthetic shards, the run ``florec deploy local`` makes.
+- ``florec``: FedAvg-MF on synthetic shards, the run ``florec deploy local`` makes;
+- ``florec-fused`` (after only): the same with ``fused-evaluate=true`` (one message per node and
+  round, :mod:`florec.server.fused`).
 
 Settings: ``before`` (with ``--before-app DIR``, a FloRec folder of an older commit, under
 Flower's default SuperExec poll of 1 s) and ``after`` (this tree, with ``florec deploy local``'s
-:data:`florec.sim.deploy.SUPEREXEC_POLL_S`); each FloRec is compared with the floor measured on
-its own topology, minutes apart.
+:data:`florec.sim.deploy.SUPEREXEC_POLL_S`); each app is compared with the ``floor`` measured on
+its own topology in the same repeat, minutes apart.
 
 Every ClientApp message appends wall-clock stamps to ``FLOREC_PHASE_LOG`` and each SuperNode
-logs when it received a message and sent the reply, so a message splits into: process start
-(SuperNode received -> the app module starts importing: the SuperExec's task poll, the new
-``flwr-clientapp`` process, Python, Flower, unpacking and hashing the FAB), imports (the app
-module and the method's node module), data load, work, hand-off (handler returned -> the
-SuperNode sends the reply). A round's wall time less its messages on the slowest node is
-polling and the server (the SuperNode's fixed 3 s idle poll, aggregation)::
+logs when it received a message and sent the reply; ``bench/deploy_rounds_phases.py`` splits
+each message into phases and writes the table::
 
-    OMP_NUM_THREADS=1 python bench/deploy_rounds.py --rounds 3 --before-app /tmp/florec-before
-    OMP_NUM_THREADS=1 python bench/deploy_rounds.py --rounds 3 --repeats 3 --no-fused \
-        --before-app /tmp/before/florec      # medians of 3 alternated floor/FloRec submissions
+    OMP_NUM_THREADS=1 nice -n 5 python bench/deploy_rounds.py --rounds 3 --repeats 3 \
+        --out docs/results/deploy_rounds/fused --work /work/s6/logs/deploy-rounds
+    python bench/deploy_rounds.py --table docs/results/deploy_rounds/fused/bench.json
 
-writes ``OUT/bench.json`` (stamps, messages, per-phase means, ratios) and prints the table.
+writes ``OUT/bench.json`` (stamps, messages, per-phase medians, ratios) and prints the table.
 ``--fab-only`` instead writes the FAB sizes of the apps to ``OUT/fab.json``, and
 ``--shard-dataset ml-1m --data-dir DIR`` times loading a node's shard (memory-mapped
 ``.npy`` vs the atomic text files, sha256 checks included) into ``OUT/shard_load.json``.
@@ -49,86 +47,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deploy_rounds_phases import (  # noqa: E402,F401 (re-exported for the tests)
+    PHASES,
+    median_summary,
+    read_rounds,
+    split_messages,
+    summarize,
+    supernode_messages,
+    table,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR = ROOT / "bench" / "deploy-floor"
-PHASES = ("process start", "imports", "data load", "work", "hand-off")
-
-
-def _stamp(line: str) -> float:
-    h, m, s = line.split(" ", 1)[0].split(":")
-    return int(h) * 3600 + int(m) * 60 + float(s)
-
-
-def supernode_messages(log_dir: Path, day0: float) -> dict[int, list[tuple[float, float, str]]]:
-    """Per node: (received, sent, message type) of every message, as epoch seconds."""
-    out: dict[int, list[tuple[float, float, str]]] = {}
-    for path in sorted(log_dir.glob("supernode-*.log")):
-        node, got, kind = int(path.stem.split("-")[1]), None, ""
-        rows = out.setdefault(node, [])
-        for line in path.read_text(errors="replace").splitlines():
-            if "Receiving:" in line:
-                got, kind = day0 + _stamp(line), line.split("Receiving:")[1].split()[0]
-            elif "Sending:" in line and got is not None:
-                rows.append((got, day0 + _stamp(line), kind))
-                got = None
-    return out
-
-
-def split_messages(phase_rows: list[dict], sn: dict[int, list[tuple[float, float, str]]]
-                   ) -> list[dict]:
-    """Each ClientApp message's phases in seconds (matched to its SuperNode receive/send)."""
-    out = []
-    for row in phase_rows:
-        # log stamps are taken when the launcher reads a line (late by scheduling delays)
-        cands = [m for m in sn.get(row["node"], []) if m[0] <= row["handler_start"]
-                 and m[1] >= row["handler_end"] - 0.5]
-        if not cands:
-            continue
-        recv, sent, _ = max(cands, key=lambda m: m[0])
-        lazy = float(row.get("lazy_imports_s", 0.0))
-        out.append({"app": row["app"], "kind": row["kind"], "node": row["node"],
-                    "received": recv, "sent": sent, "total": sent - recv,
-                    "process start": row["import_start"] - recv,
-                    "imports": row["import_end"] - row["import_start"] + lazy,
-                    "data load": row["data_end"] - row["handler_start"],
-                    "work": row["handler_end"] - row["data_end"] - lazy,
-                    "hand-off": sent - row["handler_end"]})
-    return out
-
-
-def summarize(messages: list[dict], rounds: list[dict]) -> dict:
-    """Mean phase seconds per message, round seconds, and the per-round polling remainder."""
-    steady = rounds[1:] or rounds  # round 1 also builds caches; report rounds 2.. as steady
-    round_s = statistics.mean(r["seconds"] for r in steady)
-    per_round = []
-    for r in steady:
-        inside = [m for m in messages if r["start"] <= m["received"] <= r["end"]]
-        by_node: dict[int, float] = {}
-        for m in inside:
-            by_node[m["node"]] = by_node.get(m["node"], 0.0) + m["total"]
-        per_round.append((len(inside), max(by_node.values(), default=0.0)))
-    msgs = [m for m in messages if m["kind"] != "query"]
-    phases = {p: statistics.mean(m[p] for m in msgs) for p in PHASES} if msgs else {}
-    n_msgs = statistics.mean(n for n, _ in per_round)
-    node_s = statistics.mean(s for _, s in per_round)
-    return {"round_s": round_s, "rounds_s": [r["seconds"] for r in rounds],
-            "messages_per_round": n_msgs, "message_s": statistics.mean(m["total"] for m in msgs),
-            "phases_s": phases, "node_s_per_round": node_s,
-            "polling_and_server_s_per_round": round_s - node_s}
-
-
-def read_rounds(out: Path) -> list[dict]:
-    """``rounds.jsonl`` as (round, start, end, seconds) for both apps."""
-    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    if "start" in rows[0]:  # the floor's own rows
-        return [r | {"seconds": r["end"] - r["start"]} for r in rows]
-    end = (out / "rounds.jsonl").stat().st_mtime  # FloRec's rows: seconds per round, in order
-    out_rows = []
-    for r in reversed(rows):
-        out_rows.append({"round": r["round"], "end": end, "start": end - float(r["seconds"]),
-                         "seconds": float(r["seconds"])})
-        end -= float(r["seconds"])
-    return out_rows[::-1]
 
 
 def fab_size(app: Path) -> dict[str, int]:
@@ -149,8 +80,8 @@ def run_setting(label: str, poll_s: float, apps: list[tuple[str, Path]], args: A
                 work: Path, florec_cfg: dict) -> dict:
     """Start one topology with SuperExec poll ``poll_s``; submit the apps ``--repeats`` times.
 
-    Each repetition submits every app once, in order (the floor right before FloRec), so each
-    FloRec round has a floor measured minutes before it on the same topology. Each app's numbers
+    Each repetition submits every app once, in order (the floor first), so each app's rounds
+    have a floor measured minutes before them on the same topology. Each app's numbers
     are medians over the repetitions (:func:`median_summary`); ``ratio_to_floor`` is the median
     of the per-repetition ratios to that repetition's floor.
     """
@@ -166,11 +97,10 @@ def run_setting(label: str, poll_s: float, apps: list[tuple[str, Path]], args: A
         up_s = time.time() - t0
         for rep in range(args.repeats):
             for name, app in apps:
-                if name == "floor-fused" and rep > 0:
-                    continue  # the fused floor is a reference, measured once
                 out = work / label / f"{name}-{rep}"
-                if name == "florec":
-                    cfg = florec_cfg | {"out-dir": str(out)}
+                if name.startswith("florec"):
+                    cfg = florec_cfg | {"out-dir": str(out)} | (
+                        {"fused-evaluate": True} if name == "florec-fused" else {})
                 else:
                     cfg = {"num-rounds": args.rounds, "num-nodes": args.nodes,
                            "out-dir": str(out),
@@ -196,17 +126,6 @@ def run_setting(label: str, poll_s: float, apps: list[tuple[str, Path]], args: A
         results[name] = res
     return {"superexec_poll_s": poll_s, "deploy_up_s": up_s, "load_avg_after": os.getloadavg(),
             "repeats": args.repeats, "apps": results}
-
-
-def median_summary(runs: list[dict]) -> dict:
-    """Medians over repetitions of every number :func:`summarize` gives (phases too)."""
-    keys = ("round_s", "messages_per_round", "message_s", "node_s_per_round",
-            "polling_and_server_s_per_round", "wall_s")
-    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
-    out["phases_s"] = {p: statistics.median(r["phases_s"].get(p, 0.0) for r in runs)
-                       for p in PHASES}
-    out["load_avg_1min"] = [r["load_avg_before"][0] for r in runs]
-    return out | {k: runs[0][k] for k in ("app", "fab_bytes", "fab_files")} | {"runs": runs}
 
 
 def shard_load(dataset: str, data_dir: str, nodes: int, reps: int = 5) -> dict:
@@ -256,7 +175,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="submit the floor and FloRec this many times, alternating; medians")
     ap.add_argument("--no-fused", action="store_true",
-                    help="leave out the fused floor (one message per node and round)")
+                    help="leave out the fused apps (one message per node and round)")
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--items", type=int, default=300)
@@ -264,6 +183,8 @@ def main() -> None:
                     help="a FloRec folder to measure first, with Flower's default 1 s SuperExec "
                          "poll (e.g. a copy of an older commit)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "deploy_rounds")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="folder for the shards and every process's log (default: a new temp)")
     ap.add_argument("--shard-dataset", default=None,
                     help="instead: time loading node 0's shard of this dataset (.npy vs text), "
                          "write OUT/shard_load.json")
@@ -299,17 +220,20 @@ def main() -> None:
     florec_cfg = {"dataset": "synthetic", "synthetic-users": args.users,
                   "synthetic-items": args.items, "synthetic-interactions": 20, "dim": 16,
                   "num-rounds": args.rounds, "num-nodes": args.nodes}
-    work = Path(tempfile.mkdtemp(prefix="deploy-rounds-"))
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="deploy-rounds-", dir=args.work and str(args.work)))
     write_shards(parse_run_config(florec_cfg), work / "shards")
     settings = {}
     if args.before_app is not None:
         settings["before"] = run_setting("before", 1.0, [("floor", FLOOR),
                                                          ("florec", args.before_app)],
                                          args, work, florec_cfg)
-    fused = [] if args.no_fused else [("floor-fused", FLOOR)]
+    apps = [("floor", FLOOR), ("floor-fused", FLOOR), ("florec", ROOT), ("florec-fused", ROOT)]
     settings["after"] = run_setting(
         "after", deploy.SUPEREXEC_POLL_S,
-        [("floor", FLOOR), *fused, ("florec", ROOT)], args, work, florec_cfg)
+        [(n, a) for n, a in apps if not (args.no_fused and n.endswith("-fused"))], args, work,
+        florec_cfg)
     report = {"rounds": args.rounds, "nodes": args.nodes, "users": args.users,
               "items": args.items, "florec_config": florec_cfg,
               "env": {"python": platform.python_version(), "cpus": os.cpu_count(),
@@ -321,34 +245,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
     print(table(report))
-
-
-def table(report: dict) -> str:
-    """The per-phase table: one column per (setting, app), seconds per message and per round."""
-    cols = [(f"{label}: {name}", res) for label, st in report["settings"].items()
-            for name, res in st["apps"].items()]
-
-    def row(title: str, fmt: Any) -> str:
-        return f"| {title} | " + " | ".join(fmt(res) for _, res in cols) + " |"
-
-    lines = ["| phase | " + " | ".join(c for c, _ in cols) + " |",
-             "|---|" + "---|" * len(cols)]
-    lines += [row(f"{p} (s/message)", lambda r, p=p: f"{r['phases_s'].get(p, 0):.2f}")
-              for p in PHASES]
-    lines += [row("messages per round", lambda r: f"{r['messages_per_round']:.0f}"),
-              row("node time per round (slowest node)", lambda r: f"{r['node_s_per_round']:.2f}"),
-              row("polling and server per round",
-                  lambda r: f"{r['polling_and_server_s_per_round']:.2f}"),
-              row("**round (s)**", lambda r: f"**{r['round_s']:.2f}**"),
-              row("FAB (MB, files)",
-                  lambda r: f"{r.get('fab_bytes', 0) / 2**20:.2f}, {r.get('fab_files', '-')}"),
-              row("ratio to its floor (median of repeats)",
-                  lambda r: f"{r['ratio_to_floor']:.2f}"),
-              row("ratio to its floor, each repeat",
-                  lambda r: ", ".join(f"{x:.2f}" for x in r.get("ratios_to_floor", []))),
-              row("1-min load average at each submission",
-                  lambda r: ", ".join(f"{x:.0f}" for x in r.get("load_avg_1min", [])))]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

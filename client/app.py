@@ -27,6 +27,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from florec.client.trainers.bucket import Bucket
+from florec.protocol.fused import attach_evaluation, evaluation_request
 from florec.recdata.errors import ConfigError
 from florec.recdata.node_cache import node_cache
 from florec.recdata.runconfig import RunConfig, parse_run_config
@@ -147,9 +148,37 @@ def _call(name: str, msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _fused(msg: Message, request: Message, context: Context) -> Message:
+    """Evaluate the arrays the train message brings (round r-1's model), then train on them.
+
+    One process, one data load and one torch import for both (``fused-evaluate``,
+    :mod:`florec.protocol.fused`); the evaluation runs first, so it sees the node's private
+    state as round r-1 left it, as a separate ``evaluate`` message would.
+    """
+    start = time.time()
+    cfg, bucket, pid = node_setup(context)
+    loaded = time.time()
+    node = _node(cfg)
+    lazy_s = time.time() - loaded
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    evaluation = node.evaluate(request, context, cfg, bucket, pid, device)
+    eval_s = time.perf_counter() - t0
+    content = node.train(msg, context, cfg, bucket, pid, device)
+    log_phases("train+evaluate", context, start, loaded, lazy_s)
+    return Message(attach_evaluation(content, evaluation, eval_s), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local training of the bucket's users; the reply carries what the strategy aggregates."""
+    """Local training of the bucket's users; the reply carries what the strategy aggregates.
+
+    A fused message (``fused-evaluate``) first evaluates the model it carries; the reply then
+    also holds that evaluation (:func:`florec.protocol.fused.attach_evaluation`).
+    """
+    request = evaluation_request(msg)
+    if request is not None:
+        return _fused(msg, request, context)
     return _call("train", msg, context)
 
 

@@ -26,10 +26,12 @@ from florec.recdata.errors import FloRecError
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.server.checkpoint import load_checkpoint
 from florec.server.federation import Federation, prepare_federation
+from florec.server.fused import check_fused, defers
 from florec.server.progress import Progress, save_round_checkpoint, start_or_resume
 from florec.server.results import ResultsWriter, default_out_dir, run_entry
-from florec.server.rounds import Evaluation, evaluate_round, round_costs, train_round
+from florec.server.rounds import Evaluation, evaluate_round, fused_train_round, round_costs
 from florec.server.selection import select_round
+from florec.strategies.base import RecStrategy
 
 app = ServerApp()
 
@@ -110,6 +112,7 @@ def run_federated(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     writer = ResultsWriter(out_dir)
     try:
+        check_fused(cfg)
         config = results_config(cfg, out_dir, writer)
         fed = prepare_federation(grid, cfg)
         state = start_or_resume(grid, cfg, out_dir, config, fed.strategy, fed.arrays, writer,
@@ -136,6 +139,12 @@ def run_round(grid: Grid, cfg: RunConfig, fed: Federation, state: Progress, rnd:
               ) -> bool:
     """Train, evaluate (every ``eval-every`` rounds and the last), record, checkpoint.
 
+    With ``fused-evaluate`` a due round's evaluation rides on the next round's train messages
+    and the round is recorded once they are back (:mod:`florec.server.fused`); an early stop is
+    then known one round late: the round that brought the news is kept, evaluated with a plain
+    ``evaluate`` message and recorded with ``after_stop`` (it does not compete for the best
+    round, which stays the one a run without ``fused-evaluate`` selects).
+
     Returns
     -------
     bool
@@ -144,18 +153,55 @@ def run_round(grid: Grid, cfg: RunConfig, fed: Federation, state: Progress, rnd:
     """
     t0 = time.perf_counter()
     strategy = fed.strategy
-    state.arrays, row = train_round(grid, strategy, rnd, state.arrays, cfg.round_timeout_s,
-                                    cfg.min_fit_fraction)
+    pending, state.pending = state.pending, None
+    state.arrays, row, carried = fused_train_round(
+        grid, strategy, rnd, state.arrays, cfg.round_timeout_s, cfg.min_fit_fraction,
+        evaluate=pending["round"] if pending else 0, num_partitions=fed.num_partitions)
     if strategy.round_cohort is not None:
         row["cohort"] = cohort_log(strategy.round_cohort, fed.n_users)
-    if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds:
-        record_evaluation(state, rnd, cfg, row, evaluate_round(
-            grid, strategy, rnd, state.arrays, cfg.round_timeout_s, fed.num_partitions))
-        if (selected := getattr(strategy, "best_round_selected", None)) is not None:
-            selected(state.run["best_round"])  # e.g. CoT-Rec keeps only that round's arrays
+    if pending is not None and carried is not None:
+        judge(state, pending["round"], cfg, pending, carried, strategy)
+        record_round(state, pending["round"], cfg, pending, writer, config,
+                     time.perf_counter() - t_start)
+        if stops(cfg, state):  # known now, after this round's training
+            evaluation = evaluate_round(grid, strategy, rnd, state.arrays, cfg.round_timeout_s,
+                                        fed.num_partitions)
+            row.update(valid=evaluation.valid, eval_seconds=evaluation.seconds,
+                       coverage=evaluation.coverage.to_json(), after_stop=True)
+            return finish_round(grid, cfg, state, rnd, row, writer, config, out_dir, t_start,
+                                strategy, t0, stop=True)
+    due = rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds
+    if due and defers(cfg, rnd):
+        row.update(round_costs(strategy, time.perf_counter() - t0))
+        state.pending = row  # recorded with the next round's replies
+        return True
+    if due:
+        judge(state, rnd, cfg, row, evaluate_round(grid, strategy, rnd, state.arrays,
+                                                   cfg.round_timeout_s, fed.num_partitions),
+              strategy)
+    return finish_round(grid, cfg, state, rnd, row, writer, config, out_dir, t_start, strategy,
+                        t0, stop=stops(cfg, state))
+
+
+def judge(state: Progress, rnd: int, cfg: RunConfig, row: dict[str, Any],
+          evaluation: Evaluation, strategy: RecStrategy) -> None:
+    """Record round ``rnd``'s evaluation in its row, select, tell the strategy the best round."""
+    record_evaluation(state, rnd, cfg, row, evaluation)
+    if (selected := getattr(strategy, "best_round_selected", None)) is not None:
+        selected(state.run["best_round"])  # e.g. CoT-Rec keeps only that round's arrays
+
+
+def stops(cfg: RunConfig, state: Progress) -> bool:
+    """Whether ``patience`` evaluations passed without improvement."""
+    return bool(cfg.patience and state.since_best >= cfg.patience)
+
+
+def finish_round(grid: Grid, cfg: RunConfig, state: Progress, rnd: int, row: dict[str, Any],
+                 writer: ResultsWriter, config: dict[str, Any], out_dir: Path, t_start: float,
+                 strategy: RecStrategy, t0: float, stop: bool) -> bool:
+    """Add the round's costs, record it, checkpoint it if due (or at a stop); not ``stop``."""
     row.update(round_costs(strategy, time.perf_counter() - t0))
     record_round(state, rnd, cfg, row, writer, config, time.perf_counter() - t_start)
-    stop = bool(cfg.patience and state.since_best >= cfg.patience)
     if cfg.checkpoint_every and (rnd % cfg.checkpoint_every == 0 or stop):
         save_round_checkpoint(grid, cfg, out_dir, config, strategy, rnd, state)
     if stop:

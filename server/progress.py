@@ -49,6 +49,10 @@ class Progress:
         The next round to train (1, or the checkpoint's round + 1).
     wall_before : float
         Wall-clock seconds spent before a resume.
+    pending : dict, optional
+        With ``fused-evaluate``: the row of the last round, trained and due for evaluation,
+        whose evaluation rides on the next round's train messages (never in a checkpoint:
+        checkpoint rounds are evaluated at once, :func:`florec.server.fused.defers`).
 
     """
 
@@ -58,6 +62,7 @@ class Progress:
     since_best: int = 0
     first_round: int = 1
     wall_before: float = 0.0
+    pending: dict[str, Any] | None = None
 
 
 def start_or_resume(grid: Grid, cfg: RunConfig, out_dir: Path, config: dict[str, Any],

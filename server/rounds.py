@@ -7,16 +7,19 @@ Each function returns what ``rounds.jsonl`` records of its part of the round; th
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.models.exposure import finalize_exposure
 from florec.models.metrics import split_metrics
+from florec.protocol.fused import EVALUATE_ROUND
+from florec.server.fused import FusedReplies
 from florec.server.loop import stream_replies
 from florec.server.selection import Coverage
 from florec.strategies.base import RecStrategy
@@ -36,10 +39,39 @@ def train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord
         The new global state and the round's row so far (``round``, ``train``, ``align``).
 
     """
+    new_arrays, row, _ = fused_train_round(grid, strategy, rnd, arrays, timeout_s,
+                                           min_fit_fraction)
+    return new_arrays, row
+
+
+def fused_train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord,
+                      timeout_s: float, min_fit_fraction: float = 0.0, evaluate: int = 0,
+                      num_partitions: int = 0
+                      ) -> tuple[ArrayRecord, dict[str, Any], Evaluation | None]:
+    """:func:`train_round` whose messages may also carry round ``evaluate``'s evaluation.
+
+    With ``evaluate = r`` (> 0; ``arrays`` are round r's global model) the train messages ask
+    the nodes to evaluate ``arrays`` before training (``fused-evaluate``,
+    :mod:`florec.server.fused`); the strategy pools those evaluations as round r's with its
+    ``aggregate_evaluate`` after aggregating the training replies with ``aggregate_train``.
+
+    Returns
+    -------
+    (ArrayRecord, dict, Evaluation or None)
+        As :func:`train_round`, plus round ``evaluate``'s pooled evaluation (None without).
+
+    """
     strategy.start_round()
-    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
+    config = ConfigRecord({EVALUATE_ROUND: evaluate} if evaluate > 0 else {})
+    messages = list(strategy.configure_train(rnd, arrays, config, grid))
+    replies = stream_replies(grid, messages, timeout_s, strategy.unresponsive)
+    fused = FusedReplies(replies) if evaluate > 0 else None
     new_arrays, train_metrics = strategy.aggregate_train(
-        rnd, stream_replies(grid, messages, timeout_s, strategy.unresponsive))
+        rnd, replies if fused is None else fused)
+    evaluation = None
+    if fused is not None:
+        evaluation = pooled_evaluation(strategy, evaluate, fused.evaluations, num_partitions,
+                                       fused.seconds)
     replied = int((train_metrics or {}).get("num-replies", 0))
     if messages and replied < min_fit_fraction * len(messages):
         log(WARNING, "round %d: %d of %d nodes replied, below min-fit-fraction=%.2f: the "
@@ -54,7 +86,7 @@ def train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord
     if align:
         row["align"] = dict(strategy.aggregate_align(
             rnd, stream_replies(grid, align, timeout_s, strategy.unresponsive)))
-    return new_arrays, row
+    return new_arrays, row, evaluation
 
 
 @dataclass
@@ -83,13 +115,21 @@ def evaluate_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRec
     """Ask every responsive node to evaluate all its users; pool their metric sums."""
     t0 = time.perf_counter()
     messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)
-    pooled = dict(strategy.aggregate_evaluate(rnd, stream_replies(
-        grid, messages, timeout_s, strategy.unresponsive)) or {})
+    replies = stream_replies(grid, messages, timeout_s, strategy.unresponsive)
+    evaluation = pooled_evaluation(strategy, rnd, replies, num_partitions, 0.0)
+    evaluation.seconds = time.perf_counter() - t0
+    return evaluation
+
+
+def pooled_evaluation(strategy: RecStrategy, rnd: int, replies: Iterable[Message],
+                      num_partitions: int, seconds: float) -> Evaluation:
+    """Round ``rnd``'s evaluation replies pooled by the strategy (``aggregate_evaluate``)."""
+    pooled = dict(strategy.aggregate_evaluate(rnd, replies) or {})
     valid, test = split_metrics(pooled, "valid"), split_metrics(pooled, "test")
     if exposure := finalize_exposure(pooled):  # target items' ER@K and mean rank (issue 18)
         valid, test = valid | exposure, test | exposure
     coverage = Coverage.of(strategy.evaluated_partitions, num_partitions, valid, test)
-    return Evaluation(valid, test, coverage, time.perf_counter() - t0)
+    return Evaluation(valid, test, coverage, seconds)
 
 
 def round_costs(strategy: RecStrategy, seconds: float) -> dict[str, Any]:
