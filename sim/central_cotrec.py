@@ -42,13 +42,18 @@ from florec.models.cotrec.rank_eval import (
 )
 from florec.models.cotrec.ranker import K, prompt_builder, shuffled_slots
 from florec.models.cotrec.retriever import build_retriever, top_k, train_epoch, with_users
+from florec.models.cotrec.stages import cached_finetune, cached_retriever, retriever_key
 from florec.models.metrics import split_metrics
+from florec.models.stage_cache import StageCache
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream
 from florec.recdata.sequences import UserSequences
 from florec.recdata.store import get_split
 from florec.server.results import ResultsWriter
 from florec.sim.central_loop import fit_and_select
+
+#: Prompts per LoRA step (the layer's ``finetune_choices`` default; part of the adapter's key).
+LORA_BATCH = 4
 
 
 def cotrec_method_name(cfg: RunConfig) -> str:
@@ -105,26 +110,48 @@ def run_central_cotrec(cfg: RunConfig, epochs: int, batch_size: int,
     masks = {p: split.mask_for(p) for p in ("valid", "test")}
     truths = {p: split.matrix(p) for p in ("valid", "test")}
     best: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
 
     def evaluate(part: str) -> dict[str, float]:
         return split_metrics(sequence_metric_sums(model, inputs, masks, truths, cfg.k_list,
                                                   cfg.eval_chunk, device, parts=(part,)), part)
 
+    def one_epoch() -> dict[str, float]:
+        t0 = time.perf_counter()
+        means = train_epoch(model, optimizer, windows, users, rng, batch_size, device).means()
+        rows.append({"round": len(rows) + 1, "train": means,
+                     "train_seconds": time.perf_counter() - t0})
+        return means
+
+    def validate() -> dict[str, float]:
+        valid = evaluate("valid")
+        if rows:
+            rows[-1]["valid"] = valid
+        return valid
+
     def test() -> dict[str, float]:
         best["state"] = copy.deepcopy(model.state_dict())  # test runs at each improvement
         return evaluate("test")
 
+    def fit() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        run = fit_and_select(cfg, cotrec_method_name(cfg), epochs, train_epoch=one_epoch,
+                             validate=validate, test=test, out_dir=out_dir, config=config,
+                             t_start=t_start)
+        if "state" in best:
+            model.load_state_dict(best["state"])
+        return run, rows
+
     config = cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central",
                                 "device-used": device, "prompt-version": PROMPT_VERSION}
+    stages = StageCache(enabled=cfg.cotrec_stage_cache)
+    key = retriever_key(cfg, split_path, {"windows": windows, **{
+        f"{name}-{p}": table[p] for name, table in (("inputs", inputs), ("mask", masks),
+                                                     ("truth", truths)) for p in table}},
+        item_rows, user_rows, epochs, batch_size, device)
     with log.phase("retriever"):
-        run = fit_and_select(
-            cfg, cotrec_method_name(cfg), epochs,
-            train_epoch=lambda: train_epoch(model, optimizer, windows, users, rng, batch_size,
-                                            device).means(),
-            validate=lambda: evaluate("valid"), test=test, out_dir=out_dir, config=config,
-            t_start=t_start)
-    if "state" in best:
-        model.load_state_dict(best["state"])
+        run, kept = cached_retriever(stages, key, model, fit)
+        if stages.events.get("cotrec-retriever") == "hit" and out_dir is not None:
+            replay_files(Path(out_dir), config, kept)
     if cfg.cotrec_ranker != "none":
         hist_test = histories(seqs, users, "test", cfg.cotrec_history, texts)
         prefs_of = prefs.__getitem__
@@ -135,8 +162,10 @@ def run_central_cotrec(cfg: RunConfig, epochs: int, batch_size: int,
                 single_targets(truths[part], users),
                 prompt_builder(texts.__getitem__, hist.__getitem__, prefs_of),
                 shuffled_slots(len(users), K, cfg.seed + j))
-        run["ranker"] = run_ranker(cfg, llm, parts["valid"], parts["test"], log, book, out_dir)
+        run["ranker"] = run_ranker(cfg, llm, parts["valid"], parts["test"], log, book, out_dir,
+                                   stages)
     run.update(phases=log.phases, llm=llm.stats.as_dict() if llm is not None else {},
+               stage_cache=dict(stages.events), stage_cache_hits=stages.hits,
                wall_s=time.perf_counter() - t_start)
     if out_dir is not None:
         ResultsWriter(Path(out_dir)).write_results(config, [run])
@@ -144,8 +173,13 @@ def run_central_cotrec(cfg: RunConfig, epochs: int, batch_size: int,
 
 
 def run_ranker(cfg: RunConfig, llm: Any, valid: RankInputs, test: RankInputs, log: PhaseLog,
-               book: AnswerBook, out_dir: Path | None = None) -> dict[str, Any]:
-    """Retriever vs untuned vs LoRA-tuned ranker on the test split (LoRA on validation only)."""
+               book: AnswerBook, out_dir: Path | None = None,
+               stages: StageCache | None = None) -> dict[str, Any]:
+    """Retriever vs untuned vs LoRA-tuned ranker on the test split (LoRA on validation only).
+
+    The adapter is looked up in ``stages`` first (:func:`florec.models.cotrec.stages.
+    cached_finetune`); without it, it is always trained.
+    """
     out: dict[str, Any] = {"retriever": retriever_metrics(test)}
     with log.phase("ranker-untuned", llm):
         out["untuned"] = evaluate_ranker(llm, test, cfg.cotrec_mapb_users, "untuned", book)
@@ -154,9 +188,10 @@ def run_ranker(cfg: RunConfig, llm: Any, valid: RankInputs, test: RankInputs, lo
     with log.phase("ranker-lora-train", llm):
         prompts, targets = lora_samples(valid, book)
         try:
-            stats = llm.finetune_choices(prompts, targets, K, epochs=cfg.cotrec_lora_epochs,
-                                         lr=cfg.cotrec_lora_lr, lora_r=cfg.cotrec_lora_r,
-                                         seed=cfg.seed)
+            stats = cached_finetune(stages or StageCache(enabled=False), llm, prompts, targets,
+                                    K, epochs=cfg.cotrec_lora_epochs, lr=cfg.cotrec_lora_lr,
+                                    lora_r=cfg.cotrec_lora_r, batch_size=LORA_BATCH,
+                                    seed=cfg.seed)
         except NotImplementedError as err:
             out["lora"] = {"skipped": str(err), "samples": len(prompts)}
             return out
@@ -167,3 +202,16 @@ def run_ranker(cfg: RunConfig, llm: Any, valid: RankInputs, test: RankInputs, lo
     out["lora"].update(samples=len(prompts), train={k: v for k, v in stats.items()
                                                      if isinstance(v, (int, float))})
     return out
+
+
+def replay_files(out_dir: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``config.json`` and the stored ``rounds.jsonl`` lines of a retriever loaded from the cache.
+
+    Each line is the trained run's (train loss, validation metrics, training seconds) marked
+    ``"stage_cache": "hit"``; ``results.json`` is written when the run ends.
+    """
+    writer = ResultsWriter(out_dir)
+    writer.write_config(config)
+    for row in rows:
+        writer.append_round(dict(row, stage_cache="hit"))
+    writer.close()
