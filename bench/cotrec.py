@@ -26,6 +26,11 @@ Run (one thread per process, as every number in docs/methods/cotrec.md)::
     FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/cotrec.py \
         --datasets ml-100k --settings central --variants scripted-control,sasrec-random
 
+The stage cache (central runs load the retriever and the LoRA adapter trained for equal
+inputs): the same cell twice, ``--cell-suffix -fill`` then ``--cell-suffix -fullcache``;
+``summary.md`` then compares their phases (``stage_cache_table``), and a finished
+``cotrec-init-fullcache`` cell adds its measured wall time to the budget (``budget_table``).
+
 The real-LLM init ablation (3 SASRec seeds, SmolLM2 perception batched 32 prompts a pass)::
 
     nice -n 19 env FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/cotrec.py \
@@ -195,7 +200,64 @@ def budget_table(out: Path, dataset: str = "ml-100k") -> str:
         rows.append(f"| {name} | {file.split('/')[0]} | {calls} ({hits}) | {sec:.0f} | "
                     f"{_f(rate, 2)} | {full if unit else 'as measured'} | {minutes:.1f} |")
     rows.append(f"| **total** | | | | | | **{total:.1f}** |")
+    full = _finished(base / FULL_CACHE_CELL)
+    if full is not None:  # the same cell rerun with every call and stage cached, as measured
+        llm = full.get("llm", {})
+        rows.append(f"| **total, full cache** (stage cache hits: {full.get('stage_cache_hits', 0)})"
+                    f" | {FULL_CACHE_CELL} | {int(llm.get('llm_calls', 0))} "
+                    f"({int(llm.get('llm_cache_hits', 0))}) | {full['wall_s']:.0f} | | "
+                    f"as measured | **{full['wall_s'] / 60:.1f}** |")
     return "\n".join(rows) + "\n"
+
+
+#: The full ML-100K ``cotrec-init`` cell rerun with a full call cache and stage cache.
+FULL_CACHE_CELL = "cotrec-init-fullcache"
+
+
+def _finished(folder: Path) -> dict[str, Any] | None:
+    """The run entry of a finished cell folder, else ``None``."""
+    path = folder / "results.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data["runs"][0] if data.get("status") == "finished" else None
+
+
+def stage_cache_table(out: Path) -> str:
+    """Seconds per phase of each cell ``<x>-fill`` (empty stage cache) next to ``<x>-fullcache``.
+
+    Both cells run the same config; the second finds every stage and every LLM call cached.
+    Rows: each phase's seconds and LLM calls (cache hits) in both, the stage-cache events,
+    the whole run's wall minutes and whether its metrics (retriever, untuned and LoRA ranker)
+    are equal. Returns "" when no pair is finished.
+    """
+    blocks = []
+    for fill_path in sorted(out.glob("*/*/*-fill/results.json")):
+        fill = _finished(fill_path.parent)
+        cached = _finished(fill_path.parent.with_name(
+            fill_path.parent.name.removesuffix("-fill") + "-fullcache"))
+        if fill is None or cached is None:
+            continue
+        ds, setting, cell = fill_path.parts[-4:-1]
+        rows = [f"**{ds} / {setting} / {cell.removesuffix('-fill')}**", "",
+                "| phase | seconds, empty stage cache | LLM calls (hits) | seconds, full cache | "
+                "LLM calls (hits) |", "|" + "---|" * 5]
+        for name, p in fill.get("phases", {}).items():
+            q = cached.get("phases", {}).get(name, {})
+            rows.append(f"| {name} | {p['seconds']:.1f} | {int(p.get('llm_calls', 0))} "
+                        f"({int(p.get('llm_cache_hits', 0))}) | {q.get('seconds', 0.0):.1f} | "
+                        f"{int(q.get('llm_calls', 0))} ({int(q.get('llm_cache_hits', 0))}) |")
+        ranker = [(r.get("ranker") or {}) for r in (fill, cached)]
+        same = fill.get("metrics") == cached.get("metrics") and all(
+            ranker[0].get(k, {}).get("ndcg@10") == ranker[1].get(k, {}).get("ndcg@10")
+            for k in ("untuned", "lora"))
+        events = ", ".join(f"{k} {v}" for k, v in cached.get("stage_cache", {}).items())
+        rows += [f"| **wall minutes** | **{fill['wall_s'] / 60:.1f}** | | "
+                 f"**{cached['wall_s'] / 60:.1f}** | |", "",
+                 f"Stage cache of the second run: {events or 'none'}; metrics equal: "
+                 f"{'yes' if same else 'NO'}."]
+        blocks.append("\n".join(rows))
+    return "\n\n".join(blocks) + "\n" if blocks else ""
 
 
 def summary(out: Path) -> str:
@@ -227,7 +289,15 @@ def summary(out: Path) -> str:
             f"{_f(un.get('ndcg@10'))} ({_f(un.get('mapb'), 2)}) | {lora} | {int(calls)} | "
             f"{int(hits)} | {int(tin)}/{int(tout)} | {minutes} |")
     return "\n".join(rows) + "\n\nMean ± sd over seeds (cells named ``<variant>-seed<s>``; "\
-        "the bare name is seed 0):\n\n" + seed_table(out) + _budget_section(out)
+        "the bare name is seed 0):\n\n" + seed_table(out) + _budget_section(out) + \
+        _stage_section(out)
+
+
+def _stage_section(out: Path) -> str:
+    table = stage_cache_table(out)
+    return ("\nThe same cell twice: filling the stage cache (``-fill``), then with every stage "
+            "and LLM call cached (``-fullcache``; ``stage_cache_table``):\n\n" + table
+            if table else "")
 
 
 def _budget_section(out: Path) -> str:
@@ -249,6 +319,9 @@ def main() -> None:
                     help="prompts per generation pass of an in-process LLM (central cells)")
     ap.add_argument("--set", nargs="*", default=[], help="extra run-config key=value (JSON)")
     ap.add_argument("--out", type=Path, default=Path("results/cotrec"))
+    ap.add_argument("--cell-suffix", default="",
+                    help="appended to each cell folder, e.g. -fill then -fullcache: the same "
+                         "cell with an empty and a full stage cache (stage_cache_table)")
     args = ap.parse_args()
     extra = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
              for k, v in (s.split("=", 1) for s in args.set)}
@@ -256,7 +329,7 @@ def main() -> None:
         for setting in args.settings.split(","):
             for variant, seed in ((v, int(s)) for v in args.variants.split(",")
                                   for s in args.seeds.split(",")):
-                out = cell_dir(args.out, ds, setting, variant, seed)
+                out = cell_dir(args.out, ds, setting, variant + args.cell_suffix, seed)
                 if (out / "results.json").is_file() and \
                         json.loads((out / "results.json").read_text()).get("status") == "finished":
                     continue

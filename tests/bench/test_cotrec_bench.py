@@ -65,3 +65,52 @@ def test_committed_summary_is_what_the_script_writes(bench_script) -> None:
     if not (RESULTS / "summary.md").is_file():
         pytest.skip("no committed CoT-Rec results")
     assert (RESULTS / "summary.md").read_text() == bench_script("cotrec").summary(RESULTS)
+
+
+def _run_cell(path: Path, run: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps({"status": "finished", "runs": [run]}))
+
+
+def test_budget_adds_the_full_cache_rerun_as_measured(bench_script, tmp_path: Path) -> None:
+    bench = bench_script("cotrec")
+    base = tmp_path / "ml-100k" / "central"
+    base.mkdir(parents=True)
+    (base / "perception-items.json").write_text(json.dumps(
+        {"seconds": 100.0, "llm": {"llm_calls": 50, "llm_cache_hits": 50}}))
+    _cell(base / "cotrec-untuned" / "results.json", {
+        "user-perception": {"seconds": 30.0, "llm_calls": 10, "llm_cache_hits": 5},
+        "retriever": {"seconds": 120.0},
+        "ranker-untuned": {"seconds": 60.0, "llm_calls": 20, "llm_cache_hits": 0}})
+    _cell(base / "title-llm-ranker" / "results.json", {"ranker-lora-train": {"seconds": 240.0}})
+    assert "full cache" not in bench.budget_table(tmp_path)
+    _run_cell(base / bench.FULL_CACHE_CELL, {"wall_s": 150.0, "stage_cache_hits": 2,
+                                             "llm": {"llm_calls": 0, "llm_cache_hits": 700}})
+    row = bench.budget_table(tmp_path).splitlines()[-1]
+    assert row.startswith("| **total, full cache** (stage cache hits: 2) | cotrec-init-fullcache")
+    assert row.endswith("| 0 (700) | 150 | | as measured | **2.5** |")
+
+
+def test_stage_cache_table_pairs_fill_and_fullcache_cells(bench_script, tmp_path: Path) -> None:
+    bench = bench_script("cotrec")
+    cells = tmp_path / "ml-100k" / "central"
+    metrics, ranker = {"ndcg@10": 0.1}, {"untuned": {"ndcg@10": 0.09}, "lora": {"ndcg@10": 0.08}}
+    _run_cell(cells / "cotrec-init-fill", {
+        "wall_s": 600.0, "metrics": metrics, "ranker": ranker,
+        "phases": {"retriever": {"seconds": 240.0}, "ranker-lora-train": {"seconds": 300.0}}})
+    assert bench.stage_cache_table(tmp_path) == ""  # no pair yet
+    _run_cell(cells / "cotrec-init-fullcache", {
+        "wall_s": 60.0, "metrics": metrics, "ranker": ranker,
+        "stage_cache": {"cotrec-retriever": "hit", "cotrec-lora": "hit"},
+        "phases": {"retriever": {"seconds": 0.5}, "ranker-lora-train": {"seconds": 0.2}}})
+    table = bench.stage_cache_table(tmp_path)
+    assert "| retriever | 240.0 | 0 (0) | 0.5 | 0 (0) |" in table
+    assert "| **wall minutes** | **10.0** | | **1.0** | |" in table
+    assert "cotrec-retriever hit, cotrec-lora hit; metrics equal: yes." in table
+    ranker["lora"] = {"ndcg@10": 0.07}
+    _run_cell(cells / "cotrec-init-fullcache", {
+        "wall_s": 60.0, "metrics": metrics, "ranker": ranker, "phases": {}})
+    _run_cell(cells / "cotrec-init-fill", {
+        "wall_s": 600.0, "metrics": metrics, "ranker": {"lora": {"ndcg@10": 0.08}},
+        "phases": {}})
+    assert "metrics equal: NO." in bench.stage_cache_table(tmp_path)
