@@ -27,7 +27,7 @@ Run (one thread per process, as every number in docs/methods/cotrec.md)::
         --datasets ml-100k --settings central --variants scripted-control,sasrec-random
 
 The stage cache (central runs load the retriever and the LoRA adapter trained for equal
-inputs): the same cell twice, ``--cell-suffix -fill`` then ``--cell-suffix -fullcache``;
+inputs): the same cell twice, ``--cell-suffix=-fill`` then ``--cell-suffix=-fullcache``;
 ``summary.md`` then compares their phases (``stage_cache_table``), and a finished
 ``cotrec-init-fullcache`` cell adds its measured wall time to the budget (``budget_table``).
 
@@ -307,6 +307,14 @@ def _budget_section(out: Path) -> str:
             if table else "")
 
 
+def _value(text: str) -> Any:
+    """A ``--set`` value: JSON where it parses (numbers, true/false, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # e.g. tiny, /work/shared/data
+
+
 def main() -> None:
     """Parse the arguments and run the selected cells (finished cells are skipped)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -323,8 +331,7 @@ def main() -> None:
                     help="appended to each cell folder, e.g. -fill then -fullcache: the same "
                          "cell with an empty and a full stage cache (stage_cache_table)")
     args = ap.parse_args()
-    extra = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
-             for k, v in (s.split("=", 1) for s in args.set)}
+    extra = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     for ds in args.datasets.split(","):
         for setting in args.settings.split(","):
             for variant, seed in ((v, int(s)) for v in args.variants.split(",")
