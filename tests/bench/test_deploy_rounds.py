@@ -1,4 +1,4 @@
-"""bench/deploy_rounds.py: a message's phases from SuperNode logs and ClientApp stamps."""
+"""bench/deploy_rounds*.py: a message's phases from SuperNode logs and ClientApp stamps."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def stamps(node: int, kind: str, recv: float, **phases: float) -> dict:
 
 def test_each_message_splits_into_phases_that_add_up_to_its_time_on_the_node(
         bench_script, tmp_path) -> None:
-    bench = bench_script("deploy_rounds")
+    bench = bench_script("deploy_rounds_phases")
     phases = {"dispatch": 0.1, "process": 2.0, "imports": 1.0, "data": 0.01, "work": 0.3}
     # two rounds of (train, evaluate) on two nodes; node 1 is 0.5 s slower to hand off
     msgs = {0: [], 1: []}
@@ -68,3 +68,26 @@ def test_each_message_splits_into_phases_that_add_up_to_its_time_on_the_node(
     assert res["node_s_per_round"] == pytest.approx(slowest, abs=1e-3)
     assert res["polling_and_server_s_per_round"] == pytest.approx(15.0 - slowest, abs=1e-3)
     assert res["phases_s"]["imports"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_steady_rounds_leave_out_the_first_and_the_last(bench_script) -> None:
+    # a fused run: round 1 builds caches, round 4 also sends the last plain evaluate message
+    bench = bench_script("deploy_rounds_phases")
+    seconds = (30.0, 10.0, 12.0, 25.0)
+    rounds, messages, t = [], [], DAY0
+    for r, s in enumerate(seconds, 1):
+        rounds.append({"round": r, "start": t, "end": t + s, "seconds": s})
+        messages.append({"kind": "train+evaluate", "node": 0, "received": t + 1.0,
+                         "total": s / 2} | {p: s / 10 for p in bench.PHASES})
+        t += s
+    res = bench.summarize(messages, rounds)
+    assert res["round_s"] == pytest.approx(11.0)
+    assert res["node_s_per_round"] == pytest.approx(5.5)
+    assert res["rounds_s"] == list(seconds)
+    assert bench.summarize(messages[:2], rounds[:2])["round_s"] == pytest.approx(10.0)
+
+
+def test_the_bench_script_takes_the_phase_functions_from_their_module(bench_script) -> None:
+    script, phases = bench_script("deploy_rounds"), bench_script("deploy_rounds_phases")
+    assert script.summarize.__module__ == script.table.__module__ == "deploy_rounds_phases"
+    assert script.PHASES == phases.PHASES
