@@ -371,7 +371,8 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     'defense': (
         '`none`, `norm-bound` (clip each user update), `median` / `trimmed-mean` (coordinate-'
-        'wise per item row, sparse), `krum` / `multi-krum` (node level)'
+        'wise per item row, sparse; under sum c_i times the row statistic), `krum` / `multi-krum` '
+        '(node level)'
     ),
     'defense-norm': (
         'norm-bound: largest L2 norm of one user update (item rows and biases together)'
