@@ -147,3 +147,33 @@ def test_sampled_fs_point_gradient_matches_the_closed_form_weighted_loss(index):
     assert (sampled / reps).item() == pytest.approx(exact.item(), rel=0.01)
     for a, b in zip(grad_mc, grad_cf, strict=True):
         assert (a - b).norm() / b.norm() < 0.03
+
+
+def _authors_fair_sample(record: list[set[int]], users: list[int], items: list[int]) -> list[int]:
+    """The authors' ``InteractionSampler::fair_sample`` (c_utils/sampler.cpp @ df943a4)."""
+    n, out = len(users), []
+    for cur in range(n):
+        delta = 1
+        while True:
+            j = (cur + delta) % n
+            delta += 1
+            if items[cur] not in record[users[j]] and items[j] not in record[users[cur]]:
+                break
+        out.append(j)
+    return out
+
+
+def test_pair_partners_equal_the_authors_cyclic_search_on_random_batches(train, index):
+    record = [set(train[u].indices.tolist()) for u in range(train.shape[0])]
+    coo = train.tocoo()
+    rng = np.random.default_rng(7)
+    compared = 0
+    for size in (2, 17, 64, 64, 128):
+        pick = rng.choice(coo.nnz, size=size, replace=False)
+        users, items = coo.row[pick].tolist(), coo.col[pick].tolist()
+        partner, ok = pair_partners(index, torch.tensor(users), torch.tensor(items))
+        if not ok.all():  # the authors' loop would hang here; pick another batch
+            continue
+        assert partner.tolist() == _authors_fair_sample(record, users, items)
+        compared += 1
+    assert compared >= 3
