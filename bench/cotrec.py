@@ -210,6 +210,9 @@ def budget_table(out: Path, dataset: str = "ml-100k") -> str:
     return "\n".join(rows) + "\n"
 
 
+#: The phases of a central run in the order they run (results.json stores them sorted).
+PHASE_ORDER = ("item-perception", "user-perception", "retriever", "ranker-untuned",
+               "ranker-lora-train", "ranker-lora")
 #: The full ML-100K ``cotrec-init`` cell rerun with a full call cache and stage cache.
 FULL_CACHE_CELL = "cotrec-init-fullcache"
 
@@ -228,8 +231,9 @@ def stage_cache_table(out: Path) -> str:
 
     Both cells run the same config; the second finds every stage and every LLM call cached.
     Rows: each phase's seconds and LLM calls (cache hits) in both, the stage-cache events,
-    the whole run's wall minutes and whether its metrics (retriever, untuned and LoRA ranker)
-    are equal. Returns "" when no pair is finished.
+    the run's wall minutes (``wall_s``: from loading the split to the end; building the LLM
+    and starting Python are outside it) and whether its metrics (retriever, untuned and LoRA
+    ranker) are equal. Returns "" when no pair is finished.
     """
     blocks = []
     for fill_path in sorted(out.glob("*/*/*-fill/results.json")):
@@ -242,7 +246,9 @@ def stage_cache_table(out: Path) -> str:
         rows = [f"**{ds} / {setting} / {cell.removesuffix('-fill')}**", "",
                 "| phase | seconds, empty stage cache | LLM calls (hits) | seconds, full cache | "
                 "LLM calls (hits) |", "|" + "---|" * 5]
-        for name, p in fill.get("phases", {}).items():
+        phases = fill.get("phases", {})
+        for name, p in sorted(phases.items(), key=lambda kv: PHASE_ORDER.index(kv[0])
+                              if kv[0] in PHASE_ORDER else len(PHASE_ORDER)):
             q = cached.get("phases", {}).get(name, {})
             rows.append(f"| {name} | {p['seconds']:.1f} | {int(p.get('llm_calls', 0))} "
                         f"({int(p.get('llm_cache_hits', 0))}) | {q.get('seconds', 0.0):.1f} | "
