@@ -18,7 +18,8 @@ Cells are dataset x setting x variant (seed ``--seed``):
   ``scripted-p=0.5`` (the positive control: its lift is predictable from p and coverage).
 
 Each cell writes ``<out>/<dataset>/<setting>/<variant>/`` (results.json with ``ranker``,
-``phases`` and ``llm``); seeds other than 0 go to ``<variant>-seed<s>/``. ``summary.md`` beside
+``phases`` and ``llm``; bench.json with the cell's and the process's seconds); seeds other
+than 0 go to ``<variant>-seed<s>/``. ``summary.md`` beside
 them tabulates every finished cell, then the mean and standard deviation over seeds.
 
 Run (one thread per process, as every number in docs/methods/cotrec.md)::
@@ -202,11 +203,11 @@ def budget_table(out: Path, dataset: str = "ml-100k") -> str:
     rows.append(f"| **total** | | | | | | **{total:.1f}** |")
     full = _finished(base / FULL_CACHE_CELL)
     if full is not None:  # the same cell rerun with every call and stage cached, as measured
-        llm = full.get("llm", {})
+        llm, secs = full.get("llm", {}), full["process_s"] or full["wall_s"]
         rows.append(f"| **total, full cache** (stage cache hits: {full.get('stage_cache_hits', 0)})"
                     f" | {FULL_CACHE_CELL} | {int(llm.get('llm_calls', 0))} "
-                    f"({int(llm.get('llm_cache_hits', 0))}) | {full['wall_s']:.0f} | | "
-                    f"as measured | **{full['wall_s'] / 60:.1f}** |")
+                    f"({int(llm.get('llm_cache_hits', 0))}) | {secs:.0f} | | "
+                    f"as measured | **{secs / 60:.1f}** |")
     return "\n".join(rows) + "\n"
 
 
@@ -218,12 +219,37 @@ FULL_CACHE_CELL = "cotrec-init-fullcache"
 
 
 def _finished(folder: Path) -> dict[str, Any] | None:
-    """The run entry of a finished cell folder, else ``None``."""
+    """The run entry of a finished cell folder, else ``None``.
+
+    ``process_s`` is added from the cell's ``bench.json`` (``None`` without one).
+    """
     path = folder / "results.json"
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    return data["runs"][0] if data.get("status") == "finished" else None
+    if data.get("status") != "finished":
+        return None
+    run = data["runs"][0]
+    timing = folder / "bench.json"
+    return run | {"process_s": json.loads(timing.read_text())["process_seconds"]
+                  if timing.is_file() else None}
+
+
+def _min(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def _write_timing(out: Path, cell_seconds: float) -> None:
+    """``bench.json``: the cell's seconds (LLM build included) and the process's so far.
+
+    ``process_seconds`` runs from the Python process's start (``psutil``'s create time), so for
+    the first cell of a process it is the whole command's cost: imports, model loads, run.
+    """
+    import psutil
+
+    process = time.time() - psutil.Process().create_time()
+    (out / "bench.json").write_text(json.dumps(
+        {"cell_seconds": cell_seconds, "process_seconds": process}, indent=1) + "\n")
 
 
 def stage_cache_table(out: Path) -> str:
@@ -232,8 +258,9 @@ def stage_cache_table(out: Path) -> str:
     Both cells run the same config; the second finds every stage and every LLM call cached.
     Rows: each phase's seconds and LLM calls (cache hits) in both, the stage-cache events,
     the run's wall minutes (``wall_s``: from loading the split to the end; building the LLM
-    and starting Python are outside it) and whether its metrics (retriever, untuned and LoRA
-    ranker) are equal. Returns "" when no pair is finished.
+    and starting Python are outside it), the process's (``bench.json``; n/a for a cell
+    without one) and whether its metrics (retriever, untuned and LoRA ranker) are equal.
+    Returns "" when no pair is finished.
     """
     blocks = []
     for fill_path in sorted(out.glob("*/*/*-fill/results.json")):
@@ -258,8 +285,10 @@ def stage_cache_table(out: Path) -> str:
             ranker[0].get(k, {}).get("ndcg@10") == ranker[1].get(k, {}).get("ndcg@10")
             for k in ("untuned", "lora"))
         events = ", ".join(f"{k} {v}" for k, v in cached.get("stage_cache", {}).items())
-        rows += [f"| **wall minutes** | **{fill['wall_s'] / 60:.1f}** | | "
-                 f"**{cached['wall_s'] / 60:.1f}** | |", "",
+        rows += [f"| **run minutes** (`wall_s`) | **{fill['wall_s'] / 60:.1f}** | | "
+                 f"**{cached['wall_s'] / 60:.1f}** | |",
+                 f"| **process minutes** (Python start to cell end) | {_min(fill['process_s'])}"
+                 f" | | {_min(cached['process_s'])} | |", "",
                  f"Stage cache of the second run: {events or 'none'}; metrics equal: "
                  f"{'yes' if same else 'NO'}."]
         blocks.append("\n".join(rows))
@@ -351,6 +380,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 try:
                     run_cell(config, setting, args.epochs, out, args.llm_batch_size)
+                    _write_timing(out, time.perf_counter() - t0)
                     print(f"{out}: {time.perf_counter() - t0:.0f} s", flush=True)
                 except Exception:  # one failed cell must not stop the matrix
                     (out / "error.txt").write_text(traceback.format_exc())

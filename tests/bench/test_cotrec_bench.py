@@ -89,6 +89,11 @@ def test_budget_adds_the_full_cache_rerun_as_measured(bench_script, tmp_path: Pa
     row = bench.budget_table(tmp_path).splitlines()[-1]
     assert row.startswith("| **total, full cache** (stage cache hits: 2) | cotrec-init-fullcache")
     assert row.endswith("| 0 (700) | 150 | | as measured | **2.5** |")
+    # the process's seconds (imports and model loads included) replace the run's when recorded
+    (base / bench.FULL_CACHE_CELL / "bench.json").write_text(json.dumps(
+        {"cell_seconds": 160.0, "process_seconds": 174.0}))
+    row = bench.budget_table(tmp_path).splitlines()[-1]
+    assert row.endswith("| 174 | | as measured | **2.9** |")
 
 
 def test_stage_cache_table_pairs_fill_and_fullcache_cells(bench_script, tmp_path: Path) -> None:
@@ -105,7 +110,12 @@ def test_stage_cache_table_pairs_fill_and_fullcache_cells(bench_script, tmp_path
         "phases": {"retriever": {"seconds": 0.5}, "ranker-lora-train": {"seconds": 0.2}}})
     table = bench.stage_cache_table(tmp_path)
     assert "| retriever | 240.0 | 0 (0) | 0.5 | 0 (0) |" in table
-    assert "| **wall minutes** | **10.0** | | **1.0** | |" in table
+    assert "| **run minutes** (`wall_s`) | **10.0** | | **1.0** | |" in table
+    assert "| **process minutes** (Python start to cell end) | n/a | | n/a | |" in table
+    (cells / "cotrec-init-fullcache" / "bench.json").write_text(json.dumps(
+        {"cell_seconds": 70.0, "process_seconds": 90.0}))
+    table = bench.stage_cache_table(tmp_path)
+    assert "| **process minutes** (Python start to cell end) | n/a | | 1.5 | |" in table
     assert "cotrec-retriever hit, cotrec-lora hit; metrics equal: yes." in table
     ranker["lora"] = {"ndcg@10": 0.07}
     _run_cell(cells / "cotrec-init-fullcache", {
