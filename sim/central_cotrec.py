@@ -9,6 +9,11 @@ Phases (each timed, with its LLM calls, cache hits and tokens, in ``results.json
 3. ``ranker-untuned``, ``ranker-lora-train``, ``ranker-lora``: the LLM re-ranks the top-10 of
    every user whose target is in it; MAPB on ``cotrec-mapb-users`` users; LoRA on validation
    targets only (:mod:`florec.models.cotrec.rank_eval`).
+
+The retriever (2) and the LoRA adapter (3) are loaded from the stage cache when their inputs
+are those of a stored run (``cotrec-stage-cache``, :mod:`florec.models.cotrec.stages`);
+``results.json`` reports ``stage_cache`` (hit / miss / corrupt / off per stage) and
+``stage_cache_hits``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@
 * :mod:`~florec.models.cotrec.ranker`: letter re-ranking and MAPB;
 * :mod:`~florec.models.cotrec.rank_eval`: the ranker stage (metrics, LoRA samples);
 * :mod:`~florec.models.cotrec.pipeline`: steps shared by the central and federated runners.
+* :mod:`~florec.models.cotrec.stages`: the trained retriever and adapter in the stage cache.
 
 Runners: :mod:`florec.sim.central_cotrec` (central), :mod:`florec.client.cotrec_node` and
 :mod:`florec.strategies.fedavg_lora` (federated). No Flower import in this package.
