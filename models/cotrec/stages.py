@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from florec.models.stage_cache import StageCache, array_digest, stage_key
+from florec.models.stage_cache import StageCache, StageCacheWarning, array_digest, stage_key
 from florec.recdata.runconfig import RunConfig
 
 RETRIEVER = "cotrec-retriever"
@@ -94,6 +95,9 @@ def cached_retriever(stages: StageCache, key: str, model: torch.nn.Module,
                                    for k, v in own.items()})
             torch.set_rng_state(torch.from_numpy(np.array(arrays[_RNG])))
             return meta["run"], meta["rows"]
+        warnings.warn(f"stage cache: the {RETRIEVER} entry {stages.path(RETRIEVER, key)} does "
+                      "not fit this model (names or shapes differ); retraining and overwriting "
+                      "it", StageCacheWarning, stacklevel=2)
         stages.events[RETRIEVER] = "corrupt"
     run, rows = train()
     arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
