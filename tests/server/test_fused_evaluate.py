@@ -165,3 +165,24 @@ def test_a_node_whose_fused_message_fails_is_missing_from_that_evaluation(tmp_pa
         assert row["coverage"]["missing_partitions"] == [1] and row["comparable"] is True
     assert rows[2]["coverage"]["complete"]  # the last round's plain evaluate reaches node 1
     assert rows[2]["comparable"] is True  # more users: it replaces the best round whatever
+
+
+def test_a_resumed_fused_run_ends_as_an_uninterrupted_one(tmp_path, small_config):
+    # checkpoints at rounds 2 and 4 are evaluated at once, so none holds a pending round
+    config = small_config | {"fused-evaluate": True, "num-rounds": 6, "checkpoint-every": 2,
+                             "lr": 0.1}
+
+    def run(out, **changes):
+        cfg = parse_run_config(config | changes | {"out-dir": str(out)})
+        return run_federated(LocalGrid(cfg.to_flower(), cfg.num_nodes), cfg, out)
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "cut", **{"num-rounds": 3})  # round 3 ends the cut run: evaluated plainly
+    resumed = run(tmp_path / "cut", resume=True)  # from round 2's checkpoint
+    assert resumed["rounds"] == 6 and resumed["best_round"] == whole["best_round"]
+    assert_close(whole["metrics"], resumed["metrics"])
+    rows = [[json.loads(x) for x in (tmp_path / d / "rounds.jsonl").read_text().splitlines()]
+            for d in ("whole", "cut")]
+    assert [r["round"] for r in rows[1]] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(*rows, strict=True):
+        assert_close(a["valid"], b["valid"])
