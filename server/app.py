@@ -5,7 +5,9 @@
 setup; the ServerApp opens no interaction data),
 :mod:`florec.server.progress` (fresh start, resume, checkpoints), :mod:`florec.server.rounds`
 (training, evaluation, a round's costs), :mod:`florec.server.selection` (best round over
-rounds evaluated on the same users) and :mod:`florec.server.results` (the results folder).
+rounds evaluated on the same users), :mod:`florec.server.fused` (``fused-evaluate``: a round's
+evaluation carried by the next round's train messages) and :mod:`florec.server.results` (the
+results folder).
 """
 
 from __future__ import annotations
