@@ -18,6 +18,8 @@ skipped.
   ``peak_pss_by_role``: that sample's PSS by process role (:mod:`florec.sim.memory`);
 - ``bytes_per_round``: bytes down + up of one round;
 - ``eval_s``: the full-ranking evaluation of every user (final round, in-process);
+- ``load_avg_1m``: the machine's 1-minute load average when the cell started and ended (a
+  shared machine's seconds are only comparable at a similar load);
 - ``local_round_over_central_epoch`` (full-cohort cells): the local training compute of one
   round of every user (:func:`florec.client.trainers.bpr_embedding.local_update` over all
   buckets, serially, no Flower) over one central MF-BPR epoch on the same interactions
@@ -152,6 +154,7 @@ def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None,
     if rounds < 2:
         raise ConfigError(f"rounds={rounds}: perf needs at least 2 (round 1 is a warm-up)")
     cfg = cell.run_config(rounds, extra)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         local = run_in_process(cfg, Path(tmp) / "local")
         flower, memory = run_flower(cfg, Path(tmp) / "flower")
@@ -176,6 +179,8 @@ def measure(cell: PerfCell, rounds: int = 3, work_dir: Path | None = None,
         **({"local_round_over_central_epoch": compute_ratio(cfg)["local_round_over_central_epoch"]}
            if cell.cohort >= 1.0 else {}),
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": [load_start, os.getloadavg()[0]],
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -1,0 +1,257 @@
+"""One federated round over all users against one central epoch: fair MF, FedCIA-MF, SASRec.
+
+Issue 17 part 1 asks, beyond FedAvg-MF (:func:`florec.sim.perf.compute_ratio`), for the ratio
+"in-process compute of one round in which every user trains one local epoch / one central epoch
+on the same training interactions, same model and loss" of the other trainers. Each function
+here builds both sides once, then times them alternately in this one process (``reps`` pairs,
+medians; the ratio is the median of the per-pair ratios), so the ratio survives a shared box.
+No Flower, no serialisation: what is timed is the trainers' arithmetic.
+
+- :func:`fair_ratio`: ``mf-loss`` = fs-pair / ubpr / fs-point / wmf / relmf / du. Central:
+  :class:`florec.sim.central_fair.FairTrainer` (Adam over both tables, batches of
+  ``central_batch``); federated: :func:`florec.client.trainers.fair_embedding.fair_local_update`
+  over every bucket, given the training popularity and U (what the fair strategy's secure sum
+  sends).
+- :func:`fedcia_ratio`: every FedCIA client's private MF (its own item table and Adam) trains one
+  local epoch over its fixed triples (:func:`florec.client.trainers.private_model.local_epoch`);
+  central: the same function on one MF over all users and the union of the clients' triples
+  (same batch size, so only the split into clients differs).
+- :func:`seq_ratio`: the sequential node's round (every bucket loads the global SASRec, builds
+  its Adam and trains one epoch over its users' windows,
+  :func:`florec.client.trainers.sequential.train_epoch`) against a central epoch over all
+  windows.
+
+Run: ``OMP_NUM_THREADS=1 python bench/perf_ratios.py --which fair,fedcia,seq
+--out docs/results/perf/ratios.json`` (``python bench/perf_ratios.py -h`` for the knobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from florec.recdata.runconfig import RunConfig, parse_run_config
+from florec.recdata.store import get_split
+
+
+def side_by_side(central: Callable[[], None], federated: Callable[[], None], reps: int
+                 ) -> dict[str, float]:
+    """Time ``central`` then ``federated``, ``reps`` times; medians and the ratio.
+
+    Returns ``central_epoch_s``, ``round_s`` (medians) and ``round_over_central_epoch``, the
+    median over repetitions of ``round_s[r] / central_epoch_s[r]``.
+    """
+    times: dict[str, list[float]] = {"central_epoch_s": [], "round_s": []}
+    for _ in range(reps):
+        for key, fn in (("central_epoch_s", central), ("round_s", federated)):
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    ratios = [f / c for f, c in zip(times["round_s"], times["central_epoch_s"], strict=True)]
+    return {k: statistics.median(v) for k, v in times.items()} | {
+        "round_over_central_epoch": statistics.median(ratios), "reps": reps}
+
+
+def _buckets(cfg: RunConfig, split: Any) -> list[Any]:
+    from florec.client.trainers.bucket import Bucket
+    from florec.recdata.partition import partition_users
+
+    parts = partition_users(split.n_users, num_nodes=cfg.num_nodes,
+                            users_per_node=cfg.users_per_node)
+    return [Bucket.from_split(split, u) for u in parts]
+
+
+def fair_ratio(overrides: dict[str, Any], reps: int, central_batch: int = 1024
+               ) -> dict[str, Any]:
+    """A round of :func:`fair_local_update` over all buckets against a ``FairTrainer`` epoch."""
+    from florec.client.trainers.bpr_embedding import LocalConfig
+    from florec.client.trainers.fair_embedding import fair_local_update
+    from florec.models.base import seeded_rows
+    from florec.models.mf import MF, USER_SALT
+    from florec.recdata.fair_sampling import TrainIndex
+    from florec.recdata.seeds import Salt, torch_seed
+    from florec.sim.central_fair import FairTrainer
+
+    cfg = parse_run_config(overrides)
+    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
+                         cfg.synthetic_params())
+    train = split.matrix("train")
+    pop = np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
+    index = TrainIndex.from_csr(train, "cpu")
+    buckets = _buckets(cfg, split)
+    init = MF(split.n_users, split.n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
+    item_emb = init.item_emb.detach().numpy().copy()
+    item_bias = np.zeros(split.n_items, dtype=np.float32)
+    user_embs = [seeded_rows(b.users, cfg.dim, cfg.seed, cfg.init_std, USER_SALT)
+                 for b in buckets]
+    local_cfg = LocalConfig.from_run_config(cfg, 1)
+
+    def central() -> None:
+        model = MF(split.n_users, split.n_items, dim=cfg.dim, seed=cfg.seed,
+                   init_std=cfg.init_std)
+        model.item_bias.requires_grad_(False)
+        opt = torch.optim.Adam([model.user_emb, model.item_emb], lr=cfg.lr,
+                               weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(torch_seed(cfg.seed, Salt.CENTRAL_FAIR))
+        FairTrainer(model, index, cfg.mf_loss, opt, gen, cfg.ips_beta).epoch(central_batch)
+
+    def federated() -> None:
+        for bucket, user_emb in zip(buckets, user_embs, strict=True):
+            fair_local_update(bucket, item_emb, item_bias, user_emb, local_cfg, 1,
+                              item_pop=pop, n_users=split.n_users)
+
+    return {"trainer": f"fair-{cfg.mf_loss}", "dataset": cfg.dataset, "users": split.n_users,
+            "items": split.n_items, "interactions": int(train.nnz), "nodes": len(buckets),
+            "local_batch": cfg.local_batch_size, "central_batch": central_batch,
+            } | side_by_side(central, federated, reps)
+
+
+def union_triples(users: list[np.ndarray], triples: list[tuple[np.ndarray, ...]]
+                  ) -> tuple[np.ndarray, ...]:
+    """The clients' (user, positive, negative) triples in one set, users as global ids.
+
+    ``users[k]`` maps client ``k``'s local user rows (``triples[k][0]``) to global ids.
+    """
+    return tuple(np.concatenate([u[t[0]] if j == 0 else t[j]
+                                 for u, t in zip(users, triples, strict=True)])
+                 for j in range(3))
+
+
+def fedcia_ratio(overrides: dict[str, Any], reps: int) -> dict[str, Any]:
+    """Every FedCIA client's local epoch against one epoch of one MF over all of them.
+
+    Clients are ``num-nodes x clients-per-node`` groups of users (``partition``, e.g. FedCIA's
+    ``floor``); each has its own MF (its users, the whole item table), its own Adam and its
+    fixed triples (:func:`fixed_triples`). The central side trains one MF over all users on the
+    concatenated triples (client rows mapped back to global user ids), same batch size.
+    """
+    from florec.client.trainers.bucket import Bucket
+    from florec.client.trainers.private_model import build_node_model, fixed_triples, local_epoch
+    from florec.recdata.partition import partition_users
+    from florec.recdata.seeds import Salt, stream
+
+    cfg = parse_run_config(overrides)
+    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
+                         cfg.synthetic_params())
+    n_clients = cfg.num_nodes * cfg.clients_per_node
+    clients = [Bucket.from_split(split, u)
+               for u in partition_users(split.n_users, num_nodes=n_clients, mode=cfg.partition,
+                                        seed=cfg.seed)]
+    triples = [fixed_triples(c, cfg.seed, k) for k, c in enumerate(clients)]
+    whole = Bucket.from_split(split, np.arange(split.n_users))
+    union = union_triples([c.users for c in clients], triples)
+
+    def train(bucket: Bucket, trip: tuple[np.ndarray, ...], k: int) -> None:
+        model = build_node_model(cfg, bucket, "mf", cfg.dim)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        local_epoch(model, opt, trip, cfg.local_batch_size, stream(cfg.seed, Salt.PRIVATE_ROUND,
+                                                                   1, k))
+
+    def federated() -> None:
+        for k, (c, t) in enumerate(zip(clients, triples, strict=True)):
+            train(c, t, k)
+
+    return {"trainer": "fedcia-mf", "dataset": cfg.dataset, "users": split.n_users,
+            "items": split.n_items, "interactions": int(len(union[0])), "clients": n_clients,
+            "local_batch": cfg.local_batch_size, "central_batch": cfg.local_batch_size,
+            } | side_by_side(lambda: train(whole, union, 0), federated, reps)
+
+
+def seq_ratio(overrides: dict[str, Any], reps: int, central_batch: int = 256) -> dict[str, Any]:
+    """The sequential node's round over all buckets against a central epoch (same windows)."""
+    from florec.client.trainers.sequential import make_optimizers, train_epoch
+    from florec.models.registry import sequential_from_config
+    from florec.recdata.sequences import UserSequences
+
+    cfg = parse_run_config(overrides)
+    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
+                         cfg.synthetic_params())
+    seqs = UserSequences.from_split(split)
+    buckets = _buckets(cfg, split)
+    windows = [seqs.inputs(b.users, "train", cfg.max_seq_len) for b in buckets]
+    torch.manual_seed(cfg.seed)
+    state = sequential_from_config(cfg, split.n_items).shared_state()
+
+    def epoch(win: np.ndarray, batch: int) -> None:
+        model = sequential_from_config(cfg, split.n_items)
+        model.load_shared_state(state)
+        train_epoch(model, make_optimizers(model, cfg.lr), win, split.n_items,
+                    np.random.default_rng(cfg.seed), batch, cfg.seq_loss)
+
+    def federated() -> None:
+        for win in windows:
+            epoch(win, cfg.local_batch_size)
+
+    everyone = np.concatenate(windows)
+    return {"trainer": f"seq-{cfg.model}", "dataset": cfg.dataset, "users": split.n_users,
+            "items": split.n_items, "positions": int((everyone > 0).sum()),
+            "nodes": len(buckets), "local_batch": cfg.local_batch_size,
+            "central_batch": central_batch,
+            } | side_by_side(lambda: epoch(everyone, central_batch), federated, reps)
+
+
+#: each measured trainer: its function and run-config overrides (the bench settings of its
+#: method: fair_ml1m.toml's federated lr/weight decay, fedcia.md's authors' protocol,
+#: sequential.toml's SASRec)
+FAIR = {"algorithm": "fedavg", "model": "mf", "split": "ratio-fs", "dim": 64, "init-std": 0.1,
+        "lr": 0.01, "weight-decay": 1e-3, "users-per-node": 100, "local-batch-size": 64}
+FEDCIA = {"algorithm": "fedcia", "model": "mf", "split": "given", "partition": "floor",
+          "dim": 64, "num-nodes": 10, "clients-per-node": 10, "lr": 0.1,
+          "local-batch-size": 4096}
+SEQ = {"algorithm": "fedavg", "model": "sasrec", "split": "loo", "dim": 64, "max-seq-len": 50,
+       "heads": 2, "seq-layers": 2, "dropout": 0.5, "seq-loss": "ce", "lr": 0.001,
+       "num-nodes": 10, "local-batch-size": 256}
+
+
+def main() -> None:
+    """Measure the chosen trainers; one JSON object (config, load, a row per trainer)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--which", default="fair,fedcia,seq")
+    parser.add_argument("--fair-losses", default="fs-pair,ubpr")
+    parser.add_argument("--fair-dataset", default="ml-1m")
+    parser.add_argument("--fedcia-dataset", default="fedcia-ml100k")
+    parser.add_argument("--seq-dataset", default="ml-100k")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    which = set(args.which.split(","))
+    jobs: list[tuple[Callable[..., dict[str, Any]], dict[str, Any]]] = []
+    if "fair" in which:
+        jobs += [(fair_ratio, FAIR | {"dataset": args.fair_dataset, "mf-loss": loss})
+                 for loss in args.fair_losses.split(",") if loss]
+    if "fedcia" in which:
+        jobs.append((fedcia_ratio, FEDCIA | {"dataset": args.fedcia_dataset}))
+    if "seq" in which:
+        jobs.append((seq_ratio, SEQ | {"dataset": args.seq_dataset}))
+    rows = []
+    for fn, overrides in jobs:
+        load = os.getloadavg()[0]
+        row = fn(overrides, args.reps) | {"config": overrides,
+                                          "load_avg_1m": [load, os.getloadavg()[0]]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    result = {"command": "OMP_NUM_THREADS=1 python bench/perf_ratios.py " + " ".join(
+                  f"--{k.replace('_', '-')} '{v}'" for k, v in vars(args).items()
+                  if k != "out"),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+              "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "machine": platform.machine(), "torch": torch.__version__,
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
