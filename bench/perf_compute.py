@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from florec.client.trainers.bpr_embedding import local_update
-from florec.sim.perf import PERF_DEFAULTS, compute_ratio
+from florec.sim.perf import PERF_DEFAULTS, compute_ratio, framework_seconds
 
 TRAINER = "client/trainers/bpr_embedding.py"
 
@@ -126,6 +126,41 @@ def seq_metrics_table(root: Path, metrics: tuple[str, ...] = ("hr@10", "ndcg@10"
     return "\n".join(lines)
 
 
+#: columns of :func:`perf_table`: header and how a row fills it
+PERF_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("dataset", lambda r: r["dataset"]),
+    ("aggregation", lambda r: r["algorithm"].rsplit("-", 1)[-1]),
+    ("users", lambda r: f"{r['population']:,}"),
+    ("cohort", lambda r: f"{r['cohort']:g}"),
+    ("users/node", lambda r: str(r["bucket"])),
+    ("nodes", lambda r: str(r["nodes"])),
+    ("s/round (flwr + Ray)", lambda r: f"{r['s_per_round']:.2f}"),
+    ("s/round in process (serial)", lambda r: f"{r['s_per_round_in_process']:.2f}"),
+    ("framework s/round", lambda r: "{:.2f}".format(framework_seconds(
+        r["s_per_round"], r["s_per_round_in_process"], r["workers"]))),
+    ("framework ms per user update", lambda r: f"{r['framework_ms_per_update']:.2f}"),
+    ("local round / central epoch",
+     lambda r: f"{r['local_round_over_central_epoch']:.2f}x"
+     if "local_round_over_central_epoch" in r else "-"),
+    ("peak PSS MB", lambda r: f"{r['peak_pss_mb']:.0f}"),
+    ("MB/round", lambda r: f"{r['bytes_per_round'] / 2**20:.1f}"),
+    ("load (1 min, start-end)",
+     lambda r: "-".join(f"{x:.1f}" for x in r["load_avg_1m"]) if "load_avg_1m" in r else "?"),
+]
+
+
+def perf_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of ``florec perf --json`` rows (:func:`florec.sim.perf.measure`).
+
+    ``framework s/round`` = s/round under Flower - in-process s/round / ``workers`` (the
+    round's time not explained by the nodes' compute spread over the Ray actors).
+    """
+    head = [name for name, _ in PERF_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(r) for _, cell in PERF_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Measure each dataset and write one JSON object with a row per dataset."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -140,9 +175,15 @@ def main() -> None:
     parser.add_argument("--seq-variant", default="after", help="before or after")
     parser.add_argument("--seq-table", type=Path, default=None,
                         help="instead: print the before/after metric table of this folder")
+    parser.add_argument("--perf-table", type=Path, nargs="*", default=None,
+                        help="instead: print the markdown table of these florec perf --json files")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.perf_table is not None:
+        print(perf_table([json.loads(line) for path in args.perf_table
+                          for line in path.read_text().splitlines() if line.strip()]))
+        return
     if args.seq_table is not None:
         print(seq_metrics_table(args.seq_table))
         return
