@@ -22,7 +22,8 @@ No Flower, no serialisation: what is timed is the trainers' arithmetic.
   windows.
 
 Run: ``OMP_NUM_THREADS=1 python bench/perf_ratios.py --which fair,fedcia,seq
---out docs/results/perf/ratios.json`` (``python bench/perf_ratios.py -h`` for the knobs).
+--out docs/results/perf/ratios.json`` (``python bench/perf_ratios.py -h`` for the knobs);
+``python bench/perf_ratios.py --table docs/results/perf/ratio_*.json`` prints the docs' table.
 """
 
 from __future__ import annotations
@@ -213,6 +214,20 @@ SEQ = {"algorithm": "fedavg", "model": "sasrec", "split": "loo", "dim": 64, "max
        "num-nodes": 10, "local-batch-size": 256}
 
 
+def ratio_table(results: list[dict[str, Any]]) -> str:
+    """Markdown: one line per measured trainer of these ``--out`` files, with its load."""
+    lines = ["| trainer | dataset | users | clients / nodes | central epoch s | round s | "
+             "round / central epoch | reps | load (1 min) |", "|" + "---|" * 9]
+    for result in results:
+        for r in result["rows"]:
+            lines.append(
+                f"| {r['trainer']} | {r['dataset']} | {r['users']:,} | "
+                f"{r.get('clients', r.get('nodes'))} | {r['central_epoch_s']:.2f} | "
+                f"{r['round_s']:.2f} | **{r['round_over_central_epoch']:.2f}x** | {r['reps']} | "
+                + "-".join(f"{x:.1f}" for x in r["load_avg_1m"]) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Measure the chosen trainers; one JSON object (config, load, a row per trainer)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -223,7 +238,12 @@ def main() -> None:
     parser.add_argument("--seq-dataset", default="ml-100k")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", type=Path, nargs="*", default=None,
+                        help="instead: print the markdown table of these --out files")
     args = parser.parse_args()
+    if args.table is not None:
+        print(ratio_table([json.loads(p.read_text()) for p in args.table]))
+        return
     torch.set_num_threads(1)
     which = set(args.which.split(","))
     jobs: list[tuple[Callable[..., dict[str, Any]], dict[str, Any]]] = []
@@ -243,7 +263,7 @@ def main() -> None:
         rows.append(row)
     result = {"command": "OMP_NUM_THREADS=1 python bench/perf_ratios.py " + " ".join(
                   f"--{k.replace('_', '-')} '{v}'" for k, v in vars(args).items()
-                  if k != "out"),
+                  if k not in ("out", "table")),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
               "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "machine": platform.machine(), "torch": torch.__version__,

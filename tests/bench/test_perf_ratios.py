@@ -1,4 +1,4 @@
-"""bench/perf_ratios.py: round-over-central-epoch ratios of the fair, FedCIA and sequential trainers."""
+"""bench/perf_ratios.py: round / central epoch ratios of the fair, FedCIA and sequential trainers."""
 
 from __future__ import annotations
 
@@ -84,3 +84,14 @@ def test_seq_ratio_runs_every_bucket_over_the_central_windows(bench_script) -> N
     row = ratios.seq_ratio(cfg, 1)
     assert row["trainer"] == "seq-sasrec" and row["nodes"] == 4 and row["positions"] > 0
     assert row["round_over_central_epoch"] > 0
+
+
+def test_ratio_table_has_a_line_per_trainer_with_its_ratio_and_load(bench_script) -> None:
+    ratios = bench_script("perf_ratios")
+    row = {"trainer": "fedcia-mf", "dataset": "fedcia-ml100k", "users": 943, "clients": 100,
+           "central_epoch_s": 0.4, "round_s": 1.4, "round_over_central_epoch": 3.5, "reps": 5,
+           "load_avg_1m": [8.73, 8.72]}
+    lines = ratios.ratio_table([{"rows": [row, row | {"trainer": "seq-sasrec"}]}]).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == ("| fedcia-mf | fedcia-ml100k | 943 | 100 | 0.40 | 1.40 | **3.50x** | 5 | "
+                        "8.7-8.7 |")
