@@ -1,4 +1,4 @@
-"""bench/perf_ratios.py: round / central epoch ratios of the fair, FedCIA and sequential trainers."""
+"""bench/perf_ratios.py: round / central epoch of the fair, FedCIA and sequential trainers."""
 
 from __future__ import annotations
 
