@@ -21,6 +21,8 @@ _IMPORT_START = time.time()  # the bench's phase log: how long this module takes
 
 import json
 import os
+from collections.abc import Callable
+from logging import ERROR
 from types import ModuleType
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -148,12 +150,26 @@ def _call(name: str, msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _guarded(part: str, handler: Callable[..., RecordDict], *args: object
+             ) -> RecordDict | Exception:
+    """The handler's reply, or the exception it raised (logged as Flower logs a failed app)."""
+    try:
+        return handler(*args)
+    except Exception as exc:  # one part of a fused message: the other part still runs
+        from flwr.supercore import log
+
+        log(ERROR, "fused-evaluate: the %s part raised", part, exc_info=exc)
+        return exc
+
+
 def _fused(msg: Message, request: Message, context: Context) -> Message:
     """Evaluate the arrays the train message brings (round r-1's model), then train on them.
 
     One process, one data load and one torch import for both (``fused-evaluate``,
     :mod:`florec.protocol.fused`); the evaluation runs first, so it sees the node's private
-    state as round r-1 left it, as a separate ``evaluate`` message would.
+    state as round r-1 left it, as a separate ``evaluate`` message would. Either part that
+    raises is logged and replied as its error, as the separate message's error reply would be,
+    and the other part still runs: a failed training keeps its evaluation, and the reverse.
     """
     start = time.time()
     cfg, bucket, pid = node_setup(context)
@@ -162,9 +178,9 @@ def _fused(msg: Message, request: Message, context: Context) -> Message:
     lazy_s = time.time() - loaded
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
-    evaluation = node.evaluate(request, context, cfg, bucket, pid, device)
+    evaluation = _guarded("evaluate", node.evaluate, request, context, cfg, bucket, pid, device)
     eval_s = time.perf_counter() - t0
-    content = node.train(msg, context, cfg, bucket, pid, device)
+    content = _guarded("train", node.train, msg, context, cfg, bucket, pid, device)
     log_phases("train+evaluate", context, start, loaded, lazy_s)
     return Message(attach_evaluation(content, evaluation, eval_s), reply_to=msg)
 

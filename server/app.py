@@ -28,7 +28,7 @@ from florec.recdata.errors import FloRecError
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.server.checkpoint import load_checkpoint
 from florec.server.federation import Federation, prepare_federation
-from florec.server.fused import check_fused, defers
+from florec.server.fused import book_evaluation_drops, check_fused, defers
 from florec.server.progress import Progress, save_round_checkpoint, start_or_resume
 from florec.server.results import ResultsWriter, default_out_dir, run_entry
 from florec.server.rounds import Evaluation, evaluate_round, fused_train_round, round_costs
@@ -156,12 +156,15 @@ def run_round(grid: Grid, cfg: RunConfig, fed: Federation, state: Progress, rnd:
     t0 = time.perf_counter()
     strategy = fed.strategy
     pending, state.pending = state.pending, None
+    unresponsive, state.pending_unresponsive = state.pending_unresponsive, set()
     state.arrays, row, carried = fused_train_round(
         grid, strategy, rnd, state.arrays, cfg.round_timeout_s, cfg.min_fit_fraction,
-        evaluate=pending["round"] if pending else 0, num_partitions=fed.num_partitions)
+        evaluate=pending["round"] if pending else 0, num_partitions=fed.num_partitions,
+        skip_evaluation=unresponsive)
     if strategy.round_cohort is not None:
         row["cohort"] = cohort_log(strategy.round_cohort, fed.n_users)
     if pending is not None and carried is not None:
+        book_evaluation_drops(pending, carried.dropped, len(unresponsive))
         judge(state, pending["round"], cfg, pending, carried, strategy)
         record_round(state, pending["round"], cfg, pending, writer, config,
                      time.perf_counter() - t_start)
@@ -176,6 +179,7 @@ def run_round(grid: Grid, cfg: RunConfig, fed: Federation, state: Progress, rnd:
     if due and defers(cfg, rnd):
         row.update(round_costs(strategy, time.perf_counter() - t0))
         state.pending = row  # recorded with the next round's replies
+        state.pending_unresponsive = set(strategy.unresponsive)  # not evaluated then either
         return True
     if due:
         judge(state, rnd, cfg, row, evaluate_round(grid, strategy, rnd, state.arrays,

@@ -6,12 +6,16 @@ brings (round r's global model) before training (:mod:`florec.protocol.fused`), 
 loop (:func:`florec.server.app.run_round`) records round r when round r+1's replies are in. The
 last round and a checkpoint round (its nodes' stores are snapshot right after it) are evaluated
 with a plain ``evaluate`` message, so rounds.jsonl, the selected round and checkpoints are those
-of a separate run; an early stop is known one round late (docs/scale.md).
+of a separate run; an early stop is known one round late (docs/scale.md). Failures are booked
+as a separate run books them: a node whose training of round r+1 fails is dropped in round
+r+1's row and keeps its evaluation of round r; one whose evaluation fails is dropped in round
+r's row; one that missed a reply of round r is not evaluated for it (:class:`FusedReplies`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any
 
 from flwr.app import Message
 
@@ -65,20 +69,45 @@ class FusedReplies:
     """Split fused replies as they stream in: train replies pass on, evaluations are kept.
 
     Iterate it in place of the replies (the strategy's ``aggregate_train`` does); afterwards
-    :attr:`evaluations` holds one evaluation reply per node that sent one (error replies
-    included, so the strategy logs the node's failed evaluation) and :attr:`seconds` the
-    slowest node's evaluation time.
+    :attr:`evaluations` holds the evaluation part of every reply that carried one (an
+    evaluation that failed on the node as an error reply, so the strategy logs it) and
+    :attr:`seconds` the slowest of those nodes' evaluation time. A reply that failed as a whole
+    carries no evaluation: its node is missing from the evaluation, and the strategy logs it
+    once, as a failed training.
+
+    Parameters
+    ----------
+    replies : iterable of Message
+        The fused train replies.
+    skip : collection of int
+        Nodes whose evaluation part is discarded: those that missed a reply of the evaluated
+        round, which a separate run sends no ``evaluate`` message
+        (:meth:`florec.strategies.base.RecStrategy.responsive_nodes`).
+
     """
 
-    def __init__(self, replies: Iterable[Message]) -> None:
+    def __init__(self, replies: Iterable[Message], skip: Collection[int] = ()) -> None:
         self.replies = replies
+        self.skip = frozenset(int(n) for n in skip)
         self.evaluations: list[Message] = []
         self.seconds = 0.0
 
     def __iter__(self) -> Iterator[Message]:
         for msg in self.replies:
             train, evaluation, seconds = split_reply(msg)
-            if evaluation is not None:
+            if evaluation is not None and int(msg.metadata.src_node_id) not in self.skip:
                 self.evaluations.append(evaluation)
                 self.seconds = max(self.seconds, seconds)
             yield train
+
+
+def book_evaluation_drops(row: dict[str, Any], dropped: list[str], unresponsive: int) -> None:
+    """Add a deferred round's failed evaluations to its row's ``dropped``, as a separate run.
+
+    A separate run's row lists the training's failed nodes, then the evaluation's, then the
+    nodes that missed a reply (:func:`florec.server.rounds.round_costs`); the deferred row holds
+    the first and the last (``unresponsive`` names at its end) when the evaluations come in.
+    """
+    names = row.setdefault("dropped", [])
+    at = len(names) - unresponsive
+    names[at:at] = dropped

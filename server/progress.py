@@ -7,7 +7,7 @@ to the checkpoint's round on a resume).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,9 @@ class Progress:
         With ``fused-evaluate``: the row of the last round, trained and due for evaluation,
         whose evaluation rides on the next round's train messages (never in a checkpoint:
         checkpoint rounds are evaluated at once, :func:`florec.server.fused.defers`).
+    pending_unresponsive : set of int
+        The nodes that missed a reply of the ``pending`` round: a separate run would not
+        evaluate them, so their fused evaluation is discarded.
 
     """
 
@@ -63,6 +66,7 @@ class Progress:
     first_round: int = 1
     wall_before: float = 0.0
     pending: dict[str, Any] | None = None
+    pending_unresponsive: set[int] = field(default_factory=set)
 
 
 def start_or_resume(grid: Grid, cfg: RunConfig, out_dir: Path, config: dict[str, Any],

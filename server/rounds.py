@@ -7,8 +7,8 @@ Each function returns what ``rounds.jsonl`` records of its part of the round; th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
 
@@ -46,7 +46,7 @@ def train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord
 
 def fused_train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord,
                       timeout_s: float, min_fit_fraction: float = 0.0, evaluate: int = 0,
-                      num_partitions: int = 0
+                      num_partitions: int = 0, skip_evaluation: Collection[int] = ()
                       ) -> tuple[ArrayRecord, dict[str, Any], Evaluation | None]:
     """:func:`train_round` whose messages may also carry round ``evaluate``'s evaluation.
 
@@ -54,6 +54,9 @@ def fused_train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: Array
     the nodes to evaluate ``arrays`` before training (``fused-evaluate``,
     :mod:`florec.server.fused`); the strategy pools those evaluations as round r's with its
     ``aggregate_evaluate`` after aggregating the training replies with ``aggregate_train``.
+    The evaluations of ``skip_evaluation`` (the nodes that missed a reply of round r, which a
+    separate run does not evaluate) are discarded; the nodes whose evaluation failed go to the
+    evaluation's :attr:`Evaluation.dropped` (round r's), not to this round's ``dropped``.
 
     Returns
     -------
@@ -65,13 +68,16 @@ def fused_train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: Array
     config = ConfigRecord({EVALUATE_ROUND: evaluate} if evaluate > 0 else {})
     messages = list(strategy.configure_train(rnd, arrays, config, grid))
     replies = stream_replies(grid, messages, timeout_s, strategy.unresponsive)
-    fused = FusedReplies(replies) if evaluate > 0 else None
+    fused = FusedReplies(replies, skip_evaluation) if evaluate > 0 else None
     new_arrays, train_metrics = strategy.aggregate_train(
         rnd, replies if fused is None else fused)
     evaluation = None
     if fused is not None:
+        trained = len(strategy.dropped)
         evaluation = pooled_evaluation(strategy, evaluate, fused.evaluations, num_partitions,
                                        fused.seconds)
+        evaluation.dropped = strategy.dropped[trained:]  # booked in round `evaluate`'s row
+        del strategy.dropped[trained:]
     replied = int((train_metrics or {}).get("num-replies", 0))
     if messages and replied < min_fit_fraction * len(messages):
         log(WARNING, "round %d: %d of %d nodes replied, below min-fit-fraction=%.2f: the "
@@ -101,6 +107,9 @@ class Evaluation:
         The partitions (and so the users) the means cover.
     seconds : float
         Wall-clock time of the evaluation.
+    dropped : list of str
+        A fused evaluation's failed nodes (a plain evaluation leaves them in the strategy's
+        ``dropped``, which the round's costs read).
 
     """
 
@@ -108,6 +117,7 @@ class Evaluation:
     test: dict[str, float]
     coverage: Coverage
     seconds: float
+    dropped: list[str] = field(default_factory=list)
 
 
 def evaluate_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRecord,

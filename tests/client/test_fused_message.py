@@ -4,10 +4,17 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from florec.client import app
+from florec.client import app, fedavg_node
 from florec.models.mf import MF
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.fused import EVAL_COST, EVAL_RECORD, EVALUATE_ROUND, split_reply
+from florec.protocol.fused import (
+    EVAL_COST,
+    EVAL_ERROR,
+    EVAL_RECORD,
+    EVALUATE_ROUND,
+    TRAIN_ERROR,
+    split_reply,
+)
 from florec.recdata.runconfig import parse_run_config
 
 pytestmark = pytest.mark.usefixtures("fresh_node_store")
@@ -63,3 +70,32 @@ def test_a_train_message_without_the_request_is_a_plain_train_reply(small_config
     assert EVAL_RECORD not in reply.content.metric_records
     _, evaluation, seconds = split_reply(reply)
     assert evaluation is None and seconds == 0.0
+
+
+def test_a_failed_training_still_replies_the_evaluation_and_the_reverse(small_config,
+                                                                        monkeypatch):
+    cfg = parse_run_config(small_config | {"num-nodes": 2, "dim": 8})
+    arrays = to_record(MF(0, cfg.synthetic_items, dim=8, seed=1).shared_state())
+    evaluated = app.evaluate(message(MessageType.EVALUATE, arrays, **{"server-round": 1}),
+                             node(cfg)).content.metric_records["metrics"]
+    fused = message(MessageType.TRAIN, arrays, **{"server-round": 2, EVALUATE_ROUND: 1})
+
+    def boom(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fedavg_node, "train", boom)
+    reply = app.train(fused, node(cfg))
+    assert not reply.has_error() and TRAIN_ERROR in reply.content.config_records
+    train_part, eval_part, _ = split_reply(reply)
+    assert train_part.error.reason == "<class 'RuntimeError'>:<'disk full'>"
+    got = eval_part.content.metric_records["metrics"]
+    for key, value in evaluated.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+
+    monkeypatch.undo()
+    monkeypatch.setattr(fedavg_node, "evaluate", boom)
+    reply = app.train(fused, node(cfg))
+    assert EVAL_ERROR in reply.content.config_records
+    train_part, eval_part, _ = split_reply(reply)
+    assert eval_part.has_error() and "disk full" in eval_part.error.reason
+    assert "arrays" in train_part.content.array_records  # trained all the same

@@ -15,6 +15,7 @@ from florec.protocol.fused import (
     EVAL_COST,
     EVAL_RECORD,
     EVALUATE_ROUND,
+    TRAIN_ERROR,
     attach_evaluation,
     evaluation_request,
     split_reply,
@@ -53,7 +54,26 @@ def test_a_reply_splits_into_its_training_and_its_evaluation() -> None:
     assert eval_part.metadata.reply_to_message_id == reply.metadata.reply_to_message_id
 
 
-def test_a_failed_node_loses_both_parts() -> None:
+def test_a_failed_message_is_a_failed_training_without_an_evaluation() -> None:
     failed = Message(Error(code=0, reason="boom"), reply_to=train_message())
-    train_part, eval_part, _ = split_reply(failed)
-    assert train_part.has_error() and eval_part.has_error()
+    train_part, eval_part, seconds = split_reply(failed)
+    assert train_part is failed and eval_part is None and seconds == 0.0
+
+
+def test_a_failed_part_comes_back_as_that_part_s_error_reply() -> None:
+    msg = train_message(**{EVALUATE_ROUND: 2})
+    evaluation = RecordDict({"metrics": MetricRecord({"valid/ndcg@10": 0.5})})
+    reply = Message(attach_evaluation(RuntimeError("no rows"), evaluation, 0.5), reply_to=msg)
+    assert TRAIN_ERROR in reply.content.config_records
+    train_part, eval_part, seconds = split_reply(reply)
+    assert train_part.has_error() and not eval_part.has_error() and seconds == 0.5
+    assert train_part.error.code == 2  # Flower's CLIENT_APP_RAISED_EXCEPTION
+    assert train_part.error.reason == "<class 'RuntimeError'>:<'no rows'>"  # Flower's format
+    assert dict(eval_part.content.metric_records["metrics"]) == {"valid/ndcg@10": 0.5}
+    assert train_part.metadata.src_node_id == reply.metadata.src_node_id
+
+    train = RecordDict({"metrics": MetricRecord({"weight": 2.0})})
+    reply = Message(attach_evaluation(train, ValueError("bad"), 0.1), reply_to=msg)
+    train_part, eval_part, _ = split_reply(reply)
+    assert not train_part.has_error() and set(train_part.content) == {"metrics"}
+    assert eval_part.has_error() and eval_part.error.reason == "<class 'ValueError'>:<'bad'>"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import MessageType
 
+from florec.client import fedavg_node
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import parse_run_config
 from florec.server.app import run_federated
@@ -15,12 +16,12 @@ from florec.sim.local_grid import LocalGrid
 TOL = 1e-9
 
 
-def run_both(tmp_path, config):
+def run_both(tmp_path, config, **grid_options):
     """The same run with separate messages and fused; (rows, results, grid) of each."""
     out = {}
     for fused in (False, True):
         cfg = parse_run_config(config | {"fused-evaluate": fused})
-        grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)
+        grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, **grid_options)
         folder = tmp_path / ("fused" if fused else "separate")
         run_federated(grid, cfg, folder)
         rows = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
@@ -153,18 +154,79 @@ def test_last_and_checkpoint_rounds_are_evaluated_at_once(small_config):
                    for r in range(1, 7))
 
 
+def assert_same_run(separate, fused) -> None:
+    """Rows (metrics, coverage, comparable, dropped), best round and its metrics are equal."""
+    (rows_s, res_s, _, _), (rows_f, res_f, _, _) = separate, fused
+    assert [r["round"] for r in rows_f] == [r["round"] for r in rows_s]
+    for a, b in zip(rows_s, rows_f, strict=True):
+        assert_close(a["valid"], b["valid"])
+        assert a["coverage"] == b["coverage"], a["round"]
+        assert a["comparable"] == b["comparable"], a["round"]
+        assert a["dropped"] == b["dropped"], a["round"]
+    assert res_f["best_round"] == res_s["best_round"]
+    assert_close(res_s["metrics"], res_f["metrics"])
+    assert res_s["coverage"] == res_f["coverage"]
+
+
+def failing_on_partition(handler, partition):
+    def fail(msg, context, cfg, bucket, pid, device):
+        if pid == partition:
+            raise RuntimeError(f"injected failure in partition {pid}'s {handler.__name__}")
+        return handler(msg, context, cfg, bucket, pid, device)
+    return fail
+
+
+FAILING = {"num-nodes": 3, "num-rounds": 3, "lr": 0.1}
+
+
+def test_a_node_whose_training_fails_keeps_its_evaluation(tmp_path, small_config, monkeypatch):
+    monkeypatch.setattr(fedavg_node, "train", failing_on_partition(fedavg_node.train, 1))
+    separate, fused = run_both(tmp_path, small_config | FAILING)
+    assert_same_run(separate, fused)
+    rows_f = fused[0]
+    assert all(r["coverage"]["complete"] for r in rows_f)  # evaluated although it failed
+    assert [r["dropped"] for r in rows_f] == [["node 2"]] * 3  # once, in its training's round
+    assert fused[2].pushed[MessageType.EVALUATE] == 3  # the last round's only
+
+
+def test_a_node_whose_evaluation_fails_is_dropped_in_the_evaluated_round(tmp_path, small_config,
+                                                                           monkeypatch):
+    monkeypatch.setattr(fedavg_node, "evaluate", failing_on_partition(fedavg_node.evaluate, 1))
+    separate, fused = run_both(tmp_path, small_config | FAILING)
+    assert_same_run(separate, fused)
+    rows_f = fused[0]
+    assert [r["coverage"]["missing_partitions"] for r in rows_f] == [[1]] * 3
+    assert [r["dropped"] for r in rows_f] == [["node 2"]] * 3  # not in the next round's row
+    assert all(r["train"]["num-replies"] == 3 for r in rows_f)  # its training still counts
+
+
+def test_a_node_that_timed_out_is_not_evaluated_as_in_a_separate_run(tmp_path, small_config):
+    def lost(msg):  # node 2 trains round 1, but its reply never arrives
+        config = msg.content.config_records["config"]
+        return (msg.metadata.dst_node_id == 2 and msg.metadata.message_type == MessageType.TRAIN
+                and int(config["server-round"]) == 1)
+
+    separate, fused = run_both(tmp_path, small_config | FAILING | {"round-timeout-s": 1.0},
+                               lose=lost)
+    assert_same_run(separate, fused)
+    rows_f = fused[0]
+    assert rows_f[0]["coverage"]["missing_partitions"] == [1]  # its round-2 reply evaluated it
+    assert [r["dropped"] for r in rows_f] == [["node 2"], [], []]
+
+
 def test_a_node_whose_fused_message_fails_is_missing_from_that_evaluation(tmp_path,
                                                                           small_config):
-    cfg = parse_run_config(small_config | {"fused-evaluate": True, "num-nodes": 3,
-                                           "num-rounds": 3})
-    grid = LocalGrid(cfg.to_flower(), 3, fail=lambda pid, kind: pid == 1
-                     and kind == MessageType.TRAIN)
-    run_federated(grid, cfg, tmp_path / "out")
-    rows = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
-    for row in rows[:2]:  # carried by rounds 2 and 3, whose train message node 1 failed
+    config = small_config | FAILING
+    separate, fused = run_both(tmp_path, config, fail=lambda pid, kind: pid == 1
+                               and kind == MessageType.TRAIN)
+    rows_s, rows_f = separate[0], fused[0]
+    for row in rows_f[:2]:  # carried by rounds 2 and 3, whose train message node 1 failed
         assert row["coverage"]["missing_partitions"] == [1] and row["comparable"] is True
-    assert rows[2]["coverage"]["complete"]  # the last round's plain evaluate reaches node 1
-    assert rows[2]["comparable"] is True  # more users: it replaces the best round whatever
+    assert rows_f[2]["coverage"]["complete"]  # the last round's plain evaluate reaches node 1
+    assert rows_f[2]["comparable"] is True  # more users: it replaces the best round whatever
+    # listed once, in the row of the round whose training it failed, as a separate run lists it
+    assert [r["dropped"] for r in rows_f] == [r["dropped"] for r in rows_s] == [["node 2"]] * 3
+    assert all(r["coverage"]["complete"] for r in rows_s)  # the difference the docs state
 
 
 def test_a_resumed_fused_run_ends_as_an_uninterrupted_one(tmp_path, small_config):
