@@ -187,7 +187,8 @@ DESCRIPTIONS: dict[str, str] = {
     'eval-chunk': 'users per evaluation chunk (memory bound)',
     'fused-evaluate': (
         'evaluate round r-1 inside round r\'s train message (one message per node and round in a'
-        ' deployment; FedAvg-MF and sequential FedAvg, all nodes, no DP/secagg; docs/scale.md)'
+        ' deployment; FedAvg-MF and sequential FedAvg, all nodes, no DP/secagg; round-timeout-s'
+        ' then bounds evaluation plus training of that one message; docs/scale.md)'
     ),
     'layers': 'LightGCN layers',
     'hidden': 'MLP scorer hidden width',
