@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +128,23 @@ def test_from_cells_without_a_finished_cell_is_a_config_error(bench_script, tmp_
     config.write_text(BENCH)
     with pytest.raises(ConfigError, match="no cell of .* has finished"):
         bench_script("fedmf_report").from_cells(config, tmp_path / "out")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Committed summaries and the (bench folder, bench file) pairs they are generated from.
+SUMMARIES = {
+    "docs/results/fedmf_converge/summary.md": [
+        ("docs/results/fedmf_converge", "bench/fedmf_converge.toml")],
+    "docs/results/fedmf_converge_ml1m/summary.md": [
+        ("docs/results/fedmf_converge_ml1m", "bench/fedmf_converge_ml1m.toml"),
+        ("docs/results/fedmf_converge_ml1m/cap120", "bench/fedmf_converge_ml1m_cap120.toml")],
+    "docs/results/converge/lightgcn_p30/summary.md": [
+        ("docs/results/converge/lightgcn_p30", "bench/converge_ml100k_lightgcn_p30.toml")],
+}
+
+
+@pytest.mark.parametrize("summary", sorted(SUMMARIES))
+def test_committed_summaries_equal_the_generated_ones(bench_script, summary):
+    mod = bench_script("fedmf_report")
+    parts = [mod.from_cells(ROOT / config, ROOT / folder) for folder, config in SUMMARIES[summary]]
+    assert (ROOT / summary).read_text() == mod.report(mod.pooled(parts))
