@@ -88,7 +88,7 @@ def build(results: Path, config: Path) -> str:
         for loss, runs in cells.items():
             if not runs:
                 continue
-            best = "/".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in runs)
+            best = ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in runs)
             capped = any(r["best_epoch"] == r["max_epochs"] or r.get("stopped") for r in runs)
             rows.append(
                 f"| {v['label']} | {LOSSES[loss]} | {len(runs)} | {_fmt(runs, f'recall@{K}')} | "
