@@ -4,8 +4,9 @@ Reads a bench ``results.json`` (e.g. ``docs/results/fedmf_converge/results.json`
 ``florec bench --config bench/fedmf_converge.toml``) and writes one markdown row per method:
 n seeds, test ndcg@10 and recall@20 (mean ± sample sd), the mean ndcg@10 as a share of the
 reference method's mean (``share = mean_method / mean_reference``; the goal of issue 15 is
->= 95%), the paired share (below), the best round/epoch, the rounds/epochs run and the cap
-(max rounds/epochs) per seed, and the bytes a run moved (down and up, MB = 1e6 bytes, mean over
+>= 95%), the paired share (below), the best round/epoch, the rounds/epochs run, the cap
+(max rounds/epochs) and what ended the run (``cap`` when it ran all of them, else ``patience``)
+per seed, and the bytes a run moved (down and up, MB = 1e6 bytes, mean over
 seeds, whole run including the patience rounds).
 
 Paired share: per seed s, ``r_s = m_s / ref_s`` (the reference run of the same dataset and
@@ -78,6 +79,18 @@ def cap_of(run: dict[str, Any]) -> str:
     return "?" if cap is None else str(cap)
 
 
+def ended_by(run: dict[str, Any]) -> str:
+    """What ended the run: ``cap`` when it ran all its cap's rounds/epochs, else ``patience``.
+
+    A run that reached its cap may not have converged (its best round can sit at the cap);
+    ``?`` when the cap is unknown.
+    """
+    cap = run.get("cap", run.get("max_epochs"))
+    if cap is None:
+        return "?"
+    return "cap" if run["rounds"] >= int(cap) else "patience"
+
+
 def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
     """The markdown table (see the module docstring).
 
@@ -91,7 +104,7 @@ def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
     grouped = groups(results)
     head = ["dataset", "method", "setting", "n", f"test {metric}", "test recall@20",
             f"share of {ref_label}", "paired share (95% CI)", "best epoch/round",
-            "epochs/rounds run", "cap", "MB down per run", "MB up per run"]
+            "epochs/rounds run", "cap", "ended by", "MB down per run", "MB up per run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (ds, lab), runs in grouped.items():
         if (ds, ref_label) not in grouped:
@@ -109,7 +122,7 @@ def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
             "—" if lab == ref_label else paired_share(runs, grouped[(ds, ref_label)], metric),
             ", ".join(str(r["best_round"]) for r in runs),
             ", ".join(str(r["rounds"]) for r in runs), ", ".join(cap_of(r) for r in runs),
-            f"{mb[0]:.0f}", f"{mb[1]:.0f}"]) + " |")
+            ", ".join(ended_by(r) for r in runs), f"{mb[0]:.0f}", f"{mb[1]:.0f}"]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,10 +26,10 @@ def test_rows_give_the_share_of_the_reference_mean_and_mean_megabytes(bench_scri
             run("F", 0, 0.045, down=2e6, up=1e6), run("F", 1, 0.045, down=4e6, up=3e6)]
     lines = bench_script("fedmf_report").report(results(runs)).splitlines()
     assert lines[2].startswith("| d | C | central | 2 | 0.0500 ± 0.0141 | 0.1000 ± 0.0283 | 100.0%"
-                               " | — | 3, 3 | 5, 5 | ?, ? |")
+                               " | — | 3, 3 | 5, 5 | ?, ? | ?, ? |")
     assert lines[3].startswith("| d | F | federated | 2 | 0.0450 ± 0.0000 | 0.0900 ± 0.0000 |"
                                " 90.0%")
-    assert lines[3].endswith(" | 3, 3 | 5, 5 | ?, ? | 3 | 2 |")
+    assert lines[3].endswith(" | 3, 3 | 5, 5 | ?, ? | ?, ? | 3 | 2 |")
 
 
 def test_paired_share_is_the_per_seed_ratio_with_its_student_t_interval(bench_script):
@@ -49,11 +49,12 @@ def test_paired_share_pairs_seeds_not_means(bench_script):
     assert bench_script("fedmf_report").paired_share(runs, refs) == "95.0 ± 0.0% [95.0, 95.0]"
 
 
-def test_the_cap_column_shows_cap_or_central_max_epochs(bench_script):
-    runs = [run("C", 0, 0.1, "central", max_epochs=300), run("F", 0, 0.09, cap=120)]
+def test_the_cap_column_shows_cap_or_central_max_epochs_and_what_ended_each_run(bench_script):
+    runs = [run("C", 0, 0.1, "central", max_epochs=300), run("F", 0, 0.09, cap=120),
+            run("F", 1, 0.09, cap=5)]  # 5 rounds run of a cap of 5: the cap ended it
     lines = bench_script("fedmf_report").report(results(runs)).splitlines()
-    assert lines[2].endswith("| 3 | 5 | 300 | 0 | 0 |")
-    assert lines[3].endswith("| 90.0% | 90.0% | 3 | 5 | 120 | 0 | 0 |")
+    assert lines[2].endswith("| 3 | 5 | 300 | patience | 0 | 0 |")
+    assert lines[3].endswith("| 3, 3 | 5, 5 | 120, 5 | patience, cap | 0 | 0 |")
 
 
 def test_pooled_runs_let_a_later_part_replace_the_same_seed(bench_script):
@@ -117,7 +118,7 @@ def test_from_cells_reports_the_finished_cells_of_a_stopped_bench(bench_script, 
     mod = bench_script("fedmf_report")
     lines = mod.report(mod.from_cells(config, tmp_path / "out")).splitlines()
     assert lines[2].startswith("| d | C | central | 2 | 0.0500 ± 0.0141 |")
-    assert lines[2].endswith("| — | 3, 3 | 5, 5 | 20, 20 | 0 | 0 |")  # cap: the bench's epochs
+    assert lines[2].endswith("| — | 3, 3 | 5, 5 | 20, 20 | patience, patience | 0 | 0 |")
     # the federated cap: the run config's default num-rounds
     assert lines[3].startswith("| d | F | federated | 1 | 0.0450 | 0.0900 | 90.0% | 75.0% | 3 | 5 |"
                                " 20 |")
