@@ -9,6 +9,9 @@ Ratios, not seconds, are the result: the machine may be shared.
 
 Run: OMP_NUM_THREADS=1 python bench/perf_compute.py --datasets ml-1m --baseline 4598cc8 \
     --out docs/results/perf/compute.json
+
+``--perf-table FILE...`` prints docs/scale.md's framework-cost table from ``florec perf --json``
+rows (:func:`perf_table`).
 """
 
 from __future__ import annotations
