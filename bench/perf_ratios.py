@@ -23,7 +23,7 @@ No Flower, no serialisation: what is timed is the trainers' arithmetic.
 
 Run: ``OMP_NUM_THREADS=1 python bench/perf_ratios.py --which fair,fedcia,seq
 --out docs/results/perf/ratios.json`` (``python bench/perf_ratios.py -h`` for the knobs);
-``python bench/perf_ratios.py --table docs/results/perf/ratio_*.json`` prints the docs' table.
+``--table FILE...`` prints the docs' table; ``--profile PREFIX`` also profiles one more round.
 """
 
 from __future__ import annotations
@@ -44,13 +44,17 @@ import torch
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.recdata.store import get_split
 
+#: where :func:`side_by_side` writes a cProfile of one more federated round (``--profile``)
+PROFILE: dict[str, Path] = {}
+
 
 def side_by_side(central: Callable[[], None], federated: Callable[[], None], reps: int
                  ) -> dict[str, float]:
     """Time ``central`` then ``federated``, ``reps`` times; medians and the ratio.
 
     Returns ``central_epoch_s``, ``round_s`` (medians) and ``round_over_central_epoch``, the
-    median over repetitions of ``round_s[r] / central_epoch_s[r]``.
+    median over repetitions of ``round_s[r] / central_epoch_s[r]``. If ``PROFILE["out"]`` is
+    set, one more federated round then runs under cProfile and its stats go to that file.
     """
     times: dict[str, list[float]] = {"central_epoch_s": [], "round_s": []}
     for _ in range(reps):
@@ -58,6 +62,10 @@ def side_by_side(central: Callable[[], None], federated: Callable[[], None], rep
             t0 = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t0)
+    if "out" in PROFILE:
+        import cProfile
+
+        cProfile.runctx("federated()", {}, {"federated": federated}, str(PROFILE["out"]))
     ratios = [f / c for f, c in zip(times["round_s"], times["central_epoch_s"], strict=True)]
     return {k: statistics.median(v) for k, v in times.items()} | {
         "round_over_central_epoch": statistics.median(ratios), "reps": reps}
@@ -214,6 +222,19 @@ SEQ = {"algorithm": "fedavg", "model": "sasrec", "split": "loo", "dim": 64, "max
        "num-nodes": 10, "local-batch-size": 256}
 
 
+def write_profile(stats: Path, out: Path, top: int = 25) -> None:
+    """The ``top`` functions of a cProfile dump by own time, then by cumulative time, as text."""
+    import io
+    import pstats
+
+    text = io.StringIO()
+    for key in ("tottime", "cumulative"):
+        pstats.Stats(str(stats), stream=text).sort_stats(key).print_stats(top)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text.getvalue())
+    stats.unlink()
+
+
 def ratio_table(results: list[dict[str, Any]]) -> str:
     """Markdown: one line per measured trainer of these ``--out`` files, with its load."""
     lines = ["| trainer | dataset | users | clients / nodes | central epoch s | round s | "
@@ -238,6 +259,8 @@ def main() -> None:
     parser.add_argument("--seq-dataset", default="ml-100k")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also cProfile one more round of each trainer: FILE.<trainer>.txt")
     parser.add_argument("--table", type=Path, nargs="*", default=None,
                         help="instead: print the markdown table of these --out files")
     args = parser.parse_args()
@@ -257,13 +280,17 @@ def main() -> None:
     rows = []
     for fn, overrides in jobs:
         load = os.getloadavg()[0]
+        if args.profile is not None:
+            PROFILE["out"] = args.profile.with_suffix(".prof")
         row = fn(overrides, args.reps) | {"config": overrides,
                                           "load_avg_1m": [load, os.getloadavg()[0]]}
         print(json.dumps(row), flush=True)
+        if args.profile is not None:
+            write_profile(PROFILE["out"], Path(f"{args.profile}.{row['trainer']}.txt"))
         rows.append(row)
     result = {"command": "OMP_NUM_THREADS=1 python bench/perf_ratios.py " + " ".join(
                   f"--{k.replace('_', '-')} '{v}'" for k, v in vars(args).items()
-                  if k not in ("out", "table")),
+                  if k not in ("out", "table", "profile")),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
               "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "machine": platform.machine(), "torch": torch.__version__,

@@ -95,3 +95,17 @@ def test_ratio_table_has_a_line_per_trainer_with_its_ratio_and_load(bench_script
     assert len(lines) == 4
     assert lines[2] == ("| fedcia-mf | fedcia-ml100k | 943 | 100 | 0.40 | 1.40 | **3.50x** | 5 | "
                         "8.7-8.7 |")
+
+
+def test_profile_writes_the_federated_rounds_top_functions(bench_script, tmp_path,
+                                                           monkeypatch) -> None:
+    ratios = bench_script("perf_ratios")
+    monkeypatch.setitem(ratios.PROFILE, "out", tmp_path / "r.prof")
+
+    def federated_round() -> None:
+        sum(range(1000))
+
+    ratios.side_by_side(lambda: None, federated_round, 1)
+    ratios.write_profile(tmp_path / "r.prof", tmp_path / "r.txt")
+    text = (tmp_path / "r.txt").read_text()
+    assert "federated_round" in text and not (tmp_path / "r.prof").exists()
