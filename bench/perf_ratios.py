@@ -281,6 +281,7 @@ def main() -> None:
     for fn, overrides in jobs:
         load = os.getloadavg()[0]
         if args.profile is not None:
+            args.profile.parent.mkdir(parents=True, exist_ok=True)
             PROFILE["out"] = args.profile.with_suffix(".prof")
         row = fn(overrides, args.reps) | {"config": overrides,
                                           "load_avg_1m": [load, os.getloadavg()[0]]}
