@@ -15,6 +15,7 @@ from florec.client.trainers.bucket import Bucket
 from florec.models.base import Recommender, seeded_rows
 from florec.models.mf import USER_SALT
 from florec.models.registry import model_from_config
+from florec.models.rng import seed_torch
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.sampling import sample_negatives
@@ -38,7 +39,7 @@ def node_model_spec(cfg: RunConfig, partition_id: int, num_partitions: int) -> t
 
 def build_node_model(cfg: RunConfig, bucket: Bucket, name: str, dim: int) -> Recommender:
     """A fresh private model for the bucket's users (graph models get the bucket's graph)."""
-    torch.manual_seed(cfg.seed)  # identical backbone weights on every client of a kind
+    seed_torch(cfg.seed)  # identical backbone weights on every client of a kind
     model = model_from_config(cfg, name, len(bucket.users), bucket.n_items, dim=dim)
     if hasattr(model, "user_emb"):
         with torch.no_grad():

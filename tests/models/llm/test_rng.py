@@ -46,3 +46,19 @@ def test_creating_an_adapter_leaves_the_global_rngs_unchanged(tiny_cfg, monkeypa
     for key, value in first.items():  # still seeded: the same A from the same seed
         np.testing.assert_array_equal(second[key], value)
     assert any(v.any() for k, v in first.items() if "lora_A" in k)
+
+
+def test_seed_torch_draws_as_manual_seed_and_seeds_cuda_only_where_it_exists(monkeypatch):
+    from florec.models.rng import seed_torch
+
+    before = torch.get_rng_state()
+    cuda = _cuda_seeds(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    seed_torch(7)
+    ours = torch.rand(4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seed_torch(7)
+    assert cuda == [7]  # CUDA seeded as torch.manual_seed would, only when present
+    torch.manual_seed(7)
+    assert torch.equal(ours, torch.rand(4))
+    torch.set_rng_state(before)
