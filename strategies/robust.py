@@ -16,10 +16,9 @@ that looks at single users needs their rows. FloRec settles this per defense:
     each end of the ``c_i`` changes of row ``i`` (``beta`` = ``defense-trim``; Flower's
     :func:`flwr.serverapp.strategy.fedtrimmedavg.trim_mean`). A row touched by fewer than
     ``1 / beta`` users is not trimmed.
-  - Under ``aggregation='sum'`` (the server step is the sum ``sum_u dV_{u,i}`` of the ``c_i``
-    changes of row ``i``) both rules replace the sum by ``c_i`` times the robust statistic,
-    ``dV_i = c_i med_u dV_{u,i}``: the same scale as the sum, equal to it when all changes
-    agree, and no single change moves it past the range of the others.
+  - Under ``aggregation='sum'`` both rules replace the sum of the ``c_i`` changes of row ``i``
+    by ``c_i`` times the statistic (``dV_i = c_i med_u dV_{u,i}``): the sum's scale, equal to
+    it when all changes agree.
 
 - **Node level** (``krum``, ``multi-krum``; Blanchard et al., NeurIPS 2017): each node's
   pre-summed upload becomes its mean change ``g_k`` (dense: sum / weight; sparse: each touched
@@ -227,7 +226,7 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
         if self.defense in ("median", "trimmed-mean"):
             items, e, b = row_aggregate(cat["items"], emb, bias, self.defense, self.trim)
             if self.mode == "sum":  # c_i x the robust mean: the sum's scale (module docstring)
-                count = np.bincount(cat["items"], minlength=n)[items].astype(np.float64)
+                count = np.bincount(cat["items"], minlength=n)[items]
                 e, b = e * count[:, None], b * count
             delta["item_emb"][items], delta["item_bias"][items] = e, b
         else:
