@@ -40,6 +40,7 @@ from florec.server.secagg import (
 )
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.payload import record_nbytes
+from florec.strategies.server_opt import ServerOptimizer
 
 #: ``mf-loss`` values with a federated implementation.
 FEDERATED_LOSSES = ("fs-point", "fs-pair", "ubpr", "wmf", "relmf", "du")
@@ -52,14 +53,14 @@ class FairFedAvg(FedAvgRec):
     ----------
     n_items : int
         Catalogue size (the secure-sum vector has ``n_items + 1`` entries: counts and users).
-    mode, fraction_train, seed
+    mode, fraction_train, seed, server_opt
         As in :class:`florec.strategies.fedavg.FedAvgRec`.
 
     """
 
     def __init__(self, n_items: int, mode: str = "dense", fraction_train: float = 1.0,
-                 seed: int = 0) -> None:
-        super().__init__(mode, fraction_train, seed)
+                 seed: int = 0, server_opt: ServerOptimizer | None = None) -> None:
+        super().__init__(mode, fraction_train, seed, server_opt)
         self.n_items = n_items
         self.session: SecAggSession | None = None
         self.setup_info = ""
@@ -158,6 +159,8 @@ def build_fair_strategy(cfg: RunConfig, n_items: int) -> tuple[FairFedAvg, Array
     """The strategy of ``algorithm=fedavg`` with a debiasing ``mf-loss`` and its initial state."""
     check_fair_config(cfg)
     init = MF(0, n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
-    strategy = FairFedAvg(n_items, cfg.aggregation, cfg.fraction_train, cfg.seed)
+    server_opt = ServerOptimizer(cfg.server_opt, cfg.server_lr, cfg.server_momentum,
+                                 cfg.server_beta1, cfg.server_beta2, cfg.server_tau)
+    strategy = FairFedAvg(n_items, cfg.aggregation, cfg.fraction_train, cfg.seed, server_opt)
     strategy.secagg = check_secagg(cfg)  # the rounds' updates too, under secagg=true
     return strategy, to_record(init.shared_state())
