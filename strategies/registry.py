@@ -50,12 +50,15 @@ def check_algorithm(cfg: RunConfig) -> None:
         raise ConfigError(f"user cohorts are implemented for model 'mf' only; for "
                           f"'{cfg.model}' sample nodes with fraction-train and keep "
                           "cohort-fraction=1, cohort-size=0")
-    fedavg_mf = cfg.algorithm == "fedavg" and cfg.model == "mf" and cfg.mf_loss == "bpr"
-    if not fedavg_mf and (cfg.aggregation == "sum" or cfg.server_opt != "none"
-                          or cfg.keep_user_opt_state):
-        raise ConfigError("aggregation='sum', server-opt and keep-user-opt-state are implemented "
-                          "for algorithm 'fedavg' with model 'mf' and mf-loss 'bpr' only; keep "
-                          "aggregation dense/sparse, server-opt='none', keep-user-opt-state=false")
+    fedavg_mf = cfg.algorithm == "fedavg" and cfg.model == "mf"  # any mf-loss (FairFedAvg too)
+    if not fedavg_mf and (cfg.aggregation == "sum" or cfg.server_opt != "none"):
+        raise ConfigError("aggregation='sum' and server-opt are implemented for algorithm "
+                          "'fedavg' with model 'mf' only; keep aggregation dense/sparse, "
+                          "server-opt='none'")
+    if cfg.keep_user_opt_state and not (fedavg_mf and cfg.mf_loss == "bpr"):
+        raise ConfigError("keep-user-opt-state is implemented for algorithm 'fedavg' with model "
+                          "'mf' and mf-loss 'bpr' only (the fair trainers start each round's "
+                          "user optimizer fresh); set keep-user-opt-state=false")
     check_dp(cfg)
     check_secagg(cfg)
     check_robust(cfg)
