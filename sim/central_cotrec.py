@@ -157,6 +157,8 @@ def run_central_cotrec(cfg: RunConfig, epochs: int, batch_size: int,
         run, kept = cached_retriever(stages, key, model, fit)
         if stages.events.get("cotrec-retriever") == "hit" and out_dir is not None:
             replay_files(Path(out_dir), config, kept)
+    if out_dir is not None and cfg.cotrec_ranker != "none":  # a kill in the ranker: unfinished
+        ResultsWriter(Path(out_dir)).write_results(config, [run], status="running")
     if cfg.cotrec_ranker != "none":
         hist_test = histories(seqs, users, "test", cfg.cotrec_history, texts)
         prefs_of = prefs.__getitem__

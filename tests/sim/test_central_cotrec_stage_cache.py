@@ -64,6 +64,16 @@ def first(cache_dir, tmp_path_factory):
     return run, counts, out
 
 
+def test_results_stay_running_until_the_ranker_ends(cache_dir, monkeypatch, tmp_path):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(central, "run_ranker", killed)
+    with pytest.raises(KeyboardInterrupt):  # cache off: the module's stages stay empty
+        _run(monkeypatch, tmp_path, **{"cotrec-stage-cache": False})
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "running"
+
+
 def test_first_run_trains_both_stages_and_stores_them(first, cache_dir):
     run, counts, _ = first
     assert counts.epochs == 2 and counts.lora == 1
