@@ -342,9 +342,9 @@ def _stage_section(out: Path) -> str:
 def _budget_section(out: Path) -> str:
     table = budget_table(out)
     return ("\nEstimated minutes of a full ML-100K ``cotrec`` cell with an empty cache "
-            "(measured per-stage rates x full scale, ``budget_table``; its last line, where present, "
-            "is a cell rerun with every LLM call and trained stage cached, process seconds as "
-            "measured):\n\n" + table
+            "(measured per-stage rates x full scale, ``budget_table``; its last line, where "
+            "present, is a cell rerun with every LLM call and trained stage cached, process "
+            "seconds as measured):\n\n" + table
             if table else "")
 
 
