@@ -170,7 +170,8 @@ def from_cells(config: Path, folder: Path) -> dict[str, Any]:
             continue
         cap = (int(cell.method.get("epochs", 20)) if cell.method["setting"] == "central"
                else parse_run_config(cell_config(conf, cell)).num_rounds)
-        runs += [run | {"label": cell.label, "cap": cap}
+        setting = {k: v for k, v in cell_config(conf, cell).items() if k not in CAP_KEYS}
+        runs += [run | {"label": cell.label, "cap": cap, "cell_settings": setting}
                  for run in read_results(cell.out_dir)["runs"]]
     if not runs:
         raise ConfigError(f"no cell of {config} has finished in {folder}; run florec bench "
@@ -178,15 +179,37 @@ def from_cells(config: Path, folder: Path) -> dict[str, Any]:
     return {"config": conf, "env": environment(), "runs": runs}
 
 
+CAP_KEYS = ("num-rounds", "epochs", "out-dir")
+
+
+def _without_seed(setting: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in setting.items() if k != "seed"}
+
+
 def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Bench results dicts pooled into one: the first one's config, every run, later ones win.
 
     A run of a later part replaces an earlier run of the same dataset, label and seed; method
-    labels only in later parts are appended to the config's method list (in their order).
+    labels only in later parts are appended to the config's method list (in their order). The
+    reference is the first part's.
+
+    Raises
+    ------
+    ConfigError
+        If the same (dataset, label) has different run settings in two parts, apart from its
+        cap (``num-rounds`` / ``epochs``): pooling them would mix two configs in one row.
+
     """
     runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    settings: dict[tuple[str, str], dict[str, Any]] = {}
     for part in parts:
         for run in part["runs"]:
+            row = (run["dataset"], run["label"])
+            first = settings.setdefault(row, _without_seed(run.get("cell_settings", {})))
+            if _without_seed(run.get("cell_settings", {})) != first:
+                raise ConfigError(f"'{run['label']}' on {run['dataset']} has different settings "
+                                  "in the pooled folders (beyond num-rounds/epochs): give the "
+                                  "rows different labels or pool only equal settings")
             runs[(run["dataset"], run["label"], run["seed"])] = run
     conf = dict(parts[0]["config"])
     labels = [m["label"] for m in conf.get("method", [])]

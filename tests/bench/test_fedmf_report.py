@@ -69,6 +69,20 @@ def test_pooled_runs_let_a_later_part_replace_the_same_seed(bench_script):
     assert pooled["config"]["bench"]["reference"] == "C"
 
 
+def test_pooling_one_row_with_two_settings_is_a_config_error(bench_script):
+    from florec.recdata.errors import ConfigError
+
+    first = results([run("C", 0, 0.1, "central"), run("F", 0, 0.08, cap=80) | {
+        "cell_settings": {"lr": 2.0, "seed": 0}}])
+    same = {"config": {"bench": {}, "method": [{"label": "F"}]},
+            "runs": [run("F", 1, 0.09, cap=120) | {"cell_settings": {"lr": 2.0, "seed": 1}}]}
+    assert len(bench_script("fedmf_report").pooled([first, same])["runs"]) == 3
+    other = {"config": {"bench": {}, "method": [{"label": "F"}]},
+             "runs": [run("F", 1, 0.09, cap=120) | {"cell_settings": {"lr": 1.0, "seed": 1}}]}
+    with pytest.raises(ConfigError, match="different settings"):
+        bench_script("fedmf_report").pooled([first, other])
+
+
 def test_a_reference_without_runs_is_a_config_error(bench_script):
     with pytest.raises(ConfigError, match="reference 'X' has no runs on d"):
         bench_script("fedmf_report").report(results([run("F", 0, 0.1)], reference="X"))
