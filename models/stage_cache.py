@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 
 
 class StageCacheWarning(UserWarning):
-    """An unreadable stage-cache entry was ignored (the stage is retrained)."""
+    """A stage-cache entry was unreadable (retrained) or could not be written (run goes on)."""
 
 
 def array_digest(value: Any) -> str:
@@ -142,20 +142,35 @@ class StageCache:
 
     def save(self, stage: str, key: str, arrays: dict[str, np.ndarray],
              meta: dict[str, Any]) -> Path | None:
-        """Store an entry atomically (temporary file, then rename); ``None`` when disabled."""
+        """Store an entry atomically (temporary file, then rename).
+
+        Returns the entry's path; ``None`` when disabled or when the write failed: an
+        ``OSError`` (disk full, unwritable folder) draws a one-line :class:`StageCacheWarning`
+        and the run goes on with the stage it trained (the next run retrains it).
+        """
         if not self.enabled:
             return None
         from safetensors.numpy import save_file
 
         path = self.path(stage, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         plain = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_file(plain, str(tmp), metadata={
                 "meta": json.dumps(meta, sort_keys=True, default=float), "key": key,
                 "digest": _arrays_digest(plain)})
             os.replace(tmp, path)
+        except OSError as err:
+            warnings.warn(f"stage cache: could not store the {stage} entry {path} "
+                          f"({type(err).__name__}: {err.strerror or err}); the run goes on "
+                          "without it: free disk space or make the cache folder writable "
+                          "(FLOREC_CACHE_DIR), or set cotrec-stage-cache=false",
+                          StageCacheWarning, stacklevel=2)
+            return None
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         return path

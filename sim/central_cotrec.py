@@ -19,6 +19,7 @@ are those of a stored run (``cotrec-stage-cache``, :mod:`florec.models.cotrec.st
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,8 @@ def run_central_cotrec(cfg: RunConfig, epochs: int, batch_size: int,
                              t_start=t_start)
         if "state" in best:
             model.load_state_dict(best["state"])
+        if out_dir is not None and rows:  # the lines fit_and_select wrote: seconds, memory
+            rows[:] = written_rows(Path(out_dir), len(rows))
         return run, rows
 
     config = cfg.to_flower() | {"epochs": epochs, "batch-size": batch_size, "setting": "central",
@@ -214,11 +217,23 @@ def run_ranker(cfg: RunConfig, llm: Any, valid: RankInputs, test: RankInputs, lo
 def replay_files(out_dir: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """``config.json`` and the stored ``rounds.jsonl`` lines of a retriever loaded from the cache.
 
-    Each line is the trained run's (train loss, validation metrics, training seconds) marked
+    Each line is the trained run's as it stored it (train loss, validation metrics, the epoch's
+    ``seconds`` and ``train_seconds``, its ``rss_peak_mb``/``rss_growth_mb``) marked
     ``"stage_cache": "hit"``; ``results.json`` is written when the run ends.
     """
     writer = ResultsWriter(out_dir)
     writer.write_config(config)
-    for row in rows:
-        writer.append_round(dict(row, stage_cache="hit"))
+    with (Path(out_dir) / "rounds.jsonl").open("a") as fh:  # as stored: not this run's memory
+        for row in rows:
+            fh.write(json.dumps(dict(row, stage_cache="hit"), sort_keys=True, default=float)
+                     + "\n")
     writer.close()
+
+
+def written_rows(out_dir: Path, n: int) -> list[dict[str, Any]]:
+    """The last ``n`` lines of ``out_dir/rounds.jsonl``: what a retriever entry stores as rows.
+
+    They are the epochs :func:`fit_and_select` wrote, with their ``seconds`` and memory fields.
+    """
+    lines = (Path(out_dir) / "rounds.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines[-n:]]

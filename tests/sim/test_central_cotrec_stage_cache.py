@@ -97,6 +97,8 @@ def test_rerun_loads_both_stages_and_reproduces_every_metric(first, monkeypatch,
     lines = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     trained = [json.loads(x) for x in (first_out / "rounds.jsonl").read_text().splitlines()]
     assert [r["valid"] for r in lines] == [r["valid"] for r in trained]
+    for key in ("seconds", "train_seconds", "rss_peak_mb", "rss_growth_mb"):  # as stored
+        assert [r[key] for r in lines] == [r[key] for r in trained], key
     assert all(r["stage_cache"] == "hit" for r in lines)
     saved = json.loads((tmp_path / "results.json").read_text())["runs"][0]
     assert saved["metrics"] == before["metrics"] and saved["stage_cache_hits"] == 2
@@ -140,3 +142,13 @@ def test_a_corrupt_entry_warns_retrains_and_is_rewritten(first, cache_dir, monke
     run, counts = _run(monkeypatch)  # the retrained stage replaced the broken entry
     assert run["stage_cache"] == {"cotrec-retriever": "hit", "cotrec-lora": "hit"}
     assert counts.epochs == 0
+
+
+def test_an_unwritable_stage_cache_warns_and_the_run_finishes(monkeypatch, tmp_path):
+    (tmp_path / "not-a-folder").write_text("")  # the cache root is a file: saving fails
+    monkeypatch.setattr(central, "StageCache",
+                        functools.partial(StageCache, tmp_path / "not-a-folder"))
+    with pytest.warns(StageCacheWarning, match="could not store the cotrec-retriever entry"):
+        run, counts = _run(monkeypatch, tmp_path / "out", **{"cotrec-ranker": "none"})
+    assert counts.epochs == 2 and run["stage_cache"] == {"cotrec-retriever": "miss"}
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["status"] == "finished"
