@@ -61,15 +61,21 @@ _CUDA_RNG = "__torch_cuda_rng_state__"
 def code_digest(modules: Sequence[str]) -> str:
     """sha256 of the source text of ``modules`` (dotted names), in the order given.
 
-    An edit to any of them changes the digest, so a stage trained by older code misses.
+    An edit to any of them changes the digest, so a stage trained by older code misses. A
+    module installed without its source (bytecode only) enters by its marshalled code object.
     """
     import importlib
     import inspect
+    import marshal
 
     h = hashlib.sha256()
     for name in modules:
+        module = importlib.import_module(name)
         h.update(name.encode())
-        h.update(inspect.getsource(importlib.import_module(name)).encode())
+        try:
+            h.update(inspect.getsource(module).encode())
+        except (OSError, TypeError):
+            h.update(marshal.dumps(module.__loader__.get_code(name)))
     return h.hexdigest()
 
 

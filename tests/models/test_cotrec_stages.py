@@ -128,6 +128,21 @@ def test_an_edit_to_the_lora_code_or_another_transformers_misses_the_adapter(mon
     assert _retriever_key() == retriever
 
 
+def test_a_module_without_source_enters_by_its_bytecode(monkeypatch):
+    import inspect
+
+    from florec.models.cotrec.stages import code_digest
+
+    with_source = code_digest(RETRIEVER_CODE)
+
+    def no_source(obj):
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    assert code_digest(RETRIEVER_CODE) == code_digest(RETRIEVER_CODE) != with_source
+    assert code_digest(RETRIEVER_CODE[:1]) != code_digest(RETRIEVER_CODE[1:2])
+
+
 class FakeCuda:
     """An initialised CUDA with one device whose generator state is ``state``."""
 
