@@ -44,13 +44,13 @@ from florec.recdata.errors import ConfigError
 from florec.recdata.fair_sampling import TrainIndex
 from florec.recdata.interactions import Interactions
 from florec.recdata.runconfig import RunConfig
-from florec.recdata.seeds import Salt, torch_seed
 from florec.recdata.splits import Split, fair_sampling_ratio, make_split
 from florec.sim.central import evaluate_model, item_popularity
-from florec.sim.central_fair import FairTrainer
+from florec.sim.central_fair import fair_mf
 from florec.sim.central_loop import fit_and_select
 
 LOSSES = ("bpr", "fs-pair")
+DATASETS = {"full": "ml-1m", "authors": "ml-1m-authors"}
 KEYS = {"data", "split", "init-std", "lr", "weight-decay", "epochs", "patience", "label", "note",
         "batch-size", "time-budget-s"}
 
@@ -148,13 +148,10 @@ def run_cell(v: dict[str, Any], loss: str, seed: int, out_dir: Path,
                     mf_loss=loss, dim=64, init_std=v["init-std"], lr=v["lr"],
                     weight_decay=v["weight-decay"], ks="10,20", selection_metric="recall@20",
                     patience=v["patience"], eval_chunk=2048)
+    # the data and split actually run (not run-config values, so set after validation)
+    cfg = cfg.model_copy(update={"dataset": DATASETS[v["data"]], "split": v["split"]})
     torch.manual_seed(seed)
-    model = MF(split.n_users, split.n_items, dim=cfg.dim, seed=seed, init_std=cfg.init_std)
-    model.item_bias.requires_grad_(False)
-    opt = torch.optim.Adam([model.user_emb, model.item_emb], lr=cfg.lr,
-                           weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(torch_seed(seed, Salt.CENTRAL_FAIR))
-    trainer = FairTrainer(model, TrainIndex.from_csr(split.matrix("train")), loss, opt, gen)
+    model, trainer = fair_mf(cfg, TrainIndex.from_csr(split.matrix("train")))
     ks = cfg.k_list
 
     def test() -> dict[str, float]:

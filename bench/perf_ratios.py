@@ -8,7 +8,7 @@ medians; the ratio is the median of the per-pair ratios), so the ratio survives 
 No Flower, no serialisation: what is timed is the trainers' arithmetic.
 
 - :func:`fair_ratio`: ``mf-loss`` = fs-pair / ubpr / fs-point / wmf / relmf / du. Central:
-  :class:`florec.sim.central_fair.FairTrainer` (Adam over both tables, batches of
+  :func:`florec.sim.central_fair.fair_mf` (Adam over both tables, batches of
   ``central_batch``); federated: :func:`florec.client.trainers.fair_embedding.fair_local_update`
   over every bucket, given the training popularity and U (what the fair strategy's secure sum
   sends).
@@ -88,8 +88,7 @@ def fair_ratio(overrides: dict[str, Any], reps: int, central_batch: int = 1024
     from florec.models.base import seeded_rows
     from florec.models.mf import MF, USER_SALT
     from florec.recdata.fair_sampling import TrainIndex
-    from florec.recdata.seeds import Salt, torch_seed
-    from florec.sim.central_fair import FairTrainer
+    from florec.sim.central_fair import fair_mf
 
     cfg = parse_run_config(overrides)
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
@@ -106,13 +105,7 @@ def fair_ratio(overrides: dict[str, Any], reps: int, central_batch: int = 1024
     local_cfg = LocalConfig.from_run_config(cfg, 1)
 
     def central() -> None:
-        model = MF(split.n_users, split.n_items, dim=cfg.dim, seed=cfg.seed,
-                   init_std=cfg.init_std)
-        model.item_bias.requires_grad_(False)
-        opt = torch.optim.Adam([model.user_emb, model.item_emb], lr=cfg.lr,
-                               weight_decay=cfg.weight_decay)
-        gen = torch.Generator().manual_seed(torch_seed(cfg.seed, Salt.CENTRAL_FAIR))
-        FairTrainer(model, index, cfg.mf_loss, opt, gen, cfg.ips_beta).epoch(central_batch)
+        fair_mf(cfg, index)[1].epoch(central_batch)
 
     def federated() -> None:
         for bucket, user_emb in zip(buckets, user_embs, strict=True):

@@ -134,6 +134,39 @@ class FairTrainer:
         return self.pair_epoch(batch_size)
 
 
+def fair_mf(cfg: RunConfig, index: TrainIndex, device: str = "cpu") -> tuple[MF, FairTrainer]:
+    """A fresh MF and its :class:`FairTrainer` for ``cfg.mf_loss``, as every fair-loss run builds.
+
+    MF of ``cfg.dim`` (seeded by ``cfg.seed``, init N(0, ``cfg.init_std``)) with its item bias
+    frozen at 0; ``cfg.optimizer`` (Adam or SGD) over the user and item tables with ``cfg.lr`` and
+    coupled ``cfg.weight_decay``; the trainer's generator seeded from ``cfg.seed``
+    (``Salt.CENTRAL_FAIR``).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Reads ``dim``, ``seed``, ``init_std``, ``optimizer``, ``lr``, ``weight_decay``,
+        ``mf_loss`` and ``ips_beta``.
+    index : TrainIndex
+        The train matrix, on ``device``; it sets the tables' sizes.
+    device : str
+        Where the model lives.
+
+    Returns
+    -------
+    tuple of (MF, FairTrainer)
+
+    """
+    model = MF(index.n_users, index.n_items, dim=cfg.dim, seed=cfg.seed,
+               init_std=cfg.init_std).to(device)
+    model.item_bias.requires_grad_(False)
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
+    optimizer = opt_cls([model.user_emb, model.item_emb], lr=cfg.lr,
+                        weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(torch_seed(cfg.seed, Salt.CENTRAL_FAIR))
+    return model, FairTrainer(model, index, cfg.mf_loss, optimizer, gen, cfg.ips_beta)
+
+
 def run_central_fair(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path | None = None,
                      device: str = "cpu", time_budget_s: float | None = None) -> dict[str, Any]:
     """Train MF centrally with ``cfg.mf_loss``; test at the best validation epoch.
@@ -166,15 +199,7 @@ def run_central_fair(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
                          cfg.synthetic_params())
     torch.manual_seed(cfg.seed)
-    model = MF(split.n_users, split.n_items, dim=cfg.dim, seed=cfg.seed,
-               init_std=cfg.init_std).to(device)
-    model.item_bias.requires_grad_(False)
-    index = TrainIndex.from_csr(split.matrix("train"), device)
-    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
-    optimizer = opt_cls([model.user_emb, model.item_emb], lr=cfg.lr,
-                        weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(torch_seed(cfg.seed, Salt.CENTRAL_FAIR))
-    trainer = FairTrainer(model, index, cfg.mf_loss, optimizer, gen, cfg.ips_beta)
+    model, trainer = fair_mf(cfg, TrainIndex.from_csr(split.matrix("train"), device), device)
     return fit_and_select(
         cfg, f"mf-{cfg.mf_loss}", epochs,
         train_epoch=lambda: trainer.epoch(batch_size),
