@@ -76,7 +76,8 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any], out: Path) -> dict[str,
                 .splitlines()]
     summary = cell | {
         "config": config, "metrics": result["metrics"], "best_round": result["best_round"],
-        "bytes_up": result["bytes_up"], "wall_s": time.perf_counter() - t0,
+        "bytes_up": result["bytes_up"], "rounds_run": max(r["round"] for r in rows),
+        "wall_s": time.perf_counter() - t0,
         "targets": know.targets.tolist(), "target_popularity":
             know.popularity[know.targets].tolist(), "malicious": know.malicious.tolist(),
         "curve": [{"round": r["round"]} | {k: r["valid"].get(k) for k in CURVE_KEYS}
@@ -87,7 +88,19 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any], out: Path) -> dict[str,
 
 
 def _rounds(run: dict[str, Any]) -> int:
-    """Rounds a cell trained: its last validated round (``eval-every`` may skip rounds)."""
+    """Rounds a cell ran, the divisor of its MB per round.
+
+    ``rounds_run`` (the last round of its ``rounds.jsonl``) where the cell records it; an older
+    cell: its config's ``num-rounds``, or its last validated round when it sets ``patience``
+    (an early stop ends on a validated round) or names no ``num-rounds``. Not the last
+    validated round alone: with ``eval-every`` not dividing ``num-rounds`` the rounds after it
+    also uploaded.
+    """
+    if "rounds_run" in run:
+        return int(run["rounds_run"])
+    config = run.get("config", {})
+    if "num-rounds" in config and not config.get("patience"):
+        return int(config["num-rounds"])
     return max(c["round"] for c in run["curve"])
 
 

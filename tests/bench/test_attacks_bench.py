@@ -75,3 +75,15 @@ def test_the_report_pools_seeds_per_cell_and_draws_the_plot(tmp_path, bench_scri
     assert "| 0.300 |" in row and "| 0.50 |" in row
     assert [c.strip() for c in row.split("|")].count("0.300") == 3  # ER@10, ER@20, last ER@10
     assert (tmp_path / "attacks.png").stat().st_size > 0
+
+
+def test_mb_per_round_divides_by_the_rounds_run_not_the_last_validated_one(bench_script):
+    attacks = bench_script("attacks")
+    curve = [{"round": 2, "er@10": 0.0}, {"round": 4, "er@10": 0.0}]
+    # 5 rounds with eval-every 2: round 5 uploaded but was not validated
+    old = {"config": {"num-rounds": 5, "eval-every": 2}, "curve": curve}
+    assert attacks._rounds(old) == 5
+    assert attacks._rounds(old | {"rounds_run": 3}) == 3  # recorded by newer cells
+    # an early stop (patience) ends on a validated round; no num-rounds: the curve's last
+    assert attacks._rounds({"config": {"num-rounds": 9, "patience": 1}, "curve": curve}) == 4
+    assert attacks._rounds({"config": {}, "curve": curve}) == 4
