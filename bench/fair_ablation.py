@@ -14,7 +14,8 @@ test metrics at that epoch twice:
 Switches (keys of a variant): ``data`` (``full``: every ML-1M rating, 6,040 x 3,706;
 ``authors``: ratings >= 4 and a 20-core filter, which gives exactly the 5,148 x 2,380 their
 ``data.py`` hard-codes), ``split`` (``ratio-fs``, or ``debiased``: a popularity-debiased test,
-see :func:`debiased_split`), ``init-std``, ``lr``, ``weight-decay``, ``epochs``, ``patience``.
+see :func:`debiased_split`; ``min-train`` = k keeps k non-test rows per item, no results
+yet), ``init-std``, ``lr``, ``weight-decay``, ``epochs``, ``patience``.
 
 Usage::
 
@@ -52,7 +53,7 @@ from florec.sim.central_loop import fit_and_select
 LOSSES = ("bpr", "fs-pair")
 DATASETS = {"full": "ml-1m", "authors": "ml-1m-authors"}
 KEYS = {"data", "split", "init-std", "lr", "weight-decay", "epochs", "patience", "label", "note",
-        "batch-size", "time-budget-s"}
+        "batch-size", "time-budget-s", "min-train"}
 
 
 def k_core(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
@@ -81,7 +82,7 @@ def authors_ml1m(data_dir: str | None = None, min_rating: float = 4.0, k: int = 
 
 
 def debiased_split(inter: Interactions, seed: int, test: float = 0.2,
-                   valid_of_train: float = 0.1) -> np.ndarray:
+                   valid_of_train: float = 0.1, min_train: int = 0) -> np.ndarray:
     r"""Labels of a popularity-debiased test split (intervened test, as in DICE / MACR).
 
     Each interaction with item i goes to test with probability
@@ -91,6 +92,12 @@ def debiased_split(inter: Interactions, seed: int, test: float = 0.2,
     with c set by bisection so that the expected test share is ``test``: every item contributes
     about c test interactions, so the test set is close to uniform over items. The rest is split
     per user as in ``ratio-fs`` (10% of each user's remaining items to valid).
+
+    With ``min_train = 0`` (the runs in ``docs/results/fair_ablation``) every item with
+    :math:`pop_i \le c` goes wholly to test, so it has no train row: the switch changes training
+    as well as the test (see :func:`cold_rows`). ``min_train = k > 0`` then returns random test
+    rows of each item to the rest until it keeps :math:`\min(k, pop_i)` non-test rows (the test
+    share drops below ``test``). Valid may still take one of them: k counts train + valid rows.
     """
     rng = np.random.default_rng(seed)
     pop = np.bincount(inter.item, minlength=inter.n_items).astype(np.float64)[inter.item]
@@ -99,6 +106,14 @@ def debiased_split(inter: Interactions, seed: int, test: float = 0.2,
         c = (lo + hi) / 2
         lo, hi = (c, hi) if np.minimum(1.0, c / pop).mean() < test else (lo, c)
     to_test = rng.random(len(inter)) < np.minimum(1.0, c / pop)
+    if min_train > 0:
+        kept = np.bincount(inter.item[~to_test], minlength=inter.n_items)
+        total = np.bincount(inter.item, minlength=inter.n_items)
+        need = np.minimum(min_train, total) - kept
+        order = rng.permutation(len(inter))
+        for i in np.flatnonzero(need > 0):
+            rows = order[(inter.item[order] == i) & to_test[order]][:need[i]]
+            to_test[rows] = False
     labels = np.full(len(inter), 2, dtype=np.int8)
     rest = np.flatnonzero(~to_test)
     sub = Interactions(user=inter.user[rest], item=inter.item[rest], time=inter.time[rest],
@@ -109,8 +124,25 @@ def debiased_split(inter: Interactions, seed: int, test: float = 0.2,
     return labels
 
 
-def build_split(data: str, split: str, seed: int, data_dir: str | None) -> Split:
-    """The variant's dataset and split."""
+def cold_rows(split: Split) -> dict[str, int]:
+    """How many items have no train row, and how many test rows they carry.
+
+    Under FloRec's protocol those test rows count (BPR pushes such items down as uniform
+    negatives; FS-Pair never touches them); the authors' drops them from the truth.
+    """
+    train = np.bincount(split.parts["train"][1], minlength=split.n_items)
+    test_items = split.parts["test"][1]
+    seen = np.zeros(split.n_items, dtype=bool)
+    for _, items, _ in split.parts.values():
+        seen[items] = True
+    cold = seen & (train == 0)
+    return {"items": int(seen.sum()), "cold-items": int(cold.sum()),
+            "test-rows": len(test_items), "cold-test-rows": int(cold[test_items].sum())}
+
+
+def build_split(data: str, split: str, seed: int, data_dir: str | None,
+                min_train: int = 0) -> Split:
+    """The variant's dataset and split (``min_train``: see :func:`debiased_split`)."""
     if data == "full":
         inter = load_dataset("ml-1m", data_dir, min_rating=1.0)
     elif data == "authors":
@@ -121,7 +153,7 @@ def build_split(data: str, split: str, seed: int, data_dir: str | None) -> Split
         return make_split(inter, "ratio-fs", seed)
     if split != "debiased":
         raise ConfigError(f"split '{split}' is unknown; use ratio-fs or debiased")
-    labels = debiased_split(inter, seed)
+    labels = debiased_split(inter, seed, min_train=min_train)
     parts = {name: (inter.user[labels == k], inter.item[labels == k], inter.time[labels == k])
              for k, name in enumerate(("train", "valid", "test"))}
     return Split(parts=parts, n_users=inter.n_users, n_items=inter.n_items)
@@ -143,7 +175,7 @@ def authors_test(model: MF, split: Split, ks: list[int], chunk: int) -> dict[str
 def run_cell(v: dict[str, Any], loss: str, seed: int, out_dir: Path,
              data_dir: str | None) -> dict[str, Any]:
     """Train one (variant, loss, seed) cell and write it under ``out_dir``."""
-    split = build_split(v["data"], v["split"], seed, data_dir)
+    split = build_split(v["data"], v["split"], seed, data_dir, v.get("min-train", 0))
     cfg = RunConfig(dataset="ml-1m", split="ratio-fs", seed=seed, split_seed=seed, model="mf",
                     mf_loss=loss, dim=64, init_std=v["init-std"], lr=v["lr"],
                     weight_decay=v["weight-decay"], ks="10,20", selection_metric="recall@20",
@@ -203,8 +235,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--losses", default=",".join(LOSSES))
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--split-stats", action="store_true",
+                    help="only write <out>/split_stats.json: cold_rows per (data, split, seed)")
     args = ap.parse_args(argv)
     todo = variants(args.config)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.split_stats:
+        pairs = sorted({(v["data"], v["split"]) for v in todo})
+        stats = [{"data": d, "split": sp, "seed": seed}
+                 | cold_rows(build_split(d, sp, seed, args.data_dir))
+                 for d, sp in pairs for seed in seeds]
+        (args.out / "split_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+        print(f"wrote {args.out / 'split_stats.json'}")
+        return
     if args.only:  # in the order given
         by_label = {v["label"]: v for v in todo}
         unknown = [s for s in args.only.split(",") if s not in by_label]
@@ -213,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                               f"{sorted(by_label)}")
         todo = [by_label[s] for s in args.only.split(",")]
     for v in todo:
-        for seed in (int(s) for s in args.seeds.split(",")):
+        for seed in seeds:
             for loss in args.losses.split(","):
                 out = args.out / v["label"] / loss / f"seed{seed}"
                 if finished(out / "results.json"):

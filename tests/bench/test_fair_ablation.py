@@ -59,6 +59,29 @@ def test_debiased_split_makes_test_near_uniform_over_items(bench_script) -> None
     assert test_counts.max() / np.median(test_counts) < 0.25 * pop.max() / np.median(pop)
 
 
+def test_debiased_split_with_min_train_keeps_rows_of_every_item_out_of_test(bench_script) -> None:
+    abl = bench_script("fair_ablation")
+    inter = _skewed(n_items=400)
+    pop = np.bincount(inter.item, minlength=inter.n_items)
+    base = abl.debiased_split(inter, seed=0)
+    kept0 = np.bincount(inter.item[base != 2], minlength=inter.n_items)
+    assert ((kept0 == 0) & (pop > 0)).sum() > 20  # without the option the tail goes to test
+    for k in (1, 3):
+        labels = abl.debiased_split(inter, seed=0, min_train=k)
+        kept = np.bincount(inter.item[labels != 2], minlength=inter.n_items)
+        assert (kept >= np.minimum(k, pop)).all()
+        # only the deficit comes back from test; no other row changes side
+        returned = np.maximum(np.minimum(k, pop) - kept0, 0).sum()
+        assert (labels == 2).sum() == (base == 2).sum() - returned
+        assert ((labels == 2) & (base != 2)).sum() == 0
+
+
+def test_cold_rows_counts_items_without_train_rows_and_their_test_rows(bench_script) -> None:
+    got = bench_script("fair_ablation").cold_rows(_tiny_split())
+    # items 0-3 occur; item 3 (one test row of two) has no train row; item 4 never occurs
+    assert got == {"items": 4, "cold-items": 1, "test-rows": 2, "cold-test-rows": 1}
+
+
 def _tiny_split() -> Split:
     # user 0: item 0 train, item 1 valid, items 2 and 3 test; user 1: items 1 and 2 train (so
     # item 3 never occurs in train and the authors drop it from the truth); item 4 unseen
