@@ -18,7 +18,9 @@ that looks at single users needs their rows. FloRec settles this per defense:
     ``1 / beta`` users is not trimmed.
   - Under ``aggregation='sum'`` both rules replace the sum of the ``c_i`` changes of row ``i``
     by ``c_i`` times the statistic (``dV_i = c_i med_u dV_{u,i}``): the sum's scale, equal to
-    it when all changes agree.
+    it when all changes agree. ``c_i`` counts the attackers' rows too, so sybils touching row
+    ``i`` inflate its step: while the statistic stays inside the benign changes' range, the step
+    is bounded by ``c_i`` times the largest benign change (not by the benign users' sum).
 
 - **Node level** (``krum``, ``multi-krum``; Blanchard et al., NeurIPS 2017): each node's
   pre-summed upload becomes its mean change ``g_k`` (dense: sum / weight; sparse: each touched
@@ -125,15 +127,13 @@ class Defended:
         Run the ``attack-knowledge`` setup (:class:`PublicKnowledge`) before round 1.
     **kwargs
         Passed to the strategy class further along the MRO.
-
     """
 
     def __init__(self, defense: str, norm: float = 1.0, trim: float = 0.1,
                  num_malicious: int = 0, num_select: int = 0, knowledge: bool = False,
                  **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.knowledge = knowledge
-        self.defense, self.norm, self.trim = defense, norm, trim
+        self.knowledge, self.defense, self.norm, self.trim = knowledge, defense, norm, trim
         self.num_malicious, self.num_select = num_malicious, num_select
 
     def summary(self) -> None:
@@ -172,9 +172,8 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
 
     def _krum(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         valid, rest = [], []
-        expected = self._expected_shapes()
         for msg in replies:
-            (valid if check_reply(msg, expected) is None else rest).append(msg)
+            (valid if check_reply(msg, self._expected_shapes()) is None else rest).append(msg)
         if len(valid) <= 1:
             return valid + rest
         keep = 1 if self.defense == "krum" else \
@@ -237,9 +236,8 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
                      "sparse": np.maximum(np.bincount(cat["items"], minlength=n), 1)}[self.mode]
             delta = {"item_emb": delta["item_emb"] / denom[:, None],
                      "item_bias": delta["item_bias"] / denom}
-        tables = {k: self.current[k] for k in delta}
-        new = {k: a.astype(np.float32)
-               for k, a in self.server_opt.step(tables, delta, server_round).items()}
+        new = {k: a.astype(np.float32) for k, a in self.server_opt.step(
+            {k: self.current[k] for k in delta}, delta, server_round).items()}
         out = MetricRecord({"train-loss": totals["loss-sum"] / max(totals["num-pairs"], 1.0),
                             "num-replies": len(parts), "num-users": totals["num-users"]})
         return to_record(new), out
@@ -265,14 +263,12 @@ class RobustFedCIA(PublicKnowledge, FedCIA):
         Run the ``attack-knowledge`` setup (:class:`PublicKnowledge`) before round 1.
     **kwargs
         Passed to :class:`florec.strategies.fedcia.FedCIA`.
-
     """
 
     def __init__(self, defense: str, trim: float = 0.1, knowledge: bool = False,
                  **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.knowledge = knowledge
-        self.defense, self.trim = defense, trim
+        self.knowledge, self.defense, self.trim = knowledge, defense, trim
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
