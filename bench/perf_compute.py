@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 
 from florec.client.trainers.bpr_embedding import local_update
-from florec.sim.perf import PERF_DEFAULTS, compute_ratio, framework_seconds
+from florec.sim.perf import PERF_DEFAULTS, compute_ratio, framework_seconds, save_measurement
 
 TRAINER = "client/trainers/bpr_embedding.py"
 
@@ -214,13 +213,8 @@ def main() -> None:
                          f"--seq-dataset '{args.seq_dataset}' --seq-users {args.seq_users}",
               "seq_rows": seq,
               "baseline": args.baseline, "config": PERF_DEFAULTS,
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
-              "load_avg_1m_at_start": os.getloadavg()[0], "cpus": os.cpu_count(),
-              "machine": platform.machine(), "torch": torch.__version__,
-              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+              "load_avg_1m_at_start": os.getloadavg()[0], "rows": rows}
+    save_measurement(args.out, result)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ import torch
 
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.recdata.store import get_split
+from florec.sim.perf import save_measurement
 
 #: where :func:`side_by_side` writes a cProfile of one more federated round (``--profile``)
 PROFILE: dict[str, Path] = {}
@@ -285,13 +285,8 @@ def main() -> None:
     result = {"command": "OMP_NUM_THREADS=1 python bench/perf_ratios.py " + " ".join(
                   f"--{k.replace('_', '-')} '{v}'" for k, v in vars(args).items()
                   if k not in ("out", "table", "profile")),
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
-              "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-              "machine": platform.machine(), "torch": torch.__version__,
-              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+              "rows": rows}
+    save_measurement(args.out, result)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -284,3 +285,17 @@ def perf_cells(datasets: list[str], populations: list[int], cohorts: list[float]
                     if bucket <= population:
                         cells.append(PerfCell(dataset, population, cohort, bucket))
     return cells
+
+
+def save_measurement(out: Path | None, result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` plus where and when it was timed (threads, CPUs, machine, torch), to ``out``."""
+    import torch
+
+    result = result | {"omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+                       "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                       "machine": platform.machine(), "torch": torch.__version__,
+                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    return result

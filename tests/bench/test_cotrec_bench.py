@@ -26,12 +26,8 @@ def _cell(path: Path, phases: dict[str, dict[str, float]]) -> None:
     path.write_text(json.dumps({"status": "finished", "runs": [{"phases": phases}]}))
 
 
-def test_budget_scales_perception_by_seconds_per_generated_call(bench_script,
-                                                                tmp_path: Path) -> None:
-    bench = bench_script("cotrec")
-    base = tmp_path / "ml-100k" / "central"
-    assert bench.budget_table(tmp_path) == ""  # no sources yet
-    (base).mkdir(parents=True)
+def _budget_sources(base: Path) -> None:
+    """The per-stage sources budget_table reads: item perception, one cell, one LoRA cell."""
     (base / "perception-items.json").write_text(json.dumps(
         {"seconds": 100.0, "llm": {"llm_calls": 50, "llm_cache_hits": 50}}))
     _cell(base / "cotrec-untuned" / "results.json", {
@@ -39,6 +35,15 @@ def test_budget_scales_perception_by_seconds_per_generated_call(bench_script,
         "retriever": {"seconds": 120.0},
         "ranker-untuned": {"seconds": 60.0, "llm_calls": 20, "llm_cache_hits": 0}})
     _cell(base / "title-llm-ranker" / "results.json", {"ranker-lora-train": {"seconds": 240.0}})
+
+
+def test_budget_scales_perception_by_seconds_per_generated_call(bench_script,
+                                                                tmp_path: Path) -> None:
+    bench = bench_script("cotrec")
+    base = tmp_path / "ml-100k" / "central"
+    assert bench.budget_table(tmp_path) == ""  # no sources yet
+    (base).mkdir(parents=True)
+    _budget_sources(base)
     table = bench.budget_table(tmp_path)
     rows = {r.split("|")[1].strip(): r for r in table.splitlines()[2:]}
     # items: 2 s per generated call x 100 prompts = 200 s; users: 3 s x 15 = 45 s
@@ -76,13 +81,7 @@ def test_budget_adds_the_full_cache_rerun_as_measured(bench_script, tmp_path: Pa
     bench = bench_script("cotrec")
     base = tmp_path / "ml-100k" / "central"
     base.mkdir(parents=True)
-    (base / "perception-items.json").write_text(json.dumps(
-        {"seconds": 100.0, "llm": {"llm_calls": 50, "llm_cache_hits": 50}}))
-    _cell(base / "cotrec-untuned" / "results.json", {
-        "user-perception": {"seconds": 30.0, "llm_calls": 10, "llm_cache_hits": 5},
-        "retriever": {"seconds": 120.0},
-        "ranker-untuned": {"seconds": 60.0, "llm_calls": 20, "llm_cache_hits": 0}})
-    _cell(base / "title-llm-ranker" / "results.json", {"ranker-lora-train": {"seconds": 240.0}})
+    _budget_sources(base)
     assert "full cache" not in bench.budget_table(tmp_path)
     _run_cell(base / bench.FULL_CACHE_CELL, {"wall_s": 150.0, "stage_cache_hits": 2,
                                              "llm": {"llm_calls": 0, "llm_cache_hits": 700}})
