@@ -90,3 +90,20 @@ def test_item_bias_stays_zero_and_the_table_moves(tmp_path):
 def test_cpr_is_refused_federated_with_one_line():
     with pytest.raises(ConfigError, match="cpr.*fs-point"):
         build_fair_strategy(parse_run_config(CFG | {"mf-loss": "cpr"}), 60)
+
+
+def test_fair_losses_take_sum_aggregation_and_the_server_optimizer(tmp_path):
+    tuned = {"mf-loss": "fs-pair", "aggregation": "sum", "optimizer": "sgd", "lr": 0.03}
+    strategy, _ = build_fair_strategy(parse_run_config(
+        CFG | tuned | {"server-opt": "avgm", "server-lr": 0.5, "server-momentum": 0.5}), 60)
+    assert (strategy.mode, strategy.server_opt.kind, strategy.server_opt.lr) == ("sum", "avgm", 0.5)
+    _, plain = run(tmp_path / "plain", **tuned)
+    _, avgm = run(tmp_path / "avgm", **tuned | {"server-opt": "avgm", "server-lr": 0.5,
+                                                "server-momentum": 0.5})
+    assert all(np.isfinite(r["metrics"]["recall@20"]) for r in (plain, avgm))
+    assert plain["valid_metrics"] != avgm["valid_metrics"]  # the server step is applied
+
+
+def test_fair_losses_refuse_kept_user_optimizer_state(tmp_path):
+    with pytest.raises(ConfigError, match="keep-user-opt-state"):
+        run(tmp_path, **{"mf-loss": "ubpr", "keep-user-opt-state": True})
