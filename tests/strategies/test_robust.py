@@ -111,24 +111,25 @@ def test_krum_drops_the_node_far_from_the_others():
     assert len(krum_select(vectors, num_malicious=1, num_select=1)) == 1
 
 
-def test_a_sparse_median_ignores_a_poisoned_user_among_benign_ones():
+def _median_over_a_poisoned_user(mode: str):
+    """Row 2 changed by 0.1 by four benign users and by 50 by a fifth; the median's result."""
     items = np.array([2])
     benign = [(np.full((1, D), 0.1), np.array([0.1]))] * 4
     rows = [user_rows_payload(np.zeros(1, np.int64), items, d, b, np.ones(1))
             for d, b in benign + [(np.full((1, D), 50.0), np.array([50.0]))]]
-    strategy = RobustFedAvgRec("median", mode="sparse")
+    strategy = RobustFedAvgRec("median", mode=mode)
     got, _ = aggregate(strategy, [reply(a, w) for a, w in rows])
+    return got, strategy
+
+
+def test_a_sparse_median_ignores_a_poisoned_user_among_benign_ones():
+    got, strategy = _median_over_a_poisoned_user("sparse")
     before_emb = strategy.current["item_emb"]
     np.testing.assert_allclose(got["item_emb"][2] - before_emb[2], 0.1, atol=1e-6)
 
 
 def test_a_sum_median_keeps_the_sums_scale_and_ignores_a_poisoned_user():
-    items = np.array([2])
-    benign = [(np.full((1, D), 0.1), np.array([0.1]))] * 4
-    rows = [user_rows_payload(np.zeros(1, np.int64), items, d, b, np.ones(1))
-            for d, b in benign + [(np.full((1, D), 50.0), np.array([50.0]))]]
-    strategy = RobustFedAvgRec("median", mode="sum")
-    got, _ = aggregate(strategy, [reply(a, w) for a, w in rows])
+    got, strategy = _median_over_a_poisoned_user("sum")
     # five users touched row 2: the step is 5 x their median change, not the sum's 50.4
     np.testing.assert_allclose(got["item_emb"][2] - strategy.current["item_emb"][2], 0.5,
                                atol=1e-5)
