@@ -5,6 +5,18 @@ Score ``p_u . q_i`` (no bias), losses summed per user, the same per-user optimiz
 client with its own copy of the item rows it touches, as in
 :mod:`florec.client.trainers.bpr_embedding`; the global item popularity comes from the fair
 strategy's secure sum.
+
+Both paths have the FedAvg-MF trainer's shape: no autograd graph over the tables and no copy of
+them per step, and every step updates leading slices in place with
+:meth:`PerUserOptimizer.step_leading` (fused Adam when the active users share a step count).
+
+- Pair losses (``fs-pair``, ``ubpr``): users ranked by their number of local steps
+  (``bpr_embedding._leading_layout``), the closed-form weighted BPR gradient
+  (:func:`florec.client.trainers.bpr_embedding.bpr_step_grads` with zero biases).
+- Point losses (``fs-point``, ``wmf``, ``relmf``, ``du``): every user takes part in every step,
+  so all step counts agree; the gradient of the loss with respect to the chunk's scores
+  ``s_ui`` (a ``(B, chunk)`` tensor) gives those of the tables in closed form,
+  ``dL/dp_u = sum_i g_ui q_i`` and ``dL/dq_i = g_ui p_u`` (:func:`point_step_grads`).
 """
 
 from __future__ import annotations
@@ -15,6 +27,8 @@ import torch
 from florec.client.trainers.bpr_embedding import (
     LocalConfig,
     LocalResult,
+    _leading_layout,
+    bpr_step_grads,
     build_pairs,
     pair_rows,
     step_bounds,
@@ -23,6 +37,12 @@ from florec.client.trainers.bucket import Bucket
 from florec.client.trainers.user_adam import PerUserOptimizer
 from florec.models import fair_losses as fair
 from florec.recdata.seeds import Salt, stream
+
+
+def _by_user(users: np.ndarray, n: int) -> list[np.ndarray]:
+    """For each local user ``0..n-1``, the positions of its entries in ``users`` (ascending)."""
+    order = np.argsort(users, kind="stable")
+    return np.split(order, np.searchsorted(users[order], np.arange(1, n)))
 
 
 def pop_negatives(bucket: Bucket, users: np.ndarray, item_pop: np.ndarray, seed: int,
@@ -35,8 +55,9 @@ def pop_negatives(bucket: Bucket, users: np.ndarray, item_pop: np.ndarray, seed:
     """
     out = np.empty(len(users), dtype=np.int64)
     pop = np.asarray(item_pop, dtype=np.float64)
-    for j in np.unique(users):
-        at = np.flatnonzero(users == j)
+    for j, at in enumerate(_by_user(users, len(bucket.users))):
+        if not len(at):
+            continue
         seen = bucket.train.indices[bucket.train.indptr[j]:bucket.train.indptr[j + 1]]
         w = pop.copy()
         w[seen] = 0.0
@@ -47,6 +68,15 @@ def pop_negatives(bucket: Bucket, users: np.ndarray, item_pop: np.ndarray, seed:
         rng = stream(seed, Salt.FS_PAIR_NEGATIVES, server_round, bucket.users[j])
         out[at] = np.minimum(np.searchsorted(cum, rng.random(len(at)) * cum[-1], side="right"),
                              len(pop) - 1)
+    return out
+
+
+def ubpr_items(bucket: Bucket, users: np.ndarray, seed: int, server_round: int) -> np.ndarray:
+    """UBPR's second item of each draw: uniform over **all** items, positives included."""
+    out = np.empty(len(users), dtype=np.int64)
+    for j, at in enumerate(_by_user(users, len(bucket.users))):
+        rng = stream(seed, Salt.UBPR_ITEMS, server_round, bucket.users[j])
+        out[at] = rng.integers(bucket.n_items, size=len(at))
     return out
 
 
@@ -61,6 +91,41 @@ def _point_terms(loss: str, logits: torch.Tensor, y: torch.Tensor, pop: torch.Te
     return fair.du_loss(logits, y, theta, fair.negative_propensity(theta))
 
 
+def point_step_grads(loss: str, P: torch.Tensor, Lc: torch.Tensor, y: torch.Tensor,
+                     pop: torch.Tensor, theta: torch.Tensor, n_users: int
+                     ) -> tuple[float, torch.Tensor, torch.Tensor]:
+    r"""A point loss over every (user, chunk item) cell and its gradient, without a table graph.
+
+    With scores :math:`s_{ui} = p_u^\top q_{ui}` (user u's own copy of item i) and
+    :math:`g_{ui} = \partial L / \partial s_{ui}` (autograd over the ``(B, m)`` scores only):
+
+    .. math:: \nabla_{p_u} L = \sum_i g_{ui}\, q_{ui}, \qquad \nabla_{q_{ui}} L = g_{ui}\, p_u
+
+    Parameters
+    ----------
+    loss : str
+        ``fs-point``, ``wmf``, ``relmf`` or ``du`` (:mod:`florec.models.fair_losses`).
+    P, Lc : torch.Tensor
+        The users' embeddings ``(B, d)`` and their copies of the chunk's items ``(B, m, d)``.
+    y, pop, theta : torch.Tensor
+        Labels ``(B, m)``, popularity and propensity of the chunk's items ``(m,)``.
+    n_users : int
+        U, for FS-Point's weights.
+
+    Returns
+    -------
+    (loss, grad_P, grad_Lc)
+        The summed loss and the gradients, shaped like ``P`` and ``Lc``.
+
+    """
+    logits = torch.einsum("bd,bmd->bm", P, Lc).requires_grad_(True)
+    b = len(P)
+    value = _point_terms(loss, logits, y, pop.expand(b, -1), theta.expand(b, -1), n_users)
+    (g_s,) = torch.autograd.grad(value, logits)
+    g_p = torch.einsum("bm,bmd->bd", g_s, Lc)
+    return float(value.detach()), g_p, g_s[..., None] * P[:, None, :]
+
+
 def _fair_point(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: LocalConfig,
                 server_round: int, device: str, pop: torch.Tensor, n_users: int
                 ) -> tuple[np.ndarray, np.ndarray, float, int]:
@@ -69,34 +134,72 @@ def _fair_point(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg:
     Each local epoch visits the items in a seeded order (the same for every user, keyed by the
     seed, round and epoch) in chunks of ``local_batch_size``; a step is one step of every
     user's optimizer over p_u and the user's copy of the item table (the gradient reaches the
-    chunk's rows only).
+    chunk's rows only, but every row moves through its Adam moments and weight decay).
     """
     n_items, b = bucket.n_items, len(bucket.users)
     P = torch.as_tensor(user_emb, dtype=torch.float32, device=device).clone()
-    L = torch.as_tensor(item_emb, dtype=torch.float32, device=device).expand(b, -1, -1).clone()
+    L0 = torch.as_tensor(item_emb, dtype=torch.float32, device=device)
+    L = L0.expand(b, -1, -1).clone()
+    grad_l = torch.zeros_like(L)  # zero outside the step's chunk
     y_all = torch.as_tensor(bucket.train.toarray() > 0, device=device).to(torch.float32)
     theta = fair.propensity(pop, cfg.ips_beta)
     everyone = torch.arange(b, device=device)
-    opt = PerUserOptimizer([P, L], [everyone, everyone[:, None].expand(b, n_items)], b, cfg.lr,
-                           cfg.weight_decay, cfg.optimizer == "adam")
-    all_active = torch.ones(b, dtype=torch.bool, device=device)
+    opt = PerUserOptimizer([P, L], [everyone, everyone], b, cfg.lr, cfg.weight_decay,
+                           cfg.optimizer == "adam")
     loss_sum = 0.0
     for epoch in range(cfg.local_epochs):
         order = stream(cfg.seed, Salt.FAIR_ITEM_ORDER, server_round, epoch).permutation(n_items)
         for s in range(0, n_items, cfg.local_batch_size):
             c = torch.as_tensor(order[s : s + cfg.local_batch_size], device=device)
-            P.requires_grad_(True)
-            L.requires_grad_(True)
-            logits = torch.einsum("bd,bmd->bm", P, L[:, c])
-            loss = _point_terms(cfg.mf_loss, logits, y_all[:, c], pop[c].expand(b, -1),
-                                theta[c].expand(b, -1), n_users)
-            g_p, g_l = torch.autograd.grad(loss, (P, L))
-            P.requires_grad_(False)
-            L.requires_grad_(False)
-            loss_sum += float(loss.detach())
-            opt.step([g_p, g_l], all_active)
-    delta = (L.cpu().numpy() - item_emb[None]).reshape(b * n_items, -1)
-    return P.cpu().numpy(), delta, loss_sum, b * n_items * cfg.local_epochs
+            value, g_p, g_lc = point_step_grads(cfg.mf_loss, P, L[:, c], y_all[:, c], pop[c],
+                                                theta[c], n_users)
+            loss_sum += value
+            grad_l[:, c] = g_lc
+            opt.step_leading([g_p, grad_l], b)
+            grad_l[:, c] = 0.0
+    delta = (L - L0).reshape(b * n_items, -1)
+    return P.cpu().numpy(), delta.cpu().numpy(), loss_sum, b * n_items * cfg.local_epochs
+
+
+def _fair_pair(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: LocalConfig,
+               server_round: int, device: str, item_pop: np.ndarray, pop: torch.Tensor
+               ) -> LocalResult:
+    """Pair losses: each user's copy of its touched rows, closed-form weighted BPR steps."""
+    b, n_items = len(bucket.users), bucket.n_items
+    pairs = build_pairs(bucket, cfg, server_round)
+    if cfg.mf_loss == "fs-pair":
+        pairs["neg"] = pop_negatives(bucket, pairs["user"], item_pop, cfg.seed, server_round)
+    else:
+        pairs["neg"] = ubpr_items(bucket, pairs["user"], cfg.seed, server_round)
+    row_user, row_item, pos_idx, neg_idx = pair_rows(pairs, n_items)
+    lay = _leading_layout(pairs, row_user, b)
+    as_t = lambda a, dt=torch.long: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
+    users_t = as_t(lay["rank"][pairs["user"]])
+    pos_row, neg_row = as_t(lay["row_of"][pos_idx]), as_t(lay["row_of"][neg_idx])
+    if cfg.mf_loss == "fs-pair":
+        weight = torch.ones(len(pairs["user"]), device=device)
+    else:  # ubpr: (1 / theta_i) (1 - y_uj / theta_j), fair.ubpr_loss's weight
+        theta = fair.propensity(pop, cfg.ips_beta)
+        y_neg = as_t(bucket.train[pairs["user"], pairs["neg"]].A1 > 0, torch.float32)
+        weight = (1.0 / theta[as_t(pairs["pos"])]) * (1.0 - y_neg / theta[as_t(pairs["neg"])])
+    stored = row_item[lay["row_order"]]
+    P = as_t(user_emb, torch.float32)[as_t(lay["order"])].contiguous()
+    L = as_t(item_emb[stored], torch.float32)
+    no_bias = torch.zeros(len(L), device=device)
+    opt = PerUserOptimizer([P, L], [torch.arange(b, device=device), as_t(lay["row_owner"])], b,
+                           cfg.lr, cfg.weight_decay, cfg.optimizer == "adam")
+    loss_sum = 0.0
+    for t, s, e in step_bounds(pairs["step"]):
+        n_act, n_rows = int(lay["active"][t]), int(lay["rows"][t])
+        terms, grads = bpr_step_grads(P[:n_act], L[:n_rows], no_bias[:n_rows], users_t[s:e],
+                                      pos_row[s:e], neg_row[s:e], weight[s:e], 0.0)
+        loss_sum += float((weight[s:e] * terms).sum())
+        opt.step_leading([grads[0], grads[1]], n_act)
+    out_rows = as_t(lay["row_of"])
+    return LocalResult(P[as_t(lay["rank"])].cpu().numpy(), row_user, row_item,
+                       L[out_rows].cpu().numpy() - item_emb[row_item],
+                       np.zeros(len(row_item), dtype=np.float32), loss_sum, len(pairs["user"]),
+                       (bucket.users[pairs["user"]], pairs["pos"], pairs["neg"]))
 
 
 def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarray,
@@ -111,7 +214,7 @@ def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarra
       all items with their own weights.
     - ``fs-pair`` (an approximation): BPR with negatives drawn in proportion to ``pop`` among
       the user's unseen items (:func:`pop_negatives`); ``ubpr``: the second item uniform over
-      all items, IPS-weighted.
+      all items, IPS-weighted (:func:`ubpr_items`).
 
     Losses are summed per user. Each user steps its own optimizer
     (:class:`florec.client.trainers.user_adam.PerUserOptimizer`: ``torch.optim.Adam`` or ``SGD``
@@ -130,50 +233,12 @@ def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarra
     if n_users <= 0:
         raise ValueError(f"mf-loss={cfg.mf_loss} needs the number of users U; pass n_users")
     pop = torch.as_tensor(np.asarray(item_pop, dtype=np.float32), device=device)
+    if cfg.mf_loss not in fair.POINT_LOSSES:
+        return _fair_pair(bucket, item_emb, user_emb, cfg, server_round, device, item_pop, pop)
     b, n_items = len(bucket.users), bucket.n_items
-    zero_bias = lambda rows: np.zeros(rows, dtype=np.float32)  # noqa: E731
-    if cfg.mf_loss in fair.POINT_LOSSES:
-        new_p, delta, loss_sum, n_terms = _fair_point(bucket, item_emb, user_emb, cfg,
-                                                      server_round, device, pop, n_users)
-        empty = np.zeros(0, dtype=np.int64)
-        return LocalResult(new_p, np.repeat(np.arange(b), n_items), np.tile(np.arange(n_items), b),
-                           delta, zero_bias(b * n_items), loss_sum, n_terms, (empty,) * 3)
-    pairs = build_pairs(bucket, cfg, server_round)
-    if cfg.mf_loss == "fs-pair":
-        pairs["neg"] = pop_negatives(bucket, pairs["user"], item_pop, cfg.seed, server_round)
-    else:  # ubpr: the second item is uniform over all items, positives included
-        draws = [stream(cfg.seed, Salt.UBPR_ITEMS, server_round, bucket.users[j])
-                 .integers(n_items, size=int((pairs["user"] == j).sum())) for j in range(b)]
-        pairs["neg"] = np.empty(len(pairs["user"]), dtype=np.int64)
-        for j in range(b):
-            pairs["neg"][pairs["user"] == j] = draws[j]
-    n_pairs = len(pairs["user"])
-    row_user, row_item, pos_idx, neg_idx = pair_rows(pairs, n_items)
-    as_t = lambda a, dt=torch.long: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
-    users_t, pos_row, neg_row = as_t(pairs["user"]), as_t(pos_idx), as_t(neg_idx)
-    P = as_t(user_emb, torch.float32).clone()
-    L = as_t(item_emb[row_item], torch.float32).clone()
-    y_neg = as_t(bucket.train[pairs["user"], pairs["neg"]].A1 > 0, torch.float32)
-    theta = fair.propensity(pop, cfg.ips_beta)
-    items_pos, items_neg = as_t(pairs["pos"]), as_t(pairs["neg"])
-    opt = PerUserOptimizer([P, L], [torch.arange(b, device=device), as_t(row_user)], b, cfg.lr,
-                           cfg.weight_decay, cfg.optimizer == "adam")
-    loss_sum = 0.0
-    for _, s, e in step_bounds(pairs["step"]):
-        uu, pr, nr = users_t[s:e], pos_row[s:e], neg_row[s:e]
-        pu = P.clone().requires_grad_(True)
-        lr_ = L.clone().requires_grad_(True)
-        sp_, sn_ = (pu[uu] * lr_[pr]).sum(-1), (pu[uu] * lr_[nr]).sum(-1)
-        if cfg.mf_loss == "fs-pair":
-            loss = fair.pair_loss(sp_, sn_)
-        else:
-            loss = fair.ubpr_loss(sp_, sn_, theta[items_pos[s:e]], theta[items_neg[s:e]],
-                                  y_neg[s:e])
-        g_p, g_l = torch.autograd.grad(loss, (pu, lr_))
-        loss_sum += float(loss.detach())
-        active = torch.zeros(b, dtype=torch.bool, device=device)
-        active[uu] = True
-        opt.step([g_p, g_l], active)
-    return LocalResult(P.cpu().numpy(), row_user, row_item,
-                       L.cpu().numpy() - item_emb[row_item], zero_bias(len(row_item)), loss_sum,
-                       n_pairs, (bucket.users[pairs["user"]], pairs["pos"], pairs["neg"]))
+    new_p, delta, loss_sum, n_terms = _fair_point(bucket, item_emb, user_emb, cfg,
+                                                  server_round, device, pop, n_users)
+    empty = np.zeros(0, dtype=np.int64)
+    return LocalResult(new_p, np.repeat(np.arange(b), n_items), np.tile(np.arange(n_items), b),
+                       delta, np.zeros(b * n_items, dtype=np.float32), loss_sum, n_terms,
+                       (empty,) * 3)
