@@ -14,8 +14,8 @@ test metrics at that epoch twice:
 Switches (keys of a variant): ``data`` (``full``: every ML-1M rating, 6,040 x 3,706;
 ``authors``: ratings >= 4 and a 20-core filter, which gives exactly the 5,148 x 2,380 their
 ``data.py`` hard-codes), ``split`` (``ratio-fs``, or ``debiased``: a popularity-debiased test,
-see :func:`debiased_split`; ``min-train`` = k keeps k non-test rows per item, no results
-yet), ``init-std``, ``lr``, ``weight-decay``, ``epochs``, ``patience``.
+see :func:`debiased_split`; ``min-train`` = k keeps k train rows of every item),
+``init-std``, ``lr``, ``weight-decay``, ``epochs``, ``patience``.
 
 Usage::
 
@@ -97,7 +97,8 @@ def debiased_split(inter: Interactions, seed: int, test: float = 0.2,
     :math:`pop_i \le c` goes wholly to test, so it has no train row: the switch changes training
     as well as the test (see :func:`cold_rows`). ``min_train = k > 0`` then returns random test
     rows of each item to the rest until it keeps :math:`\min(k, pop_i)` non-test rows (the test
-    share drops below ``test``). Valid may still take one of them: k counts train + valid rows.
+    share drops below ``test``), and after the per-user valid draw moves random valid rows of an
+    item to train until it has :math:`\min(k, pop_i)` train rows, so every item is trainable.
     """
     rng = np.random.default_rng(seed)
     pop = np.bincount(inter.item, minlength=inter.n_items).astype(np.float64)[inter.item]
@@ -121,6 +122,13 @@ def debiased_split(inter: Interactions, seed: int, test: float = 0.2,
                        item_ids=inter.item_ids)
     inner = fair_sampling_ratio(sub, seed + 1, test=0.0, valid_of_train=valid_of_train)
     labels[rest] = inner
+    if min_train > 0:  # valid may have taken an item's kept rows: give train its k back
+        short = np.minimum(min_train, total) - np.bincount(inter.item[labels == 0],
+                                                           minlength=inter.n_items)
+        order = rng.permutation(len(inter))
+        for i in np.flatnonzero(short > 0):
+            rows = order[(inter.item[order] == i) & (labels[order] == 1)][:short[i]]
+            labels[rows] = 0
     return labels
 
 
@@ -149,8 +157,11 @@ def build_split(data: str, split: str, seed: int, data_dir: str | None,
         inter = authors_ml1m(data_dir)
     else:
         raise ConfigError(f"data '{data}' is unknown; use full or authors")
-    if split == "ratio-fs":
+    if split == "ratio-fs" and min_train == 0:
         return make_split(inter, "ratio-fs", seed)
+    if split == "ratio-fs":
+        raise ConfigError(f"min-train = {min_train} applies only to split 'debiased'; "
+                          "drop min-train or use split = 'debiased'")
     if split != "debiased":
         raise ConfigError(f"split '{split}' is unknown; use ratio-fs or debiased")
     labels = debiased_split(inter, seed, min_train=min_train)
@@ -236,15 +247,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--split-stats", action="store_true",
-                    help="only write <out>/split_stats.json: cold_rows per (data, split, seed)")
+                    help="only write <out>/split_stats.json: cold_rows per (data, split, "
+                         "min-train, seed)")
     args = ap.parse_args(argv)
     todo = variants(args.config)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.split_stats:
-        pairs = sorted({(v["data"], v["split"]) for v in todo})
-        stats = [{"data": d, "split": sp, "seed": seed}
-                 | cold_rows(build_split(d, sp, seed, args.data_dir))
-                 for d, sp in pairs for seed in seeds]
+        triples = sorted({(v["data"], v["split"], v.get("min-train", 0)) for v in todo})
+        stats = [{"data": d, "split": sp, "min-train": k, "seed": seed}
+                 | cold_rows(build_split(d, sp, seed, args.data_dir, k))
+                 for d, sp, k in triples for seed in seeds]
         (args.out / "split_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
         print(f"wrote {args.out / 'split_stats.json'}")
         return

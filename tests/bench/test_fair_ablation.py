@@ -70,10 +70,20 @@ def test_debiased_split_with_min_train_keeps_rows_of_every_item_out_of_test(benc
         labels = abl.debiased_split(inter, seed=0, min_train=k)
         kept = np.bincount(inter.item[labels != 2], minlength=inter.n_items)
         assert (kept >= np.minimum(k, pop)).all()
+        # valid cannot take them: every item is trainable
+        train = np.bincount(inter.item[labels == 0], minlength=inter.n_items)
+        assert (train >= np.minimum(k, pop)).all()
         # only the deficit comes back from test; no other row changes side
         returned = np.maximum(np.minimum(k, pop) - kept0, 0).sum()
         assert (labels == 2).sum() == (base == 2).sum() - returned
         assert ((labels == 2) & (base != 2)).sum() == 0
+
+
+def test_min_train_on_a_random_split_is_a_config_error(bench_script, monkeypatch) -> None:
+    abl = bench_script("fair_ablation")
+    monkeypatch.setattr(abl, "authors_ml1m", lambda data_dir: _skewed())
+    with pytest.raises(ConfigError, match="min-train = 1 applies only to split 'debiased'"):
+        abl.build_split("authors", "ratio-fs", 0, None, min_train=1)
 
 
 def test_cold_rows_counts_items_without_train_rows_and_their_test_rows(bench_script) -> None:
