@@ -34,6 +34,7 @@ from florec.client.trainers.bpr_embedding import (
     step_bounds,
 )
 from florec.client.trainers.bucket import Bucket
+from florec.client.trainers.fair_point import fair_point
 from florec.client.trainers.user_adam import PerUserOptimizer
 from florec.models import fair_losses as fair
 from florec.recdata.seeds import Salt, stream
@@ -78,87 +79,6 @@ def ubpr_items(bucket: Bucket, users: np.ndarray, seed: int, server_round: int) 
         rng = stream(seed, Salt.UBPR_ITEMS, server_round, bucket.users[j])
         out[at] = rng.integers(bucket.n_items, size=len(at))
     return out
-
-
-def _point_terms(loss: str, logits: torch.Tensor, y: torch.Tensor, pop: torch.Tensor,
-                 theta: torch.Tensor, n_users: int) -> torch.Tensor:
-    if loss == "fs-point":
-        return fair.weighted_point_loss(logits, y, fair.fs_point_weights(y, pop, n_users))
-    if loss == "wmf":
-        return fair.wmf_loss(logits, y)
-    if loss == "relmf":
-        return fair.relmf_loss(logits, y, theta)
-    return fair.du_loss(logits, y, theta, fair.negative_propensity(theta))
-
-
-def point_step_grads(loss: str, P: torch.Tensor, Lc: torch.Tensor, y: torch.Tensor,
-                     pop: torch.Tensor, theta: torch.Tensor, n_users: int
-                     ) -> tuple[float, torch.Tensor, torch.Tensor]:
-    r"""A point loss over every (user, chunk item) cell and its gradient, without a table graph.
-
-    With scores :math:`s_{ui} = p_u^\top q_{ui}` (user u's own copy of item i) and
-    :math:`g_{ui} = \partial L / \partial s_{ui}` (autograd over the ``(B, m)`` scores only):
-
-    .. math:: \nabla_{p_u} L = \sum_i g_{ui}\, q_{ui}, \qquad \nabla_{q_{ui}} L = g_{ui}\, p_u
-
-    Parameters
-    ----------
-    loss : str
-        ``fs-point``, ``wmf``, ``relmf`` or ``du`` (:mod:`florec.models.fair_losses`).
-    P, Lc : torch.Tensor
-        The users' embeddings ``(B, d)`` and their copies of the chunk's items ``(B, m, d)``.
-    y, pop, theta : torch.Tensor
-        Labels ``(B, m)``, popularity and propensity of the chunk's items ``(m,)``.
-    n_users : int
-        U, for FS-Point's weights.
-
-    Returns
-    -------
-    (loss, grad_P, grad_Lc)
-        The summed loss and the gradients, shaped like ``P`` and ``Lc``.
-
-    """
-    logits = torch.einsum("bd,bmd->bm", P, Lc).requires_grad_(True)
-    b = len(P)
-    value = _point_terms(loss, logits, y, pop.expand(b, -1), theta.expand(b, -1), n_users)
-    (g_s,) = torch.autograd.grad(value, logits)
-    g_p = torch.einsum("bm,bmd->bd", g_s, Lc)
-    return float(value.detach()), g_p, g_s[..., None] * P[:, None, :]
-
-
-def _fair_point(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: LocalConfig,
-                server_round: int, device: str, pop: torch.Tensor, n_users: int
-                ) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """Point-wise losses over **all** items of each user: the closed form of FS-Point.
-
-    Each local epoch visits the items in a seeded order (the same for every user, keyed by the
-    seed, round and epoch) in chunks of ``local_batch_size``; a step is one step of every
-    user's optimizer over p_u and the user's copy of the item table (the gradient reaches the
-    chunk's rows only, but every row moves through its Adam moments and weight decay).
-    """
-    n_items, b = bucket.n_items, len(bucket.users)
-    P = torch.as_tensor(user_emb, dtype=torch.float32, device=device).clone()
-    L0 = torch.as_tensor(item_emb, dtype=torch.float32, device=device)
-    L = L0.expand(b, -1, -1).clone()
-    grad_l = torch.zeros_like(L)  # zero outside the step's chunk
-    y_all = torch.as_tensor(bucket.train.toarray() > 0, device=device).to(torch.float32)
-    theta = fair.propensity(pop, cfg.ips_beta)
-    everyone = torch.arange(b, device=device)
-    opt = PerUserOptimizer([P, L], [everyone, everyone], b, cfg.lr, cfg.weight_decay,
-                           cfg.optimizer == "adam")
-    loss_sum = 0.0
-    for epoch in range(cfg.local_epochs):
-        order = stream(cfg.seed, Salt.FAIR_ITEM_ORDER, server_round, epoch).permutation(n_items)
-        for s in range(0, n_items, cfg.local_batch_size):
-            c = torch.as_tensor(order[s : s + cfg.local_batch_size], device=device)
-            value, g_p, g_lc = point_step_grads(cfg.mf_loss, P, L[:, c], y_all[:, c], pop[c],
-                                                theta[c], n_users)
-            loss_sum += value
-            grad_l[:, c] = g_lc
-            opt.step_leading([g_p, grad_l], b)
-            grad_l[:, c] = 0.0
-    delta = (L - L0).reshape(b * n_items, -1)
-    return P.cpu().numpy(), delta.cpu().numpy(), loss_sum, b * n_items * cfg.local_epochs
 
 
 def _fair_pair(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: LocalConfig,
@@ -236,8 +156,8 @@ def fair_local_update(bucket: Bucket, item_emb: np.ndarray, item_bias: np.ndarra
     if cfg.mf_loss not in fair.POINT_LOSSES:
         return _fair_pair(bucket, item_emb, user_emb, cfg, server_round, device, item_pop, pop)
     b, n_items = len(bucket.users), bucket.n_items
-    new_p, delta, loss_sum, n_terms = _fair_point(bucket, item_emb, user_emb, cfg,
-                                                  server_round, device, pop, n_users)
+    new_p, delta, loss_sum, n_terms = fair_point(bucket, item_emb, user_emb, cfg, server_round,
+                                                 device, pop, n_users)
     empty = np.zeros(0, dtype=np.int64)
     return LocalResult(new_p, np.repeat(np.arange(b), n_items), np.tile(np.arange(n_items), b),
                        delta, np.zeros(b * n_items, dtype=np.float32), loss_sum, n_terms,

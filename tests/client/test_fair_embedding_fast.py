@@ -13,7 +13,7 @@ import torch
 
 from florec.client.trainers.bpr_embedding import LocalConfig, build_pairs, pair_rows, step_bounds
 from florec.client.trainers.bucket import Bucket
-from florec.client.trainers.fair_embedding import fair_local_update, pop_negatives
+from florec.client.trainers.fair_embedding import fair_local_update
 from florec.client.trainers.user_adam import PerUserOptimizer
 from florec.models import fair_losses as fair
 from florec.models.base import seeded_rows
@@ -66,13 +66,33 @@ def reference_fair_point(bucket, item_emb, user_emb, cfg, server_round, pop, n_u
     return P.numpy(), rows, delta, loss_sum
 
 
+def reference_pop_negatives(bucket, users, item_pop, seed, server_round):
+    """The previous ``pop_negatives`` (one scan of ``users`` per user)."""
+    out = np.empty(len(users), dtype=np.int64)
+    pop = np.asarray(item_pop, dtype=np.float64)
+    for j in np.unique(users):
+        at = np.flatnonzero(users == j)
+        seen = bucket.train.indices[bucket.train.indptr[j]:bucket.train.indptr[j + 1]]
+        w = pop.copy()
+        w[seen] = 0.0
+        if w.sum() <= 0:
+            w = np.ones_like(pop)
+            w[seen] = 0.0
+        cum = np.cumsum(w)
+        rng = stream(seed, Salt.FS_PAIR_NEGATIVES, server_round, bucket.users[j])
+        out[at] = np.minimum(np.searchsorted(cum, rng.random(len(at)) * cum[-1], side="right"),
+                             len(pop) - 1)
+    return out
+
+
 def reference_fair_pair(bucket, item_emb, user_emb, cfg, server_round, item_pop):
     """The previous pair-loss trainer: per step clones + autograd graph, masked Adam."""
     pop = torch.as_tensor(np.asarray(item_pop, dtype=np.float32))
     b, n_items = len(bucket.users), bucket.n_items
     pairs = build_pairs(bucket, cfg, server_round)
     if cfg.mf_loss == "fs-pair":
-        pairs["neg"] = pop_negatives(bucket, pairs["user"], item_pop, cfg.seed, server_round)
+        pairs["neg"] = reference_pop_negatives(bucket, pairs["user"], item_pop, cfg.seed,
+                                               server_round)
     else:
         draws = [stream(cfg.seed, Salt.UBPR_ITEMS, server_round, bucket.users[j])
                  .integers(n_items, size=int((pairs["user"] == j).sum())) for j in range(b)]
