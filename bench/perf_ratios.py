@@ -13,9 +13,11 @@ No Flower, no serialisation: what is timed is the trainers' arithmetic.
   over every bucket, given the training popularity and U (what the fair strategy's secure sum
   sends).
 - :func:`fedcia_ratio`: every FedCIA client's private MF (its own item table and Adam) trains one
-  local epoch over its fixed triples (:func:`florec.client.trainers.private_model.local_epoch`);
-  central: the same function on one MF over all users and the union of the clients' triples
-  (same batch size, so only the split into clients differs).
+  local epoch over its fixed triples, node by node as a FedCIA node trains its
+  ``clients-per-node`` clients (:func:`florec.client.trainers.private_batch.train_mf_clients`,
+  batched; each client's result is its own model's); central:
+  :func:`florec.client.trainers.private_model.local_epoch` on one MF over all users and the union
+  of the clients' triples (same batch size, so only the split into clients differs).
 - :func:`seq_ratio`: the sequential node's round (every bucket loads the global SASRec, builds
   its Adam and trains one epoch over its users' windows,
   :func:`florec.client.trainers.sequential.train_epoch`) against a central epoch over all
@@ -134,10 +136,13 @@ def fedcia_ratio(overrides: dict[str, Any], reps: int) -> dict[str, Any]:
 
     Clients are ``num-nodes x clients-per-node`` groups of users (``partition``, e.g. FedCIA's
     ``floor``); each has its own MF (its users, the whole item table), its own Adam and its
-    fixed triples (:func:`fixed_triples`). The central side trains one MF over all users on the
-    concatenated triples (client rows mapped back to global user ids), same batch size.
+    fixed triples (:func:`fixed_triples`). Each node's clients start from fresh models
+    (:func:`fresh_states`) and train batched (:func:`train_mf_clients`), as a FedCIA node's
+    first round does. The central side trains one MF over all users on the concatenated
+    triples (client rows mapped back to global user ids), same batch size.
     """
     from florec.client.trainers.bucket import Bucket
+    from florec.client.trainers.private_batch import fresh_states, train_mf_clients
     from florec.client.trainers.private_model import build_node_model, fixed_triples, local_epoch
     from florec.recdata.partition import partition_users
     from florec.recdata.seeds import Salt, stream
@@ -160,8 +165,14 @@ def fedcia_ratio(overrides: dict[str, Any], reps: int) -> dict[str, Any]:
                                                                    1, k))
 
     def federated() -> None:
-        for k, (c, t) in enumerate(zip(clients, triples, strict=True)):
-            train(c, t, k)
+        per_node = cfg.clients_per_node
+        for first in range(0, n_clients, per_node):
+            ks = range(first, min(first + per_node, n_clients))
+            train_mf_clients(fresh_states([clients[k] for k in ks], cfg.dim, cfg.seed,
+                                          cfg.init_std),
+                             [triples[k] for k in ks],
+                             [stream(cfg.seed, Salt.PRIVATE_ROUND, 1, k) for k in ks], 1,
+                             cfg.local_batch_size, cfg.lr, cfg.reg)
 
     return {"trainer": "fedcia-mf", "dataset": cfg.dataset, "users": split.n_users,
             "items": split.n_items, "interactions": int(len(union[0])), "clients": n_clients,

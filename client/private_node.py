@@ -8,6 +8,9 @@ table towards the server's aggregate, batched over the node's clients. The param
 backbone uploads its Gram matrix (exact mode) or local filters (the paper's FedCIA-GSP) once.
 Each client's model and optimiser state live in the node's
 :class:`florec.client.node_store.NodeStore` (groups ``private-<client>-model`` / ``-optimizer``).
+A node's MF clients train batched (:mod:`florec.client.trainers.private_batch`: each client's
+result is its own model's and Adam's; their item moments are stored for the rows that can move
+only); other models train one at a time. Alignment changes the stored item tables only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from florec.client.evaluation import bucket_metric_sums
 from florec.client.node_store import NodeStore, open_store
 from florec.client.trainers.align import align_dense, align_factored, similarity_upload
 from florec.client.trainers.bucket import Bucket
+from florec.client.trainers.private_batch import fresh_states, train_mf_clients
 from florec.client.trainers.private_model import (
+    MODEL_KEY,
+    OPT_KEY,
     build_node_model,
     fixed_triples,
     local_epoch,
@@ -33,6 +39,7 @@ from florec.client.trainers.private_model import (
     state_arrays,
 )
 from florec.models.metrics import add_sums
+from florec.models.rng import seed_torch
 from florec.protocol.codec import from_record, to_record
 from florec.protocol.similarity_dp import clip_similarity
 from florec.recdata.runconfig import RunConfig
@@ -82,6 +89,60 @@ def _gfcf_upload(cfg: RunConfig, clients: list[Bucket], whole: sp.csr_matrix,
     return {"filter": np.asarray(total, dtype=np.float32)}
 
 
+def _train_clients(store: NodeStore, context: Context, cfg: RunConfig, clients: list[Bucket],
+                   indices: list[int], rngs: list[np.random.Generator], device: str
+                   ) -> tuple[list[np.ndarray | None], list[list[float]]]:
+    """Every client's local epochs; each one's item table afterwards and its epoch losses.
+
+    MF clients (of one embedding size) train together, batched
+    (:func:`florec.client.trainers.private_batch.train_mf_clients`: what each one's own model
+    and Adam give); other models one at a time.
+    """
+    total = int(context.node_config.get("num-partitions", cfg.num_nodes)) * cfg.clients_per_node
+    tables: list[np.ndarray | None] = [None] * len(clients)
+    losses: list[list[float]] = [[] for _ in clients]
+    mf: dict[int, list[int]] = {}
+    for local, (client, index) in enumerate(zip(clients, indices, strict=True)):
+        name, dim = node_model_spec(cfg, index, total)
+        if name == "mf":
+            mf.setdefault(dim, []).append(local)
+            continue
+        model, optimizer = _load(store, context, cfg, client, index, device)
+        if optimizer is not None:
+            triples = fixed_triples(client, cfg.seed, index)
+            for _ in range(cfg.local_epochs):
+                losses[local].append(local_epoch(model, optimizer, triples,
+                                                 cfg.local_batch_size, rngs[local]))
+            _save(store, index, model, optimizer)
+        if hasattr(model, "item_emb"):
+            tables[local] = model.item_emb.detach().cpu().numpy()
+    for dim, members in mf.items():
+        seed_torch(cfg.seed)  # the global generator as each client's MF build left it
+        states = _stored_states(store, cfg, [clients[i] for i in members],
+                                [indices[i] for i in members], dim)
+        new, lost = train_mf_clients(
+            states, [fixed_triples(clients[i], cfg.seed, indices[i]) for i in members],
+            [rngs[i] for i in members], cfg.local_epochs, cfg.local_batch_size, cfg.lr,
+            cfg.reg, device)
+        for i, state, epoch_losses in zip(members, new, lost, strict=True):
+            for key, arrays in state.items():
+                store.put(f"{STATE_PREFIX}{indices[i]}-{key}", arrays)
+            tables[i], losses[i] = state[MODEL_KEY]["item_emb"], epoch_losses
+    return tables, losses
+
+
+def _stored_states(store: NodeStore, cfg: RunConfig, clients: list[Bucket], indices: list[int],
+                   dim: int) -> list[dict[str, dict[str, np.ndarray]]]:
+    """MF clients' stored states; a new client's model as :func:`build_node_model` builds it."""
+    saved = [store.get(f"{STATE_PREFIX}{index}-{MODEL_KEY}") for index in indices]
+    new = [j for j, s in enumerate(saved) if s is None]
+    fresh = dict(zip(new, fresh_states([clients[j] for j in new], dim, cfg.seed, cfg.init_std),
+                     strict=True))
+    return [fresh[j] if s is None else
+            {MODEL_KEY: s, OPT_KEY: store.get(f"{STATE_PREFIX}{indices[j]}-{OPT_KEY}") or {}}
+            for j, s in enumerate(saved)]
+
+
 def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
           device: str) -> RecordDict:
     """One local epoch per client, then the upload the server asked for."""
@@ -92,20 +153,18 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     store = open_store(context, cfg.store_spill_mb)
     losses, uploads, weights = [], [], []
     know = node_knowledge(cfg, context)
-    for local, client in enumerate(clients):
-        index = _client_index(cfg, pid, local)
-        rng = stream(cfg.seed, Salt.PRIVATE_ROUND, rnd, index)
-        if upload == "gfcf":
-            break
-        model, optimizer = _load(store, context, cfg, client, index, device)
-        if optimizer is not None:
-            triples = fixed_triples(client, cfg.seed, index)
-            for _ in range(cfg.local_epochs):
-                losses.append(local_epoch(model, optimizer, triples, cfg.local_batch_size, rng))
-            _save(store, index, model, optimizer)
-        if upload in ("dense", "factored"):
+    indices = [_client_index(cfg, pid, local) for local in range(len(clients))]
+    rngs = [stream(cfg.seed, Salt.PRIVATE_ROUND, rnd, index) for index in indices]
+    if upload != "gfcf":
+        tables, client_losses = _train_clients(store, context, cfg, clients, indices, rngs,
+                                               device)
+        for client, index, rng, table, lost in zip(clients, indices, rngs, tables,
+                                                   client_losses, strict=True):
+            losses += lost
+            if upload not in ("dense", "factored"):
+                continue
             w = _weight(cfg, client)
-            emb = model.item_emb.detach().cpu().numpy() * np.sqrt(w)
+            emb = table * np.sqrt(w)
             emb = poison_similarity(cfg, know, index, emb)  # malicious clients (issue 18)
             if cfg.dp:  # user-level DP: ||E E^T||_F <= dp-clip (protocol/similarity_dp.py)
                 emb, _ = clip_similarity(emb, cfg.dp_clip)
@@ -136,20 +195,30 @@ def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     t0 = time.perf_counter()
     down = from_record(msg.content.array_records["arrays"])
     store = open_store(context, cfg.store_spill_mb)
-    loaded = [_load(store, context, cfg, c, _client_index(cfg, pid, i))
-              for i, c in enumerate(bucket.clients())]
-    embs = [model.item_emb.data.to(device) for model, _ in loaded]
+    clients = bucket.clients()
+    names = [f"{STATE_PREFIX}{_client_index(cfg, pid, i)}-{MODEL_KEY}"
+             for i in range(len(clients))]
+    saved = [store.get(name) for name in names]
+    loaded = {i: _load(store, context, cfg, c, _client_index(cfg, pid, i))
+              for i, c in enumerate(clients) if saved[i] is None}  # never trained: as built
+    embs = [loaded[i][0].item_emb.data.to(device) if i in loaded else
+            torch.from_numpy(saved[i]["item_emb"].copy()).to(device)
+            for i in range(len(clients))]
     fn, target = (align_dense, down["gram"]) if "gram" in down else \
         (align_factored, down["factor"])
     with torch.no_grad():
         before, after = fn(embs, torch.as_tensor(target, device=device), cfg.align_steps,
                            cfg.align_lr, cfg.reg, cfg.align_norm == "squared")
-    for i, ((model, optimizer), emb) in enumerate(zip(loaded, embs, strict=True)):
-        model.item_emb.data.copy_(emb.cpu())
-        _save(store, _client_index(cfg, pid, i), model, optimizer)
+    for i, emb in enumerate(embs):  # only the item table changes: the optimizer stays stored
+        if i in loaded:
+            model, optimizer = loaded[i]
+            model.item_emb.data.copy_(emb.cpu())
+            _save(store, _client_index(cfg, pid, i), model, optimizer)
+        else:
+            store.put(names[i], saved[i] | {"item_emb": emb.cpu().numpy()})
     store.commit()
     return RecordDict({"metrics": MetricRecord({
-        "clients": len(loaded), "align-before-sum": float(np.sum(before)),
+        "clients": len(embs), "align-before-sum": float(np.sum(before)),
         "align-after-sum": float(np.sum(after)),
         "align-seconds-sum": time.perf_counter() - t0})})
 

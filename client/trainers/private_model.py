@@ -96,13 +96,27 @@ def state_arrays(model: Recommender, optimizer: torch.optim.Optimizer | None
 
 def restore(model: Recommender, optimizer: torch.optim.Optimizer | None,
             saved: dict[str, dict[str, np.ndarray]]) -> None:
-    """Load what :func:`state_arrays` saved."""
+    """Load what :func:`state_arrays` (or the batched trainer) saved.
+
+    Moments stored for some rows only (``<p>.rows`` next to ``<p>.exp_avg``/``.exp_avg_sq``,
+    :mod:`florec.client.trainers.private_batch`) are expanded: every other row's moments are 0.
+    """
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in saved[MODEL_KEY].items()})
     if optimizer is not None and saved.get(OPT_KEY):
+        params = optimizer.param_groups[0]["params"]
+        flat = saved[OPT_KEY]
         state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, val in saved[OPT_KEY].items():
+        for key, val in flat.items():
             idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = torch.from_numpy(val.copy())
+            if name == "rows":
+                continue
+            tensor = torch.from_numpy(val.copy())
+            rows = flat.get(f"{idx}.rows")
+            if rows is not None and name != "step":
+                full = torch.zeros(params[int(idx)].shape, dtype=tensor.dtype)
+                full[torch.from_numpy(rows)] = tensor
+                tensor = full
+            state.setdefault(int(idx), {})[name] = tensor
         sd = optimizer.state_dict()
         sd["state"] = state
         optimizer.load_state_dict(sd)
