@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from florec.client.trainers.bpr_embedding import local_update
@@ -46,49 +47,81 @@ def trainer_at(commit: str) -> Callable[..., Any]:
     return module.local_update
 
 
-def seq_epoch_ratio(dataset: str, users: int, reps: int, batch_size: int = 256
-                    ) -> dict[str, Any]:
-    """A central SASRec epoch with :meth:`SASRec.represent` against the full-encoder path.
-
-    ``before`` replaces the model's ``represent`` by the previous one
-    (``encode(seq)[:, -1]``, every position of every block); both train a fresh model from the
-    same seed on the windows of the first ``users`` users (all if 0) with the bench's SASRec
-    settings (``bench/sequential.toml``: d=64, L=50, 2 heads, 2 blocks, dropout 0.5, full
-    softmax, Adam 1e-3, batches of 256), alternately, ``reps`` times.
-    """
-    import numpy as np
-
-    from florec.client.trainers.sequential import make_optimizers, train_epoch
-    from florec.models.registry import build_sequential_model
+def seq_windows(dataset: str, users: int) -> tuple[Any, np.ndarray]:
+    """The loo split of ``dataset`` and the train windows (L=50) of its first ``users`` (0: all)."""
     from florec.recdata.sequences import UserSequences
     from florec.recdata.store import get_split
 
     split, _ = get_split(dataset, "loo", 0)
     n = users or split.n_users
-    windows = UserSequences.from_split(split).inputs(np.arange(n), "train", 50)
+    return split, UserSequences.from_split(split).inputs(np.arange(n), "train", 50)
 
-    def epoch(before: bool) -> tuple[float, float]:
-        model = build_sequential_model("sasrec", split.n_items, dropout=0.5, layers=2)
-        if before:
-            model.represent = lambda seq: model.encode(seq)[:, -1]
-        torch.manual_seed(0)
-        t0 = time.perf_counter()
-        stats = train_epoch(model, make_optimizers(model, 1e-3), windows, split.n_items,
-                            np.random.default_rng(0), batch_size, "ce")
-        return time.perf_counter() - t0, stats.means()["train-loss"]
 
-    times: dict[str, list[float]] = {"before": [], "after": []}
+def seq_epoch(split: Any, windows: np.ndarray, before: bool) -> tuple[float, float, float]:
+    """(wall s, CPU s, mean train loss) of one central SASRec epoch from a fresh seeded model.
+
+    The bench's SASRec settings (``bench/sequential.toml``: d=64, L=50, 2 heads, 2 blocks,
+    dropout 0.5, full softmax, Adam 1e-3, batches of 256); ``before`` replaces the model's
+    ``represent`` by ``encode(seq)[:, -1]`` (every position of every block).
+    """
+    from florec.client.trainers.sequential import make_optimizers, train_epoch
+    from florec.models.registry import build_sequential_model
+
+    model = build_sequential_model("sasrec", split.n_items, dropout=0.5, layers=2)
+    if before:
+        model.represent = lambda seq: model.encode(seq)[:, -1]
+    torch.manual_seed(0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    stats = train_epoch(model, make_optimizers(model, 1e-3), windows, split.n_items,
+                        np.random.default_rng(0), 256, "ce")
+    return (time.perf_counter() - t0, time.process_time() - c0,
+            stats.means()["train-loss"])
+
+
+def seq_epoch_ratio(dataset: str, users: int, reps: int) -> dict[str, Any]:
+    """A central SASRec epoch with :meth:`SASRec.represent` against the full-encoder path.
+
+    Both variants (:func:`seq_epoch`) train on the windows of the first ``users`` users (all if
+    0), alternately, ``reps`` times. Reports the median wall-clock and CPU-time (process time,
+    less sensitive to other processes on a shared box) ratios.
+    """
+    split, windows = seq_windows(dataset, users)
+    times: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
     losses: dict[str, float] = {}
     for _ in range(reps):
         for name in ("before", "after"):
-            sec, losses[name] = epoch(name == "before")
-            times[name].append(sec)
-    ratios = np.asarray(times["before"]) / np.asarray(times["after"])
-    return {"dataset": dataset, "model": "sasrec", "users": n,
-            "positions": int((windows > 0).sum()), "before_epoch_s": float(np.median(
-                times["before"])), "after_epoch_s": float(np.median(times["after"])),
-            "before_over_after": float(np.median(ratios)), "reps": reps,
+            wall, cpu, losses[name] = seq_epoch(split, windows, name == "before")
+            times[name].append((wall, cpu))
+    before, after = np.asarray(times["before"]), np.asarray(times["after"])
+    ratios = np.median(before / after, axis=0)
+    return {"dataset": dataset, "model": "sasrec", "users": len(windows),
+            "positions": int((windows > 0).sum()),
+            "before_epoch_s": float(np.median(before[:, 0])),
+            "after_epoch_s": float(np.median(after[:, 0])),
+            "before_over_after": float(ratios[0]),
+            "before_epoch_cpu_s": float(np.median(before[:, 1])),
+            "after_epoch_cpu_s": float(np.median(after[:, 1])),
+            "before_over_after_cpu": float(ratios[1]), "reps": reps,
             "train_loss_before": losses["before"], "train_loss_after": losses["after"]}
+
+
+def seq_profile(dataset: str, users: int, out: Path, top: int = 25) -> None:
+    """Torch-profile one central SASRec epoch (after a warm-up epoch); write the top ops to ``out``.
+
+    The ``represent`` of the installed tree (the ``after`` variant of :func:`seq_epoch`), on the
+    windows of the first ``users`` users; ops sorted by self CPU time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    split, windows = seq_windows(dataset, users)
+    seq_epoch(split, windows, False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall, cpu, _ = seq_epoch(split, windows, False)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"SASRec epoch on {dataset}, first {len(windows)} users "
+                   f"({int((windows > 0).sum())} positions), 1 thread, profiled: {wall:.2f} s "
+                   f"wall, {cpu:.2f} s CPU, load {os.getloadavg()[0]:.1f}\n{table}\n")
 
 
 def seq_metrics(dataset: str, epochs: int, variant: str, out: Path) -> dict[str, Any]:
@@ -175,6 +208,8 @@ def main() -> None:
     parser.add_argument("--seq-metrics", type=int, default=0,
                         help="instead: a central SASRec run of this many epochs on --seq-dataset")
     parser.add_argument("--seq-variant", default="after", help="before or after")
+    parser.add_argument("--seq-profile", type=Path, default=None,
+                        help="instead: torch-profile one SASRec epoch into this text file")
     parser.add_argument("--seq-table", type=Path, default=None,
                         help="instead: print the before/after metric table of this folder")
     parser.add_argument("--perf-table", type=Path, nargs="*", default=None,
@@ -188,6 +223,9 @@ def main() -> None:
         return
     if args.seq_table is not None:
         print(seq_metrics_table(args.seq_table))
+        return
+    if args.seq_profile is not None:
+        seq_profile(args.seq_dataset, args.seq_users, args.seq_profile)
         return
     if args.seq_metrics:
         entry = seq_metrics(args.seq_dataset, args.seq_metrics, args.seq_variant, args.out)

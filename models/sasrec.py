@@ -13,6 +13,7 @@ from torch import nn
 
 from florec.models.seq_layers import (
     LN_EPS,
+    Dropout,
     FilterLayer,
     SeqEmbedding,
     SequentialRecommender,
@@ -20,8 +21,9 @@ from florec.models.seq_layers import (
     causal_padding_mask,
     init_weights,
 )
+from florec.models.seq_packing import PackedPrefixes
 
-#: groups of similar length that :meth:`SASRec.represent` encodes a batch in
+#: groups of similar length that :meth:`SASRec.represent` runs attention in
 REPRESENT_CHUNKS = 8
 
 
@@ -47,7 +49,7 @@ class SASRecBody(nn.Module):
                  filter_layers: int = 0, ratio: float = 0.75) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.filters = nn.ModuleList(
             [FilterLayer(dim, max_len, ratio, dropout) for _ in range(filter_layers)])
         self.blocks = nn.ModuleList([TransformerBlock(dim, heads, dropout) for _ in range(layers)])
@@ -75,6 +77,21 @@ class SASRecBody(nn.Module):
         for block in self.blocks[:-1]:
             x = block(x, mask)
         return self.blocks[-1].forward_last(x, mask)
+
+    def packed_last_state(self, emb: torch.Tensor, packed: PackedPrefixes) -> torch.Tensor:
+        """:meth:`last_state` from packed embeddings ``emb`` (T, d) (no filter layers).
+
+        Position-wise layers run on the packed tokens, attention per length group
+        (:class:`florec.models.seq_packing.PackedPrefixes`), the last block at each row's last
+        token only. Returns ``(B, d)`` in ``packed``'s sorted row order.
+        """
+        if len(self.filters):
+            raise ValueError("packed encoding needs filter_layers=0 (the filter mixes every "
+                             "column, padding included)")
+        x = self.dropout(self.norm(emb))
+        for block in self.blocks[:-1]:
+            x = block.forward_packed(x, packed)
+        return self.blocks[-1].forward_last_packed(x, packed)
 
 
 class SASRec(SequentialRecommender):
@@ -133,31 +150,22 @@ class SASRec(SequentialRecommender):
 
         Without filter layers or user token, a position's state depends on the real tokens up
         to it only (padding keys are masked, and ``exp(-10000)`` is 0 in float32), so each row
-        needs only its columns from its first real token on. Rows are sorted by that length and
-        encoded in :data:`REPRESENT_CHUNKS` groups, each trimmed to its longest row (positions
-        keep their absolute indices), and the last block runs at the last position only
-        (:meth:`SASRecBody.last_state`). The states equal ``encode(seq)[:, -1]`` up to float
-        rounding; in training, dropout draws masks of the trimmed shapes.
+        needs only its columns from its first real token on, at their absolute positions. These
+        are packed (:class:`florec.models.seq_packing.PackedPrefixes`): position-wise layers
+        run on the rows' real tokens alone, attention in :data:`REPRESENT_CHUNKS` groups of
+        similar length, and the last block at each row's last token only
+        (:meth:`SASRecBody.packed_last_state`). The states equal ``encode(seq)[:, -1]`` up to
+        float rounding; in training, dropout draws masks for the packed tokens only.
         """
         if self.user_token is not None:
             return self.encode(seq)[:, -1]
         if len(self.body.filters) or len(seq) == 0:  # the filter mixes every column
             return self.body.last_state(self.embedding(seq), seq)
-        length = seq.shape[1]
-        real = seq > 0
-        need = torch.where(real.any(1), length - real.int().argmax(1), 1)
-        order = torch.argsort(need, descending=True, stable=True)
-        parts = []
-        for rows in order.tensor_split(min(REPRESENT_CHUNKS, len(order))):
-            width = int(need[rows[0]])
-            part = seq[rows, length - width:]
-            emb = self.embedding.item(part)
-            if self.embedding.position is not None:
-                emb = emb + self.embedding.position.weight[length - width:][None]
-            parts.append(self.body.last_state(emb, part))
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return torch.cat(parts)[inverse]
+        packed = PackedPrefixes.from_batch(seq, REPRESENT_CHUNKS)
+        emb = self.embedding.item(packed.tokens)
+        if self.embedding.position is not None:
+            emb = emb + self.embedding.position(packed.positions)
+        return self.body.packed_last_state(emb, packed)[packed.inverse]
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden states ``(B, L, d)`` of a left-padded token batch.
