@@ -76,7 +76,7 @@ def point_step_grads(loss: str, P: torch.Tensor, Lc: torch.Tensor, y: torch.Tens
     value = _point_terms(loss, logits, y, pop.expand(b, -1), theta.expand(b, -1), n_users)
     (g_s,) = torch.autograd.grad(value, logits)
     g_p = torch.einsum("bm,mbd->bd", g_s, Lc)
-    return float(value.detach()), g_p, g_s.t()[..., None] * P[None]
+    return float(value.detach()), g_p, g_s.t().contiguous()[..., None] * P[None]
 
 
 class _ItemRowsOptimizer:
@@ -93,6 +93,7 @@ class _ItemRowsOptimizer:
         self.m = torch.zeros_like(rows) if adam else None
         self.v = torch.zeros_like(rows) if adam else None
         self.zero = torch.zeros((chunk, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        self.t = torch.zeros((), dtype=torch.float32, device=rows.device)
 
     def permute(self, where: torch.Tensor) -> None:
         """Store row ``where[k]`` at position k (rows and moments)."""
@@ -110,7 +111,7 @@ class _ItemRowsOptimizer:
                 p.add_(g.add(p, alpha=self.wd) if self.wd else g, alpha=-self.lr)
             return
         adam_step([p], [g], [self.m[s:e]], [self.v[s:e]], [],
-                  [torch.tensor(t - 1, dtype=torch.float32, device=p.device)], fused=True,
+                  [self.t.fill_(t - 1)], fused=True,
                   amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr,
                   weight_decay=self.wd, eps=ADAM_EPS, maximize=False)
 
@@ -175,6 +176,7 @@ def fair_point(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: 
         return user_emb.copy(), np.zeros((b * n_items, L0.shape[1]), np.float32), 0.0, 0
     position = torch.empty_like(stored)
     position[stored] = torch.arange(n_items, device=device)
-    delta = items.rows[position].sub_(L0[:, None, :]).transpose(0, 1).contiguous()
+    delta = torch.empty((b, n_items, L0.shape[1]), device=device)
+    delta.copy_(items.rows[position].transpose(0, 1)).sub_(L0)
     return (P.cpu().numpy(), delta.reshape(b * n_items, -1).cpu().numpy(), loss_sum,
             b * n_items * cfg.local_epochs)
