@@ -93,7 +93,7 @@ def debiased_split(inter: Interactions, seed: int, test: float = 0.2,
     about c test interactions, so the test set is close to uniform over items. The rest is split
     per user as in ``ratio-fs`` (10% of each user's remaining items to valid).
 
-    With ``min_train = 0`` (the runs in ``docs/results/fair_ablation``) every item with
+    With ``min_train = 0`` (the ``*-debiased`` variants without ``-min``) every item with
     :math:`pop_i \le c` goes wholly to test, so it has no train row: the switch changes training
     as well as the test (see :func:`cold_rows`). ``min_train = k > 0`` then returns random test
     rows of each item to the rest until it keeps :math:`\min(k, pop_i)` non-test rows (the test
