@@ -102,9 +102,10 @@ def _fair_pair(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: 
         theta = fair.propensity(pop, cfg.ips_beta)
         y_neg = as_t(bucket.train[pairs["user"], pairs["neg"]].A1 > 0, torch.float32)
         weight = (1.0 / theta[as_t(pairs["pos"])]) * (1.0 - y_neg / theta[as_t(pairs["neg"])])
-    stored = row_item[lay["row_order"]]
+    stored = as_t(row_item[lay["row_order"]])
     P = as_t(user_emb, torch.float32)[as_t(lay["order"])].contiguous()
-    L = as_t(item_emb[stored], torch.float32)
+    L0 = as_t(item_emb, torch.float32)
+    L = L0.index_select(0, stored)
     no_bias = torch.zeros(len(L), device=device)
     opt = PerUserOptimizer([P, L], [torch.arange(b, device=device), as_t(lay["row_owner"])], b,
                            cfg.lr, cfg.weight_decay, cfg.optimizer == "adam")
@@ -117,7 +118,7 @@ def _fair_pair(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: 
         opt.step_leading([grads[0], grads[1]], n_act)
     out_rows = as_t(lay["row_of"])
     return LocalResult(P[as_t(lay["rank"])].cpu().numpy(), row_user, row_item,
-                       L[out_rows].cpu().numpy() - item_emb[row_item],
+                       L.sub_(L0.index_select(0, stored)).index_select(0, out_rows).cpu().numpy(),
                        np.zeros(len(row_item), dtype=np.float32), loss_sum, len(pairs["user"]),
                        (bucket.users[pairs["user"]], pairs["pos"], pairs["neg"]))
 
