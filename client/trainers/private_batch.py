@@ -3,20 +3,22 @@ r"""FedCIA-MF: the local epochs of one node's clients, batched, each client stil
 Every FedCIA client keeps a private MF (its users' rows, the whole item table, item biases) and
 its own ``torch.optim.Adam``; :func:`florec.client.trainers.private_model.local_epoch` trains
 one such model at a time. :func:`train_mf_clients` trains all of a node's MF clients together
-and gives what that loop gives (to float rounding: the closed-form BPR gradient of
-:func:`florec.client.trainers.bpr_embedding.bpr_step_grads` and fused Adam,
-:meth:`florec.client.trainers.user_adam.PerUserOptimizer.step_leading`):
+and gives bit for bit what that loop gives (``tests/client/test_private_batch.py``):
 
 - **Same draws.** Each client shuffles its own fixed triples with its own generator, one
   ``rng.permutation`` per epoch as ``local_epoch`` does, and keeps its batches and step count.
 - **Only rows that can move.** An Adam row with zero gradient and zero moments stays exactly
   where it is (:math:`m = v = 0 \Rightarrow p \leftarrow p - \eta\,0/(0 + \epsilon) = p`), so a
-  client's item rows outside its triples' items and its earlier state's non-zero rows never
-  move. Those rows are gathered once per epoch into a compact table (a row map per client) and
-  scattered back after; every row of the compact table moves as torch's dense Adam moves it.
+  client's item rows outside its triples' items and its stored non-zero moments never move.
+  The others are gathered once per call into a compact table and scattered back after; each
+  of them moves as torch's dense Adam moves it.
 - **Clients stacked.** The clients' compact tables lie client after client in one tensor, the
   clients ordered by step count (most first), so the clients still stepping at step ``s`` are a
-  leading slice: one gradient and one Adam update per step for all of them.
+  leading slice. One step: the BPR terms of all their batches in one pass, each client's loss
+  the mean over its own batch (what ``MF.loss`` returns), one backward of the sum (each client's
+  gradient lands in its own rows, accumulated in its own order), and torch's single-tensor Adam
+  (``torch.optim.adam.adam``, as ``torch.optim.Adam`` runs on CPU) once per run of clients at
+  the same step count, on their slice.
 
 State goes in and out in the node store's layout (:func:`florec.client.trainers.private_model
 .state_arrays`: ``model`` = ``user_emb``, ``item_emb``, ``item_bias``; ``optimizer`` =
@@ -32,16 +34,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.optim.adam import adam as adam_step
 
-from florec.client.trainers.bpr_embedding import bpr_step_grads
 from florec.client.trainers.bucket import Bucket
 from florec.client.trainers.private_model import MODEL_KEY, OPT_KEY
-from florec.client.trainers.user_adam import PerUserOptimizer
 from florec.models.base import seeded_rows
-from florec.models.mf import ITEM_SALT, USER_SALT
+from florec.models.mf import ITEM_SALT, USER_SALT, bpr_terms
 
 State = dict[str, dict[str, np.ndarray]]
 PARAMS = ("user_emb", "item_emb", "item_bias")
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 
 
 def fresh_states(clients: list[Bucket], dim: int, seed: int, init_std: float) -> list[State]:
@@ -121,36 +124,78 @@ def _moments(state: State, param: int, take: np.ndarray | None, like: np.ndarray
     return out
 
 
-def _stack(states: list[State], rows: list[np.ndarray], lr: float, device: str
-           ) -> tuple[list[torch.Tensor], list[np.ndarray], PerUserOptimizer]:
-    """The clients' user rows and movable item rows, client after client, and their Adam.
+class _Stack:
+    """The clients' user rows and movable item rows, client after client, with Adam's state.
 
-    Returns each parameter's stacked tensor, the clients' row offsets in it, and the optimizer
-    (each row owned by its client) with the clients' stored steps and moments.
+    ``params[p]`` stacks parameter ``p`` (``PARAMS``) of every client, ``offsets[p][j]`` is
+    where client ``j``'s rows start in it, ``m[p]``/``v[p]`` are the moments and ``steps[j]``
+    client ``j``'s Adam step count.
     """
-    takes = [[None] * len(states), rows, rows]
-    params, owners, offsets, moments = [], [], [], {}
-    for p, name in enumerate(PARAMS):
-        full = [state[MODEL_KEY][name] for state in states]
-        pieces = [f if t is None else f[t] for f, t in zip(full, takes[p], strict=True)]
-        sizes = np.array([len(x) for x in pieces])
-        offsets.append(np.concatenate([[0], np.cumsum(sizes)]))
-        params.append(torch.from_numpy(np.concatenate(pieces)).to(device))
-        owners.append(torch.repeat_interleave(torch.arange(len(states)),
-                                              torch.from_numpy(sizes)).to(device))
-        stored = [_moments(state, p, t, x)
-                  for state, t, x in zip(states, takes[p], pieces, strict=True)]
-        if any(mv is not None for mv in stored):
-            for i in range(2):
-                moments[f"{'mv'[i]}{p}"] = torch.from_numpy(np.concatenate([
-                    np.zeros_like(x) if mv is None else mv[i]
-                    for x, mv in zip(pieces, stored, strict=True)])).to(device)
-    opt = PerUserOptimizer(params, owners, len(states), lr)
-    steps = [_steps_taken(state) for state in states]
-    if moments or any(steps):  # a fresh optimizer is all zeros already
-        opt.load_state({"steps": torch.tensor(steps)} | {
-            key: moments.get(key, value) for key, value in opt.state().items() if key != "steps"})
-    return params, offsets, opt
+
+    def __init__(self, states: list[State], rows: list[np.ndarray], device: str) -> None:
+        takes = [[None] * len(states), rows, rows]
+        self.params, self.offsets, self.m, self.v = [], [], [], []
+        for p, name in enumerate(PARAMS):
+            full = [state[MODEL_KEY][name] for state in states]
+            self.offsets.append(np.cumsum([0] + [len(f) if t is None else len(t)
+                                                 for f, t in zip(full, takes[p], strict=True)]))
+            table = np.empty((self.offsets[p][-1], *full[0].shape[1:]), dtype=np.float32)
+            for j, (f, t) in enumerate(zip(full, takes[p], strict=True)):
+                at = table[self.offsets[p][j]: self.offsets[p][j + 1]]
+                if t is None:
+                    at[...] = f
+                else:
+                    np.take(f, t, axis=0, out=at)
+            pieces = [table[a:b] for a, b in zip(self.offsets[p][:-1], self.offsets[p][1:],
+                                                 strict=True)]
+            self.params.append(torch.from_numpy(table).to(device))
+            stored = [_moments(state, p, t, x)
+                      for state, t, x in zip(states, takes[p], pieces, strict=True)]
+            for i, out in enumerate((self.m, self.v)):
+                out.append(torch.zeros_like(self.params[p]) if all(s is None for s in stored)
+                           else torch.from_numpy(np.concatenate([
+                               np.zeros_like(x) if mv is None else mv[i]
+                               for x, mv in zip(pieces, stored, strict=True)])).to(device))
+        self.steps = [_steps_taken(state) for state in states]
+
+    def step(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+             bounds: np.ndarray, lr: float, reg: float) -> list[float]:
+        """One step of clients ``0..a-1`` (``a = len(bounds) - 1``); their batches' mean losses.
+
+        Client ``j``'s triples are ``bounds[j]:bounds[j + 1]`` of ``users``/``pos``/``neg``
+        (rows of the stacked tables). Its loss is its batch's mean BPR term, as ``MF.loss``
+        computes it, so autograd gives each client the gradient its own model would get.
+        """
+        a = len(bounds) - 1
+        leaves = [x[: o[a]].detach().requires_grad_() for x, o in zip(self.params, self.offsets,
+                                                                       strict=True)]
+        user_vec, pos_vec, neg_vec = leaves[0][users], leaves[1][pos], leaves[1][neg]
+        if reg:
+            terms = bpr_terms(user_vec, pos_vec, neg_vec, leaves[2][pos], leaves[2][neg], reg)
+        else:  # bpr_terms at reg = 0 (its penalty adds exactly 0), without the penalty's work
+            terms = -F.logsigmoid((user_vec * (pos_vec - neg_vec)).sum(-1) + leaves[2][pos]
+                                  - leaves[2][neg])
+        means = torch.stack([terms[b:e].mean() for b, e in zip(bounds[:-1], bounds[1:],
+                                                                strict=True)])
+        grads = torch.autograd.grad(means.sum(), leaves)
+        with torch.no_grad():
+            first = 0
+            while first < a:  # clients at the same step count take one torch Adam step
+                last = first + 1
+                while last < a and self.steps[last] == self.steps[first]:
+                    last += 1
+                blocks = [slice(o[first], o[last]) for o in self.offsets]
+                adam_step([x[b] for x, b in zip(self.params, blocks, strict=True)],
+                          [g[b] for g, b in zip(grads, blocks, strict=True)],
+                          [x[b] for x, b in zip(self.m, blocks, strict=True)],
+                          [x[b] for x, b in zip(self.v, blocks, strict=True)], [],
+                          [torch.tensor(self.steps[first]) for _ in blocks], foreach=False,
+                          fused=False, amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
+                          lr=lr, weight_decay=0.0, eps=ADAM_EPS, maximize=False)
+                for j in range(first, last):
+                    self.steps[j] += 1
+                first = last
+        return means.tolist()
 
 
 def train_mf_clients(states: list[State], triples: list[tuple[np.ndarray, ...]],
@@ -200,36 +245,26 @@ def train_mf_clients(states: list[State], triples: list[tuple[np.ndarray, ...]],
         return new, losses
     rows = {k: _movable_items(states[k], triples[k], len(states[k][MODEL_KEY]["item_bias"]))
             for k in order}
-    params, offsets, opt = _stack([states[k] for k in order], [rows[k] for k in order], lr,
-                                  device)
+    stack = _Stack([states[k] for k in order], [rows[k] for k in order], device)
     local = []
     for j, k in enumerate(order):
         to_row = np.empty(len(states[k][MODEL_KEY]["item_bias"]), dtype=np.int64)
-        to_row[rows[k]] = np.arange(len(rows[k])) + offsets[1][j]
-        local.append((triples[k][0] + offsets[0][j], to_row[triples[k][1]],
+        to_row[rows[k]] = np.arange(len(rows[k])) + stack.offsets[1][j]
+        local.append((triples[k][0] + stack.offsets[0][j], to_row[triples[k][1]],
                       to_row[triples[k][2]]))
-    step_losses = []
     for s in range(len(batches[order[0]])):
-        a = sum(1 for k in order if s < len(batches[k]))
-        idx = [batches[k][s] for k in order[:a]]
-        user, pos, neg = (torch.from_numpy(np.concatenate([t[x][i] for t, i in
-                                                           zip(local, idx, strict=False)]))
-                          .to(device) for x in range(3))
-        sizes = torch.tensor([len(i) for i in idx], dtype=torch.float32, device=device)
-        seg = torch.repeat_interleave(torch.arange(a, device=device), sizes.long())
-        terms, grads = bpr_step_grads(params[0][: offsets[0][a]], params[1][: offsets[1][a]],
-                                      params[2][: offsets[2][a]], user, pos, neg,
-                                      1.0 / sizes[seg], reg)
-        opt.step_leading(list(grads), a)
-        step_losses.append(torch.zeros(a, device=device).index_add_(0, seg, terms) / sizes)
-    for s, means in enumerate(step_losses):  # mean loss of client k's batch s
-        for j, value in enumerate(means.tolist()):
-            k = order[j]
-            losses[k][s * epochs // len(batches[k])] += value * len(batches[k][s])
-    out = [[t.cpu().numpy() for t in group] for group in (params, opt.m, opt.v)]
+        active = [k for k in order if s < len(batches[k])]
+        idx = [batches[k][s] for k in active]
+        users, pos, neg = (torch.from_numpy(np.concatenate([t[x][i] for t, i in
+                                                            zip(local, idx, strict=False)]))
+                           .to(device) for x in range(3))
+        means = stack.step(users, pos, neg, np.cumsum([0] + [len(i) for i in idx]), lr, reg)
+        for k, value, i in zip(active, means, idx, strict=True):
+            losses[k][s * epochs // len(batches[k])] += value * len(i)
+    out = [[t.cpu().numpy() for t in group] for group in (stack.params, stack.m, stack.v)]
     for j, k in enumerate(order):
-        new[k] = _unstack(states[k], rows[k], [slice(o[j], o[j + 1]) for o in offsets], *out,
-                          float(opt.steps[j]))
+        new[k] = _unstack(states[k], rows[k], [slice(o[j], o[j + 1]) for o in stack.offsets],
+                          *out, stack.steps[j])
         losses[k] = [x / len(triples[k][0]) for x in losses[k]]
     return new, losses
 
@@ -239,18 +274,19 @@ def _unstack(state: State, rows: np.ndarray, blocks: list[slice], params: list[n
     """A client's blocks of the stacked tables (``blocks[p]`` of parameter ``p``) as its state.
 
     The item table and biases are whole (the rows outside ``rows`` as stored); their moments
-    are the ``rows`` only (``<p>.rows``).
+    are the ``rows`` only (``<p>.rows``). User rows and moments are views of the stacked arrays,
+    which nothing else holds.
     """
     model_out, opt_out = {}, {}
     for p, name in enumerate(PARAMS):
         block = blocks[p]
         if p == 0:  # the client's users: every row is in the block
-            model_out[name] = params[p][block].copy()
+            model_out[name] = params[p][block]
         else:
             full = state[MODEL_KEY][name].copy()
             full[rows] = params[p][block]
             model_out[name] = full
             opt_out[f"{p}.rows"] = rows
-        opt_out[f"{p}.exp_avg"], opt_out[f"{p}.exp_avg_sq"] = m[p][block].copy(), v[p][block].copy()
+        opt_out[f"{p}.exp_avg"], opt_out[f"{p}.exp_avg_sq"] = m[p][block], v[p][block]
         opt_out[f"{p}.step"] = np.array(step, dtype=np.float32)
     return {MODEL_KEY: model_out, OPT_KEY: opt_out}
