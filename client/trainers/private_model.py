@@ -13,7 +13,7 @@ import torch
 
 from florec.client.trainers.bucket import Bucket
 from florec.models.base import Recommender, seeded_rows
-from florec.models.mf import USER_SALT
+from florec.models.mf import MF, USER_SALT
 from florec.models.registry import model_from_config
 from florec.models.rng import seed_torch
 from florec.recdata.errors import ConfigError
@@ -78,6 +78,28 @@ def local_epoch(model: Recommender, optimizer: torch.optim.Optimizer,
         optimizer.step()
         total += loss.item() * len(idx)
     return total / max(len(order), 1)
+
+
+def train_one_by_one(states: list[dict[str, dict[str, np.ndarray]]],
+                     triples: list[tuple[np.ndarray, ...]], rngs: list[np.random.Generator],
+                     epochs: int, batch_size: int, lr: float, reg: float = 0.0,
+                     device: str = "cpu"
+                     ) -> tuple[list[dict[str, dict[str, np.ndarray]]], list[list[float]]]:
+    """MF clients trained in turn, each its own MF, autograd and ``torch.optim.Adam``.
+
+    The reference of :func:`florec.client.trainers.private_batch.train_mf_clients` (same
+    arguments and returns; states in either layout, returned in :func:`state_arrays`').
+    """
+    new, losses = [], []
+    for state, trip, rng in zip(states, triples, rngs, strict=True):
+        items, dim = state[MODEL_KEY]["item_emb"].shape
+        model = MF(len(state[MODEL_KEY]["user_emb"]), items, dim=dim, reg=reg).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        restore(model, optimizer, state)
+        losses.append([local_epoch(model, optimizer, trip, batch_size, rng)
+                       for _ in range(epochs)])
+        new.append(state_arrays(model, optimizer))
+    return new, losses
 
 
 def state_arrays(model: Recommender, optimizer: torch.optim.Optimizer | None

@@ -14,11 +14,10 @@ from florec.client.trainers.private_model import (
     OPT_KEY,
     build_node_model,
     fixed_triples,
-    local_epoch,
     restore,
     state_arrays,
+    train_one_by_one,
 )
-from florec.models.mf import MF
 from florec.recdata.partition import partition_users
 from florec.recdata.runconfig import parse_run_config
 from florec.recdata.seeds import Salt, stream
@@ -36,20 +35,6 @@ def federation(n_clients: int, **changes):
     clients = [Bucket.from_split(split, u)
                for u in partition_users(split.n_users, num_nodes=n_clients)]
     return cfg, clients, [fixed_triples(c, cfg.seed, k) for k, c in enumerate(clients)]
-
-
-def one_by_one(states, triples, rngs, epochs, batch_size, lr, reg=0.0, device="cpu"):
-    """The reference: each client's own MF, autograd and ``torch.optim.Adam``, in turn."""
-    new, losses = [], []
-    for state, trip, rng in zip(states, triples, rngs, strict=True):
-        items, dim = state[MODEL_KEY]["item_emb"].shape
-        model = MF(len(state[MODEL_KEY]["user_emb"]), items, dim=dim, reg=reg)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        restore(model, optimizer, state)
-        losses.append([local_epoch(model, optimizer, trip, batch_size, rng)
-                       for _ in range(epochs)])
-        new.append(state_arrays(model, optimizer))
-    return new, losses
 
 
 def as_torch_state(state, client, cfg):
@@ -96,7 +81,7 @@ def test_batched_clients_match_one_by_one_torch_adam_over_three_rounds(changes):
         rng_want = [stream(cfg.seed, Salt.PRIVATE_ROUND, rnd, k) for k in range(len(clients))]
         args = (cfg.local_epochs, cfg.local_batch_size, cfg.lr, cfg.reg)
         got, loss_got = train_mf_clients(got, triples, rng_got, *args)
-        want, loss_want = one_by_one(want, triples, rng_want, *args)
+        want, loss_want = train_one_by_one(want, triples, rng_want, *args)
         assert_states_equal(got, want, clients, cfg)
         assert loss_got == loss_want
         assert [r.random() for r in rng_got] == [r.random() for r in rng_want]
@@ -107,11 +92,11 @@ def test_batched_training_continues_from_a_torch_adam_state():
     cfg, clients, triples = federation(4)
     states = fresh_states(clients, cfg.dim, cfg.seed, cfg.init_std)
     rngs = [stream(cfg.seed, Salt.PRIVATE_ROUND, 1, k) for k in range(4)]
-    torch_states, _ = one_by_one(states, triples, rngs, 1, cfg.local_batch_size, cfg.lr)
+    torch_states, _ = train_one_by_one(states, triples, rngs, 1, cfg.local_batch_size, cfg.lr)
     args = (1, cfg.local_batch_size, cfg.lr)
     got, _ = train_mf_clients(torch_states, triples,
                               [stream(cfg.seed, Salt.PRIVATE_ROUND, 2, k) for k in range(4)], *args)
-    want, _ = one_by_one(torch_states, triples,
+    want, _ = train_one_by_one(torch_states, triples,
                          [stream(cfg.seed, Salt.PRIVATE_ROUND, 2, k) for k in range(4)], *args)
     assert_states_equal(got, want, clients, cfg)
 
@@ -158,7 +143,7 @@ def test_a_fedcia_federation_ends_where_one_by_one_clients_end(tmp_path, monkeyp
                             "align-steps": 3, "reg": 0.001}
     cfg = parse_run_config(config)
     runs = {}
-    for name, trainer in (("batched", train_mf_clients), ("reference", one_by_one)):
+    for name, trainer in (("batched", train_mf_clients), ("reference", train_one_by_one)):
         monkeypatch.setattr(private_node, "train_mf_clients", trainer)
         grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)
         result = run_federated(grid, cfg, tmp_path / name)
