@@ -45,21 +45,25 @@ from florec.models.mf import ITEM_SALT, USER_SALT, bpr_terms
 State = dict[str, dict[str, np.ndarray]]
 PARAMS = ("user_emb", "item_emb", "item_bias")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
+CACHE_FACTOR = 64  # largest population / users asked for that draws the whole user table
 
 
 def fresh_states(clients: list[Bucket], dim: int, seed: int, init_std: float) -> list[State]:
     """New MF clients' models (the rows :func:`build_node_model` gives) and empty Adams.
 
     User rows depend on (seed, global id) alone and item rows on (seed, item id), so they are
-    read from :func:`seeded_rows`' process-wide cached tables (the whole population's users,
-    drawn once per process, when every id lies in it) instead of one generator per user. The
-    item table and biases are one array shared by every client's state: states are read-only.
+    read from :func:`seeded_rows`' process-wide cached tables instead of one generator per user
+    and call: the whole population's user rows are drawn once per process when every id lies in
+    it and it is at most ``CACHE_FACTOR`` times the users asked for (a node of a huge population
+    draws its own users' rows). The item table and biases are one array shared by every
+    client's state: states are read-only.
     """
     if not clients:
         return []
     users = np.concatenate([c.users for c in clients]).astype(np.int64)
     population = clients[0].population
-    if len(users) and population > 64 and int(users.max()) < population:
+    if (len(users) and 64 < population <= CACHE_FACTOR * len(users)  # seeded_rows caches the
+            and int(users.max()) < population):  # table 0..n-1 when n > 64
         rows = seeded_rows(np.arange(population), dim, seed, init_std, USER_SALT)[users]
     else:
         rows = seeded_rows(users, dim, seed, init_std, USER_SALT)

@@ -55,9 +55,12 @@ def assert_states_equal(got, want, clients, cfg):
                 assert np.array_equal(g[group][key], w[group][key]), f"{group}/{key}"
 
 
-@pytest.mark.parametrize("users", [40, 200])  # the per-id and the cached-table draw
-def test_fresh_states_are_bit_identical_to_the_models_build_node_model_gives(users):
+@pytest.mark.parametrize(("users", "rows"), [(40, None), (200, None), (200, [0, 1])])
+def test_fresh_states_are_bit_identical_to_the_models_build_node_model_gives(users, rows):
+    """Per-id draws (a small population, or 2 users of 200) and the cached population table."""
     cfg, clients, _ = federation(5, **{"synthetic-users": users})
+    if rows is not None:
+        clients = [clients[0].subset(np.array(rows))]
     for client, state in zip(clients, fresh_states(clients, cfg.dim, cfg.seed, cfg.init_std),
                              strict=True):
         model = build_node_model(cfg, client, "mf", cfg.dim)
