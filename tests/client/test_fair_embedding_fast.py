@@ -1,7 +1,7 @@
 """The leading-slice fair-loss trainer equals the per-step autograd trainer it replaced.
 
-``reference_fair_update`` below is the previous ``fair_local_update`` (before issue 17 part 1),
-kept here verbatim as the reference: per step an autograd graph over clones of the bucket's
+``reference_fair_pair`` and ``reference_fair_point`` below are the previous ``fair_local_update``
+(before issue 17 part 1), kept here on CPU as the reference: per step an autograd graph over the
 tables and :meth:`PerUserOptimizer.step` under a mask. The package's trainer
 (:mod:`florec.client.trainers.fair_embedding`) must give the same private embeddings, item-row
 deltas and loss, user by user, for every pair and point loss it serves.
