@@ -12,6 +12,11 @@ Run: OMP_NUM_THREADS=1 python bench/perf_compute.py --datasets ml-1m --baseline 
 
 ``--perf-table FILE...`` prints docs/scale.md's framework-cost table from ``florec perf --json``
 rows (:func:`perf_table`).
+
+SASRec (issue 17.4): ``--seq-dataset ml-100k --seq-users N`` also times a central epoch with the
+packed ``represent`` against the full encoder (:func:`seq_epoch_ratio`, wall and CPU time);
+``--seq-profile FILE`` writes the torch profile of one epoch; ``--seq-metrics E --seq-variant
+before|after`` runs E epochs for a metric comparison, ``--seq-table DIR`` prints it.
 """
 
 from __future__ import annotations
@@ -61,15 +66,20 @@ def seq_epoch(split: Any, windows: np.ndarray, before: bool) -> tuple[float, flo
     """(wall s, CPU s, mean train loss) of one central SASRec epoch from a fresh seeded model.
 
     The bench's SASRec settings (``bench/sequential.toml``: d=64, L=50, 2 heads, 2 blocks,
-    dropout 0.5, full softmax, Adam 1e-3, batches of 256); ``before`` replaces the model's
-    ``represent`` by ``encode(seq)[:, -1]`` (every position of every block).
+    dropout 0.5, full softmax, Adam 1e-3, batches of 256); ``before`` is the pass before issue
+    17.4: the model's ``represent`` is ``encode(seq)[:, -1]`` (every position of every block)
+    and its dropout layers are :class:`torch.nn.Dropout`.
     """
     from florec.client.trainers.sequential import make_optimizers, train_epoch
     from florec.models.registry import build_sequential_model
+    from florec.models.seq_layers import Dropout
 
     model = build_sequential_model("sasrec", split.n_items, dropout=0.5, layers=2)
     if before:
         model.represent = lambda seq: model.encode(seq)[:, -1]
+        for module in model.modules():
+            if isinstance(module, Dropout):
+                module.__class__ = torch.nn.Dropout
     torch.manual_seed(0)
     t0, c0 = time.perf_counter(), time.process_time()
     stats = train_epoch(model, make_optimizers(model, 1e-3), windows, split.n_items,
@@ -132,26 +142,30 @@ def seq_metrics(dataset: str, epochs: int, variant: str, out: Path) -> dict[str,
     epoch by epoch.
     """
     from florec.models.sasrec import SASRec
-    from florec.models.seq_layers import SequentialRecommender
+    from florec.models.seq_layers import Dropout, SequentialRecommender
     from florec.recdata.runconfig import parse_run_config
     from florec.sim.central_seq import run_central_seq
 
     if variant not in ("before", "after"):
         raise SystemExit(f"--seq-variant {variant}: use before or after")
-    if variant == "before":
+    if variant == "before":  # the pass before issue 17.4 (see seq_epoch)
         SASRec.represent = SequentialRecommender.represent  # encode(seq)[:, -1]
+        Dropout.forward = torch.nn.Dropout.forward
     cfg = parse_run_config({"dataset": dataset, "model": "sasrec", "split": "loo", "dim": 64,
                             "max-seq-len": 50, "heads": 2, "seq-layers": 2, "dropout": 0.5,
                             "seq-loss": "ce", "lr": 0.001, "ks": "10,20", "seed": 0})
     return run_central_seq(cfg, epochs, 256, out / variant)
 
 
-def seq_metrics_table(root: Path, metrics: tuple[str, ...] = ("hr@10", "ndcg@10")) -> str:
+def seq_metrics_table(root: Path, metrics: tuple[str, ...] = ("hr@10", "ndcg@10"),
+                      before_root: Path | None = None) -> str:
     """Markdown: validation metrics per epoch of ``root/before`` and ``root/after`` side by side.
 
-    Reads each run's ``rounds.jsonl`` (written by :func:`seq_metrics`).
+    Reads each run's ``rounds.jsonl`` (written by :func:`seq_metrics`); ``before_root``, if
+    given, holds the ``before`` run instead of ``root``.
     """
-    runs = {v: [json.loads(x) for x in (root / v / "rounds.jsonl").read_text().splitlines()
+    roots = {"before": before_root or root, "after": root}
+    runs = {v: [json.loads(x) for x in (roots[v] / v / "rounds.jsonl").read_text().splitlines()
                 if x.strip()] for v in ("before", "after")}
     head = ["epoch"] + [f"{m} {v}" for m in metrics for v in ("before", "after")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -212,6 +226,8 @@ def main() -> None:
                         help="instead: torch-profile one SASRec epoch into this text file")
     parser.add_argument("--seq-table", type=Path, default=None,
                         help="instead: print the before/after metric table of this folder")
+    parser.add_argument("--seq-table-before", type=Path, default=None,
+                        help="the folder of --seq-table's 'before' run (default: the same)")
     parser.add_argument("--perf-table", type=Path, nargs="*", default=None,
                         help="instead: print the markdown table of these florec perf --json files")
     parser.add_argument("--out", type=Path, default=None)
@@ -222,7 +238,7 @@ def main() -> None:
                           for line in path.read_text().splitlines() if line.strip()]))
         return
     if args.seq_table is not None:
-        print(seq_metrics_table(args.seq_table))
+        print(seq_metrics_table(args.seq_table, before_root=args.seq_table_before))
         return
     if args.seq_profile is not None:
         seq_profile(args.seq_dataset, args.seq_users, args.seq_profile)
