@@ -72,10 +72,11 @@ def seq_epoch(split: Any, windows: np.ndarray, before: bool) -> tuple[float, flo
     """
     from florec.client.trainers.sequential import make_optimizers, train_epoch
     from florec.models.registry import build_sequential_model
-    from florec.models.seq_layers import Dropout
 
     model = build_sequential_model("sasrec", split.n_items, dropout=0.5, layers=2)
     if before:
+        from florec.models.seq_layers import Dropout  # (so --seq-profile runs on older trees)
+
         model.represent = lambda seq: model.encode(seq)[:, -1]
         for module in model.modules():
             if isinstance(module, Dropout):

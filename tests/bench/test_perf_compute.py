@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def row(**extra: object) -> dict:
     return {"dataset": "ml-1m", "algorithm": "fedavg-mf-dense", "population": 6040,
@@ -24,3 +26,19 @@ def test_perf_table_has_one_line_per_row_and_derives_the_framework_seconds(bench
     assert named["load (1 min, start-end)"] == "3.0-6.0" and named["MB/round"] == "3.0"
     last = [c.strip() for c in lines[3].strip("|").split("|")]
     assert last[3] == "0.1" and "-" in last and "?" in last  # no ratio, no load recorded
+
+
+def test_seq_table_reads_the_before_run_from_its_own_folder(bench_script, tmp_path) -> None:
+    compute = bench_script("perf_compute")
+
+    def write(root, variant, hr):
+        (root / variant).mkdir(parents=True)
+        lines = [json.dumps({"round": e, "valid": {"hr@10": h, "ndcg@10": h / 2}})
+                 for e, h in enumerate(hr, 1)]
+        (root / variant / "rounds.jsonl").write_text("\n".join(lines) + "\n")
+
+    write(tmp_path / "v1", "before", [0.1, 0.2])
+    write(tmp_path / "v2", "after", [0.15, 0.25])
+    lines = compute.seq_metrics_table(tmp_path / "v2", before_root=tmp_path / "v1").splitlines()
+    assert len(lines) == 4
+    assert lines[3] == "| 2 | 0.2000 | 0.2500 | 0.1000 | 0.1250 |"
