@@ -16,11 +16,12 @@ columns from its first real token on, with their absolute positions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 
-from florec.models.seq_layers import causal_padding_mask, masked_attention
+from florec.models.seq_layers import causal_padding_mask
 
 
 @dataclass
@@ -47,6 +48,9 @@ class PackedPrefixes:
         Each group's additive mask ``(rows, 1, width, width)``
         (:func:`florec.models.seq_layers.causal_padding_mask` of its trimmed rows).
 
+    Attention reads and writes the packed rows through per-head indices built from ``grid`` and
+    ``back`` once per head count (:meth:`_head_index`), so queries, keys and values arrive in
+    the ``(rows * heads, width, dh)`` layout of a batched matrix product without a copy.
     """
 
     inverse: torch.Tensor
@@ -57,6 +61,7 @@ class PackedPrefixes:
     back: torch.Tensor
     groups: list[tuple[int, int, int]]
     masks: list[torch.Tensor]
+    _cache: dict[tuple[str, int], list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_batch(cls, seq: torch.Tensor, n_groups: int = 8) -> PackedPrefixes:
@@ -96,12 +101,16 @@ class PackedPrefixes:
     def attend(self, qkv: torch.Tensor, heads: int) -> torch.Tensor:
         """Causal self-attention of packed ``qkv`` (T, 3d) (query, key, value) -> (T, d)."""
         dim = qkv.shape[1] // 3
+        dh = dim // heads
+        grids = self._gather(qkv, 3, heads)
         out = []
-        for (_, rows, width), mask, cells in zip(self.groups, self.masks, self._grids(qkv),
-                                                 strict=True):
-            q, k, v = cells.view(rows, width, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-            out.append(masked_attention(q, k, v, mask).transpose(1, 2).reshape(-1, dim))
-        return torch.cat(out).index_select(0, self.back)
+        for (_, rows, width), mask, cells in zip(self.groups, self._head_index("mask", heads),
+                                                 grids, strict=True):
+            q, k, v = cells.view(3, rows * heads, width, dh)
+            att = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=1 / math.sqrt(dh))
+            out.append(torch.bmm(att.softmax(-1), v).view(-1, dh))
+        back = self._head_index("back", heads)[0]
+        return torch.cat(out).index_select(0, back).view(-1, dim)
 
     def attend_last(self, q: torch.Tensor, kv: torch.Tensor, heads: int) -> torch.Tensor:
         """Attention of each sorted row's last query ``q`` (B, d) over packed ``kv`` (T, 2d).
@@ -109,23 +118,64 @@ class PackedPrefixes:
         Returns the ``(B, d)`` contexts in the sorted order.
         """
         dim = q.shape[1]
+        dh = dim // heads
         queries = q.split([rows for _, rows, _ in self.groups])
         out = []
-        for (_, rows, width), mask, cells, query in zip(self.groups, self.masks, self._grids(kv),
-                                                        queries, strict=True):
-            k, v = cells.view(rows, width, 2, heads, dim // heads).permute(2, 0, 3, 1, 4)
-            query = query.view(rows, heads, 1, dim // heads)
-            out.append(masked_attention(query, k, v, mask[:, :, -1:, :]).reshape(rows, dim))
+        for (_, rows, width), mask, cells, query in zip(
+                self.groups, self._head_index("mask", heads), self._gather(kv, 2, heads),
+                queries, strict=True):
+            k, v = cells.view(2, rows * heads, width, dh)
+            att = torch.baddbmm(mask[:, -1:, :], query.reshape(rows * heads, 1, dh),
+                                k.transpose(1, 2), alpha=1 / math.sqrt(dh))
+            out.append(torch.bmm(att.softmax(-1), v).view(rows, dim))
         return torch.cat(out)
 
-    def _grids(self, packed: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Each group's grid cells ``(rows * width, ...)`` of packed rows ``packed`` (T, ...).
+    def _gather(self, packed: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
+        """Each group's ``(parts, rows * heads, width, dh)`` cells of packed ``(T, parts * d)``.
 
         One gather and one split, so the backward pass is one scatter-add and one concatenation
-        (slicing per group would add a zero-filled ``(C, ...)`` gradient per group).
+        (slicing per group would add a zero-filled full-size gradient per group).
         """
-        return packed.index_select(0, self.grid).split(
-            [rows * width for _, rows, width in self.groups])
+        index = self._head_index(f"grid{parts}", heads)[0]
+        dh = packed.shape[1] // (parts * heads)
+        return packed.reshape(-1, dh).index_select(0, index).split(
+            [parts * rows * heads * width for _, rows, width in self.groups])
+
+    def _head_index(self, kind: str, heads: int) -> list[torch.Tensor]:
+        """Per-head indices, built once per ``kind`` and head count.
+
+        ``grid<p>``: for ``p`` parts (q, k, v or k, v) of ``heads`` heads each, the row of the
+        packed ``(T * p * heads, dh)`` view read by each group's ``(p, rows, heads, width)``
+        cell, groups concatenated. ``back``: the row of the concatenated ``(rows, heads,
+        width)`` outputs that holds each packed token's heads, ``(T * heads,)``. ``mask``: each
+        group's mask repeated per head, ``(rows * heads, width, width)``.
+        """
+        key = (kind, heads)
+        if key not in self._cache:
+            head = torch.arange(heads, device=self.grid.device)
+            if kind == "mask":
+                self._cache[key] = [m.expand(-1, heads, -1, -1).reshape(-1, *m.shape[2:])
+                                    for m in self.masks]
+            elif kind == "back":  # a group's tokens are a contiguous range of cells
+                out, cells = [], 0
+                for _, rows, w in self.groups:
+                    local = self.back[(self.back >= cells) & (self.back < cells + rows * w)]
+                    local = local - cells
+                    row, col = (local // w)[:, None], (local % w)[:, None]
+                    out.append(heads * cells + (row * heads + head) * w + col)
+                    cells += rows * w
+                self._cache[key] = [torch.cat(out).reshape(-1)]
+            else:
+                parts = int(kind[4:])
+                part = torch.arange(parts, device=self.grid.device)
+                out, cells = [], 0
+                for _, rows, w in self.groups:
+                    tok = self.grid[cells:cells + rows * w].view(1, rows, 1, w)
+                    out.append((tok * parts * heads + part.view(-1, 1, 1, 1) * heads
+                                + head.view(1, 1, -1, 1)).reshape(-1))
+                    cells += rows * w
+                self._cache[key] = [torch.cat(out)]
+        return self._cache[key]
 
 
 def _split_sizes(n: int, parts: int) -> list[int]:
