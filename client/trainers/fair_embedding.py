@@ -22,6 +22,7 @@ them per step, and every step updates leading slices in place with
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from florec.client.trainers.bpr_embedding import (
@@ -81,6 +82,12 @@ def ubpr_items(bucket: Bucket, users: np.ndarray, seed: int, server_round: int) 
     return out
 
 
+def _observed(bucket: Bucket, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Whether each (local user, item) is a training interaction (empty arrays allowed)."""
+    y = bucket.train[users, items]  # a sparse matrix, not np.matrix, when the arrays are empty
+    return (y.toarray() if sp.issparse(y) else np.asarray(y)).ravel() > 0
+
+
 def _fair_pair(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: LocalConfig,
                server_round: int, device: str, item_pop: np.ndarray, pop: torch.Tensor
                ) -> LocalResult:
@@ -100,7 +107,7 @@ def _fair_pair(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: 
         weight = torch.ones(len(pairs["user"]), device=device)
     else:  # ubpr: (1 / theta_i) (1 - y_uj / theta_j), fair.ubpr_loss's weight
         theta = fair.propensity(pop, cfg.ips_beta)
-        y_neg = as_t(bucket.train[pairs["user"], pairs["neg"]].A1 > 0, torch.float32)
+        y_neg = as_t(_observed(bucket, pairs["user"], pairs["neg"]), torch.float32)
         weight = (1.0 / theta[as_t(pairs["pos"])]) * (1.0 - y_neg / theta[as_t(pairs["neg"])])
     stored = as_t(row_item[lay["row_order"]])
     P = as_t(user_emb, torch.float32)[as_t(lay["order"])].contiguous()

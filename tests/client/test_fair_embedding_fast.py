@@ -9,6 +9,7 @@ deltas and loss, user by user, for every pair and point loss it serves.
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from florec.client.trainers.bpr_embedding import LocalConfig, build_pairs, pair_rows, step_bounds
@@ -143,6 +144,7 @@ def _inputs(split, users):
 
 
 def _assert_user_by_user(new, ref_p, ref_rows, ref_delta, ref_loss):
+    assert np.abs(ref_delta).max() > 1e-3  # the reference moved 100x the tolerance: not vacuous
     np.testing.assert_allclose(new.user_emb, ref_p, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(new.row_user, ref_rows[0])
     np.testing.assert_array_equal(new.row_item, ref_rows[1])
@@ -181,3 +183,29 @@ def test_point_losses_equal_the_autograd_trainer_user_by_user(split, loss, optim
     ref = reference_fair_point(bucket, item_emb, user_emb, cfg, 3, torch.as_tensor(pop),
                                split.n_users)
     _assert_user_by_user(new, *ref)
+
+
+@pytest.mark.parametrize("loss", ["fs-pair", "ubpr", "fs-point", "wmf", "relmf", "du"])
+@pytest.mark.parametrize("case", ["no-training-rows", "no-local-epoch"])
+def test_fair_losses_return_a_neutral_result_on_an_empty_bucket(split, loss, case):
+    """A cohort (or DP sample) of users without training rows, or ``local_epochs=0``."""
+    bucket, item_emb, user_emb, pop = _inputs(split, np.arange(3))
+    epochs = 2
+    if case == "no-training-rows":
+        bucket.train = sp.csr_matrix(bucket.train.shape, dtype=bucket.train.dtype)
+    else:
+        epochs = 0
+    cfg = LocalConfig(local_epochs=epochs, local_batch_size=4, mf_loss=loss, lr=0.05)
+    new = fair_local_update(bucket, item_emb, np.zeros(split.n_items, np.float32), user_emb,
+                            cfg, 1, item_pop=pop, n_users=split.n_users)
+    assert new.user_emb.shape == user_emb.shape and new.delta.shape[1] == D
+    assert len(new.row_user) == len(new.row_item) == len(new.delta) == len(new.bias_delta)
+    if loss in ("fs-pair", "ubpr"):  # no pairs: no rows, nothing moved
+        assert new.num_pairs == 0 and len(new.delta) == 0 and new.loss_sum == 0.0
+        np.testing.assert_array_equal(new.user_emb, user_emb)
+    elif case == "no-local-epoch":  # every (user, item) row, unchanged
+        assert new.num_pairs == 0 and new.loss_sum == 0.0
+        assert len(new.delta) == 3 * split.n_items and not new.delta.any()
+        np.testing.assert_array_equal(new.user_emb, user_emb)
+    else:  # point losses train on all-negative labels: finite, not a crash
+        assert new.num_pairs == 3 * split.n_items * epochs and np.isfinite(new.delta).all()
