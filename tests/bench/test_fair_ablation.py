@@ -146,3 +146,13 @@ def test_ablation_verdict_follows_the_cells(bench_script, tmp_path: Path) -> Non
     text = report.build(tmp_path, CONFIG)
     assert "| ours | FS-Pair | 1 | 0.9876 |" in text
     assert "| ours | yes (recall +" in text
+
+
+def test_paired_gap_pairs_the_seeds_both_losses_ran(bench_script) -> None:
+    gap = bench_script("fair_ablation_report").paired_gap
+    run = lambda seed, r: {"seed": seed, "metrics": {"recall@20": r}}  # noqa: E731
+    bpr = [run(0, 0.10), run(1, 0.20), run(2, 0.30)]
+    # seed 2 of FS-Pair is missing, seed 3 has no BPR partner: gaps +0.02 (s0), -0.01 (s1)
+    fsp = [run(1, 0.19), run(0, 0.12), run(3, 0.90)]
+    assert gap(bpr, fsp) == f"+0.0050 ± {np.std([0.02, -0.01], ddof=1):.4f}, ahead in 1/2"
+    assert gap(bpr, [run(5, 0.5)]) == "-"
