@@ -3,7 +3,9 @@ r"""FedCIA-MF: the local epochs of one node's clients, batched, each client stil
 Every FedCIA client keeps a private MF (its users' rows, the whole item table, item biases) and
 its own ``torch.optim.Adam``; :func:`florec.client.trainers.private_model.local_epoch` trains
 one such model at a time. :func:`train_mf_clients` trains all of a node's MF clients together
-and gives bit for bit what that loop gives (``tests/client/test_private_batch.py``):
+and gives what that loop gives, bit for bit on x86-64 CPU with torch 2.13 (stacking changes
+which elements fall in the vector kernels' tails, so elsewhere it may differ by float rounding;
+``tests/client/test_private_batch.py``):
 
 - **Same draws.** Each client shuffles its own fixed triples with its own generator, one
   ``rng.permutation`` per epoch as ``local_epoch`` does, and keeps its batches and step count.
@@ -39,12 +41,12 @@ from torch.optim.adam import adam as adam_step
 
 from florec.client.trainers.bucket import Bucket
 from florec.client.trainers.private_model import MODEL_KEY, OPT_KEY
+from florec.client.trainers.user_adam import ADAM_BETAS, ADAM_EPS
 from florec.models.base import seeded_rows
 from florec.models.mf import ITEM_SALT, USER_SALT, bpr_terms
 
 State = dict[str, dict[str, np.ndarray]]
 PARAMS = ("user_emb", "item_emb", "item_bias")
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 CACHE_FACTOR = 64  # largest population / users asked for that draws the whole user table
 
 

@@ -1,4 +1,9 @@
-"""FedCIA-MF clients trained batched equal each client's own MF and torch Adam, one by one."""
+"""FedCIA-MF clients trained batched equal each client's own MF and torch Adam, one by one.
+
+Bit for bit on x86-64 with torch 2.13 (``bench/fedcia_batched_equal.py`` records it); stacking the
+clients changes which elements fall in the vector kernels' tails, so the checks here allow float
+rounding, 1e-5 of each array's largest entry (:func:`assert_close`), to hold on other builds.
+"""
 
 import json
 
@@ -45,14 +50,21 @@ def as_torch_state(state, client, cfg):
     return state_arrays(model, optimizer)
 
 
+def assert_close(got, want, name):
+    """Equal up to float rounding: within 1e-5 of ``want``'s largest entry (exact if all 0)."""
+    want = np.asarray(want)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max(initial=0.0),
+                               err_msg=name)
+
+
 def assert_states_equal(got, want, clients, cfg):
-    """Bit for bit, after expanding either layout to a torch Adam's (moments of every row)."""
+    """After expanding either layout to a torch Adam's (moments of every row)."""
     for g, w, client in zip(got, want, clients, strict=True):
         g, w = as_torch_state(g, client, cfg), as_torch_state(w, client, cfg)
         for group in (MODEL_KEY, OPT_KEY):
             assert g[group].keys() == w[group].keys()
             for key in g[group]:
-                assert np.array_equal(g[group][key], w[group][key]), f"{group}/{key}"
+                assert_close(g[group][key], w[group][key], f"{group}/{key}")
 
 
 @pytest.mark.parametrize(("users", "rows"), [(40, None), (200, None), (200, [0, 1])])
@@ -74,8 +86,8 @@ def test_fresh_states_are_bit_identical_to_the_models_build_node_model_gives(use
 def test_batched_clients_match_one_by_one_torch_adam_over_three_rounds(changes):
     """Clients with different numbers of batches (so they stop at different steps and, from
     round 2, sit at different Adam steps), state kept across rounds: tables, Adam moments,
-    steps and losses bit for bit, and each client's generator left where ``local_epoch``
-    leaves it."""
+    steps and losses (to float rounding), and each client's generator left exactly where
+    ``local_epoch`` leaves it."""
     cfg, clients, triples = federation(6, **changes)
     assert len({-(-len(t[0]) // cfg.local_batch_size) for t in triples}) > 1
     got = want = fresh_states(clients, cfg.dim, cfg.seed, cfg.init_std)
@@ -86,7 +98,7 @@ def test_batched_clients_match_one_by_one_torch_adam_over_three_rounds(changes):
         got, loss_got = train_mf_clients(got, triples, rng_got, *args)
         want, loss_want = train_one_by_one(want, triples, rng_want, *args)
         assert_states_equal(got, want, clients, cfg)
-        assert loss_got == loss_want
+        assert_close(loss_got, loss_want, "losses")
         assert [r.random() for r in rng_got] == [r.random() for r in rng_want]
 
 
@@ -137,7 +149,7 @@ def test_a_client_without_interactions_keeps_its_state_and_reports_zero_loss():
 def test_a_fedcia_federation_ends_where_one_by_one_clients_end(tmp_path, monkeypatch, extra):
     """The whole round loop (train, upload, align, evaluate; 2 clients per node, 3 rounds) with
     the batched trainer and with the one-by-one reference in its place: same metrics and
-    stored models, bit for bit."""
+    stored models (to float rounding)."""
     from florec.client import private_node
     from florec.server.app import run_federated
     from florec.sim.local_grid import LocalGrid
@@ -158,12 +170,12 @@ def test_a_fedcia_federation_ends_where_one_by_one_clients_end(tmp_path, monkeyp
         runs[name] = result["metrics"], stored
     (m_got, s_got), (m_want, s_want) = runs["batched"], runs["reference"]
     for key, value in m_want.items():
-        assert m_got[key] == value, key
+        assert m_got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert s_got.keys() == s_want.keys()
     for pid in s_want:
         assert s_got[pid].keys() == s_want[pid].keys() and s_want[pid]
         for key in s_want[pid]:
             for name in ("user_emb", "item_emb", "item_bias"):
-                assert np.array_equal(s_got[pid][key][name].numpy(),
-                                      s_want[pid][key][name].numpy())
+                assert_close(s_got[pid][key][name].numpy(), s_want[pid][key][name].numpy(),
+                             f"{pid}/{key}/{name}")
     assert private_batch.train_mf_clients is train_mf_clients
