@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.optim.adam import adam as adam_step
 
 from florec.client.trainers.bpr_embedding import LocalConfig
 from florec.client.trainers.bucket import Bucket
-from florec.client.trainers.user_adam import ADAM_BETAS, ADAM_EPS, PerUserOptimizer
+from florec.client.trainers.user_adam import PerUserOptimizer, fused_adam
 from florec.models import fair_losses as fair
 from florec.recdata.seeds import Salt, stream
 
@@ -110,10 +109,7 @@ class _ItemRowsOptimizer:
             if grad is not None or self.wd:
                 p.add_(g.add(p, alpha=self.wd) if self.wd else g, alpha=-self.lr)
             return
-        adam_step([p], [g], [self.m[s:e]], [self.v[s:e]], [],
-                  [self.t.fill_(t - 1)], fused=True,
-                  amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr,
-                  weight_decay=self.wd, eps=ADAM_EPS, maximize=False)
+        fused_adam(p, g, self.m[s:e], self.v[s:e], self.t.fill_(t - 1), self.lr, self.wd)
 
 
 def fair_point(bucket: Bucket, item_emb: np.ndarray, user_emb: np.ndarray, cfg: LocalConfig,

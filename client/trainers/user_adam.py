@@ -31,6 +31,19 @@ from torch.optim.adam import adam as adam_step
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
+def fused_adam(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+               step: torch.Tensor, lr: float, weight_decay: float) -> None:
+    """One ``torch.optim.Adam`` step (fused kernel) of ``p`` and its moments, all in place.
+
+    ``step`` is a float32 scalar tensor holding the step count *before* this step (the kernel
+    increments it); ``g`` must have ``p``'s strides. Coupled weight decay, betas
+    :data:`ADAM_BETAS`, epsilon :data:`ADAM_EPS`.
+    """
+    adam_step([p], [g], [m], [v], [], [step], fused=True, amsgrad=False, beta1=ADAM_BETAS[0],
+              beta2=ADAM_BETAS[1], lr=lr, weight_decay=weight_decay, eps=ADAM_EPS,
+              maximize=False)
+
+
 class PerUserOptimizer:
     """``torch.optim.Adam`` / ``SGD`` per user over the rows each user owns.
 
@@ -134,12 +147,9 @@ class PerUserOptimizer:
             if not self.adam:
                 self._update(sub_p, g, None, None, steps)
             elif shared is not None:
-                adam_step(
-                    [sub_p], [g], [self.m[i][:n]], [self.v[i][:n]], [],
-                    [torch.tensor(shared - 1, dtype=torch.float32, device=p.device)], fused=True,
-                    amsgrad=False,
-                    beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr, weight_decay=self.wd,
-                    eps=ADAM_EPS, maximize=False)
+                fused_adam(sub_p, g, self.m[i][:n], self.v[i][:n],
+                           torch.tensor(shared - 1, dtype=torch.float32, device=p.device),
+                           self.lr, self.wd)
             else:
                 self._update(sub_p, g, self.m[i][:n], self.v[i][:n], self.steps[owner[:n]])
 
