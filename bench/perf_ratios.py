@@ -31,8 +31,11 @@ Run: ``OMP_NUM_THREADS=1 python bench/perf_ratios.py --which fair,fedcia,seq
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import statistics
 import time
 from collections.abc import Callable
@@ -65,8 +68,6 @@ def side_by_side(central: Callable[[], None], federated: Callable[[], None], rep
             fn()
             times[key].append(time.perf_counter() - t0)
     if "out" in PROFILE:
-        import cProfile
-
         cProfile.runctx("federated()", {}, {"federated": federated}, str(PROFILE["out"]))
     ratios = [f / c for f, c in zip(times["round_s"], times["central_epoch_s"], strict=True)]
     return {k: statistics.median(v) for k, v in times.items()} | {
@@ -106,9 +107,6 @@ def fair_ratio(overrides: dict[str, Any], reps: int, central_batch: int = 1024
                  for b in buckets]
     local_cfg = LocalConfig.from_run_config(cfg, 1)
 
-    def central() -> None:
-        fair_mf(cfg, index)[1].epoch(central_batch)
-
     def federated() -> None:
         for bucket, user_emb in zip(buckets, user_embs, strict=True):
             fair_local_update(bucket, item_emb, item_bias, user_emb, local_cfg, 1,
@@ -117,7 +115,7 @@ def fair_ratio(overrides: dict[str, Any], reps: int, central_batch: int = 1024
     return {"trainer": f"fair-{cfg.mf_loss}", "dataset": cfg.dataset, "users": split.n_users,
             "items": split.n_items, "interactions": int(train.nnz), "nodes": len(buckets),
             "local_batch": cfg.local_batch_size, "central_batch": central_batch,
-            } | side_by_side(central, federated, reps)
+            } | side_by_side(lambda: fair_mf(cfg, index)[1].epoch(central_batch), federated, reps)
 
 
 def union_triples(users: list[np.ndarray], triples: list[tuple[np.ndarray, ...]]
@@ -165,9 +163,8 @@ def fedcia_ratio(overrides: dict[str, Any], reps: int) -> dict[str, Any]:
                                                                    1, k))
 
     def federated() -> None:
-        per_node = cfg.clients_per_node
-        for first in range(0, n_clients, per_node):
-            ks = range(first, min(first + per_node, n_clients))
+        for first in range(0, n_clients, cfg.clients_per_node):
+            ks = range(first, min(first + cfg.clients_per_node, n_clients))
             train_mf_clients(fresh_states([clients[k] for k in ks], cfg.dim, cfg.seed,
                                           cfg.init_std),
                              [triples[k] for k in ks],
@@ -228,9 +225,6 @@ SEQ = {"algorithm": "fedavg", "model": "sasrec", "split": "loo", "dim": 64, "max
 
 def write_profile(stats: Path, out: Path, top: int = 25) -> None:
     """The ``top`` functions of a cProfile dump by own time, then by cumulative time, as text."""
-    import io
-    import pstats
-
     text = io.StringIO()
     for key in ("tottime", "cumulative"):
         pstats.Stats(str(stats), stream=text).sort_stats(key).print_stats(top)
