@@ -33,8 +33,11 @@ def _load(name: str, path: Path) -> Any:
     return module
 
 
-def diff(dataset: str, losses: list[str], bucket_index: int = 0) -> list[dict[str, Any]]:
+def diff(dataset: str, losses: list[str], bucket_index: int = 0,
+         extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Both trainers on bucket ``bucket_index`` of ``dataset``, one row per loss.
+
+    ``extra`` run-config keys override :data:`perf_ratios.FAIR` (e.g. a small synthetic set).
 
     Raises
     ------
@@ -53,7 +56,7 @@ def diff(dataset: str, losses: list[str], bucket_index: int = 0) -> list[dict[st
     ref = _load("fair_reference", ROOT / "tests" / "client" / "test_fair_embedding_fast.py")
     rows = []
     for loss in losses:
-        cfg = parse_run_config(ratios.FAIR | {"dataset": dataset, "mf-loss": loss})
+        cfg = parse_run_config(ratios.FAIR | {"dataset": dataset, "mf-loss": loss} | (extra or {}))
         split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir,
                              cfg.min_rating, cfg.synthetic_params())
         bucket = ratios._buckets(cfg, split)[bucket_index]
