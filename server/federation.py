@@ -100,7 +100,7 @@ def setup_phase(grid: Grid, strategy: RecStrategy, arrays: ArrayRecord, timeout_
 
     """
     for stage in range(MAX_SETUP_STAGES):
-        messages = list(strategy.configure_setup(stage, arrays, grid))
+        messages = strategy.in_node_order(strategy.configure_setup(stage, arrays, grid))
         if not messages:
             return arrays
         arrays = strategy.aggregate_setup(
@@ -257,5 +257,6 @@ def prepare_federation(grid: Grid, cfg: RunConfig) -> Federation:
         lambda: item_catalogue(grid, facts.n_items, cfg.round_timeout_s))
     if attach_cohorts(strategy, cfg, facts.n_users, [np.concatenate(b) for b in buckets]):
         strategy.set_partitions(facts.partition_of)
+    strategy.set_node_order(facts.partition_of)  # replies are summed in partition order
     arrays = setup_phase(grid, strategy, arrays, cfg.round_timeout_s)
     return Federation(facts.n_users, facts.n_items, buckets, strategy, arrays, facts.notes)

@@ -51,40 +51,61 @@ def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
 
 def stream_replies(grid: Grid, messages: Iterable[Message], timeout_s: float,
                    missing: set[int] | None = None) -> Iterator[Message]:
-    """Push messages and yield each reply as soon as it is pulled (no 3 s polling step).
+    """Push messages and yield their replies in the order of ``messages``, each once it is in.
+
+    Flower hands replies over in arrival order, which changes from run to run (Ray workers
+    finish in any order; the in-process grid iterates a set of random message ids), and a
+    strategy that folds replies into a float sum would then differ in its last bits between
+    two runs of one config. So only the reply of the first message still waiting is pulled;
+    later replies wait in the SuperLink, and the ServerApp still holds one reply at a time
+    (a strategy's order is its nodes' partition order,
+    :meth:`florec.strategies.base.RecStrategy.in_node_order`). Polling backs off from 5 ms
+    to 0.2 s, not Flower's 3 s step.
 
     Each reply is attributed to the node its message went to (an error that the SuperLink
-    writes for an unreachable node would otherwise name the SuperLink). Nodes whose replies are
-    still missing after ``timeout_s`` are logged, added to ``missing`` and given up on.
+    writes for an unreachable node would otherwise name the SuperLink). Once ``timeout_s``
+    has passed, the replies that are in are yielded (still in order) and the nodes whose
+    replies are missing are logged, added to ``missing`` and given up on.
     """
     messages = list(messages)
     pushed = list(grid.push_messages(messages))
     dst = {mid: m.metadata.dst_node_id for mid, m in zip(pushed, messages, strict=True)}
-    pending = set(pushed)
     deadline = time.monotonic() + timeout_s
-    pause = 0.005
-    while pending:
-        got = list(grid.pull_messages(pending))
-        for msg in got:
-            mid = msg.metadata.reply_to_message_id
-            pending.discard(mid)
-            if mid in dst:
-                msg.metadata.__dict__["_src_node_id"] = dst[mid]
-            yield msg
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            lost = sorted(dst[m] for m in pending)
-            log(WARNING, "no reply from node(s) %s after %.0f s: continuing without them",
-                ", ".join(map(str, lost)), timeout_s)
-            if missing is not None:
-                missing.update(lost)
-            return
-        if got:
-            pause = 0.005
-            continue
-        pause = min(pause * 2, 0.2)
-        time.sleep(pause)
+    for i, mid in enumerate(pushed):
+        pause = 0.005
+        while not (got := list(grid.pull_messages([mid]))):
+            if time.monotonic() > deadline:
+                yield from _late_replies(grid, pushed[i:], dst, timeout_s, missing)
+                return
+            pause = min(pause * 2, 0.2)
+            time.sleep(pause)
+        yield _attributed(got[0], dst)
+
+
+def _attributed(msg: Message, dst: dict[str, int]) -> Message:
+    """``msg`` with its source set to the node its message went to."""
+    mid = msg.metadata.reply_to_message_id
+    if mid in dst:
+        msg.metadata.__dict__["_src_node_id"] = dst[mid]
+    return msg
+
+
+def _late_replies(grid: Grid, waiting: list[str], dst: dict[str, int], timeout_s: float,
+                  missing: set[int] | None) -> Iterator[Message]:
+    """After the deadline: the replies to ``waiting`` that are in, in order; log the rest."""
+    arrived: dict[str, Message] = {}
+    while (left := [m for m in waiting if m not in arrived]) and \
+            (got := list(grid.pull_messages(left))):
+        arrived |= {msg.metadata.reply_to_message_id: msg for msg in got}
+    for mid in waiting:
+        if mid in arrived:
+            yield _attributed(arrived[mid], dst)
+    lost = sorted(dst[m] for m in waiting if m not in arrived)
+    if lost:
+        log(WARNING, "no reply from node(s) %s after %.0f s: continuing without them",
+            ", ".join(map(str, lost)), timeout_s)
+        if missing is not None:
+            missing.update(lost)
 
 
 def _query(grid: Grid, kind: str, config: dict, timeout_s: float

@@ -1,7 +1,10 @@
 """One round of a federated run: training (and a second phase), evaluation, the round's row.
 
 Each function returns what ``rounds.jsonl`` records of its part of the round; the loop in
-:func:`florec.server.app.run_federated` strings them together.
+:func:`florec.server.app.run_federated` strings them together. Every phase's messages go out,
+and their replies reach the strategy, in the nodes' partition order
+(:meth:`florec.strategies.base.RecStrategy.in_node_order`), whatever order the replies arrive
+in: two runs of one config sum the same floats in the same order.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def fused_train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: Array
     """
     strategy.start_round()
     config = ConfigRecord({EVALUATE_ROUND: evaluate} if evaluate > 0 else {})
-    messages = list(strategy.configure_train(rnd, arrays, config, grid))
+    messages = strategy.in_node_order(strategy.configure_train(rnd, arrays, config, grid))
     replies = stream_replies(grid, messages, timeout_s, strategy.unresponsive)
     fused = FusedReplies(replies, skip_evaluation) if evaluate > 0 else None
     new_arrays, train_metrics = strategy.aggregate_train(
@@ -88,7 +91,7 @@ def fused_train_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: Array
         log(WARNING, "round %d: no usable update; the global state is unchanged", rnd)
         new_arrays = arrays
     row: dict[str, Any] = {"round": rnd, "train": dict(train_metrics or {})}
-    align = list(strategy.configure_align(rnd, grid))
+    align = strategy.in_node_order(strategy.configure_align(rnd, grid))
     if align:
         row["align"] = dict(strategy.aggregate_align(
             rnd, stream_replies(grid, align, timeout_s, strategy.unresponsive)))
@@ -124,7 +127,8 @@ def evaluate_round(grid: Grid, strategy: RecStrategy, rnd: int, arrays: ArrayRec
                    timeout_s: float, num_partitions: int) -> Evaluation:
     """Ask every responsive node to evaluate all its users; pool their metric sums."""
     t0 = time.perf_counter()
-    messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)
+    messages = strategy.in_node_order(strategy.configure_evaluate(rnd, arrays, ConfigRecord(),
+                                                                  grid))
     replies = stream_replies(grid, messages, timeout_s, strategy.unresponsive)
     evaluation = pooled_evaluation(strategy, rnd, replies, num_partitions, 0.0)
     evaluation.seconds = time.perf_counter() - t0

@@ -43,6 +43,7 @@ class RecStrategy(Strategy):
         self.dropped: list[str] = []
         self.unresponsive: set[int] = set()
         self.partition_of: dict[int, int] = {}
+        self.node_order: dict[int, int] = {}
         self.cohort_spec: tuple[int, int, float, int] | None = None
         self.node_users: list[np.ndarray] = []
         self.round_cohort: np.ndarray | None = None
@@ -69,6 +70,29 @@ class RecStrategy(Strategy):
     def set_partitions(self, partition_of: dict[int, int]) -> None:
         """Tell the strategy which partition (bucket) each node id hosts."""
         self.partition_of = {int(k): int(v) for k, v in partition_of.items()}
+
+    def set_node_order(self, partition_of: dict[int, int]) -> None:
+        """Sample nodes and aggregate their replies in the order of their partition ids.
+
+        Flower's node ids are random per run, partition ids are not: with this order a seeded
+        run samples the same partitions and sums their replies in the same order every time.
+        """
+        self.node_order = {int(k): int(v) for k, v in partition_of.items()}
+
+    def node_key(self, node_id: int) -> tuple[int, int]:
+        """Sort key of a node: ``(0, partition id)``, or ``(1, node id)`` where none is known."""
+        pid = getattr(self, "node_order", {}).get(int(node_id))
+        return (1, int(node_id)) if pid is None else (0, pid)
+
+    def in_node_order(self, messages: Iterable[Message]) -> list[Message]:
+        """``messages`` sorted by their destination's :meth:`node_key` (a stable sort).
+
+        The server pushes a round's messages in this order and hands the replies to the
+        strategy in it whatever order they arrive in
+        (:func:`florec.server.loop.stream_replies`), so every float sum over replies runs in
+        the same order in every run of a config.
+        """
+        return sorted(messages, key=lambda m: self.node_key(m.metadata.dst_node_id))
 
     def set_cohorts(self, seed: int, n_users: int, fraction: float, size: int,
                     node_users: list[np.ndarray]) -> None:
@@ -120,13 +144,16 @@ class RecStrategy(Strategy):
     def sample(self, node_ids: list[int], server_round: int) -> list[int]:
         """Seeded sample of ``fraction_train`` of the nodes (all of them at 1.0).
 
-        With user cohorts, nodes holding no cohort user are then left out.
+        Nodes are drawn in :meth:`node_key` order (by partition, where the server set
+        :meth:`set_node_order`). With user cohorts, nodes holding no cohort user are then left
+        out.
         """
-        node_ids = sorted(node_ids)
+        node_ids = sorted(node_ids, key=self.node_key)
         k = max(1, int(round(self.fraction_train * len(node_ids))))
         if k < len(node_ids):
             rng = stream(self.seed, Salt.NODE_SAMPLING, server_round)
-            node_ids = sorted(rng.choice(node_ids, size=k, replace=False).tolist())
+            node_ids = sorted(rng.choice(node_ids, size=k, replace=False).tolist(),
+                              key=self.node_key)
         return self.cohort_nodes(node_ids, server_round)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
