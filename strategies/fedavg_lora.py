@@ -37,6 +37,7 @@ from florec.models.cotrec.ranker import K
 from florec.models.cotrec.retriever import build_retriever
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.runconfig import RunConfig
+from florec.server.loop import stream_replies
 from florec.strategies.fedavg_params import FedAvgParams
 
 SETUP_TYPE = f"{MessageType.TRAIN}.setup"
@@ -196,7 +197,8 @@ class FedCoTRec(BestRoundArrays, FedAvgParams):
     def _ask(self, grid: Grid, name: str, record: RecordDict, kind: str) -> list[Message]:
         t0 = time.perf_counter()
         msgs = self.messages(record, sorted(grid.get_node_ids()), kind)
-        replies = list(grid.send_and_receive(msgs, timeout=self.cfg.round_timeout_s))
+        replies = list(stream_replies(grid, self.in_node_order(msgs),  # partition order
+                                      self.cfg.round_timeout_s))
         for msg in replies:
             if not msg.has_error():
                 self.bytes_up += sum(len(a.data) for rec in msg.content.array_records.values()

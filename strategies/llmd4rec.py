@@ -38,6 +38,7 @@ from flwr.supercore import log
 from florec.protocol.codec import from_record, to_record
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
+from florec.server.loop import stream_replies
 from florec.strategies.fedavg_lora import BestRoundArrays, fedavg_adapters
 from florec.strategies.fedavg_params import FedAvgParams
 
@@ -114,7 +115,8 @@ class FedLLMD4Rec(BestRoundArrays, FedAvgParams):
         msgs = self.messages(record, nodes, kind)
         self.bytes_down += sum(len(a.data) for rec in record.array_records.values()
                                for a in rec.values()) * len(nodes)
-        replies = list(grid.send_and_receive(msgs, timeout=self.cfg.round_timeout_s))
+        replies = list(stream_replies(grid, self.in_node_order(msgs),  # partition order
+                                      self.cfg.round_timeout_s))
         row = self.phases.setdefault(name, {"seconds": 0.0})
         row["seconds"] += time.perf_counter() - t0
         ok = []
