@@ -57,7 +57,8 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout_s: float,
     finish in any order; the in-process grid iterates a set of random message ids), and a
     strategy that folds replies into a float sum would then differ in its last bits between
     two runs of one config. So only the reply of the first message still waiting is pulled;
-    later replies wait in the SuperLink, and the ServerApp still holds one reply at a time
+    later replies wait in the SuperLink (behind a slow first node it may hold up to all N
+    replies: the bound on memory is the ServerApp's alone), the ServerApp holds one at a time
     (a strategy's order is its nodes' partition order,
     :meth:`florec.strategies.base.RecStrategy.in_node_order`). Polling backs off from 5 ms
     to 0.2 s, not Flower's 3 s step.
@@ -73,13 +74,18 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout_s: float,
     deadline = time.monotonic() + timeout_s
     for i, mid in enumerate(pushed):
         pause = 0.005
-        while not (got := list(grid.pull_messages([mid]))):
+        while not (got := _replies_to(grid.pull_messages([mid]), {mid})):
             if time.monotonic() > deadline:
                 yield from _late_replies(grid, pushed[i:], dst, timeout_s, missing)
                 return
             pause = min(pause * 2, 0.2)
             time.sleep(pause)
         yield _attributed(got[0], dst)
+
+
+def _replies_to(pulled: Iterable[Message], mids: set[str]) -> list[Message]:
+    """The pulled messages that reply to one of ``mids`` (a pull can also return other ones)."""
+    return [m for m in pulled if m.metadata.reply_to_message_id in mids]
 
 
 def _attributed(msg: Message, dst: dict[str, int]) -> Message:
@@ -95,7 +101,7 @@ def _late_replies(grid: Grid, waiting: list[str], dst: dict[str, int], timeout_s
     """After the deadline: the replies to ``waiting`` that are in, in order; log the rest."""
     arrived: dict[str, Message] = {}
     while (left := [m for m in waiting if m not in arrived]) and \
-            (got := list(grid.pull_messages(left))):
+            (got := _replies_to(grid.pull_messages(left), set(left))):
         arrived |= {msg.metadata.reply_to_message_id: msg for msg in got}
     for mid in waiting:
         if mid in arrived:

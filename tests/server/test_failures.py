@@ -94,6 +94,20 @@ def test_stream_replies_gives_up_on_missing_nodes_after_the_timeout(small_config
     assert missing == {2} and "no reply from node(s) 2" in caplog.text
 
 
+def test_stream_replies_behind_a_silent_first_node_come_in_message_order(small_config):
+    cfg = parse_run_config(small_config)
+    grid = SilentNodeGrid(cfg.to_flower(), 4, silent=3,
+                          handlers={MessageType.TRAIN: lambda m, c: Message(m.content, reply_to=m)})
+    messages = [Message(content=RecordDict(), message_type=MessageType.TRAIN,
+                        dst_node_id=n) for n in (3, 4, 1, 2)]
+    missing: set[int] = set()
+    replies = list(stream_replies(grid, messages, 0.3, missing))
+    assert [int(r.metadata.src_node_id) for r in replies] == [4, 1, 2]
+    assert [r.metadata.reply_to_message_id for r in replies] == [
+        m.metadata.message_id for m in messages[1:]]
+    assert missing == {3}
+
+
 def test_a_round_evaluated_on_fewer_users_is_not_selected_over_a_full_one(tmp_path, small_config):
     """Round 2 loses the node whose users score lowest, so its mean is the highest of all."""
     cfg = parse_run_config(small_config | {"num-rounds": 3, "lr": 1e-12})  # the model stays

@@ -101,3 +101,25 @@ def test_in_node_order_and_sampling_follow_partitions_not_node_ids():
         assert ordered == ids + [1000]
         picks.append([ids.index(n) for n in strategy.sample(list(ids), server_round=1)])
     assert picks[0] == picks[1] and len(picks[0]) == 3
+
+
+class StrayGrid(LocalGrid):
+    """A grid whose pulls first hand back a message that replies to none of the ids asked for.
+
+    Flower 1.42's pull handler can also return messages addressed to the SuperLink itself.
+    """
+
+    def pull_messages(self, message_ids):
+        stray = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=0)
+        return [stray, *super().pull_messages(message_ids)]
+
+
+def test_stream_replies_skips_pulled_messages_that_reply_to_another_message():
+    echo = {MessageType.TRAIN: lambda m, c: Message(m.content, reply_to=m)}
+    grid = StrayGrid({}, 3, handlers=echo)
+    messages = [Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=n)
+                for n in (2, 3, 1)]
+    replies = list(stream_replies(grid, messages, 5.0))
+    mids = [m.metadata.message_id for m in messages]
+    assert [r.metadata.reply_to_message_id for r in replies] == mids
+    assert [int(r.metadata.src_node_id) for r in replies] == [2, 3, 1]
