@@ -112,9 +112,7 @@ class FedLLMD4Rec(BestRoundArrays, FedAvgParams):
     def _ask(self, grid: Grid, name: str, record: RecordDict, kind: str) -> list[Message]:
         t0 = time.perf_counter()
         nodes = self.responsive_nodes(grid)
-        msgs = self.messages(record, nodes, kind)
-        self.bytes_down += sum(len(a.data) for rec in record.array_records.values()
-                               for a in rec.values()) * len(nodes)
+        msgs = self.messages(record, nodes, kind)  # counts the bytes sent
         replies = list(stream_replies(grid, self.in_node_order(msgs),  # partition order
                                       self.cfg.round_timeout_s))
         row = self.phases.setdefault(name, {"seconds": 0.0})

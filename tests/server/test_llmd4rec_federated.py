@@ -193,6 +193,30 @@ def test_the_checkpoint_round_trips_the_adapter_iterations_and_phases():
     assert empty.adapter == {} and empty.iterations == [] and empty.phases == {}
 
 
+def test_a_teacher_phase_counts_the_bytes_it_sends_and_receives_once():
+    from flwr.app import Message, MessageType, MetricRecord, RecordDict
+
+    from florec.protocol.codec import to_record
+    from florec.strategies.llmd4rec import FedLLMD4Rec
+    from florec.strategies.payload import record_nbytes
+
+    def reply(msg, context):
+        return Message(RecordDict({"adapter": msg.content.array_records["adapter"],
+                                   "metrics": MetricRecord({"llm/calls": 2})}), reply_to=msg)
+
+    cfg = parse_run_config(BASE)
+    grid = LocalGrid(cfg.to_flower(), 3, handlers={MessageType.TRAIN: reply})
+    strategy = FedLLMD4Rec(cfg)
+    adapter = {"q.lora_A.weight": np.ones((2, 8), np.float32)}
+    record = RecordDict({"arrays": to_record({"w": np.zeros((5, 4), np.float32)}),
+                         "adapter": to_record(adapter)})
+    replies = strategy._ask(grid, "teacher-fit", record, MessageType.TRAIN)
+    assert len(replies) == len(grid.sent) == 3
+    assert strategy.bytes_down == sum(record_nbytes(m.content) for m in grid.sent) > 0
+    assert strategy.bytes_up == sum(record_nbytes(m.content) for m in grid.received) > 0
+    assert strategy.phases["teacher-fit"]["calls"] == 6
+
+
 @pytest.mark.slow
 def test_a_resumed_run_goes_on_from_the_averaged_adapter_and_equals_the_whole_run(tmp_path):
     from florec.server.checkpoint import load_checkpoint
