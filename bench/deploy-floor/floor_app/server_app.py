@@ -2,9 +2,10 @@
 
 Per round it sends every node a train message and then an evaluate message (``messages =
 "separate"``), or one train message that also evaluates the model it carries (``"fused"``, plus
-one evaluate message after the last round). Replies are pulled the way FloRec's server pulls
-them (:func:`florec.server.loop.stream_replies`: backoff from 5 ms to 0.2 s, not the 3 s of
-``Grid.send_and_receive``), so the two apps differ only in what the nodes do. Each round's
+one evaluate message after the last round). Replies are pulled in arrival order with FloRec's
+polling backoff (5 ms to 0.2 s, not the 3 s of ``Grid.send_and_receive``); FloRec's server
+(:func:`florec.server.loop.stream_replies`) now pulls them in partition order instead, one
+message id at a time, which the floor does not reproduce. Each round's
 wall-clock start and end go to ``<out-dir>/rounds.jsonl``.
 """
 
