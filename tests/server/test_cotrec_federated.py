@@ -195,16 +195,24 @@ def _round_arrays_probe(monkeypatch) -> dict[str, list]:
 
 def test_the_strategy_keeps_only_the_best_round_and_the_ranker_matches_keeping_all(
         tmp_path, monkeypatch):
+    from florec.server import app as server_app
+    from florec.server.selection import select_round
     from florec.strategies.fedavg_lora import ROUND_PREFIX, BestRoundArrays
 
-    # lr=0.25 over 3 rounds: round 2 is the best and round 3 is evaluated after it, so the
-    # strategy must keep round 2 past round 3 and drop rounds 1 and 3 (SASRec's dropout masks
-    # changed with issue 17.4's cheaper draw; lr 0.2 now peaks at round 3)
+    # 3 rounds whose selection metric is forced so that round 2 is the best and round 3 is
+    # evaluated after it: the strategy must keep round 2 past round 3 and drop rounds 1 and 3
+    # (the real metric's best round moves with lr, dropout masks and seeds)
+    forced = {1: 0.1, 2: 0.9, 3: 0.5}
+
+    def select_forced(state, rnd, metric, valid, test, coverage):
+        return select_round(state, rnd, metric, valid | {metric: forced[rnd]}, test, coverage)
+
+    monkeypatch.setattr(server_app, "select_round", select_forced)
     config = {"llm-backend": "scripted", "scripted-p": 1.0, "cotrec-init": "title",
-              "cotrec-ranker": "untuned", "num-rounds": 3, "lr": 0.25, "checkpoint-every": 1}
+              "cotrec-ranker": "untuned", "num-rounds": 3, "lr": 0.2, "checkpoint-every": 1}
     seen = _round_arrays_probe(monkeypatch)
     _, grid, run = _run(tmp_path / "best", **config)
-    assert run["best_round"] == 2, "the fixture no longer has a best round before the last"
+    assert run["best_round"] == 2
     assert seen["held"] == [1, 2, 2]  # the best so far plus the round being evaluated
     assert seen["checkpointed"] == [{f"{ROUND_PREFIX}1"}, {f"{ROUND_PREFIX}2"},
                                     {f"{ROUND_PREFIX}2"}]
