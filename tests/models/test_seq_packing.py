@@ -76,6 +76,17 @@ def test_dropout_zeroes_a_p_share_and_scales_the_rest():
     np.testing.assert_array_equal(x.grad.numpy(), y.detach().numpy())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dropout_keeps_a_1_minus_p_share_of_a_half_precision_input(dtype):
+    torch.manual_seed(0)
+    x = torch.ones(2000, 1000, dtype=dtype)
+    y = Dropout(0.2).train()(x)
+    assert y.dtype == dtype
+    kept = float((y != 0).float().mean())  # bfloat16 uniforms >= 0.2 would keep ~79.7%
+    assert kept == pytest.approx(0.8, abs=4 * np.sqrt(0.16 / y.numel()))
+    np.testing.assert_allclose(y[y != 0].float().numpy(), 1 / 0.8, rtol=1e-2)
+
+
 def test_dropout_is_seeded_by_torch_and_off_in_eval():
     drop = Dropout(0.5).train()
     x = torch.randn(64, 8)
