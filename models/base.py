@@ -9,6 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
+#: :func:`seeded_rows` caches a full table ``0..n-1`` once it has more than this many rows
+SEEDED_CACHE_MIN_ROWS = 64
+
 
 def _rows(ids: list[int], dim: int, seed: int, std: float, salt: int) -> np.ndarray:
     out = np.empty((len(ids), dim), dtype=np.float32)
@@ -31,7 +34,8 @@ def seeded_rows(ids: np.ndarray, dim: int, seed: int, std: float, salt: int) -> 
     full table ``0..n-1`` (an item table) is computed once per process and copied.
     """
     ids = np.asarray(ids)
-    if len(ids) > 64 and ids[0] == 0 and np.array_equal(ids, np.arange(len(ids))):
+    if len(ids) > SEEDED_CACHE_MIN_ROWS and ids[0] == 0 \
+            and np.array_equal(ids, np.arange(len(ids))):
         return _first_rows(len(ids), dim, seed, std, salt).copy()
     return _rows(ids.tolist(), dim, seed, std, salt)
 

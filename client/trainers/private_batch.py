@@ -42,7 +42,7 @@ from torch.optim.adam import adam as adam_step
 from florec.client.trainers.bucket import Bucket
 from florec.client.trainers.private_model import MODEL_KEY, OPT_KEY
 from florec.client.trainers.user_adam import ADAM_BETAS, ADAM_EPS
-from florec.models.base import seeded_rows
+from florec.models.base import SEEDED_CACHE_MIN_ROWS, seeded_rows
 from florec.models.mf import ITEM_SALT, USER_SALT, bpr_terms
 
 State = dict[str, dict[str, np.ndarray]]
@@ -64,8 +64,8 @@ def fresh_states(clients: list[Bucket], dim: int, seed: int, init_std: float) ->
         return []
     users = np.concatenate([c.users for c in clients]).astype(np.int64)
     population = clients[0].population
-    if (len(users) and 64 < population <= CACHE_FACTOR * len(users)  # seeded_rows caches the
-            and int(users.max()) < population):  # table 0..n-1 when n > 64
+    if (len(users) and SEEDED_CACHE_MIN_ROWS < population <= CACHE_FACTOR * len(users)
+            and int(users.max()) < population):  # seeded_rows caches the table 0..n-1
         rows = seeded_rows(np.arange(population), dim, seed, init_std, USER_SALT)[users]
     else:
         rows = seeded_rows(users, dim, seed, init_std, USER_SALT)
