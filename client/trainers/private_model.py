@@ -122,6 +122,10 @@ def restore(model: Recommender, optimizer: torch.optim.Optimizer | None,
 
     Moments stored for some rows only (``<p>.rows`` next to ``<p>.exp_avg``/``.exp_avg_sq``,
     :mod:`florec.client.trainers.private_batch`) are expanded: every other row's moments are 0.
+    Such compact states are expanded for evaluation and for going on training in the batched
+    trainer (which reads them itself); loading them into a plain ``torch.optim.Adam`` to go on
+    training is not supported (its bias correction and moments would differ from the batched
+    trainer's).
     """
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in saved[MODEL_KEY].items()})
     if optimizer is not None and saved.get(OPT_KEY):
