@@ -27,7 +27,8 @@ State goes in and out in the node store's layout (:func:`florec.client.trainers.
 ``<p>.step``/``.exp_avg``/``.exp_avg_sq`` for parameters p = 0, 1, 2 in that order), except
 that the item moments are stored for the rows that may move only, listed in ``<p>.rows``
 (p = 1, 2; every other row's moments are exactly 0):
-:func:`florec.client.trainers.private_model.restore` expands them for a torch Adam.
+:func:`florec.client.trainers.private_model.restore` expands them for evaluation; this
+trainer reads them as they are.
 :func:`fresh_states` are new clients' states, the rows
 :func:`florec.client.trainers.private_model.build_node_model` gives an MF.
 """

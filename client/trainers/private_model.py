@@ -124,8 +124,7 @@ def restore(model: Recommender, optimizer: torch.optim.Optimizer | None,
     :mod:`florec.client.trainers.private_batch`) are expanded: every other row's moments are 0.
     Such compact states are expanded for evaluation and for going on training in the batched
     trainer (which reads them itself); loading them into a plain ``torch.optim.Adam`` to go on
-    training is not supported (its bias correction and moments would differ from the batched
-    trainer's).
+    training is not supported (no test checks that it matches the batched trainer's steps).
     """
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in saved[MODEL_KEY].items()})
     if optimizer is not None and saved.get(OPT_KEY):
