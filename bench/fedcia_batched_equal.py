@@ -23,15 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from florec.client.trainers.bucket import Bucket
 from florec.client.trainers.private_batch import fresh_states, train_mf_clients
 from florec.client.trainers.private_model import (
     MODEL_KEY,
     OPT_KEY,
-    fixed_triples,
+    config_clients,
     train_one_by_one,
 )
-from florec.recdata.partition import partition_users
 from florec.recdata.runconfig import parse_run_config
 from florec.recdata.seeds import Salt, stream
 from florec.recdata.store import get_split
@@ -64,11 +62,8 @@ def compare(overrides: dict, rounds: int) -> list[dict]:
     cfg = parse_run_config(overrides)
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
                          cfg.synthetic_params())
-    n = cfg.num_nodes * cfg.clients_per_node
-    clients = [Bucket.from_split(split, u)
-               for u in partition_users(split.n_users, num_nodes=n, mode=cfg.partition,
-                                        seed=cfg.seed)]
-    triples = [fixed_triples(c, cfg.seed, k) for k, c in enumerate(clients)]
+    clients, triples = config_clients(split, cfg)
+    n = len(clients)
     batched = reference = fresh_states(clients, cfg.dim, cfg.seed, cfg.init_std)
     args = (cfg.local_epochs, cfg.local_batch_size, cfg.lr, cfg.reg)
     rows = []

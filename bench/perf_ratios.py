@@ -134,25 +134,21 @@ def fedcia_ratio(overrides: dict[str, Any], reps: int) -> dict[str, Any]:
 
     Clients are ``num-nodes x clients-per-node`` groups of users (``partition``, e.g. FedCIA's
     ``floor``); each has its own MF (its users, the whole item table), its own Adam and its
-    fixed triples (:func:`fixed_triples`). Each node's clients start from fresh models
+    fixed triples (:func:`config_clients`). Each node's clients start from fresh models
     (:func:`fresh_states`) and train batched (:func:`train_mf_clients`), as a FedCIA node's
     first round does. The central side trains one MF over all users on the concatenated
     triples (client rows mapped back to global user ids), same batch size.
     """
     from florec.client.trainers.bucket import Bucket
     from florec.client.trainers.private_batch import fresh_states, train_mf_clients
-    from florec.client.trainers.private_model import build_node_model, fixed_triples, local_epoch
-    from florec.recdata.partition import partition_users
+    from florec.client.trainers.private_model import build_node_model, config_clients, local_epoch
     from florec.recdata.seeds import Salt, stream
 
     cfg = parse_run_config(overrides)
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, cfg.data_dir, cfg.min_rating,
                          cfg.synthetic_params())
-    n_clients = cfg.num_nodes * cfg.clients_per_node
-    clients = [Bucket.from_split(split, u)
-               for u in partition_users(split.n_users, num_nodes=n_clients, mode=cfg.partition,
-                                        seed=cfg.seed)]
-    triples = [fixed_triples(c, cfg.seed, k) for k, c in enumerate(clients)]
+    clients, triples = config_clients(split, cfg)
+    n_clients = len(clients)
     whole = Bucket.from_split(split, np.arange(split.n_users))
     union = union_triples([c.users for c in clients], triples)
 

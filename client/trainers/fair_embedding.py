@@ -58,19 +58,27 @@ def pop_negatives(bucket: Bucket, users: np.ndarray, item_pop: np.ndarray, seed:
     out = np.empty(len(users), dtype=np.int64)
     pop = np.asarray(item_pop, dtype=np.float64)
     for j, at in enumerate(_by_user(users, len(bucket.users))):
-        if not len(at):
-            continue
-        seen = bucket.train.indices[bucket.train.indptr[j]:bucket.train.indptr[j + 1]]
-        w = pop.copy()
-        w[seen] = 0.0
-        if w.sum() <= 0:
-            w = np.ones_like(pop)
-            w[seen] = 0.0
-        cum = np.cumsum(w)
-        rng = stream(seed, Salt.FS_PAIR_NEGATIVES, server_round, bucket.users[j])
-        out[at] = np.minimum(np.searchsorted(cum, rng.random(len(at)) * cum[-1], side="right"),
-                             len(pop) - 1)
+        if len(at):
+            out[at] = popular_unseen(bucket, j, pop, len(at), seed, server_round)
     return out
+
+
+def popular_unseen(bucket: Bucket, j: int, pop: np.ndarray, k: int, seed: int,
+                   server_round: int) -> np.ndarray:
+    """``k`` negatives for local user ``j``, from the user's own stream.
+
+    Each draw picks item ``i`` with probability ``pop_i / sum(pop over unseen items)`` among the
+    user's unseen items, uniformly among them when they all have popularity 0.
+    """
+    seen = bucket.train.indices[bucket.train.indptr[j]:bucket.train.indptr[j + 1]]
+    w = pop.copy()
+    w[seen] = 0.0
+    if w.sum() <= 0:
+        w = np.ones_like(pop)
+        w[seen] = 0.0
+    cum = np.cumsum(w)
+    rng = stream(seed, Salt.FS_PAIR_NEGATIVES, server_round, bucket.users[j])
+    return np.minimum(np.searchsorted(cum, rng.random(k) * cum[-1], side="right"), len(pop) - 1)
 
 
 def ubpr_items(bucket: Bucket, users: np.ndarray, seed: int, server_round: int) -> np.ndarray:

@@ -28,8 +28,25 @@ from florec.models import fair_losses as fair
 from florec.recdata.seeds import Salt, stream
 
 
-def _point_terms(loss: str, logits: torch.Tensor, y: torch.Tensor, pop: torch.Tensor,
+def point_terms(loss: str, logits: torch.Tensor, y: torch.Tensor, pop: torch.Tensor,
                  theta: torch.Tensor, n_users: int) -> torch.Tensor:
+    """The point loss ``loss`` (fs-point, wmf, relmf or du) of ``logits`` against labels ``y``.
+
+    Parameters
+    ----------
+    loss : str
+        The ``mf-loss`` name.
+    logits, y, pop, theta : torch.Tensor
+        Scores, 0/1 labels, item popularity and exposure propensity, broadcast together.
+    n_users : int
+        Number of users (FS-Point's weights use it).
+
+    Returns
+    -------
+    torch.Tensor
+        The loss summed over all entries (a scalar; :mod:`florec.models.fair_losses` has each
+        formula).
+    """
     if loss == "fs-point":
         return fair.weighted_point_loss(logits, y, fair.fs_point_weights(y, pop, n_users))
     if loss == "wmf":
@@ -72,7 +89,7 @@ def point_step_grads(loss: str, P: torch.Tensor, Lc: torch.Tensor, y: torch.Tens
     """
     logits = torch.einsum("bd,mbd->bm", P, Lc).requires_grad_(True)
     b = len(P)
-    value = _point_terms(loss, logits, y, pop.expand(b, -1), theta.expand(b, -1), n_users)
+    value = point_terms(loss, logits, y, pop.expand(b, -1), theta.expand(b, -1), n_users)
     (g_s,) = torch.autograd.grad(value, logits)
     g_p = torch.einsum("bm,mbd->bd", g_s, Lc)
     return float(value.detach()), g_p, g_s.t().contiguous()[..., None] * P[None]

@@ -62,6 +62,20 @@ def fixed_triples(bucket: Bucket, seed: int, partition_id: int) -> tuple[np.ndar
                                                               rng.random(len(users)))
 
 
+def config_clients(split, cfg: RunConfig) -> tuple[list[Bucket], list[tuple[np.ndarray, ...]]]:
+    """The FedCIA clients of a run config over a split, with each client's fixed triples.
+
+    ``num-nodes x clients-per-node`` groups of users, partitioned as the run does, and
+    :func:`fixed_triples` of each, as the nodes build them.
+    """
+    from florec.recdata.partition import partition_users
+
+    groups = partition_users(split.n_users, num_nodes=cfg.num_nodes * cfg.clients_per_node,
+                             mode=cfg.partition, seed=cfg.seed)
+    clients = [Bucket.from_split(split, u) for u in groups]
+    return clients, [fixed_triples(c, cfg.seed, k) for k, c in enumerate(clients)]
+
+
 def local_epoch(model: Recommender, optimizer: torch.optim.Optimizer,
                 triples: tuple[np.ndarray, ...], batch_size: int,
                 rng: np.random.Generator) -> float:

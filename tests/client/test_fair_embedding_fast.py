@@ -14,7 +14,8 @@ import torch
 
 from florec.client.trainers.bpr_embedding import LocalConfig, build_pairs, pair_rows, step_bounds
 from florec.client.trainers.bucket import Bucket
-from florec.client.trainers.fair_embedding import fair_local_update
+from florec.client.trainers.fair_embedding import fair_local_update, popular_unseen
+from florec.client.trainers.fair_point import point_terms
 from florec.client.trainers.user_adam import PerUserOptimizer
 from florec.models import fair_losses as fair
 from florec.models.base import seeded_rows
@@ -24,16 +25,6 @@ from florec.recdata.splits import make_split
 from florec.recdata.synthetic import generate_synthetic
 
 D = 8
-
-
-def _point_terms(loss, logits, y, pop, theta, n_users):
-    if loss == "fs-point":
-        return fair.weighted_point_loss(logits, y, fair.fs_point_weights(y, pop, n_users))
-    if loss == "wmf":
-        return fair.wmf_loss(logits, y)
-    if loss == "relmf":
-        return fair.relmf_loss(logits, y, theta)
-    return fair.du_loss(logits, y, theta, fair.negative_propensity(theta))
 
 
 def reference_fair_point(bucket, item_emb, user_emb, cfg, server_round, pop, n_users):
@@ -55,7 +46,7 @@ def reference_fair_point(bucket, item_emb, user_emb, cfg, server_round, pop, n_u
             P.requires_grad_(True)
             L.requires_grad_(True)
             logits = torch.einsum("bd,bmd->bm", P, L[:, c])
-            loss = _point_terms(cfg.mf_loss, logits, y_all[:, c], pop[c].expand(b, -1),
+            loss = point_terms(cfg.mf_loss, logits, y_all[:, c], pop[c].expand(b, -1),
                                 theta[c].expand(b, -1), n_users)
             g_p, g_l = torch.autograd.grad(loss, (P, L))
             P.requires_grad_(False)
@@ -73,16 +64,7 @@ def reference_pop_negatives(bucket, users, item_pop, seed, server_round):
     pop = np.asarray(item_pop, dtype=np.float64)
     for j in np.unique(users):
         at = np.flatnonzero(users == j)
-        seen = bucket.train.indices[bucket.train.indptr[j]:bucket.train.indptr[j + 1]]
-        w = pop.copy()
-        w[seen] = 0.0
-        if w.sum() <= 0:
-            w = np.ones_like(pop)
-            w[seen] = 0.0
-        cum = np.cumsum(w)
-        rng = stream(seed, Salt.FS_PAIR_NEGATIVES, server_round, bucket.users[j])
-        out[at] = np.minimum(np.searchsorted(cum, rng.random(len(at)) * cum[-1], side="right"),
-                             len(pop) - 1)
+        out[at] = popular_unseen(bucket, j, pop, len(at), seed, server_round)
     return out
 
 
