@@ -102,7 +102,8 @@ def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
     """
     ref_label = results.get("config", {}).get("bench", {}).get("reference")
     grouped = groups(results)
-    head = ["dataset", "method", "setting", "n", f"test {metric}", "test recall@20",
+    extra = [] if metric == "recall@20" else ["recall@20"]  # recall@20 beside the metric
+    head = ["dataset", "method", "setting", "n", f"test {metric}", *(f"test {m}" for m in extra),
             f"share of {ref_label}", "paired share (95% CI)", "best epoch/round",
             "epochs/rounds run", "cap", "ended by", "MB down per run", "MB up per run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -118,7 +119,7 @@ def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
         lines.append("| " + " | ".join([
             ds, lab, runs[0]["setting"], str(len(runs)),
             mean_sd([r["metrics"][metric] for r in runs]),
-            mean_sd([r["metrics"]["recall@20"] for r in runs]), f"{100 * share:.1f}%",
+            *(mean_sd([r["metrics"][m] for r in runs]) for m in extra), f"{100 * share:.1f}%",
             "—" if lab == ref_label else paired_share(runs, grouped[(ds, ref_label)], metric),
             ", ".join(str(r["best_round"]) for r in runs),
             ", ".join(str(r["rounds"]) for r in runs), ", ".join(cap_of(r) for r in runs),
