@@ -56,15 +56,20 @@ def cells(spec: dict[str, Any], grids: set[str] | None = None) -> list[dict[str,
     return out
 
 
+def cell_config(spec: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
+    """The run config of one cell: base, attack overrides, the grid's config, the cell's keys."""
+    return dict(spec["base"]) | spec.get("attack", {}).get(cell["attack"], {}) \
+        | cell["grid_config"] | {
+        "dataset": spec["bench"]["dataset"], "seed": cell["seed"], "attack": cell["attack"],
+        "attack-fraction": cell["fraction"], "defense": cell["defense"]}
+
+
 def run_cell(spec: dict[str, Any], cell: dict[str, Any], out: Path) -> dict[str, Any]:
     """Run one cell (unless its JSON exists) and return its summary."""
     path = out / "cells" / f"{cell['cell']}.json"
     if path.exists():
         return json.loads(path.read_text())
-    config = dict(spec["base"]) | spec.get("attack", {}).get(cell["attack"], {}) \
-        | cell["grid_config"] | {
-        "dataset": spec["bench"]["dataset"], "seed": cell["seed"], "attack": cell["attack"],
-        "attack-fraction": cell["fraction"], "defense": cell["defense"]}
+    config = cell_config(spec, cell)
     cfg = parse_run_config(config)
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, None, cfg.min_rating)
     know = knowledge_from_split(cfg, split)
