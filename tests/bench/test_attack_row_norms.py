@@ -1,0 +1,17 @@
+"""bench/attack_row_norms.py: one norm per uploaded benign row, and the strategy left as it was."""
+
+import numpy as np
+
+from florec.strategies import robust
+
+
+def test_every_uploaded_row_gets_a_finite_norm_and_the_rule_is_restored(bench_script,
+                                                                        small_config):
+    norms_of = bench_script("attack_row_norms").benign_row_norms
+    aggregate = robust.row_aggregate
+    norms = norms_of(small_config | {"aggregation": "sum"}, rounds=2)
+    assert robust.row_aggregate is aggregate
+    assert len(norms) == 2
+    for n in norms:  # every user touches rows, and a trained row moves
+        assert len(n) > small_config.get("num-nodes", 1) and np.all(np.isfinite(n))
+        assert np.all(n >= 0) and n.max() > 0
