@@ -66,11 +66,6 @@ def sample_cohort(seed: int, server_round: int, n_users: int, fraction: float = 
     return np.sort(rng.choice(n_users, size=k, replace=False)).astype(np.int64)
 
 
-def is_partial(n_users: int, fraction: float = 1.0, size: int = 0) -> bool:
-    """Whether a cohort leaves some users out of a round."""
-    return cohort_size(n_users, fraction, size) < n_users
-
-
 def cohort_digest(users: np.ndarray) -> str:
     """SHA-256 (hex, first 16 characters) of the sorted int64 user ids."""
     data = np.ascontiguousarray(np.sort(np.asarray(users, dtype=np.int64))).tobytes()

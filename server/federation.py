@@ -255,8 +255,7 @@ def prepare_federation(grid: Grid, cfg: RunConfig) -> Federation:
     strategy, arrays = build_strategy(
         cfg, facts.n_items, facts.n_users,
         lambda: item_catalogue(grid, facts.n_items, cfg.round_timeout_s))
-    if attach_cohorts(strategy, cfg, facts.n_users, [np.concatenate(b) for b in buckets]):
-        strategy.set_partitions(facts.partition_of)
-    strategy.set_node_order(facts.partition_of)  # replies are summed in partition order
+    attach_cohorts(strategy, cfg, facts.n_users, [np.concatenate(b) for b in buckets])
+    strategy.set_partitions(facts.partition_of)  # replies are summed in partition order
     arrays = setup_phase(grid, strategy, arrays, cfg.round_timeout_s)
     return Federation(facts.n_users, facts.n_items, buckets, strategy, arrays, facts.notes)

@@ -43,7 +43,6 @@ class RecStrategy(Strategy):
         self.dropped: list[str] = []
         self.unresponsive: set[int] = set()
         self.partition_of: dict[int, int] = {}
-        self.node_order: dict[int, int] = {}
         self.cohort_spec: tuple[int, int, float, int] | None = None
         self.node_users: list[np.ndarray] = []
         self.round_cohort: np.ndarray | None = None
@@ -68,20 +67,18 @@ class RecStrategy(Strategy):
         self.dropped.append(who)
 
     def set_partitions(self, partition_of: dict[int, int]) -> None:
-        """Tell the strategy which partition (bucket) each node id hosts."""
-        self.partition_of = {int(k): int(v) for k, v in partition_of.items()}
+        """Tell the strategy which partition (bucket) each node id hosts.
 
-    def set_node_order(self, partition_of: dict[int, int]) -> None:
-        """Sample nodes and aggregate their replies in the order of their partition ids.
-
-        Flower's node ids are random per run, partition ids are not: with this order a seeded
-        run samples the same partitions and sums their replies in the same order every time.
+        Flower's node ids are random per run, partition ids are not: nodes are sampled, sent
+        messages and their replies aggregated in partition order (:meth:`in_node_order`), so a
+        seeded run samples the same partitions and sums their replies in the same order every
+        time; logs name a node with its partition (:meth:`node_name`).
         """
-        self.node_order = {int(k): int(v) for k, v in partition_of.items()}
+        self.partition_of = {int(k): int(v) for k, v in partition_of.items()}
 
     def node_key(self, node_id: int) -> tuple[int, int]:
         """Sort key of a node: ``(0, partition id)``, or ``(1, node id)`` where none is known."""
-        pid = getattr(self, "node_order", {}).get(int(node_id))
+        pid = getattr(self, "partition_of", {}).get(int(node_id))
         return (1, int(node_id)) if pid is None else (0, pid)
 
     def in_node_order(self, messages: Iterable[Message]) -> list[Message]:

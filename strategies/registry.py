@@ -11,7 +11,6 @@ from florec.models.mf import MF
 from florec.models.registry import SEQUENTIAL_MODELS
 from florec.protocol.codec import to_record
 from florec.protocol.public_knowledge import needs_knowledge
-from florec.recdata.cohort import is_partial
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.server.secagg import check_secagg
@@ -136,16 +135,15 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
 
 
 def attach_cohorts(strategy: RecStrategy, cfg: RunConfig, n_users: int,
-                   node_users: list[np.ndarray]) -> bool:
-    """Give a FedAvg strategy its seeded user cohorts; returns whether some users sit out.
+                   node_users: list[np.ndarray]) -> None:
+    """Give a FedAvg strategy its seeded user cohorts (or its Poisson user sampling under DP).
 
     Nodes recompute the same cohort from (seed, round, population) in
     :mod:`florec.client.fedavg_node`, so only the round number travels.
     """
     if cfg.algorithm != "fedavg" or cfg.model in (*SEQUENTIAL_MODELS, "cotrec", "llmd4rec"):
-        return False
+        return
     if cfg.dp:  # Poisson-sampled users (client/trainers/dp_clip.py): every node is asked
         strategy.dp = UserDP.from_config(cfg, n_users)
-        return False
+        return
     strategy.set_cohorts(cfg.seed, n_users, cfg.cohort_fraction, cfg.cohort_size, node_users)
-    return is_partial(n_users, cfg.cohort_fraction, cfg.cohort_size)

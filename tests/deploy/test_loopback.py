@@ -147,4 +147,4 @@ def test_killed_supernode_run_finishes_with_the_remaining_node(tmp_path):
     assert f"supernode-1 (SuperNode ID {node_1}) exited with code -9 during the run" in report
     # the server's record of the lost node (the streamed flwr-run.log can end before its last
     # lines arrive on a loaded machine, so the results file is what is checked)
-    assert rows[1]["dropped"] == [f"node {node_1}"], rows[1]["dropped"]
+    assert rows[1]["dropped"] == [f"node {node_1} (partition 1)"], rows[1]["dropped"]

@@ -9,7 +9,6 @@ from florec.recdata.cohort import (
     cohort_digest,
     cohort_log,
     cohort_size,
-    is_partial,
     sample_cohort,
 )
 from florec.recdata.errors import ConfigError
@@ -35,7 +34,6 @@ def test_cohort_size_wins_over_the_fraction_and_full_cohorts_are_everyone():
     assert cohort_size(10, 0.25) == 2
     np.testing.assert_array_equal(sample_cohort(0, 1, 9), np.arange(9))
     np.testing.assert_array_equal(sample_cohort(0, 1, 9, size=9), np.arange(9))
-    assert not is_partial(9) and is_partial(9, size=3) and is_partial(9, fraction=0.5)
 
 
 def test_every_user_is_drawn_about_equally_often_over_rounds():

@@ -48,7 +48,7 @@ def test_a_client_app_that_raises_on_one_node_is_skipped_and_named(tmp_path, sma
     assert result["rounds"] == 2 and len(rows) == 2
     for row in rows:
         assert row["train"]["num-replies"] == 3
-        assert row["dropped"] == [f"node {bad_node}"] * len(kinds)
+        assert row["dropped"] == [f"node {bad_node} (partition 1)"] * len(kinds)
     expected_users = 30 if MessageType.EVALUATE in kinds else 40
     assert result["metrics"]["num-users"] == expected_users
     assert rows[1]["valid"]["ndcg@10"] > 0
@@ -77,7 +77,8 @@ def test_a_node_that_times_out_is_dropped_and_the_round_proceeds(tmp_path, small
     result = run_federated(grid, cfg, tmp_path)
     rows = rows_of(tmp_path)
     assert result["rounds"] == 2
-    assert all(r["train"]["num-replies"] == 3 and r["dropped"] == ["node 3"] for r in rows)
+    dropped = ["node 3 (partition 2)"]  # node ids start at 1
+    assert all(r["train"]["num-replies"] == 3 and r["dropped"] == dropped for r in rows)
     assert all(r["valid"]["num-users"] == 30 for r in rows)  # no evaluation asked of node 3
 
 

@@ -185,7 +185,8 @@ def test_a_node_whose_training_fails_keeps_its_evaluation(tmp_path, small_config
     assert_same_run(separate, fused)
     rows_f = fused[0]
     assert all(r["coverage"]["complete"] for r in rows_f)  # evaluated although it failed
-    assert [r["dropped"] for r in rows_f] == [["node 2"]] * 3  # once, in its training's round
+    # once, in its training's round
+    assert [r["dropped"] for r in rows_f] == [["node 2 (partition 1)"]] * 3
     assert fused[2].pushed[MessageType.EVALUATE] == 3  # the last round's only
 
 
@@ -196,7 +197,8 @@ def test_a_node_whose_evaluation_fails_is_dropped_in_the_evaluated_round(tmp_pat
     assert_same_run(separate, fused)
     rows_f = fused[0]
     assert [r["coverage"]["missing_partitions"] for r in rows_f] == [[1]] * 3
-    assert [r["dropped"] for r in rows_f] == [["node 2"]] * 3  # not in the next round's row
+    # not in the next round's row
+    assert [r["dropped"] for r in rows_f] == [["node 2 (partition 1)"]] * 3
     assert all(r["train"]["num-replies"] == 3 for r in rows_f)  # its training still counts
 
 
@@ -211,7 +213,7 @@ def test_a_node_that_timed_out_is_not_evaluated_as_in_a_separate_run(tmp_path, s
     assert_same_run(separate, fused)
     rows_f = fused[0]
     assert rows_f[0]["coverage"]["missing_partitions"] == [1]  # its round-2 reply evaluated it
-    assert [r["dropped"] for r in rows_f] == [["node 2"], [], []]
+    assert [r["dropped"] for r in rows_f] == [["node 2 (partition 1)"], [], []]
 
 
 def test_a_node_whose_fused_message_fails_is_missing_from_that_evaluation(tmp_path,
@@ -225,7 +227,8 @@ def test_a_node_whose_fused_message_fails_is_missing_from_that_evaluation(tmp_pa
     assert rows_f[2]["coverage"]["complete"]  # the last round's plain evaluate reaches node 1
     assert rows_f[2]["comparable"] is True  # more users: it replaces the best round whatever
     # listed once, in the row of the round whose training it failed, as a separate run lists it
-    assert [r["dropped"] for r in rows_f] == [r["dropped"] for r in rows_s] == [["node 2"]] * 3
+    dropped = [["node 2 (partition 1)"]] * 3
+    assert [r["dropped"] for r in rows_f] == [r["dropped"] for r in rows_s] == dropped
     assert all(r["coverage"]["complete"] for r in rows_s)  # the difference the docs state
 
 

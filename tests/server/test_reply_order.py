@@ -94,7 +94,7 @@ def test_in_node_order_and_sampling_follow_partitions_not_node_ids():
     picks = []
     for ids in ([30, 10, 20, 50, 40], [7, 99, 3, 12, 61]):
         strategy = LocalOnly(fraction_train=0.6, seed=2)
-        strategy.set_node_order({n: p for p, n in enumerate(ids)})  # node ids[p] hosts p
+        strategy.set_partitions({n: p for p, n in enumerate(ids)})  # node ids[p] hosts p
         messages = [Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=n)
                     for n in sorted(ids) + [1000]]  # 1000: a node of unknown partition
         ordered = [m.metadata.dst_node_id for m in strategy.in_node_order(messages)]
