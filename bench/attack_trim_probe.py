@@ -1,0 +1,416 @@
+r"""Why the trimmed mean lets more target exposure through than no defense (ML-1M, issue 18).
+
+Runs one cell of ``bench/attacks_ml1m.toml`` (its config built by ``cell_config`` of
+``bench/attacks.py``)
+with the ``trimmed-mean`` defense and, at every round, applies BOTH rules to the SAME per-user
+uploads: the trimmed mean the run uses (``c_i`` times the row's trimmed mean under
+``aggregation='sum'``) and, as a counterfactual, the plain sum that defense ``none`` would have
+produced (same server optimiser state, on a copy; the run continues with the trimmed mean).
+Per round it logs, to one JSON line:
+
+- for each target row ``i``: the ``c_i`` users that changed it, the malicious ones among them,
+  ``floor(beta c_i)`` (values trimmed from each end), the norm of the row change
+  ``[dV_i, db_i]`` under each rule, its projection on the mean benign-user embedding direction
+  ``u_bar / ||u_bar||``, and the mean score step it gives the benign users,
+  ``u_bar . dV_i + db_i``, with the sum's split into the attackers' and the benign users' parts;
+- for all other rows: ``||dX_trim|| / ||dX_sum||`` (Frobenius norms over emb and bias) and the
+  score step of each probed user's current 10th-best item;
+- for benign users who never interacted with a target (a seeded sample, ``--users``), the model
+  each rule gives one step ahead: each user's embedding refitted to the new item table as the
+  run's evaluation does (``user-refit-steps`` Adam steps, :func:`refit_user_emb`, warm start
+  from the probe's own copy, which follows the trimmed-mean run), then the mean target score,
+  the mean 10th-best non-target score (what a target must beat), ER@10
+  (:func:`florec.models.exposure.exposure_sums`) and validation ndcg@10
+  (:func:`florec.models.metrics.evaluate_users`) on those users.
+
+The user embeddings are the probe's server-side copy (the run's live in its nodes): a refit
+from the probe's previous-round copy, not the nodes' trained rows, so the one-step-ahead numbers
+compare the two rules from one state; the run's own validation curve is logged beside them.
+
+Usage (from the repository root; ``--attack none`` for the clean probe)::
+
+    OMP_NUM_THREADS=1 FLOREC_DATA_DIR=/work/shared/data nice -n 10 setsid \
+      .venv/bin/python bench/attack_trim_probe.py --attack fedrecattack --fraction 0.005
+    .venv/bin/python bench/attack_trim_probe.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+from unittest import mock
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from florec.client.attacks import AttackKnowledge, knowledge_from_split
+from florec.models.base import seeded_rows
+from florec.models.exposure import exposure_sums
+from florec.models.metrics import evaluate_users
+from florec.models.mf import USER_SALT
+from florec.models.user_refit import EVAL, refit_user_emb
+from florec.protocol.codec import from_record
+from florec.recdata.cohort import sample_cohort
+from florec.recdata.runconfig import RunConfig, parse_run_config
+from florec.recdata.splits import Split
+from florec.recdata.store import get_split
+from florec.server import federation
+from florec.server.app import run_federated
+from florec.sim.local_grid import LocalGrid
+from florec.strategies.robust import RobustFedAvgRec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attacks import cell_config  # noqa: E402 (bench/attacks.py: the bench's own config)
+
+OUT = Path("docs/results/attacks_ml1m_trim_probe")
+K = 10
+
+
+class _Recording:
+    """A server optimiser that remembers the aggregated ``delta`` it was stepped with."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt, self.delta = opt, {}
+
+    def step(self, current: dict[str, np.ndarray], delta: dict[str, np.ndarray],
+             server_round: int) -> dict[str, np.ndarray]:
+        self.delta = {k: np.asarray(v, np.float64).copy() for k, v in delta.items()}
+        return self.opt.step(current, delta, server_round)
+
+
+def apply_rule(strategy: RobustFedAvgRec, server_round: int, replies: list[Message],
+               defense: str, counterfactual: bool
+               ) -> tuple[ArrayRecord | None, MetricRecord | None, dict[str, np.ndarray]]:
+    """The strategy's user-level aggregation of ``replies`` under ``defense``.
+
+    Parameters
+    ----------
+    strategy : RobustFedAvgRec
+        A strategy with a user-level defense (per-user uploads).
+    server_round : int
+        The round.
+    replies : list of Message
+        Per-user uploads (:mod:`florec.protocol.user_rows`).
+    defense : str
+        ``none`` is the plain sum / mean of the rows (as ``aggregation`` says).
+    counterfactual : bool
+        Leave the strategy as it was (server optimiser moments, bytes, dropped replies).
+
+    Returns
+    -------
+    (ArrayRecord, MetricRecord, dict)
+        The new global table, the round metrics and the aggregated change the server optimiser
+        was stepped with (``item_emb`` (n, d), ``item_bias`` (n,)).
+
+    """
+    saved = strategy.server_opt, strategy.defense, strategy.bytes_up, len(strategy.dropped)
+    rec = _Recording(copy.deepcopy(saved[0]) if counterfactual else saved[0])
+    strategy.server_opt, strategy.defense = rec, defense
+    try:
+        arrays, metrics = RobustFedAvgRec._user_level(strategy, server_round, replies)
+    finally:
+        strategy.server_opt, strategy.defense = saved[0], saved[1]
+        if counterfactual:
+            strategy.bytes_up = saved[2]
+            del strategy.dropped[saved[3]:]
+    return arrays, metrics, rec.delta
+
+
+def user_rows(replies: Iterable[Message]) -> dict[str, np.ndarray]:
+    """The concatenated per-user rows of ``replies`` (users numbered across replies)."""
+    parts, offset = [], 0
+    for msg in replies:
+        if msg.has_error():
+            continue
+        up = from_record(msg.content.array_records["arrays"])
+        parts.append(up | {"users": up["users"] + offset})
+        offset += len(up["user_weight"])
+    keys = ("users", "items", "item_emb", "item_bias")
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys} if parts else \
+        {k: np.zeros(0) for k in keys}
+
+
+def attacker_rows(rows: dict[str, np.ndarray], targets: np.ndarray) -> np.ndarray:
+    """Mask of the rows of users whose every row is a target item.
+
+    Those are the promotion attackers (FedRecAttack, A-ra/A-hum upload target rows only); a
+    benign user also uploads its own positives and sampled negatives.
+    """
+    users, items = rows["users"].astype(np.int64), rows["items"].astype(np.int64)
+    if len(users) == 0:
+        return np.zeros(0, bool)
+    off_target = np.bincount(users, weights=~np.isin(items, targets), minlength=users.max() + 1)
+    return off_target[users] == 0
+
+
+def kept_share(values: np.ndarray, bad: np.ndarray, k: int) -> float | None:
+    """Share of the attackers' coordinates a trimmed mean keeps (None without attackers).
+
+    Per coordinate the ``k`` lowest and ``k`` highest of the row's ``c`` values are cut; the
+    attackers' values among them are counted (tied values are interchangeable).
+    """
+    if not bad.any():
+        return None
+    if k == 0:
+        return 1.0
+    order = np.argsort(values, axis=0, kind="stable")
+    cut = np.concatenate([order[:k], order[len(values) - k:]])
+    return 1.0 - float(bad[cut].sum()) / (bad.sum() * values.shape[1])
+
+
+class Probe:
+    """The analysis side: sampled benign users, their embeddings, the JSON-lines log."""
+
+    def __init__(self, cfg: RunConfig, split: Split, know: AttackKnowledge, n_users: int,
+                 log: TextIO, follow: str = "trim") -> None:
+        self.cfg, self.know, self.log, self.population = cfg, know, log, split.n_users
+        self.follow = follow
+        seen = split.matrix("train") + split.matrix("valid") + split.matrix("test")
+        never = np.asarray(seen[:, know.targets].sum(axis=1)).ravel() == 0
+        pool = np.flatnonzero(never & ~np.isin(np.arange(split.n_users), know.malicious))
+        rng = np.random.default_rng(cfg.seed)
+        self.users = np.sort(rng.choice(pool, size=min(n_users, len(pool)), replace=False))
+        self.train = split.matrix("train")[self.users].tocsr()
+        self.valid = split.matrix("valid")[self.users].tocsr()
+        self.mask_valid = split.mask_for("valid")[self.users].tocsr()
+        self.mask_test = split.mask_for("test")[self.users].tocsr()
+        self.seen = seen[self.users].tocsr()
+        self.emb = seeded_rows(self.users, cfg.dim, cfg.seed, cfg.init_std, USER_SALT)
+
+    def refit(self, table: dict[str, np.ndarray], server_round: int) -> np.ndarray:
+        """The probed users' embeddings refitted to ``table`` (the evaluation's refit)."""
+        return refit_user_emb(self.train, self.users, self.emb, table["item_emb"],
+                              table["item_bias"], self.cfg.user_refit_steps,
+                              self.cfg.user_refit_lr, self.cfg.reg, self.cfg.seed, server_round,
+                              EVAL)
+
+    def ahead(self, table: dict[str, np.ndarray], server_round: int) -> dict[str, Any]:
+        """Target and 10th-best scores, ER@10 and valid ndcg@10 of the probed users."""
+        p = self.refit(table, server_round)
+        v = torch.as_tensor(table["item_emb"], dtype=torch.float64)
+        b = torch.as_tensor(table["item_bias"], dtype=torch.float64)
+        scores = torch.as_tensor(p, dtype=torch.float64) @ v.T + b
+        stale = torch.as_tensor(self.emb, dtype=torch.float64) @ v.T + b  # before the refit
+
+        def score_fn(rows: torch.Tensor) -> torch.Tensor:
+            return scores[rows]
+
+        rows = np.arange(len(self.users))
+        masked = scores.clone()
+        coo = self.mask_test.tocoo()
+        masked[torch.as_tensor(coo.row), torch.as_tensor(coo.col)] = -torch.inf
+        masked[:, torch.as_tensor(self.know.targets)] = -torch.inf
+        kth = masked.topk(K, dim=1).values[:, -1]
+        exp = exposure_sums(score_fn, rows, self.mask_test, self.seen, self.know.targets, [K])
+        acc = evaluate_users(score_fn, rows, self.mask_valid, self.valid, [K])
+        n_acc = max(acc.get("num-users", 0.0), 1.0)
+        return {"target_score": float(scores[:, self.know.targets].mean()),
+                "target_score_before_refit": float(stale[:, self.know.targets].mean()),
+                "kth_score": float(kth.mean()),
+                "margin": float((scores[:, self.know.targets] - kth[:, None]).mean()),
+                "er@10": exp["exposure/er@10"] / max(exp["exposure/num-users"], 1.0),
+                "valid_ndcg@10": acc["ndcg@10"] / n_acc}, p
+
+    def record(self, server_round: int, rows: dict[str, np.ndarray],
+               current: dict[str, np.ndarray], tables: dict[str, dict[str, np.ndarray]],
+               deltas: dict[str, dict[str, np.ndarray]]) -> None:
+        """Write one round's line (see the module docstring) and advance the user copy."""
+        targets, beta = self.know.targets, self.cfg.defense_trim
+        u_bar = self.emb.astype(np.float64).mean(axis=0)
+        u_dir = u_bar / max(np.linalg.norm(u_bar), 1e-300)
+        bad = attacker_rows(rows, targets) if self.cfg.attack != "none" else \
+            np.zeros(len(rows["items"]), bool)
+        emb, bias = rows["item_emb"].astype(np.float64), rows["item_bias"].astype(np.float64)
+        per_target = []
+        for t in targets.tolist():
+            on = rows["items"] == t
+            c = int(on.sum())
+            entry: dict[str, Any] = {"item": t, "c": c, "malicious": int((on & bad).sum()),
+                                     "trimmed_each_end": int(np.floor(beta * c))}
+            entry["attackers_kept"] = kept_share(
+                np.concatenate([emb[on], bias[on, None]], axis=1), bad[on], entry[
+                    "trimmed_each_end"])
+            for rule, d in deltas.items():
+                dv, db = d["item_emb"][t], float(d["item_bias"][t])
+                entry[f"norm_{rule}"] = float(np.sqrt(dv @ dv + db * db))
+                entry[f"proj_{rule}"] = float(dv @ u_dir)
+                entry[f"bias_{rule}"] = db
+                entry[f"score_step_{rule}"] = float(dv @ u_bar + db)
+            for part, sel in (("attackers", on & bad), ("benign", on & ~bad)):
+                entry[f"score_step_sum_{part}"] = float(emb[sel].sum(0) @ u_bar + bias[sel].sum())
+            per_target.append(entry)
+        others = np.setdiff1d(np.arange(len(current["item_bias"])), targets)
+        norm = {rule: float(np.sqrt((d["item_emb"][others] ** 2).sum()
+                                    + (d["item_bias"][others] ** 2).sum()))
+                for rule, d in deltas.items()}
+        before = self.emb @ current["item_emb"].T + current["item_bias"]
+        before[self.mask_test.nonzero()] = -np.inf
+        before[:, targets] = -np.inf
+        kth_item = np.argsort(-before, axis=1, kind="stable")[:, K - 1]
+        kth_step = {rule: float(np.mean(np.einsum("ud,ud->u", self.emb, d["item_emb"][kth_item])
+                                        + d["item_bias"][kth_item]))
+                    for rule, d in deltas.items()}
+        ahead, refitted = {}, {}
+        for rule, table in tables.items():
+            ahead[rule], refitted[rule] = self.ahead(table, server_round)
+        cohort = sample_cohort(self.cfg.seed, server_round, self.population,
+                               self.cfg.cohort_fraction, self.cfg.cohort_size)
+        line = {"round": server_round, "uploaders": int(len(np.unique(rows["users"]))),
+                "u_bar_norm": float(np.linalg.norm(u_bar)),
+                "attackers_uploading": int(len(np.unique(rows["users"][bad]))),
+                "attackers_in_cohort": int(np.isin(cohort, self.know.malicious).sum()),
+                "targets": per_target,
+                "others_norm_trim_over_sum": norm["trim"] / max(norm["sum"], 1e-300),
+                "others_norm": norm, "kth_item_score_step": kth_step, "ahead": ahead}
+        self.log.write(json.dumps(line) + "\n")
+        self.log.flush()
+        self.emb = refitted[self.follow]  # the rule the run goes on with
+
+
+class TrimProbe(RobustFedAvgRec):
+    """:class:`RobustFedAvgRec` that also computes the plain sum of each round's uploads."""
+
+    probe: Probe | None = None
+    #: the rule whose result the run continues with (``sum``: the undefended trajectory)
+    follow: str = "trim"
+
+    def _user_level(self, server_round: int, replies: Iterable[Message]
+                    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        current = {k: np.asarray(self.current[k], np.float64).copy()
+                   for k in ("item_emb", "item_bias")}
+        out = {}
+        for rule in sorted(("sum", "trim"), key=lambda r: r == self.follow):  # followed last
+            out[rule] = apply_rule(self, server_round, replies,
+                                   "none" if rule == "sum" else self.defense,
+                                   counterfactual=rule != self.follow)
+        if self.probe is not None and all(o[0] is not None for o in out.values()):
+            self.probe.record(server_round, user_rows(replies), current,
+                              {r: from_record(o[0]) for r, o in out.items()},
+                              {r: o[2] for r, o in out.items()})
+        return out[self.follow][:2]
+
+
+def run_probe(spec: dict[str, Any], attack: str, fraction: float, seed: int, n_users: int,
+              out: Path, follow: str = "trim") -> Path:
+    """Run one trimmed-mean cell with the probe; returns its JSON-lines file.
+
+    With ``follow='sum'`` the run continues with the plain sum (the undefended cell's
+    trajectory; nodes still upload per-user rows) and the trimmed mean is the counterfactual.
+    """
+    cell = {"attack": attack, "fraction": fraction, "defense": "trimmed-mean", "seed": seed,
+            "grid_config": {}}
+    config = cell_config(spec, cell)
+    cfg = parse_run_config(config)
+    split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, None, cfg.min_rating)
+    know = knowledge_from_split(cfg, split)
+    path = out / f"{attack}-f{fraction:g}-s{seed}-follow-{follow}.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    build = federation.build_strategy
+    t0 = time.perf_counter()
+    with path.open("w") as log:
+        probe = Probe(cfg, split, know, n_users, log, follow)
+        log.write(json.dumps({"kind": "config", "config": config, "follow": follow,
+                              "probe_users": len(probe.users),
+                              "targets": know.targets.tolist(),
+                              "malicious": know.malicious.tolist()}) + "\n")
+
+        def probed(*args: Any, **kwargs: Any) -> tuple[Any, ArrayRecord]:
+            strategy, arrays = build(*args, **kwargs)
+            if type(strategy) is not RobustFedAvgRec:
+                raise SystemExit(f"the probe needs RobustFedAvgRec, got {type(strategy)}")
+            strategy.__class__ = TrimProbe
+            strategy.probe, strategy.follow = probe, follow
+            return strategy, arrays
+
+        with mock.patch.object(federation, "build_strategy", probed), \
+                tempfile.TemporaryDirectory() as tmp:
+            result = run_federated(LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False),
+                                   cfg, Path(tmp) / "run")
+            curve = [json.loads(x) for x in (Path(tmp) / "run" / "rounds.jsonl").read_text()
+                     .splitlines()]
+        log.write(json.dumps({"kind": "run", "metrics": result["metrics"],
+                              "best_round": result["best_round"],
+                              "wall_s": time.perf_counter() - t0,
+                              "curve": [{"round": r["round"], "er@10": r["valid"].get("er@10"),
+                                         "ndcg@10": r["valid"].get("ndcg@10")}
+                                        for r in curve if "valid" in r]}) + "\n")
+    return path
+
+
+def report(out: Path) -> str:
+    """Markdown tables of every probe file under ``out`` (means over the 5 targets)."""
+    lines = []
+    for path in sorted(out.glob("*.jsonl")):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        head = rows[0]
+        rounds = [r for r in rows if "round" in r and "kind" not in r]
+        lines += [f"### `{path.name}` ({head['config']['attack']}, "
+                  f"{head['config']['attack-fraction']:.1%}, seed {head['config']['seed']}, "
+                  f"run follows {head.get('follow', 'trim')}, "
+                  f"{head['probe_users']} probed users)", "",
+                  "| round | attackers | c_i | trimmed/end | attackers kept "
+                  "| target step sum (att + benign) | target step trim | target bias sum / trim "
+                  "| other rows norm trim/sum | 10th-item step sum / trim "
+                  "| margin sum / trim | ER@10 sum / trim | valid ndcg@10 sum / trim |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rounds:
+            t = r["targets"]
+
+            def m(key: str, t: list[dict[str, Any]] = t) -> float:
+                return float(np.mean([x[key] for x in t]))
+
+            a, k = r["ahead"], r["kth_item_score_step"]
+            kept = [x["attackers_kept"] for x in t if x.get("attackers_kept") is not None]
+            lines.append(
+                f"| {r['round']} | {r['attackers_uploading']} | {m('c'):.1f} | "
+                f"{m('trimmed_each_end'):.1f} | "
+                f"{f'{np.mean(kept):.2f}' if kept else '-'} | {m('score_step_sum'):+.3f} "
+                f"({m('score_step_sum_attackers'):+.3f} {m('score_step_sum_benign'):+.3f}) | "
+                f"{m('score_step_trim'):+.3f} | {m('bias_sum'):+.3f} / {m('bias_trim'):+.3f} | "
+                f"{r['others_norm_trim_over_sum']:.3f} | "
+                f"{k['sum']:+.4f} / {k['trim']:+.4f} | "
+                f"{a['sum']['margin']:+.3f} / {a['trim']['margin']:+.3f} | "
+                f"{a['sum']['er@10']:.3f} / {a['trim']['er@10']:.3f} | "
+                f"{a['sum']['valid_ndcg@10']:.4f} / {a['trim']['valid_ndcg@10']:.4f} |")
+        run = next((r for r in rows if r.get("kind") == "run"), None)
+        if run:
+            lines += ["", "Run's own validation (all benign users): " + ", ".join(
+                f"r{c['round']} ER@10 {c['er@10']:.3f} ndcg@10 {c['ndcg@10']:.4f}"
+                for c in run["curve"]) + f"; test ER@10 {run['metrics'].get('er@10', 0):.3f}, "
+                f"ndcg@10 {run['metrics']['ndcg@10']:.4f}"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run a probe (or print the report of the probe files)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("bench/attacks_ml1m.toml"))
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--attack", default="fedrecattack")
+    parser.add_argument("--fraction", type=float, default=0.005)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--users", type=int, default=1000, help="benign users probed")
+    parser.add_argument("--follow", choices=("trim", "sum"), default="trim",
+                        help="the rule the run continues with (the other is the counterfactual)")
+    parser.add_argument("--report", action="store_true", help="print the tables only")
+    args = parser.parse_args()
+    if not args.report:
+        fraction = 0.0 if args.attack == "none" else args.fraction
+        run_probe(tomllib.loads(args.config.read_text()), args.attack, fraction, args.seed,
+                  args.users, args.out, args.follow)
+    print(report(args.out))
+
+
+if __name__ == "__main__":
+    main()

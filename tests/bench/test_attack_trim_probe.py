@@ -1,0 +1,140 @@
+"""bench/attack_trim_probe.py: the counterfactual sum is what the plain strategy returns on the
+same replies, and probing leaves the trimmed-mean run unchanged."""
+
+import copy
+
+import numpy as np
+import pytest
+from flwr.app import Message, MetricRecord, RecordDict
+
+from florec.protocol.codec import from_record, to_record
+from florec.protocol.fedavg_upload import node_payload
+from florec.protocol.user_rows import user_rows_payload
+from florec.strategies.fedavg import FedAvgRec
+from florec.strategies.robust import RobustFedAvgRec
+from florec.strategies.server_opt import ServerOptimizer
+
+N, D = 15, 4
+TARGETS = np.array([3, 11])
+
+
+@pytest.fixture(autouse=True)
+def _run_ids():
+    from florec.sim.local_grid import LocalGrid
+
+    LocalGrid({}, 1, handlers={})  # the run/task ids a Flower process would set (Message needs)
+
+
+def _reply(arrays, weight):
+    content = RecordDict({"arrays": to_record(arrays),
+                          "metrics": MetricRecord({"weight": weight, "num-users": 1.0,
+                                                   "num-pairs": 1.0, "loss-sum": 0.5})})
+    return Message(content, reply_to=Message(RecordDict(), dst_node_id=1, message_type="train"))
+
+
+def _uploads(seed=0, nodes=3, users=6):
+    """Per-user and pre-summed replies of the same rows; the last user of node 0 attacks."""
+    rng = np.random.default_rng(seed)
+    per_user, summed = [], []
+    for node in range(nodes):
+        parts = [rng.choice(np.setdiff1d(np.arange(N), TARGETS), 5, replace=False)
+                 for _ in range(users)]
+        parts = [np.union1d(p, TARGETS[rng.random(2) < 0.5]) for p in parts]
+        if node == 0:
+            parts[-1] = TARGETS
+        row_user = np.concatenate([np.full(len(p), u) for u, p in enumerate(parts)])
+        row_item = np.concatenate(parts)
+        delta = rng.normal(0, 0.1, (len(row_item), D)).astype(np.float32)
+        bias = rng.normal(0, 0.1, len(row_item)).astype(np.float32)
+        if node == 0:
+            delta[row_user == users - 1] += 2.0
+        w = np.ones(users)
+        per_user.append(_reply(*user_rows_payload(row_user, row_item, delta, bias, w)))
+        summed.append(_reply(*node_payload("sparse", N, row_user, row_item, delta, bias, w)))
+    return per_user, summed
+
+
+def _start(strategy):
+    rng = np.random.default_rng(7)
+    strategy.current = {"item_emb": rng.normal(size=(N, D)).astype(np.float32),
+                        "item_bias": rng.normal(size=N).astype(np.float32)}
+    strategy.server_opt.m = {"item_emb": rng.normal(0, 0.1, (N, D)),
+                             "item_bias": rng.normal(0, 0.1, N)}  # a round-2 momentum
+    return strategy
+
+
+def _opt():
+    return ServerOptimizer("avgm", 1.0, 0.5)
+
+
+def test_the_counterfactual_sum_equals_the_plain_strategy_on_the_same_replies(bench_script):
+    probe = bench_script("attack_trim_probe")
+    per_user, summed = _uploads()
+    plain = _start(FedAvgRec("sum", server_opt=_opt()))
+    want, _ = plain.aggregate_train(2, summed)
+    robust = _start(RobustFedAvgRec("trimmed-mean", trim=0.2, mode="sum", server_opt=_opt()))
+    moments = copy.deepcopy(robust.server_opt.m)
+    got, _, delta = probe.apply_rule(robust, 2, per_user, "none", counterfactual=True)
+    want, got = from_record(want), from_record(got)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+    # the recorded delta is the row sum, and the strategy's moments were left as they were
+    sums = np.zeros((N, D))
+    for msg in per_user:
+        up = from_record(msg.content.array_records["arrays"])
+        np.add.at(sums, up["items"], up["item_emb"])
+    np.testing.assert_allclose(delta["item_emb"], sums, rtol=1e-6, atol=1e-6)
+    for key in moments:
+        np.testing.assert_array_equal(robust.server_opt.m[key], moments[key])
+
+
+def test_probing_leaves_the_trimmed_mean_run_unchanged(bench_script):
+    probe = bench_script("attack_trim_probe")
+    per_user, _ = _uploads(seed=1)
+    ref = _start(RobustFedAvgRec("trimmed-mean", trim=0.2, mode="sum", server_opt=_opt()))
+    want, _ = ref.aggregate_train(2, per_user)
+    probed = _start(RobustFedAvgRec("trimmed-mean", trim=0.2, mode="sum", server_opt=_opt()))
+    probed.__class__ = probe.TrimProbe  # probe=None: the sum is computed, nothing logged
+    got, _ = probed.aggregate_train(2, per_user)
+    want, got = from_record(want), from_record(got)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+        np.testing.assert_array_equal(probed.server_opt.m[key], ref.server_opt.m[key])
+    assert probed.bytes_up == ref.bytes_up
+
+
+def test_attacker_rows_are_the_users_uploading_targets_only(bench_script):
+    probe = bench_script("attack_trim_probe")
+    per_user, _ = _uploads()
+    rows = probe.user_rows(per_user)
+    bad = probe.attacker_rows(rows, TARGETS)
+    assert set(rows["items"][bad].tolist()) == set(TARGETS.tolist())
+    assert len(np.unique(rows["users"][bad])) == 1  # the one attacker of node 0
+    assert bad.sum() == len(TARGETS)
+
+
+def test_kept_share_counts_the_attacker_values_a_trimmed_mean_keeps(bench_script):
+    probe = bench_script("attack_trim_probe")
+    values = np.array([[0.0, 5.0], [1.0, 6.0], [2.0, -9.0], [9.0, 7.0], [9.0, 8.0]])
+    bad = np.array([False, False, False, True, True])
+    # k=1 cuts one value from each end per column: one of the two 9s in column 0, the 8 in
+    # column 1 -> 2 of the attackers' 4 values cut
+    assert probe.kept_share(values, bad, 1) == pytest.approx(0.5)
+    assert probe.kept_share(values, bad, 0) == 1.0
+    assert probe.kept_share(values, np.zeros(5, bool), 1) is None
+
+
+def test_following_the_sum_continues_as_the_undefended_strategy(bench_script):
+    probe = bench_script("attack_trim_probe")
+    per_user, summed = _uploads(seed=2)
+    plain = _start(FedAvgRec("sum", server_opt=_opt()))
+    want, _ = plain.aggregate_train(2, summed)
+    probed = _start(RobustFedAvgRec("trimmed-mean", trim=0.2, mode="sum", server_opt=_opt()))
+    probed.__class__ = probe.TrimProbe
+    probed.follow = "sum"
+    got, _ = probed.aggregate_train(2, per_user)
+    want, got = from_record(want), from_record(got)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(probed.server_opt.m[key], plain.server_opt.m[key],
+                                   rtol=1e-5, atol=1e-6)
