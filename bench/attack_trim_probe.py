@@ -213,7 +213,8 @@ class Probe:
         exp = exposure_sums(score_fn, rows, self.mask_test, self.seen, self.know.targets, [K])
         acc = evaluate_users(score_fn, rows, self.mask_valid, self.valid, [K])
         n_acc = max(acc.get("num-users", 0.0), 1.0)
-        return {"target_score": float(scores[:, self.know.targets].mean()),
+        return {"target_bias": float(b[self.know.targets].mean()),
+                "target_score": float(scores[:, self.know.targets].mean()),
                 "target_score_before_refit": float(stale[:, self.know.targets].mean()),
                 "kth_score": float(kth.mean()),
                 "margin": float((scores[:, self.know.targets] - kth[:, None]).mean()),
@@ -389,7 +390,45 @@ def report(out: Path) -> str:
                 for c in run["curve"]) + f"; test ER@10 {run['metrics'].get('er@10', 0):.3f}, "
                 f"ndcg@10 {run['metrics']['ndcg@10']:.4f}"]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + trajectories(out))
+
+
+def trajectories(out: Path) -> list[str]:
+    """Per round, the followed rule's probed-user numbers of a cell's two runs side by side.
+
+    For a cell probed twice (``-follow-trim`` and ``-follow-sum``): the mean target score,
+    the same before the users' refit (the item table's part of the change), the mean
+    10th-best score and ER@10 of the probed users after each round of each trajectory, the
+    targets' mean bias and the norm of the other rows' aggregated change.
+    """
+    lines: list[str] = []
+    for trim_path in sorted(out.glob("*-follow-trim.jsonl")):
+        sum_path = trim_path.with_name(trim_path.name.replace("-follow-trim", "-follow-sum"))
+        if not sum_path.exists():
+            continue
+        runs = {}
+        for rule, path in (("trim", trim_path), ("sum", sum_path)):
+            rows = [json.loads(x) for x in path.read_text().splitlines()]
+            runs[rule] = [r for r in rows if "round" in r and "kind" not in r]
+        lines += [f"### `{trim_path.name.replace('-follow-trim.jsonl', '')}`: the trimmed-mean "
+                  "run vs the undefended (sum) run", "",
+                  "| round | target score trim / sum | before refit trim / sum "
+                  "| 10th-best trim / sum | ER@10 trim / sum | target bias trim / sum "
+                  "| other rows' change norm trim / sum |",
+                  "|---|---|---|---|---|---|---|"]
+        for t, s in zip(runs["trim"], runs["sum"], strict=False):
+            a = {"trim": t["ahead"]["trim"], "sum": s["ahead"]["sum"]}
+            lines.append(
+                f"| {t['round']} | {a['trim']['target_score']:.2f} / "
+                f"{a['sum']['target_score']:.2f} | "
+                f"{a['trim'].get('target_score_before_refit', float('nan')):.2f} / "
+                f"{a['sum'].get('target_score_before_refit', float('nan')):.2f} | "
+                f"{a['trim']['kth_score']:.2f} / {a['sum']['kth_score']:.2f} | "
+                f"{a['trim']['er@10']:.3f} / {a['sum']['er@10']:.3f} | "
+                f"{a['trim']['target_bias']:.1f} / {a['sum']['target_bias']:.1f} | "
+                f"{t['others_norm']['trim']:.2f} / {s['others_norm']['sum']:.2f} |")
+        lines.append("")
+    return lines
 
 
 def main() -> None:

@@ -138,3 +138,37 @@ def test_following_the_sum_continues_as_the_undefended_strategy(bench_script):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(probed.server_opt.m[key], plain.server_opt.m[key],
                                    rtol=1e-5, atol=1e-6)
+
+
+SPEC = {"bench": {"dataset": "synthetic"},
+        "base": {"algorithm": "fedavg", "model": "mf", "split": "ratio", "dim": 8,
+                 "num-nodes": 2, "num-rounds": 2, "eval-every": 2, "cohort-fraction": 0.5,
+                 "aggregation": "sum", "optimizer": "sgd", "lr": 0.5, "server-opt": "avgm",
+                 "server-momentum": 0.5, "user-refit-steps": 3, "attack-targets": "unpopular:3",
+                 "attack-lr": 1.0, "attack-steps": 2, "defense-trim": 0.1}}
+
+
+@pytest.mark.slow
+def test_a_probe_run_logs_every_round_and_counts_the_attackers_of_the_cohort(bench_script,
+                                                                             tmp_path):
+    import json
+
+    probe = bench_script("attack_trim_probe")
+    for follow in ("trim", "sum"):
+        path = probe.run_probe(SPEC, "fedrecattack", 0.05, 0, 40, tmp_path, follow)
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        rounds = [x for x in lines if "round" in x and "kind" not in x]
+        assert [r["round"] for r in rounds] == [1, 2]
+        assert lines[-1]["kind"] == "run" and lines[0]["follow"] == follow
+        assert sum(r["attackers_in_cohort"] for r in rounds) > 0
+        for r in rounds:
+            assert len(r["targets"]) == 3
+            assert r["attackers_uploading"] == r["attackers_in_cohort"]
+            assert 0.0 <= r["ahead"]["trim"]["er@10"] <= 1.0
+            for t in r["targets"]:
+                assert t["trimmed_each_end"] == int(0.1 * t["c"])
+                assert t["score_step_sum"] == pytest.approx(
+                    t["score_step_sum_attackers"] + t["score_step_sum_benign"], abs=1e-4)
+    text = probe.report(tmp_path)
+    assert "fedrecattack-f0.05-s0-follow-sum.jsonl" in text
+    assert "the trimmed-mean run vs the undefended (sum) run" in text
