@@ -431,6 +431,31 @@ def trajectories(out: Path) -> list[str]:
     return lines
 
 
+def saturation(margins: Iterable[float] = (0, 10, 20, 25, 28, 30, 32, 35, 40),
+               seed: int = 0) -> list[dict[str, float]]:
+    """Norm of FedRecAttack's target-row step when the targets already lead by ``margin``.
+
+    :func:`florec.client.attack_rules.promotion_step` (``attack-lr`` 1, ``attack-steps`` 5,
+    K = 10) on a seeded random table (300 items, d = 64, item rows N(0, 0.1), 50 users N(0, 1))
+    whose 2 targets carry bias ``margin`` above every other item: each step is the gradient
+    divided by ``max(||g||, 1e-12)``, so once the softplus gradient falls below 1e-12 the step
+    shrinks towards 0 (the attack stops pushing targets it already ranks far above the top-K).
+    """
+    from florec.client.attack_rules import promotion_step
+
+    rng = np.random.default_rng(seed)
+    emb, users, targets = rng.normal(0, 0.1, (300, 64)), rng.normal(0, 1, (50, 64)), \
+        np.array([5, 9])
+    out = []
+    for margin in margins:
+        bias = np.zeros(300)
+        bias[targets] = margin
+        d, db = promotion_step(emb, bias, users, targets, K, 1.0, 5)
+        out.append({"margin": float(margin),
+                    "step_norm": float(np.sqrt((d ** 2).sum(1) + db ** 2).mean())})
+    return out
+
+
 def main() -> None:
     """Run a probe (or print the report of the probe files)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -443,7 +468,14 @@ def main() -> None:
     parser.add_argument("--follow", choices=("trim", "sum"), default="trim",
                         help="the rule the run continues with (the other is the counterfactual)")
     parser.add_argument("--report", action="store_true", help="print the tables only")
+    parser.add_argument("--saturation", action="store_true",
+                        help="write saturation.json: FedRecAttack's step vs the targets' lead")
     args = parser.parse_args()
+    if args.saturation:
+        rows = saturation()
+        (args.out / "saturation.json").write_text(json.dumps(rows, indent=1) + "\n")
+        print("\n".join(f"lead {r['margin']:g}: step norm {r['step_norm']:.4f}" for r in rows))
+        return
     if not args.report:
         fraction = 0.0 if args.attack == "none" else args.fraction
         run_probe(tomllib.loads(args.config.read_text()), args.attack, fraction, args.seed,

@@ -172,3 +172,10 @@ def test_a_probe_run_logs_every_round_and_counts_the_attackers_of_the_cohort(ben
     text = probe.report(tmp_path)
     assert "fedrecattack-f0.05-s0-follow-sum.jsonl" in text
     assert "the trimmed-mean run vs the undefended (sum) run" in text
+
+
+def test_fedrecattack_stops_pushing_targets_it_already_ranks_far_ahead(bench_script):
+    probe = bench_script("attack_trim_probe")
+    near, far = probe.saturation((0.0, 40.0))
+    assert near["step_norm"] > 1.0  # lr 1 x 5 normalised steps (partly cancelling)
+    assert far["step_norm"] < 1e-2
