@@ -16,16 +16,18 @@ Per round it logs, to one JSON line:
 - for all other rows: ``||dX_trim|| / ||dX_sum||`` (Frobenius norms over emb and bias) and the
   score step of each probed user's current 10th-best item;
 - for benign users who never interacted with a target (a seeded sample, ``--users``), the model
-  each rule gives one step ahead: each user's embedding refitted to the new item table as the
-  run's evaluation does (``user-refit-steps`` Adam steps, :func:`refit_user_emb`, warm start
-  from the probe's own copy, which follows the trimmed-mean run), then the mean target score,
-  the mean 10th-best non-target score (what a target must beat), ER@10
+  each rule gives one step ahead: each user's embedding as its node stores it after the round
+  (read from the in-process nodes, which a real server cannot do) refitted to the new item
+  table as the run's evaluation does (``user-refit-steps`` Adam steps on the same negatives,
+  :func:`refit_user_emb`), then the mean target score (also before the refit), the mean
+  10th-best non-target score (what a target must beat), ER@10
   (:func:`florec.models.exposure.exposure_sums`) and validation ndcg@10
-  (:func:`florec.models.metrics.evaluate_users`) on those users.
+  (:func:`florec.models.metrics.evaluate_users`) on those users. On an evaluated round the
+  followed rule's numbers are the run's own evaluation restricted to the sample.
 
-The user embeddings are the probe's server-side copy (the run's live in its nodes): a refit
-from the probe's previous-round copy, not the nodes' trained rows, so the one-step-ahead numbers
-compare the two rules from one state; the run's own validation curve is logged beside them.
+With ``--follow sum`` the run continues with the plain sum instead (the undefended cell's
+trajectory; the nodes still upload per-user rows) and the trimmed mean is the counterfactual.
+``--saturation`` tabulates FedRecAttack's step against the lead its targets already have.
 
 Usage (from the repository root; ``--attack none`` for the clean probe)::
 
@@ -53,6 +55,8 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from florec.client.attacks import AttackKnowledge, knowledge_from_split
+from florec.client.fedavg_node import PRIVATE_KEY
+from florec.client.node_store import open_store
 from florec.models.base import seeded_rows
 from florec.models.exposure import exposure_sums
 from florec.models.metrics import evaluate_users
@@ -171,9 +175,9 @@ class Probe:
     """The analysis side: sampled benign users, their embeddings, the JSON-lines log."""
 
     def __init__(self, cfg: RunConfig, split: Split, know: AttackKnowledge, n_users: int,
-                 log: TextIO, follow: str = "trim") -> None:
+                 log: TextIO, grid: LocalGrid | None = None) -> None:
         self.cfg, self.know, self.log, self.population = cfg, know, log, split.n_users
-        self.follow = follow
+        self.grid = grid
         seen = split.matrix("train") + split.matrix("valid") + split.matrix("test")
         never = np.asarray(seen[:, know.targets].sum(axis=1)).ravel() == 0
         pool = np.flatnonzero(never & ~np.isin(np.arange(split.n_users), know.malicious))
@@ -186,6 +190,25 @@ class Probe:
         self.seen = seen[self.users].tocsr()
         self.emb = seeded_rows(self.users, cfg.dim, cfg.seed, cfg.init_std, USER_SALT)
 
+    def load_stored(self, node_users: list[np.ndarray]) -> None:
+        """Set the probed users' embeddings to what their nodes store after this round.
+
+        Reads the private state of the in-process nodes (a real server cannot): the rows the
+        run's next evaluation refits from. ``node_users[p]``: partition ``p``'s users in
+        bucket order (the strategy's cohort map); users never trained keep their seeded rows.
+        """
+        if self.grid is None:
+            return
+        index = {int(u): j for j, u in enumerate(self.users)}
+        for context in self.grid.contexts.values():
+            saved = open_store(context, self.cfg.store_spill_mb).get(PRIVATE_KEY)
+            if saved is None:
+                continue
+            users = node_users[int(context.node_config["partition-id"])]
+            for row, user in enumerate(users.tolist()):
+                if user in index:
+                    self.emb[index[user]] = saved["user_emb"][row]
+
     def refit(self, table: dict[str, np.ndarray], server_round: int) -> np.ndarray:
         """The probed users' embeddings refitted to ``table`` (the evaluation's refit)."""
         return refit_user_emb(self.train, self.users, self.emb, table["item_emb"],
@@ -193,7 +216,7 @@ class Probe:
                               self.cfg.user_refit_lr, self.cfg.reg, self.cfg.seed, server_round,
                               EVAL)
 
-    def ahead(self, table: dict[str, np.ndarray], server_round: int) -> dict[str, Any]:
+    def ahead(self, table: dict[str, np.ndarray], server_round: int) -> dict[str, float]:
         """Target and 10th-best scores, ER@10 and valid ndcg@10 of the probed users."""
         p = self.refit(table, server_round)
         v = torch.as_tensor(table["item_emb"], dtype=torch.float64)
@@ -219,7 +242,7 @@ class Probe:
                 "kth_score": float(kth.mean()),
                 "margin": float((scores[:, self.know.targets] - kth[:, None]).mean()),
                 "er@10": exp["exposure/er@10"] / max(exp["exposure/num-users"], 1.0),
-                "valid_ndcg@10": acc["ndcg@10"] / n_acc}, p
+                "valid_ndcg@10": acc["ndcg@10"] / n_acc}
 
     def record(self, server_round: int, rows: dict[str, np.ndarray],
                current: dict[str, np.ndarray], tables: dict[str, dict[str, np.ndarray]],
@@ -260,9 +283,7 @@ class Probe:
         kth_step = {rule: float(np.mean(np.einsum("ud,ud->u", self.emb, d["item_emb"][kth_item])
                                         + d["item_bias"][kth_item]))
                     for rule, d in deltas.items()}
-        ahead, refitted = {}, {}
-        for rule, table in tables.items():
-            ahead[rule], refitted[rule] = self.ahead(table, server_round)
+        ahead = {rule: self.ahead(table, server_round) for rule, table in tables.items()}
         cohort = sample_cohort(self.cfg.seed, server_round, self.population,
                                self.cfg.cohort_fraction, self.cfg.cohort_size)
         line = {"round": server_round, "uploaders": int(len(np.unique(rows["users"]))),
@@ -274,7 +295,6 @@ class Probe:
                 "others_norm": norm, "kth_item_score_step": kth_step, "ahead": ahead}
         self.log.write(json.dumps(line) + "\n")
         self.log.flush()
-        self.emb = refitted[self.follow]  # the rule the run goes on with
 
 
 class TrimProbe(RobustFedAvgRec):
@@ -295,6 +315,7 @@ class TrimProbe(RobustFedAvgRec):
                                    "none" if rule == "sum" else self.defense,
                                    counterfactual=rule != self.follow)
         if self.probe is not None and all(o[0] is not None for o in out.values()):
+            self.probe.load_stored(self.node_users)
             self.probe.record(server_round, user_rows(replies), current,
                               {r: from_record(o[0]) for r, o in out.items()},
                               {r: o[2] for r, o in out.items()})
@@ -319,7 +340,8 @@ def run_probe(spec: dict[str, Any], attack: str, fraction: float, seed: int, n_u
     build = federation.build_strategy
     t0 = time.perf_counter()
     with path.open("w") as log:
-        probe = Probe(cfg, split, know, n_users, log, follow)
+        grid = LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False)
+        probe = Probe(cfg, split, know, n_users, log, grid)
         log.write(json.dumps({"kind": "config", "config": config, "follow": follow,
                               "probe_users": len(probe.users),
                               "targets": know.targets.tolist(),
@@ -335,8 +357,7 @@ def run_probe(spec: dict[str, Any], attack: str, fraction: float, seed: int, n_u
 
         with mock.patch.object(federation, "build_strategy", probed), \
                 tempfile.TemporaryDirectory() as tmp:
-            result = run_federated(LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False),
-                                   cfg, Path(tmp) / "run")
+            result = run_federated(grid, cfg, Path(tmp) / "run")
             curve = [json.loads(x) for x in (Path(tmp) / "run" / "rounds.jsonl").read_text()
                      .splitlines()]
         log.write(json.dumps({"kind": "run", "metrics": result["metrics"],
