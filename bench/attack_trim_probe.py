@@ -411,6 +411,12 @@ def report(out: Path) -> str:
                 for c in run["curve"]) + f"; test ER@10 {run['metrics'].get('er@10', 0):.3f}, "
                 f"ndcg@10 {run['metrics']['ndcg@10']:.4f}"]
         lines.append("")
+    for path in sorted(out.glob("*-follow-trim.jsonl")):
+        cell = path.name.replace("-follow-trim.jsonl", "")
+        if (out / f"{cell}-follow-sum.jsonl").exists():
+            table = clean_table(out, cell) if cell.startswith("none-") else \
+                summary_table(out, cell)
+            lines += [f"### `{cell}`: summary (docs/attacks.md)", "", *table, ""]
     return "\n".join(lines + trajectories(out))
 
 
@@ -449,6 +455,74 @@ def trajectories(out: Path) -> list[str]:
                 f"{a['trim']['target_bias']:.1f} / {a['sum']['target_bias']:.1f} | "
                 f"{t['others_norm']['trim']:.2f} / {s['others_norm']['sum']:.2f} |")
         lines.append("")
+    return lines
+
+
+def _rounds(path: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return [r for r in rows if "round" in r and "kind" not in r]
+
+
+def summary_table(out: Path, cell: str, rounds: Iterable[int] = (1, 2, 3, 5, 10, 15, 20)
+                  ) -> list[str]:
+    """The docs table of one cell probed along both trajectories (means over the targets).
+
+    Per listed round: attackers uploading, ``c_i`` and ``floor(beta c_i)``, the share of the
+    attackers' values the trimmed mean keeps, the attackers' push on the targets' mean score
+    within the sum (``u_bar . sum dV + sum db`` over their rows), the targets' bias, the
+    probed users' ER@10 after the round (the run's own rule) in the trimmed-mean run and the
+    sum run; then, in the sum run, what the trimmed mean would have done with the same uploads:
+    the targets' mean score one step ahead (trim minus sum) and the other rows' change norm
+    (trim / sum).
+    """
+    runs = {rule: _rounds(out / f"{cell}-follow-{rule}.jsonl") for rule in ("trim", "sum")}
+    lines = ["| round | attackers | c_i / cut each end | attackers' values kept "
+             "| attackers' push trim run / sum run | target bias trim run / sum run "
+             "| ER@10 trim run / sum run | same uploads: target score trim - sum "
+             "| same uploads: other rows' change trim / sum |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for t, s in zip(runs["trim"], runs["sum"], strict=False):
+        if t["round"] not in set(rounds):
+            continue
+
+        def m(r: dict[str, Any], key: str) -> float:
+            vals = [x[key] for x in r["targets"] if x.get(key) is not None]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        kept = m(t, "attackers_kept")
+        lines.append(
+            f"| {t['round']} | {t['attackers_uploading']} | {m(t, 'c'):.1f} / "
+            f"{m(t, 'trimmed_each_end'):.1f} | {'-' if np.isnan(kept) else f'{kept:.2f}'} | "
+            f"{m(t, 'score_step_sum_attackers'):+.2f} / {m(s, 'score_step_sum_attackers'):+.2f}"
+            f" | {t['ahead']['trim']['target_bias']:.1f} / {s['ahead']['sum']['target_bias']:.1f}"
+            f" | {t['ahead']['trim']['er@10']:.3f} / {s['ahead']['sum']['er@10']:.3f} | "
+            f"{s['ahead']['trim']['target_score'] - s['ahead']['sum']['target_score']:+.2f} | "
+            f"{s['others_norm_trim_over_sum']:.2f} |")
+    return lines
+
+
+def clean_table(out: Path, cell: str = "none-f0-s0",
+                rounds: Iterable[int] = (1, 2, 3, 5, 10, 15, 20)) -> list[str]:
+    """The docs table of the clean cell along both trajectories.
+
+    Per listed round: the norm of the aggregated change of the non-target rows (emb, bias) each
+    run applied, the probed users' validation ndcg@10 after the round in each run and, in the
+    sum run, the trimmed mean's one-step counterfactual on the same uploads (change norm
+    trim / sum, ndcg@10 trim minus sum).
+    """
+    runs = {rule: _rounds(out / f"{cell}-follow-{rule}.jsonl") for rule in ("trim", "sum")}
+    lines = ["| round | non-target change norm trim run / sum run "
+             "| valid ndcg@10 trim run / sum run | same uploads: change norm trim / sum "
+             "| same uploads: ndcg@10 trim - sum |",
+             "|---|---|---|---|---|"]
+    for t, s in zip(runs["trim"], runs["sum"], strict=False):
+        if t["round"] in set(rounds):
+            nd = {rule: r["ahead"][rule]["valid_ndcg@10"] for rule, r in (("trim", t),
+                                                                          ("sum", s))}
+            lines.append(
+                f"| {t['round']} | {t['others_norm']['trim']:.2f} / {s['others_norm']['sum']:.2f}"
+                f" | {nd['trim']:.4f} / {nd['sum']:.4f} | {s['others_norm_trim_over_sum']:.2f} | "
+                f"{s['ahead']['trim']['valid_ndcg@10'] - nd['sum']:+.4f} |")
     return lines
 
 
