@@ -172,6 +172,8 @@ def test_a_probe_run_logs_every_round_and_counts_the_attackers_of_the_cohort(ben
     text = probe.report(tmp_path)
     assert "fedrecattack-f0.05-s0-follow-sum.jsonl" in text
     assert "the trimmed-mean run vs the undefended (sum) run" in text
+    summary = probe.summary_table(tmp_path, "fedrecattack-f0.05-s0", rounds=(1, 2))
+    assert len(summary) == 4  # header, rule, rounds 1 and 2
 
 
 def test_fedrecattack_stops_pushing_targets_it_already_ranks_far_ahead(bench_script):
