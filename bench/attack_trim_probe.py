@@ -28,12 +28,14 @@ Per round it logs, to one JSON line:
 With ``--follow sum`` the run continues with the plain sum instead (the undefended cell's
 trajectory; the nodes still upload per-user rows) and the trimmed mean is the counterfactual.
 ``--saturation`` tabulates FedRecAttack's step against the lead its targets already have.
+The tables of the files are ``bench/attack_trim_report.py``'s (printed after a run, or alone
+with ``--report``).
 
 Usage (from the repository root; ``--attack none`` for the clean probe)::
 
     OMP_NUM_THREADS=1 FLOREC_DATA_DIR=/work/shared/data nice -n 10 setsid \
       .venv/bin/python bench/attack_trim_probe.py --attack fedrecattack --fraction 0.005
-    .venv/bin/python bench/attack_trim_probe.py --report
+    .venv/bin/python bench/attack_trim_report.py
 """
 
 from __future__ import annotations
@@ -73,9 +75,9 @@ from florec.sim.local_grid import LocalGrid
 from florec.strategies.robust import RobustFedAvgRec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attack_trim_report import OUT, report  # noqa: E402 (bench/attack_trim_report.py)
 from attacks import cell_config  # noqa: E402 (bench/attacks.py: the bench's own config)
 
-OUT = Path("docs/results/attacks_ml1m_trim_probe")
 K = 10
 
 
@@ -369,163 +371,6 @@ def run_probe(spec: dict[str, Any], attack: str, fraction: float, seed: int, n_u
     return path
 
 
-def report(out: Path) -> str:
-    """Markdown tables of every probe file under ``out`` (means over the 5 targets)."""
-    lines = []
-    for path in sorted(out.glob("*.jsonl")):
-        rows = [json.loads(x) for x in path.read_text().splitlines()]
-        head = rows[0]
-        rounds = [r for r in rows if "round" in r and "kind" not in r]
-        lines += [f"### `{path.name}` ({head['config']['attack']}, "
-                  f"{head['config']['attack-fraction']:.1%}, seed {head['config']['seed']}, "
-                  f"run follows {head.get('follow', 'trim')}, "
-                  f"{head['probe_users']} probed users)", "",
-                  "| round | attackers | c_i | trimmed/end | attackers kept "
-                  "| target step sum (att + benign) | target step trim | target bias sum / trim "
-                  "| other rows norm trim/sum | 10th-item step sum / trim "
-                  "| margin sum / trim | ER@10 sum / trim | valid ndcg@10 sum / trim |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in rounds:
-            t = r["targets"]
-
-            def m(key: str, t: list[dict[str, Any]] = t) -> float:
-                return float(np.mean([x[key] for x in t]))
-
-            a, k = r["ahead"], r["kth_item_score_step"]
-            kept = [x["attackers_kept"] for x in t if x.get("attackers_kept") is not None]
-            lines.append(
-                f"| {r['round']} | {r['attackers_uploading']} | {m('c'):.1f} | "
-                f"{m('trimmed_each_end'):.1f} | "
-                f"{f'{np.mean(kept):.2f}' if kept else '-'} | {m('score_step_sum'):+.3f} "
-                f"({m('score_step_sum_attackers'):+.3f} {m('score_step_sum_benign'):+.3f}) | "
-                f"{m('score_step_trim'):+.3f} | {m('bias_sum'):+.3f} / {m('bias_trim'):+.3f} | "
-                f"{r['others_norm_trim_over_sum']:.3f} | "
-                f"{k['sum']:+.4f} / {k['trim']:+.4f} | "
-                f"{a['sum']['margin']:+.3f} / {a['trim']['margin']:+.3f} | "
-                f"{a['sum']['er@10']:.3f} / {a['trim']['er@10']:.3f} | "
-                f"{a['sum']['valid_ndcg@10']:.4f} / {a['trim']['valid_ndcg@10']:.4f} |")
-        run = next((r for r in rows if r.get("kind") == "run"), None)
-        if run:
-            lines += ["", "Run's own validation (all benign users): " + ", ".join(
-                f"r{c['round']} ER@10 {c['er@10']:.3f} ndcg@10 {c['ndcg@10']:.4f}"
-                for c in run["curve"]) + f"; test ER@10 {run['metrics'].get('er@10', 0):.3f}, "
-                f"ndcg@10 {run['metrics']['ndcg@10']:.4f}"]
-        lines.append("")
-    for path in sorted(out.glob("*-follow-trim.jsonl")):
-        cell = path.name.replace("-follow-trim.jsonl", "")
-        if (out / f"{cell}-follow-sum.jsonl").exists():
-            table = clean_table(out, cell) if cell.startswith("none-") else \
-                summary_table(out, cell)
-            lines += [f"### `{cell}`: summary (docs/attacks.md)", "", *table, ""]
-    return "\n".join(lines + trajectories(out))
-
-
-def trajectories(out: Path) -> list[str]:
-    """Per round, the followed rule's probed-user numbers of a cell's two runs side by side.
-
-    For a cell probed twice (``-follow-trim`` and ``-follow-sum``): the mean target score,
-    the same before the users' refit (the item table's part of the change), the mean
-    10th-best score and ER@10 of the probed users after each round of each trajectory, the
-    targets' mean bias and the norm of the other rows' aggregated change.
-    """
-    lines: list[str] = []
-    for trim_path in sorted(out.glob("*-follow-trim.jsonl")):
-        sum_path = trim_path.with_name(trim_path.name.replace("-follow-trim", "-follow-sum"))
-        if not sum_path.exists():
-            continue
-        runs = {}
-        for rule, path in (("trim", trim_path), ("sum", sum_path)):
-            rows = [json.loads(x) for x in path.read_text().splitlines()]
-            runs[rule] = [r for r in rows if "round" in r and "kind" not in r]
-        lines += [f"### `{trim_path.name.replace('-follow-trim.jsonl', '')}`: the trimmed-mean "
-                  "run vs the undefended (sum) run", "",
-                  "| round | target score trim / sum | before refit trim / sum "
-                  "| 10th-best trim / sum | ER@10 trim / sum | target bias trim / sum "
-                  "| other rows' change norm trim / sum |",
-                  "|---|---|---|---|---|---|---|"]
-        for t, s in zip(runs["trim"], runs["sum"], strict=False):
-            a = {"trim": t["ahead"]["trim"], "sum": s["ahead"]["sum"]}
-            lines.append(
-                f"| {t['round']} | {a['trim']['target_score']:.2f} / "
-                f"{a['sum']['target_score']:.2f} | "
-                f"{a['trim'].get('target_score_before_refit', float('nan')):.2f} / "
-                f"{a['sum'].get('target_score_before_refit', float('nan')):.2f} | "
-                f"{a['trim']['kth_score']:.2f} / {a['sum']['kth_score']:.2f} | "
-                f"{a['trim']['er@10']:.3f} / {a['sum']['er@10']:.3f} | "
-                f"{a['trim']['target_bias']:.1f} / {a['sum']['target_bias']:.1f} | "
-                f"{t['others_norm']['trim']:.2f} / {s['others_norm']['sum']:.2f} |")
-        lines.append("")
-    return lines
-
-
-def _rounds(path: Path) -> list[dict[str, Any]]:
-    rows = [json.loads(x) for x in path.read_text().splitlines()]
-    return [r for r in rows if "round" in r and "kind" not in r]
-
-
-def summary_table(out: Path, cell: str, rounds: Iterable[int] = (1, 2, 3, 5, 10, 15, 20)
-                  ) -> list[str]:
-    """The docs table of one cell probed along both trajectories (means over the targets).
-
-    Per listed round: attackers uploading, ``c_i`` and ``floor(beta c_i)``, the share of the
-    attackers' values the trimmed mean keeps, the attackers' push on the targets' mean score
-    within the sum (``u_bar . sum dV + sum db`` over their rows), the targets' bias, the
-    probed users' ER@10 after the round (the run's own rule) in the trimmed-mean run and the
-    sum run; then, in the sum run, what the trimmed mean would have done with the same uploads:
-    the targets' mean score one step ahead (trim minus sum) and the other rows' change norm
-    (trim / sum).
-    """
-    runs = {rule: _rounds(out / f"{cell}-follow-{rule}.jsonl") for rule in ("trim", "sum")}
-    lines = ["| round | attackers | c_i / cut each end | attackers' values kept "
-             "| attackers' push trim run / sum run | target bias trim run / sum run "
-             "| ER@10 trim run / sum run | same uploads: target score trim - sum "
-             "| same uploads: other rows' change trim / sum |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for t, s in zip(runs["trim"], runs["sum"], strict=False):
-        if t["round"] not in set(rounds):
-            continue
-
-        def m(r: dict[str, Any], key: str) -> float:
-            vals = [x[key] for x in r["targets"] if x.get(key) is not None]
-            return float(np.mean(vals)) if vals else float("nan")
-
-        kept = m(t, "attackers_kept")
-        lines.append(
-            f"| {t['round']} | {t['attackers_uploading']} | {m(t, 'c'):.1f} / "
-            f"{m(t, 'trimmed_each_end'):.1f} | {'-' if np.isnan(kept) else f'{kept:.2f}'} | "
-            f"{m(t, 'score_step_sum_attackers'):+.2f} / {m(s, 'score_step_sum_attackers'):+.2f}"
-            f" | {t['ahead']['trim']['target_bias']:.1f} / {s['ahead']['sum']['target_bias']:.1f}"
-            f" | {t['ahead']['trim']['er@10']:.3f} / {s['ahead']['sum']['er@10']:.3f} | "
-            f"{s['ahead']['trim']['target_score'] - s['ahead']['sum']['target_score']:+.2f} | "
-            f"{s['others_norm_trim_over_sum']:.2f} |")
-    return lines
-
-
-def clean_table(out: Path, cell: str = "none-f0-s0",
-                rounds: Iterable[int] = (1, 2, 3, 5, 10, 15, 20)) -> list[str]:
-    """The docs table of the clean cell along both trajectories.
-
-    Per listed round: the norm of the aggregated change of the non-target rows (emb, bias) each
-    run applied, the probed users' validation ndcg@10 after the round in each run and, in the
-    sum run, the trimmed mean's one-step counterfactual on the same uploads (change norm
-    trim / sum, ndcg@10 trim minus sum).
-    """
-    runs = {rule: _rounds(out / f"{cell}-follow-{rule}.jsonl") for rule in ("trim", "sum")}
-    lines = ["| round | non-target change norm trim run / sum run "
-             "| valid ndcg@10 trim run / sum run | same uploads: change norm trim / sum "
-             "| same uploads: ndcg@10 trim - sum |",
-             "|---|---|---|---|---|"]
-    for t, s in zip(runs["trim"], runs["sum"], strict=False):
-        if t["round"] in set(rounds):
-            nd = {rule: r["ahead"][rule]["valid_ndcg@10"] for rule, r in (("trim", t),
-                                                                          ("sum", s))}
-            lines.append(
-                f"| {t['round']} | {t['others_norm']['trim']:.2f} / {s['others_norm']['sum']:.2f}"
-                f" | {nd['trim']:.4f} / {nd['sum']:.4f} | {s['others_norm_trim_over_sum']:.2f} | "
-                f"{s['ahead']['trim']['valid_ndcg@10'] - nd['sum']:+.4f} |")
-    return lines
-
-
 def saturation(margins: Iterable[float] = (0, 10, 20, 25, 28, 30, 32, 35, 40),
                seed: int = 0) -> list[dict[str, float]]:
     """Norm of FedRecAttack's target-row step when the targets already lead by ``margin``.
@@ -562,7 +407,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000, help="benign users probed")
     parser.add_argument("--follow", choices=("trim", "sum"), default="trim",
                         help="the rule the run continues with (the other is the counterfactual)")
-    parser.add_argument("--report", action="store_true", help="print the tables only")
+    parser.add_argument("--report", action="store_true",
+                        help="print the tables only (as bench/attack_trim_report.py)")
     parser.add_argument("--saturation", action="store_true",
                         help="write saturation.json: FedRecAttack's step vs the targets' lead")
     args = parser.parse_args()

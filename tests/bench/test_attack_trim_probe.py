@@ -1,5 +1,6 @@
 """bench/attack_trim_probe.py: the counterfactual sum is what the plain strategy returns on the
-same replies, and probing leaves the trimmed-mean run unchanged."""
+same replies, and probing leaves the trimmed-mean run unchanged; bench/attack_trim_report.py:
+its tables of the probe files."""
 
 import copy
 
@@ -169,10 +170,11 @@ def test_a_probe_run_logs_every_round_and_counts_the_attackers_of_the_cohort(ben
                 assert t["trimmed_each_end"] == int(0.1 * t["c"])
                 assert t["score_step_sum"] == pytest.approx(
                     t["score_step_sum_attackers"] + t["score_step_sum_benign"], abs=1e-4)
-    text = probe.report(tmp_path)
+    report = bench_script("attack_trim_report")
+    text = report.report(tmp_path)
     assert "fedrecattack-f0.05-s0-follow-sum.jsonl" in text
     assert "the trimmed-mean run vs the undefended (sum) run" in text
-    summary = probe.summary_table(tmp_path, "fedrecattack-f0.05-s0", rounds=(1, 2))
+    summary = report.summary_table(tmp_path, "fedrecattack-f0.05-s0", rounds=(1, 2))
     assert len(summary) == 4  # header, rule, rounds 1 and 2
 
 
@@ -181,3 +183,55 @@ def test_fedrecattack_stops_pushing_targets_it_already_ranks_far_ahead(bench_scr
     near, far = probe.saturation((0.0, 40.0))
     assert near["step_norm"] > 1.0  # lr 1 x 5 normalised steps (partly cancelling)
     assert far["step_norm"] < 1e-2
+
+
+def _probe_file(path, follow, rounds):
+    """A probe file with two targets per round; ``rounds``: round -> (kept, push, norm, ndcg)."""
+    import json
+
+    head = {"kind": "config", "follow": follow, "probe_users": 5,
+            "config": {"attack": "a", "attack-fraction": 0.01, "seed": 0}}
+    lines = [head]
+    for rnd, (kept, push, norm, ndcg) in rounds.items():
+        ahead = {rule: {"target_score": 1.0 + (rule == "trim"), "kth_score": 0.5,
+                        "margin": 0.5, "er@10": 0.25, "valid_ndcg@10": ndcg[rule],
+                        "target_bias": 2.0, "target_score_before_refit": 0.9}
+                 for rule in ("trim", "sum")}
+        targets = [{"c": c, "trimmed_each_end": c // 10, "attackers_kept": k,
+                    "score_step_sum": 3.0, "score_step_sum_attackers": p,
+                    "score_step_sum_benign": 3.0 - p, "score_step_trim": 1.0,
+                    "bias_sum": 0.1, "bias_trim": 0.05}
+                   for c, k, p in zip((20, 30), kept, push, strict=True)]
+        lines.append({"round": rnd, "attackers_uploading": 2, "targets": targets,
+                      "others_norm_trim_over_sum": norm["trim"] / norm["sum"],
+                      "others_norm": norm, "kth_item_score_step": {"trim": 0.0, "sum": 0.1},
+                      "ahead": ahead})
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_the_report_tables_average_the_targets_and_pair_the_two_runs(bench_script, tmp_path):
+    report = bench_script("attack_trim_report")
+    norm = {"trim": 1.0, "sum": 4.0}
+    nd = {"trim": 0.2, "sum": 0.15}
+    for cell, kept in (("a-f0.01-s0", (0.5, None)), ("none-f0-s0", (None, None))):
+        for follow in ("trim", "sum"):
+            _probe_file(tmp_path / f"{cell}-follow-{follow}.jsonl", follow,
+                        {1: (kept, (1.0, 3.0), norm, nd), 2: (kept, (0.0, 0.0), norm, nd)})
+    rows = report.summary_table(tmp_path, "a-f0.01-s0", rounds=(2,))
+    assert len(rows) == 3  # header, rule, round 2 only
+    cells = [c.strip() for c in rows[2].strip("|").split("|")]
+    # c_i mean of 20 and 30, cut 2 and 3; kept averages the targets that have it (0.5 only)
+    assert cells[:4] == ["2", "2", "25.0 / 2.5", "0.50"]
+    assert cells[7] == "+1.00"  # same uploads: target score trim (2.0) - sum (1.0)
+    assert cells[8] == "0.25"  # other rows' change norm 1 / 4
+    first = report.summary_table(tmp_path, "a-f0.01-s0", rounds=(1,))[2].split("|")
+    assert first[5].strip() == "+2.00 / +2.00"  # the attackers' push, mean of 1 and 3
+    clean = report.clean_table(tmp_path, "none-f0-s0", rounds=(1, 2))
+    assert [c.strip() for c in clean[2].strip("|").split("|")] == [
+        "1", "1.00 / 4.00", "0.2000 / 0.1500", "0.25", "+0.0500"]
+    text = report.report(tmp_path)
+    assert text.count("summary (docs/attacks.md)") == 2
+    assert "| - |" in text  # the clean cell has no attackers' share
+    assert text.count("the trimmed-mean run vs the undefended (sum) run") == 2
+    (tmp_path / "none-f0-s0-follow-sum.jsonl").unlink()  # a cell probed along one run only
+    assert report.report(tmp_path).count("summary (docs/attacks.md)") == 1
