@@ -218,6 +218,17 @@ class Probe:
                               self.cfg.user_refit_lr, self.cfg.reg, self.cfg.seed, server_round,
                               EVAL)
 
+    def kth_item(self, scores: np.ndarray) -> np.ndarray:
+        """Each probed user's ``K``-th best item of ``scores`` (n_probed, n_items).
+
+        Ranked as the test evaluation ranks (train and valid items excluded), targets excluded:
+        the item a target must beat to enter the user's top-``K``.
+        """
+        masked = np.array(scores, dtype=np.float64)
+        masked[self.mask_test.nonzero()] = -np.inf
+        masked[:, self.know.targets] = -np.inf
+        return np.argsort(-masked, axis=1, kind="stable")[:, K - 1]
+
     def ahead(self, table: dict[str, np.ndarray], server_round: int) -> dict[str, float]:
         """Target and 10th-best scores, ER@10 and valid ndcg@10 of the probed users."""
         p = self.refit(table, server_round)
@@ -230,11 +241,7 @@ class Probe:
             return scores[rows]
 
         rows = np.arange(len(self.users))
-        masked = scores.clone()
-        coo = self.mask_test.tocoo()
-        masked[torch.as_tensor(coo.row), torch.as_tensor(coo.col)] = -torch.inf
-        masked[:, torch.as_tensor(self.know.targets)] = -torch.inf
-        kth = masked.topk(K, dim=1).values[:, -1]
+        kth = scores[torch.as_tensor(rows), torch.as_tensor(self.kth_item(scores.numpy()))]
         exp = exposure_sums(score_fn, rows, self.mask_test, self.seen, self.know.targets, [K])
         acc = evaluate_users(score_fn, rows, self.mask_valid, self.valid, [K])
         n_acc = max(acc.get("num-users", 0.0), 1.0)
@@ -278,10 +285,7 @@ class Probe:
         norm = {rule: float(np.sqrt((d["item_emb"][others] ** 2).sum()
                                     + (d["item_bias"][others] ** 2).sum()))
                 for rule, d in deltas.items()}
-        before = self.emb @ current["item_emb"].T + current["item_bias"]
-        before[self.mask_test.nonzero()] = -np.inf
-        before[:, targets] = -np.inf
-        kth_item = np.argsort(-before, axis=1, kind="stable")[:, K - 1]
+        kth_item = self.kth_item(self.emb @ current["item_emb"].T + current["item_bias"])
         kth_step = {rule: float(np.mean(np.einsum("ud,ud->u", self.emb, d["item_emb"][kth_item])
                                         + d["item_bias"][kth_item]))
                     for rule, d in deltas.items()}

@@ -235,3 +235,25 @@ def test_the_report_tables_average_the_targets_and_pair_the_two_runs(bench_scrip
     assert text.count("the trimmed-mean run vs the undefended (sum) run") == 2
     (tmp_path / "none-f0-s0-follow-sum.jsonl").unlink()  # a cell probed along one run only
     assert report.report(tmp_path).count("summary (docs/attacks.md)") == 1
+
+
+def test_the_kth_item_skips_the_masked_items_and_the_targets_and_matches_topk(bench_script):
+    import scipy.sparse as sp
+    import torch
+
+    probe = bench_script("attack_trim_probe")
+    p = probe.Probe.__new__(probe.Probe)  # only the test mask and the targets are needed
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(6, 30))
+    mask = sp.random(6, 30, density=0.3, random_state=4, format="csr")
+    mask.data[:] = 1.0
+    p.mask_test, p.know = mask, type("Know", (), {"targets": TARGETS})()
+    kth = p.kth_item(scores)
+    masked = scores.copy()
+    masked[mask.toarray() > 0] = -np.inf
+    masked[:, TARGETS] = -np.inf
+    for u in range(6):
+        assert mask[u, kth[u]] == 0 and kth[u] not in TARGETS
+        assert (masked[u] > scores[u, kth[u]]).sum() == probe.K - 1
+    want = torch.as_tensor(masked).topk(probe.K, dim=1).values[:, -1].numpy()
+    np.testing.assert_array_equal(scores[np.arange(6), kth], want)
