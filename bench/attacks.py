@@ -113,6 +113,11 @@ def _mean(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.mean(r["metrics"][key] for r in runs)
 
 
+def _last_er(run: dict[str, Any]) -> float:
+    """ER@10 of the last validation round that evaluated any user (a diverged model: none)."""
+    return [c["er@10"] for c in run["curve"] if c["er@10"] is not None][-1]
+
+
 def _sd(runs: list[dict[str, Any]], key: str) -> float:
     """Sample standard deviation over seeds (0 for one seed)."""
     values = [r["metrics"][key] for r in runs]
@@ -137,7 +142,8 @@ def report(spec: dict[str, Any], out: Path) -> str:
              "Test metrics at the best validation round (by ndcg@10); ER@K and "
              "the target rank over benign users who never interacted with the targets; "
              "`ER@10 last round` is the last round's (the best-ndcg round of an attacked run "
-             "tends to be a low-exposure one).", "",
+             "tends to be a low-exposure one; a run whose model diverged, so that no node "
+             "could evaluate its last rounds, gives its last evaluated round's).", "",
              "| method | attack | malicious | defense | seeds | ER@10 | ER@10 sd | ER@20 | "
              "target rank | ndcg@10 | ndcg@10 sd | ER@10 last round | MB up / round |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -150,7 +156,7 @@ def report(spec: dict[str, Any], out: Path) -> str:
                      f"{_mean(runs, 'er@20'):.3f} | "
                      f"{_mean(runs, 'target-rank@all'):.0f} | {_mean(runs, 'ndcg@10'):.4f} | "
                      f"{_sd(runs, 'ndcg@10'):.4f} | "
-                     f"{statistics.mean(r['curve'][-1]['er@10'] for r in runs):.3f} | "
+                     f"{statistics.mean(_last_er(r) for r in runs):.3f} | "
                      f"{mb:.2f} |")
     text = "\n".join(lines + [""] + pivot(by)) + "\n"
     (out / "summary.md").write_text(text)

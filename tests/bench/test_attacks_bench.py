@@ -87,3 +87,11 @@ def test_mb_per_round_divides_by_the_rounds_run_not_the_last_validated_one(bench
     # an early stop (patience) ends on a validated round; no num-rounds: the curve's last
     assert attacks._rounds({"config": {"num-rounds": 9, "patience": 1}, "curve": curve}) == 4
     assert attacks._rounds({"config": {}, "curve": curve}) == 4
+
+
+def test_the_last_round_exposure_skips_rounds_no_node_could_evaluate(bench_script):
+    attacks = bench_script("attacks")
+    diverged = {"curve": [{"round": 5, "er@10": 0.25}, {"round": 10, "er@10": 0.375},
+                          {"round": 15, "er@10": None}, {"round": 20, "er@10": None}]}
+    assert attacks._last_er(diverged) == 0.375
+    assert attacks._last_er({"curve": [{"round": 5, "er@10": 0.0}]}) == 0.0
