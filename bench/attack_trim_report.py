@@ -26,6 +26,8 @@ import numpy as np
 OUT = Path("docs/results/attacks_ml1m_trim_probe")
 #: the rounds of the docs tables
 ROUNDS = (1, 2, 3, 5, 10, 15, 20)
+#: the rounds over which the docs compare the target score's fall (both runs past their peak)
+FALL = (5, 20)
 
 
 def read(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -61,8 +63,9 @@ def file_table(path: Path) -> list[str]:
     values the trimmed mean keeps, the targets' score step under the sum (split into the
     attackers' and the benign users' parts) and the trimmed mean, the targets' bias change,
     the other rows' change norm (trim / sum), the score step of the probed users' 10th-best
-    item, and one step ahead their target margin, ER@10 and validation ndcg@10; then the run's
-    own validation curve and test metrics.
+    item, and one step ahead their target margin, ER@10 and validation ndcg@10; then the
+    range of ``c_i`` over the targets and rounds (all users, benign users), the run's own
+    validation curve and test metrics.
     """
     lines, rounds = read(path)
     head = lines[0]
@@ -91,6 +94,11 @@ def file_table(path: Path) -> list[str]:
             f"{a['sum']['margin']:+.3f} / {a['trim']['margin']:+.3f} | "
             f"{a['sum']['er@10']:.3f} / {a['trim']['er@10']:.3f} | "
             f"{a['sum']['valid_ndcg@10']:.4f} / {a['trim']['valid_ndcg@10']:.4f} |")
+    c = np.array([[t["c"] for t in r["targets"]] for r in rounds])
+    benign = c - np.array([[t["malicious"] for t in r["targets"]] for r in rounds])
+    out += ["", f"Users changing a target row a round: {c.min()}-{c.max()} "
+            f"(mean {c.mean():.1f}), of them benign {benign.min()}-{benign.max()} "
+            f"(mean {benign.mean():.1f})"]
     run = next((r for r in lines if r.get("kind") == "run"), None)
     if run:
         out += ["", "Run's own validation (all benign users): " + ", ".join(
@@ -117,7 +125,8 @@ def trajectories(out: Path) -> list[str]:
     For a cell probed twice (``-follow-trim`` and ``-follow-sum``): the mean target score,
     the same before the users' refit (the item table's part of the change), the mean
     10th-best score and ER@10 of the probed users after each round of each trajectory, the
-    targets' mean bias and the norm of the other rows' aggregated change.
+    targets' mean bias and the norm of the other rows' aggregated change; then the target
+    score's fall a round over ``FALL`` in both runs (:func:`fall`; when both reach it).
     """
     lines: list[str] = []
     for cell, trim_path, sum_path in probed_cells(out):
@@ -139,7 +148,42 @@ def trajectories(out: Path) -> list[str]:
                 f"{a['trim']['target_bias']:.1f} / {a['sum']['target_bias']:.1f} | "
                 f"{t['others_norm']['trim']:.2f} / {s['others_norm']['sum']:.2f} |")
         lines.append("")
+        if set(FALL) <= {r["round"] for r in runs["trim"]} & {r["round"] for r in runs["sum"]}:
+            lines += [f"Target score fall, rounds {FALL[0]}-{FALL[1]} (both runs): "
+                      + " / ".join(f"{v:.2f}" for v in fall(out, cell).values())
+                      + " points a round (trim / sum)", ""]
     return lines
+
+
+def fall(out: Path, cell: str, span: tuple[int, int] = FALL) -> dict[str, float]:
+    r"""The probed users' mean target score lost per round over ``span``, in each run.
+
+    ``(s_a - s_b) / (b - a)`` for ``span = (a, b)``, ``s_r`` the mean target score after round
+    ``r`` under the rule the run follows (``ahead[rule]['target_score']``), over the same
+    rounds in the trimmed-mean run and the sum run.
+
+    Parameters
+    ----------
+    out : Path
+        Folder of the probe files.
+    cell : str
+        A cell probed along both runs (``<cell>-follow-trim`` and ``<cell>-follow-sum``).
+    span : (int, int)
+        First and last round.
+
+    Returns
+    -------
+    dict
+        ``{'trim': fall, 'sum': fall}`` in score points a round.
+
+    """
+    first, last = span
+    rates = {}
+    for rule in ("trim", "sum"):
+        score = {r["round"]: r["ahead"][rule]["target_score"]
+                 for r in read(out / f"{cell}-follow-{rule}.jsonl")[1]}
+        rates[rule] = (score[first] - score[last]) / (last - first)
+    return rates
 
 
 def _paired_rounds(out: Path, cell: str, rounds: Iterable[int]
@@ -185,9 +229,10 @@ def clean_table(out: Path, cell: str = "none-f0-s0", rounds: Iterable[int] = ROU
                 ) -> list[str]:
     """The docs table of the clean cell along both trajectories.
 
-    Per listed round: the norm of the aggregated change of the non-target rows (emb, bias) each
-    run applied, the probed users' validation ndcg@10 after the round in each run and, in the
-    sum run, the trimmed mean's one-step counterfactual on the same uploads (change norm
+    Per listed round: the norm of the non-target rows' (emb, bias) aggregated change in each
+    run (the rule's output, before the server optimiser's FedAvgM step, not the step applied
+    to the table), the probed users' validation ndcg@10 after the round in each run and, in
+    the sum run, the trimmed mean's one-step counterfactual on the same uploads (change norm
     trim / sum, ndcg@10 trim minus sum).
     """
     lines = ["| round | non-target change norm trim run / sum run "

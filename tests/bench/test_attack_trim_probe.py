@@ -193,11 +193,12 @@ def _probe_file(path, follow, rounds):
             "config": {"attack": "a", "attack-fraction": 0.01, "seed": 0}}
     lines = [head]
     for rnd, (kept, push, norm, ndcg) in rounds.items():
-        ahead = {rule: {"target_score": 1.0 + (rule == "trim"), "kth_score": 0.5,
+        ahead = {rule: {"target_score": 11.0 - rnd if rule == "trim" else 10.0 - 3 * rnd,
+                        "kth_score": 0.5,
                         "margin": 0.5, "er@10": 0.25, "valid_ndcg@10": ndcg[rule],
                         "target_bias": 2.0, "target_score_before_refit": 0.9}
                  for rule in ("trim", "sum")}
-        targets = [{"c": c, "trimmed_each_end": c // 10, "attackers_kept": k,
+        targets = [{"c": c, "malicious": 2, "trimmed_each_end": c // 10, "attackers_kept": k,
                     "score_step_sum": 3.0, "score_step_sum_attackers": p,
                     "score_step_sum_benign": 3.0 - p, "score_step_trim": 1.0,
                     "bias_sum": 0.1, "bias_trim": 0.05}
@@ -222,14 +223,17 @@ def test_the_report_tables_average_the_targets_and_pair_the_two_runs(bench_scrip
     cells = [c.strip() for c in rows[2].strip("|").split("|")]
     # c_i mean of 20 and 30, cut 2 and 3; kept averages the targets that have it (0.5 only)
     assert cells[:4] == ["2", "2", "25.0 / 2.5", "0.50"]
-    assert cells[7] == "+1.00"  # same uploads: target score trim (2.0) - sum (1.0)
+    assert cells[7] == "+5.00"  # same uploads: target score trim (9.0) - sum (4.0)
     assert cells[8] == "0.25"  # other rows' change norm 1 / 4
     first = report.summary_table(tmp_path, "a-f0.01-s0", rounds=(1,))[2].split("|")
     assert first[5].strip() == "+2.00 / +2.00"  # the attackers' push, mean of 1 and 3
+    assert report.fall(tmp_path, "a-f0.01-s0", (1, 2)) == pytest.approx(
+        {"trim": 1.0, "sum": 3.0})
     clean = report.clean_table(tmp_path, "none-f0-s0", rounds=(1, 2))
     assert [c.strip() for c in clean[2].strip("|").split("|")] == [
         "1", "1.00 / 4.00", "0.2000 / 0.1500", "0.25", "+0.0500"]
     text = report.report(tmp_path)
+    assert "a round: 20-30 (mean 25.0), of them benign 18-28 (mean 23.0)" in text
     assert text.count("summary (docs/attacks.md)") == 2
     assert "| - |" in text  # the clean cell has no attackers' share
     assert text.count("the trimmed-mean run vs the undefended (sum) run") == 2
