@@ -31,7 +31,22 @@ QUANTILES = (0.5, 0.9, 0.99)
 
 
 def benign_row_norms(config: dict, rounds: int) -> list[np.ndarray]:
-    """Per-round arrays of the uploaded rows' L2 norms in a clean run of ``config``."""
+    """Per-round arrays of the uploaded rows' L2 norms in a clean run of ``config``.
+
+    Parameters
+    ----------
+    config : dict
+        A run config; the run is made clean (no attack) with ``defense='median'`` (per-user
+        rows, no norm bound) and ``rounds`` rounds.
+    rounds : int
+        Rounds to run.
+
+    Returns
+    -------
+    list of np.ndarray
+        One array per round: ``||[dV_ui, db_ui]||_2`` of every row every user uploaded.
+
+    """
     norms: list[np.ndarray] = []
     aggregate = robust.row_aggregate
 

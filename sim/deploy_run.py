@@ -48,8 +48,8 @@ def report_nodes(dep: LoopbackDeployment, out_dir: Path) -> list[str]:
     lines = []
     for row in map(json.loads, rounds.read_text().splitlines() if rounds.exists() else []):
         replies = int(row.get("train", {}).get("num-replies", 0))
-        failed = [f"{d} (partition {part_of.get(d.split()[-1], '?')})"
-                  for d in row.get("dropped", [])]
+        failed = [d if "(partition" in d else f"{d} (partition {part_of.get(d.split()[-1], '?')})"
+                  for d in row.get("dropped", [])]  # the server names nodes it has mapped
         if replies < sampled or failed:
             lines.append(f"round {row['round']}: {replies} of {sampled} sampled nodes replied"
                          + (f"; failed replies: {', '.join(failed)}" if failed else ""))

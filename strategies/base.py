@@ -142,7 +142,7 @@ class RecStrategy(Strategy):
         """Seeded sample of ``fraction_train`` of the nodes (all of them at 1.0).
 
         Nodes are drawn in :meth:`node_key` order (by partition, where the server set
-        :meth:`set_node_order`). With user cohorts, nodes holding no cohort user are then left
+        :meth:`set_partitions`). With user cohorts, nodes holding no cohort user are then left
         out.
         """
         node_ids = sorted(node_ids, key=self.node_key)

@@ -90,7 +90,12 @@ def test_stream_replies_yields_in_message_order_whatever_the_arrival_order():
     assert got == order
 
 
-def test_in_node_order_and_sampling_follow_partitions_not_node_ids():
+@pytest.fixture
+def run_ids():
+    LocalGrid({}, 1, handlers={})  # the run/task ids a Flower process sets (a Message needs them)
+
+
+def test_in_node_order_and_sampling_follow_partitions_not_node_ids(run_ids):
     picks = []
     for ids in ([30, 10, 20, 50, 40], [7, 99, 3, 12, 61]):
         strategy = LocalOnly(fraction_train=0.6, seed=2)
