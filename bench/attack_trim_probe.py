@@ -22,14 +22,17 @@ Per round it logs, to one JSON line:
   :func:`refit_user_emb`), then the mean target score (also before the refit), the mean
   10th-best non-target score (what a target must beat), ER@10
   (:func:`florec.models.exposure.exposure_sums`) and validation ndcg@10
-  (:func:`florec.models.metrics.evaluate_users`) on those users. On an evaluated round the
-  followed rule's numbers are the run's own evaluation restricted to the sample.
+  (:func:`florec.models.metrics.evaluate_users`) on those users. They use the evaluation's
+  functions but are not checked to equal the run's own evaluation restricted to the sample
+  (``docs/attacks.md`` compares the sample's ER@10 with the run's at the evaluated rounds).
 
 With ``--follow sum`` the run continues with the plain sum instead (the undefended cell's
 trajectory; the nodes still upload per-user rows) and the trimmed mean is the counterfactual.
 ``--saturation`` tabulates FedRecAttack's step against the lead its targets already have.
-The tables of the files are ``bench/attack_trim_report.py``'s (printed after a run, or alone
-with ``--report``).
+``--grid`` probes the cell of a named grid of the config (its own run config, e.g.
+``pip-stealth``'s ``attack-norm``). The tables of the files are ``bench/attack_trim_report.py``'s
+(printed after a run, or alone with ``--report``); the row helpers and ``--saturation`` are
+``bench/attack_trim_rows.py``'s.
 
 Usage (from the repository root; ``--attack none`` for the clean probe)::
 
@@ -66,6 +69,7 @@ from florec.models.mf import USER_SALT
 from florec.models.user_refit import EVAL, refit_user_emb
 from florec.protocol.codec import from_record
 from florec.recdata.cohort import sample_cohort
+from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig, parse_run_config
 from florec.recdata.splits import Split
 from florec.recdata.store import get_split
@@ -76,9 +80,8 @@ from florec.strategies.robust import RobustFedAvgRec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attack_trim_report import OUT, report  # noqa: E402 (bench/attack_trim_report.py)
-from attacks import cell_config  # noqa: E402 (bench/attacks.py: the bench's own config)
-
-K = 10
+from attack_trim_rows import K, attacker_rows, kept_share, saturation, user_rows  # noqa: E402
+from attacks import cell_config, cells  # noqa: E402 (bench/attacks.py: the bench's own config)
 
 
 class _Recording:
@@ -131,50 +134,26 @@ def apply_rule(strategy: RobustFedAvgRec, server_round: int, replies: list[Messa
     return arrays, metrics, rec.delta
 
 
-def user_rows(replies: Iterable[Message]) -> dict[str, np.ndarray]:
-    """The concatenated per-user rows of ``replies`` (users numbered across replies)."""
-    parts, offset = [], 0
-    for msg in replies:
-        if msg.has_error():
-            continue
-        up = from_record(msg.content.array_records["arrays"])
-        parts.append(up | {"users": up["users"] + offset})
-        offset += len(up["user_weight"])
-    keys = ("users", "items", "item_emb", "item_bias")
-    return {k: np.concatenate([p[k] for p in parts]) for k in keys} if parts else \
-        {k: np.zeros(0) for k in keys}
-
-
-def attacker_rows(rows: dict[str, np.ndarray], targets: np.ndarray) -> np.ndarray:
-    """Mask of the rows of users whose every row is a target item.
-
-    Those are the promotion attackers (FedRecAttack, A-ra/A-hum upload target rows only); a
-    benign user also uploads its own positives and sampled negatives.
-    """
-    users, items = rows["users"].astype(np.int64), rows["items"].astype(np.int64)
-    if len(users) == 0:
-        return np.zeros(0, bool)
-    off_target = np.bincount(users, weights=~np.isin(items, targets), minlength=users.max() + 1)
-    return off_target[users] == 0
-
-
-def kept_share(values: np.ndarray, bad: np.ndarray, k: int) -> float | None:
-    """Share of the attackers' coordinates a trimmed mean keeps (None without attackers).
-
-    Per coordinate the ``k`` lowest and ``k`` highest of the row's ``c`` values are cut; the
-    attackers' values among them are counted (tied values are interchangeable).
-    """
-    if not bad.any():
-        return None
-    if k == 0:
-        return 1.0
-    order = np.argsort(values, axis=0, kind="stable")
-    cut = np.concatenate([order[:k], order[len(values) - k:]])
-    return 1.0 - float(bad[cut].sum()) / (bad.sum() * values.shape[1])
-
-
 class Probe:
-    """The analysis side: sampled benign users, their embeddings, the JSON-lines log."""
+    """The analysis side: sampled benign users, their embeddings, the JSON-lines log.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The probed run's config (seed, refit, defense trim, cohort).
+    split : Split
+        Its split: the probed users' train/valid/test rows and masks.
+    know : AttackKnowledge
+        The targets and the malicious users (excluded from the sample).
+    n_users : int
+        Benign users sampled among those who never interacted with a target.
+    log : TextIO
+        The JSON-lines file each round's line is written to.
+    grid : LocalGrid, optional
+        The in-process grid whose nodes' stored user embeddings the probe reads; without it
+        the probed users keep their seeded rows.
+
+    """
 
     def __init__(self, cfg: RunConfig, split: Split, know: AttackKnowledge, n_users: int,
                  log: TextIO, grid: LocalGrid | None = None) -> None:
@@ -328,20 +307,75 @@ class TrimProbe(RobustFedAvgRec):
         return out[self.follow][:2]
 
 
-def run_probe(spec: dict[str, Any], attack: str, fraction: float, seed: int, n_users: int,
-              out: Path, follow: str = "trim") -> Path:
-    """Run one trimmed-mean cell with the probe; returns its JSON-lines file.
+def trim_cell(spec: dict[str, Any], attack: str, fraction: float, seed: int,
+              grid: str | None = None) -> dict[str, Any]:
+    """The bench's ``trimmed-mean`` cell of ``attack``, ``fraction`` and ``seed``.
 
-    With ``follow='sum'`` the run continues with the plain sum (the undefended cell's
-    trajectory; nodes still upload per-user rows) and the trimmed mean is the counterfactual.
+    Parameters
+    ----------
+    spec : dict
+        A bench config (``bench/attacks_ml1m.toml``).
+    attack, fraction, seed
+        The cell's keys.
+    grid : str, optional
+        The grid's name; without it, a cell of a grid without its own run config.
+
+    Returns
+    -------
+    dict
+        The cell as :func:`attacks.cells` lists it (``grid_config`` included).
+
+    Raises
+    ------
+    ConfigError
+        No such cell in ``spec``.
+
     """
-    cell = {"attack": attack, "fraction": fraction, "defense": "trimmed-mean", "seed": seed,
-            "grid_config": {}}
+    for cell in cells(spec, {grid} if grid else None):
+        if (cell["attack"], cell["fraction"], cell["defense"], cell["seed"]) == \
+                (attack, fraction, "trimmed-mean", seed) and (grid or not cell["grid_config"]):
+            return cell
+    raise ConfigError(f"no trimmed-mean cell {attack} f{fraction:g} s{seed} in grid "
+                      f"{grid or '(any without its own config)'}: pick --attack, --fraction, "
+                      "--seed and --grid from the bench config's grids")
+
+
+def run_probe(spec: dict[str, Any], attack: str, fraction: float, seed: int, n_users: int,
+              out: Path, follow: str = "trim", grid: str | None = None) -> Path:
+    """Run one trimmed-mean cell of a bench config with the probe.
+
+    Parameters
+    ----------
+    spec : dict
+        The bench config; the cell's run config is ``cell_config`` of :func:`trim_cell`
+        (so a grid's own config applies as the bench applies it).
+    attack, fraction, seed
+        The cell.
+    n_users : int
+        Benign users probed (:class:`Probe`).
+    out : Path
+        Folder of the JSON-lines file (created if missing).
+    follow : {"trim", "sum"}
+        The rule the run continues with; with ``sum`` the run continues with the plain sum
+        (the undefended cell's trajectory; nodes still upload per-user rows) and the trimmed
+        mean is the counterfactual.
+    grid : str, optional
+        The grid of the cell (:func:`trim_cell`); its name prefixes the file's if the grid has
+        its own config.
+
+    Returns
+    -------
+    Path
+        ``out / '[<grid>-]<attack>-f<fraction>-s<seed>-follow-<follow>.jsonl'``.
+
+    """
+    cell = trim_cell(spec, attack, fraction, seed, grid)
     config = cell_config(spec, cell)
     cfg = parse_run_config(config)
     split, _ = get_split(cfg.dataset, cfg.split, cfg.split_seed, None, cfg.min_rating)
     know = knowledge_from_split(cfg, split)
-    path = out / f"{attack}-f{fraction:g}-s{seed}-follow-{follow}.jsonl"
+    prefix = f"{cell['grid']}-" if cell["grid_config"] else ""
+    path = out / f"{prefix}{attack}-f{fraction:g}-s{seed}-follow-{follow}.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     build = federation.build_strategy
     t0 = time.perf_counter()
@@ -375,31 +409,6 @@ def run_probe(spec: dict[str, Any], attack: str, fraction: float, seed: int, n_u
     return path
 
 
-def saturation(margins: Iterable[float] = (0, 10, 20, 25, 28, 30, 32, 35, 40),
-               seed: int = 0) -> list[dict[str, float]]:
-    """Norm of FedRecAttack's target-row step when the targets already lead by ``margin``.
-
-    :func:`florec.client.attack_rules.promotion_step` (``attack-lr`` 1, ``attack-steps`` 5,
-    K = 10) on a seeded random table (300 items, d = 64, item rows N(0, 0.1), 50 users N(0, 1))
-    whose 2 targets carry bias ``margin`` above every other item: each step is the gradient
-    divided by ``max(||g||, 1e-12)``, so once the softplus gradient falls below 1e-12 the step
-    shrinks towards 0 (the attack stops pushing targets it already ranks far above the top-K).
-    """
-    from florec.client.attack_rules import promotion_step
-
-    rng = np.random.default_rng(seed)
-    emb, users, targets = rng.normal(0, 0.1, (300, 64)), rng.normal(0, 1, (50, 64)), \
-        np.array([5, 9])
-    out = []
-    for margin in margins:
-        bias = np.zeros(300)
-        bias[targets] = margin
-        d, db = promotion_step(emb, bias, users, targets, K, 1.0, 5)
-        out.append({"margin": float(margin),
-                    "step_norm": float(np.sqrt((d ** 2).sum(1) + db ** 2).mean())})
-    return out
-
-
 def main() -> None:
     """Run a probe (or print the report of the probe files)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -409,6 +418,8 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.005)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--users", type=int, default=1000, help="benign users probed")
+    parser.add_argument("--grid", default=None,
+                        help="the grid of the cell (default: one without its own config)")
     parser.add_argument("--follow", choices=("trim", "sum"), default="trim",
                         help="the rule the run continues with (the other is the counterfactual)")
     parser.add_argument("--report", action="store_true",
@@ -418,13 +429,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.saturation:
         rows = saturation()
+        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "saturation.json").write_text(json.dumps(rows, indent=1) + "\n")
         print("\n".join(f"lead {r['margin']:g}: step norm {r['step_norm']:.4f}" for r in rows))
         return
     if not args.report:
         fraction = 0.0 if args.attack == "none" else args.fraction
         run_probe(tomllib.loads(args.config.read_text()), args.attack, fraction, args.seed,
-                  args.users, args.out, args.follow)
+                  args.users, args.out, args.follow, args.grid)
     print(report(args.out))
 
 

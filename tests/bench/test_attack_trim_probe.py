@@ -1,6 +1,6 @@
 """bench/attack_trim_probe.py: the counterfactual sum is what the plain strategy returns on the
-same replies, and probing leaves the trimmed-mean run unchanged; bench/attack_trim_report.py:
-its tables of the probe files."""
+same replies and server-optimiser state, and probing leaves the trimmed-mean run unchanged;
+bench/attack_trim_rows.py: its row helpers; bench/attack_trim_report.py: its tables."""
 
 import copy
 
@@ -104,8 +104,47 @@ def test_probing_leaves_the_trimmed_mean_run_unchanged(bench_script):
     assert probed.bytes_up == ref.bytes_up
 
 
-def test_attacker_rows_are_the_users_uploading_targets_only(bench_script):
+class _Capture:
+    """A probe stub that keeps each round's tables under both rules."""
+
+    def __init__(self):
+        self.tables = {}
+
+    def load_stored(self, node_users):
+        pass
+
+    def record(self, server_round, rows, current, tables, deltas):
+        self.tables[server_round] = tables
+
+
+def test_the_counterfactual_starts_from_the_server_optimiser_before_the_followed_step(
+        bench_script):
+    # the rule not followed must run first, on a copy of the optimiser: run after the followed
+    # rule it would see the momentum that rule just updated
     probe = bench_script("attack_trim_probe")
+    probed = _start(RobustFedAvgRec("trimmed-mean", trim=0.2, mode="sum", server_opt=_opt()))
+    probed.__class__, probed.probe = probe.TrimProbe, _Capture()
+    ref = _start(RobustFedAvgRec("trimmed-mean", trim=0.2, mode="sum", server_opt=_opt()))
+    for rnd, seed in ((1, 3), (2, 4)):
+        per_user, summed = _uploads(seed=seed)
+        before = {k: v.copy() for k, v in ref.current.items()}
+        plain = FedAvgRec("sum", server_opt=copy.deepcopy(ref.server_opt))
+        plain.current = dict(before)
+        want = from_record(plain.aggregate_train(rnd, summed)[0])
+        ref.aggregate_train(rnd, per_user)  # the trimmed-mean run's own step
+        probed.aggregate_train(rnd, per_user)
+        got = probed.probe.tables[rnd]["sum"]
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+        # the order matters here: the sum on the optimiser after the trimmed step differs
+        flipped = FedAvgRec("sum", server_opt=copy.deepcopy(ref.server_opt))
+        flipped.current = dict(before)
+        wrong = from_record(flipped.aggregate_train(rnd, summed)[0])
+        assert np.abs(wrong["item_emb"] - want["item_emb"]).max() > 1e-2
+
+
+def test_attacker_rows_are_the_users_uploading_targets_only(bench_script):
+    probe = bench_script("attack_trim_rows")
     per_user, _ = _uploads()
     rows = probe.user_rows(per_user)
     bad = probe.attacker_rows(rows, TARGETS)
@@ -115,7 +154,7 @@ def test_attacker_rows_are_the_users_uploading_targets_only(bench_script):
 
 
 def test_kept_share_counts_the_attacker_values_a_trimmed_mean_keeps(bench_script):
-    probe = bench_script("attack_trim_probe")
+    probe = bench_script("attack_trim_rows")
     values = np.array([[0.0, 5.0], [1.0, 6.0], [2.0, -9.0], [9.0, 7.0], [9.0, 8.0]])
     bad = np.array([False, False, False, True, True])
     # k=1 cuts one value from each end per column: one of the two 9s in column 0, the 8 in
@@ -141,7 +180,11 @@ def test_following_the_sum_continues_as_the_undefended_strategy(bench_script):
                                    rtol=1e-5, atol=1e-6)
 
 
-SPEC = {"bench": {"dataset": "synthetic"},
+SPEC = {"bench": {"dataset": "synthetic", "seeds": [0]},
+        "grid": [{"name": "main", "attacks": ["fedrecattack"], "fractions": [0.05],
+                  "defenses": ["none", "trimmed-mean"]},
+                 {"name": "bounded", "attacks": ["fedrecattack"], "fractions": [0.05],
+                  "defenses": ["trimmed-mean"], "config": {"attack-lr": 0.25}}],
         "base": {"algorithm": "fedavg", "model": "mf", "split": "ratio", "dim": 8,
                  "num-nodes": 2, "num-rounds": 2, "eval-every": 2, "cohort-fraction": 0.5,
                  "aggregation": "sum", "optimizer": "sgd", "lr": 0.5, "server-opt": "avgm",
@@ -178,8 +221,33 @@ def test_a_probe_run_logs_every_round_and_counts_the_attackers_of_the_cohort(ben
     assert len(summary) == 4  # header, rule, rounds 1 and 2
 
 
-def test_fedrecattack_stops_pushing_targets_it_already_ranks_far_ahead(bench_script):
+def test_the_probed_cell_is_the_benchs_own_with_its_grid_config(bench_script):
+    from florec.recdata.errors import ConfigError
+
     probe = bench_script("attack_trim_probe")
+    plain = probe.trim_cell(SPEC, "fedrecattack", 0.05, 0)
+    assert plain["grid"] == "main" and plain["defense"] == "trimmed-mean"
+    assert probe.cell_config(SPEC, plain)["attack-lr"] == 1.0
+    bounded = probe.trim_cell(SPEC, "fedrecattack", 0.05, 0, "bounded")
+    assert probe.cell_config(SPEC, bounded)["attack-lr"] == 0.25
+    with pytest.raises(ConfigError, match="no trimmed-mean cell fedrecattack f0.01 s0"):
+        probe.trim_cell(SPEC, "fedrecattack", 0.01, 0)
+
+
+def test_saturation_creates_its_output_folder(bench_script, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    probe = bench_script("attack_trim_probe")
+    out = tmp_path / "new" / "folder"
+    monkeypatch.setattr(sys, "argv", ["attack_trim_probe.py", "--saturation", "--out", str(out)])
+    probe.main()
+    rows = json.loads((out / "saturation.json").read_text())
+    assert [r["margin"] for r in rows] == [0, 10, 20, 25, 28, 30, 32, 35, 40]
+
+
+def test_fedrecattack_stops_pushing_targets_it_already_ranks_far_ahead(bench_script):
+    probe = bench_script("attack_trim_rows")
     near, far = probe.saturation((0.0, 40.0))
     assert near["step_norm"] > 1.0  # lr 1 x 5 normalised steps (partly cancelling)
     assert far["step_norm"] < 1e-2
