@@ -13,12 +13,15 @@ import numpy as np
 from flwr.app import Message
 
 from florec.protocol.codec import from_record
+from florec.strategies.robust_rules import stack_user_rows
 
 K = 10
 
 
 def user_rows(replies: Iterable[Message]) -> dict[str, np.ndarray]:
     """The concatenated per-user rows of ``replies`` (users numbered across replies).
+
+    :func:`florec.strategies.robust_rules.stack_user_rows`, as ``RobustFedAvgRec`` stacks them.
 
     Parameters
     ----------
@@ -32,16 +35,13 @@ def user_rows(replies: Iterable[Message]) -> dict[str, np.ndarray]:
         ``item_emb`` (rows, d) and ``item_bias``; empty arrays without a reply.
 
     """
-    parts, offset = [], 0
-    for msg in replies:
-        if msg.has_error():
-            continue
-        up = from_record(msg.content.array_records["arrays"])
-        parts.append(up | {"users": up["users"] + offset})
-        offset += len(up["user_weight"])
+    uploads = [from_record(msg.content.array_records["arrays"]) for msg in replies
+               if not msg.has_error()]
     keys = ("users", "items", "item_emb", "item_bias")
-    return {k: np.concatenate([p[k] for p in parts]) for k in keys} if parts else \
-        {k: np.zeros(0) for k in keys}
+    if not uploads:
+        return {k: np.zeros(0) for k in keys}
+    rows = stack_user_rows(uploads)  # the strategy's own concatenation
+    return {k: rows[k] for k in keys}
 
 
 def attacker_rows(rows: dict[str, np.ndarray], targets: np.ndarray) -> np.ndarray:

@@ -57,7 +57,7 @@ from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA
 from florec.strategies.payload import check_reply, record_nbytes
 from florec.strategies.public_knowledge import PublicKnowledge
-from florec.strategies.robust_rules import krum_select, norm_bound, row_aggregate
+from florec.strategies.robust_rules import krum_select, norm_bound, row_aggregate, stack_user_rows
 
 __all__ = ["NODE_DEFENSES", "RobustFedAvgRec", "RobustFedCIA", "check_robust", "krum_select",
            "norm_bound", "row_aggregate"]
@@ -191,7 +191,7 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
         expected = {"users": 0, "items": 0, "item_emb": d, "item_bias": 0, "user_weight": 0}
         parts: list[dict[str, np.ndarray]] = []
         totals: dict[str, float] = {}
-        offset, weight_sum = 0, 0.0
+        weight_sum = 0.0
         for msg in replies:
             problem = check_reply(msg, expected)
             if problem is None:
@@ -209,15 +209,14 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
                 self.drop(server_round, msg, problem)
                 continue
             self.bytes_up += record_nbytes(msg.content)
-            parts.append(up | {"users": up["users"] + offset})
-            offset += len(up["user_weight"])
+            parts.append(up)
             metrics = dict(msg.content.metric_records.get("metrics", {}))
             weight_sum += float(up["user_weight"].sum())  # the weights the numerator uses
             for key in ("num-users", "num-pairs", "loss-sum"):
                 totals[key] = totals.get(key, 0.0) + float(metrics.get(key, 0.0))
         if not parts:
             return None, None
-        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        cat = stack_user_rows(parts)
         emb, bias = cat["item_emb"].astype(np.float64), cat["item_bias"].astype(np.float64)
         if self.defense == "norm-bound":
             emb, bias = norm_bound(cat["users"], emb, bias, self.norm)

@@ -14,7 +14,30 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from florec.protocol.user_rows import clip_user_updates
 
-__all__ = ["krum_select", "norm_bound", "row_aggregate"]
+__all__ = ["krum_select", "norm_bound", "row_aggregate", "stack_user_rows"]
+
+
+def stack_user_rows(uploads: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The per-user uploads of a round as one table, users numbered across uploads.
+
+    Parameters
+    ----------
+    uploads : list of dict
+        Non-empty; each a decoded :mod:`florec.protocol.user_rows` upload (``users`` indexing
+        its own ``user_weight``, ``items``, ``item_emb``, ``item_bias``, ``user_weight``).
+
+    Returns
+    -------
+    dict
+        Every key concatenated in upload order, ``users`` offset by the users of the uploads
+        before it.
+
+    """
+    parts, offset = [], 0
+    for up in uploads:
+        parts.append(up | {"users": up["users"] + offset})
+        offset += len(up["user_weight"])
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def norm_bound(users: np.ndarray, emb: np.ndarray, bias: np.ndarray, bound: float
