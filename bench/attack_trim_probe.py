@@ -1,11 +1,11 @@
 r"""Why the trimmed mean lets more target exposure through than no defense (ML-1M, issue 18).
 
-Runs one cell of ``bench/attacks_ml1m.toml`` (its config built by ``cell_config`` of
-``bench/attacks.py``)
-with the ``trimmed-mean`` defense and, at every round, applies BOTH rules to the SAME per-user
-uploads: the trimmed mean the run uses (``c_i`` times the row's trimmed mean under
-``aggregation='sum'``) and, as a counterfactual, the plain sum that defense ``none`` would have
-produced (same server optimiser state, on a copy; the run continues with the trimmed mean).
+Runs one cell of ``bench/attacks_ml1m.toml`` (as ``cells`` of ``bench/attacks.py`` lists it, its
+config built by ``cell_config``) with the ``trimmed-mean`` defense and, at every round, applies
+BOTH rules to the SAME per-user uploads: the trimmed mean the run uses (``c_i`` times the row's
+trimmed mean under ``aggregation='sum'``) and, as a counterfactual, the plain sum that defense
+``none`` would have produced (same server optimiser state, on a copy; the run continues with the
+trimmed mean).
 Per round it logs, to one JSON line:
 
 - for each target row ``i``: the ``c_i`` users that changed it, the malicious ones among them,
@@ -295,6 +295,9 @@ class TrimProbe(RobustFedAvgRec):
         current = {k: np.asarray(self.current[k], np.float64).copy()
                    for k in ("item_emb", "item_bias")}
         out = {}
+        # the counterfactual first, on a copy of the optimiser as it was before the round; the
+        # followed rule then steps the real one (run the other way round, the counterfactual
+        # would see the momentum the followed rule just updated)
         for rule in sorted(("sum", "trim"), key=lambda r: r == self.follow):  # followed last
             out[rule] = apply_rule(self, server_round, replies,
                                    "none" if rule == "sum" else self.defense,
