@@ -65,14 +65,16 @@ def fixed_triples(bucket: Bucket, seed: int, partition_id: int) -> tuple[np.ndar
 def config_clients(split, cfg: RunConfig) -> tuple[list[Bucket], list[tuple[np.ndarray, ...]]]:
     """The FedCIA clients of a run config over a split, with each client's fixed triples.
 
-    ``num-nodes x clients-per-node`` groups of users, partitioned as the run does, and
-    :func:`fixed_triples` of each, as the nodes build them.
+    The clients of every node in partition order, cut by
+    :func:`florec.recdata.partition.node_clients` with the run's partition keys (the server's
+    and the shards' cut), and :func:`fixed_triples` of each, as the nodes build them.
     """
-    from florec.recdata.partition import partition_users
+    from florec.recdata.partition import node_clients
 
-    groups = partition_users(split.n_users, num_nodes=cfg.num_nodes * cfg.clients_per_node,
-                             mode=cfg.partition, seed=cfg.seed)
-    clients = [Bucket.from_split(split, u) for u in groups]
+    nodes = node_clients(split.n_users, num_nodes=cfg.num_nodes,
+                         users_per_node=cfg.users_per_node, clients_per_node=cfg.clients_per_node,
+                         mode=cfg.partition, seed=cfg.split_seed)
+    clients = [Bucket.from_split(split, u) for node in nodes for u in node]
     return clients, [fixed_triples(c, cfg.seed, k) for k, c in enumerate(clients)]
 
 
