@@ -119,12 +119,9 @@ def knowledge_from_public(cfg: RunConfig, n_users: int, popularity: np.ndarray,
                            shape=(n_users, len(popularity)))
     if cfg.algorithm != "fedcia":
         return AttackKnowledge(malicious_users(cfg, n_users), targets, popularity, public)
-    from florec.recdata.partition import node_clients
+    from florec.recdata.partition import node_clients_of
 
-    clients = [c for node in node_clients(n_users, num_nodes=cfg.num_nodes,
-                                          users_per_node=cfg.users_per_node,
-                                          clients_per_node=cfg.clients_per_node,
-                                          mode=cfg.partition, seed=cfg.split_seed) for c in node]
+    clients = [c for node in node_clients_of(cfg, n_users) for c in node]
     bad = malicious_users(cfg, len(clients))  # FedCIA: the logical clients are user groups
     users = np.sort(np.concatenate([clients[i] for i in bad] + [np.zeros(0, np.int64)]))
     return AttackKnowledge(users.astype(np.int64), targets, popularity, public, bad)

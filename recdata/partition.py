@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from florec.recdata.errors import ConfigError
+
+if TYPE_CHECKING:
+    from florec.recdata.runconfig import RunConfig
 
 PARTITION_MODES = ("contiguous", "random", "floor")
 
@@ -102,3 +106,26 @@ def node_clients(
     clients = partition_users(n_users, num_nodes=num_nodes * clients_per_node,
                               users_per_node=users_per_node, mode=mode, seed=seed)
     return [clients[i : i + clients_per_node] for i in range(0, len(clients), clients_per_node)]
+
+
+def node_clients_of(cfg: RunConfig, n_users: int) -> list[list[np.ndarray]]:
+    """The run's cut of users into nodes and clients, as the server and the shards make it.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The run; its ``num-nodes``, ``users-per-node``, ``clients-per-node``, ``partition`` and
+        ``split-seed`` keys fix the cut.
+    n_users : int
+        Users 0..n_users-1 of the run's split.
+
+    Returns
+    -------
+    list of list of np.ndarray
+        :func:`node_clients` with the run's partition keys: per node, the sorted user ids of
+        each of its clients.
+
+    """
+    return node_clients(n_users, num_nodes=cfg.num_nodes, users_per_node=cfg.users_per_node,
+                        clients_per_node=cfg.clients_per_node, mode=cfg.partition,
+                        seed=cfg.split_seed)

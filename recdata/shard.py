@@ -151,7 +151,7 @@ def cut_shard(index: UserRows, clients: list[np.ndarray], partition_id: int,
 @functools.lru_cache(maxsize=2)
 def _partitioned(config_json: str, data_dir: str) -> tuple[UserRows, list, Path, dict]:
     """The run's split, grouped by user, its buckets, its folder and its data notes."""
-    from florec.recdata.partition import node_clients
+    from florec.recdata.partition import node_clients_of
     from florec.recdata.recbole_io import data_notes
     from florec.recdata.runconfig import RunConfig
     from florec.recdata.store import get_split
@@ -159,10 +159,7 @@ def _partitioned(config_json: str, data_dir: str) -> tuple[UserRows, list, Path,
     cfg = RunConfig.model_validate(json.loads(config_json))
     split, path = get_split(cfg.dataset, cfg.split, cfg.split_seed, data_dir or cfg.data_dir,
                             cfg.min_rating, cfg.synthetic_params())
-    buckets = node_clients(split.n_users, num_nodes=cfg.num_nodes,
-                           users_per_node=cfg.users_per_node,
-                           clients_per_node=cfg.clients_per_node, mode=cfg.partition,
-                           seed=cfg.split_seed)
+    buckets = node_clients_of(cfg, split.n_users)
     return UserRows(split), buckets, path, data_notes(cfg)
 
 

@@ -3,7 +3,7 @@
 The ServerApp opens no interaction data. :func:`prepare_federation` waits for the nodes and asks
 each one ``query.partition`` (:func:`learn_nodes`): its partition, its number of users, the
 catalogue size and the population. From those sizes and the public run config it rebuilds which
-global user index sits on which node (:func:`florec.recdata.partition.node_clients`, checked
+global user index sits on which node (:func:`florec.recdata.partition.node_clients_of`, checked
 against every node's count), builds the strategy with its initial global state (CoT-Rec's
 item side asks one node for the public item text, ``query.catalogue``), tells it the user
 cohorts and runs the strategy's setup stages (e.g. the secure sum of item popularity).
@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.recdata.errors import ConfigError, DataError
-from florec.recdata.partition import node_clients
+from florec.recdata.partition import node_clients_of
 from florec.recdata.runconfig import RunConfig
 from florec.server.loop import learn_partitions, stream_replies, wait_for_nodes
 from florec.strategies.base import RecStrategy
@@ -204,10 +204,7 @@ def partition_from_facts(cfg: RunConfig, facts: NodeFacts) -> list[list[np.ndarr
         A node's number of users differs from its bucket's (its shard is of another cut).
 
     """
-    buckets = node_clients(facts.n_users, num_nodes=cfg.num_nodes,
-                           users_per_node=cfg.users_per_node,
-                           clients_per_node=cfg.clients_per_node, mode=cfg.partition,
-                           seed=cfg.split_seed)
+    buckets = node_clients_of(cfg, facts.n_users)
     counts = [sum(len(c) for c in b) for b in buckets]
     if counts != facts.sizes:
         bad = next(p for p, (a, b) in enumerate(zip(counts, facts.sizes, strict=False)) if a != b)

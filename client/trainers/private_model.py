@@ -66,14 +66,12 @@ def config_clients(split, cfg: RunConfig) -> tuple[list[Bucket], list[tuple[np.n
     """The FedCIA clients of a run config over a split, with each client's fixed triples.
 
     The clients of every node in partition order, cut by
-    :func:`florec.recdata.partition.node_clients` with the run's partition keys (the server's
+    :func:`florec.recdata.partition.node_clients_of` (the run's partition keys, the server's
     and the shards' cut), and :func:`fixed_triples` of each, as the nodes build them.
     """
-    from florec.recdata.partition import node_clients
+    from florec.recdata.partition import node_clients_of
 
-    nodes = node_clients(split.n_users, num_nodes=cfg.num_nodes,
-                         users_per_node=cfg.users_per_node, clients_per_node=cfg.clients_per_node,
-                         mode=cfg.partition, seed=cfg.split_seed)
+    nodes = node_clients_of(cfg, split.n_users)
     clients = [Bucket.from_split(split, u) for node in nodes for u in node]
     return clients, [fixed_triples(c, cfg.seed, k) for k, c in enumerate(clients)]
 

@@ -3,7 +3,8 @@ import pytest
 
 from florec.client.trainers.bucket import Bucket
 from florec.recdata.errors import ConfigError
-from florec.recdata.partition import num_buckets, partition_users
+from florec.recdata.partition import node_clients, node_clients_of, num_buckets, partition_users
+from florec.recdata.runconfig import parse_run_config
 from florec.recdata.splits import make_split
 from florec.recdata.synthetic import generate_synthetic
 
@@ -74,3 +75,31 @@ def test_a_bucket_subset_keeps_the_rows_of_the_chosen_users():
     for part in ("train", "valid", "test"):
         np.testing.assert_array_equal(getattr(sub, part).toarray(),
                                       split.matrix(part)[[11, 14]].toarray())
+
+
+@pytest.mark.parametrize("keys", [
+    {"num-nodes": 7, "partition": "contiguous"},
+    {"num-nodes": 5, "partition": "random", "split-seed": 3},
+    {"num-nodes": 4, "clients-per-node": 3, "partition": "random", "split-seed": 1},
+    {"num-nodes": 10, "clients-per-node": 10, "partition": "floor"},
+    {"users-per-node": 9, "partition": "random", "split-seed": 2},
+])
+def test_node_clients_of_cuts_with_the_runs_partition_keys(keys):
+    cfg = parse_run_config(keys)
+    got = node_clients_of(cfg, 943)
+    want = node_clients(943, num_nodes=cfg.num_nodes, users_per_node=cfg.users_per_node,
+                        clients_per_node=cfg.clients_per_node, mode=cfg.partition,
+                        seed=cfg.split_seed)
+    assert [len(node) for node in got] == [len(node) for node in want]
+    assert len(got[0]) == cfg.clients_per_node
+    for a, b in zip(got, want, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_node_clients_of_follows_the_split_seed_not_the_training_seed():
+    a = node_clients_of(parse_run_config({"num-nodes": 5, "partition": "random", "seed": 1}), 50)
+    b = node_clients_of(parse_run_config({"num-nodes": 5, "partition": "random", "seed": 2}), 50)
+    c = node_clients_of(parse_run_config({"num-nodes": 5, "partition": "random",
+                                          "split-seed": 2}), 50)
+    assert all(np.array_equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x[0], y[0]) for x, y in zip(a, c, strict=True))
