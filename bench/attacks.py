@@ -7,8 +7,9 @@ Each cell's summary goes to ``OUT/cells/<cell>.json``: the test metrics at the b
 round (ndcg@10, ER@K and the targets' mean rank among benign users who never interacted with
 them), the per-round validation curve, bytes up, the target items and the malicious users
 (chosen by seed, :func:`florec.client.attacks.malicious_users`). A cell whose JSON exists is
-not run again, so an interrupted bench resumes. ``OUT/summary.md`` and ``OUT/attacks.png`` are
-then drawn from the cell files alone (``--report-only`` redraws them).
+not run again, so an interrupted bench resumes. ``OUT/summary.md``, ``OUT/attacks.png`` and
+``OUT/attacks_grid.png`` (:mod:`attacks_plot`) are then drawn from the cell files alone
+(``--report-only`` redraws them).
 
 Usage: FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/attacks.py
        --config bench/attacks.toml --out docs/results/attacks [--report-only] [--grids main]
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 import tomllib
@@ -33,9 +35,16 @@ from florec.recdata.store import get_split
 from florec.server.app import run_federated
 from florec.sim.local_grid import LocalGrid
 
-CURVE_KEYS = ("ndcg@10", "er@10", "er@20", "target-rank@all")
-DEFENSE_ORDER = ("none", "norm-bound", "trimmed-mean", "median", "krum", "multi-krum")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attacks_plot import (  # noqa: E402 (bench/attacks_plot.py)
+    mean_metric,
+    ordered_defenses,
+    plot_attack_grid,
+    plot_fedrecattack,
+    sd_metric,
+)
 
+CURVE_KEYS = ("ndcg@10", "er@10", "er@20", "target-rank@all")
 
 def cells(spec: dict[str, Any], grids: set[str] | None = None) -> list[dict[str, Any]]:
     """Every (grid, attack, fraction, defense, seed) cell of a bench config."""
@@ -109,19 +118,9 @@ def _rounds(run: dict[str, Any]) -> int:
     return max(c["round"] for c in run["curve"])
 
 
-def _mean(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.mean(r["metrics"][key] for r in runs)
-
-
 def _last_er(run: dict[str, Any]) -> float:
     """ER@10 of the last validation round that evaluated any user (a diverged model: none)."""
     return [c["er@10"] for c in run["curve"] if c["er@10"] is not None][-1]
-
-
-def _sd(runs: list[dict[str, Any]], key: str) -> float:
-    """Sample standard deviation over seeds (0 for one seed)."""
-    values = [r["metrics"][key] for r in runs]
-    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def report(spec: dict[str, Any], out: Path) -> str:
@@ -152,24 +151,26 @@ def report(spec: dict[str, Any], out: Path) -> str:
         mb = statistics.mean(r["bytes_up"] / _rounds(r) / 2**20 for r in runs)
         users = len(runs[0]["malicious"])
         lines.append(f"| {method} | {attack} | {fraction:.1%} ({users} users) | {defense} | "
-                     f"{len(runs)} | {_mean(runs, 'er@10'):.3f} | {_sd(runs, 'er@10'):.3f} | "
-                     f"{_mean(runs, 'er@20'):.3f} | "
-                     f"{_mean(runs, 'target-rank@all'):.0f} | {_mean(runs, 'ndcg@10'):.4f} | "
-                     f"{_sd(runs, 'ndcg@10'):.4f} | "
+                     f"{len(runs)} | {mean_metric(runs, 'er@10'):.3f} | "
+                     f"{sd_metric(runs, 'er@10'):.3f} | {mean_metric(runs, 'er@20'):.3f} | "
+                     f"{mean_metric(runs, 'target-rank@all'):.0f} | "
+                     f"{mean_metric(runs, 'ndcg@10'):.4f} | "
+                     f"{sd_metric(runs, 'ndcg@10'):.4f} | "
                      f"{statistics.mean(_last_er(r) for r in runs):.3f} | "
                      f"{mb:.2f} |")
     text = "\n".join(lines + [""] + pivot(by)) + "\n"
     (out / "summary.md").write_text(text)
-    _plot(by, out / "attacks.png")
+    plot_fedrecattack(by, out / "attacks.png")
+    plot_attack_grid(by, out / "attacks_grid.png")
     return text
 
 
 def _cell(runs: list[dict[str, Any]]) -> str:
     """``ER@10 / ndcg@10`` of a cell, each ``mean ± sd`` over seeds when there are several."""
     if len(runs) == 1:
-        return f"{_mean(runs, 'er@10'):.3f} / {_mean(runs, 'ndcg@10'):.4f} (1)"
-    return (f"{_mean(runs, 'er@10'):.3f} ± {_sd(runs, 'er@10'):.3f} / "
-            f"{_mean(runs, 'ndcg@10'):.4f} ± {_sd(runs, 'ndcg@10'):.4f} ({len(runs)})")
+        return f"{mean_metric(runs, 'er@10'):.3f} / {mean_metric(runs, 'ndcg@10'):.4f} (1)"
+    return (f"{mean_metric(runs, 'er@10'):.3f} ± {sd_metric(runs, 'er@10'):.3f} / "
+            f"{mean_metric(runs, 'ndcg@10'):.4f} ± {sd_metric(runs, 'ndcg@10'):.4f} ({len(runs)})")
 
 
 def pivot(by: dict[tuple, list[dict[str, Any]]]) -> list[str]:
@@ -181,9 +182,7 @@ def pivot(by: dict[tuple, list[dict[str, Any]]]) -> list[str]:
     lines: list[str] = []
     for method in sorted({k[0] for k in by}):
         cells = {k[1:]: v for k, v in by.items() if k[0] == method}
-        defenses = sorted({d for (_, _, d) in cells},
-                          key=lambda d: (DEFENSE_ORDER.index(d) if d in DEFENSE_ORDER
-                                         else len(DEFENSE_ORDER), d))
+        defenses = ordered_defenses({d for (_, _, d) in cells})
         lines += [f"## {method}: ER@10 / ndcg@10 (seeds)", "",
                   "| attack | malicious | " + " | ".join(defenses) + " |",
                   "|---|---|" + "---|" * len(defenses)]
@@ -194,42 +193,6 @@ def pivot(by: dict[tuple, list[dict[str, Any]]]) -> list[str]:
             lines.append(f"| {attack} | {fraction:.1%} | " + " | ".join(row) + " |")
         lines.append("")
     return lines
-
-
-def _plot(by: dict[tuple, list[dict[str, Any]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    fedavg = {k[1:]: v for k, v in by.items() if k[0] == "FedAvg-MF"}
-    defenses = sorted({d for (a, _, d) in fedavg if a == "fedrecattack"})
-    for defense in defenses:
-        pts = sorted((f, runs) for (a, f, d), runs in fedavg.items()
-                     if a == "fedrecattack" and d == defense)
-        if not pts:
-            continue
-        xs = [100 * f for f, _ in pts]
-        axes[0].plot(xs, [_mean(r, "er@10") for _, r in pts], "o-", label=defense)
-        axes[1].plot(xs, [_mean(r, "ndcg@10") for _, r in pts], "o-", label=defense)
-        one = fedavg.get(("fedrecattack", 0.01, defense))
-        if one:
-            curve = one[0]["curve"]
-            axes[2].plot([c["round"] for c in curve], [c["er@10"] for c in curve], "o-",
-                         label=defense)
-    for d, runs in fedavg.items():
-        if d[0] == "none" and d[2] == "none":
-            axes[1].axhline(_mean(runs, "ndcg@10"), color="grey", ls="--", label="no attack")
-    axes[0].set(xlabel="malicious users (%)", ylabel="test ER@10 of the targets",
-                title="FedRecAttack vs defenses")
-    axes[1].set(xlabel="malicious users (%)", ylabel="test ndcg@10", title="accuracy")
-    axes[2].set(xlabel="round", ylabel="validation-time ER@10", title="FedRecAttack, 1%")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def main() -> None:

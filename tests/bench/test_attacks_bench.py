@@ -95,3 +95,22 @@ def test_the_last_round_exposure_skips_rounds_no_node_could_evaluate(bench_scrip
                           {"round": 15, "er@10": None}, {"round": 20, "er@10": None}]}
     assert attacks._last_er(diverged) == 0.375
     assert attacks._last_er({"curve": [{"round": 5, "er@10": 0.0}]}) == 0.0
+
+
+def test_the_grid_figure_draws_attacks_run_at_several_shares_only(tmp_path, bench_script):
+    plot = bench_script("attacks_plot")
+
+    def runs(er: float) -> list[dict]:
+        return [{"metrics": {"er@10": er, "ndcg@10": 0.03}, "curve": []}]
+
+    one_share = {("FedAvg-MF", "none", 0.0, "none"): runs(0.0),
+                 ("FedAvg-MF", "fedrecattack", 0.01, "none"): runs(0.5)}
+    assert not plot.plot_attack_grid(one_share, tmp_path / "one.png")
+    assert not (tmp_path / "one.png").exists()
+    two_shares = one_share | {("FedAvg-MF", "fedrecattack", 0.05, "median"): runs(0.9),
+                              ("FedAvg-MF", "fedrecattack", 0.01, "median"): runs(0.0),
+                              ("FedCIA-MF", "pipattack", 0.05, "none"): runs(0.3)}
+    assert plot.plot_attack_grid(two_shares, tmp_path / "two.png")
+    assert (tmp_path / "two.png").stat().st_size > 0
+    assert plot.ordered_defenses({"median", "zz", "none", "norm-bound"}) == [
+        "none", "norm-bound", "median", "zz"]
