@@ -1,6 +1,7 @@
 """bench/attack_trim_probe.py: the counterfactual sum is what the plain strategy returns on the
 same replies and server-optimiser state, and probing leaves the trimmed-mean run unchanged;
-bench/attack_trim_rows.py: its row helpers; bench/attack_trim_report.py: its tables."""
+bench/attack_trim_rows.py: its row helpers; bench/attack_trim_analysis.py: its probed users;
+bench/attack_trim_report.py: its tables."""
 
 import copy
 
@@ -313,8 +314,8 @@ def test_the_kth_item_skips_the_masked_items_and_the_targets_and_matches_topk(be
     import scipy.sparse as sp
     import torch
 
-    probe = bench_script("attack_trim_probe")
-    p = probe.Probe.__new__(probe.Probe)  # only the test mask and the targets are needed
+    analysis = bench_script("attack_trim_analysis")
+    p = analysis.Probe.__new__(analysis.Probe)  # only the test mask and the targets are needed
     rng = np.random.default_rng(3)
     scores = rng.normal(size=(6, 30))
     mask = sp.random(6, 30, density=0.3, random_state=4, format="csr")
@@ -326,6 +327,6 @@ def test_the_kth_item_skips_the_masked_items_and_the_targets_and_matches_topk(be
     masked[:, TARGETS] = -np.inf
     for u in range(6):
         assert mask[u, kth[u]] == 0 and kth[u] not in TARGETS
-        assert (masked[u] > scores[u, kth[u]]).sum() == probe.K - 1
-    want = torch.as_tensor(masked).topk(probe.K, dim=1).values[:, -1].numpy()
+        assert (masked[u] > scores[u, kth[u]]).sum() == analysis.K - 1
+    want = torch.as_tensor(masked).topk(analysis.K, dim=1).values[:, -1].numpy()
     np.testing.assert_array_equal(scores[np.arange(6), kth], want)
