@@ -16,6 +16,34 @@ import numpy as np
 MODES = ("dense", "sparse")
 
 
+def row_sums(index: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """Sum the rows of ``rows`` into ``n`` float64 rows by ``index``.
+
+    The result is bit for bit ``np.add.at(np.zeros((n, d)), index, rows)``: one
+    ``np.bincount`` over the flattened ``(row, column)`` cells adds each output cell's terms
+    in row order from 0.0, in float64, as ``np.add.at`` does, without its per-row overhead.
+
+    Parameters
+    ----------
+    index : np.ndarray
+        Output row of every input row, ``(R,)`` integers in ``0..n-1``.
+    rows : np.ndarray
+        ``(R, d)`` values (any real dtype; summed in float64).
+    n : int
+        Output rows.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, d)`` float64 sums.
+
+    """
+    d = rows.shape[1]
+    cells = (np.asarray(index, dtype=np.int64)[:, None] * d + np.arange(d)).ravel()
+    return np.bincount(cells, weights=np.asarray(rows, dtype=np.float64).ravel(),
+                       minlength=n * d).astype(np.float64, copy=False).reshape(n, d)
+
+
 def node_payload(mode: str, n_items: int, row_user: np.ndarray, row_item: np.ndarray,
                  delta: np.ndarray, bias_delta: np.ndarray, user_weight: np.ndarray
                  ) -> tuple[dict[str, np.ndarray], float]:
@@ -42,14 +70,12 @@ def node_payload(mode: str, n_items: int, row_user: np.ndarray, row_item: np.nda
     """
     if mode == "dense":
         w = user_weight[row_user].astype(np.float64)
-        emb = np.zeros((n_items, delta.shape[1]), dtype=np.float64)
-        np.add.at(emb, row_item, delta * w[:, None])
+        emb = row_sums(row_item, delta * w[:, None], n_items)
         bias = np.bincount(row_item, weights=bias_delta * w, minlength=n_items)
         return ({"item_emb": emb.astype(np.float32), "item_bias": bias.astype(np.float32)},
                 float(user_weight.sum()))
     items, inv = np.unique(row_item, return_inverse=True)
-    emb = np.zeros((len(items), delta.shape[1]), dtype=np.float64)
-    np.add.at(emb, inv, delta)
+    emb = row_sums(inv, delta, len(items))
     bias = np.bincount(inv, weights=bias_delta, minlength=len(items))
     counts = np.bincount(inv, minlength=len(items))
     return ({"items": items.astype(np.int64), "item_emb": emb.astype(np.float32),

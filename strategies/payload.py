@@ -10,7 +10,7 @@ from flwr.app import Message, RecordDict
 
 from florec.protocol.codec import from_record
 
-__all__ = ["check_reply", "record_nbytes"]
+__all__ = ["check_reply", "checked_arrays", "record_nbytes"]
 
 
 def record_nbytes(content: RecordDict) -> int:
@@ -24,14 +24,38 @@ def check_reply(msg: Message, expected: dict[str, tuple[int, ...] | int | None])
     ``expected`` maps array names to a full shape, to the number of columns (an int; 0 for a
     1-D array) where the row count varies, or to ``None`` where any shape will do.
     """
+    return checked_arrays(msg, expected)[1]
+
+
+def checked_arrays(msg: Message, expected: dict[str, tuple[int, ...] | int | None]
+                   ) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """A reply's arrays, decoded once, and why it cannot be aggregated (``None`` if it can).
+
+    The check is :func:`check_reply`'s; a strategy that goes on to fold the arrays takes them
+    from here instead of decoding the record again.
+
+    Parameters
+    ----------
+    msg : Message
+        A training reply.
+    expected : dict
+        As in :func:`check_reply`.
+
+    Returns
+    -------
+    (dict or None, str or None)
+        The reply's ``arrays`` record as numpy arrays (None for an error reply or one without
+        the record) and the problem, if any.
+
+    """
     if msg.has_error():
-        return f"client error: {msg.error.reason}"
+        return None, f"client error: {msg.error.reason}"
     if "arrays" not in msg.content.array_records:
-        return "reply has no 'arrays' record"
+        return None, "reply has no 'arrays' record"
     arrays = from_record(msg.content.array_records["arrays"])
     for name, shape in expected.items():
         if name not in arrays:
-            return f"reply lacks array '{name}'"
+            return arrays, f"reply lacks array '{name}'"
         got = arrays[name].shape
         want_ok = (
             True
@@ -41,7 +65,7 @@ def check_reply(msg: Message, expected: dict[str, tuple[int, ...] | int | None])
             else (got[1:] == (shape,) if shape else len(got) == 1)
         )
         if not want_ok:
-            return f"array '{name}' has shape {got}, expected {shape}"
+            return arrays, f"array '{name}' has shape {got}, expected {shape}"
         if np.issubdtype(arrays[name].dtype, np.floating) and not np.all(np.isfinite(arrays[name])):
-            return f"array '{name}' holds NaN or inf"
-    return None
+            return arrays, f"array '{name}' holds NaN or inf"
+    return arrays, None

@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from florec.protocol.codec import from_record, to_record
 from florec.protocol.fedavg_upload import node_payload
 from florec.sim.local_grid import LocalGrid
-from florec.strategies.fedavg import FedAvgRec
+from florec.strategies.fedavg import FedAvgRec, scatter_add
 
 N, D = 6, 3
 
@@ -190,3 +190,30 @@ def test_a_full_cohort_keeps_every_sampled_node():
     plain = FedAvgRec("dense", fraction_train=0.5, seed=1)
     assert strategy.sample(list(range(1, 11)), 2) == plain.sample(list(range(1, 11)), 2)
     assert len(strategy.round_cohort) == 20
+
+
+@pytest.mark.parametrize("items", [[0, 2, 5], [5, 0, 2], [2, 2, 0, 2], []])
+def test_scatter_add_adds_as_add_at_for_sorted_and_repeated_items(items):
+    rng = np.random.default_rng(len(items))
+    items = np.asarray(items, dtype=np.int64)
+    values = (rng.normal(size=(len(items), D)) * 1e6).astype(np.float32)
+    counts = rng.integers(1, 5, len(items))
+    start = rng.normal(size=(N, D))
+    got_emb, got_den = start.copy(), np.ones(N)
+    scatter_add(items, [(got_emb, values), (got_den, counts)])
+    want_emb, want_den = start.copy(), np.ones(N)
+    np.add.at(want_emb, items, values)
+    np.add.at(want_den, items, counts)
+    np.testing.assert_array_equal(got_emb, want_emb)
+    np.testing.assert_array_equal(got_den, want_den)
+
+
+def test_sparse_replies_with_repeated_items_still_count_every_row():
+    # a hand-made reply may list an item twice; both rows count (as np.add.at adds them)
+    twice = {"items": np.array([1, 1]), "item_emb": np.ones((2, D), np.float32),
+             "item_bias": np.ones(2, np.float32), "counts": np.array([1, 1])}
+    strategy = FedAvgRec("sparse")
+    arrays, _ = strategy.aggregate_train(1, replies_for(strategy, [twice], [0.0]))
+    emb = from_record(arrays)["item_emb"]
+    np.testing.assert_allclose(emb[1], 2.0)  # 1 + (1 + 1) / 2
+    np.testing.assert_allclose(np.delete(emb, 1, axis=0), 1.0)
