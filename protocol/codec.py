@@ -42,7 +42,8 @@ def encode(a: np.ndarray) -> Array:
     head = _npy_header(a.dtype, shape)
     if head is None:
         return Array(a)
-    return Array(dtype=str(a.dtype), shape=shape, stype=NUMPY_STYPE, data=head + a.tobytes())
+    return Array(dtype=str(a.dtype), shape=shape, stype=NUMPY_STYPE,
+                 data=b"".join((head, a)))  # one copy: the array is read as a buffer
 
 
 @lru_cache(maxsize=1024)
