@@ -1,0 +1,194 @@
+"""Profile one in-process FedAvg-MF training round, split into local training and the rest.
+
+The cell is ``florec perf``'s in-process round (:func:`florec.sim.perf.run_in_process`: the
+real ServerApp, ClientApp handlers and messages on :class:`florec.sim.local_grid.LocalGrid`,
+serially, no Flower transport): every user (cohort 1.0), buckets of ``--bucket`` users, d=64,
+one local epoch, ``--aggregation`` (default ``sparse``). Round 1 is a warm-up (node stores,
+caches); round 2 is timed (and profiled with ``--profile``) from the push of its training
+messages to the push of the final evaluation, which is not run (the script stops there).
+
+Printed (and appended as one JSON line to ``--json``):
+
+- ``round_s``: the training round, server aggregation included;
+- ``local_update_s``: the nodes' local training alone
+  (:func:`florec.client.trainers.bpr_embedding.local_update`, summed over the nodes);
+- ``node_s``: the nodes' train handlers in all (so ``node_s - local_update_s`` is each node's
+  message work besides training: its cohort, decoding the table, pre-summing and encoding
+  its upload, its store);
+- ``server_s`` = ``round_s - node_s`` (the strategy's messages and its aggregation);
+- ``non_training_s`` = ``round_s - local_update_s``.
+
+``--tree PATH`` imports ``florec`` from another checkout whose root is the package (e.g. a
+``git worktree`` of an older commit), so two versions can be timed alternately on a busy
+machine (see docs/scale.md, "Where the rest of the round went")::
+
+    export OMP_NUM_THREADS=1 FLOREC_DATA_DIR=/path/to/data
+    python bench/perf_round_profile.py --dataset fedcia-bx --profile      # the profile
+    git worktree add ../before <commit>
+    python bench/perf_round_profile.py --tree ../before --json side.jsonl  # then this tree
+    python bench/perf_round_profile.py --json side.jsonl                   # and so on
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+class _Stop(Exception):
+    """Raised at the first push after the profiled round: the run ends there."""
+
+
+def _use_tree(tree: str | None) -> None:
+    """Import ``florec`` from ``tree`` (a checkout whose root is the package) if given."""
+    if not tree:
+        return
+    link_dir = Path(tempfile.mkdtemp(prefix="florec-tree-"))
+    (link_dir / "florec").symlink_to(Path(tree).resolve(), target_is_directory=True)
+    sys.path.insert(0, str(link_dir))
+
+
+def run(dataset: str, bucket: int, aggregation: str, profile: bool, work: Path,
+        rounds: int = 2, population: int = 0) -> tuple[dict[str, Any], cProfile.Profile | None]:
+    """Run ``rounds`` rounds in process; time (and profile) the training of the last one.
+
+    Parameters
+    ----------
+    dataset : str
+        Registered dataset (all its users train).
+    bucket : int
+        Users per node.
+    aggregation : str
+        FedAvg aggregation mode.
+    profile : bool
+        Profile the timed round with cProfile.
+    work : Path
+        Folder for the run's outputs.
+    rounds : int
+        Rounds; the last one is timed (the ones before warm up).
+    population : int
+        Users of a ``synthetic`` dataset (ML-1M's shape); ignored otherwise.
+
+    Returns
+    -------
+    (dict, cProfile.Profile or None)
+        The timings (see the module docstring) and the profile.
+
+    """
+    from flwr.app import MessageType
+
+    import florec.client.fedavg_node as fedavg_node
+    from florec.recdata.store import num_buckets_for
+    from florec.server.app import run_federated
+    from florec.sim.local_grid import LocalGrid
+    from florec.sim.perf import PerfCell, _validated
+
+    cfg = PerfCell(dataset, population, 1.0, bucket).run_config(rounds,
+                                                                {"aggregation": aggregation})
+    cfg |= {"out-dir": str(work)}
+    n = num_buckets_for(_validated(cfg))
+    run_cfg = _validated(cfg | {"num-nodes": n})
+    clock = {"local": 0.0, "node": 0.0, "start": None, "end": None}
+    prof = cProfile.Profile() if profile else None
+    inner = fedavg_node.local_update
+
+    def timed_update(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            if clock["start"] is not None:
+                clock["local"] += time.perf_counter() - t0
+
+    class Grid(LocalGrid):
+        def push_messages(self, messages):  # noqa: D102, ANN001, ANN202
+            messages = list(messages)
+            kind = messages[0].metadata.message_type if messages else ""
+            if clock["start"] is None and kind == MessageType.TRAIN and int(
+                    messages[0].content.config_records["config"]["server-round"]) == rounds:
+                clock["start"] = time.perf_counter()
+                if prof is not None:
+                    prof.enable()
+            elif clock["start"] is not None:
+                if prof is not None:
+                    prof.disable()
+                clock["end"] = time.perf_counter()
+                raise _Stop
+            return super().push_messages(messages)
+
+        def _handle(self, msg):  # noqa: ANN001, ANN202
+            t0 = time.perf_counter()
+            try:
+                return super()._handle(msg)
+            finally:
+                if clock["start"] is not None:
+                    clock["node"] += time.perf_counter() - t0
+
+    fedavg_node.local_update = timed_update
+    try:
+        run_federated(Grid(run_cfg.to_flower(), n, keep_replies=False), run_cfg, work)
+    except _Stop:
+        pass
+    finally:
+        fedavg_node.local_update = inner
+    if clock["end"] is None:
+        raise RuntimeError("the run ended before the timed round was over")
+    round_s = clock["end"] - clock["start"]
+    return {"dataset": dataset, "bucket": bucket, "aggregation": aggregation, "nodes": n,
+            "round_s": round_s, "local_update_s": clock["local"], "node_s": clock["node"],
+            "server_s": round_s - clock["node"], "non_training_s": round_s - clock["local"],
+            "load_avg_1m": os.getloadavg()[0]}, prof
+
+
+def print_profile(prof: cProfile.Profile, top: int) -> str:
+    """The ``top`` rows by cumulative and by own time, as text."""
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).strip_dirs()
+    for key in ("cumulative", "tottime"):
+        out.write(f"\n==== by {key} ====\n")
+        stats.sort_stats(key).print_stats(top)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: see the module docstring."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="fedcia-bx")
+    p.add_argument("--bucket", type=int, default=100, help="users per node")
+    p.add_argument("--population", type=int, default=1000, help="users of synthetic")
+    p.add_argument("--aggregation", default="sparse")
+    p.add_argument("--profile", action="store_true", help="cProfile the timed round")
+    p.add_argument("--top", type=int, default=40, help="rows of each profile table")
+    p.add_argument("--tree", default=None, help="import florec from this checkout")
+    p.add_argument("--json", type=Path, default=None, help="append the timings here")
+    p.add_argument("--dump", type=Path, default=None, help="write the raw profile here")
+    p.add_argument("--work-dir", type=Path, default=None, help="parent of the run's folder")
+    args = p.parse_args(argv)
+    _use_tree(args.tree)
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
+        row, prof = run(args.dataset, args.bucket, args.aggregation, args.profile, Path(tmp),
+                        population=args.population)
+    import florec
+
+    row |= {"tree": str(Path(florec.__file__).resolve().parent)}
+    if prof is not None:
+        print(print_profile(prof, args.top))
+        if args.dump is not None:
+            prof.dump_stats(args.dump)
+    print(json.dumps(row))
+    if args.json is not None:
+        with args.json.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
