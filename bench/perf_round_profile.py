@@ -27,6 +27,7 @@ machine (see docs/scale.md, "Where the rest of the round went")::
     git worktree add ../before <commit>
     python bench/perf_round_profile.py --tree ../before --json side.jsonl  # then this tree
     python bench/perf_round_profile.py --json side.jsonl                   # and so on
+    python bench/perf_round_profile.py --table side.jsonl                  # medians, ratios
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import io
 import json
 import os
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -159,6 +161,37 @@ def print_profile(prof: cProfile.Profile, top: int) -> str:
     return out.getvalue()
 
 
+def side_by_side(rows: list[dict]) -> str:
+    """Markdown table of alternated rows of two trees: medians and after/before ratios.
+
+    The first tree in ``rows`` is "before", the second "after"; rows pair up in their order
+    (one run of each tree, alternated). The ratio is the median of the pairs' ratios.
+    """
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["tree"], []).append(r)
+    if len(by) != 2:
+        raise SystemExit(f"--table needs rows of exactly two trees, got {len(by)}")
+    before, after = by.values()
+    lines = ["| in-process round | before | after | after / before (median of pairs) |",
+             "|---|---|---|---|"]
+    for r in rows:
+        r["node_other_s"] = r["node_s"] - r["local_update_s"]
+    for key, label in (("round_s", "round (training + server)"),
+                       ("non_training_s", "of which not local training"),
+                       ("node_other_s", "nodes' message work besides training"),
+                       ("server_s", "server (messages, checks, fold, step)"),
+                       ("local_update_s", "local training (`local_update`)")):
+        b, a = (statistics.median(r[key] for r in side) for side in (before, after))
+        pairs = [y[key] / x[key] for x, y in zip(before, after, strict=False)]
+        lines.append(f"| {label} | {b:.2f} s | {a:.2f} s | {statistics.median(pairs):.3f}x |")
+    loads = [r["load_avg_1m"] for r in rows]
+    lines.append(f"\n{len(before)} + {len(after)} runs, {rows[0]['dataset']} "
+                 f"({rows[0]['aggregation']}, {rows[0]['nodes']} nodes), 1-minute load "
+                 f"{min(loads):.2f}-{max(loads):.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -172,7 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, default=None, help="append the timings here")
     p.add_argument("--dump", type=Path, default=None, help="write the raw profile here")
     p.add_argument("--work-dir", type=Path, default=None, help="parent of the run's folder")
+    p.add_argument("--table", type=Path, default=None,
+                   help="print the side-by-side table of this --json file and stop")
     args = p.parse_args(argv)
+    if args.table is not None:
+        print(side_by_side([json.loads(x) for x in args.table.read_text().splitlines()]))
+        return
     _use_tree(args.tree)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         row, prof = run(args.dataset, args.bucket, args.aggregation, args.profile, Path(tmp),

@@ -25,3 +25,19 @@ def test_the_command_line_appends_one_json_line(bench_script, tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(r["aggregation"] == "sparse" for r in rows)
     assert "round_s" in capsys.readouterr().out
+
+
+def test_the_side_by_side_table_gives_medians_and_the_median_ratio_of_pairs(bench_script):
+    bench = bench_script("perf_round_profile")
+    rows = []
+    for before, after in ((10.0, 5.0), (12.0, 4.0), (11.0, 6.6)):
+        for tree, total in (("old", before), ("new", after)):
+            rows.append({"tree": tree, "round_s": total, "local_update_s": 2.0,
+                         "node_s": total - 1.0, "server_s": 1.0,
+                         "non_training_s": total - 2.0, "load_avg_1m": 3.0,
+                         "dataset": "synthetic", "aggregation": "sparse", "nodes": 3})
+    table = bench.side_by_side(rows)
+    round_row = next(line for line in table.splitlines() if line.startswith("| round"))
+    # medians 11.0 and 5.0; pair ratios 0.5, 0.333, 0.6 -> median 0.5
+    assert round_row == "| round (training + server) | 11.00 s | 5.00 s | 0.500x |"
+    assert "3 + 3 runs" in table
