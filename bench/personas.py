@@ -24,8 +24,8 @@ Every step writes ``<out>/<step>/report.json`` (metrics, LLM calls, seconds, the
     FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/personas.py \
         --out docs/results/personas --steps llm --personas 50 --sessions 3
 
-(the committed results: 50 personas for both steps; the SmolLM2 step took 9.4 minutes on the
-2-core machine at load 2-3).
+(the committed results: 50 personas for both steps; the SmolLM2 step's LLM phases took 528 s
+on the 2-core machine, its ``report.json``).
 """
 
 from __future__ import annotations
