@@ -83,18 +83,29 @@ def decode(array: Array) -> np.ndarray:
     np.ndarray
         A writable, C-ordered array that owns its data.
 
+    Raises
+    ------
+    ValueError
+        For a malformed payload: Flower's own errors (bad magic, version or header, negative
+        dimensions), or "array data truncated" where the header's shape needs more bytes than
+        follow it (trailing bytes are ignored, as ``np.load`` ignores them).
+
     """
     data = array.data
     if array.stype != NUMPY_STYPE or len(data) < 12 or bytes(data[:6]) != _MAGIC \
-            or data[6] not in (1, 2):
-        return array.numpy()
+            or data[6] not in (1, 2) or data[7] != 0:
+        return array.numpy()  # Flower reads (or refuses) versions 3.0 and x.1+ itself
     offset = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else \
         12 + int.from_bytes(data[8:12], "little")
     dtype, shape, fortran = _header(bytes(data[:offset]))
-    if fortran or dtype.hasobject or dtype.itemsize == 0:
-        return array.numpy()
-    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
-    return flat.reshape(shape).copy()
+    if fortran or dtype.hasobject or dtype.itemsize == 0 or any(n < 0 for n in shape):
+        return array.numpy()  # negative dimensions: Flower's ValueError
+    count = math.prod(shape)
+    if count * dtype.itemsize > len(data) - offset:  # Python ints: a huge shape cannot wrap
+        raise ValueError(f"array data truncated: header {shape} {dtype} needs "
+                         f"{count * dtype.itemsize} bytes, the payload has "
+                         f"{max(len(data) - offset, 0)}")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -55,6 +55,46 @@ def test_a_truncated_array_raises_a_value_error_as_flower_does():
         decode(cut)
 
 
+def _npy(shape: str, version: tuple[int, int] = (1, 0), body: bytes = bytes(32)) -> Array:
+    """A hand-made ``.npy`` payload with a float64 header of ``shape`` (a hostile node's)."""
+    head = f"{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}".encode("latin1")
+    size = 2 if version[0] == 1 else 4
+    head += b" " * (63 - (8 + size + len(head)) % 64) + b"\n"
+    data = b"\x93NUMPY" + bytes(version) + len(head).to_bytes(size, "little") + head + body
+    return Array(dtype="float64", shape=(4,), stype="numpy.ndarray", data=data)
+
+
+@pytest.mark.parametrize("shape", ["(-1,)", "(-4,)", "(2, -2)", "(-2, 2)"])
+def test_negative_dimensions_raise_flowers_value_error(shape):
+    hostile = _npy(shape)
+    with pytest.raises(ValueError, match="negative dimensions"):
+        hostile.numpy()
+    with pytest.raises(ValueError, match="negative dimensions"):
+        decode(hostile)
+
+
+@pytest.mark.parametrize("version", [(1, 1), (2, 1), (2, 5)])
+def test_a_nonzero_minor_format_version_is_refused_as_flower_refuses_it(version):
+    hostile = _npy("(4,)", version)
+    with pytest.raises(ValueError, match="format version"):
+        hostile.numpy()
+    with pytest.raises(ValueError, match="format version"):
+        decode(hostile)
+
+
+@pytest.mark.parametrize("shape", ["(5,)", "(1099511627776, 1099511627776)",
+                                   "(4611686018427387904, 4)"])
+def test_a_shape_larger_than_the_payload_raises_a_clear_value_error(shape):
+    with pytest.raises(ValueError, match="array data truncated"):
+        decode(_npy(shape))
+
+
+def test_a_well_formed_hand_made_header_decodes_and_trailing_bytes_are_ignored():
+    body = np.arange(6.0).tobytes()
+    np.testing.assert_array_equal(decode(_npy("(2, 2)", (2, 0), body)), [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(_npy("(2, 2)", (2, 0), body).numpy(), [[0, 1], [2, 3]])
+
+
 def test_an_array_of_another_stype_raises_as_flower_does():
     other = Array(dtype="float32", shape=(1,), stype="torch.Tensor", data=b"1234")
     with pytest.raises(TypeError):
