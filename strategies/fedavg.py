@@ -50,7 +50,7 @@ from florec.strategies.dp import UserDP
 from florec.strategies.payload import checked_arrays, record_nbytes
 from florec.strategies.server_opt import ServerOptimizer
 
-__all__ = ["MODES", "FedAvgRec"]
+__all__ = ["MODES", "FedAvgRec", "scatter_add", "sparse_problem"]
 
 #: aggregation modes of :class:`FedAvgRec`
 MODES = ("dense", "sparse", "sum")
@@ -84,6 +84,34 @@ def scatter_add(items: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -
             total[items] += values
         else:
             np.add.at(total, items, values)
+
+
+def sparse_problem(up: dict[str, np.ndarray], n: int) -> str | None:
+    """Why a sparse upload (shapes already checked) cannot be folded, or ``None`` if it can.
+
+    Parameters
+    ----------
+    up : dict
+        The decoded ``items``, ``item_emb``, ``item_bias`` and ``counts``.
+    n : int
+        Catalogue size.
+
+    Returns
+    -------
+    str or None
+        The problem: ``items`` not integers, row counts that differ between the arrays (a
+        single row would otherwise be broadcast), or an item index out of range.
+
+    """
+    items = up["items"]
+    if not np.issubdtype(items.dtype, np.integer):
+        return f"items of dtype {items.dtype}, expected integers"
+    rows = {k: len(up[k]) for k in ("items", "item_emb", "item_bias", "counts")}
+    if len(set(rows.values())) != 1:
+        return f"items and rows of different lengths: {rows}"
+    if len(items) and (items.min() < 0 or items.max() >= n):
+        return "item index out of range"
+    return None
 
 
 class FedAvgRec(RecStrategy):
@@ -169,9 +197,7 @@ class FedAvgRec(RecStrategy):
         for msg in replies:
             up, problem = checked_arrays(msg, expected)
             if problem is None and self.mode != "dense":
-                items = up["items"]
-                if len(items) and (items.min() < 0 or items.max() >= n):
-                    problem = "item index out of range"
+                problem = sparse_problem(up, n)
             if problem is not None:
                 self.drop(server_round, msg, problem)
                 continue

@@ -44,15 +44,18 @@ def checked_arrays(msg: Message, expected: dict[str, tuple[int, ...] | int | Non
     Returns
     -------
     (dict or None, str or None)
-        The reply's ``arrays`` record as numpy arrays (None for an error reply or one without
-        the record) and the problem, if any.
+        The reply's ``arrays`` record as numpy arrays (None for an error reply, one without
+        the record or one whose arrays do not decode) and the problem, if any.
 
     """
     if msg.has_error():
         return None, f"client error: {msg.error.reason}"
     if "arrays" not in msg.content.array_records:
         return None, "reply has no 'arrays' record"
-    arrays = from_record(msg.content.array_records["arrays"])
+    try:
+        arrays = from_record(msg.content.array_records["arrays"])
+    except (ValueError, OverflowError, TypeError) as err:  # a malformed payload: drop it
+        return None, f"undecodable arrays: {err}"
     for name, shape in expected.items():
         if name not in arrays:
             return arrays, f"reply lacks array '{name}'"

@@ -53,9 +53,9 @@ from florec.protocol.public_knowledge import needs_knowledge
 from florec.protocol.user_rows import USER_DEFENSES
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
-from florec.strategies.fedavg import FedAvgRec
+from florec.strategies.fedavg import FedAvgRec, sparse_problem
 from florec.strategies.fedcia import FedCIA
-from florec.strategies.payload import check_reply, record_nbytes
+from florec.strategies.payload import check_reply, checked_arrays, record_nbytes
 from florec.strategies.public_knowledge import PublicKnowledge
 from florec.strategies.robust_rules import krum_select, norm_bound, row_aggregate, stack_user_rows
 
@@ -171,9 +171,13 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
         return g.ravel()
 
     def _krum(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
-        valid, rest = [], []
+        valid, rest = [], []  # rest: FedAvg's fold drops them with their reason
+        n = self.current["item_emb"].shape[0]
         for msg in replies:
-            (valid if check_reply(msg, self._expected_shapes()) is None else rest).append(msg)
+            up, problem = checked_arrays(msg, self._expected_shapes())
+            if problem is None and self.mode != "dense":
+                problem = sparse_problem(up, n)
+            (valid if problem is None else rest).append(msg)
         if len(valid) <= 1:
             return valid + rest
         keep = 1 if self.defense == "krum" else \
@@ -199,6 +203,9 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
                 rows = {len(up[k]) for k in ("users", "items", "item_emb", "item_bias")}
                 if len(rows) != 1:
                     problem = "users, items and rows of different lengths"
+                elif not (np.issubdtype(up["items"].dtype, np.integer)
+                          and np.issubdtype(up["users"].dtype, np.integer)):
+                    problem = "users or items not integers"
                 elif (up["user_weight"] < 0).any():
                     problem = "negative user weight"
                 elif len(up["items"]) and (up["items"].min() < 0 or up["items"].max() >= n

@@ -6,8 +6,17 @@ import weakref
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 
+import florec.strategies.fedavg as fedavg_module
 from florec.protocol.codec import from_record, to_record
 from florec.protocol.fedavg_upload import node_payload
 from florec.sim.local_grid import LocalGrid
@@ -25,7 +34,7 @@ def replies_for(strategy, payloads, weights):
         return Message(
             RecordDict(
                 {
-                    "arrays": to_record(arrays),
+                    "arrays": arrays if isinstance(arrays, ArrayRecord) else to_record(arrays),
                     "metrics": MetricRecord(
                         {"weight": w, "num-users": 1, "num-pairs": 1, "loss-sum": 0.5}
                     ),
@@ -217,3 +226,68 @@ def test_sparse_replies_with_repeated_items_still_count_every_row():
     emb = from_record(arrays)["item_emb"]
     np.testing.assert_allclose(emb[1], 2.0)  # 1 + (1 + 1) / 2
     np.testing.assert_allclose(np.delete(emb, 1, axis=0), 1.0)
+
+
+def _sparse(items, rows=None):
+    """A sparse upload over ``items`` (``rows`` value rows each, default one per item)."""
+    k = len(items) if rows is None else rows
+    return {"items": np.asarray(items), "item_emb": np.full((k, D), 2.0, np.float32),
+            "item_bias": np.ones(k, np.float32), "counts": np.ones(k, np.int64)}
+
+
+def _undecodable():
+    """A record whose ``item_emb`` header promises more bytes than follow it."""
+    record = to_record(_sparse([1]))
+    whole = record["item_emb"]
+    record["item_emb"] = Array(dtype=whole.dtype, shape=whole.shape, stype=whole.stype,
+                               data=whole.data[:-4])
+    return record
+
+
+HOSTILE = {
+    "undecodable": (_undecodable, "undecodable arrays"),
+    "float items": (lambda: _sparse(np.array([1.0, 2.0])), "dtype float64"),
+    "bool items": (lambda: _sparse(np.array([False, True])), "dtype bool"),
+    "one row for two items": (lambda: _sparse([1, 2], rows=1), "different lengths"),
+    "short bias": (lambda: _sparse([1, 2]) | {"item_bias": np.ones(1, np.float32)},
+                   "different lengths"),
+    "long counts": (lambda: _sparse([1, 2]) | {"counts": np.ones(3, np.int64)},
+                    "different lengths"),
+}
+
+
+@pytest.mark.parametrize("mode", ["sparse", "sum"])
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_one_malformed_reply_is_dropped_and_the_rest_aggregate_as_without_it(mode, name,
+                                                                             caplog):
+    make, reason = HOSTILE[name]
+    good = [_sparse([0, 2]), _sparse([2, 4])]
+    alone = FedAvgRec(mode)
+    want, want_metrics = alone.aggregate_train(1, replies_for(alone, good, [0.0, 0.0]))
+    strategy = FedAvgRec(mode)
+    with caplog.at_level(logging.WARNING):
+        got, metrics = strategy.aggregate_train(
+            1, replies_for(strategy, [good[0], make(), good[1]], [0.0] * 3))
+    assert len(strategy.dropped) == 1 and not alone.dropped
+    (line,) = [r.getMessage() for r in caplog.records if "skipping reply" in r.getMessage()]
+    assert reason in line and "\n" not in line
+    assert metrics["num-replies"] == want_metrics["num-replies"] == 2
+    for key, table in from_record(want).items():
+        np.testing.assert_array_equal(from_record(got)[key], table)
+
+
+def test_a_sorted_distinct_sparse_reply_is_folded_without_add_at(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("np.add.at called")
+
+    pa, _ = node_payload("sparse", N, np.array([0, 0, 1]), np.array([4, 0, 2]),
+                         np.ones((3, D)), np.ones(3), np.ones(2))
+    strategy = FedAvgRec("sparse")
+    replies = replies_for(strategy, [pa], [0.0])
+    monkeypatch.setattr(fedavg_module.np.add, "at", refuse, raising=False)
+    with pytest.raises(AssertionError, match="np.add.at called"):
+        scatter_add(np.array([2, 1]), [(np.zeros(N), np.ones(2))])
+    arrays, _ = strategy.aggregate_train(1, replies)
+    emb = from_record(arrays)["item_emb"]
+    np.testing.assert_allclose(emb[[0, 2, 4]], 2.0)
+    np.testing.assert_allclose(emb[[1, 3, 5]], 1.0)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.app import Error, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Error, Message, MessageType, RecordDict
 
 from florec.protocol.codec import to_record
 from florec.sim.local_grid import LocalGrid
@@ -37,6 +37,13 @@ def test_a_good_reply_comes_back_decoded_with_no_problem():
     (RecordDict({"arrays": to_record({"items": np.array([0])})}), "lacks array 'item_emb'"),
     (_arrays(item_emb=np.ones((2, 4), np.float32)), "has shape (2, 4)"),
     (_arrays(item_emb=np.full((2, 3), np.nan, np.float32)), "holds NaN or inf"),
+    (RecordDict({"arrays": ArrayRecord({"items": Array(dtype="int64", shape=(2,),
+                                                       stype="numpy.ndarray",
+                                                       data=b"\x93NUMPY\x01\x00")})}),
+     "undecodable arrays"),
+    (RecordDict({"arrays": ArrayRecord({"items": Array(dtype="int64", shape=(2,),
+                                                       stype="torch.Tensor", data=b"1234")})}),
+     "undecodable arrays"),
 ])
 def test_a_bad_reply_gets_the_problem_check_reply_names(content, reason):
     _, problem = checked_arrays(_reply(content), EXPECTED)
