@@ -16,12 +16,20 @@ import numpy as np
 MODES = ("dense", "sparse")
 
 
-def row_sums(index: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+#: temporary memory of :func:`row_sums` per column block (bytes), besides its output
+BLOCK_BYTES = 64 << 20
+
+
+def row_sums(index: np.ndarray, rows: np.ndarray, n: int,
+             block_bytes: int = BLOCK_BYTES) -> np.ndarray:
     """Sum the rows of ``rows`` into ``n`` float64 rows by ``index``.
 
     The result is bit for bit ``np.add.at(np.zeros((n, d)), index, rows)``: one
     ``np.bincount`` over the flattened ``(row, column)`` cells adds each output cell's terms
     in row order from 0.0, in float64, as ``np.add.at`` does, without its per-row overhead.
+    The columns go in blocks whose int64 cells and float64 weights (24 bytes a cell at
+    most, temporaries included) and bincount output fit in ``block_bytes`` (at least one
+    column a block); a cell's terms never span blocks, so blocking changes no sum.
 
     Parameters
     ----------
@@ -31,6 +39,8 @@ def row_sums(index: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
         ``(R, d)`` values (any real dtype; summed in float64).
     n : int
         Output rows.
+    block_bytes : int, optional
+        Temporary memory per block (default 64 MiB); one column may need more.
 
     Returns
     -------
@@ -39,9 +49,17 @@ def row_sums(index: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
 
     """
     d = rows.shape[1]
-    cells = (np.asarray(index, dtype=np.int64)[:, None] * d + np.arange(d)).ravel()
-    return np.bincount(cells, weights=np.asarray(rows, dtype=np.float64).ravel(),
-                       minlength=n * d).astype(np.float64, copy=False).reshape(n, d)
+    out = np.empty((n, d))
+    index = np.asarray(index, dtype=np.int64)
+    width = max(1, min(d, block_bytes // max(24 * len(index) + 8 * n, 1)))
+    for c0 in range(0, d, width):
+        db = min(width, d - c0)
+        cells = (index[:, None] * db + np.arange(db)).ravel()
+        weights = np.asarray(rows[:, c0:c0 + db], dtype=np.float64).ravel()
+        out[:, c0:c0 + db] = np.bincount(cells, weights=weights,
+                                         minlength=n * db).reshape(n, db)
+        del cells, weights  # freed before the next block's are made
+    return out
 
 
 def node_payload(mode: str, n_items: int, row_user: np.ndarray, row_item: np.ndarray,

@@ -1,5 +1,7 @@
 """A FedAvg node's pre-summed upload: the row sums match ``np.add.at`` bit for bit."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,32 @@ def test_row_sums_equal_add_at_bit_for_bit(n_rows, n, d):
     got = row_sums(index, rows, n)
     assert got.dtype == np.float64 and got.shape == (n, d)
     np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * (24 * 5000 + 8 * 40), 1 << 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_sums_in_column_blocks_equal_add_at_bit_for_bit(block_bytes, dtype):
+    # 1 byte: one column a block; 3 columns' worth: blocks of 3, 3 and 2; 1 TiB: one block
+    rng = np.random.default_rng(7)
+    index = rng.integers(0, 40, 5000)
+    rows = _rows(rng, 5000, 8).astype(dtype)
+    want = np.zeros((40, 8))
+    np.add.at(want, index, rows)
+    got = row_sums(index, rows, 40, block_bytes)
+    np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+
+
+def test_row_sums_temporary_memory_stays_within_the_block():
+    rng = np.random.default_rng(1)
+    index, rows = rng.integers(0, 100, 20000), _rows(rng, 20000, 64)
+    peaks = []
+    for block_bytes in (1 << 20, 1 << 40):
+        tracemalloc.start()
+        row_sums(index, rows, 100, block_bytes)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    out = 100 * 64 * 8
+    assert peaks[0] <= out + (1 << 20) < 20000 * 64 * 16 <= peaks[1]
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
