@@ -20,24 +20,27 @@ Printed (and appended as one JSON line to ``--json``):
 
 ``--tree PATH`` imports ``florec`` from another checkout whose root is the package (e.g. a
 ``git worktree`` of an older commit), so two versions can be timed alternately on a busy
-machine (see docs/scale.md, "Where the rest of the round went")::
+machine (see docs/scale.md, "Where the rest of the round went"); a row's ``tree`` is that
+folder, or ``--label``::
 
     export OMP_NUM_THREADS=1 FLOREC_DATA_DIR=/path/to/data
     python bench/perf_round_profile.py --dataset fedcia-bx --profile      # the profile
     git worktree add ../before <commit>
-    python bench/perf_round_profile.py --tree ../before --json side.jsonl  # then this tree
-    python bench/perf_round_profile.py --json side.jsonl                   # and so on
+    python bench/perf_round_profile.py --tree ../before --label before --json side.jsonl
+    python bench/perf_round_profile.py --label after --json side.jsonl     # and so on
     python bench/perf_round_profile.py --table side.jsonl                  # medians, ratios
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import cProfile
 import io
 import json
 import os
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -50,13 +53,19 @@ class _Stop(Exception):
     """Raised at the first push after the profiled round: the run ends there."""
 
 
-def _use_tree(tree: str | None) -> None:
-    """Import ``florec`` from ``tree`` (a checkout whose root is the package) if given."""
+def _use_tree(tree: str | None) -> Path | None:
+    """Import ``florec`` from ``tree`` (a checkout whose root is the package) if given.
+
+    Returns the temporary folder that holds the ``florec`` link (None without ``tree``); it
+    is removed at exit (the link only: the checkout it points to is left alone).
+    """
     if not tree:
-        return
+        return None
     link_dir = Path(tempfile.mkdtemp(prefix="florec-tree-"))
+    atexit.register(shutil.rmtree, link_dir, ignore_errors=True)
     (link_dir / "florec").symlink_to(Path(tree).resolve(), target_is_directory=True)
     sys.path.insert(0, str(link_dir))
+    return link_dir
 
 
 def run(dataset: str, bucket: int, aggregation: str, profile: bool, work: Path,
@@ -173,6 +182,9 @@ def side_by_side(rows: list[dict]) -> str:
     if len(by) != 2:
         raise SystemExit(f"--table needs rows of exactly two trees, got {len(by)}")
     before, after = by.values()
+    if len(before) != len(after):
+        raise SystemExit(f"--table needs paired rows, got {len(before)} of "
+                         f"'{rows[0]['tree']}' and {len(after)} of the other tree")
     lines = ["| in-process round | before | after | after / before (median of pairs) |",
              "|---|---|---|---|"]
     for r in rows:
@@ -183,7 +195,7 @@ def side_by_side(rows: list[dict]) -> str:
                        ("server_s", "server (messages, checks, fold, step)"),
                        ("local_update_s", "local training (`local_update`)")):
         b, a = (statistics.median(r[key] for r in side) for side in (before, after))
-        pairs = [y[key] / x[key] for x, y in zip(before, after, strict=False)]
+        pairs = [y[key] / x[key] for x, y in zip(before, after, strict=True)]
         lines.append(f"| {label} | {b:.2f} s | {a:.2f} s | {statistics.median(pairs):.3f}x |")
     loads = [r["load_avg_1m"] for r in rows]
     lines.append(f"\n{len(before)} + {len(after)} runs, {rows[0]['dataset']} "
@@ -202,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="cProfile the timed round")
     p.add_argument("--top", type=int, default=40, help="rows of each profile table")
     p.add_argument("--tree", default=None, help="import florec from this checkout")
+    p.add_argument("--label", default=None,
+                   help="the rows' tree field (default: the imported florec's folder)")
     p.add_argument("--json", type=Path, default=None, help="append the timings here")
     p.add_argument("--dump", type=Path, default=None, help="write the raw profile here")
     p.add_argument("--work-dir", type=Path, default=None, help="parent of the run's folder")
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
                         population=args.population)
     import florec
 
-    row |= {"tree": str(Path(florec.__file__).resolve().parent)}
+    row |= {"tree": args.label or str(Path(florec.__file__).resolve().parent)}
     if prof is not None:
         print(print_profile(prof, args.top))
         if args.dump is not None:

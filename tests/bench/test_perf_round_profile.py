@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
+
+import pytest
 
 
 def test_the_timed_round_holds_the_nodes_which_hold_the_local_training(bench_script, tmp_path):
@@ -27,17 +30,55 @@ def test_the_command_line_appends_one_json_line(bench_script, tmp_path, capsys):
     assert "round_s" in capsys.readouterr().out
 
 
-def test_the_side_by_side_table_gives_medians_and_the_median_ratio_of_pairs(bench_script):
-    bench = bench_script("perf_round_profile")
+def _side_rows(pairs):
+    """Alternated rows of trees "old" and "new" with the given round times."""
     rows = []
-    for before, after in ((10.0, 5.0), (12.0, 4.0), (11.0, 6.6)):
+    for before, after in pairs:
         for tree, total in (("old", before), ("new", after)):
             rows.append({"tree": tree, "round_s": total, "local_update_s": 2.0,
                          "node_s": total - 1.0, "server_s": 1.0,
                          "non_training_s": total - 2.0, "load_avg_1m": 3.0,
                          "dataset": "synthetic", "aggregation": "sparse", "nodes": 3})
-    table = bench.side_by_side(rows)
+    return rows
+
+
+def test_the_side_by_side_table_gives_medians_and_the_median_ratio_of_pairs(bench_script):
+    bench = bench_script("perf_round_profile")
+    table = bench.side_by_side(_side_rows(((10.0, 5.0), (12.0, 4.0), (11.0, 6.6))))
     round_row = next(line for line in table.splitlines() if line.startswith("| round"))
     # medians 11.0 and 5.0; pair ratios 0.5, 0.333, 0.6 -> median 0.5
     assert round_row == "| round (training + server) | 11.00 s | 5.00 s | 0.500x |"
     assert "3 + 3 runs" in table
+
+
+def test_the_side_by_side_table_refuses_unpaired_rows(bench_script):
+    bench = bench_script("perf_round_profile")
+    rows = _side_rows(((10.0, 5.0), (12.0, 4.0)))[:-1]  # the last "new" run is missing
+    with pytest.raises(SystemExit, match="paired rows, got 2 of 'old' and 1") as err:
+        bench.side_by_side(rows)
+    assert "\n" not in str(err.value)
+
+
+def test_another_tree_is_imported_through_a_link_folder_removed_at_exit(bench_script,
+                                                                        tmp_path, monkeypatch):
+    bench = bench_script("perf_round_profile")
+    at_exit = []
+    monkeypatch.setattr(bench.atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    tree = tmp_path / "checkout"
+    tree.mkdir()
+    (tree / "keep.py").write_text("")
+    link_dir = bench._use_tree(str(tree))
+    assert sys.path[0] == str(link_dir) and (link_dir / "florec" / "keep.py").exists()
+    for f, args, kwargs in at_exit:
+        f(*args, **kwargs)
+    assert not link_dir.exists() and (tree / "keep.py").exists()
+    assert bench._use_tree(None) is None
+
+
+def test_the_label_names_the_rows_tree(bench_script, tmp_path, capsys):
+    bench = bench_script("perf_round_profile")
+    out = tmp_path / "side.jsonl"
+    bench.main(["--dataset", "synthetic", "--population", "40", "--bucket", "20",
+                "--label", "after", "--json", str(out), "--work-dir", str(tmp_path)])
+    assert json.loads(out.read_text())["tree"] == "after"
