@@ -187,3 +187,21 @@ def test_a_fedcia_median_ignores_one_poisoned_similarity():
     robust = RobustFedCIA("median", n_items=N)
     robust.aggregate_train(1, [fedcia_reply(g, 1.0) for g in benign + [poisoned]])
     assert np.abs(robust.downlink["gram"] - np.eye(N)).max() < 0.05
+
+
+@pytest.mark.parametrize(("defense", "per_user"), [("multi-krum", False), ("median", True)])
+def test_a_reply_with_float_items_is_dropped_before_the_defense(defense, per_user):
+    rng = np.random.default_rng(0)
+    items = np.array([1, 4, 7])
+    delta, bias = rng.normal(0, 0.1, (3, D)), rng.normal(0, 0.1, 3)
+    good = nodes_of_users(delta, bias, items, 3, 4, "sparse", per_user)
+    hostile = {k: v.astype(np.float64) if k in ("items", "users") else v
+               for k, v in from_record(good[0].content["arrays"]).items()}
+    robust = RobustFedAvgRec(defense, trim=0.2, num_malicious=1, mode="sparse")
+    alone = RobustFedAvgRec(defense, trim=0.2, num_malicious=1, mode="sparse")
+    got, metrics = aggregate(robust, [*good[:2], reply(hostile), *good[2:]])
+    want, want_metrics = aggregate(alone, good)
+    assert len(robust.dropped) == 1 and not alone.dropped
+    assert metrics["num-replies"] == want_metrics["num-replies"]
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
