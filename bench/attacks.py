@@ -46,6 +46,7 @@ from attacks_plot import (  # noqa: E402 (bench/attacks_plot.py)
 
 CURVE_KEYS = ("ndcg@10", "er@10", "er@20", "target-rank@all")
 
+
 def cells(spec: dict[str, Any], grids: set[str] | None = None) -> list[dict[str, Any]]:
     """Every (grid, attack, fraction, defense, seed) cell of a bench config."""
     out = []

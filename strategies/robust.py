@@ -55,7 +55,7 @@ from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg import FedAvgRec, sparse_problem
 from florec.strategies.fedcia import FedCIA
-from florec.strategies.payload import check_reply, checked_arrays, record_nbytes
+from florec.strategies.payload import checked_arrays, record_nbytes
 from florec.strategies.public_knowledge import PublicKnowledge
 from florec.strategies.robust_rules import krum_select, norm_bound, row_aggregate, stack_user_rows
 
@@ -197,9 +197,8 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
         totals: dict[str, float] = {}
         weight_sum = 0.0
         for msg in replies:
-            problem = check_reply(msg, expected)
+            up, problem = checked_arrays(msg, expected)
             if problem is None:
-                up = from_record(msg.content.array_records["arrays"])
                 rows = {len(up[k]) for k in ("users", "items", "item_emb", "item_bias")}
                 if len(rows) != 1:
                     problem = "users, items and rows of different lengths"
@@ -283,7 +282,7 @@ class RobustFedCIA(PublicKnowledge, FedCIA):
             return super().aggregate_train(server_round, replies)
         grams, loss, clients = [], 0.0, 0
         for msg in replies:
-            problem = check_reply(msg, {"gram": (self.n, self.n)})
+            arrays, problem = checked_arrays(msg, {"gram": (self.n, self.n)})
             metrics = {} if problem else dict(msg.content.metric_records.get("metrics", {}))
             if problem is None and not float(metrics.get("weight", 0.0)) > 0:
                 problem = "reply has no positive weight"
@@ -291,7 +290,7 @@ class RobustFedCIA(PublicKnowledge, FedCIA):
                 self.drop(server_round, msg, problem)
                 continue
             self.bytes_up += record_nbytes(msg.content)
-            up = from_record(msg.content.array_records["arrays"])["gram"]
+            up = arrays["gram"]
             grams.append((up / float(metrics["weight"])).astype(np.float32))
             loss += float(metrics.get("train-loss", 0.0))
             clients += int(metrics.get("clients", 1))
