@@ -89,6 +89,9 @@ def decode(array: Array) -> np.ndarray:
         For a malformed payload: Flower's own errors (bad magic, version or header, negative
         dimensions), or "array data truncated" where the header's shape needs more bytes than
         follow it (trailing bytes are ignored, as ``np.load`` ignores them).
+    TypeError
+        Flower's, for an array whose ``stype`` is not numpy's or whose header's shape is not
+        a tuple of integers (a bool shape, for one).
 
     """
     data = array.data

@@ -31,8 +31,10 @@ def checked_arrays(msg: Message, expected: dict[str, tuple[int, ...] | int | Non
                    ) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """A reply's arrays, decoded once, and why it cannot be aggregated (``None`` if it can).
 
-    The check is :func:`check_reply`'s; a strategy that goes on to fold the arrays takes them
-    from here instead of decoding the record again.
+    Each expected array must be present, of the expected shape, of a real dtype (bool,
+    integer or floating: ``dtype.kind`` in ``"biuf"``) and, if floating, finite. The check
+    is :func:`check_reply`'s; a strategy that goes on to fold the arrays takes them from here
+    instead of decoding the record again.
 
     Parameters
     ----------
@@ -69,6 +71,8 @@ def checked_arrays(msg: Message, expected: dict[str, tuple[int, ...] | int | Non
         )
         if not want_ok:
             return arrays, f"array '{name}' has shape {got}, expected {shape}"
+        if arrays[name].dtype.kind not in "biuf":  # complex, datetime, str, void, object
+            return arrays, f"array '{name}' of dtype {arrays[name].dtype}, expected real numbers"
         if np.issubdtype(arrays[name].dtype, np.floating) and not np.all(np.isfinite(arrays[name])):
             return arrays, f"array '{name}' holds NaN or inf"
     return arrays, None

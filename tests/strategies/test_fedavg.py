@@ -253,6 +253,13 @@ HOSTILE = {
                    "different lengths"),
     "long counts": (lambda: _sparse([1, 2]) | {"counts": np.ones(3, np.int64)},
                     "different lengths"),
+    "complex item_emb": (lambda: _sparse([1]) | {"item_emb": np.full((1, D), 1 + 1j)},
+                         "dtype complex128"),
+    "complex inf item_emb": (lambda: _sparse([1]) | {"item_emb": np.full((1, D), np.inf + 0j)},
+                             "dtype complex128"),
+    "datetime bias": (lambda: _sparse([1]) | {"item_bias": np.array(["2020-01-01"], "M8[D]")},
+                      "dtype datetime64[D]"),
+    "str counts": (lambda: _sparse([1]) | {"counts": np.array(["a"])}, "dtype <U1"),
 }
 
 
@@ -274,6 +281,17 @@ def test_one_malformed_reply_is_dropped_and_the_rest_aggregate_as_without_it(mod
     assert metrics["num-replies"] == want_metrics["num-replies"] == 2
     for key, table in from_record(want).items():
         np.testing.assert_array_equal(from_record(got)[key], table)
+
+
+def test_a_dense_reply_of_complex_values_is_dropped_with_its_dtype(caplog):
+    good = {"item_emb": np.ones((N, D), np.float32), "item_bias": np.ones(N, np.float32)}
+    bad = good | {"item_emb": np.full((N, D), 1 + 1j)}
+    strategy = FedAvgRec("dense")
+    with caplog.at_level(logging.WARNING):
+        _, metrics = strategy.aggregate_train(1, replies_for(strategy, [good, bad], [1.0, 1.0]))
+    assert len(strategy.dropped) == 1 and metrics["num-replies"] == 1
+    assert any("dtype complex128, expected real numbers" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_sorted_distinct_sparse_reply_is_folded_without_add_at(monkeypatch):
