@@ -22,7 +22,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from florec.protocol.codec import from_record, to_record
+from florec.protocol.codec import to_record
 from florec.protocol.secagg import SecAggServer, default_threshold
 from florec.protocol.secagg_wire import (
     KEY_BYTES,
@@ -38,11 +38,16 @@ from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.server.loop import stream_replies
 from florec.strategies.base import RecStrategy
+from florec.strategies.payload import checked_arrays
 
-__all__ = ["SETUP_TYPE", "SecAggError", "SecAggRefused", "SecAggSession", "SecAggSpec",
-           "SecAggTooFew", "check_secagg", "public_keys", "refusal", "run_exchanges"]
+__all__ = ["SETUP_TYPE", "STAGE_ARRAYS", "SecAggError", "SecAggRefused", "SecAggSession",
+           "SecAggSpec", "SecAggTooFew", "check_secagg", "public_keys", "refusal",
+           "run_exchanges", "stage_problem"]
 
 SETUP_TYPE = f"{MessageType.TRAIN}.setup"
+#: The arrays a node's reply to each exchange must hold (see :mod:`florec.client.secagg_node`).
+STAGE_ARRAYS = {"share": ("to", "sealed"), "mask": ("masked",),
+                "unmask": ("ids", "kind", "shares")}
 
 
 class SecAggError(RuntimeError):
@@ -92,6 +97,21 @@ def check_secagg(cfg: RunConfig) -> SecAggSpec | None:
                           "hides from the server; set defense='none' or secagg=false")
     return SecAggSpec(fedavg_range(cfg.secagg_clip, cfg.aggregation, cfg.weighting),
                       cfg.round_timeout_s)
+
+
+def stage_problem(msg: Message, stage: str) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """A reply's arrays for exchange ``stage`` and why they cannot be used (None if they can).
+
+    An error reply, one without an ``arrays`` record, one that does not decode, or one that
+    lacks an array of :data:`STAGE_ARRAYS` (or holds one of a non-real dtype) cannot be used.
+    The caller treats such a node as dropped at ``stage``, as the protocol treats a node that
+    fails or times out: before ``mask`` it is left out of the sum, after it its masks are
+    removed with the others' shares. The reason is one line.
+    """
+    if msg.has_error():
+        return None, msg.error.reason.strip().splitlines()[-1]
+    arrays, problem = checked_arrays(msg, dict.fromkeys(STAGE_ARRAYS.get(stage, ())))
+    return (None, problem) if problem is not None else (arrays, None)
 
 
 def public_keys(arrays: dict[str, np.ndarray]) -> tuple[bytes, bytes] | None:
@@ -213,8 +233,9 @@ def run_exchanges(strategy: RecStrategy, grid: Grid, session: SecAggSession, ser
                   timeout_s: float) -> dict[str, float]:
     """Drive ``share``, ``mask`` and ``unmask``; the sum is left in ``session.total``.
 
-    Bytes are counted on ``strategy``; a node that fails or times out is named in its dropped
-    list and left out (before masking: not in the sum; after: recovered). Returns the costs:
+    Bytes are counted on ``strategy`` (of the replies used); a node that fails, times out or
+    sends a malformed reply (:func:`stage_problem`) is named in its dropped list and left out
+    (before masking: not in the sum; after: recovered). Returns the costs:
     nodes alive and dropped, seconds, and the bytes of the three exchanges up and down (the
     masked vectors included; the keys ride on the training replies).
 
@@ -234,13 +255,13 @@ def run_exchanges(strategy: RecStrategy, grid: Grid, session: SecAggSession, ser
         for msg in stream_replies(grid, messages, timeout_s, strategy.unresponsive):
             if (why := refusal(msg)) is not None:
                 raise SecAggRefused(f"node {msg.metadata.src_node_id} refused to {stage}: {why}")
-            if msg.has_error():
-                reason = msg.error.reason.strip().splitlines()[-1]
-                strategy.drop(server_round, msg, f"secure aggregation {stage}: {reason}")
+            arrays, problem = stage_problem(msg, stage)
+            if arrays is None:  # failed, or a malformed reply: the node dropped at this stage
+                strategy.drop(server_round, msg, f"secure aggregation {stage}: {problem}")
                 continue
             strategy.bytes_up += sum(len(a.data) for a in
                                      msg.content.array_records["arrays"].values())
-            good[int(msg.metadata.src_node_id)] = from_record(msg.content.array_records["arrays"])
+            good[int(msg.metadata.src_node_id)] = arrays
         session.take(stage, good)
     if session.dropped:
         log(WARNING, "round %d: secure aggregation recovered %d node(s) that dropped after "

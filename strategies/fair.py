@@ -37,6 +37,7 @@ from florec.server.secagg import (
     check_secagg,
     public_keys,
     refusal,
+    stage_problem,
 )
 from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.payload import record_nbytes
@@ -95,6 +96,10 @@ class FairFedAvg(FedAvgRec):
                         ) -> ArrayRecord:
         """Collect keys (stage 0) and each exchange's replies; at the end, add the totals.
 
+        A failed or malformed reply (no ``arrays`` record, undecodable arrays, a stage's array
+        missing: :func:`florec.server.secagg.stage_problem`) is dropped with a one-line reason,
+        and that node counts as dropped at this stage.
+
         Raises
         ------
         RuntimeError
@@ -108,12 +113,12 @@ class FairFedAvg(FedAvgRec):
         for msg in replies:
             if (why := refusal(msg)) is not None:
                 raise SecAggRefused(f"secure sum: node {msg.metadata.src_node_id} refused: {why}")
-            if msg.has_error() or "arrays" not in msg.content.array_records:
-                reason = msg.error.reason.strip().splitlines()[-1] if msg.has_error() else ""
-                self.drop(0, msg, f"secure sum stage {stage}: {reason or 'no arrays'}")
+            up, problem = stage_problem(msg, STAGES[stage - 1] if stage else "keys")
+            if up is None:  # failed or malformed (undecodable, arrays missing): dropped here
+                self.drop(0, msg, f"secure sum stage {stage}: {problem}")
                 continue
             self.setup_bytes += record_nbytes(msg.content)
-            good[int(msg.metadata.src_node_id)] = from_record(msg.content.array_records["arrays"])
+            good[int(msg.metadata.src_node_id)] = up
         if stage == 0:
             roster = {u: k for u, a in good.items() if (k := public_keys(a)) is not None}
             if not roster:

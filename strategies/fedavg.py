@@ -241,18 +241,20 @@ class FedAvgRec(RecStrategy):
                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Secure aggregation: the replies carry keys; the sum comes from the exchanges.
 
+        A reply without usable keys (a client error, no ``arrays`` record, arrays that do not
+        decode) is dropped with its reason before the roster is formed; a malformed reply to a
+        later exchange drops that node there (:func:`florec.server.secagg.stage_problem`).
         If more than ``n - t`` nodes drop out, the round's update is skipped (logged, and
         ``secagg-failed = 1`` in its ``train`` row) and the run goes on; a node's refusal
         (:class:`florec.server.secagg.SecAggRefused`: the server misbehaved) stops the run.
         """
         n, d = self.current["item_emb"].shape
         roster, metrics = {}, {}
-        for msg in replies:
-            keys = None if msg.has_error() else public_keys(
-                from_record(msg.content.array_records.get("arrays", ArrayRecord())))
+        for msg in replies:  # an error, missing or undecodable record: dropped before sharing
+            up, problem = checked_arrays(msg, {})
+            keys = None if up is None else public_keys(up)
             if keys is None:
-                self.drop(server_round, msg, f"client error: {msg.error.reason}"
-                          if msg.has_error() else "no secure-aggregation keys")
+                self.drop(server_round, msg, problem or "no secure-aggregation keys")
                 continue
             self.bytes_up += record_nbytes(msg.content)
             src = int(msg.metadata.src_node_id)

@@ -1,9 +1,12 @@
 """Fair Sampling's item popularity by secure aggregation: exact totals, masked uploads, dropouts."""
 
+import logging
+
 import numpy as np
 import pytest
-from flwr.app import MessageType
+from flwr.app import Array, MessageType
 
+from florec.client import secagg_node
 from florec.client.app import evaluate, setup, train
 from florec.client.setup_node import local_counts
 from florec.client.trainers.bucket import Bucket
@@ -114,3 +117,28 @@ def test_more_than_n_minus_t_dropouts_stop_the_setup_with_one_line_and_no_unmask
                                            "threshold 3 of 4") as err:
         _setup_run(CFG, fail=fail)
     assert "\n" not in str(err.value)
+
+
+def test_an_undecodable_masked_vector_drops_its_node_and_the_setup_sums_the_rest(monkeypatch,
+                                                                                  caplog):
+    handle, hit, pids = secagg_node.handle, [], []
+
+    def truncate_one_mask(msg, context, *args, **kwargs):
+        out = handle(msg, context, *args, **kwargs)
+        if msg.content.config_records["config"]["stage"] != "mask" or hit:
+            return out
+        hit.append(int(msg.metadata.dst_node_id))
+        pids.append(int(context.node_config["partition-id"]))
+        whole = out.array_records["arrays"]["masked"]
+        out.array_records["arrays"]["masked"] = Array(
+            dtype=whole.dtype, shape=whole.shape, stype=whole.stype, data=whole.data[:-4])
+        return out
+
+    monkeypatch.setattr(secagg_node, "handle", truncate_one_mask)
+    with caplog.at_level(logging.WARNING):
+        grid, split, strategy, arrays = _setup_run(CFG)
+    assert strategy.session.dropped == hit and len(strategy.session.alive) == 3
+    expected = sum(local_counts(b) for p, b in enumerate(_buckets(CFG, split)) if p not in pids)
+    np.testing.assert_array_equal(from_record(arrays)["item_pop"], expected[:-1])
+    (line,) = [r.getMessage() for r in caplog.records if "skipping reply" in r.getMessage()]
+    assert "secure sum stage 2: undecodable arrays" in line and "\n" not in line

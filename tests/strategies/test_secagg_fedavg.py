@@ -1,10 +1,11 @@
 """FedAvg-MF rounds under secure aggregation: same model as plain, dropouts, a lying server."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
-from flwr.app import Message, MessageType
+from flwr.app import Array, Message, MessageType, RecordDict
 
 from florec.client import secagg_node
 from florec.protocol import shamir
@@ -223,3 +224,51 @@ def test_distributed_dp_never_unmasks_a_sum_with_fewer_noise_shares_than_account
     first = rows[0]["train"]
     assert first["secagg-alive"] == 6
     assert first.get("secagg-failed", 0) == (1 if dp else 0)
+
+
+def _truncated(content):
+    """``content`` with its first array cut short: its header promises bytes that never came."""
+    record = content.array_records["arrays"]
+    name = next(iter(record))
+    whole = record[name]
+    record[name] = Array(dtype=whole.dtype, shape=whole.shape, stype=whole.stype,
+                         data=whole.data[:-4])
+    return content
+
+
+def test_malformed_secagg_replies_drop_their_node_and_the_rest_sum_exactly(inputs, monkeypatch,
+                                                                            caplog):
+    # node 2's keys do not decode, node 5's share reply has no arrays, node 4's masked vector
+    # does not decode: 2 and 5 never share, 4 is recovered like a node lost after sharing
+    fedavg_reply, handle = secagg_node.fedavg_reply, secagg_node.handle
+
+    def keys(cfg, msg, context, n_items, content):
+        out = fedavg_reply(cfg, msg, context, n_items, content)
+        return _truncated(out) if msg.metadata.dst_node_id == 2 else out
+
+    def stage(msg, context, *args, **kwargs):
+        out = handle(msg, context, *args, **kwargs)
+        node = msg.metadata.dst_node_id
+        if node == 5 and stage_of(msg) == "share":
+            return RecordDict({})
+        return _truncated(out) if node == 4 and stage_of(msg) == "mask" else out
+
+    monkeypatch.setattr(secagg_node, "fedavg_reply", keys)
+    monkeypatch.setattr(secagg_node, "handle", stage)
+    cfg = parse_run_config(BASE | {"num-nodes": 10, "secagg": True})
+    grid = LocalGrid(cfg.to_flower(), 10, keep_replies=False)
+    fed = prepare_federation(grid, cfg)
+    with caplog.at_level(logging.WARNING):
+        _, row = train_round(grid, fed.strategy, 1, fed.arrays, cfg.round_timeout_s)
+    session = fed.strategy.secagg_session
+    assert 2 not in session.server.roster and 5 not in session.server.shared
+    assert session.dropped == [4] and len(session.alive) == 7
+    want = np.zeros_like(inputs[1])
+    for node in session.alive:
+        want = want + inputs[node]
+    np.testing.assert_array_equal(session.total, want)
+    assert row["train"]["num-replies"] == 7 and len(fed.strategy.dropped) == 3
+    lines = [r.getMessage() for r in caplog.records if "skipping reply" in r.getMessage()]
+    assert sum("undecodable arrays" in line for line in lines) == 2
+    assert any("share: reply has no 'arrays' record" in line for line in lines)
+    assert all("\n" not in line for line in lines)
