@@ -181,6 +181,11 @@ class FedAvgRec(RecStrategy):
             return {"item_emb": (n, d), "item_bias": (n,)}
         return {"items": 0, "item_emb": d, "item_bias": 0, "counts": 0}
 
+    def _checked(self, msg: Message, expected: dict[str, tuple[int, ...] | int | None]
+                 ) -> tuple[dict[str, np.ndarray] | None, str | None]:
+        """:func:`checked_arrays` of a reply (a subclass may hand out arrays it decoded)."""
+        return checked_arrays(msg, expected)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Fold replies into one accumulator as they arrive, then apply the average."""
@@ -195,7 +200,7 @@ class FedAvgRec(RecStrategy):
         accepted = 0
         expected = self._expected_shapes()
         for msg in replies:
-            up, problem = checked_arrays(msg, expected)
+            up, problem = self._checked(msg, expected)
             if problem is None and self.mode != "dense":
                 problem = sparse_problem(up, n)
             if problem is not None:

@@ -48,7 +48,7 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.supercore import log
 
 from florec.models.registry import SEQUENTIAL_MODELS
-from florec.protocol.codec import from_record, to_record
+from florec.protocol.codec import to_record
 from florec.protocol.public_knowledge import needs_knowledge
 from florec.protocol.user_rows import USER_DEFENSES
 from florec.recdata.errors import ConfigError
@@ -151,16 +151,34 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Apply the defense, then FedAvg's update (server optimiser included)."""
+        """Apply the defense, then FedAvg's update (server optimiser included).
+
+        Under Krum / Multi-Krum, ``num-replies`` counts the usable replies (those Krum
+        scored, kept or not), so that ``min-fit-fraction`` judges the nodes that answered and
+        not Krum's choice; ``krum-kept`` is the number folded.
+        """
         if self.defense in NODE_DEFENSES:
-            return super().aggregate_train(server_round, self._krum(server_round, replies))
+            try:
+                arrays, metrics = super().aggregate_train(server_round,
+                                                          self._krum(server_round, replies))
+            finally:
+                self._prechecked.clear()
+            if metrics is not None:
+                metrics["krum-kept"] = int(metrics["num-replies"])
+                metrics["num-replies"] = int(metrics["num-replies"]) + self._krum_left_out
+            return arrays, metrics
         if self.defense not in USER_DEFENSES:
             return super().aggregate_train(server_round, replies)
         return self._user_level(server_round, replies)
 
-    def _node_vector(self, msg: Message) -> np.ndarray:
+    def _checked(self, msg: Message, expected: dict[str, tuple[int, ...] | int | None]
+                 ) -> tuple[dict[str, np.ndarray] | None, str | None]:
+        """The check :meth:`_krum` already made of this reply (FedAvg's fold decodes no more)."""
+        pre = getattr(self, "_prechecked", {}).pop(id(msg), None)
+        return pre if pre is not None else super()._checked(msg, expected)
+
+    def _node_vector(self, msg: Message, up: dict[str, np.ndarray]) -> np.ndarray:
         n, d = self.current["item_emb"].shape
-        up = from_record(msg.content.array_records["arrays"])
         if self.mode == "dense":
             w = float(msg.content.metric_records.get("metrics", {}).get("weight", 0.0))
             g = np.concatenate([up["item_emb"], up["item_bias"][:, None]], 1) / max(w, 1e-300)
@@ -171,10 +189,17 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
         return g.ravel()
 
     def _krum(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The replies Krum keeps, then the invalid ones (FedAvg's fold drops them).
+
+        Each reply is decoded once: the check is kept in ``_prechecked`` for the fold, and
+        ``_krum_left_out`` counts the valid replies Krum did not keep.
+        """
         valid, rest = [], []  # rest: FedAvg's fold drops them with their reason
+        self._prechecked: dict[int, tuple[dict[str, np.ndarray] | None, str | None]] = {}
+        self._krum_left_out = 0
         n = self.current["item_emb"].shape[0]
         for msg in replies:
-            up, problem = checked_arrays(msg, self._expected_shapes())
+            up, problem = self._prechecked[id(msg)] = checked_arrays(msg, self._expected_shapes())
             if problem is None and self.mode != "dense":
                 problem = sparse_problem(up, n)
             (valid if problem is None else rest).append(msg)
@@ -182,7 +207,9 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
             return valid + rest
         keep = 1 if self.defense == "krum" else \
             (self.num_select or max(1, len(valid) - self.num_malicious))
-        kept = krum_select([self._node_vector(m) for m in valid], self.num_malicious, keep)
+        kept = krum_select([self._node_vector(m, self._prechecked[id(m)][0]) for m in valid],
+                           self.num_malicious, keep)
+        self._krum_left_out = len(valid) - len(kept)
         for i in sorted(set(range(len(valid))) - set(kept)):
             self.bytes_up += record_nbytes(valid[i].content)
         log(INFO, "round %d: %s kept %d of %d node updates", server_round, self.defense,

@@ -77,8 +77,9 @@ def test_each_defense_equals_plain_averaging_when_all_updates_are_identical(defe
     got, metrics = aggregate(robust, nodes_of_users(delta, bias, items, 3, 5, mode, per_user))
     for key in plain:
         np.testing.assert_allclose(got[key], plain[key], rtol=1e-6, atol=1e-7)
-    assert metrics["num-replies"] == (1 if defense == "krum" else 4 if defense == "multi-krum"
-                                      else 5)
+    assert metrics["num-replies"] == 5  # every usable reply, kept by Krum or not
+    if defense in ("krum", "multi-krum"):
+        assert metrics["krum-kept"] == (1 if defense == "krum" else 4)
 
 
 def test_trimmed_mean_and_median_remove_a_planted_outlier():
@@ -205,3 +206,36 @@ def test_a_reply_with_float_items_is_dropped_before_the_defense(defense, per_use
     assert metrics["num-replies"] == want_metrics["num-replies"]
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_a_krum_round_of_five_nodes_passes_the_default_min_fit_fraction():
+    from florec.server.federation import prepare_federation
+    from florec.server.rounds import train_round
+    from florec.sim.local_grid import LocalGrid
+
+    cfg = parse_run_config({"dataset": "synthetic", "synthetic-users": 40,
+                            "synthetic-items": 60, "synthetic-interactions": 12, "dim": 8,
+                            "num-nodes": 5, "num-rounds": 1, "defense": "krum",
+                            "defense-malicious": 1})
+    assert cfg.min_fit_fraction == 0.5  # the default: Krum's one kept node is below it
+    grid = LocalGrid(cfg.to_flower(), cfg.num_nodes)
+    fed = prepare_federation(grid, cfg)
+    before = from_record(fed.arrays)["item_emb"]
+    new, row = train_round(grid, fed.strategy, 1, fed.arrays, cfg.round_timeout_s)
+    assert row["train"]["num-replies"] == 5 and row["train"]["krum-kept"] == 1
+    assert not np.array_equal(from_record(new)["item_emb"], before)  # the update was applied
+
+
+def test_krum_decodes_each_reply_once(monkeypatch):
+    import florec.strategies.payload as payload
+
+    calls = []
+    decode = payload.from_record
+    monkeypatch.setattr(payload, "from_record", lambda rec: calls.append(1) or decode(rec))
+    rng = np.random.default_rng(0)
+    items = np.array([1, 4, 7])
+    replies = nodes_of_users(rng.normal(0, 0.1, (3, D)), rng.normal(0, 0.1, 3), items, 3, 5,
+                             "sparse", False)
+    robust = RobustFedAvgRec("multi-krum", num_malicious=1, mode="sparse")
+    _, metrics = aggregate(robust, replies)
+    assert metrics["krum-kept"] == 4 and len(calls) == 5
