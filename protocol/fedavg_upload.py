@@ -21,10 +21,12 @@ BLOCK_BYTES = 64 << 20
 
 
 def row_sums(index: np.ndarray, rows: np.ndarray, n: int,
-             block_bytes: int = BLOCK_BYTES) -> np.ndarray:
-    """Sum the rows of ``rows`` into ``n`` float64 rows by ``index``.
+             block_bytes: int = BLOCK_BYTES, weights: np.ndarray | None = None
+             ) -> np.ndarray:
+    """Sum the rows of ``rows`` (each times its weight, if given) into ``n`` float64 rows.
 
-    The result is bit for bit ``np.add.at(np.zeros((n, d)), index, rows)``: one
+    The result is bit for bit ``np.add.at(np.zeros((n, d)), index, rows)`` (with weights:
+    ``rows * weights[:, None]``, a float64 product, made here one column block at a time): one
     ``np.bincount`` over the flattened ``(row, column)`` cells adds each output cell's terms
     in row order from 0.0, in float64, as ``np.add.at`` does, without its per-row overhead.
     The columns go in blocks whose int64 cells and float64 weights (24 bytes a cell at
@@ -41,6 +43,8 @@ def row_sums(index: np.ndarray, rows: np.ndarray, n: int,
         Output rows.
     block_bytes : int, optional
         Temporary memory per block (default 64 MiB); one column may need more.
+    weights : np.ndarray, optional
+        ``(R,)`` float64 weight of each row; the rows are multiplied by it in float64.
 
     Returns
     -------
@@ -55,10 +59,11 @@ def row_sums(index: np.ndarray, rows: np.ndarray, n: int,
     for c0 in range(0, d, width):
         db = min(width, d - c0)
         cells = (index[:, None] * db + np.arange(db)).ravel()
-        weights = np.asarray(rows[:, c0:c0 + db], dtype=np.float64).ravel()
-        out[:, c0:c0 + db] = np.bincount(cells, weights=weights,
+        block = (np.asarray(rows[:, c0:c0 + db], dtype=np.float64) if weights is None
+                 else np.multiply(rows[:, c0:c0 + db], weights[:, None], dtype=np.float64))
+        out[:, c0:c0 + db] = np.bincount(cells, weights=block.ravel(),
                                          minlength=n * db).reshape(n, db)
-        del cells, weights  # freed before the next block's are made
+        del cells, block  # freed before the next block's are made
     return out
 
 
@@ -88,7 +93,7 @@ def node_payload(mode: str, n_items: int, row_user: np.ndarray, row_item: np.nda
     """
     if mode == "dense":
         w = user_weight[row_user].astype(np.float64)
-        emb = row_sums(row_item, delta * w[:, None], n_items)
+        emb = row_sums(row_item, delta, n_items, weights=w)  # weighted block by block
         bias = np.bincount(row_item, weights=bias_delta * w, minlength=n_items)
         return ({"item_emb": emb.astype(np.float32), "item_bias": bias.astype(np.float32)},
                 float(user_weight.sum()))
