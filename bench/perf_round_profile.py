@@ -170,22 +170,48 @@ def print_profile(prof: cProfile.Profile, top: int) -> str:
     return out.getvalue()
 
 
+def before_and_after(names: list[str]) -> tuple[str, str]:
+    """Which of two tree names is "before" and which "after".
+
+    The tree whose name contains "before" is before; else, if one contains "after", the other
+    is before; else the first (in the order of the rows) is before.
+
+    Raises
+    ------
+    SystemExit
+        With one line, if both names contain "before", or both "after", or one both.
+
+    """
+    low = [name.lower() for name in names]
+    marked_b = [i for i, name in enumerate(low) if "before" in name]
+    marked_a = [i for i, name in enumerate(low) if "after" in name]
+    if len(marked_b) > 1 or len(marked_a) > 1 or set(marked_b) & set(marked_a):
+        raise SystemExit(f"--table cannot tell before from after: trees {names!r}; label "
+                         "one tree 'before...' and the other 'after...'")
+    first = marked_b[0] if marked_b else (1 - marked_a[0]) if marked_a else 0
+    return names[first], names[1 - first]
+
+
 def side_by_side(rows: list[dict]) -> str:
     """Markdown table of alternated rows of two trees: medians and after/before ratios.
 
-    The first tree in ``rows`` is "before", the second "after"; rows pair up in their order
-    (one run of each tree, alternated). The ratio is the median of the pairs' ratios.
+    "Before" is the tree whose name (``tree`` field, ``--label``) contains "before", else the
+    one that does not contain "after", else the first tree in ``rows``
+    (:func:`before_and_after`); the header names both. Rows pair up in their order (one run
+    of each tree, alternated). The ratio is the median of the pairs' ratios.
     """
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["tree"], []).append(r)
     if len(by) != 2:
         raise SystemExit(f"--table needs rows of exactly two trees, got {len(by)}")
-    before, after = by.values()
+    name_b, name_a = before_and_after(list(by))
+    before, after = by[name_b], by[name_a]
     if len(before) != len(after):
         raise SystemExit(f"--table needs paired rows, got {len(before)} of "
-                         f"'{rows[0]['tree']}' and {len(after)} of the other tree")
-    lines = ["| in-process round | before | after | after / before (median of pairs) |",
+                         f"'{name_b}' and {len(after)} of '{name_a}'")
+    lines = [f"| in-process round | before ('{name_b}') | after ('{name_a}') "
+             "| after / before (median of pairs) |",
              "|---|---|---|---|"]
     for r in rows:
         r["node_other_s"] = r["node_s"] - r["local_update_s"]

@@ -59,6 +59,40 @@ def test_the_side_by_side_table_refuses_unpaired_rows(bench_script):
     assert "\n" not in str(err.value)
 
 
+def _relabel(rows, names):
+    """``rows`` with trees "old" and "new" renamed by ``names``."""
+    return [r | {"tree": names[r["tree"]]} for r in rows]
+
+
+@pytest.mark.parametrize("names", [{"old": "before (abc)", "new": "after"},
+                                   {"old": "base", "new": "after-fix"},
+                                   {"old": "old", "new": "new"}])
+def test_the_side_by_side_table_takes_before_from_the_labels_whatever_comes_first(
+        bench_script, names):
+    bench = bench_script("perf_round_profile")
+    rows = _relabel(_side_rows(((10.0, 5.0), (12.0, 4.0), (11.0, 6.6))), names)
+    swapped = [rows[i + 1 - i % 2 * 2] for i in range(len(rows))]  # "new" runs first
+    header = bench.side_by_side(rows).splitlines()[0]
+    assert f"before ('{names['old']}')" in header and f"after ('{names['new']}')" in header
+    table = bench.side_by_side(swapped)
+    round_row = next(line for line in table.splitlines() if line.startswith("| round"))
+    if names["old"] == "old":  # no label says which: the first tree in the file is before
+        assert round_row == "| round (training + server) | 5.00 s | 11.00 s | 2.000x |"
+    else:
+        assert round_row == "| round (training + server) | 11.00 s | 5.00 s | 0.500x |"
+
+
+@pytest.mark.parametrize("names", [{"old": "before-1", "new": "before-2"},
+                                   {"old": "after-1", "new": "after-2"},
+                                   {"old": "before-after", "new": "x"}])
+def test_the_side_by_side_table_refuses_labels_that_do_not_tell_before_from_after(
+        bench_script, names):
+    bench = bench_script("perf_round_profile")
+    with pytest.raises(SystemExit, match="cannot tell before from after") as err:
+        bench.side_by_side(_relabel(_side_rows(((10.0, 5.0),)), names))
+    assert "\n" not in str(err.value)
+
+
 def test_another_tree_is_imported_through_a_link_folder_removed_at_exit(bench_script,
                                                                         tmp_path, monkeypatch):
     bench = bench_script("perf_round_profile")
