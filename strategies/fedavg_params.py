@@ -26,7 +26,7 @@ from florec.protocol.codec import from_record, to_record
 from florec.protocol.public_knowledge import needs_knowledge
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.base import RecStrategy
-from florec.strategies.payload import check_reply, record_nbytes
+from florec.strategies.payload import checked_arrays, record_nbytes
 
 WEIGHT_KEY = "num-positions"
 
@@ -64,15 +64,16 @@ class FedAvgParams(RecStrategy):
                       ) -> tuple[str | None, dict[str, float], float, dict[str, np.ndarray]]:
         """Why a reply cannot be aggregated (or ``None``), its metrics, weight and arrays.
 
-        :func:`check_reply` (every expected array, its shape, finite values) plus a
-        non-negative ``num-positions`` weight and no array beyond the model's.
+        :func:`~florec.strategies.payload.checked_arrays` (every expected array, its shape,
+        finite values) plus a non-negative ``num-positions`` weight and no array beyond the
+        model's.
         """
-        problem = check_reply(msg, self.shapes)
+        arrays, problem = checked_arrays(msg, self.shapes)
         metrics = {} if problem else dict(msg.content.metric_records.get("metrics", {}))
         weight = float(metrics.get(WEIGHT_KEY, -1.0))
         if problem is None and not weight >= 0:
             problem = f"reply lacks a non-negative '{WEIGHT_KEY}'"
-        up = {} if problem else from_record(msg.content.array_records["arrays"])
+        up = {} if problem else arrays
         if extra := set(up) - set(self.shapes):
             problem = f"reply has unknown arrays {sorted(extra)}"
         return problem, metrics, weight, up

@@ -37,12 +37,12 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.models.gfcf import top_eigh
-from florec.protocol.codec import from_record, to_record
+from florec.protocol.codec import to_record
 from florec.recdata.errors import ConfigError
 from florec.strategies.base import RecStrategy
 from florec.strategies.fedcia_dp import SimilarityDP
 from florec.strategies.fedcia_stack import FactorStack
-from florec.strategies.payload import check_reply, record_nbytes
+from florec.strategies.payload import checked_arrays, record_nbytes
 
 ALIGN = f"{MessageType.TRAIN}.align"
 COMM_MODES = ("dense", "factored")
@@ -127,8 +127,8 @@ class FedCIA(RecStrategy):
         weight, accepted, loss, clients = 0.0, 0, 0.0, 0
         key, expected = ("gram", (self.n, self.n)) if dense else ("factor", None)
         for msg in replies:
-            problem = check_reply(msg, {key: expected})
-            up = None if problem else from_record(msg.content.array_records["arrays"])[key]
+            arrays, problem = checked_arrays(msg, {key: expected})
+            up = None if problem else arrays[key]
             if up is not None and not dense and (up.ndim != 2 or up.shape[0] != self.n):
                 problem = f"factor has shape {up.shape}, expected ({self.n}, d)"
             if problem is not None:

@@ -20,9 +20,9 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from florec.models import gfcf
-from florec.protocol.codec import from_record, to_record
+from florec.protocol.codec import to_record
 from florec.strategies.base import RecStrategy
-from florec.strategies.payload import check_reply, record_nbytes
+from florec.strategies.payload import checked_arrays, record_nbytes
 
 MODES = ("exact", "gsp")
 
@@ -86,12 +86,11 @@ class FederatedGFCF(RecStrategy):
             else {"filter": (n, n)}
         total, degree, count, clients = np.zeros((n, n)), np.zeros(n), 0, 0.0
         for msg in replies:
-            problem = check_reply(msg, expected)
+            up, problem = checked_arrays(msg, expected)
             if problem is not None:
                 self.drop(server_round, msg, problem)
                 continue
             self.bytes_up += record_nbytes(msg.content)
-            up = from_record(msg.content.array_records["arrays"])
             total += up["gram" if self.mode == "exact" else "filter"]
             if self.mode == "exact":
                 degree += up["degree"]
