@@ -25,7 +25,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from florec.client.attacks import node_knowledge, poison_similarity
 from florec.client.evaluation import bucket_metric_sums
 from florec.client.node_store import NodeStore, open_store
-from florec.client.trainers.align import align_dense, align_factored, similarity_upload
+from florec.client.trainers.align import align_eigen, align_factored, similarity_upload
 from florec.client.trainers.bucket import Bucket
 from florec.client.trainers.private_batch import fresh_states, train_mf_clients
 from florec.client.trainers.private_model import (
@@ -191,7 +191,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
 
 def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,
           device: str) -> RecordDict:
-    """Align every client's item table to ``S_bar`` (dense) or ``A A^T`` (factored), batched."""
+    """Align every client's table to ``Q Lambda Q^T`` (dense) or ``A A^T`` (factored), batched."""
     t0 = time.perf_counter()
     down = from_record(msg.content.array_records["arrays"])
     store = open_store(context, cfg.store_spill_mb)
@@ -204,11 +204,15 @@ def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     embs = [loaded[i][0].item_emb.data.to(device) if i in loaded else
             torch.from_numpy(saved[i]["item_emb"].copy()).to(device)
             for i in range(len(clients))]
-    fn, target = (align_dense, down["gram"]) if "gram" in down else \
-        (align_factored, down["factor"])
+    steps = (cfg.align_steps, cfg.align_lr, cfg.reg, cfg.align_norm == "squared")
     with torch.no_grad():
-        before, after = fn(embs, torch.as_tensor(target, device=device), cfg.align_steps,
-                           cfg.align_lr, cfg.reg, cfg.align_norm == "squared")
+        if "basis" in down:
+            before, after = align_eigen(embs, torch.as_tensor(down["basis"], device=device),
+                                        torch.as_tensor(down["eigvals"], device=device), *steps,
+                                        norm_sq=float(down["norm-sq"][0]))
+        else:
+            before, after = align_factored(
+                embs, torch.as_tensor(down["factor"], device=device), *steps)
     for i, emb in enumerate(embs):  # only the item table changes: the optimizer stays stored
         if i in loaded:
             model, optimizer = loaded[i]

@@ -6,7 +6,9 @@ factored mode, whatever the number of clients), forms
 ``S_bar = sum_k w_k S_k / sum_k w_k`` and sends it back in a second message (``train.align``)
 so every client pulls its own item table towards it. Two communication modes:
 
-- ``dense``: the paper's protocol, ``n x n`` up and down.
+- ``dense``: the paper's protocol, ``n x n`` up and down (down as ``S_bar``'s eigendecomposition,
+  :func:`eigen_downlink`: the same numbers, solved once on the server, so that nodes align at
+  ``O(n d^2)`` a step).
 - ``factored``: a client uploads ``E_k Q_k`` (``n x d``, a fresh random rotation ``Q_k``), which
   determines ``S_k`` exactly; the server sends a rank-``r`` factor ``A`` of ``S_bar``
   (top-``r`` eigenpairs, ``A = U_r Lambda_r^{1/2}``) and clients align without forming ``n x n``.
@@ -62,6 +64,32 @@ def top_factor(s_bar: np.ndarray, rank: int) -> tuple[np.ndarray, float]:
     vals = np.clip(vals, 0.0, None)
     energy = float((vals**2).sum() / max((s_bar**2).sum(), 1e-300))
     return np.ascontiguousarray(vecs * np.sqrt(vals)), energy
+
+
+def eigen_downlink(s_bar: np.ndarray) -> dict[str, np.ndarray]:
+    r"""Dense mode's downlink: the eigendecomposition of ``S_bar``'s symmetric part.
+
+    .. math:: \tfrac12(\bar S + \bar S^\top) = Q \Lambda Q^\top
+
+    As many numbers as ``S_bar`` itself (``n^2 + n + 1``), solved once on the server (in float64,
+    with NumPy's ``eigh``, which releases the GIL) so that every node aligns in the eigenbasis
+    (:func:`florec.client.trainers.align.align_eigen`) instead of multiplying by ``n x n`` at
+    every step.
+
+    The alignment loss ``||E E^T - S_bar||_F`` depends on the antisymmetric part of ``S_bar``
+    (Laplace ``noise-scale`` is added entry by entry) only through the constant
+    ``||S_bar||_F^2``, sent beside the eigenpairs.
+
+    Returns
+    -------
+    dict
+        ``basis`` (``Q``, ``n x n`` float32, eigenvectors as columns), ``eigvals`` (``Lambda``,
+        ``n`` float32) and ``norm-sq`` (``||S_bar||_F^2``, one float64).
+    """
+    s_bar = np.asarray(s_bar, dtype=np.float64)
+    vals, vecs = np.linalg.eigh((s_bar + s_bar.T) / 2)
+    return {"basis": vecs.astype(np.float32), "eigvals": vals.astype(np.float32),
+            "norm-sq": np.array([np.square(s_bar).sum()])}
 
 
 class FedCIA(RecStrategy):
@@ -152,7 +180,7 @@ class FedCIA(RecStrategy):
             if self.dp is not None:  # noise on the sum of clipped uploads (fedcia_dp.py)
                 total = self.dp.privatize(total)
                 out.update(self.dp.round_metrics(server_round))
-            self.downlink = {"gram": (total / weight).astype(np.float32)}
+            self.downlink = eigen_downlink(total / weight)
         else:
             factor, energy = total.top_factor(self.rank, 1.0 / weight)
             self.downlink = {"factor": factor.astype(np.float32)}

@@ -54,7 +54,7 @@ from florec.protocol.user_rows import USER_DEFENSES
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg import FedAvgRec, sparse_problem
-from florec.strategies.fedcia import FedCIA
+from florec.strategies.fedcia import FedCIA, eigen_downlink
 from florec.strategies.payload import checked_arrays, record_nbytes
 from florec.strategies.public_knowledge import PublicKnowledge
 from florec.strategies.robust_rules import krum_select, norm_bound, row_aggregate, stack_user_rows
@@ -327,6 +327,6 @@ class RobustFedCIA(PublicKnowledge, FedCIA):
         stack = np.stack(grams)
         s_bar = np.median(stack, axis=0) if self.defense == "median" else \
             trim_mean(stack, self.trim)
-        self.downlink = {"gram": np.asarray(s_bar, dtype=np.float32)}
+        self.downlink = eigen_downlink(s_bar)
         return ArrayRecord(), MetricRecord({"num-replies": len(grams), "clients": clients,
                                             "train-loss": loss / len(grams)})

@@ -78,3 +78,15 @@ def no_trace():
     """``no_trace(flat, want, key)``: assert a message array carries no trace of a node's input
     at any offset (masked uploads); returns the windows compared."""
     return _assert_no_trace
+
+
+def _downlink_similarity(downlink: dict[str, np.ndarray]) -> np.ndarray:
+    """``S_bar = Q Lambda Q^T`` from FedCIA's dense downlink (``basis``, ``eigvals``)."""
+    q, vals = downlink["basis"].astype(np.float64), downlink["eigvals"].astype(np.float64)
+    return (q * vals) @ q.T
+
+
+@pytest.fixture
+def downlink_similarity():
+    """``downlink_similarity(downlink)``: the ``n x n`` similarity of a dense FedCIA downlink."""
+    return _downlink_similarity

@@ -6,11 +6,12 @@ import torch
 
 from florec.client.trainers.align import (
     align_dense,
+    align_eigen,
     align_factored,
     haar_rotation,
     similarity_upload,
 )
-from florec.strategies.fedcia import top_factor
+from florec.strategies.fedcia import eigen_downlink, top_factor
 
 N, D = 40, 6
 
@@ -124,5 +125,50 @@ def test_subspace_alignment_skips_steps_where_the_norm_vanishes():
     factor = emb.clone()  # S_bar = E E^T: the client is already aligned
     moved = emb.clone()
     (before,), (after,) = align_factored([moved], factor, 5, 0.1)
+    assert before < 1e-6 and before == after
+    torch.testing.assert_close(moved, emb, atol=1e-12, rtol=0)
+
+
+def eigen(target):
+    vals, vecs = torch.linalg.eigh((target + target.T) / 2)
+    return vecs, vals
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_alignment_in_the_eigenbasis_equals_the_dense_steps(squared):
+    """Mixed widths and an indefinite, non-symmetric target (a noisy or robust mean)."""
+    g = torch.Generator().manual_seed(5)
+    embs = [0.3 * torch.randn(N, d, generator=g, dtype=torch.float64) for d in (6, 3)]
+    target = mean_gram(embs[:1]) + 0.01 * torch.randn(N, N, generator=g, dtype=torch.float64)
+    lr = 0.001 if squared else 0.05
+    by_eigen, by_dense = [e.clone() for e in embs], [e.clone() for e in embs]
+    first, last = align_eigen(by_eigen, *eigen(target), 60, lr, 1e-4, squared,
+                              norm_sq=float((target**2).sum()))
+    first_dense, last_dense = align_dense(by_dense, target, 60, lr, 1e-4, squared)
+    for a, b, e in zip(by_eigen, by_dense, embs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+        assert float((a - e).abs().max()) > 1e-3  # the steps moved the table
+    np.testing.assert_allclose(first, first_dense, rtol=1e-10)
+    np.testing.assert_allclose(last, last_dense, rtol=1e-8)
+
+
+def test_alignment_from_the_float32_wire_downlink_matches_float64_dense_steps():
+    g = torch.Generator().manual_seed(6)
+    embs = [0.3 * torch.randn(N, D, generator=g) for _ in range(2)]
+    s_bar = mean_gram([e.double() for e in embs])
+    down = eigen_downlink(s_bar.numpy())  # what the server sends: float32
+    by_eigen, by_dense = [e.clone() for e in embs], [e.double() for e in embs]
+    align_eigen(by_eigen, torch.from_numpy(down["basis"]), torch.from_numpy(down["eigvals"]),
+                10, 0.05, norm_sq=float(down["norm-sq"][0]))
+    align_dense(by_dense, s_bar, 10, 0.05)
+    assert all(e.dtype == torch.float32 for e in by_eigen)
+    for a, b in zip(by_eigen, by_dense, strict=True):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=0)
+
+
+def test_eigen_alignment_skips_steps_where_the_norm_vanishes():
+    emb = tables(1)[0]
+    moved = emb.clone()
+    (before,), (after,) = align_eigen([moved], *eigen(emb @ emb.T), 5, 0.1)
     assert before < 1e-6 and before == after
     torch.testing.assert_close(moved, emb, atol=1e-12, rtol=0)

@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 
 from florec.protocol.codec import to_record
 from florec.sim.local_grid import LocalGrid
-from florec.strategies.fedcia import FedCIA, top_factor
+from florec.strategies.fedcia import FedCIA, eigen_downlink, top_factor
 
 N, D = 30, 4
 
@@ -37,15 +37,25 @@ def tables(k, seed=0):
     return [0.3 * rng.standard_normal((N, D)) for _ in range(k)]
 
 
+def test_the_eigen_downlink_is_the_symmetric_part_in_an_orthonormal_basis(downlink_similarity):
+    rng = np.random.default_rng(1)
+    s_bar = rng.standard_normal((N, N))  # indefinite and not symmetric (a noisy mean can be)
+    down = eigen_downlink(s_bar)
+    assert down["basis"].dtype == down["eigvals"].dtype == np.float32
+    q = down["basis"].astype(np.float64)
+    np.testing.assert_allclose(q.T @ q, np.eye(N), atol=1e-5)
+    np.testing.assert_allclose(downlink_similarity(down), (s_bar + s_bar.T) / 2, atol=1e-5)
+
+
 @pytest.mark.parametrize("w", [np.array([1.0, 1.0, 1.0]), np.array([10.0, 20.0, 30.0])])
-def test_dense_mean_is_the_weighted_mean_of_client_grams(w):
+def test_dense_mean_is_the_weighted_mean_of_client_grams(w, downlink_similarity):
     """Nodes send weighted sums and their weight; the server divides by the total weight."""
     embs = tables(3)
     strategy = FedCIA(N, "dense")
     _, metrics = aggregate(strategy, [({"gram": wi * e @ e.T}, wi)
                                       for wi, e in zip(w, embs, strict=True)])
     expected = sum(wi * e @ e.T for wi, e in zip(w, embs, strict=True)) / w.sum()
-    np.testing.assert_allclose(strategy.downlink["gram"], expected, atol=1e-5)
+    np.testing.assert_allclose(downlink_similarity(strategy.downlink), expected, atol=1e-5)
     assert metrics["num-replies"] == 3
 
 
@@ -67,14 +77,14 @@ def test_top_factor_keeps_the_largest_eigenpairs():
     assert small.shape == (N, 1) and 0 < part < 1
 
 
-def test_bad_uploads_are_skipped():
+def test_bad_uploads_are_skipped(downlink_similarity):
     good = tables(1)[0]
     strategy = FedCIA(N, "dense")
     _, metrics = aggregate(strategy, [({"gram": good @ good.T}, 1),
                                       ({"gram": np.full((N, N), np.nan)}, 1),
                                       ({"gram": np.zeros((N, N + 1))}, 1)])
     assert metrics["num-replies"] == 1 and len(strategy.dropped) == 2
-    np.testing.assert_allclose(strategy.downlink["gram"], good @ good.T, atol=1e-5)
+    np.testing.assert_allclose(downlink_similarity(strategy.downlink), good @ good.T, atol=1e-5)
 
 
 def test_server_memory_does_not_grow_with_the_number_of_clients():
