@@ -98,16 +98,17 @@ def run(dataset: str, bucket: int, aggregation: str, profile: bool, work: Path,
     from flwr.app import MessageType
 
     import florec.client.fedavg_node as fedavg_node
+    from florec.recdata.runconfig import parse_run_config
     from florec.recdata.store import num_buckets_for
     from florec.server.app import run_federated
     from florec.sim.local_grid import LocalGrid
-    from florec.sim.perf import PerfCell, _validated
+    from florec.sim.perf import PerfCell
 
     cfg = PerfCell(dataset, population, 1.0, bucket).run_config(rounds,
                                                                 {"aggregation": aggregation})
     cfg |= {"out-dir": str(work)}
-    n = num_buckets_for(_validated(cfg))
-    run_cfg = _validated(cfg | {"num-nodes": n})
+    n = num_buckets_for(parse_run_config(cfg))
+    run_cfg = parse_run_config(cfg | {"num-nodes": n})
     clock = {"local": 0.0, "node": 0.0, "start": None, "end": None}
     prof = cProfile.Profile() if profile else None
     inner = fedavg_node.local_update

@@ -181,16 +181,26 @@ class FedAvgRec(RecStrategy):
             return {"item_emb": (n, d), "item_bias": (n,)}
         return {"items": 0, "item_emb": d, "item_bias": 0, "counts": 0}
 
-    def _checked(self, msg: Message, expected: dict[str, tuple[int, ...] | int | None]
-                 ) -> tuple[dict[str, np.ndarray] | None, str | None]:
-        """:func:`checked_arrays` of a reply (a subclass may hand out arrays it decoded)."""
-        return checked_arrays(msg, expected)
+    def _check(self, msg: Message, expected: dict[str, tuple[int, ...] | int]
+               ) -> tuple[dict[str, np.ndarray] | None, str | None]:
+        """A reply's arrays, decoded once, and why they cannot be folded (``None`` if they can)."""
+        up, problem = checked_arrays(msg, expected)
+        if problem is None and self.mode != "dense":
+            problem = sparse_problem(up, self.current["item_emb"].shape[0])
+        return up, problem
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Fold replies into one accumulator as they arrive, then apply the average."""
         if self.secagg is not None:
             return self._aggregate_secure(server_round, replies)
+        expected = self._expected_shapes()
+        return self._fold(server_round, ((msg, *self._check(msg, expected)) for msg in replies))
+
+    def _fold(self, server_round: int,
+              checked: Iterable[tuple[Message, dict[str, np.ndarray] | None, str | None]]
+              ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Fold ``(reply, arrays, problem)`` triples (:meth:`_check`); drop those with a problem."""
         n, d = self.current["item_emb"].shape
         emb_sum, bias_sum = np.zeros((n, d)), np.zeros(n)
         denom = np.zeros(n) if self.mode == "sparse" else np.zeros(1)
@@ -198,11 +208,7 @@ class FedAvgRec(RecStrategy):
             denom[0] = 1.0
         totals: dict[str, float] = {}
         accepted = 0
-        expected = self._expected_shapes()
-        for msg in replies:
-            up, problem = self._checked(msg, expected)
-            if problem is None and self.mode != "dense":
-                problem = sparse_problem(up, n)
+        for msg, up, problem in checked:
             if problem is not None:
                 self.drop(server_round, msg, problem)
                 continue

@@ -53,7 +53,7 @@ from florec.protocol.public_knowledge import needs_knowledge
 from florec.protocol.user_rows import USER_DEFENSES
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
-from florec.strategies.fedavg import FedAvgRec, sparse_problem
+from florec.strategies.fedavg import FedAvgRec
 from florec.strategies.fedcia import FedCIA, eigen_downlink
 from florec.strategies.payload import checked_arrays, record_nbytes
 from florec.strategies.public_knowledge import PublicKnowledge
@@ -158,24 +158,15 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
         not Krum's choice; ``krum-kept`` is the number folded.
         """
         if self.defense in NODE_DEFENSES:
-            try:
-                arrays, metrics = super().aggregate_train(server_round,
-                                                          self._krum(server_round, replies))
-            finally:
-                self._prechecked.clear()
+            kept, left_out = self._krum(server_round, replies)
+            arrays, metrics = self._fold(server_round, kept)
             if metrics is not None:
                 metrics["krum-kept"] = int(metrics["num-replies"])
-                metrics["num-replies"] = int(metrics["num-replies"]) + self._krum_left_out
+                metrics["num-replies"] = int(metrics["num-replies"]) + left_out
             return arrays, metrics
         if self.defense not in USER_DEFENSES:
             return super().aggregate_train(server_round, replies)
         return self._user_level(server_round, replies)
-
-    def _checked(self, msg: Message, expected: dict[str, tuple[int, ...] | int | None]
-                 ) -> tuple[dict[str, np.ndarray] | None, str | None]:
-        """The check :meth:`_krum` already made of this reply (FedAvg's fold decodes no more)."""
-        pre = getattr(self, "_prechecked", {}).pop(id(msg), None)
-        return pre if pre is not None else super()._checked(msg, expected)
 
     def _node_vector(self, msg: Message, up: dict[str, np.ndarray]) -> np.ndarray:
         n, d = self.current["item_emb"].shape
@@ -188,33 +179,28 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
             g[up["items"]] = np.concatenate([up["item_emb"], up["item_bias"][:, None]], 1) / counts
         return g.ravel()
 
-    def _krum(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
-        """The replies Krum keeps, then the invalid ones (FedAvg's fold drops them).
+    def _krum(self, server_round: int, replies: Iterable[Message]
+              ) -> tuple[list[tuple[Message, dict[str, np.ndarray] | None, str | None]], int]:
+        """The replies Krum keeps, then the invalid ones, as :meth:`_fold`'s triples.
 
-        Each reply is decoded once: the check is kept in ``_prechecked`` for the fold, and
-        ``_krum_left_out`` counts the valid replies Krum did not keep.
+        Each reply is decoded once (:meth:`_check`); the fold drops the invalid ones with their
+        reason. Also returns the number of valid replies Krum left out.
         """
-        valid, rest = [], []  # rest: FedAvg's fold drops them with their reason
-        self._prechecked: dict[int, tuple[dict[str, np.ndarray] | None, str | None]] = {}
-        self._krum_left_out = 0
-        n = self.current["item_emb"].shape[0]
-        for msg in replies:
-            up, problem = self._prechecked[id(msg)] = checked_arrays(msg, self._expected_shapes())
-            if problem is None and self.mode != "dense":
-                problem = sparse_problem(up, n)
-            (valid if problem is None else rest).append(msg)
+        expected = self._expected_shapes()
+        checked = [(msg, *self._check(msg, expected)) for msg in replies]
+        valid = [c for c in checked if c[2] is None]
+        rest = [c for c in checked if c[2] is not None]
         if len(valid) <= 1:
-            return valid + rest
+            return valid + rest, 0
         keep = 1 if self.defense == "krum" else \
             (self.num_select or max(1, len(valid) - self.num_malicious))
-        kept = krum_select([self._node_vector(m, self._prechecked[id(m)][0]) for m in valid],
+        kept = krum_select([self._node_vector(msg, up) for msg, up, _ in valid],
                            self.num_malicious, keep)
-        self._krum_left_out = len(valid) - len(kept)
         for i in sorted(set(range(len(valid))) - set(kept)):
-            self.bytes_up += record_nbytes(valid[i].content)
+            self.bytes_up += record_nbytes(valid[i][0].content)
         log(INFO, "round %d: %s kept %d of %d node updates", server_round, self.defense,
             len(kept), len(valid))
-        return [valid[i] for i in kept] + rest
+        return [valid[i] for i in kept] + rest, len(valid) - len(kept)
 
     def _user_level(self, server_round: int, replies: Iterable[Message]
                     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
