@@ -98,19 +98,20 @@ def test_flwr_simulation_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_flwr_simulation_of_fedcia_with_its_align_messages(tmp_path):
+@pytest.mark.parametrize(("comm", "method"), [("factored", "fedcia-mf-factored-r16"),
+                                              ("dense", "fedcia-mf")])
+def test_flwr_simulation_of_fedcia_with_its_align_messages(tmp_path, comm, method):
     """FedCIA's second message type (train.align) goes through a real Flower simulation."""
     out = tmp_path / "run"
     proc = florec("sim", "--dataset", "synthetic", "--algorithm", "fedcia", "--nodes", "3",
                   "--rounds", "2", "--out", str(out), "-c",
                   "synthetic-users=30 synthetic-items=40 dim=8 align-steps=5 "
-                  "fedcia-comm='factored' clients-per-node=2",
+                  f"fedcia-comm='{comm}' clients-per-node=2",
                   env={"FLWR_HOME": str(tmp_path / "flwr")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["align"]["clients"] for r in rows] == [6, 6]
-    assert json.loads((out / "results.json").read_text())["runs"][0]["method"] == \
-        "fedcia-mf-factored-r16"
+    assert json.loads((out / "results.json").read_text())["runs"][0]["method"] == method
 
 
 def test_resume_overrides_replay_the_saved_config_with_resume_on(tmp_path, small_config):
