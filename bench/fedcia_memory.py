@@ -9,7 +9,13 @@ Flower's ``RecordDict`` holds reference cycles, so a folded reply is freed by Py
 collector, at a time set by allocation counts; the replies are fed with a collection before every
 tenth, so the peak measures what the server keeps, not the collector's timing.
 
-Usage: python bench/fedcia_memory.py [--items 1682] [--clients 20,200] [--out FILE.json]
+``tracemalloc`` does not see LAPACK's workspace, so the downlink's eigensolve
+(:func:`florec.strategies.fedcia.eigen_downlink`) is also measured by itself: the growth of the
+peak resident set (``VmHWM``, Linux) of a fresh process over the call, per ``--eigensolve-items``,
+in ``n x n`` float64 matrices beside the sum.
+
+Usage: python bench/fedcia_memory.py [--items 1682] [--clients 20,200]
+       [--eigensolve-items 1682,3000] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import argparse
 import gc
 import json
 import platform
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -87,22 +95,61 @@ def peak_mb(n: int, clients: int, seed: int = 0) -> dict[str, float]:
     return {"peak_mb": peak / MB, "upload_mb": n * n * 4 / MB, "accumulator_mb": n * n * 8 / MB}
 
 
+#: run in a fresh interpreter, whose ``VmHWM`` (peak resident set of its address space, Linux)
+#: starts at its own imports (``ru_maxrss`` would carry the parent's peak across ``exec``)
+EIGENSOLVE_CHILD = """
+import sys
+import numpy as np
+from florec.strategies.fedcia import eigen_downlink
+def hwm_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+e = np.random.default_rng(0).standard_normal((int(sys.argv[1]), 64))
+total = e @ e.T
+del e
+before = hwm_kib()
+eigen_downlink(total)
+print((hwm_kib() - before) / 1024)
+"""
+
+
+def eigensolve_peak(n: int) -> dict[str, float]:
+    """The eigensolve's peak resident growth, measured in a fresh interpreter.
+
+    Returns
+    -------
+    dict
+        ``items``, ``eigensolve_rss_mb`` (growth of the peak resident set over the call) and
+        ``eigensolve_matrices`` (that growth in ``n x n`` float64 matrices).
+
+    """
+    out = subprocess.run([sys.executable, "-c", EIGENSOLVE_CHILD, str(n)], check=True,
+                         capture_output=True, text=True).stdout
+    grown = float(out.split()[-1])
+    return {"items": n, "eigensolve_rss_mb": grown, "eigensolve_matrices": grown / (n * n * 8 / MB)}
+
+
 def main() -> None:
     """Command line: measure each client count and write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=1682)
     ap.add_argument("--clients", default="20,200")
+    ap.add_argument("--eigensolve-items", default="1682,3000")
     ap.add_argument("--out", type=Path, default=Path("results/fedcia_memory.json"))
     args = ap.parse_args()
     rows = [{"items": args.items, "clients": int(k)} | peak_mb(args.items, int(k))
             for k in args.clients.split(",")]
-    result = {"script": "bench/fedcia_memory.py", "rows": rows,
+    solves = [eigensolve_peak(int(n)) for n in args.eigensolve_items.split(",") if n]
+    result = {"script": "bench/fedcia_memory.py", "rows": rows, "eigensolve": solves,
               "env": {"python": platform.python_version(), "numpy": np.__version__}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for r in rows:
         print(f"{r['clients']:>5} clients: peak {r['peak_mb']:.0f} MiB traced "
               f"(one upload {r['upload_mb']:.1f} MiB, accumulator {r['accumulator_mb']:.1f} MiB)")
+    for r in solves:
+        print(f"eigensolve, {r['items']} items: +{r['eigensolve_rss_mb']:.0f} MiB resident "
+              f"({r['eigensolve_matrices']:.2f} n x n float64 matrices)")
 
 
 if __name__ == "__main__":

@@ -204,6 +204,10 @@ def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     embs = [loaded[i][0].item_emb.data.to(device) if i in loaded else
             torch.from_numpy(saved[i]["item_emb"].copy()).to(device)
             for i in range(len(clients))]
+    if "basis" not in down and "factor" not in down:
+        raise ValueError(f"the align message carries {sorted(down)}, expected 'basis' and "
+                         "'eigvals' (dense) or 'factor' (factored): run server and nodes from "
+                         "the same FloRec version")
     steps = (cfg.align_steps, cfg.align_lr, cfg.reg, cfg.align_norm == "squared")
     with torch.no_grad():
         if "basis" in down:

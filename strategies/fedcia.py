@@ -19,8 +19,10 @@ so every client pulls its own item table towards it. Two communication modes:
   budget, truncated to its top singular directions (a streaming sketch) so server memory stays
   bounded.
 
-Dense mode keeps ``n x n`` float64 on the server and refuses catalogues past
-:data:`DENSE_LIMIT_BYTES` (Book-Crossing's 19,997 items would need 6.4 GB).
+Dense mode keeps an ``n x n`` float64 sum on the server and solves its eigendecomposition once a
+round (about :data:`DENSE_PEAK_BYTES_PER_N2` bytes per ``n^2`` at the peak, ``O(n^3)`` time); it
+refuses catalogues whose peak passes :data:`DENSE_LIMIT_BYTES` (Book-Crossing's 19,997 items
+would need 19 GB).
 
 Every solve is GIL-free (:func:`florec.models.gfcf.top_eigh`): a call that holds the GIL for
 long starves the ServerApp's heartbeat thread and the SuperLink fails the run.
@@ -48,8 +50,11 @@ from florec.strategies.payload import checked_arrays, record_nbytes
 
 ALIGN = f"{MessageType.TRAIN}.align"
 COMM_MODES = ("dense", "factored")
-#: dense mode refuses catalogues whose n x n server state (16 n^2 bytes) exceeds this
-DENSE_LIMIT_BYTES = 2 * 2**30
+#: the dense server's peak per n^2: the float64 sum, its symmetric part, and LAPACK's copy,
+#: workspace and eigenvectors (``bench/fedcia_memory.py``: 5.0-5.1 matrices beside the sum)
+DENSE_PEAK_BYTES_PER_N2 = 48
+#: dense mode refuses catalogues whose peak exceeds this (n above 9,459)
+DENSE_LIMIT_BYTES = 4 * 2**30
 
 
 def top_factor(s_bar: np.ndarray, rank: int) -> tuple[np.ndarray, float]:
@@ -87,9 +92,13 @@ def eigen_downlink(s_bar: np.ndarray) -> dict[str, np.ndarray]:
         ``n`` float32) and ``norm-sq`` (``||S_bar||_F^2``, one float64).
     """
     s_bar = np.asarray(s_bar, dtype=np.float64)
-    vals, vecs = np.linalg.eigh((s_bar + s_bar.T) / 2)
+    norm_sq = np.vdot(s_bar, s_bar)
+    sym = s_bar + s_bar.T
+    sym *= 0.5
+    vals, vecs = np.linalg.eigh(sym)
+    del sym
     return {"basis": vecs.astype(np.float32), "eigvals": vals.astype(np.float32),
-            "norm-sq": np.array([np.square(s_bar).sum()])}
+            "norm-sq": np.array([norm_sq])}
 
 
 class FedCIA(RecStrategy):
@@ -114,7 +123,7 @@ class FedCIA(RecStrategy):
     Raises
     ------
     ConfigError
-        Dense mode on a catalogue whose ``n x n`` server state would exceed
+        Dense mode on a catalogue whose server peak (``n x n`` sum and eigensolve) would exceed
         :data:`DENSE_LIMIT_BYTES`; a factored rank the stack's budget cannot keep.
 
     """
@@ -124,10 +133,10 @@ class FedCIA(RecStrategy):
                  stack_mb: float | None = None) -> None:
         if comm not in COMM_MODES:
             raise ValueError(f"fedcia-comm '{comm}' is unknown; choose one of {COMM_MODES}")
-        if comm == "dense" and 16 * n_items**2 > DENSE_LIMIT_BYTES:
-            gb = 16 * n_items**2 / 1e9
-            raise ConfigError(f"fedcia-comm='dense' keeps n x n matrices on the server ({gb:.1f} "
-                              f"GB for {n_items} items); use fedcia-comm='factored'")
+        if comm == "dense" and DENSE_PEAK_BYTES_PER_N2 * n_items**2 > DENSE_LIMIT_BYTES:
+            gb = DENSE_PEAK_BYTES_PER_N2 * n_items**2 / 1e9
+            raise ConfigError(f"fedcia-comm='dense' needs n x n matrices on the server ({gb:.1f} "
+                              f"GB at the peak for {n_items} items); use fedcia-comm='factored'")
         super().__init__(fraction_train, seed)
         self.n, self.comm, self.rank, self.weighting = n_items, comm, rank, weighting
         self.stack_mb = stack_mb
@@ -180,7 +189,8 @@ class FedCIA(RecStrategy):
             if self.dp is not None:  # noise on the sum of clipped uploads (fedcia_dp.py)
                 total = self.dp.privatize(total)
                 out.update(self.dp.round_metrics(server_round))
-            self.downlink = eigen_downlink(total / weight)
+            total /= weight
+            self.downlink = eigen_downlink(total)
         else:
             factor, energy = total.top_factor(self.rank, 1.0 / weight)
             self.downlink = {"factor": factor.astype(np.float32)}
@@ -198,7 +208,7 @@ class FedCIA(RecStrategy):
         return self.dp.summary(int(run.get("rounds", 0))) if self.dp is not None else {}
 
     def configure_align(self, server_round: int, grid: Grid) -> Iterable[Message]:
-        """Send ``S_bar`` (or its factor) to every responsive client for alignment."""
+        """Send ``S_bar`` (its eigendecomposition, or its factor) to every responsive client."""
         if self.downlink is None:
             return []
         record = RecordDict({"arrays": to_record(self.downlink),

@@ -10,7 +10,7 @@ from flwr.app import Message, RecordDict
 
 from florec.protocol.codec import from_record
 
-__all__ = ["check_reply", "checked_arrays", "record_nbytes"]
+__all__ = ["checked_arrays", "record_nbytes"]
 
 
 def record_nbytes(content: RecordDict) -> int:
@@ -18,30 +18,21 @@ def record_nbytes(content: RecordDict) -> int:
     return sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
 
 
-def check_reply(msg: Message, expected: dict[str, tuple[int, ...] | int | None]) -> str | None:
-    """Why a reply cannot be aggregated, or ``None`` if it can.
-
-    ``expected`` maps array names to a full shape, to the number of columns (an int; 0 for a
-    1-D array) where the row count varies, or to ``None`` where any shape will do.
-    """
-    return checked_arrays(msg, expected)[1]
-
-
 def checked_arrays(msg: Message, expected: dict[str, tuple[int, ...] | int | None]
                    ) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """A reply's arrays, decoded once, and why it cannot be aggregated (``None`` if it can).
 
     Each expected array must be present, of the expected shape, of a real dtype (bool,
-    integer or floating: ``dtype.kind`` in ``"biuf"``) and, if floating, finite. The check
-    is :func:`check_reply`'s; a strategy that goes on to fold the arrays takes them from here
-    instead of decoding the record again.
+    integer or floating: ``dtype.kind`` in ``"biuf"``) and, if floating, finite; a strategy
+    folds the arrays returned here instead of decoding the record again.
 
     Parameters
     ----------
     msg : Message
         A training reply.
     expected : dict
-        As in :func:`check_reply`.
+        Array names to a full shape, to the number of columns (an int; 0 for a 1-D array)
+        where the row count varies, or to ``None`` where any shape will do.
 
     Returns
     -------

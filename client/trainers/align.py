@@ -109,7 +109,7 @@ def align_eigen(embs: list[torch.Tensor], basis: torch.Tensor, eigvals: torch.Te
     With ``Q`` (``n x n``, orthonormal columns) a basis of eigenvectors, the iteration runs on
     the coordinates ``X = Q^T E``, where ``S_bar`` is the diagonal ``Lambda``: a step costs
     ``O(n d^2)`` instead of the ``n x n`` product's ``O(n^2 d)``, and the basis is applied twice
-    per call (in and out), batched over the clients. The norm expands as
+    per call (in, and out for the steps' change only), batched over the clients. The norm expands as
     ``||G||^2 - 2 sum_i lambda_i ||x_i||^2 + ||S_bar||_F^2``, and a step is skipped below the
     same threshold as in :func:`align_dense`. Tables are written back in place.
 
@@ -131,6 +131,9 @@ def align_eigen(embs: list[torch.Tensor], basis: torch.Tensor, eigvals: torch.Te
     (list of float, list of float)
         Per client, the norm before the first and after the last step.
     """
+    if basis.ndim != 2 or basis.shape[0] != basis.shape[1] or eigvals.shape != basis.shape[:1]:
+        raise ValueError(f"a full eigenbasis is n x n with n eigenvalues; got a basis of shape "
+                         f"{tuple(basis.shape)} and {tuple(eigvals.shape)} eigenvalues")
     dtype, widths = embs[0].dtype, [e.shape[1] for e in embs]
     q = basis.to(dtype)
     coords_all = q.T @ torch.cat(embs, dim=1)
@@ -142,10 +145,11 @@ def align_eigen(embs: list[torch.Tensor], basis: torch.Tensor, eigvals: torch.Te
     scale = eigvals.to(dtype)[:, None]
     s_norm_sq = float((eigvals.double() ** 2).sum()) if norm_sq is None else norm_sq
     relative_zero = RELATIVE_ZERO if dtype == torch.float64 else 1e-3
+    start = coords.clone()
     first, last = align_batched(coords, lambda x: scale * x, s_norm_sq, steps, lr,
                                 weight_decay, squared, relative_zero)
-    for emb, x, d in zip(embs, coords, widths, strict=True):
-        emb.copy_(q @ x[:, :d])
+    for emb, x, x0, d in zip(embs, coords, start, widths, strict=True):
+        emb += q @ (x[:, :d] - x0[:, :d])  # only the steps' change: a table no step moved stays
     return first, last
 
 

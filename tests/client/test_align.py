@@ -171,4 +171,20 @@ def test_eigen_alignment_skips_steps_where_the_norm_vanishes():
     moved = emb.clone()
     (before,), (after,) = align_eigen([moved], *eigen(emb @ emb.T), 5, 0.1)
     assert before < 1e-6 and before == after
-    torch.testing.assert_close(moved, emb, atol=1e-12, rtol=0)
+    assert torch.equal(moved, emb)  # no step, no round trip through the basis
+
+
+def test_zero_eigen_steps_leave_float32_tables_bit_identical():
+    g = torch.Generator().manual_seed(7)
+    embs = [0.3 * torch.randn(N, D, generator=g) for _ in range(2)]
+    down = eigen_downlink(mean_gram([e.double() for e in embs]).numpy())
+    moved = [e.clone() for e in embs]
+    align_eigen(moved, torch.from_numpy(down["basis"]), torch.from_numpy(down["eigvals"]), 0, 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(moved, embs, strict=True))
+
+
+def test_a_truncated_eigenbasis_is_refused():
+    emb = tables(1)[0]
+    vecs, vals = eigen(emb @ emb.T)
+    with pytest.raises(ValueError, match="n x n"):
+        align_eigen([emb.clone()], vecs[:, :10], vals[:10], 5, 0.1)
