@@ -13,12 +13,13 @@ not run again, so an interrupted bench resumes. ``OUT/summary.md``, ``OUT/attack
 
 Usage: FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/attacks.py
        --config bench/attacks.toml --out docs/results/attacks [--report-only] [--grids main]
-       [--seeds 1]
+       [--seeds 1] [--cells '*-median-s2']
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import statistics
@@ -196,6 +197,21 @@ def pivot(by: dict[tuple, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def selected(todo: list[dict[str, Any]], seeds: str = "", patterns: str = ""
+             ) -> list[dict[str, Any]]:
+    """The cells to run: of the given seeds, with a name that matches one of the patterns.
+
+    ``seeds`` and ``patterns`` (shell patterns of cell names) are comma-separated; an empty one
+    selects everything, so that several processes can share a grid.
+    """
+    if seeds:
+        todo = [c for c in todo if str(c["seed"]) in seeds.split(",")]
+    if patterns:
+        todo = [c for c in todo
+                if any(fnmatch.fnmatchcase(c["cell"], p) for p in patterns.split(","))]
+    return todo
+
+
 def main() -> None:
     """Run the missing cells of the config, then write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -203,15 +219,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results/attacks"))
     parser.add_argument("--grids", default="", help="comma-separated grid names (default all)")
     parser.add_argument("--seeds", default="", help="comma-separated seeds to run (default all)")
+    parser.add_argument("--cells", default="", help="comma-separated shell patterns of cell "
+                        "names to run (e.g. '*-median-s2'; default all)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     spec = tomllib.loads(args.config.read_text())
     if not args.report_only:
         if not os.environ.get("FLOREC_DATA_DIR"):
             raise SystemExit("set FLOREC_DATA_DIR to the folder holding ml-100k/")
-        todo = cells(spec, set(args.grids.split(",")) - {""} or None)
-        if args.seeds:  # e.g. one process per seed
-            todo = [c for c in todo if str(c["seed"]) in args.seeds.split(",")]
+        todo = selected(cells(spec, set(args.grids.split(",")) - {""} or None), args.seeds,
+                        args.cells)
         for i, cell in enumerate(todo, 1):
             summary = run_cell(spec, cell, args.out)
             print(f"[{i}/{len(todo)}] {cell['cell']}: er@10={summary['metrics']['er@10']:.3f} "

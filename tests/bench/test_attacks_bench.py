@@ -114,3 +114,12 @@ def test_the_grid_figure_draws_attacks_run_at_several_shares_only(tmp_path, benc
     assert (tmp_path / "two.png").stat().st_size > 0
     assert plot.ordered_defenses({"median", "zz", "none", "norm-bound"}) == [
         "none", "norm-bound", "median", "zz"]
+
+
+def test_cells_are_selected_by_seed_and_name_pattern(bench_script):
+    attacks = bench_script("attacks")
+    spec = tomllib.loads((BENCH / "attacks_ml1m.toml").read_text())
+    grid = attacks.cells(spec, {"fedcia200"})
+    names = [c["cell"] for c in attacks.selected(grid, "2", "*-median-s2,*-none-s*")]
+    assert names == ["fedcia200-pipattack-f0.005-none-s2", "fedcia200-pipattack-f0.005-median-s2"]
+    assert attacks.selected(grid) == grid
