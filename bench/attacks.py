@@ -46,6 +46,8 @@ from attacks_plot import (  # noqa: E402 (bench/attacks_plot.py)
 )
 
 CURVE_KEYS = ("ndcg@10", "er@10", "er@20", "target-rank@all")
+#: FedCIA's server-side upload norms and the norm bound's clipping, when a round has them
+TRAIN_KEYS = ("upload-norm-median", "upload-norm-max", "norm-bound", "clipped-replies")
 
 
 def cells(spec: dict[str, Any], grids: set[str] | None = None) -> list[dict[str, Any]]:
@@ -97,6 +99,7 @@ def run_cell(spec: dict[str, Any], cell: dict[str, Any], out: Path) -> dict[str,
         "targets": know.targets.tolist(), "target_popularity":
             know.popularity[know.targets].tolist(), "malicious": know.malicious.tolist(),
         "curve": [{"round": r["round"]} | {k: r["valid"].get(k) for k in CURVE_KEYS}
+                  | {k: v for k, v in r.get("train", {}).items() if k in TRAIN_KEYS}
                   for r in rows if "valid" in r]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1) + "\n")

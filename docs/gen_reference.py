@@ -77,7 +77,8 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("Poisoning attacks and robust aggregation",
      ("attack", "attack-fraction", "attack-targets", "attack-fillers", "attack-lr",
       "attack-steps", "attack-norm", "attack-public", "attack-k", "attack-users", "defense",
-      "defense-norm", "defense-trim", "defense-malicious", "defense-select")),
+      "defense-norm", "defense-norm-rule", "defense-trim", "defense-malicious",
+      "defense-select")),
     ("AgentCF / AgentCF++", ("agentcf-users", "agentcf-domains", "agentcf-min-domains",
                              "agentcf-min-interactions", "agentcf-max-interactions",
                              "agentcf-test-fraction", "agentcf-negatives", "agentcf-train-max",
@@ -376,7 +377,12 @@ DESCRIPTIONS: dict[str, str] = {
         '(node level)'
     ),
     'defense-norm': (
-        'norm-bound: largest L2 norm of one user update (item rows and biases together)'
+        'norm-bound: largest L2 norm of one user update (item rows and biases together); '
+        'FedCIA: largest Frobenius norm of a node\'s mean similarity'
+    ),
+    'defense-norm-rule': (
+        'norm-bound: `fixed` (the bound is `defense-norm`) or `median` (FedCIA: `defense-norm` '
+        'times the round\'s median node norm, as FLAME)'
     ),
     'defense-trim': (
         'trimmed-mean: share cut from each end of every coordinate (0 to 0.5)'

@@ -187,6 +187,7 @@ class RunConfig(BaseModel):
     defense: Literal["none", "norm-bound", "median", "trimmed-mean", "krum",
                      "multi-krum"] = "none"
     defense_norm: float = Field(1.0, gt=0)
+    defense_norm_rule: Literal["fixed", "median"] = "fixed"
     defense_trim: float = Field(0.1, ge=0, lt=0.5)
     defense_malicious: int = Field(0, ge=0)
     defense_select: int = Field(0, ge=0)

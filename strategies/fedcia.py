@@ -101,6 +101,14 @@ def eigen_downlink(s_bar: np.ndarray) -> dict[str, np.ndarray]:
             "norm-sq": np.array([norm_sq])}
 
 
+def upload_norms(norms: list[float]) -> dict[str, float]:
+    """Round metrics of the nodes' mean similarities ``||S_node||_F``: median and largest.
+
+    They show the scale of benign uploads, from which a norm bound (``defense-norm``) is set.
+    """
+    return {"upload-norm-median": float(np.median(norms)), "upload-norm-max": max(norms)}
+
+
 class FedCIA(RecStrategy):
     """Similarity aggregation with a streaming sum.
 
@@ -161,7 +169,7 @@ class FedCIA(RecStrategy):
         dense = self.comm == "dense"
         total = np.zeros((self.n, self.n)) if dense else \
             FactorStack(self.n, self.stack_mb, min(self.rank, self.n))
-        weight, accepted, loss, clients = 0.0, 0, 0.0, 0
+        weight, accepted, loss, clients, norms = 0.0, 0, 0.0, 0, []
         key, expected = ("gram", (self.n, self.n)) if dense else ("factor", None)
         for msg in replies:
             arrays, problem = checked_arrays(msg, {key: expected})
@@ -175,6 +183,7 @@ class FedCIA(RecStrategy):
             metrics = msg.content.metric_records.get("metrics", {})
             if dense:
                 total += up  # already weighted on the node
+                norms.append(float(np.linalg.norm(up)) / float(metrics.get("weight", 1.0)))
             else:
                 total.add(up)
             weight += float(metrics.get("weight", 1.0))
@@ -191,6 +200,7 @@ class FedCIA(RecStrategy):
                 out.update(self.dp.round_metrics(server_round))
             total /= weight
             self.downlink = eigen_downlink(total)
+            out |= upload_norms(norms)
         else:
             factor, energy = total.top_factor(self.rank, 1.0 / weight)
             self.downlink = {"factor": factor.astype(np.float32)}

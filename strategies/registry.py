@@ -123,7 +123,8 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
             ArrayRecord()
     rank = cfg.fedcia_rank or 2 * cfg.dim
     if cfg.defense != "none" or needs_knowledge(cfg):  # robust similarity mean, attacks (#18)
-        return RobustFedCIA(cfg.defense, cfg.defense_trim, knowledge=needs_knowledge(cfg),
+        return RobustFedCIA(cfg.defense, cfg.defense_norm, cfg.defense_trim,
+                            knowledge=needs_knowledge(cfg), norm_rule=cfg.defense_norm_rule,
                             n_items=n_items, comm=cfg.fedcia_comm, rank=rank,
                             weighting=cfg.fedcia_weighting, fraction_train=cfg.fraction_train,
                             seed=cfg.seed), ArrayRecord()

@@ -54,7 +54,7 @@ from florec.protocol.user_rows import USER_DEFENSES
 from florec.recdata.errors import ConfigError
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.fedavg import FedAvgRec
-from florec.strategies.fedcia import FedCIA, eigen_downlink
+from florec.strategies.fedcia import FedCIA, eigen_downlink, upload_norms
 from florec.strategies.payload import checked_arrays, record_nbytes
 from florec.strategies.public_knowledge import PublicKnowledge
 from florec.strategies.robust_rules import krum_select, norm_bound, row_aggregate, stack_user_rows
@@ -66,7 +66,7 @@ NODE_DEFENSES = ("krum", "multi-krum")
 #: attacks that promote ``attack-targets`` (they need targets)
 PROMOTION_ATTACKS = ("random", "bandwagon", "pipattack", "fedrecattack", "a-ra", "a-hum")
 #: defenses of :class:`RobustFedCIA` (a robust mean of the nodes' similarity matrices)
-FEDCIA_DEFENSES = ("none", "median", "trimmed-mean")
+FEDCIA_DEFENSES = ("none", "norm-bound", "median", "trimmed-mean")
 
 
 def check_robust(cfg: RunConfig) -> None:
@@ -76,8 +76,11 @@ def check_robust(cfg: RunConfig) -> None:
             raise ConfigError("FedCIA takes attack 'pipattack' (a poisoned similarity upload) and "
                               f"defense one of {FEDCIA_DEFENSES}; change attack/defense")
         if cfg.defense != "none" and cfg.fedcia_comm != "dense":
-            raise ConfigError("a robust mean of similarity matrices needs fedcia-comm='dense'")
+            raise ConfigError("a defense over similarity matrices needs fedcia-comm='dense'")
         return
+    if cfg.defense_norm_rule != "fixed":
+        raise ConfigError(f"defense-norm-rule='{cfg.defense_norm_rule}' is implemented for "
+                          "FedCIA; set defense-norm-rule='fixed'")
     if getattr(cfg, "secagg", False) and (cfg.defense != "none" or needs_knowledge(cfg)):
         raise ConfigError("robust aggregation needs each update and attack runs use their own "
                           "strategy, neither with secure aggregation (the server cannot take a "
@@ -262,19 +265,33 @@ class RobustFedAvgRec(Defended, PublicKnowledge, FedAvgRec):
 
 
 class RobustFedCIA(PublicKnowledge, FedCIA):
-    r"""FedCIA with a robust mean of the nodes' similarity matrices (dense communication).
+    r"""FedCIA with a defense over the nodes' similarity matrices (dense communication).
 
     Each node uploads ``sum_k w_k S_k`` over its clients and their weight ``W``; the server
-    forms each node's mean similarity ``S_node = sum_k w_k S_k / W`` and replaces FedCIA's
-    weighted mean by the coordinate-wise ``median`` or ``trimmed-mean`` (``defense-trim``) over
-    nodes, so one poisoned node cannot move an entry past the benign nodes' range. With
-    ``clients-per-node=1`` this is over clients; a node hosting several clients is one vote.
-    Keeps every node's ``n x n`` matrix in memory for the round.
+    forms each node's mean similarity ``S_node = sum_k w_k S_k / W``. Then
+
+    - ``norm-bound`` clips each ``S_node`` to Frobenius norm ``C`` before FedCIA's weighted
+      mean: :math:`\bar S = \sum W\, S_{node} \min(1, C / \lVert S_{node}\rVert_F) / \sum W`.
+      ``C`` is ``defense-norm`` (rule ``fixed``) or ``defense-norm`` times the median of the
+      round's ``||S_node||_F`` (rule ``median``, FLAME's adaptive bound: Nguyen et al., USENIX
+      Security 2022), which follows the benign uploads as they grow and which a minority of
+      nodes cannot move;
+    - ``median`` / ``trimmed-mean`` (``defense-trim``) replace the mean by the coordinate-wise
+      statistic over nodes, so one poisoned node cannot move an entry past the benign nodes'
+      range; they keep every node's ``n x n`` matrix in memory for the round.
+
+    With ``clients-per-node=1`` this is over clients; a node hosting several clients is one vote.
+    The round's metrics carry the median and largest ``||S_node||_F`` and, under the norm bound,
+    how many were clipped.
 
     Parameters
     ----------
-    defense : {"none", "median", "trimmed-mean"}
-        The statistic (``none``: FedCIA's weighted mean).
+    defense : {"none", "norm-bound", "median", "trimmed-mean"}
+        The rule (``none``: FedCIA's weighted mean).
+    norm : float
+        ``defense-norm``: the bound ``C``, or its multiple of the median norm.
+    norm_rule : {"fixed", "median"}
+        ``defense-norm-rule``.
     trim : float
         ``defense-trim``.
     knowledge : bool
@@ -283,17 +300,22 @@ class RobustFedCIA(PublicKnowledge, FedCIA):
         Passed to :class:`florec.strategies.fedcia.FedCIA`.
     """
 
-    def __init__(self, defense: str, trim: float = 0.1, knowledge: bool = False,
-                 **kwargs: object) -> None:
+    def __init__(self, defense: str, norm: float = 1.0, trim: float = 0.1,
+                 knowledge: bool = False, norm_rule: str = "fixed", **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.knowledge, self.defense, self.trim = knowledge, defense, trim
+        self.knowledge, self.defense, self.norm, self.trim = knowledge, defense, norm, trim
+        self.norm_rule = norm_rule
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The robust mean of the nodes' mean similarities becomes the downlink."""
+        """The defended mean of the nodes' mean similarities becomes the downlink."""
         if self.defense == "none":
             return super().aggregate_train(server_round, replies)
-        grams, loss, clients = [], 0.0, 0
+        clip = self.defense == "norm-bound"
+        # a fixed bound folds each reply as it comes; the median rule needs every norm first
+        stream = clip and self.norm_rule == "fixed"
+        total, weight = (np.zeros((self.n, self.n)) if clip else None), 0.0
+        grams, weights, norms, loss, clients = [], [], [], 0.0, 0
         for msg in replies:
             arrays, problem = checked_arrays(msg, {"gram": (self.n, self.n)})
             metrics = {} if problem else dict(msg.content.metric_records.get("metrics", {}))
@@ -303,16 +325,34 @@ class RobustFedCIA(PublicKnowledge, FedCIA):
                 self.drop(server_round, msg, problem)
                 continue
             self.bytes_up += record_nbytes(msg.content)
-            up = arrays["gram"]
-            grams.append((up / float(metrics["weight"])).astype(np.float32))
+            w = float(metrics["weight"])
+            node_mean = arrays["gram"] / np.float32(w)
+            norms.append(float(np.linalg.norm(node_mean)))
+            weight += w
+            if stream:
+                total += (w * min(1.0, self.norm / max(norms[-1], 1e-300))) * node_mean
+            else:
+                grams.append(node_mean)
+                weights.append(w)
             loss += float(metrics.get("train-loss", 0.0))
             clients += int(metrics.get("clients", 1))
-        if not grams:
+        if not norms:
             self.downlink = None
             return None, None
-        stack = np.stack(grams)
-        s_bar = np.median(stack, axis=0) if self.defense == "median" else \
-            trim_mean(stack, self.trim)
+        bound = self.norm * float(np.median(norms)) if self.norm_rule == "median" else self.norm
+        if clip:
+            if not stream:  # the median rule's fold, now that the bound is known
+                for node_mean, w, nrm in zip(grams, weights, norms, strict=True):
+                    total += (w * min(1.0, bound / max(nrm, 1e-300))) * node_mean
+            total /= weight
+            s_bar = total
+        else:
+            stack = np.stack(grams)
+            s_bar = np.median(stack, axis=0) if self.defense == "median" else \
+                trim_mean(stack, self.trim)
         self.downlink = eigen_downlink(s_bar)
-        return ArrayRecord(), MetricRecord({"num-replies": len(grams), "clients": clients,
-                                            "train-loss": loss / len(grams)})
+        out = {"num-replies": len(norms), "clients": clients,
+               "train-loss": loss / len(norms)} | upload_norms(norms)
+        if clip:
+            out |= {"clipped-replies": sum(int(x > bound) for x in norms), "norm-bound": bound}
+        return ArrayRecord(), MetricRecord(out)

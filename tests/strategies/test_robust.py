@@ -164,7 +164,7 @@ def fedcia_reply(gram, weight):
     return Message(content, reply_to=Message(RecordDict(), dst_node_id=1, message_type="train"))
 
 
-@pytest.mark.parametrize("defense", ["median", "trimmed-mean"])
+@pytest.mark.parametrize("defense", ["norm-bound", "median", "trimmed-mean"])
 def test_a_robust_fedcia_mean_equals_fedcia_on_identical_similarities(defense,
                                                                      downlink_similarity):
     from florec.strategies.fedcia import FedCIA
@@ -173,11 +173,51 @@ def test_a_robust_fedcia_mean_equals_fedcia_on_identical_similarities(defense,
     rng = np.random.default_rng(0)
     e = rng.normal(size=(N, 3))
     sim = e @ e.T
-    plain, robust = FedCIA(N), RobustFedCIA(defense, 0.2, n_items=N)
+    norm = 2 * np.linalg.norm(sim)  # the norm bound clips nothing here
+    plain, robust = FedCIA(N), RobustFedCIA(defense, norm=norm, trim=0.2, n_items=N)
     plain.aggregate_train(1, [fedcia_reply(sim * w, w) for w in (1.0, 2.0, 3.0, 1.0, 2.0)])
     robust.aggregate_train(1, [fedcia_reply(sim * w, w) for w in (1.0, 2.0, 3.0, 1.0, 2.0)])
     np.testing.assert_allclose(downlink_similarity(robust.downlink),
                                downlink_similarity(plain.downlink), atol=1e-5)
+
+
+def test_a_fedcia_norm_bound_clips_each_node_mean_before_the_weighted_mean(downlink_similarity):
+    from florec.strategies.robust import RobustFedCIA
+
+    rng = np.random.default_rng(0)
+    benign = np.eye(N) + rng.normal(0, 0.01, (N, N))
+    benign = (benign + benign.T) / 2
+    poisoned = np.full((N, N), 50.0)
+    bound = float(np.linalg.norm(benign)) * 1.01
+    robust = RobustFedCIA("norm-bound", norm=bound, n_items=N)
+    _, metrics = robust.aggregate_train(1, [fedcia_reply(benign * 2.0, 2.0),
+                                            fedcia_reply(poisoned * 3.0, 3.0)])
+    clipped = poisoned * bound / np.linalg.norm(poisoned)
+    expected = (2.0 * benign + 3.0 * clipped) / 5.0
+    np.testing.assert_allclose(downlink_similarity(robust.downlink), expected, atol=1e-4)
+    assert metrics["clipped-replies"] == 1 and metrics["num-replies"] == 2
+    assert metrics["upload-norm-max"] == pytest.approx(np.linalg.norm(poisoned), rel=1e-5)
+
+
+def test_the_median_rule_bounds_each_node_mean_by_the_rounds_median_norm(downlink_similarity):
+    from florec.strategies.robust import RobustFedCIA
+
+    rng = np.random.default_rng(1)
+    benign = [np.eye(N) * scale for scale in (1.0, 2.0, 3.0)]
+    poisoned = np.abs(rng.normal(0, 50.0, (N, N)))
+    poisoned += poisoned.T
+    robust = RobustFedCIA("norm-bound", norm=1.0, norm_rule="median", n_items=N)
+    _, metrics = robust.aggregate_train(1, [fedcia_reply(g, 1.0) for g in benign + [poisoned]])
+    median = float(np.median([np.linalg.norm(g) for g in benign + [poisoned]]))  # 2.5 sqrt(N)
+    clipped = [g * min(1.0, median / np.linalg.norm(g)) for g in benign + [poisoned]]
+    np.testing.assert_allclose(downlink_similarity(robust.downlink), sum(clipped) / 4, atol=1e-3)
+    assert metrics["norm-bound"] == pytest.approx(median, rel=1e-5)
+    assert metrics["clipped-replies"] == 2
+
+
+def test_the_median_norm_rule_is_refused_outside_fedcia():
+    with pytest.raises(ConfigError, match="defense-norm-rule='median' is implemented for FedCIA"):
+        check_robust(parse_run_config({"defense": "norm-bound", "defense-norm-rule": "median"}))
 
 
 def test_a_fedcia_median_ignores_one_poisoned_similarity(downlink_similarity):
