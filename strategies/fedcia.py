@@ -7,7 +7,7 @@ factored mode, whatever the number of clients), forms
 so every client pulls its own item table towards it. Two communication modes:
 
 - ``dense``: the paper's protocol, ``n x n`` up and down (down as ``S_bar``'s eigendecomposition,
-  :func:`eigen_downlink`: the same numbers, solved once on the server, so that nodes align at
+  :func:`eigen_downlink`: as many numbers, solved once on the server, so that nodes align at
   ``O(n d^2)`` a step).
 - ``factored``: a client uploads ``E_k Q_k`` (``n x d``, a fresh random rotation ``Q_k``), which
   determines ``S_k`` exactly; the server sends a rank-``r`` factor ``A`` of ``S_bar``
