@@ -331,7 +331,7 @@ class RobustFedCIA(PublicKnowledge, FedCIA):
             weight += w
             if stream:
                 total += (w * min(1.0, self.norm / max(norms[-1], 1e-300))) * node_mean
-            else:
+            else:  # the median rule folds once the bound is known; the robust means stack
                 grams.append(node_mean)
                 weights.append(w)
             loss += float(metrics.get("train-loss", 0.0))
