@@ -51,7 +51,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cotrec_report import (  # noqa: E402,F401 (re-exported for the tests)
-    BUDGET_SOURCES,
+    BUDGET_MINUTES,
+    EMPTY_CACHE_CELL,
     FULL_CACHE_CELL,
     FULL_CACHE_CELLS,
     PHASE_ORDER,
@@ -120,7 +121,11 @@ def cell_dir(out: Path, dataset: str, setting: str, variant: str, seed: int) -> 
 
 
 def seed_table(out: Path) -> str:
-    """Mean ± sample sd over seeds of each (dataset, setting, variant) with >= 2 seeds."""
+    """Mean ± sample sd over seeds of each (dataset, setting, variant) with >= 2 seeds.
+
+    Seed 0 is the bare ``<variant>`` cell or ``<variant>-empty`` (the same run from empty
+    caches), seed s > 0 ``<variant>-seed<s>``.
+    """
     import re
 
     import numpy as np
@@ -130,7 +135,7 @@ def seed_table(out: Path) -> str:
         if json.loads(path.read_text()).get("status") != "finished":
             continue
         ds, setting, cell = path.parts[-4:-1]
-        variant = re.sub(r"-seed\d+$", "", cell)
+        variant = re.sub(r"-(seed\d+|empty)$", "", cell)
         groups.setdefault((ds, setting, variant), []).append(
             json.loads(path.read_text())["runs"][0].get("metrics", {}))
     rows = ["| dataset | setting | variant | seeds | ndcg@10 | hr@10 |", "|" + "---|" * 6]
@@ -173,9 +178,9 @@ def summary(out: Path) -> str:
             f"{_f(ranker.get('retriever', {}).get('coverage'))} | "
             f"{_f(un.get('ndcg@10'))} ({_f(un.get('mapb'), 2)}) | {lora} | {int(calls)} | "
             f"{int(hits)} | {int(tin)}/{int(tout)} | {minutes} |")
-    return "\n".join(rows) + "\n\nMean ± sd over seeds (cells named ``<variant>-seed<s>``; "\
-        "the bare name is seed 0):\n\n" + seed_table(out) + _budget_section(out) + \
-        _stage_section(out)
+    return ("\n".join(rows) + "\n\nMean ± sd over seeds (cells named ``<variant>-seed<s>``; "
+            "the bare name or ``<variant>-empty`` is seed 0):\n\n" + seed_table(out)
+            + _budget_section(out) + _stage_section(out))
 
 
 def _value(text: str) -> Any:

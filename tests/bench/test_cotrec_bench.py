@@ -1,4 +1,4 @@
-"""bench/cotrec.py: variants parse, the budget table follows its formula, summary.md is current."""
+"""bench/cotrec.py: variants parse, the budget and stage-cache tables, summary.md is current."""
 
 from __future__ import annotations
 
@@ -21,51 +21,6 @@ def test_every_variant_is_a_valid_run_config(bench_script) -> None:
     assert (untuned.cotrec_init, untuned.cotrec_ranker) == ("cotrec", "untuned")
 
 
-def _cell(path: Path, phases: dict[str, dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"status": "finished", "runs": [{"phases": phases}]}))
-
-
-def _budget_sources(base: Path) -> None:
-    """The per-stage sources budget_table reads: item perception, one cell, one LoRA cell."""
-    (base / "perception-items.json").write_text(json.dumps(
-        {"seconds": 100.0, "llm": {"llm_calls": 50, "llm_cache_hits": 50}}))
-    _cell(base / "cotrec-untuned" / "results.json", {
-        "user-perception": {"seconds": 30.0, "llm_calls": 10, "llm_cache_hits": 5},
-        "retriever": {"seconds": 120.0},
-        "ranker-untuned": {"seconds": 60.0, "llm_calls": 20, "llm_cache_hits": 0}})
-    _cell(base / "title-llm-ranker" / "results.json", {"ranker-lora-train": {"seconds": 240.0}})
-
-
-def test_budget_scales_perception_by_seconds_per_generated_call(bench_script,
-                                                                tmp_path: Path) -> None:
-    bench = bench_script("cotrec")
-    base = tmp_path / "ml-100k" / "central"
-    assert bench.budget_table(tmp_path) == ""  # no sources yet
-    (base).mkdir(parents=True)
-    _budget_sources(base)
-    table = bench.budget_table(tmp_path)
-    rows = {r.split("|")[1].strip(): r for r in table.splitlines()[2:]}
-    # items: 2 s per generated call x 100 prompts = 200 s; users: 3 s x 15 = 45 s
-    assert rows["item-perception"].endswith("| 100 | 3.3 |")
-    assert rows["user-perception"].endswith("| 15 | 0.8 |")
-    expected = (200 + 45 + 120 + 60 + 240 + 60) / 60
-    assert f"**{expected:.1f}**" in rows["**total**"]
-    # a finished LoRA cell (cotrec-init) replaces the title cell's training and the untuned
-    # ranker's prompts as the source of the two LoRA phases
-    _cell(base / "cotrec-init" / "results.json", {"ranker-lora-train": {"seconds": 600.0},
-                                                  "ranker-lora": {"seconds": 90.0}})
-    table = bench.budget_table(tmp_path)
-    assert "| ranker-lora-train | cotrec-init |" in table
-    expected = (200 + 45 + 120 + 60 + 600 + 90) / 60
-    assert f"**{expected:.1f}**" in table
-    # a rerun served wholly from the cache measured no rate: no budget rather than NaN
-    _cell(base / "cotrec-untuned" / "results.json", {
-        "user-perception": {"seconds": 1.0, "llm_calls": 0, "llm_cache_hits": 15},
-        "retriever": {"seconds": 120.0}, "ranker-untuned": {"seconds": 60.0}})
-    assert bench.budget_table(tmp_path) == ""
-
-
 def test_committed_summary_is_what_the_script_writes(bench_script) -> None:
     if not (RESULTS / "summary.md").is_file():
         pytest.skip("no committed CoT-Rec results")
@@ -77,22 +32,43 @@ def _run_cell(path: Path, run: dict) -> None:
     (path / "results.json").write_text(json.dumps({"status": "finished", "runs": [run]}))
 
 
-def test_budget_adds_the_full_cache_rerun_as_measured(bench_script, tmp_path: Path) -> None:
+def test_budget_table_sets_the_empty_and_full_cache_cells_against_the_budget(
+        bench_script, tmp_path: Path) -> None:
     bench = bench_script("cotrec")
     base = tmp_path / "ml-100k" / "central"
-    base.mkdir(parents=True)
-    _budget_sources(base)
-    assert "full cache" not in bench.budget_table(tmp_path)
+    assert bench.budget_table(tmp_path) == ""  # no cell yet
+    _run_cell(base / bench.EMPTY_CACHE_CELL, {"wall_s": 700.0, "stage_cache_hits": 0,
+                                              "llm": {"llm_calls": 3000, "llm_cache_hits": 30}})
+    rows = bench.budget_table(tmp_path).splitlines()
+    assert rows[2] == "| empty | cotrec-init-empty | 3000 (30) | 0 | 700 | **11.7** | < 70 | yes |"
+    # the process's seconds (imports and model loads included) replace the run's when recorded
+    (base / bench.EMPTY_CACHE_CELL / "bench.json").write_text(json.dumps(
+        {"cell_seconds": 4300.0, "process_seconds": 4320.0}))
+    assert bench.budget_table(tmp_path).splitlines()[2].endswith("| 4320 | **72.0** | < 70 | no |")
+    # a full-cache rerun of the cell without LoRA stands in until the LoRA cell's exists
+    _run_cell(base / "cotrec-untuned-fullcache", {"wall_s": 40.0, "stage_cache_hits": 1,
+                                                 "llm": {"llm_calls": 0, "llm_cache_hits": 9}})
+    assert "| full | cotrec-untuned-fullcache | 0 (9) | 1 | 40 |" in bench.budget_table(tmp_path)
     _run_cell(base / bench.FULL_CACHE_CELL, {"wall_s": 150.0, "stage_cache_hits": 2,
                                              "llm": {"llm_calls": 0, "llm_cache_hits": 700}})
-    row = bench.budget_table(tmp_path).splitlines()[-1]
-    assert row.startswith("| **total, full cache** (stage cache hits: 2) | cotrec-init-fullcache")
-    assert row.endswith("| 0 (700) | 150 | | as measured | **2.5** |")
-    # the process's seconds (imports and model loads included) replace the run's when recorded
-    (base / bench.FULL_CACHE_CELL / "bench.json").write_text(json.dumps(
-        {"cell_seconds": 160.0, "process_seconds": 174.0}))
-    row = bench.budget_table(tmp_path).splitlines()[-1]
-    assert row.endswith("| 174 | | as measured | **2.9** |")
+    assert bench.budget_table(tmp_path).splitlines()[-1] == \
+        "| full | cotrec-init-fullcache | 0 (700) | 2 | 150 | **2.5** | < 5 | yes |"
+
+
+def test_stage_cache_table_pairs_an_empty_cache_cell_with_its_fullcache_rerun(
+        bench_script, tmp_path: Path) -> None:
+    bench = bench_script("cotrec")
+    cells = tmp_path / "ml-100k" / "central"
+    run = {"wall_s": 720.0, "metrics": {"ndcg@10": 0.1}, "ranker": {},
+           "phases": {"item-perception": {"seconds": 90.0, "llm_calls": 1664}}}
+    _run_cell(cells / "cotrec-init-empty", run)
+    assert bench.stage_cache_table(tmp_path) == ""
+    _run_cell(cells / "cotrec-init-fullcache", run | {"wall_s": 12.0, "phases": {
+        "item-perception": {"seconds": 0.4, "llm_cache_hits": 1664}}})
+    table = bench.stage_cache_table(tmp_path)
+    assert table.startswith("**ml-100k / central / cotrec-init-empty** vs `cotrec-init-fullcache`")
+    assert "| item-perception | 90.0 | 1664 (0) | 0.4 | 0 (1664) |" in table
+    assert "| **run minutes** (`wall_s`) | **12.0** | | **0.2** | |" in table
 
 
 def test_stage_cache_table_pairs_fill_and_fullcache_cells(bench_script, tmp_path: Path) -> None:
