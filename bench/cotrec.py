@@ -120,32 +120,53 @@ def cell_dir(out: Path, dataset: str, setting: str, variant: str, seed: int) -> 
     return out / dataset / setting / (variant if seed == 0 else f"{variant}-seed{seed}")
 
 
+#: The seeds table's columns: header, and where a run entry keeps the value.
+SEED_COLUMNS = (("retriever ndcg@10", ("metrics", "ndcg@10")), ("hr@10", ("metrics", "hr@10")),
+                ("untuned ndcg@10", ("ranker", "untuned", "ndcg@10")),
+                ("untuned MAPB", ("ranker", "untuned", "mapb")),
+                ("LoRA ndcg@10", ("ranker", "lora", "ndcg@10")),
+                ("LoRA MAPB", ("ranker", "lora", "mapb")))
+
+
+def _lookup(run: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        run = run.get(key) if isinstance(run, dict) else None
+    return None if run is None else float(run)
+
+
 def seed_table(out: Path) -> str:
     """Mean ± sample sd over seeds of each (dataset, setting, variant) with >= 2 seeds.
 
     Seed 0 is the bare ``<variant>`` cell or ``<variant>-empty`` (the same run from empty
-    caches), seed s > 0 ``<variant>-seed<s>``.
+    caches), seed s > 0 ``<variant>-seed<s>``. Columns (``SEED_COLUMNS``): the retriever's test
+    ndcg@10 and hr@10, and where the cells have a ranker, its ndcg@10 and MAPB untuned and after
+    LoRA ("–" where no seed has one; the seed count in brackets where only some have).
     """
     import re
 
     import numpy as np
 
-    groups: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for path in sorted(out.glob("*/*/*/results.json")):
         if json.loads(path.read_text()).get("status") != "finished":
             continue
         ds, setting, cell = path.parts[-4:-1]
         variant = re.sub(r"-(seed\d+|empty)$", "", cell)
         groups.setdefault((ds, setting, variant), []).append(
-            json.loads(path.read_text())["runs"][0].get("metrics", {}))
-    rows = ["| dataset | setting | variant | seeds | ndcg@10 | hr@10 |", "|" + "---|" * 6]
+            json.loads(path.read_text())["runs"][0])
+    rows = ["| dataset | setting | variant | seeds | "
+            + " | ".join(name for name, _ in SEED_COLUMNS) + " |",
+            "|" + "---|" * (4 + len(SEED_COLUMNS))]
     for (ds, setting, variant), runs in groups.items():
         if len(runs) < 2:
             continue
         cells = []
-        for key in ("ndcg@10", "hr@10"):
-            v = np.array([r[key] for r in runs], dtype=float)
-            cells.append(f"{v.mean():.4f} ± {v.std(ddof=1):.4f}")
+        for name, keys in SEED_COLUMNS:
+            v = np.array([x for r in runs if (x := _lookup(r, keys)) is not None])
+            digits = 2 if "MAPB" in name else 4
+            cells.append("–" if len(v) == 0 else f"{v[0]:.{digits}f} (1)" if len(v) == 1 else
+                         f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+                         + ("" if len(v) == len(runs) else f" ({len(v)})"))
         rows.append(f"| {ds} | {setting} | {variant} | {len(runs)} | {' | '.join(cells)} |")
     return "\n".join(rows) + "\n"
 

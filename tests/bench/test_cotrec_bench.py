@@ -113,3 +113,26 @@ def test_the_report_tables_live_in_cotrec_report(bench_script) -> None:
     bench = bench_script("cotrec")
     for name in ("stage_cache_table", "budget_table", "_finished", "_write_timing"):
         assert getattr(bench, name).__module__ == "cotrec_report", name
+
+
+def test_seed_table_groups_seeds_with_the_empty_cache_cell_and_averages_the_ranker(
+        bench_script, tmp_path: Path) -> None:
+    bench = bench_script("cotrec")
+    cells = tmp_path / "ml-100k" / "central"
+    for cell, ndcg, lora in (("cotrec-init-empty", 0.10, 0.08),
+                             ("cotrec-init-seed1", 0.12, 0.06), ("cotrec-init-seed2", 0.11, None),
+                             ("cotrec-init-fullcache", 0.5, 0.5)):
+        ranker = {"untuned": {"ndcg@10": ndcg - 0.01, "mapb": 2.5}}
+        if lora is not None:
+            ranker["lora"] = {"ndcg@10": lora, "mapb": 2.4}
+        _run_cell(cells / cell, {"metrics": {"ndcg@10": ndcg, "hr@10": 2 * ndcg}, "ranker": ranker})
+    _run_cell(cells / "sasrec-random", {"metrics": {"ndcg@10": 0.09, "hr@10": 0.18}})
+    _run_cell(cells / "sasrec-random-seed1", {"metrics": {"ndcg@10": 0.07, "hr@10": 0.16}})
+    rows = {r.split(" | ")[2]: r for r in bench.seed_table(tmp_path).splitlines()[2:]}
+    # the full-cache rerun is a cell of its own (one run: no row), not a fourth seed
+    assert set(rows) == {"cotrec-init", "sasrec-random"}
+    assert rows["cotrec-init"] == ("| ml-100k | central | cotrec-init | 3 | 0.1100 ± 0.0100 | "
+                                   "0.2200 ± 0.0200 | 0.1000 ± 0.0100 | 2.50 ± 0.00 | "
+                                   "0.0700 ± 0.0141 (2) | 2.40 ± 0.00 (2) |")
+    assert rows["sasrec-random"].endswith(
+        "| 2 | 0.0800 ± 0.0141 | 0.1700 ± 0.0141 | – | – | – | – |")
