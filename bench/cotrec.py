@@ -29,8 +29,9 @@ Run (one thread per process, as every number in docs/methods/cotrec.md)::
 
 The stage cache (central runs load the retriever and the LoRA adapter trained for equal
 inputs): the same cell twice, ``--cell-suffix=-fill`` then ``--cell-suffix=-fullcache``;
-``summary.md`` then compares their phases (``stage_cache_table``), and a finished
-``cotrec-init-fullcache`` cell adds its measured wall time to the budget (``budget_table``).
+``summary.md`` then compares their phases (``stage_cache_table``). The issue's budget: the
+``cotrec-init`` cell with a fresh ``FLOREC_CACHE_DIR`` and ``--cell-suffix=-empty``, then again
+with ``--cell-suffix=-fullcache`` on the caches it filled (``budget_table``).
 
 The real-LLM init ablation (3 SASRec seeds, SmolLM2 perception batched 32 prompts a pass)::
 
@@ -51,7 +52,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cotrec_report import (  # noqa: E402,F401 (re-exported for the tests)
-    BUDGET_MINUTES,
     EMPTY_CACHE_CELL,
     FULL_CACHE_CELL,
     FULL_CACHE_CELLS,
