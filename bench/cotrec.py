@@ -148,12 +148,11 @@ def seed_table(out: Path) -> str:
 
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for path in sorted(out.glob("*/*/*/results.json")):
-        if json.loads(path.read_text()).get("status") != "finished":
+        if (run := _finished(path.parent)) is None:
             continue
         ds, setting, cell = path.parts[-4:-1]
         variant = re.sub(r"-(seed\d+|empty)$", "", cell)
-        groups.setdefault((ds, setting, variant), []).append(
-            json.loads(path.read_text())["runs"][0])
+        groups.setdefault((ds, setting, variant), []).append(run)
     rows = ["| dataset | setting | variant | seeds | "
             + " | ".join(name for name, _ in SEED_COLUMNS) + " |",
             "|" + "---|" * (4 + len(SEED_COLUMNS))]
