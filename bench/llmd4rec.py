@@ -178,8 +178,9 @@ def summarize(out: Path) -> dict[str, Any]:
                                            for it in runs[s]["iterations"])
         row["teacher_top1"] = statistics.fmean(it["teacher_top1"] for s in seeds
                                                for it in runs[s]["iterations"])
-        row["crm_top1"] = statistics.fmean(it["crm_top1"] for s in seeds
-                                           for it in runs[s]["iterations"])
+        crm_top1 = [it["crm_top1"] for s in seeds for it in runs[s]["iterations"]
+                    if "crm_top1" in it]  # a federated run does not pool it
+        row["crm_top1"] = statistics.fmean(crm_top1) if crm_top1 else math.nan
         row["minutes"] = statistics.fmean(runs[s]["wall_s"] for s in seeds) / 60
         if all("rerank" in runs[s] for s in seeds):
             row["rerank/ndcg@10"] = _mean_sd([runs[s]["rerank"]["rerank/ndcg@10"]
