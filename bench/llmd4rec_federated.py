@@ -63,11 +63,10 @@ def run_baselines(conf: dict[str, Any], work: Path, out: Path) -> None:
         path = out / f"baseline-seed{seed}.json"
         if path.exists():
             continue
-        rounds = conf["bench"]["pretrain-rounds"]
-        cfg = _cfg(conf, seed, work / f"baseline-seed{seed}", **{
-            "num-rounds": rounds, "llmd4rec-iterations": 0})
+        rounds, cell = conf["bench"]["pretrain-rounds"], work / f"baseline-seed{seed}"
+        cfg = _cfg(conf, seed, cell, **{"num-rounds": rounds, "llmd4rec-iterations": 0})
         t0 = time.perf_counter()
-        run = _federate(cfg, work / f"baseline-seed{seed}")
+        run = _federate(cfg, cell)
         _write(path, run, cfg, time.perf_counter() - t0)
         print(f"baseline seed {seed}: ndcg@10 {run['metrics']['ndcg@10']:.4f} at round "
               f"{run['best_round']} of {rounds}, {time.perf_counter() - t0:.0f} s", flush=True)

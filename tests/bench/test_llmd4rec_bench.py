@@ -43,7 +43,7 @@ scripted-p = 1.0
 """
 
 
-def _run(path, seed, ndcg, base, top1=0.5, crm_top1=None):
+def _run(path, ndcg, base, top1=0.5, crm_top1=None):
     it = {"coverage": 0.3, "teacher_top1": top1}
     if crm_top1 is not None:
         it["crm_top1"] = crm_top1
@@ -58,8 +58,8 @@ def test_summary_pairs_each_arm_with_its_seed_baseline_and_skips_a_missing_crm_t
     llmd4rec = bench_script("llmd4rec")
     for seed, (a, b, base) in enumerate([(0.10, 0.11, 0.09), (0.12, 0.12, 0.10),
                                          (0.11, 0.13, 0.10)]):
-        _run(tmp_path / "continued" / f"seed{seed}.json", seed, a, base, crm_top1=0.25)
-        _run(tmp_path / "teacher" / f"seed{seed}.json", seed, b, base)
+        _run(tmp_path / "continued" / f"seed{seed}.json", a, base, crm_top1=0.25)
+        _run(tmp_path / "teacher" / f"seed{seed}.json", b, base)
     rows = llmd4rec.summarize(tmp_path)
     assert rows["sasrec"]["ndcg@10"][0] == pytest.approx((0.09 + 0.10 + 0.10) / 3)
     gain = rows["teacher"]["gain/ndcg@10"]
