@@ -31,16 +31,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+import llmd4rec  # noqa: E402
 from llmd4rec import load, summarize, table  # noqa: E402
 
 
 def _cfg(conf: dict[str, Any], seed: int, out: Path, **overrides: Any):
-    from florec.recdata.runconfig import parse_run_config
-
-    bench = conf["bench"]
-    return parse_run_config(conf["defaults"] | {
-        "dataset": bench["dataset"], "seed": seed, "out-dir": str(out),
-        "llmd4rec-pretrain-rounds": bench["pretrain-rounds"]} | overrides)
+    """The central bench's run config plus the results folder and the pretraining rounds."""
+    return llmd4rec._cfg(conf, seed, {
+        "out-dir": str(out), "llmd4rec-pretrain-rounds": conf["bench"]["pretrain-rounds"]}
+        | overrides)
 
 
 def _federate(cfg, work: Path) -> dict[str, Any]:
@@ -74,15 +73,15 @@ def run_baselines(conf: dict[str, Any], work: Path, out: Path) -> None:
 
 def run_arms(conf: dict[str, Any], work: Path, out: Path, arms: list[str]) -> None:
     """Step 2: every arm of every seed after its baseline (skips finished cells)."""
-    d = conf["defaults"]
-    rounds = conf["bench"]["pretrain-rounds"] + d["llmd4rec-iterations"] * d["llmd4rec-crm-epochs"]
     for seed in conf["bench"]["seeds"]:
         base = json.loads((out / f"baseline-seed{seed}.json").read_text())
         for arm in arms:
             path = out / arm / f"seed{seed}.json"
             if path.exists():
                 continue
-            cell = work / arm / f"seed{seed}"
+            cell, knobs = work / arm / f"seed{seed}", conf["defaults"] | conf["arms"][arm]
+            rounds = conf["bench"]["pretrain-rounds"] + \
+                knobs["llmd4rec-iterations"] * knobs["llmd4rec-crm-epochs"]
             cfg = _cfg(conf, seed, cell, **conf["arms"][arm], **{"num-rounds": rounds})
             t0 = time.perf_counter()
             run = _federate(cfg, cell)

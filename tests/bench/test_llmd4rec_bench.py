@@ -43,8 +43,8 @@ scripted-p = 1.0
 """
 
 
-def _run(path, ndcg, base, top1=0.5, crm_top1=None):
-    it = {"coverage": 0.3, "teacher_top1": top1}
+def _run(path, ndcg, base, crm_top1=None):
+    it = {"coverage": 0.3, "teacher_top1": 0.5}
     if crm_top1 is not None:
         it["crm_top1"] = crm_top1
     path.parent.mkdir(parents=True, exist_ok=True)
