@@ -111,7 +111,7 @@ def poisoned_state(cfg: RunConfig, know: AttackKnowledge, model: SequentialRecom
         else seqs.inputs(users, "train", cfg.max_seq_len)
     rng = stream(cfg.seed, Salt.ATTACK_ROUND, rnd, pid)
     torch.manual_seed(torch_seed(cfg.seed, Salt.ATTACK_ROUND, rnd, pid))
-    optimizers = make_optimizers(model, cfg.lr)
+    optimizers = make_optimizers(model, cfg.lr, cfg.weight_decay)
     positions = 0
     for _ in range(cfg.local_epochs):
         positions = train_epoch(model, optimizers, windows, n_items, rng, cfg.local_batch_size,

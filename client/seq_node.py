@@ -69,7 +69,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     benign = bucket.users[benign_rows(bucket, know)]
     windows = seqs.inputs(benign, "train", cfg.max_seq_len)
     model = global_model(msg, cfg, bucket.n_items, device)
-    optimizers = make_optimizers(model, cfg.lr)
+    optimizers = make_optimizers(model, cfg.lr, cfg.weight_decay)
     store = open_store(context, cfg.store_spill_mb)
     saved = store.get(OPT_KEY)
     if saved is not None:

@@ -57,7 +57,8 @@ SECTIONS: list[tuple[str, tuple[str, ...]]] = [
                                                  "store-spill-mb")),
     ("Sequential models and Oracle4Rec", ("max-seq-len", "seq-loss", "heads", "seq-layers",
                                           "dropout", "oracle", "oracle-alpha", "oracle-gamma",
-                                          "oracle-ratio", "oracle-future", "filter-layers")),
+                                          "oracle-ratio", "oracle-future", "filter-layers",
+                                          "backbone-filter-layers")),
     ("Popularity debiasing: Fair Sampling", ("mf-loss", "ips-beta", "weight-decay")),
     ("LLM layer", ("llm-backend", "llm-model", "llm-base-url", "llm-api-key-env", "llm-device",
                    "llm-dtype", "llm-max-concurrency", "llm-timeout-s", "llm-cache", "encoder",
@@ -267,12 +268,19 @@ DESCRIPTIONS: dict[str, str] = {
     'oracle-ratio': 'Oracle4Rec: low-pass filter quantile',
     'oracle-future': 'Oracle4Rec: future items F',
     'filter-layers': 'Oracle4Rec: frequency-filter layers per encoder',
+    'backbone-filter-layers': (
+        'plain SASRec/GRU4Rec: frequency-filter layers before the blocks (0: none; the '
+        'filter ablation of Oracle4Rec)'
+    ),
     'mf-loss': (
         'MF loss: `bpr`, `ubpr`, `cpr`, `fs-pair`, `wmf`, `relmf`, `du`, `fs-point` (Fair '
         'Sampling and baselines)'
     ),
     'ips-beta': 'UBPR/Rel-MF/DU propensity exponent',
-    'weight-decay': "Adam's coupled L2 on the whole tables (Fair Sampling's code: 1e-3)",
+    'weight-decay': (
+        "Adam's coupled L2 on the whole tables (Fair Sampling's code: 1e-3) and on the "
+        "sequential models' parameters"
+    ),
     'cotrec-init': (
         'CoT-Rec retriever init: `cotrec` (LLM perception texts), `title` (item titles, no LLM)'
         ' or `random` ([CoT-Rec](../methods/cotrec.md))'

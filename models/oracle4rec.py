@@ -134,10 +134,12 @@ class Oracle4Rec(SequentialRecommender):
         return rec_loss(z, self.embedding.item.weight, pos, neg, kind) + self.alpha * og, og
 
 
-def oracle_optimizers(model: Oracle4Rec, lr: float
+def oracle_optimizers(model: Oracle4Rec, lr: float, weight_decay: float = 0.0
                       ) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """(future, past) Adam optimisers; both hold the one shared embedding (oracle4rec.md §6.1)."""
     shared = list(model.embedding.parameters())
-    fut = torch.optim.Adam(shared + list(model.future.parameters()), lr=lr)
-    past = torch.optim.Adam(shared + list(model.past.parameters()), lr=lr)
+    fut = torch.optim.Adam(shared + list(model.future.parameters()), lr=lr,
+                           weight_decay=weight_decay)
+    past = torch.optim.Adam(shared + list(model.past.parameters()), lr=lr,
+                            weight_decay=weight_decay)
     return fut, past

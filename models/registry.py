@@ -92,13 +92,14 @@ def model_from_config(cfg: RunConfig, name: str, n_users: int, n_items: int,
 def build_sequential_model(name: str, n_items: int, *, seed: int = 0, oracle: bool = False,
                            max_len: int = 50, dim: int = 64, heads: int = 2, layers: int = 2,
                            dropout: float = 0.2, filter_layers: int = 1, ratio: float = 0.75,
-                           future: int = 10, alpha: float = 0.01, gamma: float = 0.2
-                           ) -> Recommender:
+                           future: int = 10, alpha: float = 0.01, gamma: float = 0.2,
+                           backbone_filter_layers: int = 0) -> Recommender:
     """A sequential model (``sasrec``/``gru4rec``), or Oracle4Rec over it when ``oracle``.
 
     Weights are drawn from ``seed`` alone (the global torch RNG is left as it was), so every
-    node and the central trainer start from the same model. Filter layers belong to Oracle4Rec's
-    encoders; the plain backbones have none.
+    node and the central trainer start from the same model. ``filter_layers`` are Oracle4Rec's
+    (per encoder); a plain backbone gets ``backbone_filter_layers`` (0: plain SASRec/GRU4Rec;
+    more: the filter ablation of issue 15 §4).
 
     Raises
     ------
@@ -120,6 +121,7 @@ def build_sequential_model(name: str, n_items: int, *, seed: int = 0, oracle: bo
         if oracle:
             return Oracle4Rec(n_items, backbone=name, heads=heads, filter_layers=filter_layers,
                               ratio=ratio, future=future, alpha=alpha, gamma=gamma, **kwargs)
+        kwargs |= dict(filter_layers=backbone_filter_layers, ratio=ratio)
         if name == "sasrec":
             return SASRec(n_items, heads=heads, **kwargs)
         return GRU4Rec(n_items, **kwargs)  # one GRU: no attention heads
@@ -131,4 +133,5 @@ def sequential_from_config(cfg: RunConfig, n_items: int) -> Recommender:
         cfg.model, n_items, seed=cfg.seed, oracle=cfg.oracle, max_len=cfg.max_seq_len,
         dim=cfg.dim, heads=cfg.heads, layers=cfg.seq_layers, dropout=cfg.dropout,
         filter_layers=cfg.filter_layers, ratio=cfg.oracle_ratio, future=cfg.oracle_future,
-        alpha=cfg.oracle_alpha, gamma=cfg.oracle_gamma)
+        alpha=cfg.oracle_alpha, gamma=cfg.oracle_gamma,
+        backbone_filter_layers=cfg.backbone_filter_layers)

@@ -119,6 +119,7 @@ class RunConfig(BaseModel):
     oracle_ratio: float = Field(0.75, gt=0, le=1)
     oracle_future: int = Field(10, ge=1)
     filter_layers: int = Field(1, ge=0)
+    backbone_filter_layers: int = Field(0, ge=0)
     # popularity debiasing: Fair Sampling and its baselines over MF (issue 6)
     mf_loss: Literal["bpr", "ubpr", "cpr", "fs-pair", "wmf", "relmf", "du", "fs-point"] = "bpr"
     ips_beta: float = Field(0.5, ge=0)
@@ -285,4 +286,8 @@ def parse_run_config(values: dict[str, Any]) -> RunConfig:
             f"bad value {cfg.selection_metric!r} for 'selection-metric': use METRIC@K, METRIC in "
             f"precision|recall|hr|f1|ndcg|mrr and K in ks={cfg.ks}"
         )
+    if cfg.oracle and cfg.backbone_filter_layers:
+        raise ConfigError(
+            "'backbone-filter-layers' is for a plain SASRec/GRU4Rec; with oracle=true set "
+            "Oracle4Rec's 'filter-layers' instead")
     return cfg

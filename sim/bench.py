@@ -10,12 +10,15 @@ A bench file has three parts::
 
     [defaults]            # run-config keys shared by every cell
     split = "loo"
+    central-lr = 0.005    # lr of central methods without their own lr (default 0.005);
+                          # a default `lr` reaches the federated methods only
 
     [[method]]
     label = "MF-BPR"
     setting = "central"   # or "federated"
     epochs = 20           # central only; batch-size is optional (1024)
     model = "mf"          # any other run-config key
+    seeds = [0]           # optional: this method's seeds instead of [bench]'s (tuning cells)
 
 Each cell runs into ``OUT/cells/<dataset>/<folder>/seed<s>/`` (``folder``: the label with
 every run of characters other than letters, digits and ``._+=-`` replaced by one ``-``, so
@@ -41,10 +44,12 @@ from typing import Any
 from florec.recdata.errors import ConfigError
 from florec.server.results import ResultsWriter, environment, read_results
 
+log = logging.getLogger(__name__)
+
 #: Central Adam step size when a central method sets no ``lr`` (as ``florec central``).
 CENTRAL_LR = 0.005
 #: Keys of a ``[[method]]`` table that are not run-config keys.
-METHOD_KEYS = ("label", "setting", "epochs", "batch-size")
+METHOD_KEYS = ("label", "setting", "epochs", "batch-size", "seeds")
 
 
 @dataclass
@@ -138,9 +143,28 @@ def load_bench(path: Path) -> dict[str, Any]:
     for m in methods:
         if m.get("setting") not in ("central", "federated"):
             raise ConfigError(f"{path}: method '{m['label']}': setting must be central|federated")
+        seeds = m.get("seeds", [0])
+        if not isinstance(seeds, list) or not seeds or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ConfigError(f"{path}: method '{m['label']}': seeds={seeds!r}; give a non-empty "
+                              "list of integers, e.g. [0, 1, 2]")
     conf.setdefault("defaults", {})
+    _warn_default_lr(conf, path)
     check_cells(conf, path)
     return conf
+
+
+def _warn_default_lr(conf: dict[str, Any], path: Path) -> None:
+    """Warn where a default ``lr`` would silently not reach the trained central methods."""
+    defaults = conf["defaults"]
+    if "lr" not in defaults or "central-lr" in defaults:
+        return
+    central = [m["label"] for m in conf["method"]
+               if m["setting"] == "central" and "epochs" in m and "lr" not in m]
+    if central:
+        log.warning("%s: [defaults] lr = %s reaches the federated methods only; central %s "
+                    "train at central-lr = %s: set central-lr in [defaults] or lr in the "
+                    "method", path, defaults["lr"], ", ".join(central), CENTRAL_LR)
 
 
 def check_cells(conf: dict[str, Any], path: Path) -> None:
@@ -180,10 +204,14 @@ def label_folder(label: str) -> str:
 
 
 def cells_of(conf: dict[str, Any], out: Path) -> list[Cell]:
-    """The cells of a bench config, datasets x methods x seeds, in that order."""
+    """The cells of a bench config, datasets x methods x seeds, in that order.
+
+    A method's own ``seeds`` replace ``[bench]``'s for it, so one file can hold one-seed tuning
+    cells and the finalists' seeds; adding seeds to a method leaves its finished cells valid.
+    """
     return [Cell(ds, m, int(s), out / "cells" / ds / label_folder(m["label"]) / f"seed{s}")
             for ds in conf["bench"]["datasets"] for m in conf["method"]
-            for s in conf["bench"]["seeds"]]
+            for s in m.get("seeds", conf["bench"]["seeds"])]
 
 
 def cell_config(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def run_central_seq(cfg: RunConfig, epochs: int, batch_size: int, out_dir: Path 
     truths = {part: split.matrix(part) for part in ("valid", "test")}
     torch.manual_seed(cfg.seed)  # dropout
     model = sequential_from_config(cfg, split.n_items).to(device)
-    optimizers = make_optimizers(model, cfg.lr)
+    optimizers = make_optimizers(model, cfg.lr, cfg.weight_decay)
     rng = stream(cfg.seed, Salt.CENTRAL_SEQUENCE)
 
     def evaluate(part: str) -> dict[str, float]:

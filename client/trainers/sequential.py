@@ -34,11 +34,16 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def make_optimizers(model: SequentialRecommender, lr: float) -> list[torch.optim.Optimizer]:
-    """One Adam for a backbone; (future, past) Adams sharing the embedding for Oracle4Rec."""
+def make_optimizers(model: SequentialRecommender, lr: float, weight_decay: float = 0.0
+                    ) -> list[torch.optim.Optimizer]:
+    """One Adam for a backbone; (future, past) Adams sharing the embedding for Oracle4Rec.
+
+    ``weight_decay`` is Adam's coupled L2 (``run-config`` ``weight-decay``; 0 in the
+    Oracle4Rec code).
+    """
     if isinstance(model, Oracle4Rec):
-        return list(oracle_optimizers(model, lr))
-    return [torch.optim.Adam(model.parameters(), lr=lr)]
+        return list(oracle_optimizers(model, lr, weight_decay))
+    return [torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)]
 
 
 @dataclass

@@ -152,3 +152,14 @@ def test_oracle_model_has_two_bodies_and_one_embedding_in_its_state():
     keys = set(model.shared_state())
     assert {k.split(".")[0] for k in keys} == {"embedding", "past", "future"}
     assert sum(k.startswith("embedding.item") for k in keys) == 1
+
+
+@pytest.mark.parametrize("oracle", [False, True])
+def test_weight_decay_reaches_every_sequential_optimiser(oracle):
+    model = build_sequential_model("sasrec", N_ITEMS, seed=0, oracle=oracle, max_len=L, dim=8,
+                                   heads=2, layers=1)
+    opts = make_optimizers(model, 0.01, weight_decay=1e-3)
+    assert len(opts) == (2 if oracle else 1)
+    assert all(g["weight_decay"] == 1e-3 for o in opts for g in o.param_groups)
+    assert all(g["weight_decay"] == 0.0 for o in make_optimizers(model, 0.01)
+               for g in o.param_groups)

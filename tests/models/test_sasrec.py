@@ -108,3 +108,24 @@ def test_bce_loss_is_the_oracle4rec_codes_binary_cross_entropy_with_one_negative
     s_neg = torch.tensor([-1.0, 0.0])
     expected = (-F.logsigmoid(s_pos) - torch.log(1 - torch.sigmoid(s_neg))).mean()
     assert float(rec_loss(z, table, pos, neg, "bce")) == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_backbone_filter_layers_add_filters_to_the_plain_backbone_only(name):
+    kw = dict(seed=1, max_len=L, dim=8, layers=1, dropout=0.0)
+    plain = build_sequential_model(name, N_ITEMS, **kw)
+    filtered = build_sequential_model(name, N_ITEMS, backbone_filter_layers=2, **kw)
+    assert len(plain.body.filters) == 0 and len(filtered.body.filters) == 2
+    assert set(plain.state_dict()) < set(filtered.state_dict())  # + the filters' LayerNorms
+    s = seqs()
+    assert not torch.allclose(plain.eval().score(s), filtered.eval().score(s), atol=1e-4)
+    oracle = build_sequential_model(name, N_ITEMS, oracle=True, filter_layers=1,
+                                    backbone_filter_layers=0, **kw)
+    assert len(oracle.past.filters) == 1
+
+
+def test_backbone_filter_layers_with_oracle_is_a_one_line_config_error():
+    from florec.recdata.runconfig import parse_run_config
+
+    with pytest.raises(ConfigError, match="backbone-filter-layers.*filter-layers"):
+        parse_run_config({"oracle": True, "backbone-filter-layers": 1})

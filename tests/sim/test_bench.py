@@ -213,6 +213,41 @@ epochs = 1
     assert cell["epochs"] == 2
 
 
+def test_a_methods_own_seeds_replace_the_bench_seeds_and_extending_them_keeps_its_cells(
+        tmp_path: Path) -> None:
+    head = SMOKE.read_text().split("[[method]]")[0].replace("seeds = [0, 1]", "seeds = [0]")
+    assert "seeds = [0]" in head
+    method = '[[method]]\nlabel = "Pop"\nsetting = "central"\nmodel = "pop"\nseeds = [3]\n'
+    toml = tmp_path / "b.toml"
+    toml.write_text(head + method)
+    first = run_bench(toml, tmp_path / "out", progress=False)
+    assert first.ran == ["synthetic/Pop/seed3"] and not first.failed
+    toml.write_text(head + method.replace("[3]", "[3, 4]"))
+    again = run_bench(toml, tmp_path / "out", progress=False)
+    assert again.ran == ["synthetic/Pop/seed4"] and again.skipped == ["synthetic/Pop/seed3"]
+    toml.write_text(head + method.replace("[3]", "[]"))
+    with pytest.raises(ConfigError, match="seeds=\\[\\]; give a non-empty list"):
+        load_bench(toml)
+
+
+def test_a_default_lr_that_misses_the_central_methods_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    head = SMOKE.read_text().split("[[method]]")[0]
+    method = '[[method]]\nlabel = "MF"\nsetting = "central"\nmodel = "mf"\nepochs = 1\n'
+    toml = tmp_path / "b.toml"
+    toml.write_text(head.replace("[defaults]", "[defaults]\nlr = 0.001") + method)
+    load_bench(toml)
+    assert "lr = 0.001 reaches the federated methods only; central MF train at " \
+           "central-lr = 0.005" in caplog.text
+    caplog.clear()
+    toml.write_text(head.replace("[defaults]", "[defaults]\nlr = 0.001\ncentral-lr = 0.001")
+                    + method)
+    conf = load_bench(toml)
+    assert caplog.text == ""
+    from florec.sim.bench import cell_config, cells_of
+    assert cell_config(conf, cells_of(conf, tmp_path)[0])["lr"] == 0.001
+
+
 #: configs of ``florec bench`` (``[[method]]`` tables); the others feed one bench script each
 #: (bench/attacks.py, bench/llkd.py, bench/llmd4rec.py), which validates its own
 BENCH_CONFIGS = [p for p in sorted(SMOKE.parent.glob("*.toml")) if "[[method]]" in p.read_text()]
