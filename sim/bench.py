@@ -162,9 +162,10 @@ def _warn_default_lr(conf: dict[str, Any], path: Path) -> None:
     central = [m["label"] for m in conf["method"]
                if m["setting"] == "central" and "epochs" in m and "lr" not in m]
     if central:
-        log.warning("%s: [defaults] lr = %s reaches the federated methods only; central %s "
-                    "train at central-lr = %s: set central-lr in [defaults] or lr in the "
-                    "method", path, defaults["lr"], ", ".join(central), CENTRAL_LR)
+        log.warning("%s: [defaults] lr = %s reaches the federated methods only; the central "
+                    "methods without their own lr (%s) train at central-lr = %s: set "
+                    "central-lr in [defaults] or lr in the method", path, defaults["lr"],
+                    ", ".join(central), CENTRAL_LR)
 
 
 def check_cells(conf: dict[str, Any], path: Path) -> None:

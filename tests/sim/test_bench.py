@@ -237,8 +237,8 @@ def test_a_default_lr_that_misses_the_central_methods_is_warned_about(
     toml = tmp_path / "b.toml"
     toml.write_text(head.replace("[defaults]", "[defaults]\nlr = 0.001") + method)
     load_bench(toml)
-    assert "lr = 0.001 reaches the federated methods only; central MF train at " \
-           "central-lr = 0.005" in caplog.text
+    assert "lr = 0.001 reaches the federated methods only; the central methods without " \
+           "their own lr (MF) train at central-lr = 0.005" in caplog.text
     caplog.clear()
     toml.write_text(head.replace("[defaults]", "[defaults]\nlr = 0.001\ncentral-lr = 0.001")
                     + method)
