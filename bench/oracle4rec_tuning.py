@@ -27,7 +27,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from florec.sim.bench import cells_of, load_bench
 from florec.sim.report import mean_sd, paired_p
+
+#: the bench configs, one per dataset: ``oracle4rec_tuning_<tag>.toml`` runs into ``<out>/<tag>``
+CONFIGS = sorted(Path(__file__).resolve().parent.glob("oracle4rec_tuning_*.toml"))
 
 #: the test metrics of the finalists' table
 METRICS = ("ndcg@10", "hr@10", "mrr@10")
@@ -48,6 +52,18 @@ def load_cells(out: Path) -> list[dict[str, Any]]:
                       "dataset": run["dataset"], "seed": int(run["seed"]),
                       "settings": settings, "run": run})
     return cells
+
+
+def not_run(out: Path, configs: list[Path]) -> dict[str, list[str]]:
+    """Per dataset, the ``label (seed s)`` cells of ``configs`` without a finished run."""
+    missing: dict[str, list[str]] = defaultdict(list)
+    for config in configs:
+        conf = load_bench(config)
+        tag = config.stem.removeprefix("oracle4rec_tuning_")
+        for cell in cells_of(conf, out / tag):
+            if not cell.finished(conf):
+                missing[cell.dataset].append(f"{cell.label} (seed {cell.seed})")
+    return missing
 
 
 def family(settings: dict[str, Any]) -> str:
@@ -155,9 +171,13 @@ def kl_lines(cells: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def summary(out: Path) -> str:
-    """The markdown report of every dataset under ``out``."""
+def summary(out: Path, configs: list[Path] | None = None) -> str:
+    """The markdown report of every dataset under ``out``.
+
+    ``configs`` (default :data:`CONFIGS`) name the cells that have no finished run yet.
+    """
     cells = load_cells(out)
+    missing = not_run(out, CONFIGS if configs is None else configs)
     if not cells:
         raise SystemExit(f"no finished cells under {out}/*/cells; run the bench configs first "
                          "(see this script's docstring)")
@@ -172,6 +192,9 @@ def summary(out: Path) -> str:
         if any(len(v) >= 2 for v in _by_label(ds).values()):
             lines += ["### Finalists", "", *finalists_table(ds), "", *pairs_table(ds), ""]
             lines += [*kl_lines(ds), ""]
+        if missing.get(dataset):
+            lines += [f"Not run yet ({len(missing[dataset])} cells of the config): "
+                      + "; ".join(missing[dataset]) + ".", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -37,7 +37,7 @@ def out(tmp_path: Path) -> Path:
 
 
 def test_the_best_validation_cell_of_each_family_is_chosen(bench_script, out: Path) -> None:
-    text = bench_script("oracle4rec_tuning").summary(out)
+    text = bench_script("oracle4rec_tuning").summary(out, [])
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines()
             if line.startswith("| SASRec") or line.startswith("| Oracle4Rec")}
     assert "(chosen)" in rows["SASRec-lr=0.003"] and "(chosen)" not in rows["SASRec-lr=0.001"]
@@ -46,7 +46,7 @@ def test_the_best_validation_cell_of_each_family_is_chosen(bench_script, out: Pa
 
 
 def test_the_kl_term_is_measured_against_its_alpha_zero_twin(bench_script, out: Path) -> None:
-    text = bench_script("oracle4rec_tuning").summary(out)
+    text = bench_script("oracle4rec_tuning").summary(out, [])
     kl = [line for line in text.splitlines() if line.startswith("- the KL term")]
     assert len(kl) == 1 and "`Oracle4Rec-a0.01` vs `Oracle4Rec-a0`" in kl[0]
     assert "+0.0050" in kl[0] and "3 seeds" in kl[0]  # mean of 0.005, 0.006, 0.004
@@ -54,6 +54,32 @@ def test_the_kl_term_is_measured_against_its_alpha_zero_twin(bench_script, out: 
 
 
 def test_a_best_epoch_at_the_cap_is_flagged(bench_script, out: Path) -> None:
-    assert "100 / 17 of 100 (at cap)" not in bench_script("oracle4rec_tuning").summary(out)
+    assert "100 / 17 of 100 (at cap)" not in bench_script("oracle4rec_tuning").summary(out, [])
     _cell(out, "SASRec-lr=0.01", 0, 0.3, 0.1, lr=0.01)
-    assert "100 / 17 of 100 (at cap)" in bench_script("oracle4rec_tuning").summary(out)
+    assert "100 / 17 of 100 (at cap)" in bench_script("oracle4rec_tuning").summary(out, [])
+
+
+def test_cells_of_the_config_without_results_are_listed(bench_script, out: Path) -> None:
+    toml = out / "oracle4rec_tuning_ml100k.toml"
+    toml.write_text("""
+[bench]
+datasets = ["ml-100k"]
+seeds = [0]
+
+[[method]]
+label = "SASRec lr=0.001"
+setting = "central"
+model = "sasrec"
+epochs = 3
+
+[[method]]
+label = "SASRec wd"
+setting = "central"
+model = "sasrec"
+weight-decay = 0.0001
+seeds = [0, 1]
+epochs = 3
+""")
+    text = bench_script("oracle4rec_tuning").summary(out, [toml])
+    assert "Not run yet (3 cells of the config): SASRec lr=0.001 (seed 0); SASRec wd (seed 0); " \
+           "SASRec wd (seed 1)." in text
