@@ -50,8 +50,15 @@ def _federate(cfg, work: Path) -> dict[str, Any]:
                          work)
 
 
-def _write(path: Path, run: dict[str, Any], cfg, seconds: float) -> None:
-    run |= {"config": cfg.to_flower(), "bench_seconds": seconds}
+def valid_curve(cell: Path) -> list[float]:
+    """Validation ndcg@10 of every round of the run in ``cell`` (its ``rounds.jsonl``)."""
+    rows = [json.loads(line) for line in (cell / "rounds.jsonl").read_text().splitlines()]
+    return [r["valid"]["ndcg@10"] for r in rows if "ndcg@10" in r.get("valid", {})]
+
+
+def _write(path: Path, run: dict[str, Any], cfg, seconds: float, cell: Path) -> None:
+    run |= {"config": cfg.to_flower(), "bench_seconds": seconds,
+            "valid_ndcg10_by_round": valid_curve(cell)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run, indent=1, default=float))
 
@@ -66,7 +73,7 @@ def run_baselines(conf: dict[str, Any], work: Path, out: Path) -> None:
         cfg = _cfg(conf, seed, cell, **{"num-rounds": rounds, "llmd4rec-iterations": 0})
         t0 = time.perf_counter()
         run = _federate(cfg, cell)
-        _write(path, run, cfg, time.perf_counter() - t0)
+        _write(path, run, cfg, time.perf_counter() - t0, cell)
         print(f"baseline seed {seed}: ndcg@10 {run['metrics']['ndcg@10']:.4f} at round "
               f"{run['best_round']} of {rounds}, {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -87,7 +94,7 @@ def run_arms(conf: dict[str, Any], work: Path, out: Path, arms: list[str]) -> No
             run = _federate(cfg, cell)
             run["baseline"] = {k: base[k] for k in ("metrics", "valid_metrics", "best_round")}
             run["arm"] = arm
-            _write(path, run, cfg, time.perf_counter() - t0)
+            _write(path, run, cfg, time.perf_counter() - t0, cell)
             print(f"{arm} seed {seed}: ndcg@10 {run['metrics']['ndcg@10']:.4f} at round "
                   f"{run['best_round']} (SASRec {base['metrics']['ndcg@10']:.4f}), "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
@@ -113,6 +120,32 @@ def seed_table(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tail_table(out: Path, pretrain: int) -> str:
+    """Validation ndcg@10 (mean over seeds) at the last pretraining round and every round after.
+
+    Shows whether the distillation rounds move the CRM up or down, which the test metrics at
+    the best validation round hide once no later round beats the pretraining's best.
+    """
+    curves = {"sasrec": [json.loads(p.read_text()).get("valid_ndcg10_by_round", [])
+                         for p in sorted(out.glob("baseline-seed*.json"))]}
+    for path in sorted(out.glob("*/seed*.json")):
+        curves.setdefault(path.parent.name, []).append(
+            json.loads(path.read_text()).get("valid_ndcg10_by_round", []))
+    longest = max((len(c) for runs in curves.values() for c in runs), default=0)
+    rounds = list(range(pretrain, longest + 1))
+    if not rounds:
+        return ""
+    lines = ["| run | n | " + " | ".join(f"valid ndcg@10, round {r}" for r in rounds) + " |",
+             "|---|---|" + "---|" * len(rounds)]
+    for name, runs in curves.items():
+        cells = []
+        for r in rounds:
+            values = [c[r - 1] for c in runs if len(c) >= r]
+            cells.append(f"{sum(values) / len(values):.4f}" if values else "-")
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     """Command line: ``baseline``, ``arms``, ``summary`` or ``all``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,7 +165,8 @@ def main() -> None:
     if args.step in ("arms", "all"):
         run_arms(conf, args.work, args.out, args.arms.split(","))
     if args.step in ("summary", "all"):
-        text = table(summarize(args.out)) + "\n" + seed_table(args.out)
+        text = table(summarize(args.out)) + "\n" + seed_table(args.out) + "\n" + \
+            tail_table(args.out, conf["bench"]["pretrain-rounds"])
         (args.out / "summary.md").write_text(text)
         print(text)
 

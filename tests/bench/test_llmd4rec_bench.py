@@ -99,6 +99,14 @@ def test_federated_bench_runs_baselines_then_arms_paired_by_seed(tmp_path, bench
     arm = json.loads((out / "scripted-p1.0" / "seed1.json").read_text())["metrics"]["ndcg@10"]
     assert f"| 1 | scripted-p1.0 | {arm:.4f} | {arm - cont:+.4f} | " in per_seed
     assert per_seed.count("| sasrec |") == 2
+    curves = [json.loads((out / "scripted-p1.0" / f"seed{s}.json").read_text())
+              ["valid_ndcg10_by_round"] for s in (0, 1)]
+    assert [len(c) for c in curves] == [2, 2]  # one validation per round
+    tail = fed.tail_table(out, 1)
+    assert "| run | n | valid ndcg@10, round 1 | valid ndcg@10, round 2 |" in tail
+    assert f"| scripted-p1.0 | 2 | {(curves[0][0] + curves[1][0]) / 2:.4f} | " \
+           f"{(curves[0][1] + curves[1][1]) / 2:.4f} |" in tail
+    assert "| sasrec | 2 | " in tail
     mtime = (out / "continued" / "seed0.json").stat().st_mtime_ns
     fed.run_arms(conf, work, out, ["continued"])  # finished cells are kept, not rerun
     assert (out / "continued" / "seed0.json").stat().st_mtime_ns == mtime
