@@ -125,6 +125,15 @@ class Oracle4Rec(SequentialRecommender):
         tail = self.future_len + 1
         return loss, h[:, -tail:], (targets[:, -tail:] > 0)
 
+    def future_states(self, seq: torch.Tensor, targets: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last F+1 future hidden states and their mask: :meth:`future_forward` without loss.
+
+        The past phase needs only these; the full-softmax loss is a large part of the cost.
+        """
+        tail = self.future_len + 1
+        return self.future(self.embedding(seq), seq)[:, -tail:], (targets[:, -tail:] > 0)
+
     def past_objective(self, seq: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                        z_future: torch.Tensor, mask: torch.Tensor, kind: str = "ce"
                        ) -> tuple[torch.Tensor, torch.Tensor]:

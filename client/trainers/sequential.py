@@ -83,7 +83,7 @@ def oracle_step(model: Oracle4Rec, opt_future: torch.optim.Optimizer,
     f_loss.backward()
     opt_future.step()
     with torch.no_grad():
-        _, z_future, mask = model.future_forward(f_seq, f_tgt, f_neg, kind)
+        z_future, mask = model.future_states(f_seq, f_tgt)
     opt_past.zero_grad()
     loss, guide = model.past_objective(seq, pos, neg, z_future, mask, kind)
     loss.backward()

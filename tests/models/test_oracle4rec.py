@@ -163,3 +163,18 @@ def test_weight_decay_reaches_every_sequential_optimiser(oracle):
     assert all(g["weight_decay"] == 1e-3 for o in opts for g in o.param_groups)
     assert all(g["weight_decay"] == 0.0 for o in make_optimizers(model, 0.01)
                for g in o.param_groups)
+
+
+def test_future_states_are_future_forwards_states_without_the_loss():
+    model = build_sequential_model("sasrec", N_ITEMS, seed=0, oracle=True, max_len=L, dim=8,
+                                   heads=2, layers=1, dropout=0.3, future=F)
+    model.train()  # dropout draws from the global torch RNG: same seed, same masks
+    _, future = batch()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        _, z_full, mask_full = model.future_forward(*future)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        z, mask = model.future_states(future[0], future[1])
+    assert torch.equal(z, z_full) and torch.equal(mask, mask_full)
+    assert z.shape[1] == F + 1
