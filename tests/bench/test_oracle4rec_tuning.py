@@ -83,3 +83,9 @@ epochs = 3
     text = bench_script("oracle4rec_tuning").summary(out, [toml])
     assert "Not run yet (3 cells of the config): SASRec lr=0.001 (seed 0); SASRec wd (seed 0); " \
            "SASRec wd (seed 1)." in text
+
+
+def test_the_committed_summary_is_generated_from_the_committed_cells(bench_script) -> None:
+    folder = Path(__file__).resolve().parents[2] / "docs" / "results" / "oracle4rec_tuning"
+    committed = (folder / "summary.md").read_text()
+    assert bench_script("oracle4rec_tuning").summary(folder) == committed
