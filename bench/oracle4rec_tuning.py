@@ -111,9 +111,7 @@ def finalists_table(cells: list[dict[str, Any]]) -> list[str]:
     """Methods with two or more seeds: test metrics as mean ± sd."""
     lines = ["| method | n | " + " | ".join(f"test {m}" for m in METRICS) + " | best epochs |",
              "|---|---|" + "---|" * len(METRICS) + "---|"]
-    for label, seeds in _by_label(cells).items():
-        if len(seeds) < 2:
-            continue
+    for label, seeds in _finalists(cells).items():
         runs = [seeds[s]["run"] for s in sorted(seeds)]
         stats = [mean_sd([r["metrics"][m] for r in runs]) for m in METRICS]
         lines.append(f"| {label} | {len(runs)} | "
@@ -134,23 +132,35 @@ def _twin_without_kl(settings: dict[str, Any], others: list[dict[str, Any]]) -> 
     return None
 
 
+def _finalists(cells: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The methods with two or more seeds: label -> seed -> cell."""
+    return {k: v for k, v in _by_label(cells).items() if len(v) >= 2}
+
+
+def _paired_diff(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], metric: str
+                 ) -> tuple[float, float, int]:
+    """Mean paired test difference ``a - b`` over common seeds, its t-test p and seed count."""
+    xa = {s: c["run"]["metrics"][metric] for s, c in a.items()}
+    xb = {s: c["run"]["metrics"][metric] for s, c in b.items()}
+    common = sorted(set(xa) & set(xb))
+    diff = sum(xa[s] - xb[s] for s in common) / len(common) if common else math.nan
+    p, n = paired_p(xa, xb)
+    return diff, p, n
+
+
 def pairs_table(cells: list[dict[str, Any]], metric: str = "ndcg@10") -> list[str]:
     """Every pair of finalists: mean paired test difference and its p-value."""
-    grouped = {k: v for k, v in _by_label(cells).items() if len(v) >= 2}
+    grouped = _finalists(cells)
     lines = [f"| A | B | mean(A - B) test {metric} | paired p | seeds |", "|---|---|---|---|---|"]
     for a, b in itertools.combinations(grouped, 2):
-        xa = {s: c["run"]["metrics"][metric] for s, c in grouped[a].items()}
-        xb = {s: c["run"]["metrics"][metric] for s, c in grouped[b].items()}
-        common = sorted(set(xa) & set(xb))
-        diff = sum(xa[s] - xb[s] for s in common) / len(common) if common else math.nan
-        p, n = paired_p(xa, xb)
+        diff, p, n = _paired_diff(grouped[a], grouped[b], metric)
         lines.append(f"| {a} | {b} | {diff:+.4f} | {p:.3f} | {n} |")
     return lines
 
 
 def kl_lines(cells: list[dict[str, Any]]) -> list[str]:
     """One line per Oracle4Rec finalist with alpha > 0 that has an alpha = 0 twin finalist."""
-    grouped = {k: v for k, v in _by_label(cells).items() if len(v) >= 2}
+    grouped = _finalists(cells)
     firsts = [next(iter(v.values())) for v in grouped.values()]
     lines = []
     for c in firsts:
@@ -160,11 +170,7 @@ def kl_lines(cells: list[dict[str, Any]]) -> list[str]:
         twin = _twin_without_kl(s, firsts)
         if twin is None:
             continue
-        xa = {k: v["run"]["metrics"]["ndcg@10"] for k, v in grouped[c["label"]].items()}
-        xb = {k: v["run"]["metrics"]["ndcg@10"] for k, v in grouped[twin].items()}
-        common = sorted(set(xa) & set(xb))
-        diff = sum(xa[k] - xb[k] for k in common) / len(common)
-        p, n = paired_p(xa, xb)
+        diff, p, n = _paired_diff(grouped[c["label"]], grouped[twin], "ndcg@10")
         lines.append(f"- the KL term (alpha = {s['oracle-alpha']}) vs none (alpha = 0), same "
                      f"settings otherwise: test ndcg@10 {diff:+.4f} (paired p = {p:.3f}, "
                      f"{n} seeds): `{c['label']}` vs `{twin}`")
@@ -190,7 +196,7 @@ def summary(out: Path, configs: list[Path] | None = None) -> str:
     for dataset in sorted({c["dataset"] for c in cells}):
         ds = [c for c in cells if c["dataset"] == dataset]
         lines += [f"## {dataset}", "", "### Tuning (seed 0)", "", *tuning_table(ds), ""]
-        finalists = sum(len(v) >= 2 for v in _by_label(ds).values())
+        finalists = len(_finalists(ds))
         if finalists:
             lines += ["### Finalists", "", *finalists_table(ds), ""]
         if finalists >= 2:
