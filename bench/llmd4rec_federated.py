@@ -52,8 +52,9 @@ def _federate(cfg, work: Path) -> dict[str, Any]:
 
 def valid_curve(cell: Path) -> list[float]:
     """Validation ndcg@10 of every round of the run in ``cell`` (its ``rounds.jsonl``)."""
-    rows = [json.loads(line) for line in (cell / "rounds.jsonl").read_text().splitlines()]
-    return [r["valid"]["ndcg@10"] for r in rows if "ndcg@10" in r.get("valid", {})]
+    from florec.sim.plots import read_rounds
+
+    return [r["valid"]["ndcg@10"] for r in read_rounds(cell) if "ndcg@10" in r.get("valid", {})]
 
 
 def _write(path: Path, run: dict[str, Any], cfg, seconds: float, cell: Path) -> None:

@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from florec.server.results import read_results
 from florec.sim.bench import cells_of, load_bench
 from florec.sim.report import mean_sd, paired_p
 
@@ -43,7 +44,7 @@ def load_cells(out: Path) -> list[dict[str, Any]]:
     """Every finished cell under ``out/*/cells``: its label folder, settings, seed and run."""
     cells = []
     for path in sorted(out.glob("*/cells/*/*/seed*/results.json")):
-        results = json.loads(path.read_text())
+        results = read_results(path)
         if results.get("status") != "finished":
             continue
         settings = json.loads((path.parent / "cell.json").read_text())
