@@ -28,7 +28,7 @@ def _run(config: str, out: str, index: int) -> str:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     conf = load_bench(Path(config))
     cell = cells_of(conf, Path(out))[index]
-    name = f"{cell.dataset}/{cell.label}/seed{cell.seed}"
+    name = cell.name
     try:
         cell.mark_started(conf)
         run_cell(conf, cell)

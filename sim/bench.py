@@ -66,6 +66,11 @@ class Cell:
         """The method's label."""
         return str(self.method["label"])
 
+    @property
+    def name(self) -> str:
+        """``dataset/label/seed<s>``, how messages and reports name the cell."""
+        return f"{self.dataset}/{self.label}/seed{self.seed}"
+
     def settings(self, conf: dict[str, Any]) -> dict[str, Any]:
         """Everything that defines this cell's run: its run config and central epochs/batch."""
         extra = {k: self.method[k] for k in ("setting", "epochs", "batch-size")
@@ -103,6 +108,7 @@ class BenchOutcome:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    not_run: list[str] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -251,18 +257,25 @@ def run_cell(conf: dict[str, Any], cell: Cell) -> dict[str, Any]:
 
 
 def collect(conf: dict[str, Any], cells: list[Cell]) -> dict[str, Any]:
-    """The bench ``results.json`` dict: config, environment and every finished cell's run."""
-    runs = []
+    """The bench ``results.json`` dict: config, environment and every finished cell's run.
+
+    Cells without a finished run are listed under ``not_run`` (the key is absent when every
+    cell finished).
+    """
+    runs, not_run = [], []
     for cell in cells:
         if cell.finished(conf):
             for run in read_results(cell.out_dir)["runs"]:
                 runs.append(run | {"label": cell.label})
-    return {"config": conf, "env": environment(), "runs": runs}
+        else:
+            not_run.append(cell.name)
+    results = {"config": conf, "env": environment(), "runs": runs}
+    return results | ({"not_run": not_run} if not_run else {})
 
 
 def run_bench(config_path: Path, out: Path, progress: bool = True,
               runner: Callable[[dict[str, Any], Cell], dict[str, Any]] = run_cell,
-              echo: Callable[[str], None] = print) -> BenchOutcome:
+              echo: Callable[[str], None] = print, report_only: bool = False) -> BenchOutcome:
     """Run (or resume) a bench file into ``out``; writes results.json, report.md and plots.
 
     Parameters
@@ -277,6 +290,9 @@ def run_bench(config_path: Path, out: Path, progress: bool = True,
         ``runner(conf, cell) -> run dict``; :func:`run_cell` unless testing.
     echo : callable
         Where one-line cell messages go.
+    report_only : bool
+        Run no cell: write results.json, report.md and plots over the finished cells and list
+        the others as not run (e.g. while ``bench/dp_curve_parallel.py`` is still filling them).
 
     Returns
     -------
@@ -303,10 +319,12 @@ def run_bench(config_path: Path, out: Path, progress: bool = True,
         with Progress(disable=not progress, transient=False) as bar:
             task = bar.add_task(conf["bench"].get("name", "bench"), total=len(cells))
             for cell in cells:
-                name = f"{cell.dataset}/{cell.label}/seed{cell.seed}"
+                name = cell.name
                 bar.update(task, description=name)
                 if cell.finished(conf):
                     outcome.skipped.append(name)
+                elif report_only:
+                    outcome.not_run.append(name)
                 else:
                     try:
                         if cell.finished():

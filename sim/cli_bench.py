@@ -19,6 +19,9 @@ def bench(
     config: Annotated[Path, typer.Option("--config", help="bench TOML file")],
     out: Annotated[Path | None, typer.Option(help="results folder (default results/bench-NAME)")]
     = None,
+    report_only: Annotated[bool, typer.Option(
+        "--report-only", help="run no cell: report over the finished cells, list the rest")]
+    = False,
 ) -> None:
     """Run (or resume) a bench matrix; writes OUT/results.json, report.md and plots/."""
     from florec.recdata.errors import FloRecError
@@ -28,8 +31,9 @@ def bench(
         name = load_bench(config)["bench"].get("name", config.stem)
         out = Path("results") / f"bench-{name}"
     with stopping(f"run the same command again: finished cells in {out} are skipped"):
-        done = run_bench(config, out, echo=console.print)
-    console.print(f"{len(done.ran)} cells ran, {len(done.skipped)} skipped (finished), "
+        done = run_bench(config, out, echo=console.print, report_only=report_only)
+    not_run = f", {len(done.not_run)} not run" if report_only else ""
+    console.print(f"{len(done.ran)} cells ran, {len(done.skipped)} skipped (finished){not_run}, "
                   f"{len(done.failed)} failed; report: {out}/report.md, plots: {out}/plots/")
     if done.failed:
         first, why = next(iter(done.failed.items()))

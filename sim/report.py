@@ -93,6 +93,8 @@ def dataset_table(runs: list[dict[str, Any]], labels: list[str], reference: str)
 
 #: The flag of a run whose best validation epoch is its epoch cap (it may not have converged).
 AT_CAP = "best at cap: raise max epochs"
+AT_ROUND_CAP = "best at cap: raise num-rounds"
+RAN_TO_CAP = "ran to the cap (no early stop)"
 
 
 def convergence_table(runs: list[dict[str, Any]], labels: list[str]) -> list[str]:
@@ -119,6 +121,42 @@ def convergence_table(runs: list[dict[str, Any]], labels: list[str]) -> list[str
         lines.append(f"| {lab} | {', '.join(map(str, caps))} | {cells[0]} | {cells[1]} | "
                      f"{early}/{len(rs)} | {AT_CAP if at_cap else 'ok'} |")
     return lines + [""]
+
+
+def round_caps(conf: dict[str, Any]) -> dict[str, int]:
+    """Each federated method's ``num-rounds`` (its own, else ``[defaults]``'s), by label."""
+    default = conf.get("defaults", {}).get("num-rounds")
+    caps = {m["label"]: m.get("num-rounds", default) for m in conf.get("method", [])
+            if m.get("setting") == "federated"}
+    return {lab: int(cap) for lab, cap in caps.items() if cap is not None}
+
+
+def federated_convergence_table(runs: list[dict[str, Any]], labels: list[str],
+                                caps: dict[str, int]) -> list[str]:
+    """Markdown lines of best round vs the round cap for federated runs of more than one round.
+
+    A run stopped early when it ran fewer rounds than its cap (``patience`` fired). A method is
+    flagged with :data:`AT_ROUND_CAP` when a seed's best round is its cap, and with
+    :data:`RAN_TO_CAP` when a seed ran to the cap without an early stop.
+    """
+    lines = []
+    for lab in labels:
+        cap = caps.get(lab, 0)
+        rs = sorted((r for r in runs if r["label"] == lab and r.get("setting") == "federated"),
+                    key=lambda r: r["seed"])
+        if cap <= 1 or not rs:
+            continue
+        best = ", ".join(str(r.get("best_round", "-")) for r in rs)
+        ran = ", ".join(str(r.get("rounds", "-")) for r in rs)
+        early = sum((r.get("rounds") or cap) < cap for r in rs)
+        flag = (AT_ROUND_CAP if any(r.get("best_round") == cap for r in rs)
+                else RAN_TO_CAP if early < len(rs) else "ok")
+        lines.append(f"| {lab} | {cap} | {best} | {ran} | {early}/{len(rs)} | {flag} |")
+    if not lines:
+        return []
+    return ["Federated convergence: best validation round vs the round cap, per seed.", "",
+            "| method | cap | best round | rounds run | stopped early | flag |",
+            "|---|---|---|---|---|---|", *lines, ""]
 
 
 def protocol_card(results: dict[str, Any]) -> list[str]:
@@ -165,6 +203,10 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         lines += dataset_table(ds_runs, labels, reference) if ds_runs else ["(no finished runs)"]
         lines.append("")
         lines += convergence_table(ds_runs, labels)
+        lines += federated_convergence_table(ds_runs, labels, round_caps(conf))
+    if results.get("not_run"):
+        lines += [f"**Not run ({len(results['not_run'])} cells; the tables above leave them "
+                  "out):** " + ", ".join(f"`{n}`" for n in results["not_run"]), ""]
     lines += protocol_card(results)
     path = Path(out_dir) / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)

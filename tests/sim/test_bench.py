@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -352,3 +353,22 @@ def test_florec_bench_exits_non_zero_when_a_cell_failed(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "bench cell(s) failed" in str(result.exception)
     assert "/no/such/folder" in str(result.exception)
+
+
+def test_report_only_runs_no_cell_and_lists_the_unfinished(
+        smoke: tuple[Path, BenchOutcome], tmp_path: Path) -> None:
+    out = tmp_path / "copy"  # the shared smoke folder stays as it is
+    shutil.copytree(smoke[0], out)
+    toml = tmp_path / "more.toml"
+    toml.write_text(SMOKE.read_text() + '\n[[method]]\nlabel = "Pop again"\n'
+                    'setting = "central"\nmodel = "pop"\n')
+    calls: list[Cell] = []
+    outcome = run_bench(toml, out, progress=False, report_only=True,
+                        runner=lambda conf, cell: calls.append(cell) or {})
+    seeds = load_bench(SMOKE)["bench"]["seeds"]
+    assert calls == [] and outcome.ran == []
+    assert outcome.not_run == [f"synthetic/Pop again/seed{s}" for s in seeds]
+    res = json.loads((out / "results.json").read_text())
+    assert res["not_run"] == outcome.not_run
+    assert {r["label"] for r in res["runs"]} == {m["label"] for m in load_bench(SMOKE)["method"]}
+    assert "**Not run (" in (out / "report.md").read_text()

@@ -8,7 +8,15 @@ import pytest
 
 from florec.recdata.runconfig import parse_run_config
 from florec.sim.central_loop import fit_and_select
-from florec.sim.report import AT_CAP, convergence_table, write_report
+from florec.sim.report import (
+    AT_CAP,
+    AT_ROUND_CAP,
+    RAN_TO_CAP,
+    convergence_table,
+    federated_convergence_table,
+    round_caps,
+    write_report,
+)
 
 
 def _run(valid_scores: list[float], epochs: int, tmp_path=None, **keys):
@@ -92,3 +100,25 @@ def test_report_flags_a_method_whose_best_epoch_is_its_cap(tmp_path):
 
 def test_report_has_no_convergence_table_without_trained_central_runs():
     assert convergence_table([_entry("Pop", 0, 0, 0, 0, False)], ["Pop"]) == []
+
+
+def test_report_lists_federated_best_round_against_the_round_cap(tmp_path):
+    def fed(label: str, seed: int, best: int, ran: int) -> dict:
+        return {"label": label, "setting": "federated", "dataset": "d", "seed": seed,
+                "metrics": {"ndcg@10": 0.1}, "best_round": best, "rounds": ran}
+
+    runs = [fed("A", 0, 30, 40), fed("A", 1, 20, 30), fed("B", 0, 99, 100),
+            fed("C", 0, 50, 50), fed("One", 0, 1, 1)]
+    conf = {"defaults": {"num-rounds": 100},
+            "method": [{"label": "A", "setting": "federated"},
+                       {"label": "B", "setting": "federated"},
+                       {"label": "C", "setting": "federated", "num-rounds": 50},
+                       {"label": "One", "setting": "federated", "num-rounds": 1}]}
+    caps = round_caps(conf)
+    assert caps == {"A": 100, "B": 100, "C": 50, "One": 1}
+    lines = federated_convergence_table(runs, ["A", "B", "C", "One"], caps)
+    assert "| A | 100 | 30, 20 | 40, 30 | 2/2 | ok |" in lines
+    assert f"| B | 100 | 99 | 100 | 0/1 | {RAN_TO_CAP} |" in lines
+    assert f"| C | 50 | 50 | 50 | 0/1 | {AT_ROUND_CAP} |" in lines
+    assert not any(x.startswith("| One |") for x in lines)  # one round: nothing to converge
+    assert federated_convergence_table(runs[-1:], ["One"], caps) == []
