@@ -10,8 +10,10 @@ Reads ``bench/llmd4rec.toml``. Three steps, each resumable (finished files are r
    distillation loop of :mod:`florec.sim.central_llmd4rec`; each writes
    ``<out>/<arm>/seed<s>.json`` (its results.json entry);
 3. ``summary``: ``<out>/summary.json`` and ``summary.md``: test ndcg@10 / hr@10 per arm (mean
-   and sample sd over seeds), the gain over the pretrained SASRec of the same seed, and paired
-   t-tests (scipy) of each arm against ``sasrec`` and against ``continued``.
+   and sample sd over seeds), each arm's own pretrained SASRec and its gain over it, and paired
+   t-tests (scipy) of each arm against that SASRec and against ``continued`` (only over seeds
+   whose two cells started from the same pretrained SASRec: a later ``pretrain`` may not
+   reproduce an earlier one bit for bit). The ``sasrec`` row is ``continued``'s pretrained CRMs.
 
 Run (one thread per process; the numbers in docs/methods/llmd4rec.md came from this)::
 
@@ -156,21 +158,24 @@ def summarize(out: Path) -> dict[str, Any]:
     for p in sorted(out.glob("*/seed*.json")):
         cells[p.parent.name][int(p.stem[4:])] = json.loads(p.read_text())
     rows: dict[str, Any] = {}
-    any_arm = next(iter(cells.values()), {})
-    base = {s: r["baseline"]["metrics"] for s, r in any_arm.items()}
+    cont = cells.get("continued", {})
+    ref = cont or next((cells[a] for a in sorted(cells)), {})
+    base = {s: r["baseline"]["metrics"] for s, r in ref.items()}
     rows["sasrec"] = {"seeds": sorted(base), **{m: _mean_sd([base[s][m] for s in sorted(base)])
                                                 for m in METRICS}}
-    cont = cells.get("continued", {})
     for arm, runs in sorted(cells.items()):
         seeds = sorted(runs)
         row: dict[str, Any] = {"seeds": seeds}
+        # `continued` is a paired baseline only where both started from the same pretrained CRM
+        both = [s for s in seeds if s in cont and cont[s]["baseline"]["metrics"]
+                == runs[s]["baseline"]["metrics"]]
         for m in METRICS:
             mine = [runs[s]["metrics"][m] for s in seeds]
             plain = [runs[s]["baseline"]["metrics"][m] for s in seeds]
             row[m] = _mean_sd(mine)
+            row[f"sasrec/{m}"] = _mean_sd(plain)
             row[f"gain/{m}"] = _mean_sd([x - y for x, y in zip(mine, plain, strict=True)])
             row[f"p_vs_sasrec/{m}"] = _ttest(mine, plain)
-            both = [s for s in seeds if s in cont]
             if arm != "continued" and both:
                 row[f"p_vs_continued/{m}"] = _ttest([runs[s]["metrics"][m] for s in both],
                                                     [cont[s]["metrics"][m] for s in both])
@@ -205,12 +210,14 @@ def _fmt(v: Any) -> str:
 
 def table(rows: dict[str, Any]) -> str:
     """The markdown table of ``summary.md``."""
-    head = ("| arm | n | ndcg@10 | hr@10 | gain ndcg@10 | p vs SASRec | p vs continued "
-            "| coverage | CRM top-1 | teacher top-1 | re-ranked ndcg@10 | min/run |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| arm | n | ndcg@10 | hr@10 | its SASRec ndcg@10 | gain ndcg@10 | p vs SASRec "
+            "| p vs continued | coverage | CRM top-1 | teacher top-1 | re-ranked ndcg@10 "
+            "| min/run |")
+    lines = [head, "|" + "---|" * 13]
     for arm, r in rows.items():
         lines.append("| " + " | ".join([
             arm, str(len(r["seeds"])), _fmt(r["ndcg@10"]), _fmt(r["hr@10"]),
+            _fmt(r.get("sasrec/ndcg@10", (math.nan, math.nan))),
             _fmt(r.get("gain/ndcg@10", (math.nan, math.nan))) if arm != "sasrec" else "-",
             _fmt(r.get("p_vs_sasrec/ndcg@10", math.nan)),
             _fmt(r.get("p_vs_continued/ndcg@10", math.nan)),

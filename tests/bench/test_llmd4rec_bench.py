@@ -74,6 +74,21 @@ def test_summary_pairs_each_arm_with_its_seed_baseline_and_skips_a_missing_crm_t
     assert "| teacher | 3 | 0.1200 ± 0.0100 |" in (tmp_path / "summary.md").read_text()
 
 
+def test_summary_pairs_continued_only_over_seeds_with_the_same_pretrained_sasrec(
+        tmp_path, bench_script):
+    llmd4rec = bench_script("llmd4rec")
+    for seed in range(3):  # `late` was pretrained again, and seed 2 came out different
+        _run(tmp_path / "continued" / f"seed{seed}.json", 0.10 + seed / 100, 0.09)
+        _run(tmp_path / "late" / f"seed{seed}.json", 0.12, 0.09 if seed < 2 else 0.08)
+    rows = llmd4rec.summarize(tmp_path)
+    from scipy.stats import ttest_rel
+
+    want = ttest_rel([0.12, 0.12], [0.10, 0.11]).pvalue  # seeds 0 and 1 only
+    assert rows["late"]["p_vs_continued/ndcg@10"] == pytest.approx(want)
+    assert rows["late"]["sasrec/ndcg@10"][0] == pytest.approx((0.09 + 0.09 + 0.08) / 3)
+    assert rows["sasrec"]["ndcg@10"][0] == pytest.approx(0.09)  # continued's CRMs
+
+
 @pytest.mark.slow
 def test_federated_bench_runs_baselines_then_arms_paired_by_seed(tmp_path, bench_script):
     fed = bench_script("llmd4rec_federated")
