@@ -102,7 +102,7 @@ def test_report_has_no_convergence_table_without_trained_central_runs():
     assert convergence_table([_entry("Pop", 0, 0, 0, 0, False)], ["Pop"]) == []
 
 
-def test_report_lists_federated_best_round_against_the_round_cap(tmp_path):
+def test_report_lists_federated_best_round_against_the_round_cap():
     def fed(label: str, seed: int, best: int, ran: int) -> dict:
         return {"label": label, "setting": "federated", "dataset": "d", "seed": seed,
                 "metrics": {"ndcg@10": 0.1}, "best_round": best, "rounds": ran}
