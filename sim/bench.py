@@ -103,7 +103,7 @@ class Cell:
 
 @dataclass
 class BenchOutcome:
-    """What a bench run did: cells run, skipped and failed (label/dataset/seed -> error)."""
+    """What a bench run did: cells run, skipped, failed (name -> error) and still unfinished."""
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -323,9 +323,7 @@ def run_bench(config_path: Path, out: Path, progress: bool = True,
                 bar.update(task, description=name)
                 if cell.finished(conf):
                     outcome.skipped.append(name)
-                elif report_only:
-                    outcome.not_run.append(name)
-                else:
+                elif not report_only:
                     try:
                         if cell.finished():
                             echo(f"cell {name}: its settings changed since it ran; running again")
@@ -342,6 +340,7 @@ def run_bench(config_path: Path, out: Path, progress: bool = True,
     finally:
         flwr_log.setLevel(level)
     outcome.results = collect(conf, cells)
+    outcome.not_run = outcome.results.get("not_run", [])
     writer._write_json("results.json", outcome.results)
     write_report(outcome.results, out)
     write_plots(out)
