@@ -1,6 +1,6 @@
 """A real Flower deployment on 127.0.0.1: SuperLink, SuperNodes and SuperExecs as processes.
 
-Each test starts the full topology (no Docker, no simulation runtime), runs 2 rounds of
+Each test starts the full topology (no Docker, no simulation runtime), runs 1-2 rounds of
 FedAvg-MF on synthetic data and tears it down; about 40-60 s each on 2 cores.
 """
 
@@ -80,6 +80,10 @@ def test_florec_deploy_local_runs_fedavg_on_two_supernodes_like_simulation(tmp_p
     assert run["rounds"] == 2 and run["num_nodes"] == 2 and run["metrics"]["num-users"] == 40
     assert [r["train"]["num-replies"] for r in rounds_of(out)] == [2, 2]
     assert "fedavg-mf" in proc.stdout and "ClientApp messages" in proc.stdout
+    # node i read only its own shard; the server processes opened no data
+    sizes = [len(json.loads((out / "shards" / f"node-000{i}" / "shard.json").read_text())
+                 ["clients"][0]) for i in range(2)]
+    assert sizes == [20, 20] and "the server opens no data" in proc.stdout
     assert_same_as_in_process_run(out, tmp_path)
     # the processes were real and separate, and every one of them is gone
     logs = {p.stem for p in (out / "logs").glob("*.log")}
@@ -101,10 +105,11 @@ def test_deployment_with_tls_and_authentication(tmp_path):
         assert dep.superlink_up("https") and not dep.superlink_up("http")
         # the SuperLink only let in the keys registered with `flwr supernode register`
         assert dep.node_ids() == dep.registered
-        code = dep.submit(SMALL | {"num-nodes": 2, "out-dir": str(out)}, echo=False)
+        code = dep.submit(SMALL | {"num-nodes": 2, "num-rounds": 1, "out-dir": str(out)},
+                          echo=False)
         assert code == 0, logs_tail(logs)
     saved = json.loads((out / "results.json").read_text())
-    assert saved["status"] == "finished" and saved["runs"][0]["rounds"] == 2, logs_tail(logs)
+    assert saved["status"] == "finished" and saved["runs"][0]["rounds"] == 1, logs_tail(logs)
     assert_same_as_in_process_run(out, tmp_path)
     link_log = (logs / "superlink.log").read_text()
     assert "insecure" not in link_log.lower()
@@ -115,9 +120,9 @@ def test_deployment_with_tls_and_authentication(tmp_path):
 @pytest.mark.slow
 def test_killed_supernode_run_finishes_with_the_remaining_node(tmp_path):
     out, logs = tmp_path / "run", tmp_path / "logs"
-    # long enough for a ClientApp message on a loaded 2-core box (about 15 s at load 20), and
-    # the time round 2 waits for the killed node
-    config = SMALL | {"num-nodes": 2, "out-dir": str(out), "round-timeout-s": 45.0}
+    # twice a ClientApp message on a loaded 2-core box (about 15 s at load 20), and the time
+    # round 2 waits for the killed node
+    config = SMALL | {"num-nodes": 2, "out-dir": str(out), "round-timeout-s": 30.0}
     with LoopbackDeployment(2, logs) as dep:
         def kill_after_round_one() -> None:
             deadline = time.monotonic() + 120

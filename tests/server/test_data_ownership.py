@@ -1,9 +1,5 @@
 """Each node reads only its shard; the ServerApp opens no data and learns sizes from the nodes."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,6 @@ from florec.server.federation import item_catalogue
 from florec.server.loop import learn_partitions
 from florec.sim.local_grid import LocalGrid
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"dataset": "synthetic", "synthetic-users": 40, "synthetic-items": 60,
          "synthetic-interactions": 12, "dim": 8, "num-nodes": 4, "num-rounds": 2}
 SEQ = {"model": "sasrec", "max-seq-len": 8, "seq-layers": 1, "lr": 0.01,
@@ -128,21 +123,3 @@ def test_loopback_deployment_gives_node_i_its_shard_and_the_server_side_no_data(
         node_config = cmd[cmd.index("--node-config") + 1]
         assert f'data-dir="{shard_dir(tmp_path / "shards", i)}"' in node_config
         assert env[NO_DATA_ENV] == "1"
-
-
-@pytest.mark.slow
-def test_florec_deploy_local_runs_on_per_node_shards_with_a_data_free_server(tmp_path):
-    out = tmp_path / "run"
-    overrides = "synthetic-users=40 synthetic-items=60 synthetic-interactions=12 dim=8"
-    proc = subprocess.run(
-        [sys.executable, "-m", "florec.sim.cli", "deploy", "local", "--dataset", "synthetic",
-         "--nodes", "2", "--rounds", "1", "--out", str(out), "-c", overrides],
-        capture_output=True, text=True, cwd=ROOT, timeout=240,
-        env={**os.environ, "COLUMNS": "200"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = json.loads((out / "results.json").read_text())["runs"][0]
-    assert run["rounds"] == 1 and run["metrics"]["num-users"] == 40
-    sizes = [len(json.loads((out / "shards" / f"node-000{i}" / "shard.json").read_text())
-                 ["clients"][0]) for i in range(2)]
-    assert sizes == [20, 20]
-    assert "the server opens no data" in proc.stdout
