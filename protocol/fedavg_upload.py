@@ -12,6 +12,7 @@ The node computes it (:mod:`florec.client.fedavg_node`) and the strategy folds i
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 
 MODES = ("dense", "sparse")
 
@@ -25,13 +26,15 @@ def row_sums(index: np.ndarray, rows: np.ndarray, n: int,
              ) -> np.ndarray:
     """Sum the rows of ``rows`` (each times its weight, if given) into ``n`` float64 rows.
 
-    The result is bit for bit ``np.add.at(np.zeros((n, d)), index, rows)`` (with weights:
-    ``rows * weights[:, None]``, a float64 product, made here one column block at a time): one
-    ``np.bincount`` over the flattened ``(row, column)`` cells adds each output cell's terms
-    in row order from 0.0, in float64, as ``np.add.at`` does, without its per-row overhead.
-    The columns go in blocks whose int64 cells and float64 weights (24 bytes a cell at
-    most, temporaries included) and bincount output fit in ``block_bytes`` (at least one
-    column a block); a cell's terms never span blocks, so blocking changes no sum.
+    ``out[i] = sum_{r : index[r] = i} rows[r] * weights[r]``, added in row order from 0.0 in
+    float64: bit for bit ``np.add.at(np.zeros((n, d)), index, rows)`` (with weights: ``rows *
+    weights[:, None]``, a float64 product made here one column block at a time), without its
+    per-row overhead. The sum is the product of an ``(n, R)`` 0/1 CSR matrix, whose row ``i``
+    lists the input rows of output row ``i`` in ascending order, with the (weighted) rows:
+    scipy adds ``1.0 * x`` terms in that order, which is exact even where the compiler fuses
+    the multiply and add. The columns go in blocks whose float64 copy and output fit in
+    ``block_bytes`` besides the matrix (at least one column a block); a cell's terms never
+    span blocks, so blocking changes no sum.
 
     Parameters
     ----------
@@ -52,18 +55,21 @@ def row_sums(index: np.ndarray, rows: np.ndarray, n: int,
         ``(n, d)`` float64 sums.
 
     """
-    d = rows.shape[1]
+    n_rows, d = rows.shape
     out = np.empty((n, d))
     index = np.asarray(index, dtype=np.int64)
-    width = max(1, min(d, block_bytes // max(24 * len(index) + 8 * n, 1)))
+    order = np.argsort(index, kind="stable")  # each output row's inputs in ascending order
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(index, minlength=n), out=indptr[1:])
+    gather = scipy.sparse.csr_array((np.ones(n_rows), order, indptr), shape=(n, n_rows))
+    matrix_bytes = 24 * n_rows + 16 * (n + 1)  # order, ones and scipy's int32 index copies
+    width = max(1, min(d, (block_bytes - matrix_bytes) // max(8 * n_rows + 16 * n, 1)))
     for c0 in range(0, d, width):
         db = min(width, d - c0)
-        cells = (index[:, None] * db + np.arange(db)).ravel()
-        block = (np.asarray(rows[:, c0:c0 + db], dtype=np.float64) if weights is None
+        block = (np.asarray(rows[:, c0:c0 + db], dtype=np.float64, order="C") if weights is None
                  else np.multiply(rows[:, c0:c0 + db], weights[:, None], dtype=np.float64))
-        out[:, c0:c0 + db] = np.bincount(cells, weights=block.ravel(),
-                                         minlength=n * db).reshape(n, db)
-        del cells, block  # freed before the next block's are made
+        out[:, c0:c0 + db] = gather @ block
+        del block  # freed before the next block's is made
     return out
 
 

@@ -28,6 +28,13 @@ from florec.sim.teardown import stop_process_tree
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Ray passes task arguments and results up to this size inline over gRPC instead of through
+#: its shared-memory object store (Ray's default is 100 KiB); a FedAvg-MF message on ML-1M is
+#: about 1 MB, and an ML-1M round under `flwr run` was 0.8-0.9x as long inline (docs/scale.md).
+#: Ray keeps this below its 10 MiB limit of inlined task arguments; set the variable to override.
+RAY_DIRECT_CALL_BYTES = 8 << 20
+
+
 class RunFailed(FloRecError):
     """A Flower run ended in another state than ``finished:completed`` (the message says why)."""
 
@@ -42,6 +49,7 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     env.setdefault("RAY_DEDUP_LOGS", "0")
+    env.setdefault("RAY_max_direct_call_object_size", str(RAY_DIRECT_CALL_BYTES))
     return env
 
 

@@ -151,7 +151,7 @@ def local_head(num_cpus: int, env: dict[str, str] | None = None, log: Path | Non
         ``timeout_s``.
 
     """
-    from florec.sim.flower import free_ports
+    from florec.sim.flower import RAY_DIRECT_CALL_BYTES, free_ports
     from florec.sim.teardown import stop_process_tree
 
     ray = Path(sys.executable).with_name("ray")
@@ -169,6 +169,7 @@ def local_head(num_cpus: int, env: dict[str, str] | None = None, log: Path | Non
            f"--metrics-export-port={p[6]}", f"--ray-client-server-port={p[7]}",
            f"--temp-dir={temp_dir}", "--disable-usage-stats", *(LEAN_HEAD_FLAGS if lean else ())]
     env = {**(os.environ if env is None else env), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.setdefault("RAY_max_direct_call_object_size", str(RAY_DIRECT_CALL_BYTES))
     env.pop(ADDRESS_ENV, None)
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
