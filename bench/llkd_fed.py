@@ -1,4 +1,4 @@
-r"""Federated LLKD vs the same LLKD trained centrally (Amazon-Scientific, scripted teacher).
+r"""Federated LLKD vs the same LLKD trained centrally (Amazon-Scientific, scripted or SmolLM2).
 
 Federated: ``num-nodes`` nodes (contiguous user buckets); each node's unlabeled data are the
 titles of the pool items in its users' training histories; it runs the teacher and
@@ -9,10 +9,17 @@ student, ``rounds x local-epochs`` epochs over the pooled pool, evaluated on the
 The run goes through the normal federated path (ServerApp logic, ClientApp handlers, messages)
 on the in-process grid.
 
+``--teacher smollm2`` uses SmolLM2-135M-Instruct (``llm-backend='hf'``) instead of the scripted
+teacher and writes ``federated_smollm2.{json,md}``; the federated run goes first, so its
+nodes' teacher calls are not answered by a cache the central run filled (the central run then
+finds the same prompts in the call cache: same answers, fewer minutes).
+
 Run::
 
     FLOREC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/llkd_fed.py \
         --out docs/results/llkd --seeds 0,1,2
+    FLOREC_CACHE_DIR=EMPTY FLOREC_DATA_DIR=DATA OMP_NUM_THREADS=1 python bench/llkd_fed.py \
+        --out docs/results/llkd --seeds 0 --teacher smollm2
 """
 
 from __future__ import annotations
@@ -31,16 +38,19 @@ BASE = {"model": "llkd", "algorithm": "fedavg", "dataset": "amazon-scientific",
         "llkd-classes": 8, "llkd-ema": 0.9, "llm-backend": "scripted", "scripted-p": 0.6,
         "encoder": "minilm", "device": "cpu", "num-nodes": 10, "num-rounds": 10,
         "local-epochs": 1, "selection-metric": "hr@1", "ks": "1,3", "eval-every": 1}
+#: run-config changes and the results' file stem of each ``--teacher``
+TEACHERS = {"scripted": ({}, "federated"),
+            "smollm2": ({"llm-backend": "hf", "llm-model": "smollm2"}, "federated_smollm2")}
 
 
-def federated(seed: int, data_dir: str) -> dict[str, Any]:
+def federated(seed: int, data_dir: str, base: dict[str, Any] = BASE) -> dict[str, Any]:
     """One federated run on the in-process grid; its test accuracy / macro-F1 at the best round."""
     from florec.recdata.runconfig import parse_run_config
     from florec.server.app import run_federated
     from florec.sim.local_grid import LocalGrid
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_run_config(BASE | {"seed": seed, "data-dir": data_dir, "out-dir": tmp})
+        cfg = parse_run_config(base | {"seed": seed, "data-dir": data_dir, "out-dir": tmp})
         t0 = time.perf_counter()
         run = run_federated(LocalGrid(cfg.to_flower(), cfg.num_nodes, keep_replies=False), cfg,
                             Path(tmp))
@@ -49,7 +59,7 @@ def federated(seed: int, data_dir: str) -> dict[str, Any]:
             "minutes": (time.perf_counter() - t0) / 60}
 
 
-def central(seed: int, data_dir: str) -> dict[str, Any]:
+def central(seed: int, data_dir: str, base: dict[str, Any] = BASE) -> dict[str, Any]:
     """The same LLKD on the pooled pool, scored on the federated run's test half."""
     from florec.client.llkd_node import held_out_share
     from florec.models.llkd.student import accuracy_macro_f1
@@ -57,7 +67,7 @@ def central(seed: int, data_dir: str) -> dict[str, Any]:
     from florec.recdata.runconfig import parse_run_config
     from florec.sim.central_llkd import prepare, train_rule
 
-    cfg = parse_run_config(BASE | {"seed": seed, "data-dir": data_dir})
+    cfg = parse_run_config(base | {"seed": seed, "data-dir": data_dir})
     t0 = time.perf_counter()
     prep = prepare(cfg)
     result = train_rule(prep, cfg, "llkd", cfg.num_rounds * cfg.local_epochs)
@@ -67,6 +77,7 @@ def central(seed: int, data_dir: str) -> dict[str, Any]:
     pred = result["trainer"].student.predict(prep.emb[test])
     out = accuracy_macro_f1(pred, prep.task.gold[test], len(prep.task.classes))
     return {"setting": "central", "seed": seed, **out, "share_ever": result["share_ever"],
+            "teacher_gate": prep.gate, "llm_calls": prep.llm_stats,
             "minutes": (time.perf_counter() - t0) / 60}
 
 
@@ -88,23 +99,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results/llkd"))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--teacher", choices=sorted(TEACHERS), default="scripted")
     parser.add_argument("--from-json", action="store_true",
-                        help="only rewrite federated.md from <out>/federated.json")
+                        help="only rewrite <stem>.md from <out>/<stem>.json")
     args = parser.parse_args()
+    changes, stem = TEACHERS[args.teacher]
+    base = {k: v for k, v in BASE.items() if not (changes and k == "scripted-p")} | changes
     if args.from_json:
-        report = json.loads((args.out / "federated.json").read_text())
-        (args.out / "federated.md").write_text(table(report))
+        report = json.loads((args.out / f"{stem}.json").read_text())
+        (args.out / f"{stem}.md").write_text(table(report))
         return
     data_dir = os.environ.get("FLOREC_DATA_DIR", "")
     rows = []
+    order = (central, federated) if args.teacher == "scripted" else (federated, central)
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for fn in (central, federated):
-            rows.append(fn(seed, data_dir))
+        for fn in order:
+            rows.append(fn(seed, data_dir, base))
             print(rows[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"config": BASE, "rows": rows, "load_average": os.getloadavg()}
-    (args.out / "federated.json").write_text(json.dumps(report, indent=1))
-    (args.out / "federated.md").write_text(table(report))
+    report = {"config": base, "rows": rows, "load_average": os.getloadavg()}
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"{stem}.md").write_text(table(report))
     print(table(report))
 
 
