@@ -98,6 +98,7 @@ class RunConfig(BaseModel):
     llm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     llm_max_concurrency: int = Field(4, ge=1)
     llm_timeout_s: float = Field(120.0, gt=0)
+    llm_batch_size: int = Field(16, ge=1)
     llm_cache: bool = True
     encoder: str = "minilm"
     scripted_p: float = Field(0.5, ge=0, le=1)

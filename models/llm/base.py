@@ -101,7 +101,9 @@ class LLM(ABC):
         seed : int
             Sampling seed. A prompt's sampled answer is a function of (``seed``, the prompt)
             only, whatever else shares its batch, so a cached answer is the one the prompt
-            would get alone.
+            would get alone, up to the rounding of its logits: in bf16 that moves with the
+            batch layout and can flip a near-tie (:mod:`florec.models.llm.sampling`);
+            ``batch_size`` 1 (``llm-batch-size=1``) runs every prompt alone.
         system : str, optional
             System message (default: the model's own).
         desc : str

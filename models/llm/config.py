@@ -132,7 +132,8 @@ class LLMConfig:
             "backend": cfg.llm_backend, "model": cfg.llm_model, "base_url": cfg.llm_base_url,
             "api_key_env": cfg.llm_api_key_env, "device": cfg.llm_device,
             "dtype": cfg.llm_dtype, "max_concurrency": cfg.llm_max_concurrency,
-            "timeout_s": cfg.llm_timeout_s, "cache": cfg.llm_cache, "seed": cfg.seed,
+            "timeout_s": cfg.llm_timeout_s, "batch_size": cfg.llm_batch_size,
+            "cache": cfg.llm_cache, "seed": cfg.seed,
             "scripted_p": cfg.scripted_p,
         }
         values.update(overrides)
