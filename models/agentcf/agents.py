@@ -122,8 +122,10 @@ def user_side_step(llm, memories: dict[int, UserMemory], batch: Sequence[Interac
     """
     if not batch:
         return [], 0
-    rng = stream(settings.seed, Salt.AGENTCF_PAIR_ORDER, step)
-    flips = rng.random(len(batch)) < 0.5
+    # the candidate order of each user's choice, keyed by (seed, step, user) and not by its
+    # place in the batch: a node's batch holds only its users, and the order moves a real LLM
+    flips = [stream(settings.seed, Salt.AGENTCF_PAIR_ORDER, step, x.user).random() < 0.5
+             for x in batch]
     pairs = [(x.neg, x.pos) if f else (x.pos, x.neg) for x, f in zip(batch, flips, strict=True)]
     descs = [[describe(a), describe(b)] for a, b in pairs]
     names = [domains[x.domain] for x in batch]

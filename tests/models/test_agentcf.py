@@ -203,3 +203,32 @@ def test_display_seed_differs_between_run_seeds_and_repeats_for_one():
     assert seed_of(0) == seed_of(0)
     assert len({seed_of(0), seed_of(1), seed_of(0, 1), seed_of(1, 1)}) == 4
 
+
+
+def test_a_users_prompts_do_not_depend_on_who_else_is_in_its_batch():
+    """A node batches only its own users: every prompt must be the one the central batch sends."""
+    from florec.models.agentcf.agents import user_side_step
+    from florec.models.agentcf.pipeline import step_batch, training_steps
+
+    data = _data()
+    settings = settings_of(parse_run_config({"model": "agentcf"}))
+    pairs = training_steps(data.train, data.users.tolist())[0]
+    batch = step_batch(data, pairs, 0, settings.seed)
+
+    def prompts_of(part):
+        seen: list[str] = []
+
+        def rule(prompt: str, n: int, rng: np.random.Generator) -> np.ndarray:
+            seen.append(prompt)
+            return uniform_rule(prompt, n, rng)
+
+        llm = ScriptedLLM(rule, _tagging_rule, progress=False)
+        memories = {x.user: UserMemory(False) for x in part}
+        user_side_step(llm, memories, part, ItemMemories(data.item_text).__getitem__,
+                       data.item_title, data.domains, settings, 0)
+        return set(seen)  # the scorer may see them in another order (by length)
+
+    whole = prompts_of(batch)
+    assert len(batch) >= 6 and len(whole) == len(batch)
+    assert prompts_of(batch[: len(batch) // 2]) | prompts_of(batch[len(batch) // 2:]) == whole
+    assert prompts_of(batch[1::2]) <= whole  # another split: every decision prompt unchanged
