@@ -34,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
-BASE = {"model": "llkd", "algorithm": "fedavg", "dataset": "amazon-scientific",
-        "llkd-classes": 8, "llkd-ema": 0.9, "llm-backend": "scripted", "scripted-p": 0.6,
-        "encoder": "minilm", "device": "cpu", "num-nodes": 10, "num-rounds": 10,
-        "local-epochs": 1, "selection-metric": "hr@1", "ks": "1,3", "eval-every": 1}
-#: run-config changes and the results' file stem of each ``--teacher``
-TEACHERS = {"scripted": ({}, "federated"),
+COMMON = {"model": "llkd", "algorithm": "fedavg", "dataset": "amazon-scientific",
+          "llkd-classes": 8, "llkd-ema": 0.9, "encoder": "minilm", "device": "cpu",
+          "num-nodes": 10, "num-rounds": 10, "local-epochs": 1, "selection-metric": "hr@1",
+          "ks": "1,3", "eval-every": 1}
+#: each ``--teacher``: its run-config keys and the results' file stem
+TEACHERS = {"scripted": ({"llm-backend": "scripted", "scripted-p": 0.6}, "federated"),
             "smollm2": ({"llm-backend": "hf", "llm-model": "smollm2"}, "federated_smollm2")}
+BASE = COMMON | TEACHERS["scripted"][0]
 
 
 def federated(seed: int, data_dir: str, base: dict[str, Any] = BASE) -> dict[str, Any]:
@@ -103,8 +104,8 @@ def main() -> None:
     parser.add_argument("--from-json", action="store_true",
                         help="only rewrite <stem>.md from <out>/<stem>.json")
     args = parser.parse_args()
-    changes, stem = TEACHERS[args.teacher]
-    base = {k: v for k, v in BASE.items() if not (changes and k == "scripted-p")} | changes
+    teacher, stem = TEACHERS[args.teacher]
+    base = COMMON | teacher
     if args.from_json:
         report = json.loads((args.out / f"{stem}.json").read_text())
         (args.out / f"{stem}.md").write_text(table(report))

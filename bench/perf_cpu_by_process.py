@@ -22,6 +22,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf_ray_inline import perf_command, read_rows  # noqa: E402 (bench/perf_ray_inline.py)
+
 ROLES = ("ray::ClientAppActor", "flwr-simulation", "raylet", "gcs_server", "flower-superlink",
          "flower-superexec", "dashboard", "perf --datasets")  # the last: the perf driver
 
@@ -71,11 +74,9 @@ def main() -> None:
     ap.add_argument("--table", type=Path, help="print the table of this file and stop")
     args = ap.parse_args()
     if args.table:
-        print(table([json.loads(x) for x in args.table.read_text().splitlines() if x.strip()]))
+        print(table(read_rows(args.table)))
         return
-    cmd = [sys.executable, "-m", "florec.sim.cli", "perf", "--datasets", args.dataset,
-           "--cohorts", "1.0", "--buckets", "100", "--rounds", str(args.rounds), "--json"]
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    child = subprocess.Popen(perf_command(args.dataset, args.rounds), stdout=subprocess.DEVNULL)
     root, rows = psutil.Process(child.pid), []
     while child.poll() is None:
         rows.append({"t": time.time(), "procs": sample(root)})

@@ -26,12 +26,22 @@ KEY = "ray_max_direct_call_object_size"
 RAY_DEFAULT = 100 * 1024
 
 
+def perf_command(dataset: str, rounds: int) -> list[str]:
+    """``florec perf`` on one cell: all users of ``dataset``, buckets of 100, JSON output."""
+    return [sys.executable, "-m", "florec.sim.cli", "perf", "--datasets", dataset, "--cohorts",
+            "1.0", "--buckets", "100", "--rounds", str(rounds), "--json"]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The JSON rows of a ``.jsonl`` file."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
 def run_once(size: int, dataset: str, rounds: int) -> dict:
-    """One ``florec perf`` cell (all users, buckets of 100) with Ray's inline limit ``size``."""
-    cmd = [sys.executable, "-m", "florec.sim.cli", "perf", "--datasets", dataset, "--cohorts",
-           "1.0", "--buckets", "100", "--rounds", str(rounds), "--json"]
+    """One :func:`perf_command` cell with Ray's inline limit ``size``."""
     env = {**os.environ, "RAY_max_direct_call_object_size": str(size)}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(perf_command(dataset, rounds), env=env, capture_output=True, text=True,
+                         check=True).stdout
     row = next(json.loads(x) for x in out.splitlines() if x.startswith("{"))
     return {KEY: size} | row
 
@@ -69,7 +79,7 @@ def main() -> None:
     ap.add_argument("--table", type=Path, help="print the table of this file and stop")
     args = ap.parse_args()
     if args.table:
-        print(table([json.loads(x) for x in args.table.read_text().splitlines() if x.strip()]))
+        print(table(read_rows(args.table)))
         return
     rows = []
     for _ in range(args.pairs):

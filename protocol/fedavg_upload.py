@@ -58,11 +58,10 @@ def row_sums(index: np.ndarray, rows: np.ndarray, n: int,
     n_rows, d = rows.shape
     out = np.empty((n, d))
     index = np.asarray(index, dtype=np.int64)
-    order = np.argsort(index, kind="stable")  # each output row's inputs in ascending order
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(index, minlength=n), out=indptr[1:])
-    gather = scipy.sparse.csr_array((np.ones(n_rows), order, indptr), shape=(n, n_rows))
-    matrix_bytes = 24 * n_rows + 16 * (n + 1)  # order, ones and scipy's int32 index copies
+    # entry (index[r], r) for every input row; scipy keeps each CSR row's columns ascending
+    gather = scipy.sparse.csr_array((np.ones(n_rows), (index, np.arange(n_rows))),
+                                    shape=(n, n_rows))
+    matrix_bytes = 32 * n_rows + 16 * (n + 1)  # the matrix and its COO temporaries
     width = max(1, min(d, (block_bytes - matrix_bytes) // max(8 * n_rows + 16 * n, 1)))
     for c0 in range(0, d, width):
         db = min(width, d - c0)
