@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from logging import ERROR, INFO
+from logging import DEBUG, ERROR, INFO
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,11 @@ def record_round(state: Progress, rnd: int, cfg: RunConfig, row: dict[str, Any],
                bytes_up=run["bytes_up"] + row["bytes_up"],
                bytes_down=run["bytes_down"] + row["bytes_down"])
     writer.write_results(config, [run], status="running")
+    if "valid" not in row:  # a round without evaluation (eval-every > 1): progress only
+        log(DEBUG, "round %d: trained in %.2fs", rnd, row["seconds"])
+        return
     log(INFO, "round %d: %s=%.4f (best %.4f at round %s) %.2fs", rnd, cfg.selection_metric,
-        row.get("valid", {}).get(cfg.selection_metric, float("nan")), state.best_score,
+        row["valid"].get(cfg.selection_metric, float("nan")), state.best_score,
         run["best_round"], row["seconds"])
 
 

@@ -159,7 +159,8 @@ SUMMARIES = {
         ("docs/results/fedmf_converge", "bench/fedmf_converge.toml")],
     "docs/results/fedmf_converge_ml1m/summary.md": [
         ("docs/results/fedmf_converge_ml1m", "bench/fedmf_converge_ml1m.toml"),
-        ("docs/results/fedmf_converge_ml1m/cap120", "bench/fedmf_converge_ml1m_cap120.toml")],
+        ("docs/results/fedmf_converge_ml1m/cap120", "bench/fedmf_converge_ml1m_cap120.toml"),
+        ("docs/results/fedmf_converge_ml1m/fedsgd", "bench/fedmf_fedsgd_ml1m.toml")],
     "docs/results/converge/lightgcn_p30/summary.md": [
         ("docs/results/converge/lightgcn_p30", "bench/converge_ml100k_lightgcn_p30.toml")],
     "docs/results/fair_federated_ml1m/summary.md": [
