@@ -18,6 +18,10 @@ at least 95%.
 ``--curves FOLDER`` instead lists each cell's validation ndcg@10 per round from the cells'
 ``rounds.jsonl`` (the short tuning runs in ``docs/results/fedmf_converge/tuning/``).
 
+``--reference LABEL`` compares against another method of the bench than its ``[bench]
+reference`` and ``--method A --method B`` keeps only those labels (e.g. federated GRU4Rec
+against central GRU4Rec in a bench whose reference is SASRec).
+
 ``--config BENCH.toml`` reads the finished cells of a bench folder instead of its
 ``results.json`` (the same collection ``florec bench`` writes at its end), so a bench stopped
 before its last cell still gets its table; unfinished cells are left out. Several
@@ -221,6 +225,19 @@ def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {"config": conf, "env": parts[0].get("env", {}), "runs": list(runs.values())}
 
 
+def selected(results: dict[str, Any], reference: str | None, methods: list[str] | None
+             ) -> dict[str, Any]:
+    """``results`` with another reference label and only the runs of the labels ``methods``."""
+    out = dict(results)
+    if reference is not None:
+        conf = dict(out.get("config", {}))
+        conf["bench"] = dict(conf.get("bench", {})) | {"reference": reference}
+        out["config"] = conf
+    if methods is not None:
+        out["runs"] = [r for r in out["runs"] if r["label"] in methods]
+    return out
+
+
 def main() -> None:
     """Command line: print the table or write it to --out."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -231,6 +248,9 @@ def main() -> None:
                          "(repeat it, one per folder, to pool several benches)")
     ap.add_argument("--metric", default="ndcg@10")
     ap.add_argument("--curves", type=Path, default=None, help="a folder of bench cells")
+    ap.add_argument("--reference", default=None, help="a method label: the 100%% row")
+    ap.add_argument("--method", action="append", default=None,
+                    help="a method label to keep (repeat it; default: all)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.curves is not None:
@@ -240,9 +260,10 @@ def main() -> None:
             raise ConfigError(f"{len(args.results)} folder(s) but {len(args.config)} --config; "
                               "give one --config per bench folder, in the same order")
         parts = [from_cells(c, f) for f, c in zip(args.results, args.config, strict=True)]
-        text = report(pooled(parts), args.metric)
+        text = report(selected(pooled(parts), args.reference, args.method), args.metric)
     elif len(args.results) == 1:
-        text = report(json.loads(args.results[0].read_text()), args.metric)
+        text = report(selected(json.loads(args.results[0].read_text()), args.reference,
+                               args.method), args.metric)
     else:
         raise ConfigError("give one bench results.json, FOLDER(s) with --config, or "
                           "--curves FOLDER")

@@ -49,6 +49,17 @@ def test_paired_share_is_the_per_seed_ratio_with_its_student_t_interval(bench_sc
     assert mod.paired_share([run("F", 7, 0.1)], refs) == "—"
 
 
+def test_another_reference_and_a_method_subset_give_their_own_table(bench_script):
+    mod = bench_script("fedmf_report")
+    runs = [run("C", 0, 0.10, "central"), run("F", 0, 0.05), run("G", 0, 0.04)]
+    chosen = mod.selected(results(runs), reference="F", methods=["F", "G"])
+    lines = mod.report(chosen).splitlines()
+    assert "share of F" in lines[0] and len(lines) == 4
+    assert lines[2].startswith("| d | F | federated | 1 | 0.0500 | 0.1000 | 100.0% | — |")
+    assert lines[3].startswith("| d | G | federated | 1 | 0.0400 | 0.0800 | 80.0% | 80.0% |")
+    assert mod.selected(results(runs), None, None) == results(runs)
+
+
 def test_paired_share_pairs_seeds_not_means(bench_script):
     # the reference's seeds differ a lot; each federated seed is 95% of its own seed's reference
     refs = [run("C", 0, 0.2, "central"), run("C", 1, 0.1, "central")]
@@ -157,6 +168,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SUMMARIES = {
     "docs/results/fedmf_converge/summary.md": [
         ("docs/results/fedmf_converge", "bench/fedmf_converge.toml")],
+    "docs/results/fedmf_converge/summary_10_seeds.md": [
+        ("docs/results/fedmf_converge", "bench/fedmf_converge.toml"),
+        ("docs/results/fedmf_converge/seeds_3_9", "bench/fedmf_fedsgd_ml100k_seeds.toml")],
     "docs/results/fedmf_converge_ml1m/summary.md": [
         ("docs/results/fedmf_converge_ml1m", "bench/fedmf_converge_ml1m.toml"),
         ("docs/results/fedmf_converge_ml1m/cap120", "bench/fedmf_converge_ml1m_cap120.toml"),
@@ -168,9 +182,18 @@ SUMMARIES = {
         ("docs/results/fair_federated_ml1m", "bench/fair_federated_ml1m.toml"),
         ("docs/results/fair_federated_ml1m/fs_cap40", "bench/fair_federated_ml1m_fs_cap40.toml"),
         ("docs/results/fair_federated_ml1m/bpr_cap60", "bench/fair_federated_ml1m_bpr_cap60.toml")],
+    **{f"docs/results/fedseq_converge/summary_{m}.md": [
+        ("docs/results/fedseq_converge", "bench/fedseq_converge.toml")] for m in ("sasrec",
+                                                                                  "gru4rec")},
 }
 #: The selection metric of a summary, where it is not ndcg@10.
 METRICS = {"docs/results/fair_federated_ml1m/summary.md": "recall@20"}
+#: ``--reference`` and ``--methods`` of a summary, where it sets them.
+SELECT = {"docs/results/fedmf_converge/summary_10_seeds.md": (
+              None, ["MF-BPR", "FedSGD cohort 10 + server Adam 0.005, user SGD lr 4"]),
+          "docs/results/fedseq_converge/summary_sasrec.md": (None, ["SASRec", "FedAvg-SASRec"]),
+          "docs/results/fedseq_converge/summary_gru4rec.md": ("GRU4Rec",
+                                                               ["GRU4Rec", "FedAvg-GRU4Rec"])}
 
 
 @pytest.mark.parametrize("summary", sorted(SUMMARIES))
@@ -178,4 +201,5 @@ def test_committed_summaries_equal_the_generated_ones(bench_script, summary):
     mod = bench_script("fedmf_report")
     parts = [mod.from_cells(ROOT / config, ROOT / folder) for folder, config in SUMMARIES[summary]]
     metric = METRICS.get(summary, "ndcg@10")
-    assert (ROOT / summary).read_text() == mod.report(mod.pooled(parts), metric=metric)
+    chosen = mod.selected(mod.pooled(parts), *SELECT.get(summary, (None, None)))
+    assert (ROOT / summary).read_text() == mod.report(chosen, metric=metric)
