@@ -188,7 +188,7 @@ SUMMARIES = {
 }
 #: The selection metric of a summary, where it is not ndcg@10.
 METRICS = {"docs/results/fair_federated_ml1m/summary.md": "recall@20"}
-#: ``--reference`` and ``--methods`` of a summary, where it sets them.
+#: ``--reference`` and ``--method`` labels of a summary, where it sets them.
 SELECT = {"docs/results/fedmf_converge/summary_10_seeds.md": (
               None, ["MF-BPR", "FedSGD cohort 10 + server Adam 0.005, user SGD lr 4"]),
           "docs/results/fedseq_converge/summary_sasrec.md": (None, ["SASRec", "FedAvg-SASRec"]),
