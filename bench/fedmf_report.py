@@ -238,6 +238,19 @@ def selected(results: dict[str, Any], reference: str | None, methods: list[str] 
     return out
 
 
+def loaded(results: list[Path], configs: list[Path]) -> dict[str, Any]:
+    """One bench ``results.json``, or the pooled finished cells of folders (one config each)."""
+    if configs:
+        if len(configs) != len(results):
+            raise ConfigError(f"{len(results)} folder(s) but {len(configs)} --config; "
+                              "give one --config per bench folder, in the same order")
+        return pooled([from_cells(c, f) for f, c in zip(results, configs, strict=True)])
+    if len(results) == 1:
+        return json.loads(results[0].read_text())
+    raise ConfigError("give one bench results.json, FOLDER(s) with --config, or "
+                      "--curves FOLDER")
+
+
 def main() -> None:
     """Command line: print the table or write it to --out."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -255,18 +268,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.curves is not None:
         text = curves(args.curves, args.metric)
-    elif args.config:
-        if len(args.config) != len(args.results):
-            raise ConfigError(f"{len(args.results)} folder(s) but {len(args.config)} --config; "
-                              "give one --config per bench folder, in the same order")
-        parts = [from_cells(c, f) for f, c in zip(args.results, args.config, strict=True)]
-        text = report(selected(pooled(parts), args.reference, args.method), args.metric)
-    elif len(args.results) == 1:
-        text = report(selected(json.loads(args.results[0].read_text()), args.reference,
-                               args.method), args.metric)
     else:
-        raise ConfigError("give one bench results.json, FOLDER(s) with --config, or "
-                          "--curves FOLDER")
+        text = report(selected(loaded(args.results, args.config), args.reference, args.method),
+                      args.metric)
     if args.out is None:
         print(text, end="")
     else:
