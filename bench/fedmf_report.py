@@ -18,6 +18,9 @@ at least 95%.
 ``--curves FOLDER`` instead lists each cell's validation ndcg@10 per round from the cells'
 ``rounds.jsonl`` (the short tuning runs in ``docs/results/fedmf_converge/tuning/``).
 
+``--valid`` adds the best validation value of the metric (mean ± sd over seeds, from each
+run's ``valid_metrics``): what a bench's "best mean validation" rule between rows reads.
+
 ``--reference LABEL`` compares against another method of the bench than its ``[bench]
 reference`` and ``--method A --method B`` keeps only those labels (e.g. federated GRU4Rec
 against central GRU4Rec in a bench whose reference is SASRec).
@@ -95,8 +98,8 @@ def ended_by(run: dict[str, Any]) -> str:
     return "cap" if run["rounds"] >= int(cap) else "patience"
 
 
-def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
-    """The markdown table (see the module docstring).
+def report(results: dict[str, Any], metric: str = "ndcg@10", valid: bool = False) -> str:
+    """The markdown table (see the module docstring); ``valid`` adds the best validation column.
 
     Raises
     ------
@@ -110,6 +113,8 @@ def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
     head = ["dataset", "method", "setting", "n", f"test {metric}", *(f"test {m}" for m in extra),
             f"share of {ref_label}", "paired share (95% CI)", "best epoch/round",
             "epochs/rounds run", "cap", "ended by", "MB down per run", "MB up per run"]
+    if valid:
+        head.insert(5 + len(extra), f"best valid {metric}")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (ds, lab), runs in grouped.items():
         if (ds, ref_label) not in grouped:
@@ -117,13 +122,17 @@ def report(results: dict[str, Any], metric: str = "ndcg@10") -> str:
                               "[bench] reference to a method label of the config")
         if any(metric not in r["metrics"] for r in runs):
             raise ConfigError(f"{lab} on {ds} has no {metric}")
+        if valid and any(metric not in r.get("valid_metrics", {}) for r in runs):
+            raise ConfigError(f"{lab} on {ds} has no validation {metric}; drop --valid")
         ref = statistics.mean(r["metrics"][metric] for r in grouped[(ds, ref_label)])
         share = statistics.mean(r["metrics"][metric] for r in runs) / ref
         mb = [statistics.mean(r.get(k, 0) for r in runs) / 1e6 for k in ("bytes_down", "bytes_up")]
         lines.append("| " + " | ".join([
             ds, lab, runs[0]["setting"], str(len(runs)),
             mean_sd([r["metrics"][metric] for r in runs]),
-            *(mean_sd([r["metrics"][m] for r in runs]) for m in extra), f"{100 * share:.1f}%",
+            *(mean_sd([r["metrics"][m] for r in runs]) for m in extra),
+            *([mean_sd([r["valid_metrics"][metric] for r in runs])] if valid else []),
+            f"{100 * share:.1f}%",
             "—" if lab == ref_label else paired_share(runs, grouped[(ds, ref_label)], metric),
             ", ".join(str(r["best_round"]) for r in runs),
             ", ".join(str(r["rounds"]) for r in runs), ", ".join(cap_of(r) for r in runs),
@@ -264,13 +273,15 @@ def main() -> None:
     ap.add_argument("--reference", default=None, help="a method label: the 100%% row")
     ap.add_argument("--method", action="append", default=None,
                     help="a method label to keep (repeat it; default: all)")
+    ap.add_argument("--valid", action="store_true",
+                    help="add the best validation value of --metric (mean ± sd over seeds)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.curves is not None:
         text = curves(args.curves, args.metric)
     else:
         text = report(selected(loaded(args.results, args.config), args.reference, args.method),
-                      args.metric)
+                      args.metric, args.valid)
     if args.out is None:
         print(text, end="")
     else:

@@ -39,6 +39,20 @@ def test_a_recall_at_20_table_shows_recall_at_20_once(bench_script):
     assert lines[3].startswith("| d | F | federated | 1 | 0.0600 | 50.0% |")
 
 
+def test_the_valid_column_shows_each_rows_mean_best_validation_value(bench_script):
+    mod = bench_script("fedmf_report")
+    runs = [run("C", 0, 0.06, "central", valid_metrics={"ndcg@10": 0.07}),
+            run("F", 0, 0.03, valid_metrics={"ndcg@10": 0.04}),
+            run("F", 1, 0.03, valid_metrics={"ndcg@10": 0.06})]
+    lines = mod.report(results(runs), valid=True).splitlines()
+    assert "| test recall@20 | best valid ndcg@10 | share of C |" in lines[0]
+    assert lines[3].startswith("| d | F | federated | 2 | 0.0300 ± 0.0000 | 0.0600 ± 0.0000 |"
+                               " 0.0500 ± 0.0141 | 50.0% |")
+    assert "best valid" not in mod.report(results(runs))
+    with pytest.raises(ConfigError, match="no validation ndcg@10"):
+        mod.report(results([run("C", 0, 0.06, "central")]), valid=True)
+
+
 def test_paired_share_is_the_per_seed_ratio_with_its_student_t_interval(bench_script):
     mod = bench_script("fedmf_report")
     refs = [run("C", s, 0.1, "central") for s in (0, 1, 2)]
