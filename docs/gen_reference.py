@@ -152,7 +152,8 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     'weighting': 'FedAvg dense weights: `interactions` or `uniform`',
     'server-opt': (
-        'FedAvg-MF server step on the aggregated change: `none` (x + server-lr x change), '
+        'FedAvg server step (MF, SASRec, GRU4Rec) on the aggregated change: `none` '
+        '(x + server-lr x change), '
         "`avgm`, `adam`, `yogi` (Flower's FedAvgM/FedAdam/FedYogi update rules)"
     ),
     'server-lr': 'server learning rate eta',

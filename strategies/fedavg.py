@@ -48,7 +48,7 @@ from florec.server.secagg import (
 from florec.strategies.base import RecStrategy
 from florec.strategies.dp import UserDP
 from florec.strategies.payload import checked_arrays, record_nbytes
-from florec.strategies.server_opt import ServerOptimizer
+from florec.strategies.server_opt import ServerOptimizer, ServerStepping
 
 __all__ = ["MODES", "FedAvgRec", "scatter_add", "sparse_problem"]
 
@@ -114,7 +114,7 @@ def sparse_problem(up: dict[str, np.ndarray], n: int) -> str | None:
     return None
 
 
-class FedAvgRec(RecStrategy):
+class FedAvgRec(ServerStepping, RecStrategy):
     """FedAvg over the shared item table of an embedding recommender.
 
     Parameters
@@ -137,7 +137,7 @@ class FedAvgRec(RecStrategy):
         super().__init__(fraction_train, seed)
         self.mode = mode
         self.server_opt = server_opt if server_opt is not None else ServerOptimizer()
-        self._saved_opt = self.server_opt.copy_state()
+        self.save_server_state()
         self.current: dict[str, np.ndarray] = {}
         self.dp: UserDP | None = None  # user-level DP (set by the registry when dp=true)
         self.secagg: SecAggSpec | None = None  # secure aggregation (secagg=true)
@@ -151,23 +151,11 @@ class FedAvgRec(RecStrategy):
         log(INFO, "\t├──> FedAvgRec: mode=%s fraction-train=%.2f server-opt=%s server-lr=%g",
             self.mode, self.fraction_train, opt.kind, opt.lr)
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """The server optimiser's moments (checkpoints)."""
-        return self.server_opt.state_arrays()
-
-    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Restore the server optimiser's moments."""
-        self.server_opt.load_state_arrays(arrays)
-
-    def discard_round(self) -> None:
-        """Undo this round's server-optimiser step (its update is not applied)."""
-        self.server_opt.m, self.server_opt.v = self._saved_opt
-
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Send the global item table to the sampled nodes."""
         self.current = from_record(arrays)
-        self._saved_opt = self.server_opt.copy_state()
+        self.save_server_state()
         if self.secagg is not None:  # nodes quantise for at most every connected node
             self._grid, self._secagg_nodes = grid, len(list(grid.get_node_ids()))
             self._secagg_info = f"fedavg|round={server_round}|{secrets.token_hex(8)}"

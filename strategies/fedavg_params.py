@@ -6,9 +6,13 @@ training positions). The new global state is the weighted mean
 .. math:: \theta \leftarrow \frac{\sum_k n_k \theta_k}{\sum_k n_k}
 
 folded into one float64 accumulator as replies arrive, so server memory does not grow with the
-number of clients. Replies with a wrong array set or shape, non-finite values, or a negative
-weight are dropped; replies with weight 0 (nodes without training positions) count as replies
-but do not move the mean.
+number of clients. With ``server-opt``/``server-lr`` other than plain FedAvg (``none`` at 1),
+the change :math:`\Delta_t` = mean - current goes through the server optimiser
+(:class:`florec.strategies.server_opt.ServerOptimizer`: FedAvgM, FedAdam, FedYogi as in Flower;
+``server-lr`` > 1 takes a longer step along the average of the nodes' local epochs).
+Replies with a wrong array set or shape, non-finite values, or a negative weight are dropped;
+replies with weight 0 (nodes without training positions) count as replies but do not move the
+mean.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from florec.protocol.public_knowledge import needs_knowledge
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.base import RecStrategy
 from florec.strategies.payload import checked_arrays, record_nbytes
+from florec.strategies.server_opt import ServerOptimizer, ServerStepping
 
 WEIGHT_KEY = "num-positions"
 
 
-class FedAvgParams(RecStrategy):
+class FedAvgParams(ServerStepping, RecStrategy):
     """FedAvg of all arrays of the global state, weighted by declared training positions.
 
     Parameters
@@ -40,24 +45,33 @@ class FedAvgParams(RecStrategy):
         Share of nodes sampled per round (seeded by ``seed`` and the round).
     seed : int
         Seed of node sampling.
+    server_opt : ServerOptimizer, optional
+        Server step applied to the change of the weighted mean (default: ``none`` at
+        server-lr 1, plain FedAvg).
 
     """
 
-    def __init__(self, fraction_train: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, fraction_train: float = 1.0, seed: int = 0,
+                 server_opt: ServerOptimizer | None = None) -> None:
         super().__init__(fraction_train, seed)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, np.dtype] = {}
+        self.current: dict[str, np.ndarray] = {}
+        self.server_opt = server_opt if server_opt is not None else ServerOptimizer()
+        self.save_server_state()
 
     def summary(self) -> None:
         """Log the configuration."""
-        log(INFO, "\t├──> FedAvgParams: fraction-train=%.2f", self.fraction_train)
+        log(INFO, "\t├──> FedAvgParams: fraction-train=%.2f server-opt=%s server-lr=%g",
+            self.fraction_train, self.server_opt.kind, self.server_opt.lr)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Send the global arrays to the sampled nodes."""
-        current = from_record(arrays)
-        self.shapes = {k: v.shape for k, v in current.items()}
-        self.dtypes = {k: v.dtype for k, v in current.items()}
+        self.current = from_record(arrays)
+        self.shapes = {k: v.shape for k, v in self.current.items()}
+        self.dtypes = {k: v.dtype for k, v in self.current.items()}
+        self.save_server_state()
         return self.train_messages(server_round, arrays, config, grid)
 
     def checked_reply(self, msg: Message
@@ -98,10 +112,24 @@ class FedAvgParams(RecStrategy):
             accepted += 1
         if accepted == 0 or total_w <= 0:
             return None, None
-        new = {k: (v / total_w).astype(self.dtypes[k]) for k, v in acc.items()}
+        new = self.server_step(server_round, {k: v / total_w for k, v in acc.items()})
         out = MetricRecord({"train-loss": loss_sum / total_w, "num-replies": accepted,
                             "num-users": users, "num-positions": total_w})
         return to_record(new), out
+
+
+    def server_step(self, server_round: int, mean: dict[str, np.ndarray]
+                    ) -> dict[str, np.ndarray]:
+        """The new global arrays from the round's weighted mean (float64), in the model's dtypes.
+
+        Plain FedAvg (``none`` at server-lr 1) takes the mean itself; otherwise the server
+        optimiser steps from the round's global arrays along ``mean - current``.
+        """
+        opt = self.server_opt
+        if opt.kind != "none" or opt.lr != 1.0:
+            delta = {k: v - self.current[k] for k, v in mean.items()}
+            mean = opt.step({k: self.current[k] for k in mean}, delta, server_round)
+        return {k: v.astype(self.dtypes[k]) for k, v in mean.items()}
 
 
 def build_sequential_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy, ArrayRecord]:
@@ -114,4 +142,7 @@ def build_sequential_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy
                                   cfg.defense_malicious, cfg.defense_select,
                                   knowledge=needs_knowledge(cfg), fraction_train=cfg.fraction_train,
                                   seed=cfg.seed), to_record(init.shared_state())
-    return FedAvgParams(cfg.fraction_train, cfg.seed), to_record(init.shared_state())
+    server_opt = ServerOptimizer(cfg.server_opt, cfg.server_lr, cfg.server_momentum,
+                                 cfg.server_beta1, cfg.server_beta2, cfg.server_tau)
+    return (FedAvgParams(cfg.fraction_train, cfg.seed, server_opt),
+            to_record(init.shared_state()))

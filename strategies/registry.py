@@ -50,10 +50,16 @@ def check_algorithm(cfg: RunConfig) -> None:
                           f"'{cfg.model}' sample nodes with fraction-train and keep "
                           "cohort-fraction=1, cohort-size=0")
     fedavg_mf = cfg.algorithm == "fedavg" and cfg.model == "mf"  # any mf-loss (FairFedAvg too)
-    if not fedavg_mf and (cfg.aggregation == "sum" or cfg.server_opt != "none"):
-        raise ConfigError("aggregation='sum' and server-opt are implemented for algorithm "
-                          "'fedavg' with model 'mf' only; keep aggregation dense/sparse, "
-                          "server-opt='none'")
+    fedavg_seq = cfg.algorithm == "fedavg" and cfg.model in SEQUENTIAL_MODELS
+    if not fedavg_mf and cfg.aggregation == "sum":
+        raise ConfigError("aggregation='sum' is implemented for algorithm 'fedavg' with model "
+                          "'mf' only; keep aggregation dense or sparse")
+    server_step = cfg.server_opt != "none" or cfg.server_lr != 1.0
+    if server_step and not (fedavg_mf or fedavg_seq) or server_step and fedavg_seq and (
+            cfg.defense != "none" or needs_knowledge(cfg)):
+        raise ConfigError("server-opt and server-lr are implemented for algorithm 'fedavg' with "
+                          "model 'mf', 'sasrec' or 'gru4rec' (for these two without a defense "
+                          "or attack) only; keep server-opt='none', server-lr=1")
     if cfg.keep_user_opt_state and not (fedavg_mf and cfg.mf_loss == "bpr"):
         raise ConfigError("keep-user-opt-state is implemented for algorithm 'fedavg' with model "
                           "'mf' and mf-loss 'bpr' only (the fair trainers start each round's "

@@ -18,8 +18,11 @@ aggregated table minus the current one, zero on rows nobody touched) and then st
 
 Flower's classes aggregate whole ArrayRecords from their own FedAvg; FloRec's nodes upload
 pre-summed sparse rows, so the same update rules are applied here to the pseudo-gradient that
-:class:`florec.strategies.fedavg.FedAvgRec` computes (``tests/strategies/test_server_opt.py``
-checks them against Flower's classes on a dense toy). Moments cover every row: rows without a
+:class:`florec.strategies.fedavg.FedAvgRec` computes, and to the change of the weighted mean
+that :class:`florec.strategies.fedavg_params.FedAvgParams` computes for the sequential models
+(both checkpoint the moments and undo a discarded round through :class:`ServerStepping`;
+``tests/strategies/test_server_opt.py`` and ``test_fedavg_params.py`` check them against
+Flower's classes on dense toys). Moments cover every row: rows without a
 change this round still move by their momentum, as in Flower.
 """
 
@@ -123,3 +126,30 @@ class ServerOptimizer:
     def copy_state(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """A snapshot of the moments (to undo a discarded round)."""
         return dict(self.m), dict(self.v)
+
+
+class ServerStepping:
+    """Strategy mixin: a :class:`ServerOptimizer` whose moments are checkpointed and undone.
+
+    The strategy sets ``self.server_opt`` and calls :meth:`save_server_state` when a round starts;
+    :meth:`discard_round` restores the moments saved then.
+    """
+
+    server_opt: ServerOptimizer
+    _saved_opt: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
+
+    def save_server_state(self) -> None:
+        """Remember the moments as they are before this round's step."""
+        self._saved_opt = self.server_opt.copy_state()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The server optimiser's moments (checkpoints)."""
+        return self.server_opt.state_arrays()
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore the server optimiser's moments."""
+        self.server_opt.load_state_arrays(arrays)
+
+    def discard_round(self) -> None:
+        """Undo this round's server-optimiser step (its update is not applied)."""
+        self.server_opt.m, self.server_opt.v = self._saved_opt

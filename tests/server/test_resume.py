@@ -49,6 +49,8 @@ def latest_round(out):
     {"cohort-fraction": 0.3, "aggregation": "sparse", "store-spill-mb": 64.0},
     {"algorithm": "fedcia", "align-steps": 5},
     {"algorithm": "fedcia", "model": "gfcf", "gfcf-s": 8},
+    {"model": "sasrec", "max-seq-len": 8, "heads": 1, "seq-layers": 1, "server-opt": "adam",
+     "server-lr": 0.01},  # the server optimiser's moments are in the checkpoint
 ])
 def test_a_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tmp_path, extra):
     config = BASE | extra

@@ -107,3 +107,79 @@ def test_initial_state_is_the_seeded_model(oracle):
     assert set(sa) == set(sb) and all(np.array_equal(sa[k], sb[k]) for k in sa)
     assert any(k.startswith("future.") for k in sa) == oracle
     assert isinstance(a, ArrayRecord)
+
+
+def flower_server(kind, lr, start):
+    from flwr.app import Array
+    from flwr.serverapp.strategy import FedAdam, FedAvgM, FedYogi
+
+    if kind == "adam":
+        return FedAdam(eta=lr, beta_1=0.9, beta_2=0.99, tau=1e-3)
+    if kind == "yogi":
+        return FedYogi(eta=lr, beta_1=0.9, beta_2=0.99, tau=1e-3)
+    s = FedAvgM(server_learning_rate=lr, server_momentum=0.7)
+    s.current_arrays = ArrayRecord({k: Array(v) for k, v in start.items()})
+    return s
+
+
+@pytest.mark.parametrize("kind", ["adam", "yogi", "avgm"])
+def test_a_server_optimiser_steps_as_flowers_strategy_over_the_weighted_mean(kind):
+    from flwr.app import Array
+
+    from florec.strategies.server_opt import ServerOptimizer
+
+    current = state(0)
+    ours = FedAvgParams(server_opt=ServerOptimizer(kind, 0.05, 0.7, 0.9, 0.99, 1e-3))
+    flower = flower_server(kind, 0.05, current)
+    for rnd in range(1, 4):
+        list(ours.configure_train(rnd, to_record(current), ConfigRecord(), Grid(3)))
+        parts = [(state(10 * rnd + i), w) for i, w in enumerate((3.0, 1.0, 2.0))]
+        if kind != "avgm":  # Flower's FedOpt keeps plain numpy arrays here
+            flower.current_arrays = dict(current)
+        want, _ = flower.aggregate_train(rnd, [Message(RecordDict({
+            "arrays": ArrayRecord({k: Array(v) for k, v in a.items()}),
+            "metrics": MetricRecord({"num-examples": w})}), reply_to=Message(
+                RecordDict(), dst_node_id=1, message_type="train")) for a, w in parts])
+        got, _ = ours.aggregate_train(rnd, (reply(a, w) for a, w in parts))
+        got = from_record(got)
+        for k in current:
+            np.testing.assert_allclose(got[k], want[k].numpy(), rtol=1e-4, atol=1e-5)
+        current = got
+    assert set(ours.state_arrays()) >= {"m.a", "m.b"}
+
+
+def test_server_lr_scales_the_step_from_the_current_state_and_a_discard_undoes_moments():
+    from florec.strategies.server_opt import ServerOptimizer
+
+    s = FedAvgParams(server_opt=ServerOptimizer("none", lr=2.0))
+    list(s.configure_train(1, to_record(state(0)), ConfigRecord(), Grid(3)))
+    new, _ = s.aggregate_train(1, [reply(state(1), 1.0)])
+    want = state(0)["a"] + 2.0 * (state(1)["a"].astype(np.float64) - state(0)["a"])
+    np.testing.assert_allclose(from_record(new)["a"], want, rtol=1e-6)
+    adam = FedAvgParams(server_opt=ServerOptimizer("adam", lr=0.1))
+    list(adam.configure_train(1, to_record(state(0)), ConfigRecord(), Grid(3)))
+    adam.aggregate_train(1, [reply(state(1), 1.0)])
+    adam.discard_round()
+    assert adam.state_arrays() == {}
+
+
+@pytest.mark.parametrize("extra, error", [
+    ({"model": "sasrec", "server-opt": "adam", "server-lr": 0.01}, None),
+    ({"model": "gru4rec", "server-lr": 3.0}, None),
+    ({"model": "sasrec", "server-opt": "avgm", "defense": "median"}, "without a defense"),
+    ({"model": "sasrec", "aggregation": "sum"}, "aggregation='sum' is implemented"),
+    ({"algorithm": "fedcia", "model": "mf", "server-lr": 2.0}, "server-opt and server-lr"),
+])
+def test_server_optimisers_are_accepted_for_the_sequential_models_only(extra, error):
+    from florec.recdata.errors import ConfigError
+    from florec.strategies.registry import check_algorithm
+
+    cfg = parse_run_config({"dataset": "synthetic", "algorithm": "fedavg"} | extra)
+    if error is None:
+        check_algorithm(cfg)
+        strategy, _ = build_sequential_strategy(cfg, 20)
+        assert strategy.server_opt.kind == cfg.server_opt
+        assert strategy.server_opt.lr == cfg.server_lr
+    else:
+        with pytest.raises(ConfigError, match=error):
+            check_algorithm(cfg)

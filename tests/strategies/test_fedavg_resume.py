@@ -29,7 +29,7 @@ def test_a_resumed_run_with_server_adam_and_user_state_matches_an_uninterrupted_
             assert resumed[part][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (part, key)
 
 
-@pytest.mark.parametrize("extra", [{"model": "sasrec", "server-opt": "adam"},
+@pytest.mark.parametrize("extra", [{"model": "sasrec", "aggregation": "sum"},
                                    {"algorithm": "fedcia", "aggregation": "sum"},
                                    {"mf-loss": "fs-pair", "keep-user-opt-state": True}])
 def test_new_fedavg_knobs_outside_fedavg_mf_bpr_are_refused_in_one_line(extra):
