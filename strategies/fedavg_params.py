@@ -117,7 +117,6 @@ class FedAvgParams(ServerStepping, RecStrategy):
                             "num-users": users, "num-positions": total_w})
         return to_record(new), out
 
-
     def server_step(self, server_round: int, mean: dict[str, np.ndarray]
                     ) -> dict[str, np.ndarray]:
         """The new global arrays from the round's weighted mean (float64), in the model's dtypes.

@@ -55,8 +55,8 @@ def check_algorithm(cfg: RunConfig) -> None:
         raise ConfigError("aggregation='sum' is implemented for algorithm 'fedavg' with model "
                           "'mf' only; keep aggregation dense or sparse")
     server_step = cfg.server_opt != "none" or cfg.server_lr != 1.0
-    if server_step and not (fedavg_mf or fedavg_seq) or server_step and fedavg_seq and (
-            cfg.defense != "none" or needs_knowledge(cfg)):
+    plain_seq = fedavg_seq and cfg.defense == "none" and not needs_knowledge(cfg)
+    if server_step and not (fedavg_mf or plain_seq):
         raise ConfigError("server-opt and server-lr are implemented for algorithm 'fedavg' with "
                           "model 'mf', 'sasrec' or 'gru4rec' (for these two without a defense "
                           "or attack) only; keep server-opt='none', server-lr=1")
