@@ -201,11 +201,16 @@ SUMMARIES = {
                                                                                   "gru4rec")},
     "docs/results/fedcia_converge/summary.md": [
         ("docs/results/fedcia_converge", "bench/fedcia_converge.toml")],
+    "docs/results/fedseq_converge_amazon/summary.md": [
+        ("docs/results/fedseq_converge_amazon", "bench/fedseq_converge_amazon.toml"),
+        ("docs/results/fedseq_converge_amazon/server_opt",
+         "bench/fedseq_converge_amazon_server.toml")],
 }
 #: The selection metric of a summary, where it is not ndcg@10.
 METRICS = {"docs/results/fair_federated_ml1m/summary.md": "recall@20"}
 #: Summaries written with ``--valid``.
-VALID = {"docs/results/fedcia_converge/summary.md"}
+VALID = {"docs/results/fedcia_converge/summary.md",
+         "docs/results/fedseq_converge_amazon/summary.md"}
 #: ``--reference`` and ``--method`` labels of a summary, where it sets them.
 SELECT = {"docs/results/fedmf_converge/summary_10_seeds.md": (
               None, ["MF-BPR", "FedSGD cohort 10 + server Adam 0.005, user SGD lr 4"]),
