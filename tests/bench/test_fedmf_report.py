@@ -185,6 +185,10 @@ SUMMARIES = {
     "docs/results/fedmf_converge/summary_10_seeds.md": [
         ("docs/results/fedmf_converge", "bench/fedmf_converge.toml"),
         ("docs/results/fedmf_converge/seeds_3_9", "bench/fedmf_fedsgd_ml100k_seeds.toml")],
+    "docs/results/fedmf_converge/summary_30_seeds.md": [
+        ("docs/results/fedmf_converge", "bench/fedmf_converge.toml"),
+        ("docs/results/fedmf_converge/seeds_3_9", "bench/fedmf_fedsgd_ml100k_seeds.toml"),
+        ("docs/results/fedmf_converge/seeds_10_29", "bench/fedmf_fedsgd_ml100k_seeds_10_29.toml")],
     "docs/results/fedmf_converge_ml1m/summary.md": [
         ("docs/results/fedmf_converge_ml1m", "bench/fedmf_converge_ml1m.toml"),
         ("docs/results/fedmf_converge_ml1m/cap120", "bench/fedmf_converge_ml1m_cap120.toml"),
@@ -212,8 +216,9 @@ METRICS = {"docs/results/fair_federated_ml1m/summary.md": "recall@20"}
 VALID = {"docs/results/fedcia_converge/summary.md",
          "docs/results/fedseq_converge_amazon/summary.md"}
 #: ``--reference`` and ``--method`` labels of a summary, where it sets them.
-SELECT = {"docs/results/fedmf_converge/summary_10_seeds.md": (
-              None, ["MF-BPR", "FedSGD cohort 10 + server Adam 0.005, user SGD lr 4"]),
+SELECT = {**{f"docs/results/fedmf_converge/summary_{n}_seeds.md": (
+              None, ["MF-BPR", "FedSGD cohort 10 + server Adam 0.005, user SGD lr 4"])
+             for n in (10, 30)},
           "docs/results/fedseq_converge/summary_sasrec.md": (None, ["SASRec", "FedAvg-SASRec"]),
           "docs/results/fedseq_converge/summary_gru4rec.md": ("GRU4Rec",
                                                                ["GRU4Rec", "FedAvg-GRU4Rec"])}
