@@ -148,8 +148,8 @@ def resume_overrides(out: Path, config: list[str] | None) -> tuple[dict[str, Any
 
 #: The demo's federated recipe, FedSGD (issue 15 §1; bench/fedmf_converge.toml): each round 10
 #: sampled users take one full-batch local SGD step, the server sums their item changes and
-#: steps Adam on the sum; ~94 rounds cover ML-100K's training set once. Over 10 seeds it
-#: scores 99.7% of central MF-BPR's test ndcg@10 (docs/methods/fedavg-mf.md).
+#: steps Adam on the sum; ~94 rounds cover ML-100K's training set once. Over 30 seeds it
+#: scores 101.8% of central MF-BPR's test ndcg@10 (docs/methods/fedavg-mf.md).
 DEMO_FEDSGD = ("aggregation='sum'", "optimizer='sgd'", "lr=4.0", "local-batch-size=100000",
                "cohort-size=10", "server-opt='adam'", "server-lr=0.005", "eval-every=94",
                "patience=10")

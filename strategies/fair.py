@@ -164,8 +164,7 @@ def build_fair_strategy(cfg: RunConfig, n_items: int) -> tuple[FairFedAvg, Array
     """The strategy of ``algorithm=fedavg`` with a debiasing ``mf-loss`` and its initial state."""
     check_fair_config(cfg)
     init = MF(0, n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
-    server_opt = ServerOptimizer(cfg.server_opt, cfg.server_lr, cfg.server_momentum,
-                                 cfg.server_beta1, cfg.server_beta2, cfg.server_tau)
+    server_opt = ServerOptimizer.from_config(cfg)
     strategy = FairFedAvg(n_items, cfg.aggregation, cfg.fraction_train, cfg.seed, server_opt)
     strategy.secagg = check_secagg(cfg)  # the rounds' updates too, under secagg=true
     return strategy, to_record(init.shared_state())

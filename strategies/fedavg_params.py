@@ -141,7 +141,6 @@ def build_sequential_strategy(cfg: RunConfig, n_items: int) -> tuple[RecStrategy
                                   cfg.defense_malicious, cfg.defense_select,
                                   knowledge=needs_knowledge(cfg), fraction_train=cfg.fraction_train,
                                   seed=cfg.seed), to_record(init.shared_state())
-    server_opt = ServerOptimizer(cfg.server_opt, cfg.server_lr, cfg.server_momentum,
-                                 cfg.server_beta1, cfg.server_beta2, cfg.server_tau)
+    server_opt = ServerOptimizer.from_config(cfg)
     return (FedAvgParams(cfg.fraction_train, cfg.seed, server_opt),
             to_record(init.shared_state()))

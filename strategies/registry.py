@@ -108,8 +108,7 @@ def build_strategy(cfg: RunConfig, n_items: int, n_users: int = 0,
         return build_fair_strategy(cfg, n_items)
     if cfg.algorithm == "fedavg":
         init = MF(0, n_items, dim=cfg.dim, seed=cfg.seed, init_std=cfg.init_std)
-        server_opt = ServerOptimizer(cfg.server_opt, cfg.server_lr, cfg.server_momentum,
-                                     cfg.server_beta1, cfg.server_beta2, cfg.server_tau)
+        server_opt = ServerOptimizer.from_config(cfg)
         if cfg.defense != "none" or needs_knowledge(cfg):  # attacks, robust aggregation (#18)
             return RobustFedAvgRec(cfg.defense, cfg.defense_norm, cfg.defense_trim,
                                    cfg.defense_malicious, cfg.defense_select,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from florec.recdata.errors import ConfigError
+from florec.recdata.runconfig import RunConfig
 
 SERVER_OPTS = ("none", "avgm", "adam", "yogi")
 
@@ -63,6 +64,12 @@ class ServerOptimizer:
     tau: float = 1e-3
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> ServerOptimizer:
+        """The server step of a run config's ``server-*`` keys."""
+        return cls(cfg.server_opt, cfg.server_lr, cfg.server_momentum, cfg.server_beta1,
+                   cfg.server_beta2, cfg.server_tau)
 
     def __post_init__(self) -> None:
         if self.kind not in SERVER_OPTS:
