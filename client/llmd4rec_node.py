@@ -42,6 +42,7 @@ from florec.models.llmd4rec.crm_step import TeacherTable, distill_epoch, rerank_
 from florec.models.llmd4rec.llm_step import ensure_adapter, lora_init_seed
 from florec.models.llmd4rec.teachers import LLMTeacher, build_llm_teacher
 from florec.protocol.codec import from_record, to_record
+from florec.protocol.item_counts import COUNTS_RECORD, item_counts
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream, torch_seed
 from florec.recdata.shard import shard_of_node
@@ -140,7 +141,10 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         "partition-id": pid, "num-users": int((seqs.train_lengths(bucket.users) > 0).sum()),
         "num-positions": positions, "num-examples": positions, "kd-samples": kd,
         "loss-sum": loss_sum / max(cfg.local_epochs, 1), "seconds": time.perf_counter() - t0})
-    return RecordDict({"arrays": to_record(model.shared_state()), "metrics": metrics})
+    reply = RecordDict({"arrays": to_record(model.shared_state()), "metrics": metrics})
+    if cfg.aggregation == "item-weighted":  # the server averages each item row by these
+        reply[COUNTS_RECORD] = to_record({"counts": item_counts(windows, bucket.n_items)})
+    return reply
 
 
 def teacher_phase(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,

@@ -6,6 +6,8 @@ positions of its users' windows (:func:`florec.client.trainers.sequential.train_
 runs its two-phase step, so the future encoder is only ever used in training), and uploads the new
 arrays with its number of training positions as the FedAvg weight. There are no private
 parameters; the node keeps its Adam state(s) in its :mod:`florec.client.node_store` between rounds.
+With ``aggregation='item-weighted'`` the reply also holds the count of each item in the node's
+training windows (``item-counts``), the weights of the server's per-row item mean.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from florec.client.trainers.sequential import (
 from florec.models.registry import sequential_from_config
 from florec.models.seq_layers import SequentialRecommender
 from florec.protocol.codec import from_record, to_record
+from florec.protocol.item_counts import COUNTS_RECORD, item_counts
 from florec.recdata.node_cache import node_cache
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream, torch_seed
@@ -94,7 +97,10 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         "num-positions": positions, "num-examples": positions,
         "loss-sum": loss_sum / max(cfg.local_epochs, 1), "seconds": time.perf_counter() - t0,
     })
-    return RecordDict({"arrays": to_record(state), "metrics": metrics})
+    reply = RecordDict({"arrays": to_record(state), "metrics": metrics})
+    if cfg.aggregation == "item-weighted":  # the server averages each item row by these
+        reply[COUNTS_RECORD] = to_record({"counts": item_counts(windows, bucket.n_items)})
+    return reply
 
 
 def align(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: int,

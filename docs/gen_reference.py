@@ -148,7 +148,9 @@ DESCRIPTIONS: dict[str, str] = {
     'init-std': 'std of the seeded normal initialisation',
     'aggregation': (
         'FedAvg: `dense` (weighted mean of item tables), `sparse` (per-row mean, touched rows '
-        "only) or `sum` (users' row changes added: the FCF/FedSGD view; sparse upload)"
+        "only) or `sum` (users' row changes added: the FCF/FedSGD view; sparse upload), all MF; "
+        "`item-weighted` (SASRec, GRU4Rec, LLMD4Rec's CRM: each item-table row averaged with "
+        "the nodes' counts of that item as weights; nodes send their item counts)"
     ),
     'weighting': 'FedAvg dense weights: `interactions` or `uniform`',
     'server-opt': (

@@ -45,7 +45,7 @@ class RunConfig(BaseModel):
     reg: float = Field(0.0, ge=0)
     dim: int = Field(64, ge=1)
     init_std: float = Field(0.1, gt=0)
-    aggregation: Literal["dense", "sparse", "sum"] = "dense"
+    aggregation: Literal["dense", "sparse", "sum", "item-weighted"] = "dense"
     weighting: Literal["interactions", "uniform"] = "interactions"
     # FedAvg server optimisers, user optimiser state and lr schedule (issue 15)
     server_opt: Literal["none", "avgm", "adam", "yogi"] = "none"

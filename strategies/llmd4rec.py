@@ -4,7 +4,8 @@ Schedule over ``num-rounds`` rounds, with P = ``llmd4rec-pretrain-rounds``, R =
 ``llmd4rec-iterations``, E = ``llmd4rec-crm-epochs``:
 
 * rounds 1..P: plain SASRec FedAvg (:class:`FedAvgParams`: every shared array, weighted by the
-  nodes' training positions);
+  nodes' training positions; with ``aggregation='item-weighted'`` the item rows by the nodes'
+  item counts);
 * at the first round of iteration r (rounds P + (r-1)E + 1), before the CRM's train messages,
   the teacher phase (:meth:`FedLLMD4Rec.teacher_phase`): every node builds its own samples'
   candidates with the current global CRM and trains the LoRA adapter from the global one
@@ -70,7 +71,8 @@ class FedLLMD4Rec(BestRoundArrays, FedAvgParams):
     round_prefix = "llmd4rec-round-"
 
     def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg.fraction_train, cfg.seed)
+        super().__init__(cfg.fraction_train, cfg.seed,
+                         item_weighted=cfg.aggregation == "item-weighted")
         self.cfg = cfg
         self.adapter: dict = {}  # empty: every node starts from the seeded A, B = 0
         self.round_arrays: dict[int, ArrayRecord] = {}

@@ -56,6 +56,11 @@ def check_algorithm(cfg: RunConfig) -> None:
                           "'mf' only; keep aggregation dense or sparse")
     server_step = cfg.server_opt != "none" or cfg.server_lr != 1.0
     plain_seq = fedavg_seq and cfg.defense == "none" and not needs_knowledge(cfg)
+    item_seq = plain_seq or (cfg.algorithm == "fedavg" and cfg.model == "llmd4rec")
+    if cfg.aggregation == "item-weighted" and not item_seq:
+        raise ConfigError("aggregation='item-weighted' is implemented for algorithm 'fedavg' "
+                          "with model 'sasrec' or 'gru4rec' (without a defense or attack) or "
+                          "'llmd4rec' only; keep aggregation='dense'")
     if server_step and not (fedavg_mf or plain_seq):
         raise ConfigError("server-opt and server-lr are implemented for algorithm 'fedavg' with "
                           "model 'mf', 'sasrec' or 'gru4rec' (for these two without a defense "

@@ -208,7 +208,9 @@ SUMMARIES = {
     "docs/results/fedseq_converge_amazon/summary.md": [
         ("docs/results/fedseq_converge_amazon", "bench/fedseq_converge_amazon.toml"),
         ("docs/results/fedseq_converge_amazon/server_opt",
-         "bench/fedseq_converge_amazon_server.toml")],
+         "bench/fedseq_converge_amazon_server.toml"),
+        ("docs/results/fedseq_converge_amazon/item_weighted",
+         "bench/fedseq_converge_amazon_items.toml")],
 }
 #: The selection metric of a summary, where it is not ndcg@10.
 METRICS = {"docs/results/fair_federated_ml1m/summary.md": "recall@20"}

@@ -59,6 +59,26 @@ def test_a_node_weight_is_its_number_of_training_positions(tmp_path):
     assert rows[0]["train"]["num-positions"] == total
 
 
+def test_item_weighted_nodes_send_the_item_counts_of_their_training_windows(tmp_path):
+    from florec.client.seq_node import node_sequences
+    from florec.protocol.item_counts import COUNTS_RECORD, item_counts
+
+    grid, result = run(tmp_path, {"aggregation": "item-weighted"})
+    cfg = parse_run_config(SMALL)
+    want = {}
+    for ctx in grid.contexts.values():
+        seqs = node_sequences(ctx, cfg)
+        windows = seqs.inputs(np.arange(40), "train", cfg.max_seq_len)
+        want[int(ctx.node_config["partition-id"])] = item_counts(windows, 50)
+    replies = [m for m in grid.received if COUNTS_RECORD in m.content.array_records]
+    assert len(replies) == 2 * 4  # every training reply of both rounds
+    for msg in replies:
+        pid = int(msg.content.metric_records["metrics"]["partition-id"])
+        counts = from_record(msg.content.array_records[COUNTS_RECORD])["counts"]
+        np.testing.assert_array_equal(counts, want[pid])
+    assert np.isfinite(result["metrics"]["ndcg@10"])
+
+
 def test_one_user_per_node_is_cross_device_fedavg(tmp_path):
     _, result = run(tmp_path, {"users-per-node": 1, "num-rounds": 1, "synthetic-users": 8},
                     num_nodes=8)

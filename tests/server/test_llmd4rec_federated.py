@@ -132,6 +132,26 @@ def test_scripted_federation_skips_lora_and_still_distils(tmp_path):
 
 
 @pytest.mark.slow
+def test_item_weighted_crm_replies_carry_the_nodes_item_counts(tmp_path):
+    from florec.protocol.item_counts import COUNTS_RECORD, item_counts
+
+    cfg, grid, run = _run(tmp_path, **{"llm-backend": "scripted", "scripted-p": 0.5,
+                                       "aggregation": "item-weighted", "llmd4rec-rerank": False})
+    assert run["best_round"] is not None
+    crm = [m for m in grid.received if "kd-samples" in m.content.metric_records.get("metrics", {})]
+    assert len(crm) == cfg.num_rounds * cfg.num_nodes
+    want = {}
+    for ctx in grid.contexts.values():
+        users = np.arange(cfg.synthetic_users)
+        windows = node_sequences(ctx, cfg).inputs(users, "train", cfg.max_seq_len)
+        want[int(ctx.node_config["partition-id"])] = item_counts(windows, 40)
+    for msg in crm:
+        pid = int(msg.content.metric_records["metrics"]["partition-id"])
+        got = from_record(msg.content.array_records[COUNTS_RECORD])["counts"]
+        np.testing.assert_array_equal(got, want[pid])
+
+
+@pytest.mark.slow
 def test_the_strategy_keeps_only_the_best_round_and_reranks_it_as_if_it_kept_all(
         tmp_path, monkeypatch):
     from florec.strategies.fedavg_lora import BestRoundArrays

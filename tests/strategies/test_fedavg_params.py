@@ -51,6 +51,50 @@ def test_the_new_state_is_the_position_weighted_mean():
     assert metrics["train-loss"] == pytest.approx(1.0)
 
 
+def counted_reply(arrays, weight, counts):
+    msg = reply(arrays, weight)
+    msg.content["item-counts"] = to_record({"counts": np.asarray(counts, np.float32)})
+    return msg
+
+
+def table_state(seed):
+    g = np.random.default_rng(seed)
+    return {"embedding.item.weight": g.normal(size=(4, 2)).astype(np.float32),
+            "b": g.normal(size=3).astype(np.float32)}
+
+
+def test_item_weighted_rows_are_count_weighted_and_unheld_rows_position_weighted():
+    s = FedAvgParams(item_weighted=True)
+    s.start_round()
+    list(s.configure_train(1, to_record(table_state(0)), ConfigRecord(), Grid(2)))
+    a, b = table_state(1), table_state(2)
+    counts_a, counts_b = [0, 3, 0, 0], [0, 1, 2, 0]
+    new, _ = s.aggregate_train(1, iter([counted_reply(a, 2.0, counts_a),
+                                        counted_reply(b, 6.0, counts_b)]))
+    got, key = from_record(new), "embedding.item.weight"
+    ea, eb = a[key].astype(np.float64), b[key].astype(np.float64)
+    np.testing.assert_allclose(got[key][1], (3 * ea[1] + eb[1]) / 4, rtol=1e-6)
+    np.testing.assert_allclose(got[key][2], eb[2], rtol=1e-6)  # only b holds item 2
+    for row in (0, 3):  # padding and an item no node holds: the position-weighted mean
+        np.testing.assert_allclose(got[key][row], (2 * ea[row] + 6 * eb[row]) / 8, rtol=1e-6)
+    np.testing.assert_allclose(got["b"], (2 * a["b"].astype(np.float64) + 6 * b["b"]) / 8,
+                               rtol=1e-6)
+
+
+def test_item_weighted_drops_replies_without_valid_counts():
+    s = FedAvgParams(item_weighted=True)
+    s.start_round()
+    list(s.configure_train(1, to_record(table_state(0)), ConfigRecord(), Grid(2)))
+    bad = [reply(table_state(1), 1.0), counted_reply(table_state(1), 1.0, [0, 1, 2]),
+           counted_reply(table_state(1), 1.0, [0, -1, 0, 0]),
+           counted_reply(table_state(1), 1.0, [0, np.nan, 0, 0])]
+    good = counted_reply(table_state(3), 1.0, [0, 1, 1, 1])
+    new, metrics = s.aggregate_train(1, iter([*bad, good]))
+    assert metrics["num-replies"] == 1 and len(s.dropped) == 4
+    np.testing.assert_allclose(from_record(new)["embedding.item.weight"],
+                               table_state(3)["embedding.item.weight"], rtol=1e-6)
+
+
 def test_configure_train_sends_every_array_to_every_sampled_node():
     s = FedAvgParams()
     msgs = list(s.configure_train(2, to_record(state(0)), ConfigRecord(), Grid(3)))
@@ -169,8 +213,12 @@ def test_server_lr_scales_the_step_from_the_current_state_and_a_discard_undoes_m
     ({"model": "sasrec", "server-opt": "avgm", "defense": "median"}, "without a defense"),
     ({"model": "sasrec", "aggregation": "sum"}, "aggregation='sum' is implemented"),
     ({"algorithm": "fedcia", "model": "mf", "server-lr": 2.0}, "server-opt and server-lr"),
+    ({"model": "sasrec", "aggregation": "item-weighted", "server-opt": "adam"}, None),
+    ({"model": "mf", "aggregation": "item-weighted"}, "'item-weighted' is implemented"),
+    ({"model": "sasrec", "aggregation": "item-weighted", "defense": "median"},
+     "'item-weighted' is implemented"),
 ])
-def test_server_optimisers_are_accepted_for_the_sequential_models_only(extra, error):
+def test_server_steps_and_item_weighting_are_accepted_for_the_sequential_models_only(extra, error):
     from florec.recdata.errors import ConfigError
     from florec.strategies.registry import check_algorithm
 
@@ -180,6 +228,7 @@ def test_server_optimisers_are_accepted_for_the_sequential_models_only(extra, er
         strategy, _ = build_sequential_strategy(cfg, 20)
         assert strategy.server_opt.kind == cfg.server_opt
         assert strategy.server_opt.lr == cfg.server_lr
+        assert strategy.item_weighted == (cfg.aggregation == "item-weighted")
     else:
         with pytest.raises(ConfigError, match=error):
             check_algorithm(cfg)
