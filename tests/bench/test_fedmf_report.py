@@ -203,6 +203,14 @@ SUMMARIES = {
     **{f"docs/results/fedseq_converge/summary_{m}.md": [
         ("docs/results/fedseq_converge", "bench/fedseq_converge.toml")] for m in ("sasrec",
                                                                                   "gru4rec")},
+    "docs/results/fedseq_converge/item_weighted/summary_sasrec.md": [
+        ("docs/results/fedseq_converge", "bench/fedseq_converge.toml"),
+        ("docs/results/fedseq_converge/item_weighted", "bench/fedseq_converge_items.toml"),
+        ("docs/results/fedseq_converge/item_weighted_lr2e-3",
+         "bench/fedseq_converge_items_lr2e-3.toml")],
+    "docs/results/fedseq_converge/item_weighted/summary_gru4rec.md": [
+        ("docs/results/fedseq_converge", "bench/fedseq_converge.toml"),
+        ("docs/results/fedseq_converge/item_weighted", "bench/fedseq_converge_items.toml")],
     "docs/results/fedcia_converge/summary.md": [
         ("docs/results/fedcia_converge", "bench/fedcia_converge.toml")],
     "docs/results/fedseq_converge_amazon/summary.md": [
@@ -216,14 +224,21 @@ SUMMARIES = {
 METRICS = {"docs/results/fair_federated_ml1m/summary.md": "recall@20"}
 #: Summaries written with ``--valid``.
 VALID = {"docs/results/fedcia_converge/summary.md",
-         "docs/results/fedseq_converge_amazon/summary.md"}
+         "docs/results/fedseq_converge_amazon/summary.md",
+         *(f"docs/results/fedseq_converge/item_weighted/summary_{m}.md"
+           for m in ("sasrec", "gru4rec"))}
 #: ``--reference`` and ``--method`` labels of a summary, where it sets them.
 SELECT = {**{f"docs/results/fedmf_converge/summary_{n}_seeds.md": (
               None, ["MF-BPR", "FedSGD cohort 10 + server Adam 0.005, user SGD lr 4"])
              for n in (10, 30)},
           "docs/results/fedseq_converge/summary_sasrec.md": (None, ["SASRec", "FedAvg-SASRec"]),
           "docs/results/fedseq_converge/summary_gru4rec.md": ("GRU4Rec",
-                                                               ["GRU4Rec", "FedAvg-GRU4Rec"])}
+                                                               ["GRU4Rec", "FedAvg-GRU4Rec"]),
+          "docs/results/fedseq_converge/item_weighted/summary_sasrec.md": (None, [
+              "SASRec", "FedAvg-SASRec", "FedAvg-SASRec item-weighted",
+              "FedAvg-SASRec item-weighted lr 2e-3"]),
+          "docs/results/fedseq_converge/item_weighted/summary_gru4rec.md": ("GRU4Rec", [
+              "GRU4Rec", "FedAvg-GRU4Rec", "FedAvg-GRU4Rec item-weighted"])}
 
 
 @pytest.mark.parametrize("summary", sorted(SUMMARIES))
