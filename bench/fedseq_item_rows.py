@@ -1,8 +1,9 @@
 """How far one local epoch moves the item rows a node holds and the rows it never sees.
 
 The measurement behind ``aggregation='item-weighted'`` (docs/methods/sequential.md): from the
-seeded global SASRec of ``bench/fedseq_converge_amazon.toml``'s FedAvg rows (Amazon-Scientific,
-10 nodes, Adam, batch 256, full-softmax CE), every node trains one local epoch, as in round 1
+seeded global SASRec of ``bench/fedseq_converge_amazon.toml``'s "FedAvg-SASRec lr 5e-3" row (its
+run config, read from the file; Amazon-Scientific, 10 nodes, Adam, batch 256, full-softmax CE;
+``--lr`` replaces the row's), every node trains one local epoch, as in round 1
 of a federated run, and reports the median L2 norm of the change of (a) the item rows that
 occur in its training windows and (b) those that do not. Under plain FedAvg each row's change is
 the position-weighted mean over the nodes, most of which do not hold the item.
@@ -28,15 +29,22 @@ from florec.recdata.runconfig import parse_run_config
 from florec.recdata.seeds import Salt, stream, torch_seed
 from florec.recdata.sequences import UserSequences
 from florec.recdata.shard import shard_of_node
+from florec.sim.bench import cell_config, cells_of, load_bench
 
-CONFIG = {"dataset": "amazon-scientific", "split": "loo", "model": "sasrec", "dim": 64,
-          "max-seq-len": 50, "heads": 2, "seq-layers": 2, "dropout": 0.5, "seq-loss": "ce",
-          "algorithm": "fedavg", "num-nodes": 10, "local-batch-size": 256, "device": "cpu"}
+BENCH = Path(__file__).resolve().parent / "fedseq_converge_amazon.toml"
+ROW = "FedAvg-SASRec lr 5e-3"
 
 
-def node_rows(lr: float, seed: int) -> list[dict[str, float]]:
+def row_config(lr: float, seed: int) -> dict[str, object]:
+    """The run config of the bench row's cell of ``seed``, at node learning rate ``lr``."""
+    conf = load_bench(BENCH)
+    cell = next(c for c in cells_of(conf, Path("unused")) if c.label == ROW and c.seed == seed)
+    return cell_config(conf, cell) | {"lr": lr}
+
+
+def node_rows(config: dict[str, object]) -> list[dict[str, float]]:
     """Per node: items held, median change norm of held and unheld item rows."""
-    cfg = parse_run_config(CONFIG | {"lr": lr, "seed": seed})
+    cfg = parse_run_config(config)
     out = []
     for pid in range(cfg.num_nodes):
         shard = shard_of_node(cfg, {"partition-id": pid, "num-partitions": cfg.num_nodes})
@@ -66,9 +74,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    rows = node_rows(args.lr, args.seed)
+    config = row_config(args.lr, args.seed)
+    rows = node_rows(config)
     held = [r["items_held"] / r["items"] for r in rows]
-    summary = {"config": CONFIG | {"lr": args.lr, "seed": args.seed}, "nodes": rows,
+    summary = {"config": config, "nodes": rows,
                "share_of_items_held": [min(held), max(held)],
                "ratio_unheld_to_held": [r["median_change_unheld"] / r["median_change_held"]
                                         for r in rows],

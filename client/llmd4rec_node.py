@@ -42,7 +42,7 @@ from florec.models.llmd4rec.crm_step import TeacherTable, distill_epoch, rerank_
 from florec.models.llmd4rec.llm_step import ensure_adapter, lora_init_seed
 from florec.models.llmd4rec.teachers import LLMTeacher, build_llm_teacher
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.item_counts import COUNTS_RECORD, item_counts
+from florec.protocol.item_counts import COUNTS_RECORD, counts_record
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream, torch_seed
 from florec.recdata.shard import shard_of_node
@@ -143,7 +143,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
         "loss-sum": loss_sum / max(cfg.local_epochs, 1), "seconds": time.perf_counter() - t0})
     reply = RecordDict({"arrays": to_record(model.shared_state()), "metrics": metrics})
     if cfg.aggregation == "item-weighted":  # the server averages each item row by these
-        reply[COUNTS_RECORD] = to_record({"counts": item_counts(windows, bucket.n_items)})
+        reply[COUNTS_RECORD] = counts_record(windows, bucket.n_items)
     return reply
 
 

@@ -32,7 +32,7 @@ from florec.client.trainers.sequential import (
 from florec.models.registry import sequential_from_config
 from florec.models.seq_layers import SequentialRecommender
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.item_counts import COUNTS_RECORD, item_counts
+from florec.protocol.item_counts import COUNTS_RECORD, counts_record
 from florec.recdata.node_cache import node_cache
 from florec.recdata.runconfig import RunConfig
 from florec.recdata.seeds import Salt, stream, torch_seed
@@ -99,7 +99,7 @@ def train(msg: Message, context: Context, cfg: RunConfig, bucket: Bucket, pid: i
     })
     reply = RecordDict({"arrays": to_record(state), "metrics": metrics})
     if cfg.aggregation == "item-weighted":  # the server averages each item row by these
-        reply[COUNTS_RECORD] = to_record({"counts": item_counts(windows, bucket.n_items)})
+        reply[COUNTS_RECORD] = counts_record(windows, bucket.n_items)
     return reply
 
 

@@ -10,6 +10,9 @@ node's trained rows already show, now with their frequencies (docs/methods/seque
 from __future__ import annotations
 
 import numpy as np
+from flwr.app import ArrayRecord
+
+from florec.protocol.codec import from_record, to_record
 
 #: name of the reply's record holding the counts (one array ``counts``)
 COUNTS_RECORD = "item-counts"
@@ -36,3 +39,13 @@ def item_counts(windows: np.ndarray, n_items: int) -> np.ndarray:
     counts = np.bincount(windows.ravel(), minlength=n_items + 1).astype(np.float32)
     counts[0] = 0.0
     return counts
+
+
+def counts_record(windows: np.ndarray, n_items: int) -> ArrayRecord:
+    """The ``item-counts`` record of a node's training ``windows`` (:func:`item_counts`)."""
+    return to_record({"counts": item_counts(windows, n_items)})
+
+
+def record_counts(record: ArrayRecord) -> np.ndarray | None:
+    """The counts array an ``item-counts`` record holds (``None`` if it holds none)."""
+    return from_record(record).get("counts")

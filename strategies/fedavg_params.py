@@ -38,7 +38,7 @@ from flwr.supercore import log
 
 from florec.models.registry import sequential_from_config
 from florec.protocol.codec import from_record, to_record
-from florec.protocol.item_counts import COUNTS_RECORD, ITEM_TABLE_SUFFIX
+from florec.protocol.item_counts import COUNTS_RECORD, ITEM_TABLE_SUFFIX, record_counts
 from florec.protocol.public_knowledge import needs_knowledge
 from florec.recdata.runconfig import RunConfig
 from florec.strategies.base import RecStrategy
@@ -122,7 +122,7 @@ class FedAvgParams(ServerStepping, RecStrategy):
         rows = {self.shapes[k][0] for k in self.item_tables()}
         if COUNTS_RECORD not in msg.content.array_records:
             return None, f"reply lacks the '{COUNTS_RECORD}' record (aggregation='item-weighted')"
-        counts = from_record(msg.content.array_records[COUNTS_RECORD]).get("counts")
+        counts = record_counts(msg.content.array_records[COUNTS_RECORD])
         if counts is None or counts.ndim != 1 or {len(counts)} != rows:
             return None, f"'{COUNTS_RECORD}' must hold one count per item-table row {sorted(rows)}"
         if not (np.all(np.isfinite(counts)) and np.all(counts >= 0)):
